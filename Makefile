@@ -31,6 +31,11 @@ train: $(VENV)/.installed
 trace: $(VENV)/.installed
 	$(PY) -m golden.trace --net mlp --steps 4 --seed 1 --out runs/mlp-trace.npz
 
+# cocotb + Verilator benches (sim/test_sim_*.py); builds cached in sim_build/. `WAVES=1 make sim` traces.
+.PHONY: sim
+sim: $(VENV)/.installed
+	$(PY) -m pytest -v sim
+
 bench-speed: $(VENV)/.installed
 	$(PY) benchmarks/golden_speed.py
 

@@ -20,6 +20,7 @@ contract hardware testbenches check against (see :mod:`golden.trace`).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,6 +181,11 @@ def _gradient(layer: LayerSpec, cache: LayerCache, e: np.ndarray, a_max: int, e_
     return exact_matmul(e_t, cache.cols, e_max, a_max).reshape(layer.weight_shape)
 
 
+# The draws depend only on (seed, step, layer, index), never on data, so a worker thread computes a
+# step's draws while the forward and backward passes run (NumPy releases the GIL in its loops).
+_DRAWS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wage-sr-draws")
+
+
 @dataclass
 class StepStats:
     loss: float           # SSE summed over the batch (before the update)
@@ -206,6 +212,8 @@ def train_step(config: WageConfig, weights: list[np.ndarray], images: np.ndarray
     labels = np.asarray(labels).astype(np.int64)
     if labels.shape != (len(images),) or labels.min(initial=0) < 0 or labels.max(initial=0) >= config.classes:
         raise ValueError(f"labels must be {len(images)} integers in 0..{config.classes - 1}")
+    draws = [_DRAWS.submit(sr_draws, config.seed, step, i, layer.weights, config.sr_bits)
+             for i, layer in enumerate(config.layers)]
     a_in = input_codes(config, images)
     caches = forward(config, weights, a_in)
     last = caches[-1]
@@ -240,10 +248,10 @@ def train_step(config: WageConfig, weights: list[np.ndarray], images: np.ndarray
     new_weights = []
     for i, (layer, cache, ws) in enumerate(zip(config.layers, caches, weights)):
         g = _gradient(layer, cache, errors[i], config.a_max, config.e_max)
-        draws = sr_draws(config.seed, step, i, g.size, config.sr_bits).reshape(g.shape)
-        dw, q = quantize_gradient(g, eta_log2, draws, config.sr_bits)
+        r = draws[i].result().reshape(g.shape)
+        dw, q = quantize_gradient(g, eta_log2, r, config.sr_bits)
         ws_new = update_weights(ws, dw, config.w_clip)
         stats.updated.append(q is not None)
-        _record(trace, f"{s}/l{i}", G=g, q_G=q, R=draws, dW=dw, W_before=ws, W_after=ws_new)
+        _record(trace, f"{s}/l{i}", G=g, q_G=q, R=r, dW=dw, W_before=ws, W_after=ws_new)
         new_weights.append(ws_new)
     return new_weights, stats

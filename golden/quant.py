@@ -78,7 +78,7 @@ def shift_exponent(m: int) -> int:
 def max_abs(x) -> int:
     """max |x| over the whole tensor, as a Python int (0 for an empty tensor)."""
     x = _int(x)
-    return int(np.max(np.abs(x))) if x.size else 0
+    return max(int(x.max()), -int(x.min())) if x.size else 0     # two reductions, no |x| temporary
 
 
 def forward_weights(ws, kW: int, kG: int) -> np.ndarray:
@@ -138,12 +138,17 @@ def stochastic_round_shift(g, q: int, draws, sr_bits: int) -> np.ndarray:
     its bits inverted — so hardware needs an adder and a shift, no comparator.
     """
     g = _int(g)
-    mag = np.abs(g)
+    t = np.abs(g)
     shift = sr_bits - q
-    t = mag << shift if shift >= 0 else mag >> (-shift)
-    t += ((1 << sr_bits) - 1) - _int(draws).reshape(g.shape)
+    if shift >= 0:
+        t <<= shift
+    else:
+        t >>= -shift
+    t += (1 << sr_bits) - 1
+    t -= np.asarray(draws).reshape(g.shape)
     t >>= sr_bits
-    return np.where(g < 0, -t, t)
+    np.negative(t, out=t, where=g < 0)
+    return t
 
 
 def quantize_gradient(g, eta_log2: int, draws, sr_bits: int):
