@@ -4,9 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test train trace bench-speed bench-accuracy clean
+.PHONY: setup system-packages test train trace bench-speed bench-accuracy clean
 
-setup: $(VENV)/.installed fashion-mnist
+setup: $(VENV)/.installed system-packages
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,13 +14,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# Debian's full Fashion-MNIST, where apt exists and we are root; otherwise the embedded subset serves.
-fashion-mnist:
-	@if [ -d $(FASHION_MNIST) ]; then echo "Fashion-MNIST: $(FASHION_MNIST)"; \
+# Debian packages, where apt exists and we are root: the full Fashion-MNIST (else the embedded subset
+# serves) and lz4 headers (Verilator's FST waveforms; without them `WAVES=1` writes VCD).
+APT_PACKAGES := dataset-fashion-mnist liblz4-dev
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "Debian packages present: $(APT_PACKAGES)"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null \
-	  && echo "Fashion-MNIST installed in $(FASHION_MNIST)"; \
-	else echo "Fashion-MNIST: not installed (no apt or not root); the embedded subset will be used"; fi
+	  (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)) >/dev/null \
+	  && echo "installed: $$missing"; \
+	else echo "not installed (no apt or not root): $$missing — the embedded data set and VCD waveforms serve"; fi
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -1,0 +1,360 @@
+"""Output-stationary systolic MAC array for the three WAGE products (spec §8.2).
+
+:class:`MacArray` computes one R×C tile ``O[r, c] = Σ_k A[r, k]·B[k, c]`` per stream of K operand
+beats. ``hw.tiling`` turns whole products (X·Tᵀ, E·T, Eᵀ·X, conv via im2col) into such tiles and
+holds the timing model this module's latencies come from.
+
+Interface
+---------
+``operands`` — ``In(stream.Signature(operand_layout))``, one beat per k (a single stream with a
+combined payload, so A and B can never slip against each other):
+
+* ``a``: ``ArrayLayout(signed(a_width), rows)`` — the column A[:, k], lane r for row r;
+* ``b``: ``ArrayLayout(signed(b_width), cols)`` — the row B[k, :], lane c for column c;
+  in ternary mode ``b_width`` = 2 and each lane is the weight's two's-complement code:
+  ``0b01`` = +1, ``0b11`` = −1, ``0b00`` = 0 (``0b10`` is reserved and counts as 0),
+  i.e. bit 0 = "non-zero", bit 1 = "negative";
+* ``last``: set on the beat k = K−1; it ends the tile (K ≥ 1 beats per tile).
+
+``results`` — ``Out(stream.Signature(result_layout))``, R beats per tile, rows in order:
+
+* ``data``: ``ArrayLayout(signed(accumulator_width), cols)`` — O[r, 0..C−1];
+* ``row``: r (``range(rows)``, zero bits when rows = 1); ``last``: set on row R−1.
+
+``k_overflow`` — ``Out(1)``, sticky: a tile had more than ``max_reduction`` beats (its sums may have
+wrapped). ``operand_error`` — ``Out(1)``, sticky: an accepted beat carried the code −2^(w−1) in some
+lane (outside WAGE's symmetric range, which the accumulators are sized for; in ternary mode that is
+the reserved weight code ``0b10``). ``clear_error`` — ``In(1)``: clears both.
+
+Micro-architecture and timing
+-----------------------------
+Input register → skew (row r of A delayed r cycles, column c of B delayed c cycles) → R×C elements,
+A moving right and B moving down one element per cycle. Each element keeps an accumulator and a
+result (shadow) register: the beat flagged ``last`` writes ``acc + product`` into the shadow
+register and clears the accumulator in the same cycle, so the next tile starts with no bubble
+(double-buffered accumulators). The valid/last flags of each beat travel down a delay line, then
+along one chain per row next to A, so element (r, c) sees them exactly when its product arrives
+(r + c + 2 + product_latency cycles after the beat is accepted) and each flag register drives one
+element only.
+
+The array itself never stalls (no clock enables across the mesh). Back-pressure is handled at the
+edges: result rows go into a 2·R-row FIFO, and a ``last`` beat is only accepted (``ready``) when
+
+* R FIFO rows are unreserved (credits; a tile reserves R rows when its ``last`` beat is accepted and
+  each row taken from ``results`` returns one), so a landing tile always has room however long the
+  consumer stalls; and
+* at least max(R, C) cycles have passed since the previous ``last`` beat (single shadow registers:
+  a row must be copied to the FIFO before the next tile overwrites it; one row enters per cycle).
+
+Beats other than ``last`` are always accepted. ``ready`` therefore depends on ``payload.last``
+(allowed: it never depends on ``valid`` the other way round, and ``valid`` never waits for ``ready``).
+
+Latency (cycle 0 = the cycle the ``last`` beat is accepted): result row r of that tile is valid in
+cycle ``cols + 4 + product_latency + r``, product_latency = 4 for int8 (MULT18X18D input, pipeline,
+output registers + one fabric register), 0 for ternary (conditional negate into the adder). With
+operands every cycle and results always taken, a K-beat tile occupies max(K, R, C) cycles while
+K ≥ (result latency + R)/2; shorter tiles wait for the FIFO (exact model:
+``hw.tiling.ArrayTiming``).
+
+Accumulators have ``bit_length(max|a|·max|b|·max_reduction) + 1`` bits with the symmetric code
+ranges max|a| = 2^(a_width−1)−1 and max|b| = 2^(b_width−1)−1 (1 for ternary), matching spec §8.2
+(21 bits for a ternary K of 4608 or 8192; 32 bits for an int8 K of 2^17): no tile of
+K ≤ ``max_reduction`` beats can overflow unless ``k_overflow`` or ``operand_error`` is raised.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Shape, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from golden.config import WageConfig
+
+from .tiling import MODES, ArrayTiming, accumulator_bits, operand_width
+
+__all__ = ["MacArray", "TARGETS", "MULT18X18D_PARAMETERS"]
+
+TARGETS = ("generic", "ecp5")
+
+#: MULT18X18D configuration for target="ecp5": input A/B, pipeline and output registers on CLK0.
+MULT18X18D_PARAMETERS = {
+    "REG_INPUTA_CLK": "CLK0", "REG_INPUTA_CE": "CE0", "REG_INPUTA_RST": "RST0",
+    "REG_INPUTB_CLK": "CLK0", "REG_INPUTB_CE": "CE0", "REG_INPUTB_RST": "RST0",
+    "REG_INPUTC_CLK": "NONE",
+    "REG_PIPELINE_CLK": "CLK0", "REG_PIPELINE_CE": "CE0", "REG_PIPELINE_RST": "RST0",
+    "REG_OUTPUT_CLK": "CLK0", "REG_OUTPUT_CE": "CE0", "REG_OUTPUT_RST": "RST0",
+    "CLK0_DIV": "ENABLED", "CLK1_DIV": "ENABLED", "CLK2_DIV": "ENABLED", "CLK3_DIV": "ENABLED",
+    "HIGHSPEED_CLK": "NONE", "GSR": "DISABLED", "CAS_MATCH_REG": "FALSE",
+    "SOURCEB_MODE": "B_SHIFT", "MULT_BYPASS": "DISABLED", "RESETMODE": "SYNC",
+}
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    what = f"an integer in {lo}..{hi}" if hi is not None else "a positive integer"
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name}={value!r}: must be {what}")
+    if value < lo or (hi is not None and value > hi):
+        raise ValueError(f"{name}={value!r}: must be {what}")
+    return value
+
+
+class MacArray(wiring.Component):
+    """R×C output-stationary systolic MAC array (see the module docstring for the interface).
+
+    Parameters
+    ----------
+    config : WageConfig
+        Bit widths: operands default to max(kA, kE, kW) bits; ternary mode needs kW = 2.
+    rows, cols : int
+        Array size R, C ≥ 1.
+    mode : "int8" | "ternary"
+        "int8": signed A×B multipliers (gradient Eᵀ·X, or every product when kW > 2);
+        "ternary": B ∈ {−1, 0, +1}, no multiplier (forward X·Tᵀ, error E·T).
+    max_reduction : int
+        Largest K a tile may have; sizes the accumulators. Longer tiles set ``k_overflow``.
+    target : "generic" | "ecp5"
+        int8 multiplier: plain registers and ``*``, or an ECP5 MULT18X18D (same 3-cycle latency).
+    a_width, b_width : int, optional
+        Override the operand widths (2..18; ternary b is always 2 bits).
+    """
+
+    def __init__(self, config, rows, cols, *, mode="int8", max_reduction, target="generic",
+                 a_width=None, b_width=None):
+        if not isinstance(config, WageConfig):
+            raise TypeError(f"config={config!r}: must be a golden.config.WageConfig")
+        _check_int("rows", rows, 1)
+        _check_int("cols", cols, 1)
+        if not isinstance(mode, str) or mode not in MODES:
+            raise ValueError(f"mode={mode!r}: must be one of {', '.join(repr(m) for m in MODES)}")
+        _check_int("max_reduction", max_reduction, 1)
+        if not isinstance(target, str) or target not in TARGETS:
+            raise ValueError(f"target={target!r}: must be one of {', '.join(repr(t) for t in TARGETS)}")
+        if mode == "ternary" and config.kW != 2:
+            raise ValueError(f"mode='ternary' needs ternary weights (kW=2), but the configuration has "
+                             f"kW={config.kW}: use mode='int8' for {config.kW}-bit weights")
+        default = operand_width(config)
+        a_width = default if a_width is None else _check_int("a_width", a_width, 2, 18)
+        if mode == "ternary":
+            if b_width not in (None, 2):
+                raise ValueError(f"b_width={b_width!r}: ternary weights are always 2 bits")
+            b_width = 2
+        else:
+            b_width = default if b_width is None else _check_int("b_width", b_width, 2, 18)
+        if default > 18 and target == "ecp5":       # unreachable with kA, kE, kW ≤ 15; kept for clarity
+            raise ValueError(f"operand width {default} exceeds the MULT18X18D's 18 bits")
+
+        self._config = config
+        self._rows, self._cols, self._mode, self._target = rows, cols, mode, target
+        self._max_reduction = max_reduction
+        self._a_width, self._b_width = a_width, b_width
+        self._acc_width = accumulator_bits(a_width, b_width, max_reduction)
+        self._timing = ArrayTiming(rows, cols, mode)
+
+        self.operand_layout = data.StructLayout({
+            "a": data.ArrayLayout(signed(a_width), rows),
+            "b": data.ArrayLayout(signed(b_width), cols),
+            "last": 1,
+        })
+        self.result_layout = data.StructLayout({
+            "data": data.ArrayLayout(signed(self._acc_width), cols),
+            "row": range(rows),
+            "last": 1,
+        })
+        super().__init__({
+            "operands": In(stream.Signature(self.operand_layout)),
+            "results": Out(stream.Signature(self.result_layout)),
+            "k_overflow": Out(1),
+            "operand_error": Out(1),
+            "clear_error": In(1),
+        })
+        # Design-invariant monitor for tests (a FIFO write without room); never set by a correct design.
+        self.overrun = Signal()
+
+    # ---- properties ---------------------------------------------------------------------------
+    config = property(lambda self: self._config)
+    rows = property(lambda self: self._rows)
+    cols = property(lambda self: self._cols)
+    mode = property(lambda self: self._mode)
+    target = property(lambda self: self._target)
+    max_reduction = property(lambda self: self._max_reduction)
+    a_width = property(lambda self: self._a_width)
+    b_width = property(lambda self: self._b_width)
+    timing = property(lambda self: self._timing)
+
+    @property
+    def accumulator_width(self) -> int:
+        """Signed accumulator (and result lane) width in bits."""
+        return self._acc_width
+
+    @property
+    def result_latency(self) -> int:
+        """Cycles from accepting a ``last`` beat to that tile's first result row being valid."""
+        return self._timing.result_latency
+
+    @staticmethod
+    def ternary_code(w: int) -> int:
+        """The 2-bit lane code of a ternary weight w ∈ {−1, 0, 1}."""
+        return {0: 0b00, 1: 0b01, -1: 0b11}[int(w)]
+
+    # ---- hardware -----------------------------------------------------------------------------
+    def _multiplier(self, m: Module, a: Signal, b: Signal, name: str) -> Signal:
+        """a·b three registers later (input, pipeline, output), as a MULT18X18D or in fabric."""
+        pw = self._a_width + self._b_width
+        p = Signal(signed(pw), name=f"{name}_p", reset_less=(self._target == "generic"))
+        if self._target == "ecp5":
+            a18, b18, p36 = Signal(signed(18), name=f"{name}_a18"), Signal(signed(18), name=f"{name}_b18"), \
+                Signal(36, name=f"{name}_p36")
+            m.d.comb += [a18.eq(a), b18.eq(b), p.eq(p36[:pw])]
+            ports = {f"i_A{i}": a18[i] for i in range(18)}
+            ports.update({f"i_B{i}": b18[i] for i in range(18)})
+            ports.update({f"i_C{i}": Const(0, 1) for i in range(18)})
+            ports.update({f"i_SRIA{i}": Const(0, 1) for i in range(18)})
+            ports.update({f"i_SRIB{i}": Const(0, 1) for i in range(18)})
+            ports.update({f"o_P{i}": p36[i] for i in range(36)})
+            ports.update(i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1), i_SOURCEA=Const(0, 1),
+                         i_SOURCEB=Const(0, 1), i_CLK0=ClockSignal("sync"), i_CLK1=Const(0, 1),
+                         i_CLK2=Const(0, 1), i_CLK3=Const(0, 1), i_CE0=Const(1, 1), i_CE1=Const(0, 1),
+                         i_CE2=Const(0, 1), i_CE3=Const(0, 1), i_RST0=Const(0, 1), i_RST1=Const(0, 1),
+                         i_RST2=Const(0, 1), i_RST3=Const(0, 1))
+            params = {f"p_{k}": v for k, v in MULT18X18D_PARAMETERS.items()}
+            m.submodules[f"{name}_dsp"] = Instance("MULT18X18D", **params, **ports)
+        else:
+            ia = Signal(signed(self._a_width), name=f"{name}_ia", reset_less=True)
+            ib = Signal(signed(self._b_width), name=f"{name}_ib", reset_less=True)
+            pp = Signal(signed(pw), name=f"{name}_pp", reset_less=True)
+            m.d.sync += [ia.eq(a), ib.eq(b), pp.eq(ia * ib), p.eq(pp)]
+        return p
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C = self._rows, self._cols
+        aw = self._acc_width
+        ml = self._timing.product_latency
+        gap = self._timing.min_last_interval
+        depth = self._timing.result_buffer_rows
+        op, res = self.operands, self.results
+
+        # ---- admission: credits for result rows, spacing of last beats, K count ----------------
+        credits = Signal(range(depth + 1), init=depth)
+        since = Signal(range(gap + 1), init=gap)
+        last_ok = Signal()
+        m.d.comb += last_ok.eq((credits >= R) & (since >= gap))
+        m.d.comb += op.ready.eq(~op.payload.last | last_ok)
+        take = Signal()
+        admit_last = Signal()
+        m.d.comb += [take.eq(op.valid & op.ready), admit_last.eq(take & op.payload.last)]
+
+        took = Signal()
+        m.d.comb += took.eq(res.valid & res.ready)
+        with m.If(admit_last):
+            m.d.sync += credits.eq(credits - R + took)
+        with m.Elif(took):
+            m.d.sync += credits.eq(credits + 1)
+        with m.If(admit_last):
+            m.d.sync += since.eq(1)
+        with m.Elif(since < gap):
+            m.d.sync += since.eq(since + 1)
+
+        kcount = Signal(range(self._max_reduction + 1))
+        with m.If(self.clear_error):
+            m.d.sync += [self.k_overflow.eq(0), self.operand_error.eq(0)]
+        lanes = [op.payload.a[r] for r in range(R)] + [op.payload.b[c] for c in range(C)]
+        most_negative = Cat(*[lane == -(1 << (len(lane) - 1)) for lane in lanes])
+        with m.If(take & most_negative.any()):
+            m.d.sync += self.operand_error.eq(1)
+        with m.If(take):
+            with m.If(kcount == self._max_reduction):
+                m.d.sync += self.k_overflow.eq(1)
+            with m.If(op.payload.last):
+                m.d.sync += kcount.eq(0)
+            with m.Elif(kcount != self._max_reduction):
+                m.d.sync += kcount.eq(kcount + 1)
+
+        # ---- input register and flag delay line ----------------------------------------------
+        stage = Signal(self.operand_layout, reset_less=True)
+        with m.If(take):
+            m.d.sync += stage.eq(op.payload)
+        # (valid, last) of the beat accepted j+1 cycles ago is at tap j. Element (r, c) needs tap
+        # r + c + 1 + ml; a shared line up to tap R + ml feeds one private chain per row (so every
+        # flag register drives one element, not a whole anti-diagonal): row r's chain position c is
+        # tap r + c + 1 + ml, and position C (tap r + C + 1 + ml) says "row r is complete".
+        n_taps = R + ml + 1
+        fv = [Signal(name=f"fv{j}") for j in range(n_taps)]
+        fl = [Signal(name=f"fl{j}") for j in range(n_taps)]
+        m.d.sync += [fv[0].eq(take), fl[0].eq(admit_last)]
+        for j in range(1, n_taps):
+            m.d.sync += [fv[j].eq(fv[j - 1]), fl[j].eq(fl[j - 1])]
+        row_v = [[Signal(name=f"fv_{r}_{c}") for c in range(C)] for r in range(R)]
+        row_l = [[Signal(name=f"fl_{r}_{c}") for c in range(C + 1)] for r in range(R)]
+        for r in range(R):
+            m.d.sync += [row_v[r][0].eq(fv[r + ml]), row_l[r][0].eq(fl[r + ml])]
+            for c in range(1, C):
+                m.d.sync += row_v[r][c].eq(row_v[r][c - 1])
+            for c in range(1, C + 1):
+                m.d.sync += row_l[r][c].eq(row_l[r][c - 1])
+
+        # ---- skew -------------------------------------------------------------------------------
+        def delayed(value, n, shape, name):
+            for i in range(n):
+                reg = Signal(shape, name=f"{name}_d{i + 1}", reset_less=True)
+                m.d.sync += reg.eq(value)
+                value = reg
+            return value
+
+        a_row = [delayed(stage.a[r], r, signed(self._a_width), f"skew_a{r}") for r in range(R)]
+        b_col = [delayed(stage.b[c], c, signed(self._b_width), f"skew_b{c}") for c in range(C)]
+
+        # ---- processing elements ---------------------------------------------------------------
+        # Datapath registers need no reset (the flags decide what counts); accumulators do.
+        a_reg = [[Signal(signed(self._a_width), name=f"a_{r}_{c}", reset_less=True) for c in range(C)]
+                 for r in range(R)]
+        b_reg = [[Signal(signed(self._b_width), name=f"b_{r}_{c}", reset_less=True) for c in range(C)]
+                 for r in range(R)]
+        shadow = [[Signal(signed(aw), name=f"out_{r}_{c}", reset_less=True) for c in range(C)] for r in range(R)]
+        for r in range(R):
+            for c in range(C):
+                m.d.sync += [
+                    a_reg[r][c].eq(a_row[r] if c == 0 else a_reg[r][c - 1]),
+                    b_reg[r][c].eq(b_col[c] if r == 0 else b_reg[r - 1][c]),
+                ]
+                if self._mode == "int8":
+                    prod = self._multiplier(m, a_reg[r][c], b_reg[r][c], f"mul_{r}_{c}")
+                    addend = Signal(signed(self._a_width + self._b_width), name=f"prod_{r}_{c}", reset_less=True)
+                    m.d.sync += addend.eq(prod)    # fabric register after the product
+                else:
+                    b = b_reg[r][c]
+                    addend = Signal(signed(self._a_width + 1), name=f"tern_{r}_{c}")
+                    m.d.comb += addend.eq(Mux(b[0], Mux(b[1], -a_reg[r][c], a_reg[r][c]), 0))
+                acc = Signal(signed(aw), name=f"acc_{r}_{c}")
+                total = Signal(signed(aw), name=f"sum_{r}_{c}")
+                m.d.comb += total.eq(acc + addend)
+                with m.If(row_v[r][c]):
+                    with m.If(row_l[r][c]):
+                        m.d.sync += [acc.eq(0), shadow[r][c].eq(total)]
+                    with m.Else():
+                        m.d.sync += acc.eq(total)
+
+        # ---- result rows → FIFO → results ------------------------------------------------------
+        # SyncFIFOBuffered(depth=N) keeps N−1 entries in memory plus an output register and refuses
+        # writes while the memory part is full, even when the output register is about to empty; one
+        # spare entry makes every reserved row (at most `depth` in the FIFO) writable at once.
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.result_layout.size, depth=depth + 1)
+        row_bits = self.result_layout.size
+        row_ready = [row_l[r][C] for r in range(R)]
+        row_width = Shape.cast(self.result_layout.members["row"]).width
+        w_data = Const(0, row_bits)
+        for r in range(R):
+            bits = Cat(*shadow[r], Const(r, row_width), Const(int(r == R - 1), 1))
+            w_data = w_data | (bits & row_ready[r].replicate(row_bits))
+        m.d.comb += [
+            fifo.w_en.eq(Cat(*row_ready).any()),
+            fifo.w_data.eq(w_data),
+            res.valid.eq(fifo.r_rdy),
+            res.payload.eq(fifo.r_data),
+            fifo.r_en.eq(res.ready),
+        ]
+        with m.If(fifo.w_en & ~fifo.w_rdy):
+            m.d.sync += self.overrun.eq(1)
+        return m
+

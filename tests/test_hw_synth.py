@@ -1,0 +1,220 @@
+"""hw.synth: parameter checks, the out-of-context harness, report parsing, and one real
+synthesis + place-and-route (a 1×1 int8 MacArray with target="ecp5" on LFE5U-85F, ~20 s on one
+core once YoWASP has compiled its tools; set WAGE_SKIP_SYNTH=1 to skip it)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.sim import Simulator
+
+from hw import synth
+from hw.synth import (DEVICES, UNITS, SynthError, SynthHarness, build_unit, normalize_device,
+                      synthesize)
+
+
+class Passthrough(wiring.Component):
+    """p = a and flag = flag_in, one register later."""
+
+    def __init__(self, width=8):
+        super().__init__({"a": In(width), "p": Out(width), "flag_in": In(1), "flag": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.p.eq(self.a)
+        m.d.sync += self.flag.eq(self.flag_in)
+        return m
+
+
+def unused(elaboratable):
+    """Silence Amaranth's UnusedElaboratable warning for a unit a test expects to be rejected."""
+    elaboratable._MustUse__silence = True
+    return elaboratable
+
+
+# ---- parameter validation -------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, device", [
+    ("85F", "LFE5U-85F"), ("85k", "LFE5U-85F"), ("lfe5u-25f", "LFE5U-25F"), ("12F", "LFE5U-12F"),
+    ("LFE5U-45F", "LFE5U-45F"), ("LFE5UM-85F", "LFE5UM-85F"),
+])
+def test_device_names(text, device):
+    assert normalize_device(text) == device
+
+
+def test_device_flags():
+    assert [DEVICES[f"LFE5U-{n}F"] for n in (12, 25, 45, 85)] == ["--12k", "--25k", "--45k", "--85k"]
+
+
+def test_unknown_device_lists_supported():
+    with pytest.raises(ValueError, match="LFE5U-99F") as e:
+        normalize_device("LFE5U-99F")
+    for name in ("LFE5U-12F", "LFE5U-25F", "LFE5U-45F", "LFE5U-85F"):
+        assert name in str(e.value)
+    with pytest.raises(ValueError, match="device"):
+        synthesize(unused(Passthrough()), device="XC7A35T")
+
+
+def test_unknown_unit_lists_supported():
+    with pytest.raises(ValueError, match="unit='fft'") as e:
+        build_unit("fft")
+    for name in ("mac_array", "quantizer", "weight_update", "threefry"):
+        assert name in str(e.value)
+    assert set(UNITS) == {"mac_array", "quantizer", "weight_update", "threefry"}
+
+
+def test_cli_rejects_unknown_names(capsys):
+    with pytest.raises(SystemExit):
+        synth.main(["--unit", "fft"])
+    err = capsys.readouterr().err
+    assert "mac_array" in err and "threefry" in err
+    with pytest.raises(SystemExit):
+        synth.main(["--unit", "mac_array", "--device", "99F"])
+    assert "LFE5U-85F" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kw, name", [
+    ({"package": "BGA1"}, "package"), ({"speed": 5}, "speed"), ({"freq_mhz": 0}, "freq_mhz"),
+    ({"timeout_s": 0}, "timeout_s"), ({"seed": 1.5}, "seed"),
+])
+def test_bad_parameters(kw, name, tmp_path):
+    with pytest.raises((ValueError, TypeError), match=name):
+        synthesize(unused(Passthrough()), workdir=tmp_path, **kw)
+    assert not (tmp_path / "design.il").exists()          # checked before any work
+
+
+def test_harness_rejects():
+    with pytest.raises(TypeError, match="unit"):
+        SynthHarness(object())
+    with pytest.raises(ValueError, match="out_pins=0"):
+        SynthHarness(unused(Passthrough()), out_pins=0)
+
+
+# ---- harness ---------------------------------------------------------------------------------
+
+def test_harness_counts():
+    h = SynthHarness(Passthrough(8), out_pins=2)
+    assert (h.input_bits, h.output_bits) == (9, 9)
+    # 9 outputs → 3 XOR-4 groups → 1: two tree levels of 3 + 1 LUT4s and flip-flops.
+    assert h.harness_luts == 4
+    assert h.harness_ffs == 2 + 1 + 9 + 9 + 4
+
+
+def test_harness_shifts_in_and_folds_out():
+    """Bits shifted in on `sin` reach the unit's inputs; `sout` is the XOR-fold of its outputs."""
+    unit = Passthrough(8)
+    h = SynthHarness(unit, out_pins=2)
+    sim = Simulator(h)
+
+    async def tick(ctx):
+        ctx.set(h.clk, 1)
+        await ctx.delay(1e-9)
+        ctx.set(h.clk, 0)
+        await ctx.delay(1e-9)
+
+    async def bench(ctx):
+        ctx.set(h.rst, 1)
+        for _ in range(3):
+            await tick(ctx)
+        ctx.set(h.rst, 0)
+        # Chain order: input ports in signature order, bit 0 of the first port is the oldest bit.
+        a, flag = 0b1011_0110, 1
+        bits = [(a >> i) & 1 for i in range(8)] + [flag]
+        for b in reversed(bits):
+            ctx.set(h.sin, b)
+            await tick(ctx)
+        await tick(ctx)                               # sin register → chain
+        assert ctx.get(unit.a) == a and ctx.get(unit.flag_in) == flag
+        ctx.set(h.sin, 0)
+        # Edge 1: unit registers; 2: harness output register; 3, 4: the two XOR-tree levels
+        # (9 bits → 3 → 1, padded to out_pins = 2 with a zero).
+        for _ in range(4):
+            await tick(ctx)
+        assert ctx.get(h.sout) == (a.bit_count() + flag) % 2
+
+    sim.add_testbench(bench)
+    sim.run()
+
+
+# ---- report parsing --------------------------------------------------------------------------
+
+REPORT = {
+    "fmax": {"$glbnet$clk$TRELLIS_IO_IN": {"achieved": 217.96, "constraint": 200}},
+    "utilization": {"TRELLIS_COMB": {"used": 187, "available": 83640},
+                    "MULT18X18D": {"used": 1, "available": 156}},
+    "critical_paths": [
+        {"from": "posedge $glbnet$clk$TRELLIS_IO_IN", "to": "posedge $glbnet$clk$TRELLIS_IO_IN",
+         "path": [
+             {"type": "clk-to-q", "delay": 0.52, "from": {"cell": "unit.acc_Q", "port": "Q"},
+              "to": {"cell": "unit.acc_Q", "port": "Q"}},
+             {"type": "routing", "delay": 1.5, "from": {"cell": "unit.acc_Q", "port": "Q"},
+              "to": {"cell": "unit.lut", "port": "A"}},
+             {"type": "logic", "delay": 0.4, "from": {"cell": "unit.lut", "port": "A"},
+              "to": {"cell": "unit.lut", "port": "F"}},
+             {"type": "setup", "delay": 0.1, "from": {"cell": "unit.acc_Q_31", "port": "DI"},
+              "to": {"cell": "unit.acc_Q_31", "port": "DI"}}]},
+        {"from": "<async>", "to": "posedge $glbnet$clk$TRELLIS_IO_IN",
+         "path": [{"type": "routing", "delay": 9.0, "from": {"cell": "rst$tr_io", "port": "O"},
+                   "to": {"cell": "synth_harness_rst_sync_Q", "port": "M"}}]},
+    ],
+}
+
+
+def test_parse_report():
+    fmax, constraint, by_clock, resources, critical = synth._parse_report(REPORT, 200.0)
+    assert fmax == 217.96 and constraint == 200.0
+    assert resources == {"TRELLIS_COMB": (187, 83640), "MULT18X18D": (1, 156)}
+    assert critical["from"] == "unit.acc_Q.Q" and critical["to"] == "unit.acc_Q_31.DI"
+    assert critical["delay_ns"] == pytest.approx(2.52) and critical["logic_steps"] == 1
+    assert not critical["in_harness"]                 # the pin → FF <async> path is ignored
+
+
+def test_drop_constant_cascade_inputs(tmp_path):
+    cell = {"type": "MULT18X18D", "port_directions": {"SRIA0": "input", "SRIB3": "input",
+                                                      "A0": "input", "SRIA1": "input"},
+            "connections": {"SRIA0": ["0"], "SRIB3": ["1"], "A0": ["0"], "SRIA1": [42]}}
+    path = tmp_path / "design.json"
+    path.write_text(json.dumps({"modules": {"top": {"cells": {"m": cell}}}}))
+    assert synth._drop_constant_cascade_inputs(path) == 2
+    conns = json.loads(path.read_text())["modules"]["top"]["cells"]["m"]["connections"]
+    assert conns == {"A0": ["0"], "SRIA1": [42]}      # fabric-driven and non-cascade pins kept
+    assert synth._drop_constant_cascade_inputs(path) == 0
+
+
+def test_tool_failure_shows_log_tail(tmp_path):
+    with pytest.raises(SynthError, match="exit code 3") as e:
+        synth._run(["sh", "-c", "echo first; echo the-last-line; exit 3"], cwd=tmp_path,
+                   log_path=tmp_path / "x.log", timeout_s=30, label="nextpnr", progress=None,
+                   start=0.0)
+    assert "the-last-line" in str(e.value)
+    with pytest.raises(SynthError, match="timed out"):
+        synth._run(["sh", "-c", "echo start; sleep 30"], cwd=tmp_path, log_path=tmp_path / "y.log",
+                   timeout_s=1, label="yosys", progress=None, start=0.0)
+
+
+# ---- one real run ----------------------------------------------------------------------------
+
+@pytest.mark.skipif(os.environ.get("WAGE_SKIP_SYNTH") == "1", reason="WAGE_SKIP_SYNTH=1")
+def test_synthesize_mac_array_1x1_int8_ecp5(tmp_path):
+    """Place and route a 1×1 int8 MacArray with its MULT18X18D on LFE5U-85F (~20 s)."""
+    unit = build_unit("mac_array", rows=1, cols=1, mode="int8", target="ecp5")
+    lines = []
+    result = synthesize(unit, device="85F", freq_mhz=200, seed=1, workdir=tmp_path,
+                        timeout_s=600, progress=lines.append)
+    assert result.fmax_mhz > 0 and result.constraint_mhz == 200.0
+    assert result.met == (result.fmax_mhz >= 200.0)
+    assert result.resources["MULT18X18D"] == (1, 156)
+    assert result.synth_cells.get("MULT18X18D") == 1
+    used, available = result.resources["TRELLIS_COMB"]
+    assert 0 < used < available == 83640
+    assert result.ffs > result.harness["ffs"] > 0     # the unit's own registers survive
+    assert result.critical_path["delay_ns"] > 0
+    assert result.seconds > 0 and os.path.exists(result.log_path)
+    assert (tmp_path / "report.json").exists() and (tmp_path / "result.json").exists()
+    assert any("nextpnr" in line for line in lines) and any("yosys" in line for line in lines)
+    assert "MULT18X18D" in result.table() and "Fmax" in result.table()
