@@ -29,6 +29,7 @@ index, shapes per batch ``B``):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ from .config import NETWORKS, ConfigError, WageConfig, parse_bits
 from .data import DATASETS, DataError, load_dataset
 from . import model
 
-__all__ = ["FORMAT", "make_trace", "load_trace", "diff_traces", "main"]
+__all__ = ["FORMAT", "make_trace", "embedded_trace", "load_trace", "diff_traces", "main"]
 
 FORMAT = "wage-trace-1"
 
@@ -68,6 +69,13 @@ def make_trace(config: WageConfig, images: np.ndarray, labels: np.ndarray, steps
     trace["config"] = np.array(config.to_json(indent=None))
     trace["meta"] = np.array(json.dumps(meta))
     return trace
+
+
+@functools.lru_cache(maxsize=4)
+def embedded_trace(config: WageConfig, steps: int) -> dict[str, np.ndarray]:
+    """:func:`make_trace` on the embedded data set, cached per (config, steps): what testbenches check."""
+    dataset = load_dataset("embedded")
+    return make_trace(config, dataset.train_images, dataset.train_labels, steps)
 
 
 def load_trace(path: str | Path) -> tuple[WageConfig, dict, dict[str, np.ndarray]]:

@@ -208,20 +208,12 @@ async def random_shapes(dut):
     dut._log.info("random_shapes: %d products, %d tiles", len(jobs), sum(len(j[2]) for j in jobs))
 
 
-_TRACE = None
-
-
 def golden_mlp_trace():
-    """One training step of the golden MLP at batch 16 on the embedded data set (cached)."""
-    global _TRACE
-    if _TRACE is None:
-        from golden.config import WageConfig
-        from golden.data import load_dataset
-        from golden.trace import make_trace
-        cfg = WageConfig(net="mlp", batch_size=16)
-        ds = load_dataset("embedded")
-        _TRACE = cfg, make_trace(cfg, ds.train_images, ds.train_labels, 1)
-    return _TRACE
+    """Golden MLP trace at batch 16 on the embedded data set (1 step), cached."""
+    from golden.config import WageConfig
+    from golden.trace import embedded_trace
+    cfg = WageConfig(net="mlp", batch_size=16)
+    return cfg, embedded_trace(cfg, 1)
 
 
 @cocotb.test()

@@ -218,19 +218,12 @@ async def mutation_detected(dut):
         raise AssertionError("the scoreboard passed a flipped bit")
 
 
-_TRACE = None
-
-
 def golden_mlp_trace():
-    global _TRACE
-    if _TRACE is None:
-        from golden.config import WageConfig
-        from golden.data import load_dataset
-        from golden.trace import make_trace
-        cfg = WageConfig(net="mlp", batch_size=16)
-        ds = load_dataset("embedded")
-        _TRACE = cfg, make_trace(cfg, ds.train_images, ds.train_labels, 2)
-    return _TRACE
+    """Golden MLP trace at batch 16 on the embedded data set (2 steps), cached."""
+    from golden.config import WageConfig
+    from golden.trace import embedded_trace
+    cfg = WageConfig(net="mlp", batch_size=16)
+    return cfg, embedded_trace(cfg, 2)
 
 
 @cocotb.test()
