@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -48,6 +49,8 @@ CONFIGS: dict[str, tuple[str, dict, float, float, str]] = {
                      200.0, 150.0, "64 MULT18X18D"),
     "mac_ternary_32x32": ("mac_array", {"rows": 32, "cols": 32, "mode": "ternary"}, 200.0, 200.0,
                           "no multipliers; accumulators for K ≤ max(forward, error) reduction"),
+    "mac_ternary_16x16": ("mac_array", {"rows": 16, "cols": 16, "mode": "ternary"}, 200.0, 200.0,
+                          "a quarter of the 32×32 array (which does not fit the LFE5U-85F's LUTs)"),
     "mac_int8_12x13": ("mac_array", {"rows": 12, "cols": 13, "mode": "int8", "target": "ecp5"},
                        200.0, 150.0, "all 156 MULT18X18D"),
     "mac_int8_3x52": ("mac_array", {"rows": 3, "cols": 52, "mode": "int8", "target": "ecp5"},
@@ -72,6 +75,9 @@ def save_results(path: Path, results: dict) -> None:
 
 def row(name: str, r: dict) -> str:
     if "error" in r:
+        over = [f"{k} {u}/{a}" for k, (u, a) in r.get("resources", {}).items() if u > a]
+        if over:
+            return f"{name:<22} DOES NOT FIT the device: {', '.join(over)}"
         return f"{name:<22} ERROR: {r['error'].splitlines()[0][:90]}"
     res = r["resources"]
 
@@ -119,7 +125,8 @@ def main(argv=None) -> int:
     failures = 0
     for name in args.only or CONFIGS:
         unit_name, options, target, minimum, note = CONFIGS[name]
-        if name in results["configs"] and "error" not in results["configs"][name] and not args.force:
+        done = results["configs"].get(name)
+        if done and ("error" not in done or done.get("fits") is False) and not args.force:
             print(f"{name}: already in {args.results.name}, skipped (--force to re-run)")
             continue
         command = f"python benchmarks/synth_units.py --only {name} --seed {args.seed}"
@@ -134,6 +141,9 @@ def main(argv=None) -> int:
                  "target_mhz": target, "min_mhz": minimum, "command": command,
                  "date": datetime.datetime.now().isoformat(timespec="seconds"),
                  "host": f"{platform.node()} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})"}
+        source = Path(sys.modules[type(unit).__module__].__file__)
+        entry["source"] = (f"{source.relative_to(ROOT)} sha256 "
+                           f"{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}")
         for attr in ("acc_width", "max_reduction", "a_width", "b_width", "latency", "stage_rounds"):
             value = getattr(unit, attr, None)
             if isinstance(value, (int, tuple)):
@@ -144,7 +154,10 @@ def main(argv=None) -> int:
                                 freq_mhz=target, seed=args.seed, workdir=args.work / name,
                                 timeout_s=args.timeout)
         except SynthError as e:
-            entry.update(error=str(e), seconds=round(time.monotonic() - t0, 1))
+            entry.update(error=str(e), seconds=round(time.monotonic() - t0, 1), **e.partial)
+            over = {k: v for k, v in e.partial.get("resources", {}).items() if v[0] > v[1]}
+            if over:
+                entry["fits"] = False         # deterministic: not retried without --force
             results["configs"][name] = entry
             save_results(args.results, results)
             print(f"{name}: FAILED: {e}")

@@ -90,7 +90,16 @@ HARNESS_PREFIX = "synth_harness"
 
 
 class SynthError(RuntimeError):
-    """A synthesis tool failed or timed out; the message ends with the last lines of its log."""
+    """A synthesis tool failed or timed out; the message ends with the last lines of its log.
+
+    ``partial`` holds what was learnt before the failure: ``synth_cells`` (Yosys's cell counts)
+    and ``resources`` (nextpnr's "Device utilisation" table, printed before placement — so a
+    design that does not fit shows by how much), when available.
+    """
+
+    def __init__(self, message: str, partial: dict | None = None):
+        super().__init__(message)
+        self.partial = partial or {}
 
 
 def normalize_device(device: str) -> str:
@@ -466,6 +475,31 @@ def _drop_constant_cascade_inputs(json_path: Path) -> int:
     return removed
 
 
+_UTIL_LINE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
+
+
+def _parse_utilisation_log(path: Path) -> dict[str, tuple[int, int]]:
+    """nextpnr's first "Device utilisation" table in its log (before placement)."""
+    resources: dict[str, tuple[int, int]] = {}
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return resources
+    inside = False
+    for line in text:
+        if line.startswith("Info: Device utilisation"):
+            inside = True
+            continue
+        if inside:
+            m = _UTIL_LINE.match(line)
+            if not m:
+                if resources:
+                    break
+                continue
+            resources[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return resources
+
+
 def _lpf(package: str, freq_mhz: float, out_pins: int) -> str:
     lines = []
     if package == "CABGA381":
@@ -491,10 +525,14 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
                extra_nextpnr_args: tuple[str, ...] = ()) -> SynthResult:
     """Synthesise, place and route ``unit`` alone (inside a :class:`SynthHarness`) for ECP5.
 
-    Files (``design.il``, ``synth.ys``, ``design.json``, ``harness.lpf``, ``yosys.log``,
-    ``nextpnr.log``, ``report.json``, ``result.json``) go to ``workdir`` (a new temporary
-    directory if None). ``timeout_s`` bounds each tool. ``progress`` receives one line per tool
-    phase (None: silent). Raises :class:`SynthError` if a tool fails, with the end of its log.
+    Files (``design.il``, ``synth.ys``, ``design.json``, ``yosys_stat.json``, ``harness.lpf``,
+    ``yosys.log``, ``nextpnr.log``, ``report.json`` = nextpnr's report, ``result.json`` = the
+    :class:`SynthResult`) go to ``workdir`` (a new temporary directory if None). ``timeout_s``
+    bounds each tool. ``progress`` receives one line per shown tool phase and a heartbeat every
+    30 s naming the current phase and last log line (None: silent). A failing timing constraint
+    is a result (``met=False``), not an error; a tool failure or timeout raises
+    :class:`SynthError` with the end of its log (and ``partial`` resources: a design that does not
+    fit shows by how much).
     """
     device = normalize_device(device)
     if package not in PACKAGES:
@@ -511,7 +549,7 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
 
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="synth-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    for stale in ("design.json", "report.json", "result.json"):
+    for stale in ("design.json", "yosys_stat.json", "report.json", "result.json"):
         (workdir / stale).unlink(missing_ok=True)
     start = time.monotonic()
     phases: dict[str, float] = {}
@@ -547,8 +585,15 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
         "--timing-allow-fail",
         *extra_nextpnr_args]
     t = time.monotonic()
-    _run(cmd, cwd=workdir, log_path=workdir / "nextpnr.log", timeout_s=timeout_s,
-         label="nextpnr", progress=progress, start=start)
+    try:
+        _run(cmd, cwd=workdir, log_path=workdir / "nextpnr.log", timeout_s=timeout_s,
+             label="nextpnr", progress=progress, start=start)
+    except SynthError as e:
+        partial = {"synth_cells": _parse_yosys_stat(workdir / "yosys_stat.json"),
+                   "resources": _parse_utilisation_log(workdir / "nextpnr.log")}
+        over = [f"{k} {u}/{a}" for k, (u, a) in partial["resources"].items() if u > a]
+        msg = str(e) if not over else f"{e}\n(over capacity: {', '.join(over)})"
+        raise SynthError(msg, partial) from None
     phases["nextpnr"] = round(time.monotonic() - t, 2)
 
     try:
@@ -576,9 +621,15 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
 # Units and CLI
 # --------------------------------------------------------------------------------------------
 
+def _opt(a: dict, key: str, default):
+    """Option ``key`` of ``a`` unless missing or None (0 stays 0, for the unit to reject)."""
+    value = a.get(key)
+    return default if value is None else value
+
+
 def _build_mac_array(config, a):
     from hw.mac_array import MacArray
-    mode = a.get("mode") or "int8"
+    mode = _opt(a, "mode", "int8")
     max_reduction = a.get("max_reduction")
     if max_reduction is None:
         # What the array is built with in the accelerator: int8 arrays compute the gradient
@@ -586,8 +637,8 @@ def _build_mac_array(config, a):
         from hw.tiling import max_reductions
         k = max_reductions(config)
         max_reduction = k["gradient"] if mode == "int8" else max(k["forward"], k["error"])
-    return MacArray(config, a.get("rows") or 2, a.get("cols") or 2, mode=mode,
-                    max_reduction=max_reduction, target=a.get("target") or "ecp5")
+    return MacArray(config, _opt(a, "rows", 2), _opt(a, "cols", 2), mode=mode,
+                    max_reduction=max_reduction, target=_opt(a, "target", "ecp5"))
 
 
 def _build_quantizer(config, a):
@@ -600,12 +651,12 @@ def _build_quantizer(config, a):
         array._MustUse__silence = True
         from amaranth.hdl import Shape
         acc_width = Shape.cast(array.result_layout["data"].shape.elem_shape).width
-    return ShiftQuantizer(config, a.get("lanes") or 1, acc_width=acc_width)
+    return ShiftQuantizer(config, _opt(a, "lanes", 1), acc_width=acc_width)
 
 
 def _build_weight_update(config, a):
     from hw.weight_update import WeightUpdate
-    return WeightUpdate(config, a.get("depth") or 512, a.get("lanes") or 1)
+    return WeightUpdate(config, _opt(a, "depth", 512), _opt(a, "lanes", 1))
 
 
 def _build_threefry(config, a):
@@ -667,14 +718,16 @@ def main(argv=None) -> int:
             raise ValueError(f"unit={a.unit!r}: unknown; supported: {', '.join(UNITS)}")
     except ValueError as e:
         ap.error(str(e))
-    config = None
-    if a.config:
-        from golden.config import WageConfig
-        config = WageConfig.load(a.config) if hasattr(WageConfig, "load") else \
-            WageConfig(**json.loads(Path(a.config).read_text()))
-    unit = build_unit(a.unit, config, rows=a.rows, cols=a.cols, mode=a.mode, target=a.target,
-                      max_reduction=a.max_reduction, lanes=a.lanes, acc_width=a.acc_width,
-                      depth=a.depth, rounds_per_stage=a.rounds_per_stage)
+    try:
+        config = None
+        if a.config:
+            from golden.config import WageConfig
+            config = WageConfig.load(a.config)
+        unit = build_unit(a.unit, config, rows=a.rows, cols=a.cols, mode=a.mode, target=a.target,
+                          max_reduction=a.max_reduction, lanes=a.lanes, acc_width=a.acc_width,
+                          depth=a.depth, rounds_per_stage=a.rounds_per_stage)
+    except (ValueError, TypeError) as e:
+        ap.error(str(e))
     try:
         result = synthesize(unit, device=device, package=a.package, speed=a.speed,
                             freq_mhz=a.freq, seed=a.seed, workdir=a.out, timeout_s=a.timeout,

@@ -76,6 +76,9 @@ def test_cli_rejects_unknown_names(capsys):
     with pytest.raises(SystemExit):
         synth.main(["--unit", "mac_array", "--device", "99F"])
     assert "LFE5U-85F" in capsys.readouterr().err
+    with pytest.raises(SystemExit):                   # the unit's own check, before any tool runs
+        synth.main(["--unit", "mac_array", "--rows", "0"])
+    assert "rows=0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kw, name", [
