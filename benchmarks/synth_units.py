@@ -104,6 +104,15 @@ def print_table(results: dict) -> None:
         print(f"not run: {', '.join(missing)}")
 
 
+def store_result(path: Path, name: str, entry: dict) -> dict:
+    """Re-read the results file and store one entry, so that runs of different configurations in
+    parallel (one per core) do not overwrite each other's figures."""
+    results = load_results(path)
+    results["configs"][name] = entry
+    save_results(path, results)
+    return results
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="+", metavar="NAME", help=f"some of: {', '.join(CONFIGS)}")
@@ -158,16 +167,14 @@ def main(argv=None) -> int:
             over = {k: v for k, v in e.partial.get("resources", {}).items() if v[0] > v[1]}
             if over:
                 entry["fits"] = False         # deterministic: not retried without --force
-            results["configs"][name] = entry
-            save_results(args.results, results)
+            results = store_result(args.results, name, entry)
             print(f"{name}: FAILED: {e}")
             failures += 1
             continue
         entry.update(result.to_dict())
         entry["workdir"] = os.path.relpath(result.workdir, ROOT)
         entry["log_path"] = os.path.relpath(result.log_path, ROOT)
-        results["configs"][name] = entry
-        save_results(args.results, results)
+        results = store_result(args.results, name, entry)
         print(result.table(), flush=True)
     print_table(results)
     return 1 if failures else 0

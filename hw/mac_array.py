@@ -24,37 +24,51 @@ combined payload, so A and B can never slip against each other):
 ``k_overflow`` — ``Out(1)``, sticky: a tile had more than ``max_reduction`` beats (its sums may have
 wrapped). ``operand_error`` — ``Out(1)``, sticky: an accepted beat carried the code −2^(w−1) in some
 lane (outside WAGE's symmetric range, which the accumulators are sized for; in ternary mode that is
-the reserved weight code ``0b10``). ``clear_error`` — ``In(1)``: clears both.
+the reserved weight code ``0b10``). Both checks run on the input register, pipelined: a flag rises
+within three cycles of the offending beat. ``clear_error`` — ``In(1)``: clears both.
 
 Micro-architecture and timing
 -----------------------------
 Input register → skew (row r of A delayed r cycles, column c of B delayed c cycles) → R×C elements,
 A moving right and B moving down one element per cycle. Each element keeps an accumulator and a
-result (shadow) register: the beat flagged ``last`` writes ``acc + product`` into the shadow
-register and clears the accumulator in the same cycle, so the next tile starts with no bubble
-(double-buffered accumulators). The valid/last flags of each beat travel down a delay line, then
-along one chain per row next to A, so element (r, c) sees them exactly when its product arrives
-(r + c + 2 + product_latency cycles after the beat is accepted) and each flag register drives one
-element only.
+result (shadow) register (double-buffered accumulators). The adder feeds only the accumulator, so
+both pack into the same slices (an adder output with two flip-flop loads of different control sets
+cost a long route to the second); the ``last`` beat adds like any other, and in the next cycle the
+shadow register copies the accumulator (a clock enable) while the accumulator clears (a synchronous
+reset), neither costing a LUT. That cycle carries no beat: ``ready`` is low for one cycle after a
+``last`` beat is accepted. A ternary element adds
+``±a`` in one carry chain (``acc + (neg ? ~a : a) + neg``, the ``+neg`` as a carry-in). The
+valid/last flags of each beat travel down a delay line, then along one chain per row next to A, so
+element (r, c) sees them exactly when its product arrives (r + c + 2 + product_latency cycles after
+the beat is accepted); the chain registers carry :func:`hw.netlist.kept` names so that synthesis
+keeps one copy per element instead of merging each anti-diagonal into one register with a huge
+fan-out.
+
+Finished rows leave through a registered drain: row r's sums are gated by its own "row complete"
+copies (one per column) and OR-ed, four rows per first stage and up to four registers per further
+stage (``ArrayTiming.drain_stages``), into a result FIFO of 4·R rows in block RAM with its output
+register (:class:`hw.bram.BlockRam`; DP16KD with ``REGMODE = OUTREG`` on ECP5). The read side is a
+two-stage pipeline whose clock enables hold it while the consumer stalls.
 
 The array itself never stalls (no clock enables across the mesh). Back-pressure is handled at the
-edges: result rows go into a 2·R-row FIFO, and a ``last`` beat is only accepted (``ready``) when
+edges: a ``last`` beat is only accepted (``ready``) when
 
 * R FIFO rows are unreserved (credits; a tile reserves R rows when its ``last`` beat is accepted and
-  each row taken from ``results`` returns one), so a landing tile always has room however long the
-  consumer stalls; and
-* at least max(R, C) cycles have passed since the previous ``last`` beat (single shadow registers:
-  a row must be copied to the FIFO before the next tile overwrites it; one row enters per cycle).
+  each row taken from ``results`` returns one a cycle later), so a landing tile always has room
+  however long the consumer stalls; and
+* at least max(R, C, 2) cycles have passed since the previous ``last`` beat (single shadow
+  registers: a row must be copied out before the next tile overwrites it; one row leaves per cycle).
 
-Beats other than ``last`` are always accepted. ``ready`` therefore depends on ``payload.last``
-(allowed: it never depends on ``valid`` the other way round, and ``valid`` never waits for ``ready``).
+Both tests are registered (computed from the previous cycle's state), so ``ready`` is one LUT from
+flip-flops. Beats other than ``last`` are accepted in every cycle but the bubble after a ``last``. ``ready`` therefore depends on
+``payload.last`` (allowed: it never depends on ``valid`` the other way round, and ``valid`` never
+waits for ``ready``).
 
 Latency (cycle 0 = the cycle the ``last`` beat is accepted): result row r of that tile is valid in
-cycle ``cols + 4 + product_latency + r``, product_latency = 4 for int8 (MULT18X18D input, pipeline,
-output registers + one fabric register), 0 for ternary (conditional negate into the adder). With
-operands every cycle and results always taken, a K-beat tile occupies max(K, R, C) cycles while
-K ≥ (result latency + R)/2; shorter tiles wait for the FIFO (exact model:
-``hw.tiling.ArrayTiming``).
+cycle ``cols + 6 + product_latency + drain_stages + r``, product_latency = 4 for int8 (MULT18X18D
+input, pipeline, output registers + one fabric register), 0 for ternary. With operands every cycle
+and results always taken, a K-beat tile occupies max(K + 1, R, C) cycles while K + 1 ≥ (result
+latency + R + 1)/4; shorter tiles wait for the FIFO (exact model: ``hw.tiling.ArrayTiming``).
 
 Accumulators have ``bit_length(max|a|·max|b|·max_reduction) + 1`` bits with the symmetric code
 ranges max|a| = 2^(a_width−1)−1 and max|b| = 2^(b_width−1)−1 (1 for ternary), matching spec §8.2
@@ -64,13 +78,14 @@ K ≤ ``max_reduction`` beats can overflow unless ``k_overflow`` or ``operand_er
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Shape, Signal, signed
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal, Signal, signed
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from golden.config import WageConfig
 
+from .bram import BlockRam
+from .netlist import kept
 from .tiling import MODES, ArrayTiming, accumulator_bits, operand_width
 
 __all__ = ["MacArray", "TARGETS", "MULT18X18D_PARAMETERS"]
@@ -230,69 +245,101 @@ class MacArray(wiring.Component):
         m = Module()
         R, C = self._rows, self._cols
         aw = self._acc_width
-        ml = self._timing.product_latency
-        gap = self._timing.min_last_interval
-        depth = self._timing.result_buffer_rows
+        timing = self._timing
+        ml, gap, depth = timing.product_latency, timing.min_last_interval, timing.result_buffer_rows
         op, res = self.operands, self.results
 
-        # ---- admission: credits for result rows, spacing of last beats, K count ----------------
+        # ---- admission: credits for result rows, spacing of last beats ------------------------
+        # The test is registered (from the previous cycle's state, conservatively) so that `ready`
+        # is one LUT from flip-flops: credits only grow between admissions and `since` only counts
+        # up, so last cycle's test still holds unless a `last` beat was admitted last cycle.
         credits = Signal(range(depth + 1), init=depth)
         since = Signal(range(gap + 1), init=gap)
-        last_ok = Signal()
-        m.d.comb += last_ok.eq((credits >= R) & (since >= gap))
-        m.d.comb += op.ready.eq(~op.payload.last | last_ok)
+        last_ok = Signal(init=1)
+        bubble = Signal()        # a last beat was admitted last cycle: no beat now (see the PEs)
+        warm = Signal(timing.startup_cycles)   # ones shift in after reset; the mesh's reset lags
+        m.d.sync += warm.eq(Cat(1, warm[:-1]))
+        m.d.comb += op.ready.eq(warm[-1] & ~bubble & (~op.payload.last | last_ok))
         take = Signal()
         admit_last = Signal()
         m.d.comb += [take.eq(op.valid & op.ready), admit_last.eq(take & op.payload.last)]
+        m.d.sync += [last_ok.eq(~admit_last & (credits >= R) & (since >= gap - 1)), bubble.eq(admit_last)]
 
         took = Signal()
+        took_late = Signal()     # a row was taken last cycle: its credit returns now (registered)
         m.d.comb += took.eq(res.valid & res.ready)
+        m.d.sync += took_late.eq(took)
         with m.If(admit_last):
-            m.d.sync += credits.eq(credits - R + took)
-        with m.Elif(took):
+            m.d.sync += credits.eq(credits - R + took_late)
+        with m.Elif(took_late):
             m.d.sync += credits.eq(credits + 1)
         with m.If(admit_last):
             m.d.sync += since.eq(1)
         with m.Elif(since < gap):
             m.d.sync += since.eq(since + 1)
 
-        kcount = Signal(range(self._max_reduction + 1))
-        with m.If(self.clear_error):
-            m.d.sync += [self.k_overflow.eq(0), self.operand_error.eq(0)]
-        lanes = [op.payload.a[r] for r in range(R)] + [op.payload.b[c] for c in range(C)]
-        most_negative = Cat(*[lane == -(1 << (len(lane) - 1)) for lane in lanes])
-        with m.If(take & most_negative.any()):
-            m.d.sync += self.operand_error.eq(1)
-        with m.If(take):
-            with m.If(kcount == self._max_reduction):
-                m.d.sync += self.k_overflow.eq(1)
-            with m.If(op.payload.last):
-                m.d.sync += kcount.eq(0)
-            with m.Elif(kcount != self._max_reduction):
-                m.d.sync += kcount.eq(kcount + 1)
-
         # ---- input register and flag delay line ----------------------------------------------
+        # The operand register runs freely (no enable to fan out); fv/fl say what it holds.
         stage = Signal(self.operand_layout, reset_less=True)
-        with m.If(take):
-            m.d.sync += stage.eq(op.payload)
+        m.d.sync += stage.eq(op.payload)
         # (valid, last) of the beat accepted j+1 cycles ago is at tap j. Element (r, c) needs tap
-        # r + c + 1 + ml; a shared line up to tap R + ml feeds one private chain per row (so every
-        # flag register drives one element, not a whole anti-diagonal): row r's chain position c is
-        # tap r + c + 1 + ml, and position C (tap r + C + 1 + ml) says "row r is complete".
+        # r + c + 1 + ml; a shared line up to tap R + ml feeds one private chain per row, and every
+        # chain register is kept apart from its equivalents (hw.netlist.kept) so each flag drives
+        # one element, not a whole anti-diagonal.
         n_taps = R + ml + 1
         fv = [Signal(name=f"fv{j}") for j in range(n_taps)]
         fl = [Signal(name=f"fl{j}") for j in range(n_taps)]
         m.d.sync += [fv[0].eq(take), fl[0].eq(admit_last)]
         for j in range(1, n_taps):
             m.d.sync += [fv[j].eq(fv[j - 1]), fl[j].eq(fl[j - 1])]
-        row_v = [[Signal(name=f"fv_{r}_{c}") for c in range(C)] for r in range(R)]
-        row_l = [[Signal(name=f"fl_{r}_{c}") for c in range(C + 1)] for r in range(R)]
+        # The mesh's flip-flops take the reset through a two-level tree of kept copies (one per
+        # row, then one per element) instead of one net spanning the die; hence the start-up delay.
+        rst_row = [Signal(name=kept(f"rst_{r}"), reset_less=True) for r in range(R)]
+        rst_pe = [[Signal(name=kept(f"rst_{r}_{c}"), reset_less=True) for c in range(C)] for r in range(R)]
+        for r in range(R):
+            m.d.sync += rst_row[r].eq(ResetSignal("sync"))
+            m.d.sync += [x.eq(rst_row[r]) for x in rst_pe[r]]
+        assert timing.startup_cycles == 2
+        row_v = [[Signal(name=kept(f"fv_{r}_{c}"), reset_less=True) for c in range(C)] for r in range(R)]
+        row_l = [[Signal(name=kept(f"fl_{r}_{c}"), reset_less=True) for c in range(C)] for r in range(R)]
         for r in range(R):
             m.d.sync += [row_v[r][0].eq(fv[r + ml]), row_l[r][0].eq(fl[r + ml])]
             for c in range(1, C):
-                m.d.sync += row_v[r][c].eq(row_v[r][c - 1])
-            for c in range(1, C + 1):
-                m.d.sync += row_l[r][c].eq(row_l[r][c - 1])
+                m.d.sync += [row_v[r][c].eq(row_v[r][c - 1]), row_l[r][c].eq(row_l[r][c - 1])]
+        # row_x: the cycle after `last` at element (r, c) (always a bubble: the shadow takes the
+        # finished sum, the accumulator clears). done: "row r complete", one copy per result
+        # column plus one for the row-valid lane.
+        row_x = [[Signal(name=kept(f"fx_{r}_{c}"), reset_less=True) for c in range(C)] for r in range(R)]
+        done = [[Signal(name=kept(f"done_{r}_{c}"), reset_less=True) for c in range(C + 1)] for r in range(R)]
+        for r in range(R):
+            m.d.sync += [row_x[r][c].eq(row_l[r][c]) for c in range(C)]
+            m.d.sync += [d.eq(row_x[r][C - 1]) for d in done[r]]
+            for c in range(C + 1):
+                with m.If(rst_pe[r][min(c, C - 1)]):
+                    m.d.sync += done[r][c].eq(0)
+                    if c < C:
+                        m.d.sync += [row_v[r][c].eq(0), row_l[r][c].eq(0), row_x[r][c].eq(0)]
+
+        # ---- checks on the operand register, pipelined off the handshake path ------------------
+        rem = Signal(signed(self._max_reduction.bit_length() + 1), init=self._max_reduction - 1)
+        with m.If(self.clear_error):
+            m.d.sync += [self.k_overflow.eq(0), self.operand_error.eq(0)]
+        with m.If(fv[0]):
+            # rem = beats the tile may still take − 1; negative once max_reduction beats were seen.
+            with m.If(rem[-1]):
+                m.d.sync += self.k_overflow.eq(1)
+            with m.If(fl[0]):
+                m.d.sync += rem.eq(self._max_reduction - 1)
+            with m.Elif(~rem[-1]):
+                m.d.sync += rem.eq(rem - 1)
+        lanes = [stage.a[r] for r in range(R)] + [stage.b[c] for c in range(C)]
+        bad_groups = []
+        for g in range(0, len(lanes), 4):
+            bad = Signal(name=f"bad_operand{g // 4}")
+            m.d.sync += bad.eq(fv[0] & Cat(*[lane == -(1 << (len(lane) - 1)) for lane in lanes[g:g + 4]]).any())
+            bad_groups.append(bad)
+        with m.If(Cat(*bad_groups).any()):
+            m.d.sync += self.operand_error.eq(1)
 
         # ---- skew -------------------------------------------------------------------------------
         def delayed(value, n, shape, name):
@@ -306,7 +353,11 @@ class MacArray(wiring.Component):
         b_col = [delayed(stage.b[c], c, signed(self._b_width), f"skew_b{c}") for c in range(C)]
 
         # ---- processing elements ---------------------------------------------------------------
-        # Datapath registers need no reset (the flags decide what counts); accumulators do.
+        # Datapath registers need no reset (the flags decide what counts); accumulators do (from
+        # the reset tree). The
+        # adder feeds the accumulator only, so the two pack into the same slices: the `last` beat
+        # adds like any other, and in the bubble cycle after it the shadow register copies the
+        # accumulator (a clock enable) while the accumulator clears (a synchronous reset).
         a_reg = [[Signal(signed(self._a_width), name=f"a_{r}_{c}", reset_less=True) for c in range(C)]
                  for r in range(R)]
         b_reg = [[Signal(signed(self._b_width), name=f"b_{r}_{c}", reset_less=True) for c in range(C)]
@@ -318,43 +369,105 @@ class MacArray(wiring.Component):
                     a_reg[r][c].eq(a_row[r] if c == 0 else a_reg[r][c - 1]),
                     b_reg[r][c].eq(b_col[c] if r == 0 else b_reg[r - 1][c]),
                 ]
+                acc = Signal(signed(aw), name=f"acc_{r}_{c}", reset_less=True)
+                total = Signal(signed(aw), name=f"sum_{r}_{c}")
                 if self._mode == "int8":
                     prod = self._multiplier(m, a_reg[r][c], b_reg[r][c], f"mul_{r}_{c}")
                     addend = Signal(signed(self._a_width + self._b_width), name=f"prod_{r}_{c}", reset_less=True)
                     m.d.sync += addend.eq(prod)    # fabric register after the product
+                    m.d.comb += total.eq(acc + addend)
                 else:
+                    # acc ± a as one carry chain: acc + (neg ? ~a : a) + neg, the +neg entering as the
+                    # carry of an extra low bit that is 1 in both operands exactly when neg.
                     b = b_reg[r][c]
-                    addend = Signal(signed(self._a_width + 1), name=f"tern_{r}_{c}")
-                    m.d.comb += addend.eq(Mux(b[0], Mux(b[1], -a_reg[r][c], a_reg[r][c]), 0))
-                acc = Signal(signed(aw), name=f"acc_{r}_{c}")
-                total = Signal(signed(aw), name=f"sum_{r}_{c}")
-                m.d.comb += total.eq(acc + addend)
+                    nonzero, negative = b[0], b[1]
+                    carry = Signal(name=f"neg_{r}_{c}")
+                    flipped = Signal(signed(aw), name=f"tern_{r}_{c}")
+                    m.d.comb += [
+                        carry.eq(nonzero & negative),
+                        flipped.eq(Mux(nonzero, Mux(negative, ~a_reg[r][c], a_reg[r][c]), 0)),
+                        total.eq((Cat(carry, acc) + Cat(carry, flipped))[1:aw + 1]),
+                    ]
                 with m.If(row_v[r][c]):
-                    with m.If(row_l[r][c]):
-                        m.d.sync += [acc.eq(0), shadow[r][c].eq(total)]
-                    with m.Else():
-                        m.d.sync += acc.eq(total)
+                    m.d.sync += acc.eq(total)
+                with m.If(row_x[r][c]):
+                    m.d.sync += [acc.eq(0), shadow[r][c].eq(acc)]
+                with m.If(rst_pe[r][c]):
+                    m.d.sync += acc.eq(0)
 
-        # ---- result rows → FIFO → results ------------------------------------------------------
-        # SyncFIFOBuffered(depth=N) keeps N−1 entries in memory plus an output register and refuses
-        # writes while the memory part is full, even when the output register is about to empty; one
-        # spare entry makes every reserved row (at most `depth` in the FIFO) writable at once.
-        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.result_layout.size, depth=depth + 1)
-        row_bits = self.result_layout.size
-        row_ready = [row_l[r][C] for r in range(R)]
-        row_width = Shape.cast(self.result_layout.members["row"]).width
-        w_data = Const(0, row_bits)
-        for r in range(R):
-            bits = Cat(*shadow[r], Const(r, row_width), Const(int(r == R - 1), 1))
-            w_data = w_data | (bits & row_ready[r].replicate(row_bits))
+        # ---- drain: finished rows → one row per cycle --------------------------------------------
+        # Row r's shadow registers hold its sums from the cycle done[r] is high until the next tile
+        # lands (≥ min_last_interval later). Registered AND-OR stages gather them: first groups of 4
+        # rows (two LUT levels), then OR trees of up to 4 registers per stage. Each row brings a
+        # valid lane; rows are one cycle apart, so at most one row is in any stage at a time.
+        level = []
+        for g in range(0, R, 4):
+            rows_g = range(g, min(g + 4, R))
+            v = Signal(name=f"drain1_{g // 4}_v")
+            cols_g = [Signal(aw, name=f"drain1_{g // 4}_{c}", reset_less=True) for c in range(C)]
+            # (until the mesh's delayed reset has landed, stale `done` flags must not count)
+            m.d.sync += v.eq(warm[-1] & Cat(*[done[r][C] for r in rows_g]).any())
+            for c in range(C):
+                terms = [shadow[r][c].as_unsigned() & done[r][c].replicate(aw) for r in rows_g]
+                value = terms[0]
+                for t in terms[1:]:
+                    value = value | t
+                m.d.sync += cols_g[c].eq(value)
+            level.append((v, cols_g))
+        n_stage = 1
+        while len(level) > 1:
+            n_stage += 1
+            merged = []
+            for g in range(0, len(level), 4):
+                part = level[g:g + 4]
+                v = Signal(name=f"drain{n_stage}_{g // 4}_v")
+                cols_g = [Signal(aw, name=f"drain{n_stage}_{g // 4}_{c}", reset_less=True) for c in range(C)]
+                m.d.sync += v.eq(Cat(*[p[0] for p in part]).any())
+                for c in range(C):
+                    value = part[0][1][c]
+                    for p in part[1:]:
+                        value = value | p[1][c]
+                    m.d.sync += cols_g[c].eq(value)
+                merged.append((v, cols_g))
+            level = merged
+        assert n_stage == timing.drain_stages
+        w_en, w_cols = level[0]
+
+        # ---- result FIFO in block RAM (registered output) --------------------------------------
+        # Admission credits guarantee a free slot for every row written, so the write side has no
+        # full test. The read side is a two-stage pipeline (RAM, output register) that advances
+        # while its output is empty or taken and holds (clock enables) while the consumer stalls.
+        # The RAM is a power of two deep (pointers wrap for free); credits still count `depth`.
+        ram_depth = 1 << (depth - 1).bit_length()
+        ram = m.submodules.result_ram = BlockRam(C * aw, ram_depth, target=self._target)
+        wptr = Signal(range(ram_depth))
+        rptr = Signal(range(ram_depth))
+        avail = Signal(range(depth + 1))           # rows written and not yet read out of the RAM
+        in_ram, in_out = Signal(), Signal()        # RAM read stage / output register hold a row
+        advance, issue = Signal(), Signal()
         m.d.comb += [
-            fifo.w_en.eq(Cat(*row_ready).any()),
-            fifo.w_data.eq(w_data),
-            res.valid.eq(fifo.r_rdy),
-            res.payload.eq(fifo.r_data),
-            fifo.r_en.eq(res.ready),
+            advance.eq(~in_out | res.ready),
+            issue.eq(advance & (avail != 0)),
+            ram.w_en.eq(w_en), ram.w_addr.eq(wptr), ram.w_data.eq(Cat(*w_cols)),
+            ram.r_addr.eq(rptr), ram.r_en.eq(advance),
         ]
-        with m.If(fifo.w_en & ~fifo.w_rdy):
+        with m.If(w_en):
+            m.d.sync += wptr.eq(wptr + 1)
+        with m.If(issue):
+            m.d.sync += rptr.eq(rptr + 1)
+        m.d.sync += avail.eq(avail + w_en - issue)
+        with m.If(advance):
+            m.d.sync += [in_ram.eq(issue), in_out.eq(in_ram)]
+        with m.If(w_en & (avail == depth)):
             m.d.sync += self.overrun.eq(1)
-        return m
 
+        row_out = Signal(range(R))
+        with m.If(took):
+            m.d.sync += row_out.eq(Mux(row_out == R - 1, 0, row_out + 1))
+        m.d.comb += [
+            res.valid.eq(in_out),
+            res.payload.data.eq(ram.r_data),
+            res.payload.row.eq(row_out),
+            res.payload.last.eq(row_out == R - 1),
+        ]
+        return m

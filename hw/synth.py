@@ -7,8 +7,11 @@ A unit (any :class:`amaranth.lib.wiring.Component` clocked by the ``sync`` domai
 and routed on its own: it has more ports than the package has pins, and a port that leads nowhere
 lets the synthesiser delete the logic behind it. :class:`SynthHarness` wraps it so that
 
-* every input bit of the unit is driven by its own flip-flop of one long shift register, loaded
-  serially from the pin ``sin`` (so nothing is constant and nothing can be optimised away);
+* every input bit of the unit is driven by its own flip-flop of one long scrambling shift register
+  (bit k takes bit k−1 XOR itself), loaded serially from the pin ``sin`` (so nothing is constant and
+  nothing can be optimised away). A plain shift register would be wrong: the unit's own input and
+  delay registers (D = an input bit) would equal the chain's next flip-flop (D = the same bit), and
+  yosys merges such twins, leaving one harness flip-flop driving pipelines all over the die;
 * every output bit is registered and then folded by a *pipelined* tree of 4-input XORs (one LUT4
   between flip-flops) into ``out_pins`` registered pins ``sout``;
 * the clock comes from the pin ``clk`` and the reset from the pin ``rst`` through a two-flip-flop
@@ -64,6 +67,8 @@ from typing import Callable
 from amaranth.hdl import Cat, ClockDomain, Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+
+from .netlist import YOSYS_KEEP_COMMANDS
 
 __all__ = [
     "DEVICES", "PACKAGES", "UNITS", "SynthError", "SynthHarness", "SynthResult",
@@ -142,8 +147,8 @@ class SynthHarness(wiring.Component):
     Ports: ``clk``, ``rst`` (synchronised; resets the unit's ``sync`` domain), ``sin`` (serial
     data shifted into the input chain) and ``sout`` (``out_pins`` registered XOR-folds of all the
     unit's outputs). Attributes ``input_bits``, ``output_bits``, ``harness_ffs`` and
-    ``harness_luts`` (exact counts of what the harness itself adds; the LUT count is the XOR tree's
-    LUT4s, the input chain needs none) are available after construction.
+    ``harness_luts`` (exact counts of what the harness itself adds; the LUT count is one XOR per
+    input-chain bit plus the output XOR tree's LUT4s) are available after construction.
     """
 
     def __init__(self, unit: wiring.Component, *, out_pins: int = 8):
@@ -158,7 +163,7 @@ class SynthHarness(wiring.Component):
         self.out_pins = out_pins
         # Count what the harness adds (the elaboration below builds exactly this).
         ffs = 2 + 1 + self.input_bits + self.output_bits        # rst sync, sin reg, chain, out regs
-        luts, width = 0, self.output_bits
+        luts, width = self.input_bits, self.output_bits             # one XOR per chain bit
         while width > out_pins:
             width = -(-width // 4)
             luts += width
@@ -177,15 +182,16 @@ class SynthHarness(wiring.Component):
 
         m.submodules.unit = self.unit
 
-        # Inputs: one shift register, one flip-flop per input bit, fed from the `sin` pin.
+        # Inputs: one scrambling shift register (bit k ← bit k−1 XOR bit k), one flip-flop per
+        # input bit, fed from the `sin` pin; the XOR keeps it from twinning the unit's registers.
         sin_reg = Signal(name=f"{p}_sin", reset_less=True)
         m.d.sync += sin_reg.eq(self.sin)
         if self.input_bits:
             chain = Signal(self.input_bits, name=f"{p}_chain", reset_less=True)
             if self.input_bits == 1:
-                m.d.sync += chain.eq(sin_reg)
+                m.d.sync += chain.eq(sin_reg ^ chain)
             else:
-                m.d.sync += chain.eq(Cat(sin_reg, chain[:-1]))
+                m.d.sync += chain.eq(Cat(sin_reg, chain[:-1]) ^ chain)
             offset = 0
             for _, value in self._inputs:
                 m.d.comb += value.eq(chain[offset:offset + len(value)])
@@ -519,7 +525,7 @@ def _lpf(package: str, freq_mhz: float, out_pins: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 def _yosys(workdir: Path, abc9_dff: bool, timeout_s: float, progress, start: float) -> None:
-    script = ["read_rtlil design.il",
+    script = ["read_rtlil design.il", *YOSYS_KEEP_COMMANDS,
               f"synth_ecp5 -top top {'-dff ' if abc9_dff else ''}-json design.json",
               "tee -q -o yosys_stat.json stat -json"]
     (workdir / "synth.ys").write_text("\n".join(script) + "\n")

@@ -106,19 +106,33 @@ def accumulator_bits(a_width: int, b_width: int, max_reduction: int) -> int:
 class ArrayTiming:
     """Cycle model of a ``rows``×``cols`` :class:`~hw.mac_array.MacArray` in ``mode``.
 
-    Cycle 0 is the cycle in which the array accepts a tile's ``last`` beat.
+    Cycle 0 is the cycle in which the array accepts a tile's ``last`` beat (in
+    :meth:`last_beat_cycles`: the first cycle after reset).
+
+    * ``startup_cycles`` = 2 — no beat is accepted in the first two cycles after reset (the mesh
+      takes its reset through a registered tree).
 
     * ``product_latency`` — 4 (int8: DSP input, pipeline, output register + fabric register) or 0.
-    * ``result_latency`` — first result row of that tile is valid in cycle ``cols + 4 +
-      product_latency``; rows follow one per cycle while the consumer is ready.
-    * ``min_last_interval`` = max(rows, cols) — two ``last`` beats are accepted at least this many
+    * ``drain_stages`` — registered stages that gather the finished rows into one stream: the first
+      merges groups of 4 rows, each further one up to 4 groups (1 for R ≤ 4, 2 for R ≤ 16, 3 for
+      R ≤ 64, …).
+    * ``result_latency`` — first result row of that tile is valid in cycle ``cols + 6 +
+      product_latency + drain_stages``; rows follow one per cycle while the consumer is ready.
+    * The cycle after a ``last`` beat is accepted takes no beat (the elements move the finished sums
+      into their shadow registers then), so a K-beat tile takes at least K + 1 cycles.
+    * ``min_last_interval`` = max(rows, cols, 2) — two ``last`` beats are accepted at least this many
       cycles apart (one result row leaves per cycle; the result shadow registers are single).
-    * ``result_buffer_rows`` = 2·rows — result FIFO; a ``last`` beat is accepted only when R FIFO rows
-      are unreserved, so with an always-ready consumer tile n waits until tile n−2 has fully left.
+    * ``result_buffer_rows`` = 4·rows — result FIFO (block RAM); a ``last`` beat is accepted only when
+      R FIFO rows were unreserved in the previous cycle (the admission test is registered, and a
+      taken row returns its credit one cycle later), so with an always-ready consumer tile n waits
+      until tile n−4 has fully left, plus two cycles.
     """
     rows: int
     cols: int
     mode: str = "int8"
+
+    #: Result FIFO depth in tiles (``result_buffer_rows`` = this × rows).
+    BUFFER_TILES = 4
 
     def __post_init__(self):
         check_geometry(self.rows, self.cols, self.mode)
@@ -128,32 +142,43 @@ class ArrayTiming:
         return PRODUCT_LATENCY[self.mode]
 
     @property
+    def startup_cycles(self) -> int:
+        """Cycles after reset before the first beat is accepted (the mesh's reset tree)."""
+        return 2
+
+    @property
+    def drain_stages(self) -> int:
+        groups, stages = -(-self.rows // 4), 1
+        while groups > 1:
+            groups, stages = -(-groups // 4), stages + 1
+        return stages
+
+    @property
     def result_latency(self) -> int:
-        return self.cols + 4 + self.product_latency
+        return self.cols + 6 + self.product_latency + self.drain_stages
 
     @property
     def min_last_interval(self) -> int:
-        return max(self.rows, self.cols)
+        return max(self.rows, self.cols, 2)
 
     @property
     def result_buffer_rows(self) -> int:
-        return 2 * self.rows
+        return self.BUFFER_TILES * self.rows
 
     def last_beat_cycles(self, ks: Iterable[int]) -> list[int]:
         """Cycles at which each tile's ``last`` beat is accepted, beats offered back to back from
         cycle 0 (one per cycle, never invalid) and results always taken (an exact model)."""
-        lat, gap, r = self.result_latency, self.min_last_interval, self.rows
+        lat, gap, r, d = self.result_latency, self.min_last_interval, self.rows, self.BUFFER_TILES
         out: list[int] = []
-        t_prev_end = -1                       # cycle of the previous tile's last beat
         for n, k in enumerate(ks):
             k = max(int(k), 1)
-            t = t_prev_end + k                # beats stream straight through
+            # beats stream through from startup_cycles on, one bubble after each last beat
+            t = (out[-1] + 1 if out else self.startup_cycles - 1) + k
             if out:
                 t = max(t, out[-1] + gap)
-            if n >= 2:                        # 2R buffer rows: tile n−2 must have left completely
-                t = max(t, out[n - 2] + lat + r)
+            if n >= d:                        # d·R buffer rows: tile n−d must have left completely
+                t = max(t, out[n - d] + lat + r + 2)
             out.append(t)
-            t_prev_end = t
         return out
 
     def cycles(self, ks: Iterable[int]) -> int:

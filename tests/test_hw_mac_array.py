@@ -329,14 +329,14 @@ def test_timing_matches_model(rows, cols, mode):
     want_rows = [t + timing.result_latency + r for t in lasts for r in range(rows)]
     assert bench.row_cycles == want_rows
     assert bench.row_cycles[-1] + 1 == timing.cycles(ks)
-    assert dut.result_latency == cols + 4 + (4 if mode == "int8" else 0)
+    assert dut.result_latency == cols + 6 + (4 if mode == "int8" else 0) + 1   # one drain stage (R ≤ 4)
 
 
 def test_full_throughput_for_long_tiles():
-    """K ≥ max(R, C) and ≥ (latency + R)/2: one beat per cycle, no bubble between tiles."""
+    """K ≥ max(R, C) and K + 1 ≥ (latency + R + 1)/4: one beat per cycle, one bubble per tile."""
     timing = tiling.ArrayTiming(4, 4, "int8")
     ks = [12] * 6
-    assert timing.last_beat_cycles(ks) == [12 * (i + 1) - 1 for i in range(6)]
+    assert timing.last_beat_cycles(ks) == [13 * (i + 1) for i in range(6)]    # 2 start-up cycles
     ks = [1] * 6                                # short tiles: limited by the FIFO and one row per cycle
     lasts = timing.last_beat_cycles(ks)
     assert all(b - a >= 4 for a, b in zip(lasts, lasts[1:]))
@@ -355,8 +355,71 @@ def test_result_backpressure_stops_the_input_without_loss(rows, cols, mode):
     results = bench.run(ts)
     _check_tiles(ts, results)
     assert bench.ready_low_on_last > 100         # the input side stopped
-    # tiles 0 and 1 reserve the 2R FIFO rows; tile 2's last beat waits until the consumer wakes up
-    assert bench.last_cycles[1] < 150 <= bench.last_cycles[2]
+    # tiles 0..3 reserve the 4R FIFO rows; tile 4's last beat waits until the consumer wakes up
+    assert bench.last_cycles[3] < 150 <= bench.last_cycles[4]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reset_with_work_in_flight_leaves_no_trace(mode):
+    """Reset while beats, flags and finished rows are in flight (consumer stalled): afterwards no
+    stale row appears and the next tiles are exact (the mesh's reset tree and start-up delay)."""
+    from amaranth.hdl import ClockDomain, Module
+    rng = np.random.default_rng(_seed(f"reset-{mode}"))
+    R, C = 3, 4
+    dut = MacArray(CFG, R, C, mode=mode, max_reduction=16)
+    top = Module()
+    top.domains.sync = cd = ClockDomain("sync")
+    top.submodules.dut = dut
+    bvals = [-1, 0, 1] if mode == "ternary" else list(range(-127, 128))
+
+    def tile(k):
+        return _tile(rng.integers(-127, 128, size=(k, R)), rng.choice(bvals, size=(k, C)), R, C)
+
+    before = [tile(int(k)) for k in rng.integers(1, 9, size=4)] + [tile(12)]
+    after = [tile(int(k)) for k in rng.integers(1, 9, size=6)]
+    packer = Bench(dut)
+    beats_before = [packer._beat(a, b, last) for t in before for a, b, last in t.beats()][:-5]
+    beats_after = [packer._beat(a, b, last) for t in after for a, b, last in t.beats()]
+    state = {"reset_done": False}
+    rows = []
+
+    async def source(ctx):
+        for phase, beats in (("before", beats_before), ("after", beats_after)):
+            for value in beats:
+                ctx.set(dut.operands.payload.as_value(), value)
+                ctx.set(dut.operands.valid, 1)
+                while True:
+                    _, _, ready = await ctx.tick().sample(dut.operands.ready)
+                    if ready:
+                        break
+            ctx.set(dut.operands.valid, 0)
+            if phase == "before":
+                await ctx.tick().repeat(int(rng.integers(0, 6)))
+                ctx.set(cd.rst, 1)
+                await ctx.tick()
+                ctx.set(cd.rst, 0)
+                state["reset_done"] = True
+
+    async def sink(ctx):
+        aw = dut.accumulator_width
+        cycles = 0
+        while len(rows) < R * len(after) + 1 and cycles < 3000:
+            ready = state["reset_done"]
+            ctx.set(dut.results.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.results.valid, dut.results.payload.as_value())
+            if valid and ready:
+                rows.append(_unpack(payload, aw, C))
+            cycles += 1
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8, domain="sync")
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run()
+    want = [list(row) for t in after for row in (t.a.T @ t.b)]
+    assert len(rows) == R * len(after), f"{len(rows)} rows after the reset, want {R * len(after)}:\n{rows}\n{want}"
+    for n, t in enumerate(after):
+        assert np.array_equal(np.array(rows[n * R:(n + 1) * R]), t.a.T @ t.b), f"tile {n} after reset"
 
 
 def test_k_overflow_flag_is_sticky_and_clearable():

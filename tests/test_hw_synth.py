@@ -103,8 +103,8 @@ def test_harness_rejects():
 def test_harness_counts():
     h = SynthHarness(Passthrough(8), out_pins=2)
     assert (h.input_bits, h.output_bits) == (9, 9)
-    # 9 outputs → 3 XOR-4 groups → 1: two tree levels of 3 + 1 LUT4s and flip-flops.
-    assert h.harness_luts == 4
+    # 9 chain XORs; 9 outputs → 3 XOR-4 groups → 1: two tree levels of 3 + 1 LUT4s and flip-flops.
+    assert h.harness_luts == 9 + 4
     assert h.harness_ffs == 2 + 1 + 9 + 9 + 4
 
 
@@ -125,13 +125,16 @@ def test_harness_shifts_in_and_folds_out():
         for _ in range(3):
             await tick(ctx)
         ctx.set(h.rst, 0)
-        # Chain order: input ports in signature order, bit 0 of the first port is the oldest bit.
-        a, flag = 0b1011_0110, 1
-        bits = [(a >> i) & 1 for i in range(8)] + [flag]
-        for b in reversed(bits):
+        # Chain order: input ports in signature order. The chain scrambles (bit k ← bit k−1 XOR
+        # bit k, bit 0 ← sin register XOR bit 0); a Python model of it predicts the unit's inputs.
+        chain, sin_reg = [0] * 9, 0
+        for b in [1, 0, 1, 1, 0, 1, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 1, 0, 1]:
             ctx.set(h.sin, b)
             await tick(ctx)
-        await tick(ctx)                               # sin register → chain
+            chain = [(sin_reg if k == 0 else chain[k - 1]) ^ chain[k] for k in range(9)]
+            sin_reg = b
+        a = sum(bit << i for i, bit in enumerate(chain[:8]))
+        flag = chain[8]
         assert ctx.get(unit.a) == a and ctx.get(unit.flag_in) == flag
         ctx.set(h.sin, 0)
         # Edge 1: unit registers; 2: harness output register; 3, 4: the two XOR-tree levels

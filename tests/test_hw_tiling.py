@@ -198,13 +198,18 @@ def test_accumulator_bits_and_operand_width():
 
 def test_timing_model():
     t = tiling.ArrayTiming(4, 4, "int8")
-    assert (t.product_latency, t.result_latency, t.min_last_interval, t.result_buffer_rows) == (4, 12, 4, 8)
-    assert tiling.ArrayTiming(2, 3, "ternary").result_latency == 7
+    assert (t.product_latency, t.result_latency, t.min_last_interval, t.result_buffer_rows) == (4, 15, 4, 16)
+    assert tiling.ArrayTiming(2, 3, "ternary").result_latency == 10
+    assert tiling.ArrayTiming(1, 1).min_last_interval == 2
+    assert [tiling.ArrayTiming(r, 1).drain_stages for r in (1, 4, 5, 16, 17, 64, 65)] == [1, 1, 2, 2, 3, 3, 4]
     # long tiles stream back to back; the total adds the fill latency and the R result rows once
-    assert t.last_beat_cycles([20, 20, 20]) == [19, 39, 59]
-    assert t.cycles([20, 20, 20]) == 59 + 12 + 4
-    # short tiles: one tile per max(R, C) cycles at first, then limited by the 2R-row FIFO
-    assert t.last_beat_cycles([1, 1, 1, 1]) == [0, 4, 16, 20]
+    # two start-up cycles after reset, one bubble after each last beat
+    assert t.last_beat_cycles([20, 20, 20]) == [21, 42, 63]
+    assert t.cycles([20, 20, 20]) == 63 + 15 + 4
+    # short tiles: one tile per max(R, C) cycles at first, then limited by the 4R-row FIFO
+    # (tile 4 waits for tile 0's last row, taken in cycle 2 + 15 + 3, plus the registered credit
+    # return and the registered test)
+    assert t.last_beat_cycles([1] * 6) == [2, 6, 10, 14, 23, 27]
     assert tiling.estimate_cycles(8, 8, 20, 4, 4) == t.cycles([20] * 4)
     assert tiling.estimate_cycles(8, 8, 40, 4, 4, k_chunk=20) == t.cycles([20] * 8)
 
