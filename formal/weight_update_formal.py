@@ -130,7 +130,7 @@ class Harness(Elaboratable):
             m.d.comb += port.addr.eq(a)
             for i in range(dut.lanes):
                 self._assert(m, "range", in_range(port.data[i]), f"ram[{a}][{i}] in range")
-        for name, (wen, word) in zip(("s3", "h4", "h5"), dut._writeback):
+        for name, (wen, word) in zip(("s4", "h5", "h6"), dut._writeback):
             for i in range(dut.lanes):
                 self._assert(m, "range", ~wen | in_range(word[i]), f"{name}[{i}] in range")
 
@@ -138,7 +138,7 @@ class Harness(Elaboratable):
         probe_q = dut._forward_code(self.ws_probe)
         self._assert(m, "wq", wq_rule(self.ws_probe, probe_q, kW, kG), "wq rule (probe)")
         for i in range(dut.lanes):
-            ok = wq_rule(dut._s3_rword[i], dut._serve_beat.wq[i], kW, kG)
+            ok = wq_rule(dut._rword[i], dut._serve_beat.wq[i], kW, kG)
             self._assert(m, "wq", ~dut._serve_push | ok, f"wq rule (served lane {i})")
 
         # 3. output FIFOs never overflow

@@ -41,17 +41,20 @@ payloads stay stable until taken)
 
 Store-then-quantise contract (Q_E, Q_G). The unit does not buffer a tensor. After accepting the
 command it consumes the tensor once (pass 1, nothing is emitted, ``i.ready`` is high whenever the
-first pipeline stage is free), computes the exponent (``log2(lanes) + 8`` cycles), then consumes the
+first pipeline stage is free), computes the exponent (``log2(lanes) + 10`` cycles), then consumes the
 *same* tensor again in the same order (pass 2) and emits the results. The producer must therefore
 store (or recompute) the tensor and send it twice, with identical values; a pass 2 that differs
 from pass 1 gives undefined (but well-formed) output. An all-zero tensor (``M = 0``: no weight
 update) still takes its pass 2 and emits ``count`` zeros with ``zero = 1`` on every beat, so every
 command produces exactly ``ceil(count / lanes)`` output beats and a consumer needs no second
-protocol. Q_A needs one pass (3 cycles of setup after the command).
+protocol. Q_A needs one pass (6 cycles of setup after the command is taken into the command
+register; the shift masks are decoded over three per-tensor stages).
 
-The next command is accepted as soon as the previous tensor's last beat has entered the pipeline
-(and, after a Q_G tensor, its last hash has left Threefry — the key is held, not pipelined), so
-tensors flow back to back without draining: every per-tensor setting travels with the data.
+``cmd.ready`` only says that the one-entry command register is empty (a registered handshake; the
+command's tests are precomputed there). The held command starts as soon as the previous tensor's
+last beat has entered the pipeline (and, after a Q_G tensor, its last hash has left Threefry — the
+key is held, not pipelined), so tensors flow back to back without draining: every per-tensor
+setting travels with the data.
 
 Pipeline (pass 2): input → A [ReLU / |G| / keep] → B1 [coarse shift by 8·⌊amt/8⌋; sticky bit and
 overflow bit by per-tensor masks] → B2 [fine shift, guard bit] → C [RNE increment, saturation,
@@ -227,21 +230,51 @@ class ShiftQuantizer(wiring.Component):
         m.d.comb += s_c.eq(Mux(s < -self.k_left, -self.k_left, Mux(s > self.r_max, self.r_max, s)))
         return s_c
 
-    def shift_masks(self, m: Module, s_c):
-        """Per-tensor, from the clamped shift: ``amt = K + s_c``, the sticky mask (bit j set when
-        j < s − 1) and the overflow mask (bit j set when j ≥ km + s: ⌊x / 2^s⌋ leaves signed(km+1)
-        iff x has such a bit that differs from its sign)."""
-        km = self.k_max
+    def shift_amount(self, m: Module, s_c):
+        """Per-tensor, from the clamped shift: ``amt = K + s_c`` (unsigned)."""
         amt = Signal(self.amt_shape, name="shift_amt")
+        m.d.comb += amt.eq(s_c + self.k_left)
+        return amt
+
+    def mask_parts(self, m: Module, amt):
+        """Per-tensor: the two-level decode of ``amt = 8·hi + lo`` the masks are built from (hi > k,
+        hi = k, lo ≥ r), so each mask bit is then one small function instead of a wide compare."""
+        hi, lo = amt[3:], amt[:3]
+        n_hi = 1 << len(hi)
+        parts = Signal(data.StructLayout({"gt": n_hi, "equal": n_hi, "ge": 8}), name="mask_parts")
+        m.d.comb += [parts.gt.eq(Cat(*(hi > k for k in range(n_hi)))),
+                     parts.equal.eq(Cat(*(hi == k for k in range(n_hi)))),
+                     parts.ge.eq(Cat(*(lo >= r for r in range(8))))]
+        return parts
+
+    def mask_combine(self, m: Module, parts):
+        """Per-tensor: the sticky mask (bit j set when j < s − 1, i.e. amt ≥ K + j + 2) and the
+        overflow mask (bit j set when j ≥ km + s, i.e. not amt ≥ K + j − km + 1: ⌊x / 2^s⌋ leaves
+        signed(km+1) iff x has such a bit that differs from its sign)."""
+        km, K = self.k_max, self.k_left
+        n_hi = len(parts.gt)
+
+        def ge(c):                                               # amt ≥ c
+            if c <= 0:
+                return Const(1)
+            if c >> 3 >= n_hi:
+                return Const(0)
+            return parts.gt[c >> 3] | (parts.equal[c >> 3] & parts.ge[c & 7])
         mask = Signal(self.x_width, name="sticky_mask")
         omask = Signal(self.x_width, name="over_mask")
-        m.d.comb += amt.eq(s_c + self.k_left)
-        m.d.comb += mask.eq(Cat(*(s_c > j + 1 for j in range(self.x_width))))
-        m.d.comb += omask.eq(Cat(*(s_c <= j - km for j in range(self.x_width))))
+        m.d.comb += mask.eq(Cat(*(ge(K + j + 2) for j in range(self.x_width))))
+        m.d.comb += omask.eq(Cat(*(~ge(K + j - km + 1) for j in range(self.x_width))))
+        return mask, omask
+
+    def shift_masks(self, m: Module, s_c):
+        """Per-tensor, from the clamped shift: ``amt = K + s_c``, the sticky mask and the overflow
+        mask (shift_amount, mask_parts, mask_combine; three register stages in the pipeline)."""
+        amt = self.shift_amount(m, s_c)
+        mask, omask = self.mask_combine(m, self.mask_parts(m, amt))
         return amt, mask, omask
 
     def shift_params(self, m: Module, s):
-        """shift_clamp then shift_masks (two register stages in the pipeline's setup)."""
+        """shift_clamp then shift_masks (four register stages in the pipeline's setup)."""
         return self.shift_masks(m, self.shift_clamp(m, s))
 
     def lane_a(self, m: Module, mode, relu_on, p, name="lane"):
@@ -373,7 +406,10 @@ class ShiftQuantizer(wiring.Component):
         omask_r = Signal(self.x_width)
         s_c = self.shift_clamp(m, s_r)
         s_cr = Signal.like(s_c, name="s_clamped_r")
-        amt_c, mask_c, omask_c = self.shift_masks(m, s_cr)
+        amt_c = self.shift_amount(m, s_cr)
+        parts_c = self.mask_parts(m, amt_r)
+        parts_r = Signal.like(parts_c, name="mask_parts_r")
+        mask_c, omask_c = self.mask_combine(m, parts_r)
 
         lod = Signal(range(aw))                        # leading-one position (0 for M = 0)
         for j in range(aw):                            # highest set bit wins (last assignment)
@@ -402,11 +438,20 @@ class ShiftQuantizer(wiring.Component):
         iss_lo = Signal(2)
         ctr = [Signal(32, name=f"iss_ctr{u}") for u in range(H)]
         outstanding = Signal(range(self.draw_depth + 1))     # requests in Threefry + draws in the FIFO
+        in_tf = Signal(range(self.prng_latency + 1))          # requests in Threefry
         issue, pop = Signal(), Signal()
-        prng_idle = Signal()
-        m.d.comb += prng_idle.eq(outstanding == draws.level)
-        m.d.comb += issue.eq(iss_busy & (outstanding < self.draw_depth) & tf[0].i.ready)
-        m.d.sync += outstanding.eq(outstanding + issue - pop)
+        # both tests registered, so the issue and command logic starts from flip-flops rather than
+        # from adders and the FIFO's level: prng_idle exact (from in_tf's next value); credit from
+        # outstanding + issue, ignoring this cycle's pop (which comes late, from the output
+        # handshake), so at worst one cycle pessimistic
+        prng_idle = Signal(init=1)                           # in_tf == 0
+        credit = Signal(init=1)                              # outstanding < draw_depth
+        in_tf_next = Signal.like(in_tf)
+        m.d.comb += issue.eq(iss_busy & credit)
+        m.d.comb += in_tf_next.eq(in_tf + issue - tf[0].o.valid)
+        m.d.sync += [outstanding.eq(outstanding + issue - pop),
+                     credit.eq(outstanding + issue < self.draw_depth),
+                     in_tf.eq(in_tf_next), prng_idle.eq(in_tf_next == 0)]
         lo_sum = Signal(range(2 * L))
         carry = Signal()
         m.d.comb += [lo_sum.eq(iss_lo + lanes % L), carry.eq(lo_sum >= L)]
@@ -418,8 +463,13 @@ class ShiftQuantizer(wiring.Component):
         for u, unit in enumerate(tf):
             m.d.comb += [unit.i.valid.eq(issue), unit.i.payload.counter0.eq(ctr[u]),
                          unit.i.payload.counter1.eq(iss_key.step), unit.i.payload.key0.eq(iss_key.seed),
-                         unit.i.payload.key1.eq(iss_key.layer), unit.o.ready.eq(draws.w_rdy)]
+                         unit.i.payload.key1.eq(iss_key.layer), unit.o.ready.eq(1)]
         m.d.comb += tf[0].i.payload.side.eq(iss_lo)
+        # Threefry never stalls (o.ready = 1, so no enable fans out over its registers): the credits
+        # keep FIFO level + requests in flight ≤ draw_depth, so a hash leaving Threefry finds
+        # level ≤ draw_depth − 1, and SyncFIFOBuffered's inner memory (draw_depth − 1 entries) is
+        # then never full: with its output register full it holds ≤ draw_depth − 2, and while that
+        # register is empty (refilled the next cycle) at most one word.
         # each lane's draw, selected as the hashes leave Threefry: word (lo + j) of the H·L draws
         words = []
         for t in tf:
@@ -435,21 +485,32 @@ class ShiftQuantizer(wiring.Component):
         en_a = Signal()
         in_pass1 = Signal()                            # beats taken now belong to pass 1
         drain = Signal(range(self.tree_depth + 3))
+        # the command is taken into a register first (``cmd.ready`` = that register is empty), with
+        # its tests precomputed, so that starting it needs no wide compare on the input stream
+        pend = Signal(self.cmd_layout)
+        pend_valid, pend_nz, pend_qg, pend_qa, pend_last = Signal(), Signal(), Signal(), Signal(), Signal()
+        pend_keep = Signal(lanes)
+        m.d.comb += self.cmd.ready.eq(~pend_valid)
+        with m.If(self.cmd.valid & ~pend_valid):
+            pc = self.cmd.payload
+            m.d.sync += [pend.eq(pc), pend_valid.eq(1), pend_nz.eq(pc.count != 0),
+                         pend_qg.eq(pc.mode == Mode.QG), pend_qa.eq(pc.mode == Mode.QA),
+                         pend_last.eq(pc.count <= lanes), pend_keep.eq(Cat(*(pc.count > j for j in range(lanes))))]
         with m.FSM(name="ctl"):
             with m.State("IDLE"):
                 # a new command waits until the previous Q_G tensor's hashes have all left Threefry
                 # (its key is held, not pipelined: Threefry2x32(static_key=True))
-                m.d.comb += self.cmd.ready.eq(~iss_busy & prng_idle)
-                with m.If(self.cmd.valid & self.cmd.ready):
-                    pc = self.cmd.payload
-                    m.d.sync += [cmd.eq(pc), running_max.eq(0), n_exp.eq(0), zero.eq(0), *load_count(pc.count)]
-                    with m.If((pc.mode == Mode.QG) & (pc.count != 0)):
-                        m.d.sync += [iss_busy.eq(1), iss_rem.eq(pc.count), iss_lo.eq(0),
-                                     iss_key.seed.eq(pc.seed), iss_key.step.eq(pc.step), iss_key.layer.eq(pc.layer)]
+                with m.If(pend_valid & ~iss_busy & prng_idle):
+                    m.d.sync += [cmd.eq(pend), pend_valid.eq(0), running_max.eq(0), n_exp.eq(0), zero.eq(0),
+                                 remaining.eq(pend.count), last_beat.eq(pend_last), keep.eq(pend_keep)]
+                    with m.If(pend_qg & pend_nz):
+                        m.d.sync += [iss_busy.eq(1), iss_rem.eq(pend.count), iss_lo.eq(0),
+                                     iss_key.seed.eq(pend.seed), iss_key.step.eq(pend.step),
+                                     iss_key.layer.eq(pend.layer)]
                         m.d.sync += [c.eq(u) for u, c in enumerate(ctr)]
-                    with m.If(pc.count == 0):
+                    with m.If(~pend_nz):
                         pass
-                    with m.Elif(pc.mode == Mode.QA):
+                    with m.Elif(pend_qa):
                         m.next = "SETUP1"
                     with m.Else():
                         m.next = "PASS1"
@@ -478,7 +539,13 @@ class ShiftQuantizer(wiring.Component):
                 m.d.sync += s_cr.eq(s_c)
                 m.next = "SETUP3"
             with m.State("SETUP3"):
-                m.d.sync += [amt_r.eq(amt_c), mask_r.eq(mask_c), omask_r.eq(omask_c)]
+                m.d.sync += amt_r.eq(amt_c)
+                m.next = "SETUP4"
+            with m.State("SETUP4"):
+                m.d.sync += parts_r.eq(parts_c)
+                m.next = "SETUP5"
+            with m.State("SETUP5"):
+                m.d.sync += [mask_r.eq(mask_c), omask_r.eq(omask_c)]
                 m.next = "PASS2"
             with m.State("PASS2"):
                 m.d.comb += [self.i.ready.eq(en_a), take.eq(self.i.valid & en_a)]

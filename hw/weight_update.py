@@ -42,29 +42,32 @@ out of range counts on modulo 2^addr_width).
 
 Timing (cycle 0 = the cycle a beat is accepted / a read word is issued; no stalls):
 
-* Pipeline: arbiter → issue register (drives the RAM address) → RAM read → RAM output register →
-  compute (forwarding, subtract, clip / quantise) → write-back register driving the RAM write port
-  and the output FIFOs. An update or load accepted in cycle t writes the RAM at the end of cycle
-  t + 4 (``LATENCY_WRITE``).
+* Pipeline: arbiter → issue register (drives the RAM address) → RAM read → RAM output register
+  (forwarding from older write-backs) → compute (forwarding from the op just ahead, subtract,
+  clip) → write-back register driving the RAM write port, quantise, output FIFOs. An update or
+  load accepted in cycle t writes the RAM at the end of cycle t + 5 (``LATENCY_WRITE``).
 * Throughput: one operation per cycle in total. Each cycle a round-robin arbiter issues one of
   {update beat, load beat, serve word, readback word}; a lone stream gets every cycle (an update
   stream without stalls runs at one word per cycle).
 * A serve/readback command accepted in cycle c issues its first word in c + 1; that word is valid on
-  the output in c + 6 (``LATENCY_READ`` = 5 after issue), then one word per cycle. Each output has an
-  8-entry FIFO; a read word is only issued while fewer than 4 words are queued there, so every word
-  in flight has a slot and output back-pressure never stalls the pipeline or the other operations.
+  the output in c + 7 (``LATENCY_READ`` = 6 after issue), then one word per cycle. Each output has an
+  8-entry FIFO; a read word is only issued while fewer than 2 words were queued there one cycle
+  before (a registered test, so the issue logic starts from flip-flops), so every word in flight
+  has a slot and output back-pressure never stalls the pipeline or the other operations.
 
 Ordering and hazards: operations take effect in issue order, and every operation sees every write
 (update or load) issued before it. Read-after-write hazards (a word read while an older write to the
-same address is still in the three-cycle window between its RAM read and the RAM write becoming
-visible) are resolved by forwarding the youngest matching write-back value; the RAM's read data is
+same address is still in the four-cycle window between its RAM read and the RAM write becoming
+visible) are resolved by forwarding the youngest matching write-back value (the three older ones
+one stage before the compute stage, the op just ahead inside it, so the compute loop holds a single
+2:1 mux); the RAM's read data is
 never used for such a word, so the RAM's own read/write collision behaviour does not matter. Updates
 to the same address on consecutive cycles therefore chain correctly at full rate. An update, load or
 command accepted before a serve/readback command is accepted is visible to all of its words; a
 write accepted while a read command is running may land before or after any given word.
 
 Reset (``rst`` of the ``sync`` domain) empties the pipeline, the command sequencers and the output
-FIFOs; the RAM keeps its contents, so writes still in flight (the last four cycles) are lost.
+FIFOs; the RAM keeps its contents, so writes still in flight (the last five cycles) are lost.
 
 Checked against ``golden.quant`` in ``tests/test_hw_weight_update.py`` and
 ``sim/test_sim_weight_update.py``; the stored-range invariant and the Wq rule are proved in
@@ -84,14 +87,16 @@ from golden.config import WageConfig
 
 __all__ = ["WeightUpdate", "dw_bound", "OUT_FIFO_DEPTH", "LATENCY_WRITE", "LATENCY_READ"]
 
-#: Pipeline registers between the arbiter and the output FIFOs (issue, RAM data, RAM output, write-back).
-_STAGES = 4
-#: Entries of each output FIFO; a read word is issued while fewer than OUT_FIFO_DEPTH − 4 are queued.
+#: Pipeline registers between the arbiter and the output FIFOs (issue, RAM data, RAM output,
+#: compute, write-back).
+_STAGES = 5
+#: Entries of each output FIFO; a read word is issued while fewer than OUT_FIFO_DEPTH − _STAGES − 1 were queued
+#: in the cycle before.
 OUT_FIFO_DEPTH = 8
 #: Cycles from accepting an update/load beat to the end of the cycle that writes the RAM.
-LATENCY_WRITE = 4
+LATENCY_WRITE = 5
 #: Cycles from issuing a read word to its beat being valid on ``serve``/``readback``.
-LATENCY_READ = 5
+LATENCY_READ = 6
 
 _UPDATE, _LOAD, _SERVE, _READBACK = range(4)
 
@@ -103,6 +108,29 @@ def dw_bound(config: WageConfig) -> int:
     """
     e = max(config.eta_log2(epoch) for epoch, _ in config.lr_schedule)
     return math.isqrt(1 << (2 * e + 1)) + 1 if e >= 0 else 1
+
+
+#: Copies of each per-lane select register (stages 2 and 3): one select per 256 bits is too slow a
+#: net on the ECP5, and twelve is how many variants the synthesiser cannot merge (see _copies).
+_COPIES = 12
+
+
+def _copies(m, name, value, n, enable):
+    """``n`` registered copies of the 1-bit ``value``; returns the decoded outputs.
+
+    Identical flip-flops would be merged back into one by the synthesiser, so each copy is a
+    different variant: stored inverted or not, without reset / reset to 0 / reset to 1, loaded
+    always or only while ``enable`` (the stage holds a valid op). Every variant holds ``value`` one
+    cycle later whenever the op that uses it is valid, which is all the pipeline reads it for.
+    """
+    outs = []
+    for j in range(n):
+        inv, reset, gated = j & 1, (j >> 1) % 3, (j // 6) & 1
+        reg = Signal(name=f"{name}_{j}", reset_less=reset == 0, init=reset == 2)
+        with m.If(enable if gated else 1):
+            m.d.sync += reg.eq(~value if inv else value)
+        outs.append(~reg if inv else reg)
+    return outs
 
 
 def _check_positive(name, value):
@@ -212,8 +240,7 @@ class WeightUpdate(wiring.Component):
         wport = mem.write_port()
 
         op_layout = data.StructLayout({
-            "kind": 2, "addr": unsigned(aw), "in_range": 1, "last": 1,
-            "dw": data.ArrayLayout(signed(self.dw_width), lanes), "w": self.word_layout})
+            "kind": 2, "addr": unsigned(aw), "in_range": 1, "last": 1})
 
         def in_range(addr):
             return Const(1) if depth == 1 << aw else addr < depth
@@ -236,29 +263,38 @@ class WeightUpdate(wiring.Component):
         ]
 
         # pipeline registers (0: issue register, RAM address; 1: RAM read data; 2: RAM output
-        # register, compute; 3: write-back)
-        s0_valid, s1_valid, s2_valid, s3_valid = Signal(), Signal(), Signal(), Signal()
-        s0 = Signal(op_layout)
-        s1 = Signal(op_layout)
-        s2 = Signal(op_layout)
-        s2_rdata = Signal(self.word_layout)
-        # clip bounds moved to the ΔWs side one stage early, so that the compute stage runs the
-        # subtraction and both range tests in parallel: old − dw > lim ⇔ old > lim + dw, and
-        # old − dw < −lim ⇔ old < dw − lim; loads are saturated one stage early too
-        thr = data.ArrayLayout(signed(max(self.dw_width, self.w_width) + 2), lanes)
-        s2_hi, s2_lo = Signal(thr), Signal(thr)
-        s2_wsat = Signal(self.word_layout)
-        s2_fwd = Signal(3)                      # registered address matches against stages 3, 4, 5
-        s3_kind = Signal(2)
-        s3_addr = Signal(aw)
-        s3_last = Signal()
-        s3_in_range = Signal()
-        s3_wen = Signal()
-        s3_word = Signal(self.word_layout)
-        h4_wen, h5_wen = Signal(), Signal()     # write-back history: values written 1 and 2 cycles ago
-        h4_addr, h5_addr = Signal(aw), Signal(aw)
-        h4_word, h5_word = Signal(self.word_layout), Signal(self.word_layout)
-        self._writeback = ((s3_wen, s3_word), (h4_wen, h4_word), (h5_wen, h5_word))   # formal hooks
+        # register, forwarding from older write-backs; 3: compute; 4: write-back). Control (kind,
+        # address, valid) is reset; the wide data fields are reset-less plain registers, loaded
+        # every cycle whatever is issued (only the kind decides whether they are used), so no grant
+        # or reset logic fans out to them.
+        s0_valid, s1_valid, s2_valid, s3_valid, s4_valid = (Signal(name=f"s{i}_valid") for i in range(5))
+        s0, s1, s2, s3 = (Signal(op_layout, name=f"s{i}") for i in range(4))
+        dw_word = data.ArrayLayout(signed(self.dw_width), lanes)
+        s0_dw, s1_dw, s2_dw, s3_dw = (Signal(dw_word, reset_less=True, name=f"s{i}_dw") for i in range(4))
+        s0_w, s1_w = (Signal(self.word_layout, reset_less=True, name=f"s{i}_w") for i in range(2))
+        s2_rdata = Signal(self.word_layout, reset_less=True)
+        s2_wsat = Signal(self.word_layout, reset_less=True)
+        s3_pre = Signal(self.word_layout, reset_less=True)   # old word unless the op just ahead wrote it
+        # clip bounds moved to the ΔWs side early, so that the compute stage runs the subtraction
+        # and both range tests in parallel: old − dw > lim ⇔ old > lim + dw, and old − dw < −lim ⇔
+        # old < dw − lim. Reads and loads get dw = 0 and bounds outside any word instead, so the
+        # compute stage needs no kind select (a load enters it as its saturated value in place of
+        # the old word).
+        thr_shape = signed(max(self.dw_width, self.w_width) + 2)
+        thr = data.ArrayLayout(thr_shape, lanes)
+        s2_hi, s2_lo, s3_hi, s3_lo = (Signal(thr, reset_less=True, name=n)
+                                      for n in ("s2_hi", "s2_lo", "s3_hi", "s3_lo"))
+        s4_kind = Signal(2)
+        s4_addr = Signal(aw)
+        s4_last = Signal()
+        s4_in_range = Signal()
+        s4_wen = Signal()
+        s4_word = Signal(self.word_layout, reset_less=True)
+        h5_wen, h6_wen = Signal(), Signal()     # write-back history: values written 1 and 2 cycles ago
+        h5_addr, h6_addr = Signal(aw), Signal(aw)
+        h5_word = Signal(self.word_layout, reset_less=True)
+        h6_word = Signal(self.word_layout, reset_less=True)
+        self._writeback = ((s4_wen, s4_word), (h5_wen, h5_word), (h6_wen, h6_word))   # formal hooks
 
         sequencers = {}
         self._fifo_overflow = []                # formal harness hooks: a write into a full FIFO,
@@ -267,19 +303,24 @@ class WeightUpdate(wiring.Component):
             active = Signal(name=f"seq{kind}_active")
             addr = Signal(aw, name=f"seq{kind}_addr")
             left = Signal(range(depth + 1), name=f"seq{kind}_left")
+            last = Signal(name=f"seq{kind}_last")           # left == 1, kept as a register
             inflight = ((s0_valid & (s0.kind == kind)) + (s1_valid & (s1.kind == kind))
-                        + (s2_valid & (s2.kind == kind)) + (s3_valid & (s3_kind == kind)))
+                        + (s2_valid & (s2.kind == kind)) + (s3_valid & (s3.kind == kind))
+                        + (s4_valid & (s4_kind == kind)))
             # at most _STAGES words are in flight, so a level below DEPTH − _STAGES leaves room for
-            # them all (one small compare instead of an adder on the issue path)
-            credit = fifo_.level < OUT_FIFO_DEPTH - _STAGES
-            sequencers[kind] = (cmd, active, addr, left, active & credit)
+            # them all. The test is registered (the level read one cycle late, when it can have
+            # grown by at most one word, hence the threshold one lower), so the issue logic starts
+            # from a flip-flop rather than from the FIFO's level counter.
+            credit = Signal(name=f"seq{kind}_credit")
+            m.d.sync += credit.eq(fifo_.level < OUT_FIFO_DEPTH - _STAGES - 1)
+            sequencers[kind] = (cmd, active, addr, left, last, active & credit)
             self._fifo_overflow.append(fifo_.w_en & ~fifo_.w_rdy)
             self._occupancy.append(fifo_.level + inflight)
 
         # ---- stage 0: round-robin issue ------------------------------------------------------
         req = Signal(4)
         m.d.comb += req.eq(Cat(self.update.valid, self.load.valid,
-                               sequencers[_SERVE][4], sequencers[_READBACK][4]))
+                               sequencers[_SERVE][5], sequencers[_READBACK][5]))
         grant = Signal(4)
         prev = Signal(2)                        # last granted requester
         with m.Switch(prev):
@@ -302,83 +343,108 @@ class WeightUpdate(wiring.Component):
             self.load.ready.eq(grant[_LOAD]),
         ]
         with m.If(grant[_UPDATE]):
-            m.d.comb += [issue.kind.eq(_UPDATE), issue.addr.eq(self.update.payload.addr),
-                         issue.dw.eq(self.update.payload.dw)]
+            m.d.comb += [issue.kind.eq(_UPDATE), issue.addr.eq(self.update.payload.addr)]
         with m.Elif(grant[_LOAD]):
-            m.d.comb += [issue.kind.eq(_LOAD), issue.addr.eq(self.load.payload.addr),
-                         issue.w.eq(self.load.payload.w)]
+            m.d.comb += [issue.kind.eq(_LOAD), issue.addr.eq(self.load.payload.addr)]
         for kind in (_SERVE, _READBACK):
-            cmd, active, addr, left, _ = sequencers[kind]
+            cmd, active, addr, left, last, _ = sequencers[kind]
             with m.If(grant[kind]):
-                m.d.comb += [issue.kind.eq(kind), issue.addr.eq(addr), issue.last.eq(left == 1)]
-                m.d.sync += [addr.eq(next_addr(addr)), left.eq(left - 1)]
-                with m.If(left == 1):
+                m.d.comb += [issue.kind.eq(kind), issue.addr.eq(addr), issue.last.eq(last)]
+                m.d.sync += [addr.eq(next_addr(addr)), left.eq(left - 1), last.eq(left == 2)]
+                with m.If(last):
                     m.d.sync += active.eq(0)
-            m.d.comb += cmd.ready.eq(~active | (grant[kind] & (left == 1)))
+            m.d.comb += cmd.ready.eq(~active | (grant[kind] & last))
             with m.If(cmd.valid & cmd.ready):
                 m.d.sync += [active.eq(cmd.payload.count != 0), addr.eq(cmd.payload.start),
-                             left.eq(cmd.payload.count)]
+                             left.eq(cmd.payload.count), last.eq(cmd.payload.count == 1)]
         m.d.comb += issue.in_range.eq(in_range(issue.addr))
-        m.d.sync += [s0_valid.eq(grant.any()), s0.eq(issue)]
+        m.d.sync += [s0_valid.eq(grant.any()), s0.eq(issue),
+                     s0_dw.eq(self.update.payload.dw), s0_w.eq(self.load.payload.w)]
 
         # ---- stage 0: registered issue drives the RAM address --------------------------------
         m.d.comb += rport.addr.eq(s0.addr)
-        m.d.sync += [s1_valid.eq(s0_valid), s1.eq(s0)]
+        m.d.sync += [s1_valid.eq(s0_valid), s1.eq(s0), s1_dw.eq(s0_dw), s1_w.eq(s0_w)]
 
         # ---- stage 1: RAM read; precompute the forwarding matches for stage 2 ----------------
         def is_write(kind):
             return (kind == _UPDATE) | (kind == _LOAD)
+
+        def wen(valid, op):
+            return valid & is_write(op.kind) & op.in_range
+
+        # the 1-bit selects of stages 2 and 3 each drive a bit of every lane; they are registered
+        # in several copies, one per group of neighbouring lanes (see _copies)
+        n = min(_COPIES, lanes)
+        group = [i * n // lanes for i in range(lanes)]
+        # stage 2's selects: a load (its saturated value replaces the old word), else the op two,
+        # three or four ahead when it wrote this address (found then in stages 4, 5 and 6)
+        s2_load = _copies(m, "s2_load", s1.kind == _LOAD, n, s1_valid)
+        s2_m4 = _copies(m, "s2_m4", wen(s3_valid, s3) & (s3.addr == s1.addr), n, s1_valid)
+        s2_m5 = _copies(m, "s2_m5", s4_wen & (s4_addr == s1.addr), n, s1_valid)
+        s2_m6 = _copies(m, "s2_m6", h5_wen & (h5_addr == s1.addr), n, s1_valid)
+        s2_upd = _copies(m, "s2_upd", s1.kind == _UPDATE, n, s1_valid)
         m.d.sync += [
-            s2_valid.eq(s1_valid), s2.eq(s1), s2_rdata.eq(rport.data),
-            [s2_hi[i].eq(self._clip_limit + s1.dw[i]) for i in range(lanes)],
-            [s2_lo[i].eq(s1.dw[i] - self._clip_limit) for i in range(lanes)],
-            [s2_wsat[i].eq(self._clip(s1.w[i])) for i in range(lanes)],
-            s2_fwd.eq(Cat(s2_valid & is_write(s2.kind) & s2.in_range & (s2.addr == s1.addr),
-                          s3_wen & (s3_addr == s1.addr),
-                          h4_wen & (h4_addr == s1.addr))),
+            s2_valid.eq(s1_valid), s2.eq(s1), s2_dw.eq(s1_dw), s2_rdata.eq(rport.data),
+            [s2_hi[i].eq(self._clip_limit + s1_dw[i]) for i in range(lanes)],
+            [s2_lo[i].eq(s1_dw[i] - self._clip_limit) for i in range(lanes)],
+            [s2_wsat[i].eq(self._clip(s1_w[i])) for i in range(lanes)],
         ]
 
-        # ---- stage 2: forward, then update / load / pass through --------------------------------
+        # ---- stage 2: forward older write-backs (off the loop of stage 3) ---------------------
+        # the op just ahead (in stage 3 now) wrote this address: stage 3 takes its result instead
+        s3_fwd = _copies(m, "s3_fwd", wen(s3_valid, s3) & (s3.addr == s2.addr) & (s2.kind != _LOAD),
+                         n, s2_valid)
+        thr_max, thr_min = (1 << (thr_shape.width - 1)) - 1, -(1 << (thr_shape.width - 1))
+        for i in range(lanes):
+            g = group[i]
+            pre = Mux(s2_load[g], s2_wsat[i], Mux(s2_m4[g], s4_word[i], Mux(s2_m5[g], h5_word[i],
+                      Mux(s2_m6[g], h6_word[i], s2_rdata[i]))))
+            m.d.sync += [
+                s3_pre[i].eq(pre),
+                s3_dw[i].eq(Mux(s2_upd[g], s2_dw[i], 0)),
+                s3_hi[i].eq(Mux(s2_upd[g], s2_hi[i], thr_max)),
+                s3_lo[i].eq(Mux(s2_upd[g], s2_lo[i], thr_min)),
+            ]
+        m.d.sync += [s3_valid.eq(s2_valid), s3.eq(s2)]
+
+        # ---- stage 3: update (reads and loads pass through: dw = 0, no clip) ------------------
+        # The only loop (an update chained on the previous cycle's result): a 2:1 mux, the
+        # subtraction and both range tests in parallel, then the clip select.
+        lim = self._clip_limit
         old = Signal(self.word_layout)
-        with m.If(s2_fwd[0]):
-            m.d.comb += old.eq(s3_word)
-        with m.Elif(s2_fwd[1]):
-            m.d.comb += old.eq(h4_word)
-        with m.Elif(s2_fwd[2]):
-            m.d.comb += old.eq(h5_word)
-        with m.Else():
-            m.d.comb += old.eq(s2_rdata)
         new = Signal(self.word_layout)
-        with m.Switch(s2.kind):
-            with m.Case(_UPDATE):
-                lim = self._clip_limit
-                m.d.comb += [new[i].eq(Mux(old[i] > s2_hi[i], lim, Mux(old[i] < s2_lo[i], -lim,
-                                                                     old[i] - s2.dw[i]))[:self.w_width])
-                             for i in range(lanes)]
-            with m.Case(_LOAD):
-                m.d.comb += new.eq(s2_wsat)
-            with m.Default():
-                m.d.comb += new.eq(old)
+        for i in range(lanes):
+            # three independent carry chains on the same operand: old − hi < 0 ⇔ clip high,
+            # lo − old > 0 ⇔ clip low, old − dw; then one LUT per bit
+            gt, lt = Signal(name=f"s3_gt{i}"), Signal(name=f"s3_lt{i}")
+            diff = Signal(signed(self.w_width), name=f"s3_diff{i}")
+            m.d.comb += [
+                old[i].eq(Mux(s3_fwd[group[i]], s4_word[i], s3_pre[i])),
+                gt.eq((s3_hi[i] - old[i]).as_signed() < 0),
+                lt.eq((old[i] - s3_lo[i]).as_signed() < 0),
+                diff.eq(old[i] - s3_dw[i]),
+                new[i].eq(Mux(gt, lim, Mux(lt, -lim, diff))),
+            ]
         m.d.sync += [
-            s3_valid.eq(s2_valid), s3_kind.eq(s2.kind), s3_addr.eq(s2.addr), s3_last.eq(s2.last), s3_in_range.eq(s2.in_range),
-            s3_wen.eq(s2_valid & is_write(s2.kind) & s2.in_range), s3_word.eq(new),
+            s4_valid.eq(s3_valid), s4_kind.eq(s3.kind), s4_addr.eq(s3.addr), s4_last.eq(s3.last),
+            s4_in_range.eq(s3.in_range), s4_wen.eq(wen(s3_valid, s3)), s4_word.eq(new),
         ]
 
-        # ---- stage 3: write back, quantise, push to the output FIFOs ------------------------------
-        m.d.comb += [wport.addr.eq(s3_addr), wport.data.eq(s3_word), wport.en.eq(s3_wen)]
-        m.d.sync += [h4_wen.eq(s3_wen), h4_addr.eq(s3_addr), h4_word.eq(s3_word),
-                     h5_wen.eq(h4_wen), h5_addr.eq(h4_addr), h5_word.eq(h4_word)]
+        # ---- stage 4: write back, quantise, push to the output FIFOs ------------------------------
+        m.d.comb += [wport.addr.eq(s4_addr), wport.data.eq(s4_word), wport.en.eq(s4_wen)]
+        m.d.sync += [h5_wen.eq(s4_wen), h5_addr.eq(s4_addr), h5_word.eq(s4_word),
+                     h6_wen.eq(h5_wen), h6_addr.eq(h5_addr), h6_word.eq(h5_word)]
         serve_beat = Signal(self.serve_layout)
         rword = Signal(self.word_layout)        # the word a read returns: zero out of range
-        m.d.comb += rword.eq(Mux(s3_in_range, s3_word, 0))
-        self._s3_rword = rword
+        m.d.comb += rword.eq(Mux(s4_in_range, s4_word, 0))
+        self._rword = rword
         m.d.comb += [serve_beat.wq[i].eq(self._forward_code(rword[i])) for i in range(lanes)]
         self._serve_beat, self._serve_push = serve_beat, serve_fifo.w_en
         m.d.comb += [
-            serve_beat.last.eq(s3_last),
+            serve_beat.last.eq(s4_last),
             serve_fifo.w_data.eq(serve_beat),
-            serve_fifo.w_en.eq(s3_valid & (s3_kind == _SERVE)),
-            rb_fifo.w_data.eq(Cat(rword, s3_last)),
-            rb_fifo.w_en.eq(s3_valid & (s3_kind == _READBACK)),
+            serve_fifo.w_en.eq(s4_valid & (s4_kind == _SERVE)),
+            rb_fifo.w_data.eq(Cat(rword, s4_last)),
+            rb_fifo.w_en.eq(s4_valid & (s4_kind == _READBACK)),
         ]
         return m

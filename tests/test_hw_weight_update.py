@@ -454,7 +454,7 @@ def test_full_rate_latency_and_hazards():
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
     sim.run()
-    assert log["latency"] == LATENCY_READ + 1          # accepted in c, issued in c+1, valid in c+5
+    assert log["latency"] == LATENCY_READ + 1          # accepted in c, issued in c+1, valid in c+7
     assert log["cycles"] == list(range(log["cycles"][0], log["cycles"][0] + 2 * depth))
     wq = np.array([w for w, _ in log["words"]])
     np.testing.assert_array_equal(wq[:depth], bench.expect_served(0, depth))
