@@ -31,7 +31,9 @@ Micro-architecture and timing
 -----------------------------
 Input register → skew (row r of A delayed r cycles, column c of B delayed c cycles) → R×C elements,
 A moving right and B moving down one element per cycle. Each element keeps an accumulator and a
-result (shadow) register (double-buffered accumulators). The adder feeds only the accumulator, so
+result (shadow) register (double-buffered accumulators). An int8 element's accumulator is split in
+two halves with the low half's carry registered into the high half's next addition (two short
+carry chains instead of one 32-bit chain); the copy into the shadow register adds the last carry. The adder feeds only the accumulator, so
 both pack into the same slices (an adder output with two flip-flop loads of different control sets
 cost a long route to the second); the ``last`` beat adds like any other, and in the next cycle the
 shadow register copies the accumulator (a clock enable) while the accumulator clears (a synchronous
@@ -371,11 +373,32 @@ class MacArray(wiring.Component):
                 ]
                 acc = Signal(signed(aw), name=f"acc_{r}_{c}", reset_less=True)
                 total = Signal(signed(aw), name=f"sum_{r}_{c}")
+                finished = acc                     # what the shadow register copies
                 if self._mode == "int8":
                     prod = self._multiplier(m, a_reg[r][c], b_reg[r][c], f"mul_{r}_{c}")
-                    addend = Signal(signed(self._a_width + self._b_width), name=f"prod_{r}_{c}", reset_less=True)
-                    m.d.sync += addend.eq(prod)    # fabric register after the product
-                    m.d.comb += total.eq(acc + addend)
+                    product = Signal(signed(self._a_width + self._b_width), name=f"prod_{r}_{c}", reset_less=True)
+                    addend = Signal(signed(aw), name=f"addend_{r}_{c}")
+                    m.d.sync += product.eq(prod)   # fabric register after the product
+                    m.d.comb += addend.eq(product)  # sign extension: wiring only
+                    # Split accumulator (32-bit chains were the critical path): the low half's
+                    # carry is registered and added into the high half with the next beat, so
+                    # acc + pending·2^lo is the true sum; the bubble cycle's copy adds the last one.
+                    lo = (aw + 1) // 2
+                    pending = Signal(name=f"carry_{r}_{c}", reset_less=True)
+                    lo_sum = Signal(lo + 1, name=f"sum_lo_{r}_{c}")
+                    hi_sum = Signal(aw - lo, name=f"sum_hi_{r}_{c}")
+                    hi_done = Signal(aw - lo, name=f"done_hi_{r}_{c}")
+                    m.d.comb += [
+                        lo_sum.eq(acc[:lo] + addend[:lo]),
+                        hi_sum.eq((Cat(pending, acc[lo:]) + Cat(pending, addend[lo:]))[1:]),
+                        total.eq(Cat(lo_sum[:lo], hi_sum)),
+                        hi_done.eq(acc[lo:] + pending),
+                    ]
+                    finished = Cat(acc[:lo], hi_done)
+                    with m.If(row_v[r][c]):
+                        m.d.sync += pending.eq(lo_sum[lo])
+                    with m.If(row_x[r][c] | rst_pe[r][c]):
+                        m.d.sync += pending.eq(0)
                 else:
                     # acc ± a as one carry chain: acc + (neg ? ~a : a) + neg, the +neg entering as the
                     # carry of an extra low bit that is 1 in both operands exactly when neg.
@@ -391,7 +414,7 @@ class MacArray(wiring.Component):
                 with m.If(row_v[r][c]):
                     m.d.sync += acc.eq(total)
                 with m.If(row_x[r][c]):
-                    m.d.sync += [acc.eq(0), shadow[r][c].eq(acc)]
+                    m.d.sync += [acc.eq(0), shadow[r][c].eq(finished)]
                 with m.If(rst_pe[r][c]):
                     m.d.sync += acc.eq(0)
 
