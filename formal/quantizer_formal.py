@@ -4,7 +4,8 @@
 
 Two checks, each a purely combinational harness built from the *same* helper methods that
 hw/quantizer.py's pipeline instantiates (``shift_params``, ``lane_a``, ``lane_b1``, ``lane_b2``,
-``lane_c``, ``lane_sr``: stages A → B1 → B2 → C → D), with the registers between them removed:
+``lane_c``, ``lane_sr`` = ``lane_sr_mag`` + ``lane_sign``: stages A → B1 → B2 → C → D → E), with the
+registers between them removed:
 
 ``rne``  Q_A and Q_E: for every sum P (signed acc_width), every shift s ∈ [−(kE−1), 63], both modes
          and ReLU on/off, the code A, the ReLU mask and the saturation mask satisfy (with x = relu(P)

@@ -20,7 +20,7 @@ any reset), and asserts:
    is even; Wq = M needs d > −2^(kG−kW) (or a tie and M even); Wq = −M symmetrically. These
    conditions hold for exactly one code, so they pin Wq down (for 2-8-8-8: T = sgn(Ws)·[|Ws| > 32]).
 3. **No output overflow** — the credit counter never lets a read word reach a full output FIFO
-   (FIFO level + words in flight ≤ OUT_FIFO_DEPTH).
+   (FIFO level + words in flight ≤ OUT_FIFO_DEPTH); the FIFO's level stays a thermometer code.
 
 :data:`MUTANTS` are deliberately broken designs (clip at w_clip + 1; the ternary tie rounding up)
 that must FAIL; ``tests/test_formal_weight_update.py`` checks both directions.
@@ -142,9 +142,11 @@ class Harness(Elaboratable):
             self._assert(m, "wq", ~dut._serve_push | ok, f"wq rule (served lane {i})")
 
         # 3. output FIFOs never overflow
-        for j, (occ, ovf) in enumerate(zip(dut._occupancy, dut._fifo_overflow)):
+        for j, (occ, ovf, fill) in enumerate(zip(dut._occupancy, dut._fifo_overflow, dut._fifo_fill)):
             self._assert(m, "fifo", occ <= OUT_FIFO_DEPTH, f"fifo{j} credits")
             self._assert(m, "fifo", ~ovf, f"fifo{j} overflow")
+            # the level is a thermometer code (ones from bit 0 up): the invariant the credit test needs
+            self._assert(m, "fifo", ((fill + 1) & fill) == 0, f"fifo{j} level is a thermometer code")
         return m
 
 

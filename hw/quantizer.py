@@ -40,8 +40,8 @@ payloads stay stable until taken)
     and all-zero tensors).
 
 Store-then-quantise contract (Q_E, Q_G). The unit does not buffer a tensor. After accepting the
-command it consumes the tensor once (pass 1, nothing is emitted, ``i.ready`` is high whenever the
-first pipeline stage is free), computes the exponent (``log2(lanes) + 10`` cycles), then consumes the
+command it consumes the tensor once (pass 1, nothing is emitted, ``i.ready`` is high throughout; the
+max tree never stalls), computes the exponent (``log2(lanes) + 11`` cycles), then consumes the
 *same* tensor again in the same order (pass 2) and emits the results. The producer must therefore
 store (or recompute) the tensor and send it twice, with identical values; a pass 2 that differs
 from pass 1 gives undefined (but well-formed) output. An all-zero tensor (``M = 0``: no weight
@@ -58,18 +58,26 @@ setting travels with the data.
 
 Pipeline (pass 2): input → A [ReLU / |G| / keep] → B1 [coarse shift by 8·⌊amt/8⌋; sticky bit and
 overflow bit by per-tensor masks] → B2 [fine shift, guard bit] → C [RNE increment, saturation,
-masks] → D = output register [the SR adder with the FIFO's draw, sign]. ``latency`` = 5 cycles
-from an input transfer to the output being valid, in every mode; throughput one beat (``lanes``
-elements) per cycle. Pass 1 shares stage A and feeds a pipelined max tree (one register per level).
+masks] → D [the SR adder with the FIFO's draw] → E [sign, keep/zero; written into a 16-entry
+output FIFO whose entry is the output register]. ``latency`` = 6 cycles from an input transfer to
+the output being valid, in every mode; throughput one beat (``lanes`` elements) per cycle. Pass 1
+shares stage A and feeds a pipelined max tree (one register per level).
+
+The stages never stall (every register moves every cycle; no ready signal passes from one stage
+to another). Instead a pass-2 beat is admitted at the input only when it has a slot in the output
+FIFO (beats taken and not yet read < 15, a registered test) and, for Q_G, when its draw is already
+in the draw FIFO (a registered count of unreserved draws); so ``i.ready`` comes from flip-flops,
+and output back-pressure reaches the input through the credit count one cycle later.
 
 Random draws are *prefetched*: the draw for element ``e`` depends only on ``(seed, step, layer,
 e)``, so from the moment a Q_G command is accepted an issue engine feeds counters
 ``(e // L + u, step)`` (``L = draw_lanes(sr_bits)``, ``u < hashes``: one hash when ``lanes`` divides
 ``L``, e.g. lanes = 4 with sr_bits ≤ 16) into ``hashes`` Threefry pipelines, one request per beat,
 and a FIFO of ``draw_depth`` entries holds each lane's draw (selected as the hashes leave Threefry)
-until stage C → D pops one entry per Q_G beat.
-Credits (requests in flight + FIFO entries ≤ ``draw_depth`` ≥ the loop latency) keep the FIFO from
-overflowing and sustain one beat per cycle; pass 1 fills it, so pass 2 starts at full rate. The
+until stage C → D pops one entry per Q_G beat (reserved when the beat was admitted).
+Credits (requests in flight + FIFO entries ≤ ``draw_depth`` ≥ the loop latency plus the reserved
+draws of the beats in stages A–C) keep the FIFO from overflowing and sustain one beat per cycle;
+pass 1 fills it, so pass 2 starts at full rate. The
 Threefry latency is therefore off the data path, and the data does not ride along with the hash.
 """
 
@@ -90,7 +98,11 @@ __all__ = ["Mode", "ShiftQuantizer"]
 
 SHIFT_BITS = 6          # width of the Q_A shift field (r = 0..63; values ≥ acc_width+1 act alike)
 ETA_BITS = 6            # width of the signed eta_log2 field
-DATA_LATENCY = 5        # stages A, B1, B2, C, D
+DATA_LATENCY = 6        # stages A, B1, B2, C, D, then E written into the output FIFO
+#: Entries of the output FIFO. The pipeline never stalls: a pass-2 beat is only taken while the
+#: beats taken and not yet read out are fewer than OUT_DEPTH − 1 (tested one cycle late), so
+#: every beat in flight has a slot; 16 is one LUT-RAM depth and covers the 7-cycle credit loop.
+OUT_DEPTH = 16
 
 
 class Mode(enum.Enum, shape=2):
@@ -131,19 +143,21 @@ class ShiftQuantizer(wiring.Component):
         Signed width of the incoming sums, 2..64.
     eta_log2_range : (int, int), keyword-only
         Smallest and largest log2 η a Q_G command may carry (default: the config schedule's range).
-    prng_rounds_per_stage, prng_key_stages : keyword-only
-        Passed to :class:`hw.threefry.Threefry2x32` (defaults 1 and True: 17 stages, one adder level
-        each). The Threefry latency only sets ``draw_depth``.
+    prng_rounds_per_stage, prng_key_stages, prng_split_rounds : keyword-only
+        Passed to :class:`hw.threefry.Threefry2x32` as rounds_per_stage, key_stages, split_rounds
+        (defaults 1, True, False: 17 stages, one adder level each; split_rounds: 30 stages). The
+        Threefry latency only sets ``draw_depth`` (= Threefry latency + 11).
 
-    Attributes: ``latency`` (5), ``hashes`` (Threefry pipelines), ``draw_depth``, ``out_width``,
+    Attributes: ``latency`` (6), ``hashes`` (Threefry pipelines), ``draw_depth``, ``out_width``,
     ``cmd_layout``, ``in_layout``, ``out_layout``.
     """
 
     def __init__(self, config: WageConfig, lanes: int = 1, *, acc_width: int,
                  eta_log2_range: tuple[int, int] | None = None, prng_rounds_per_stage: int = 1,
-                 prng_key_stages: bool = True):
+                 prng_key_stages: bool = True, prng_split_rounds: bool = False):
         try:
-            self._configure(config, lanes, acc_width, eta_log2_range, prng_rounds_per_stage, prng_key_stages)
+            self._configure(config, lanes, acc_width, eta_log2_range, prng_rounds_per_stage, prng_key_stages,
+                            prng_split_rounds)
         except (TypeError, ValueError):
             self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
             raise
@@ -154,7 +168,8 @@ class ShiftQuantizer(wiring.Component):
         })
 
     # ---- parameters and derived widths ------------------------------------------------------------
-    def _configure(self, config, lanes, acc_width, eta_log2_range, prng_rounds_per_stage, prng_key_stages):
+    def _configure(self, config, lanes, acc_width, eta_log2_range, prng_rounds_per_stage, prng_key_stages,
+                   prng_split_rounds=False):
         if not isinstance(config, WageConfig):
             raise TypeError(f"config={config!r}: must be a golden.config.WageConfig")
         self.config = config
@@ -177,6 +192,8 @@ class ShiftQuantizer(wiring.Component):
         if not isinstance(prng_key_stages, bool):
             raise TypeError(f"prng_key_stages={prng_key_stages!r}: must be True or False")
         self.prng_key_stages = prng_key_stages
+        if not isinstance(prng_split_rounds, bool):
+            raise TypeError(f"prng_split_rounds={prng_split_rounds!r}: must be True or False")
 
         kA, kE, b = config.kA, config.kE, config.sr_bits
         self.sr_bits = b
@@ -206,11 +223,13 @@ class ShiftQuantizer(wiring.Component):
         self.tree_depth = (lanes - 1).bit_length()
 
         self._tf_kwargs = dict(rounds_per_stage=self.prng_rounds_per_stage, key_stages=prng_key_stages,
+                               split_rounds=prng_split_rounds,
                                static_key=True)
         probe = Threefry2x32(13, **self._tf_kwargs)
         probe._MustUse__silence = True
         self.prng_latency = probe.latency
-        self.draw_depth = self.prng_latency + 6                  # ≥ the credit loop: sustains 1 beat/cycle
+        # ≥ the credit loop (6) plus the draws reserved by beats not yet at stage C (5): 1 beat/cycle
+        self.draw_depth = self.prng_latency + 11
 
         self.cmd_layout = data.StructLayout({
             "mode": Mode, "relu": 1, "shift": SHIFT_BITS, "eta_log2": signed(ETA_BITS),
@@ -347,14 +366,27 @@ class ShiftQuantizer(wiring.Component):
         m.d.comb += sat.eq(~over & ((zn < la) | ((zn == la) & ~guard & ~sticky)) & (zn >= -la))
         return val, sat
 
-    def lane_sr(self, m: Module, t, neg, draw, name="lane"):
-        """Stage D (Q_G): ΔW = sgn(G)·((t + ~R) >> b) from t = |G| aligned to b fraction bits."""
+    @property
+    def mag_width(self) -> int:
+        """Bits of the Q_G magnitude ``(t + ~R) >> b`` (the stage-D register field)."""
+        return max(self.t_width, self.sr_bits) + 1 - self.sr_bits
+
+    def lane_sr_mag(self, m: Module, t, draw, name="lane"):
+        """Stage D (Q_G): |ΔW| = (t + ~R) >> b from t = |G| aligned to b fraction bits."""
         b = self.sr_bits
-        mag = Signal(max(self.t_width, b) + 1 - b, name=f"{name}_mag")
+        mag = Signal(self.mag_width, name=f"{name}_mag")
         m.d.comb += mag.eq(_sr_round(t.as_unsigned()[:self.t_width], ~draw[:b], b))
+        return mag
+
+    def lane_sign(self, m: Module, mag, neg, name="lane"):
+        """Stage E (Q_G): ΔW = sgn(G)·|ΔW|."""
         dw = Signal(signed(self.out_width), name=f"{name}_dw")
         m.d.comb += dw.eq(Mux(neg, -mag, mag))
         return dw
+
+    def lane_sr(self, m: Module, t, neg, draw, name="lane"):
+        """Stages D and E (Q_G): ΔW = sgn(G)·((t + ~R) >> b) (lane_sr_mag then lane_sign)."""
+        return self.lane_sign(m, self.lane_sr_mag(m, t, draw, name=name), neg, name=name)
 
     # ---- the pipeline ------------------------------------------------------------------------------
     def elaborate(self, platform):
@@ -367,16 +399,19 @@ class ShiftQuantizer(wiring.Component):
         lane_bits = {"neg": lanes, "relu": lanes, "keep": lanes}
         sa = Signal(data.StructLayout({"x": data.ArrayLayout(signed(self.x_width), lanes), **lane_bits,
                                        "p1": 1, "info": info, "amt": self.amt_shape, "mask": self.x_width,
-                                       "omask": self.x_width}))
+                                       "omask": self.x_width}), reset_less=True)
         sb1 = Signal(data.StructLayout({"y": data.ArrayLayout(self.y_width, lanes), "sign": lanes,
                                         "sticky": lanes, "over": lanes, **lane_bits, "info": info,
-                                        "amt": self.amt_shape}))
+                                        "amt": self.amt_shape}), reset_less=True)
         sb2 = Signal(data.StructLayout({"z": data.ArrayLayout(signed(self.z_width), lanes), "guard": lanes,
                                         "sticky": lanes, "over": lanes, "sign": lanes, **lane_bits,
-                                        "info": info}))
+                                        "info": info}), reset_less=True)
         sc = Signal(data.StructLayout({"v": data.ArrayLayout(signed(self.v_width), lanes), "sat": lanes,
-                                       **lane_bits, "info": info}))
-        va, vb1, vb2, vc = Signal(), Signal(), Signal(), Signal()
+                                       **lane_bits, "info": info}), reset_less=True)
+        sd = Signal(data.StructLayout({"mag": data.ArrayLayout(self.mag_width, lanes),
+                                       "code": data.ArrayLayout(signed(self.out_width), lanes),
+                                       "sat": lanes, **lane_bits, "info": info}), reset_less=True)
+        va, vb1, vb2, vc, vd = Signal(), Signal(), Signal(), Signal(), Signal()
 
         # ---- command, element counters ----------------------------------------------------------------
         cmd = Signal(self.cmd_layout)                  # the command being executed
@@ -397,6 +432,7 @@ class ShiftQuantizer(wiring.Component):
         running_max = Signal(aw)
         n0 = Signal(range(aw))
         thr = Signal(aw + 1)
+        above = Signal()                               # running_max > thr
         n_exp = Signal(range(aw))
         zero = Signal()
         s_r = Signal(signed(10))                       # |s| ≤ 64 + 32 + 32 for any field values
@@ -481,9 +517,31 @@ class ShiftQuantizer(wiring.Component):
         m.d.comb += [draws.w_en.eq(tf[0].o.valid),
                      draws.w_data.eq(Cat(*(word_r[lo + j] for j in range(lanes))))]
 
-        # ---- control FSM ----------------------------------------------------------------------------
-        en_a = Signal()
+        # ---- admission: output slots and reserved draws (both registered) -------------------------
+        # The pipeline never stalls, so a pass-2 beat is taken only when (1) the output FIFO has a
+        # slot for it: out_cnt counts the beats taken and not yet read from the FIFO, and the test
+        # out_cnt < OUT_DEPTH − 1 is made a cycle late (then at most one more beat was taken), so
+        # out_cnt ≤ OUT_DEPTH always; and (2) for Q_G, its draw is already in the draw FIFO:
+        # draw_avail counts draws written and not yet reserved, and the test uses its next value.
+        # A reserved draw was written at least one cycle before its beat is taken and is popped
+        # four cycles after (stage C), by when SyncFIFOBuffered presents it. So i.ready comes from
+        # flip-flops and no ready travels through the pipeline stages.
         in_pass1 = Signal()                            # beats taken now belong to pass 1
+        take_p2, take_qg, out_rd = Signal(), Signal(), Signal()
+        out_cnt = Signal(range(OUT_DEPTH + 1))
+        out_credit = Signal(init=1)
+        draw_avail = Signal(range(self.draw_depth + 1))
+        draw_avail_next = Signal.like(draw_avail)
+        draw_ok = Signal()
+        cmd_qg = Signal()                              # the running command is Q_G (registered)
+        m.d.comb += [take_p2.eq(take & ~in_pass1), take_qg.eq(take_p2 & cmd_qg),
+                     out_rd.eq(self.o.valid & self.o.ready),
+                     draw_avail_next.eq(draw_avail + draws.w_en - take_qg)]
+        m.d.sync += [out_cnt.eq(out_cnt + take_p2 - out_rd), out_credit.eq(out_cnt < OUT_DEPTH - 1),
+                     draw_avail.eq(draw_avail_next), draw_ok.eq(draw_avail_next != 0)]
+        self._out_count, self._draw_avail = out_cnt, draw_avail     # test hooks
+
+        # ---- control FSM ----------------------------------------------------------------------------
         drain = Signal(range(self.tree_depth + 3))
         # the command is taken into a register first (``cmd.ready`` = that register is empty), with
         # its tests precomputed, so that starting it needs no wide compare on the input stream
@@ -501,7 +559,8 @@ class ShiftQuantizer(wiring.Component):
                 # a new command waits until the previous Q_G tensor's hashes have all left Threefry
                 # (its key is held, not pipelined: Threefry2x32(static_key=True))
                 with m.If(pend_valid & ~iss_busy & prng_idle):
-                    m.d.sync += [cmd.eq(pend), pend_valid.eq(0), running_max.eq(0), n_exp.eq(0), zero.eq(0),
+                    m.d.sync += [cmd.eq(pend), cmd_qg.eq(pend_qg), pend_valid.eq(0), running_max.eq(0),
+                                 n_exp.eq(0), zero.eq(0),
                                  remaining.eq(pend.count), last_beat.eq(pend_last), keep.eq(pend_keep)]
                     with m.If(pend_qg & pend_nz):
                         m.d.sync += [iss_busy.eq(1), iss_rem.eq(pend.count), iss_lo.eq(0),
@@ -515,7 +574,7 @@ class ShiftQuantizer(wiring.Component):
                     with m.Else():
                         m.next = "PASS1"
             with m.State("PASS1"):
-                m.d.comb += [self.i.ready.eq(en_a), take.eq(self.i.valid & en_a), in_pass1.eq(1)]
+                m.d.comb += [self.i.ready.eq(1), take.eq(self.i.valid), in_pass1.eq(1)]
                 with m.If(take & last_beat):
                     m.d.sync += drain.eq(self.tree_depth + 1)
                     m.next = "DRAIN"
@@ -529,8 +588,11 @@ class ShiftQuantizer(wiring.Component):
             with m.State("EXP2"):
                 m.d.sync += thr.eq(table[n0])
                 m.next = "EXP3"
-            with m.State("EXP3"):
-                m.d.sync += n_exp.eq(n0 + (running_max > thr))
+            with m.State("EXP3"):                    # compare and increment in separate cycles
+                m.d.sync += above.eq(running_max > thr)
+                m.next = "EXP4"
+            with m.State("EXP4"):
+                m.d.sync += n_exp.eq(n0 + above)
                 m.next = "SETUP1"
             with m.State("SETUP1"):
                 m.d.sync += [s_r.eq(s_val), exp_r.eq(Mux(zero, 0, exp_val))]
@@ -548,38 +610,25 @@ class ShiftQuantizer(wiring.Component):
                 m.d.sync += [mask_r.eq(mask_c), omask_r.eq(omask_c)]
                 m.next = "PASS2"
             with m.State("PASS2"):
-                m.d.comb += [self.i.ready.eq(en_a), take.eq(self.i.valid & en_a)]
+                ready2 = out_credit & (draw_ok | ~cmd_qg)
+                m.d.comb += [self.i.ready.eq(ready2), take.eq(self.i.valid & ready2)]
                 with m.If(take & last_beat):
                     m.next = "IDLE"
 
-        # ---- stage handshakes ------------------------------------------------------------------------
-        en_d, move_c, en_c, en_b2, en_b1 = Signal(), Signal(), Signal(), Signal(), Signal()
+        # ---- free-running stages: valid bits move every cycle; data registers load every cycle
+        # (reset-less, used only under their valid bit), so no enable fans out over them --------
         c_needs_draw = Signal()
-        m.d.comb += [
-            c_needs_draw.eq(sc.info.mode == Mode.QG),
-            en_d.eq(~self.o.valid | self.o.ready),
-            move_c.eq(vc & en_d & (~c_needs_draw | draws.r_rdy)),
-            en_c.eq(~vc | move_c),
-            en_b2.eq(~vb2 | en_c),
-            en_b1.eq(~vb1 | en_b2),
-            en_a.eq(~va | sa.p1 | en_b1),
-            pop.eq(move_c & c_needs_draw),
-            draws.r_en.eq(pop),
-        ]
+        m.d.comb += [c_needs_draw.eq(sc.info.mode == Mode.QG), pop.eq(vc & c_needs_draw), draws.r_en.eq(pop)]
 
         # ---- stage A ---------------------------------------------------------------------------------
-        with m.If(en_a):
-            m.d.sync += va.eq(take)
-        with m.If(take):
-            m.d.sync += [sa.keep.eq(keep), sa.p1.eq(in_pass1), sa.info.mode.eq(cmd.mode),
-                         sa.info.last.eq(last_beat), sa.info.zero.eq(zero), sa.info.exp.eq(exp_r),
-                         sa.amt.eq(amt_r), sa.mask.eq(mask_r), sa.omask.eq(omask_r)]
+        m.d.sync += [va.eq(take), sa.keep.eq(keep), sa.p1.eq(in_pass1), sa.info.mode.eq(cmd.mode),
+                     sa.info.last.eq(last_beat), sa.info.zero.eq(zero), sa.info.exp.eq(exp_r),
+                     sa.amt.eq(amt_r), sa.mask.eq(mask_r), sa.omask.eq(omask_r)]
         for j in range(lanes):
             p = self.i.payload.data[j]
             x, neg, relu_m = self.lane_a(m, cmd.mode, cmd.relu, p, name=f"a{j}")
-            with m.If(take):
-                m.d.sync += [sa.x[j].eq(Mux(in_pass1, Mux(keep[j], abs(p), 0), x)),
-                             sa.neg[j].eq(neg), sa.relu[j].eq(relu_m)]
+            m.d.sync += [sa.x[j].eq(Mux(in_pass1, Mux(keep[j], abs(p), 0), x)),
+                         sa.neg[j].eq(neg), sa.relu[j].eq(relu_m)]
 
         # ---- pass 1: pipelined max tree over stage A, then the running max --------------------------
         level = [sa.x[j].as_unsigned()[:aw] for j in range(lanes)]
@@ -600,58 +649,54 @@ class ShiftQuantizer(wiring.Component):
             m.d.sync += running_max.eq(level[0])
 
         # ---- stage B1 --------------------------------------------------------------------------------
-        with m.If(en_b1):
-            m.d.sync += vb1.eq(va & ~sa.p1)
-        load_b1 = va & ~sa.p1 & en_b1
-        with m.If(load_b1):
-            m.d.sync += [sb1.neg.eq(sa.neg), sb1.relu.eq(sa.relu), sb1.keep.eq(sa.keep), sb1.info.eq(sa.info),
-                         sb1.amt.eq(sa.amt)]
+        m.d.sync += [vb1.eq(va & ~sa.p1), sb1.neg.eq(sa.neg), sb1.relu.eq(sa.relu), sb1.keep.eq(sa.keep),
+                     sb1.info.eq(sa.info), sb1.amt.eq(sa.amt)]
         for j in range(lanes):
             y, sign, sticky, over = self.lane_b1(m, sa.x[j], sa.amt, sa.mask, sa.omask, name=f"b1_{j}")
-            with m.If(load_b1):
-                m.d.sync += [sb1.y[j].eq(y), sb1.sign[j].eq(sign), sb1.sticky[j].eq(sticky), sb1.over[j].eq(over)]
+            m.d.sync += [sb1.y[j].eq(y), sb1.sign[j].eq(sign), sb1.sticky[j].eq(sticky), sb1.over[j].eq(over)]
 
         # ---- stage B2 --------------------------------------------------------------------------------
-        with m.If(en_b2):
-            m.d.sync += vb2.eq(vb1)
-        load_b2 = vb1 & en_b2
-        with m.If(load_b2):
-            m.d.sync += [sb2.sticky.eq(sb1.sticky), sb2.over.eq(sb1.over), sb2.sign.eq(sb1.sign),
-                         sb2.neg.eq(sb1.neg), sb2.relu.eq(sb1.relu), sb2.keep.eq(sb1.keep), sb2.info.eq(sb1.info)]
+        m.d.sync += [vb2.eq(vb1), sb2.sticky.eq(sb1.sticky), sb2.over.eq(sb1.over), sb2.sign.eq(sb1.sign),
+                     sb2.neg.eq(sb1.neg), sb2.relu.eq(sb1.relu), sb2.keep.eq(sb1.keep), sb2.info.eq(sb1.info)]
         for j in range(lanes):
             z, guard = self.lane_b2(m, sb1.y[j], sb1.sign[j], sb1.amt, name=f"b2_{j}")
-            with m.If(load_b2):
-                m.d.sync += [sb2.z[j].eq(z), sb2.guard[j].eq(guard)]
+            m.d.sync += [sb2.z[j].eq(z), sb2.guard[j].eq(guard)]
 
         # ---- stage C ---------------------------------------------------------------------------------
-        with m.If(en_c):
-            m.d.sync += vc.eq(vb2)
-        load_c = vb2 & en_c
-        with m.If(load_c):
-            m.d.sync += [sc.neg.eq(sb2.neg), sc.relu.eq(sb2.relu), sc.keep.eq(sb2.keep), sc.info.eq(sb2.info)]
+        m.d.sync += [vc.eq(vb2), sc.neg.eq(sb2.neg), sc.relu.eq(sb2.relu), sc.keep.eq(sb2.keep),
+                     sc.info.eq(sb2.info)]
         for j in range(lanes):
             val, sat = self.lane_c(m, sb2.info.mode, sb2.z[j], sb2.guard[j], sb2.sticky[j], sb2.over[j],
                                    sb2.sign[j], name=f"c{j}")
-            with m.If(load_c):
-                m.d.sync += [sc.v[j].eq(val), sc.sat[j].eq(sat)]
+            m.d.sync += [sc.v[j].eq(val), sc.sat[j].eq(sat)]
 
-        # ---- stage D: the SR adder with the lane's draw, sign, keep/zero → output register ---------
-        out = Signal(self.out_layout)
-        is_qa = sc.info.mode == Mode.QA
+        # ---- stage D: the SR adder with the lane's draw (popped from the draw FIFO here) ----------
+        m.d.sync += [vd.eq(vc), sd.neg.eq(sc.neg), sd.relu.eq(sc.relu), sd.sat.eq(sc.sat),
+                     sd.keep.eq(sc.keep), sd.info.eq(sc.info)]
         for j in range(lanes):
             draw = Signal(b, name=f"draw{j}")
             m.d.comb += draw.eq(draws.r_data[j * b:(j + 1) * b])
-            dw = self.lane_sr(m, sc.v[j], sc.neg[j], draw, name=f"d{j}")
-            code = Mux(c_needs_draw, dw, sc.v[j][:self.out_width].as_signed())
+            m.d.sync += [sd.mag[j].eq(self.lane_sr_mag(m, sc.v[j], draw, name=f"d{j}")),
+                         sd.code[j].eq(sc.v[j][:self.out_width])]
+
+        # ---- stage E: sign, keep/zero → written into the output FIFO (its entry is the output
+        # register; o.valid is the FIFO's non-empty flag) ------------------------------------------
+        m.submodules.out_fifo = out_fifo = fifo.SyncFIFO(width=self.out_layout.size, depth=OUT_DEPTH)
+        out = Signal(self.out_layout)
+        d_qg = sd.info.mode == Mode.QG
+        is_qa = sd.info.mode == Mode.QA
+        for j in range(lanes):
+            dw = self.lane_sign(m, sd.mag[j], sd.neg[j], name=f"e{j}")
+            code = Mux(d_qg, dw, sd.code[j])
             m.d.comb += [
-                out.data[j].eq(Mux(sc.keep[j] & ~sc.info.zero, code, 0)),
-                out.relu[j].eq(sc.keep[j] & sc.relu[j] & is_qa),
-                out.sat[j].eq(sc.keep[j] & sc.sat[j] & is_qa),
-                out.keep[j].eq(sc.keep[j]),
+                out.data[j].eq(Mux(sd.keep[j] & ~sd.info.zero, code, 0)),
+                out.relu[j].eq(sd.keep[j] & sd.relu[j] & is_qa),
+                out.sat[j].eq(sd.keep[j] & sd.sat[j] & is_qa),
+                out.keep[j].eq(sd.keep[j]),
             ]
-        m.d.comb += [out.last.eq(sc.info.last), out.zero.eq(sc.info.zero), out.exp.eq(sc.info.exp)]
-        with m.If(en_d):
-            m.d.sync += self.o.valid.eq(move_c)
-        with m.If(move_c):
-            m.d.sync += self.o.payload.eq(out)
+        m.d.comb += [out.last.eq(sd.info.last), out.zero.eq(sd.info.zero), out.exp.eq(sd.info.exp),
+                     out_fifo.w_data.eq(out), out_fifo.w_en.eq(vd),
+                     self.o.valid.eq(out_fifo.r_rdy), self.o.payload.eq(out_fifo.r_data),
+                     out_fifo.r_en.eq(self.o.ready)]
+        self._out_overflow = out_fifo.w_en & ~out_fifo.w_rdy      # test hook: never true
         return m

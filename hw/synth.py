@@ -682,7 +682,7 @@ def _build_quantizer(config, a):
 
 def _build_weight_update(config, a):
     from hw.weight_update import WeightUpdate
-    return WeightUpdate(config, _opt(a, "depth", 512), _opt(a, "lanes", 1))
+    return WeightUpdate(config, _opt(a, "depth", 512), _opt(a, "lanes", 1), target=_opt(a, "target", "ecp5"))
 
 
 def _build_threefry(config, a):
@@ -690,6 +690,8 @@ def _build_threefry(config, a):
     kw = {}
     if a.get("rounds_per_stage") is not None:
         kw["rounds_per_stage"] = a["rounds_per_stage"]
+    if a.get("split_rounds") is not None:                # add and rotate/XOR in separate stages
+        kw["split_rounds"] = a["split_rounds"]
     return Threefry2x32(**kw)
 
 

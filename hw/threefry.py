@@ -14,7 +14,13 @@ stages, so the latency in cycles equals the number of stages:
   ``key_stages=False`` the key additions share the neighbouring round's stage: 13 stages for
   13 rounds, ~4 × 129 fewer flip-flops, about two adder delays per stage (the Fmax limit);
 * ``rounds_per_stage=13, key_stages=False`` (or ``stages=1, key_stages=False``): the whole hash in
-  one stage, fewest registers, lowest Fmax.
+  one stage, fewest registers, lowest Fmax;
+* ``split_rounds=True`` (with one round per stage and key stages): every mix round takes two
+  stages, the 32-bit add in the first (``A<r>``: ``x0 + x1``, and ``x1`` rotated, which is wiring)
+  and the XOR in the second (``X<r>``), so no stage holds more than one carry chain or one LUT
+  level: 30 stages for 13 rounds (1 key + 26 + 3 injections), ~13 × 65 more flip-flops, plus the
+  third key word ``k0 ^ k1 ^ parity`` carried as a register (32 more per key-carrying stage; with
+  ``static_key`` one register), so the injections add registered words only.
 
 Interface (``amaranth.lib.stream``, full throughput, backpressure by a global pipeline enable):
 
@@ -65,6 +71,9 @@ class Threefry2x32(wiring.Component):
         spread as evenly as possible (earlier groups take the extra round). Give at most one.
     key_stages : bool, keyword-only
         Register the key addition and the injections that end a round group separately (default).
+    split_rounds : bool, keyword-only
+        Give each mix round two stages, the add and then the rotate/XOR (default False). Needs one
+        round per stage and ``key_stages=True``.
     static_key : bool, keyword-only
         The key is not carried through the pipeline: every stage reads ``i.payload.key0/key1``
         directly, saving 64 flip-flops per stage. The user must hold the key constant while any hash
@@ -78,16 +87,17 @@ class Threefry2x32(wiring.Component):
     latency : int
         Cycles from an input transfer to the output becoming valid when nothing stalls.
     schedule : tuple[tuple[str, ...], ...]
-        The steps of each stage: ``"K"`` (key addition), ``"R<r>"`` (round r), ``"I<i>"`` (injection i).
+        The steps of each stage: ``"K"`` (key addition), ``"R<r>"`` (round r), ``"I<i>"`` (injection i);
+        with ``split_rounds``, ``"A<r>"`` and ``"X<r>"`` (round r's add, its rotate/XOR).
     stage_rounds : tuple[int, ...]
-        Mix rounds per stage.
+        Mix rounds completed per stage (a split round counts in its ``X`` stage).
     """
 
     def __init__(self, rounds: int = 13, *, rounds_per_stage: int | None = None,
                  stages: int | None = None, key_stages: bool = True, static_key: bool = False,
-                 sideband=None):
+                 split_rounds: bool = False, sideband=None):
         try:
-            self._configure(rounds, rounds_per_stage, stages, key_stages, sideband)
+            self._configure(rounds, rounds_per_stage, stages, key_stages, sideband, split_rounds)
             if not isinstance(static_key, bool):
                 raise TypeError(f"static_key={static_key!r}: must be True or False")
             self.static_key = static_key
@@ -106,7 +116,7 @@ class Threefry2x32(wiring.Component):
             "o": Out(stream.Signature(self.out_layout)),
         })
 
-    def _configure(self, rounds, rounds_per_stage, stages, key_stages, sideband):
+    def _configure(self, rounds, rounds_per_stage, stages, key_stages, sideband, split_rounds=False):
         self.rounds = _check_int("rounds", rounds, 1, 64)
         if rounds_per_stage is not None and stages is not None:
             raise ValueError(f"rounds_per_stage={rounds_per_stage!r} and stages={stages!r}: give at most one")
@@ -124,8 +134,17 @@ class Threefry2x32(wiring.Component):
                 Shape.cast(sideband)
             except TypeError:
                 raise TypeError(f"sideband={sideband!r}: must be a shape (or None)") from None
+        if not isinstance(split_rounds, bool):
+            raise TypeError(f"split_rounds={split_rounds!r}: must be True or False")
+        if split_rounds and max(groups) > 1:
+            raise ValueError(f"split_rounds=True needs one round per stage (got rounds_per_stage="
+                             f"{rounds_per_stage!r}, stages={stages!r})")
+        if split_rounds and not key_stages:
+            raise ValueError("split_rounds=True needs key_stages=True (got key_stages=False): the key "
+                             "addition would chain with the first round's add")
         self.sideband = sideband
         self.key_stages = key_stages
+        self.split_rounds = split_rounds
 
         schedule: list[list[str]] = [["K"]] if key_stages else []
         r = 0
@@ -142,8 +161,11 @@ class Threefry2x32(wiring.Component):
                         stage.append(inj)
                 r += 1
             schedule.append(stage)
+        if split_rounds:                               # each ["R<r>"] becomes ["A<r>"], ["X<r>"]
+            schedule = [part for stage in schedule
+                        for part in ([[f"A{stage[0][1:]}"], [f"X{stage[0][1:]}"]] if stage[0][0] == "R" else [stage])]
         self.schedule = tuple(tuple(s) for s in schedule)
-        self.stage_rounds = tuple(sum(op[0] == "R" for op in s) for s in self.schedule)
+        self.stage_rounds = tuple(sum(op[0] in "RX" for op in s) for s in self.schedule)
         self.latency = len(self.schedule)
 
     def elaborate(self, platform):
@@ -153,6 +175,14 @@ class Threefry2x32(wiring.Component):
 
         p = self.i.payload
         x0, x1, k0, k1 = p.counter0, p.counter1, p.key0, p.key1
+        k2 = self._key_schedule(k0, k1)[2]
+        # split rounds: the third key word k0 ^ k1 ^ parity is registered (carried with the key, or
+        # once for a static key), so no injection or precomputed constant chains an XOR with an add
+        carry_k2 = self.split_rounds
+        if carry_k2 and self.static_key:
+            rk2 = Signal(32, name="static_k2")
+            m.d.sync += rk2.eq(k2)
+            k2 = rk2
         side = p.side if self.sideband is not None else None
         valid = self.i.valid
         kinj = None                                   # ks_b + i for an injection opening this stage
@@ -173,9 +203,13 @@ class Threefry2x32(wiring.Component):
                     x0, x1 = (x0 + k0)[:32], (x1 + k1)[:32]
                 elif op[0] == "R":
                     x0, x1 = self._round(int(op[1:]), x0, x1)
+                elif op[0] == "A":                    # split round, first half: add (x1 rotated: wiring)
+                    x0, x1 = (x0 + x1)[:32], x1.rotate_left(ROTATIONS[int(op[1:]) % 8])
+                elif op[0] == "X":                    # split round, second half: XOR
+                    x1 = x1 ^ x0
                 else:
                     i = int(op[1:])
-                    ks = self._key_schedule(k0, k1)
+                    ks = (k0, k1, k2) if carry_k2 else self._key_schedule(k0, k1)
                     x0 = (x0 + ks[i % 3])[:32]
                     x1 = (x1 + (kinj if kinj is not None and op == ops[0] else (ks[(i + 1) % 3] + i)[:32]))[:32]
                 # name every step's words: keeps the netlist a DAG (no re-expanded expression trees)
@@ -191,12 +225,18 @@ class Threefry2x32(wiring.Component):
                 i = int(self.schedule[g + 1][0][1:])  # precompute ks_b + i for the next stage
                 next_kinj = Signal(32, name=f"s{g}_kinj")
                 with m.If(en):
-                    m.d.sync += next_kinj.eq((self._key_schedule(k0, k1)[(i + 1) % 3] + i)[:32])
+                    ks = (k0, k1, k2) if carry_k2 else self._key_schedule(k0, k1)
+                    m.d.sync += next_kinj.eq((ks[(i + 1) % 3] + i)[:32])
             if g < last_key_use and not self.static_key:   # the key is needed by a later stage
                 rk0, rk1 = Signal(32, name=f"s{g}_k0"), Signal(32, name=f"s{g}_k1")
                 with m.If(en):
                     m.d.sync += [rk0.eq(k0), rk1.eq(k1)]
                 k0, k1 = rk0, rk1
+                if carry_k2:
+                    rk2 = Signal(32, name=f"s{g}_k2")
+                    with m.If(en):
+                        m.d.sync += rk2.eq(k2)
+                    k2 = rk2
             if side is not None:
                 rside = Signal(self.sideband, name=f"s{g}_side")
                 with m.If(en):

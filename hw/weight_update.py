@@ -1,8 +1,8 @@
 """Weight-update accumulator: stored weights in block RAM, Ws ← clip(Ws − ΔWs, ±w_clip), forward codes Wq.
 
 One :class:`WeightUpdate` holds ``depth`` words of ``lanes`` stored weights (kG-bit signed integers,
-spec §2.8, §8.1) in a simple dual-port block RAM (one read port with an output register, one write
-port) and serves four operations through one in-order pipeline:
+spec §2.8, §8.1) in a simple dual-port block RAM with a registered output (:class:`hw.bram.BlockRam`
+semantics: read latency 2; one write port) and serves four operations through one in-order pipeline:
 
 ========== ============================================== =========================================
 operation  input                                          effect / output
@@ -43,7 +43,7 @@ out of range counts on modulo 2^addr_width).
 Timing (cycle 0 = the cycle a beat is accepted / a read word is issued; no stalls):
 
 * Pipeline: arbiter → issue register (drives the RAM address) → RAM read → RAM output register
-  (forwarding from older write-backs) → compute (forwarding from the op just ahead, subtract,
+  (inside the DP16KD for ``target="ecp5"``; forwarding from older write-backs) → compute (forwarding from the op just ahead, subtract,
   clip) → write-back register driving the RAM write port, quantise, output FIFOs. An update or
   load accepted in cycle t writes the RAM at the end of cycle t + 5 (``LATENCY_WRITE``).
 * Throughput: one operation per cycle in total. Each cycle a round-robin arbiter issues one of
@@ -60,14 +60,26 @@ Ordering and hazards: operations take effect in issue order, and every operation
 same address is still in the four-cycle window between its RAM read and the RAM write becoming
 visible) are resolved by forwarding the youngest matching write-back value (the three older ones
 one stage before the compute stage, the op just ahead inside it, so the compute loop holds a single
-2:1 mux); the RAM's read data is
-never used for such a word, so the RAM's own read/write collision behaviour does not matter. Updates
+2:1 mux); the RAM's read data is never used for such a word, so the RAM's own read/write collision
+behaviour does not matter. In detail: a word's RAM read happens in the cycle its op sits in the
+issue register (stage 0); the ops one to four ahead of it are then in stages 1–4 and write the RAM
+at the end of that cycle (the op four ahead, in the write-back register: the same-cycle collision
+that is undefined on a DP16KD) or later, and exactly those four are the forwarding sources (s3_fwd:
+one ahead; s2_m4, s2_m5, s2_m6: two, three, four ahead); writes five or more ahead landed at least
+one cycle before the read and are in the RAM. Updates
 to the same address on consecutive cycles therefore chain correctly at full rate. An update, load or
 command accepted before a serve/readback command is accepted is visible to all of its words; a
 write accepted while a read command is running may land before or after any given word.
 
 Reset (``rst`` of the ``sync`` domain) empties the pipeline, the command sequencers and the output
 FIFOs; the RAM keeps its contents, so writes still in flight (the last five cycles) are lost.
+
+Targets: ``target="ecp5"`` stores the words in :class:`hw.bram.BlockRam` (DP16KD with the output
+register on, ⌈lanes·kG / 36⌉ blocks for depth ≤ 512), whose clock-to-out is then a flip-flop's
+rather than the RAM array's; the RAM starts all zero (``init`` is not supported: load the words
+through ``load``). ``target="generic"`` (default, simulation and formal) describes the same two
+registers with ``lib.memory`` (which takes ``init`` and which the formal harness reads directly).
+Both have identical cycle behaviour.
 
 Checked against ``golden.quant`` in ``tests/test_hw_weight_update.py`` and
 ``sim/test_sim_weight_update.py``; the stored-range invariant and the Wq rule are proved in
@@ -78,14 +90,18 @@ from __future__ import annotations
 
 import math
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.config import WageConfig
+from hw.bram import BlockRam, dp16kd_count
+from hw.netlist import kept
 
-__all__ = ["WeightUpdate", "dw_bound", "OUT_FIFO_DEPTH", "LATENCY_WRITE", "LATENCY_READ"]
+__all__ = ["WeightUpdate", "dw_bound", "OUT_FIFO_DEPTH", "LATENCY_WRITE", "LATENCY_READ", "TARGETS"]
+
+TARGETS = ("generic", "ecp5")
 
 #: Pipeline registers between the arbiter and the output FIFOs (issue, RAM data, RAM output,
 #: compute, write-back).
@@ -111,26 +127,72 @@ def dw_bound(config: WageConfig) -> int:
 
 
 #: Copies of each per-lane select register (stages 2 and 3): one select per 256 bits is too slow a
-#: net on the ECP5, and twelve is how many variants the synthesiser cannot merge (see _copies).
+#: net on the ECP5, so each drives about lanes / _COPIES lanes.
 _COPIES = 12
 
 
-def _copies(m, name, value, n, enable):
-    """``n`` registered copies of the 1-bit ``value``; returns the decoded outputs.
+def _copies(m, name, value, n):
+    """``n`` identical registered copies of the 1-bit ``value`` (reset-less, loaded every cycle).
 
-    Identical flip-flops would be merged back into one by the synthesiser, so each copy is a
-    different variant: stored inverted or not, without reset / reset to 0 / reset to 1, loaded
-    always or only while ``enable`` (the stage holds a valid op). Every variant holds ``value`` one
-    cycle later whenever the op that uses it is valid, which is all the pipeline reads it for.
+    The copies are named with :func:`hw.netlist.kept`, so the synthesis flows keep them apart
+    (yosys would otherwise merge identical flip-flops back into one high-fan-out register).
     """
     outs = []
     for j in range(n):
-        inv, reset, gated = j & 1, (j >> 1) % 3, (j // 6) & 1
-        reg = Signal(name=f"{name}_{j}", reset_less=reset == 0, init=reset == 2)
-        with m.If(enable if gated else 1):
-            m.d.sync += reg.eq(~value if inv else value)
-        outs.append(~reg if inv else reg)
+        reg = Signal(name=kept(f"{name}_{j}"), reset_less=True)
+        m.d.sync += reg.eq(value)
+        outs.append(reg)
     return outs
+
+
+class _OutFifo(Elaboratable):
+    """First-word-fall-through FIFO (the interface subset of ``lib.fifo.SyncFIFO`` used here) whose
+    fill level is kept as a thermometer code, ``fill[k]`` = level > k: ``r_rdy``, ``w_rdy`` and the
+    threshold tests are single flip-flops and each fill bit's update is one small function of its
+    neighbours and the two enables, instead of an up/down counter compared with 0 in the loop
+    ``level → r_rdy → read → level`` (which limited the unit at ~150 MHz). ``depth`` a power of 2."""
+
+    def __init__(self, width: int, depth: int):
+        assert depth >= 2 and depth & (depth - 1) == 0
+        self.width, self.depth = width, depth
+        self.w_data, self.w_en, self.w_rdy = Signal(width), Signal(), Signal()
+        self.r_data, self.r_en, self.r_rdy = Signal(width), Signal(), Signal()
+        self.fill = Signal(depth)
+        self.level = Signal(range(depth + 1))          # sum of the fill bits (formal hooks only)
+
+    def below(self, k: int):
+        """level < k, one flip-flop (1 ≤ k ≤ depth)."""
+        return ~self.fill[k - 1]
+
+    def elaborate(self, platform):
+        m = Module()
+        n, t = self.depth, self.fill
+        do_w, do_r = Signal(), Signal()
+        m.d.comb += [self.r_rdy.eq(t[0]), self.w_rdy.eq(~t[n - 1]),
+                     do_w.eq(self.w_en & ~t[n - 1]), do_r.eq(self.r_en & t[0]),
+                     self.level.eq(sum(t[k] for k in range(n)))]
+        for k in range(n):
+            with m.If(do_w & ~do_r):
+                m.d.sync += t[k].eq(t[k - 1] if k else 1)
+            with m.Elif(do_r & ~do_w):
+                m.d.sync += t[k].eq(t[k + 1] if k + 1 < n else 0)
+        m.submodules.storage = storage = Memory(shape=self.width, depth=n, init=[])
+        wp, rp = storage.write_port(), storage.read_port(domain="comb")
+        produce, consume = Signal(range(n)), Signal(range(n))
+        m.d.comb += [wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(do_w),
+                     rp.addr.eq(consume), self.r_data.eq(rp.data)]
+        with m.If(do_w):
+            m.d.sync += produce.eq(produce + 1)
+        with m.If(do_r):
+            m.d.sync += consume.eq(consume + 1)
+        return m
+
+
+def _or(*values):
+    out = values[0]
+    for v in values[1:]:
+        out = out | v
+    return out
 
 
 def _check_positive(name, value):
@@ -145,15 +207,24 @@ class WeightUpdate(wiring.Component):
 
     Parameters: ``config`` (:class:`golden.config.WageConfig`: kW, kG, weight_clip, lr_schedule),
     ``depth`` words, ``lanes`` weights per word, ``init`` optional initial contents — ``depth·lanes``
-    integers in ±w_clip, shaped (depth, lanes) or flat in word-major order. See the module docstring
-    for the streams, encodings, latencies and ordering.
+    integers in ±w_clip, shaped (depth, lanes) or flat in word-major order (``target="generic"``
+    only), ``target`` "generic" (default) or "ecp5" (DP16KD with output register; see the module
+    docstring). See the module docstring for the streams, encodings, latencies and ordering.
     """
 
-    def __init__(self, config: WageConfig, depth: int, lanes: int = 1, *, init=None):
+    def __init__(self, config: WageConfig, depth: int, lanes: int = 1, *, init=None, target: str = "generic"):
         if not isinstance(config, WageConfig):
             raise TypeError(f"config={config!r}: must be a golden.config.WageConfig")
         _check_positive("depth", depth)
         _check_positive("lanes", lanes)
+        if not isinstance(target, str) or target not in TARGETS:
+            raise ValueError(f"target={target!r}: must be one of {', '.join(repr(t) for t in TARGETS)}")
+        if target == "ecp5":
+            if init is not None:
+                raise ValueError(f"init=...: target={target!r} starts from an all-zero RAM; "
+                                 "write the initial words through the load stream")
+            dp16kd_count(config.kG * lanes, depth)          # raises for depth > 16384
+        self.target = target
         self.config = config
         self.depth = depth
         self.lanes = lanes
@@ -233,11 +304,27 @@ class WeightUpdate(wiring.Component):
         lanes, depth = self.lanes, self.depth
         aw = self.addr_width
 
-        # built here (not in __init__) so an unused component leaves no unused memory behind; the
-        # formal harness calls elaborate() itself and adds combinational read ports to self._mem
-        m.submodules.mem = mem = self._mem = Memory(shape=self.word_layout, depth=depth, init=self._init)
-        rport = mem.read_port()                 # synchronous, not transparent: data one cycle after addr
-        wport = mem.write_port()
+        # The RAM: read address from the issue register (stage 0), data two cycles later in stage 2
+        # (the second register is the RAM output register), write port driven by stage 4. Built
+        # here (not in __init__) so an unused component leaves no unused memory behind; the formal
+        # harness calls elaborate() itself and adds combinational read ports to self._mem (generic).
+        r_addr, w_addr, w_en = Signal(aw), Signal(aw), Signal()
+        w_data = Signal(self.word_layout)
+        s2_rdata = Signal(self.word_layout)     # the RAM output register's value (op in stage 2)
+        if self.target == "ecp5":
+            m.submodules.mem = ram = BlockRam(self.word_layout.size, depth, target=self.target)
+            m.d.comb += [ram.r_addr.eq(r_addr), ram.r_en.eq(1), ram.w_addr.eq(w_addr),
+                         ram.w_data.eq(w_data), ram.w_en.eq(w_en), s2_rdata.eq(ram.r_data)]
+            self._mem = None
+        else:
+            # hw.bram.BlockRam's generic model, written out here for ``init`` and formal access
+            m.submodules.mem = mem = self._mem = Memory(shape=self.word_layout, depth=depth, init=self._init)
+            rport = mem.read_port(transparent_for=())      # not transparent: the forwarding covers it
+            wport = mem.write_port()
+            rdata_r = Signal(self.word_layout, reset_less=True, name="s2_rdata_r")
+            m.d.comb += [rport.addr.eq(r_addr), wport.addr.eq(w_addr), wport.data.eq(w_data),
+                         wport.en.eq(w_en), s2_rdata.eq(rdata_r)]
+            m.d.sync += rdata_r.eq(rport.data)
 
         op_layout = data.StructLayout({
             "kind": 2, "addr": unsigned(aw), "in_range": 1, "last": 1})
@@ -249,10 +336,8 @@ class WeightUpdate(wiring.Component):
             return Mux(addr == depth - 1, 0, addr + 1)[:aw]
 
         # ---- read command sequencers and output FIFOs ------------------------------------------
-        m.submodules.serve_fifo = serve_fifo = fifo.SyncFIFO(
-            width=self.serve_layout.size, depth=OUT_FIFO_DEPTH)
-        m.submodules.readback_fifo = rb_fifo = fifo.SyncFIFO(
-            width=self.readback_layout.size, depth=OUT_FIFO_DEPTH)
+        m.submodules.serve_fifo = serve_fifo = _OutFifo(self.serve_layout.size, OUT_FIFO_DEPTH)
+        m.submodules.readback_fifo = rb_fifo = _OutFifo(self.readback_layout.size, OUT_FIFO_DEPTH)
         m.d.comb += [
             self.serve.valid.eq(serve_fifo.r_rdy),
             self.serve.payload.eq(serve_fifo.r_data),
@@ -272,7 +357,6 @@ class WeightUpdate(wiring.Component):
         dw_word = data.ArrayLayout(signed(self.dw_width), lanes)
         s0_dw, s1_dw, s2_dw, s3_dw = (Signal(dw_word, reset_less=True, name=f"s{i}_dw") for i in range(4))
         s0_w, s1_w = (Signal(self.word_layout, reset_less=True, name=f"s{i}_w") for i in range(2))
-        s2_rdata = Signal(self.word_layout, reset_less=True)
         s2_wsat = Signal(self.word_layout, reset_less=True)
         s3_pre = Signal(self.word_layout, reset_less=True)   # old word unless the op just ahead wrote it
         # clip bounds moved to the ΔWs side early, so that the compute stage runs the subtraction
@@ -285,6 +369,7 @@ class WeightUpdate(wiring.Component):
         s2_hi, s2_lo, s3_hi, s3_lo = (Signal(thr, reset_less=True, name=n)
                                       for n in ("s2_hi", "s2_lo", "s3_hi", "s3_lo"))
         s4_kind = Signal(2)
+        s4_push_serve, s4_push_rb = Signal(), Signal()
         s4_addr = Signal(aw)
         s4_last = Signal()
         s4_in_range = Signal()
@@ -299,6 +384,7 @@ class WeightUpdate(wiring.Component):
         sequencers = {}
         self._fifo_overflow = []                # formal harness hooks: a write into a full FIFO,
         self._occupancy = []                    # and FIFO level + words in flight (≤ OUT_FIFO_DEPTH)
+        self._fifo_fill = []                    # and the FIFO's thermometer-coded level
         for kind, cmd, fifo_ in ((_SERVE, self.serve_cmd, serve_fifo), (_READBACK, self.readback_cmd, rb_fifo)):
             active = Signal(name=f"seq{kind}_active")
             addr = Signal(aw, name=f"seq{kind}_addr")
@@ -312,9 +398,10 @@ class WeightUpdate(wiring.Component):
             # grown by at most one word, hence the threshold one lower), so the issue logic starts
             # from a flip-flop rather than from the FIFO's level counter.
             credit = Signal(name=f"seq{kind}_credit")
-            m.d.sync += credit.eq(fifo_.level < OUT_FIFO_DEPTH - _STAGES - 1)
+            m.d.sync += credit.eq(fifo_.below(OUT_FIFO_DEPTH - _STAGES - 1))
             sequencers[kind] = (cmd, active, addr, left, last, active & credit)
             self._fifo_overflow.append(fifo_.w_en & ~fifo_.w_rdy)
+            self._fifo_fill.append(fifo_.fill)
             self._occupancy.append(fifo_.level + inflight)
 
         # ---- stage 0: round-robin issue ------------------------------------------------------
@@ -342,14 +429,18 @@ class WeightUpdate(wiring.Component):
             self.update.ready.eq(grant[_UPDATE]),
             self.load.ready.eq(grant[_LOAD]),
         ]
-        with m.If(grant[_UPDATE]):
-            m.d.comb += [issue.kind.eq(_UPDATE), issue.addr.eq(self.update.payload.addr)]
-        with m.Elif(grant[_LOAD]):
-            m.d.comb += [issue.kind.eq(_LOAD), issue.addr.eq(self.load.payload.addr)]
+        # the grant is one-hot (or zero), so the issued fields are an AND-OR over the requesters
+        # rather than a priority chain of muxes
+        sources = {_UPDATE: (self.update.payload.addr, 0), _LOAD: (self.load.payload.addr, 0),
+                   **{k: (sequencers[k][2], sequencers[k][4]) for k in (_SERVE, _READBACK)}}
+        m.d.comb += [
+            issue.kind.eq(Cat(grant[_LOAD] | grant[_READBACK], grant[_SERVE] | grant[_READBACK])),
+            issue.addr.eq(_or(*(Mux(grant[k], a, 0) for k, (a, _) in sources.items()))),
+            issue.last.eq(_or(*(grant[k] & l for k, (_, l) in sources.items() if k in (_SERVE, _READBACK)))),
+        ]
         for kind in (_SERVE, _READBACK):
             cmd, active, addr, left, last, _ = sequencers[kind]
             with m.If(grant[kind]):
-                m.d.comb += [issue.kind.eq(kind), issue.addr.eq(addr), issue.last.eq(last)]
                 m.d.sync += [addr.eq(next_addr(addr)), left.eq(left - 1), last.eq(left == 2)]
                 with m.If(last):
                     m.d.sync += active.eq(0)
@@ -362,7 +453,7 @@ class WeightUpdate(wiring.Component):
                      s0_dw.eq(self.update.payload.dw), s0_w.eq(self.load.payload.w)]
 
         # ---- stage 0: registered issue drives the RAM address --------------------------------
-        m.d.comb += rport.addr.eq(s0.addr)
+        m.d.comb += r_addr.eq(s0.addr)
         m.d.sync += [s1_valid.eq(s0_valid), s1.eq(s0), s1_dw.eq(s0_dw), s1_w.eq(s0_w)]
 
         # ---- stage 1: RAM read; precompute the forwarding matches for stage 2 ----------------
@@ -378,13 +469,19 @@ class WeightUpdate(wiring.Component):
         group = [i * n // lanes for i in range(lanes)]
         # stage 2's selects: a load (its saturated value replaces the old word), else the op two,
         # three or four ahead when it wrote this address (found then in stages 4, 5 and 6)
-        s2_load = _copies(m, "s2_load", s1.kind == _LOAD, n, s1_valid)
-        s2_m4 = _copies(m, "s2_m4", wen(s3_valid, s3) & (s3.addr == s1.addr), n, s1_valid)
-        s2_m5 = _copies(m, "s2_m5", s4_wen & (s4_addr == s1.addr), n, s1_valid)
-        s2_m6 = _copies(m, "s2_m6", h5_wen & (h5_addr == s1.addr), n, s1_valid)
-        s2_upd = _copies(m, "s2_upd", s1.kind == _UPDATE, n, s1_valid)
+        # The address comparisons are registered one stage earlier still (every stage register
+        # below moves on every cycle, so "s3.addr == s1.addr" now is "s2.addr == s0.addr" a cycle
+        # ago), so the select copies load from one LUT rather than from a comparator tree.
+        eq = {k: Signal(name=f"addr_eq_{k}", reset_less=True) for k in ("m4", "m5", "m6", "fwd")}
+        m.d.sync += [eq["m4"].eq(s2.addr == s0.addr), eq["m5"].eq(s3.addr == s0.addr),
+                     eq["m6"].eq(s4_addr == s0.addr), eq["fwd"].eq(s2.addr == s1.addr)]
+        s2_load = _copies(m, "s2_load", s1.kind == _LOAD, n)
+        s2_m4 = _copies(m, "s2_m4", wen(s3_valid, s3) & eq["m4"], n)    # s3.addr == s1.addr
+        s2_m5 = _copies(m, "s2_m5", s4_wen & eq["m5"], n)               # s4_addr == s1.addr
+        s2_m6 = _copies(m, "s2_m6", h5_wen & eq["m6"], n)               # h5_addr == s1.addr
+        s2_upd = _copies(m, "s2_upd", s1.kind == _UPDATE, n)
         m.d.sync += [
-            s2_valid.eq(s1_valid), s2.eq(s1), s2_dw.eq(s1_dw), s2_rdata.eq(rport.data),
+            s2_valid.eq(s1_valid), s2.eq(s1), s2_dw.eq(s1_dw),
             [s2_hi[i].eq(self._clip_limit + s1_dw[i]) for i in range(lanes)],
             [s2_lo[i].eq(s1_dw[i] - self._clip_limit) for i in range(lanes)],
             [s2_wsat[i].eq(self._clip(s1_w[i])) for i in range(lanes)],
@@ -392,8 +489,7 @@ class WeightUpdate(wiring.Component):
 
         # ---- stage 2: forward older write-backs (off the loop of stage 3) ---------------------
         # the op just ahead (in stage 3 now) wrote this address: stage 3 takes its result instead
-        s3_fwd = _copies(m, "s3_fwd", wen(s3_valid, s3) & (s3.addr == s2.addr) & (s2.kind != _LOAD),
-                         n, s2_valid)
+        s3_fwd = _copies(m, "s3_fwd", wen(s3_valid, s3) & eq["fwd"] & (s2.kind != _LOAD), n)   # s3.addr == s2.addr
         thr_max, thr_min = (1 << (thr_shape.width - 1)) - 1, -(1 << (thr_shape.width - 1))
         for i in range(lanes):
             g = group[i]
@@ -408,30 +504,35 @@ class WeightUpdate(wiring.Component):
         m.d.sync += [s3_valid.eq(s2_valid), s3.eq(s2)]
 
         # ---- stage 3: update (reads and loads pass through: dw = 0, no clip) ------------------
-        # The only loop (an update chained on the previous cycle's result): a 2:1 mux, the
-        # subtraction and both range tests in parallel, then the clip select.
+        # The only loop (an update chained on the previous cycle's result). The update is computed
+        # twice, on the forwarded word (s4_word, the loop) and on s3_pre (off the loop), and the
+        # forwarding select comes last, so the loop is: the subtraction and both range tests in
+        # parallel, then one LUT per bit (clip select and forwarding select together).
         lim = self._clip_limit
-        old = Signal(self.word_layout)
         new = Signal(self.word_layout)
         for i in range(lanes):
-            # three independent carry chains on the same operand: old − hi < 0 ⇔ clip high,
-            # lo − old > 0 ⇔ clip low, old − dw; then one LUT per bit
-            gt, lt = Signal(name=f"s3_gt{i}"), Signal(name=f"s3_lt{i}")
-            diff = Signal(signed(self.w_width), name=f"s3_diff{i}")
-            m.d.comb += [
-                old[i].eq(Mux(s3_fwd[group[i]], s4_word[i], s3_pre[i])),
-                gt.eq((s3_hi[i] - old[i]).as_signed() < 0),
-                lt.eq((old[i] - s3_lo[i]).as_signed() < 0),
-                diff.eq(old[i] - s3_dw[i]),
-                new[i].eq(Mux(gt, lim, Mux(lt, -lim, diff))),
-            ]
+            results = []
+            for src, old in (("f", s4_word[i]), ("p", s3_pre[i])):
+                # three independent carry chains on the same operand: old − hi < 0 ⇔ clip high,
+                # lo − old > 0 ⇔ clip low, old − dw
+                gt, lt = Signal(name=f"s3{src}_gt{i}"), Signal(name=f"s3{src}_lt{i}")
+                diff = Signal(signed(self.w_width), name=f"s3{src}_diff{i}")
+                m.d.comb += [
+                    gt.eq((s3_hi[i] - old).as_signed() < 0),
+                    lt.eq((old - s3_lo[i]).as_signed() < 0),
+                    diff.eq(old - s3_dw[i]),
+                ]
+                results.append(Mux(gt, lim, Mux(lt, -lim, diff)))
+            m.d.comb += new[i].eq(Mux(s3_fwd[group[i]], *results))
         m.d.sync += [
+            # the FIFO pushes as registers of their own (they drive every LUT-RAM write enable)
+            s4_push_serve.eq(s3_valid & (s3.kind == _SERVE)), s4_push_rb.eq(s3_valid & (s3.kind == _READBACK)),
             s4_valid.eq(s3_valid), s4_kind.eq(s3.kind), s4_addr.eq(s3.addr), s4_last.eq(s3.last),
             s4_in_range.eq(s3.in_range), s4_wen.eq(wen(s3_valid, s3)), s4_word.eq(new),
         ]
 
         # ---- stage 4: write back, quantise, push to the output FIFOs ------------------------------
-        m.d.comb += [wport.addr.eq(s4_addr), wport.data.eq(s4_word), wport.en.eq(s4_wen)]
+        m.d.comb += [w_addr.eq(s4_addr), w_data.eq(s4_word), w_en.eq(s4_wen)]
         m.d.sync += [h5_wen.eq(s4_wen), h5_addr.eq(s4_addr), h5_word.eq(s4_word),
                      h6_wen.eq(h5_wen), h6_addr.eq(h5_addr), h6_word.eq(h5_word)]
         serve_beat = Signal(self.serve_layout)
@@ -443,8 +544,8 @@ class WeightUpdate(wiring.Component):
         m.d.comb += [
             serve_beat.last.eq(s4_last),
             serve_fifo.w_data.eq(serve_beat),
-            serve_fifo.w_en.eq(s4_valid & (s4_kind == _SERVE)),
+            serve_fifo.w_en.eq(s4_push_serve),
             rb_fifo.w_data.eq(Cat(rword, s4_last)),
-            rb_fifo.w_en.eq(s4_valid & (s4_kind == _READBACK)),
+            rb_fifo.w_en.eq(s4_push_rb),
         ]
         return m

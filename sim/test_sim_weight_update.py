@@ -6,6 +6,9 @@
   in two runs: kW-clip 10^5, kG-clip 2·10^4) with saturation, hazards and random read ranges.
 * ``test_scoreboard_catches_one_flipped_bit`` — a flipped bit in one served beat is reported exactly,
   makes ``random_updates`` fail, and the same seed passes without it.
+* ``test_ecp5_target_matches_with_primitive_models`` — ``target="ecp5"`` (the words in DP16KD with
+  its output register) against the behavioural DP16KD of ``sim/ecp5_models.py``: random updates
+  with hazards, bit for bit and with the same latency as the generic RAM.
 
 The seed is printed by the runner; rerun with ``COCOTB_RANDOM_SEED=<seed>``.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from golden.config import WageConfig
 from hw.weight_update import WeightUpdate
+from sim.ecp5_models import ecp5_model_files
 from sim.runner import run_cocotb
 
 CFG = WageConfig(net="mlp")
@@ -26,7 +30,8 @@ def _params(dut: WeightUpdate, **kw) -> dict:
 
 
 def _name(dut: WeightUpdate) -> str:
-    return f"weight_update_d{dut.depth}_l{dut.lanes}_{dut.config.weight_clip}"
+    return (f"weight_update_d{dut.depth}_l{dut.lanes}_{dut.config.weight_clip}"
+            + ("_ecp5" if dut.target == "ecp5" else ""))
 
 
 def test_golden_trace():
@@ -67,3 +72,12 @@ def test_scoreboard_catches_one_flipped_bit():
     r = run_cocotb(dut, name=_name(dut), test_module="sim.tb_weight_update", testcase="random_updates",
                    parameters=params, seed=r.seed)
     assert r.passed == 1
+
+
+def test_ecp5_target_matches_with_primitive_models():
+    # 5 lanes × 8 bits = 40 bits: two DP16KD in the 36-bit mode, the second one partly used
+    dut = WeightUpdate(CFG, depth=64, lanes=5, target="ecp5")
+    r = run_cocotb(dut, name=_name(dut), test_module="sim.tb_weight_update", testcase="random_updates",
+                   build_args=ecp5_model_files(),
+                   parameters=_params(dut, updates=20_000, stall=0.2, backpressure=0.2))
+    assert r.passed == r.tests == 1

@@ -250,7 +250,8 @@ def test_qe(aw, lanes):
     (CFG, 20, 1, {}),                               # one hash per element, 4 draws reused
     (WageConfig(sr_bits=24, lr_schedule=((0, 2), (5, 0.25))), 30, 3, {}),   # L = 2, beats straddle hashes
     (WageConfig(sr_bits=5), 16, 2,                  # few SR bits: q > sr_bits truncates the fraction;
-     dict(prng_rounds_per_stage=13, prng_key_stages=False)),                # 1-stage hash, 7-entry FIFO
+     dict(prng_rounds_per_stage=13, prng_key_stages=False)),                # 1-stage hash, 12-entry FIFO
+    (CFG, 20, 2, dict(prng_split_rounds=True)),     # 30-stage hash (add and XOR split), 41-entry FIFO
 ])
 def test_qg(cfg, aw, lanes, kw):
     seed = seed_for(f"qg-{cfg.sr_bits}-{aw}-{lanes}")
@@ -342,7 +343,7 @@ def test_latency_and_throughput():
             want = quantize_activation(t, 3, CFG.kA)[0]
             np.testing.assert_array_equal(np.array(got).reshape(-1), want)
     q = _probe(CFG, 4, acc_width=20, prng_rounds_per_stage=13, prng_key_stages=False)
-    assert q.latency == 5 and q.prng_latency == 1 and q.draw_depth == 7
+    assert q.latency == 6 and q.prng_latency == 1 and q.draw_depth == 12
 
 
 @pytest.mark.parametrize("args,kwargs,exc,text", [
@@ -356,6 +357,9 @@ def test_latency_and_throughput():
     ((CFG, 4), dict(acc_width=20, eta_log2_range=3), TypeError, "eta_log2_range=3"),
     ((CFG, 4), dict(acc_width=20, prng_rounds_per_stage=0), ValueError, "prng_rounds_per_stage=0"),
     ((CFG, 4), dict(acc_width=20, prng_key_stages=None), TypeError, "prng_key_stages=None"),
+    ((CFG, 4), dict(acc_width=20, prng_split_rounds="yes"), TypeError, "prng_split_rounds='yes'"),
+    ((CFG, 4), dict(acc_width=20, prng_split_rounds=True, prng_rounds_per_stage=2), ValueError,
+     "rounds_per_stage=2"),
     ((CFG, 257), dict(acc_width=20), ValueError, "lanes=257"),
 ])
 def test_parameter_checks(args, kwargs, exc, text):
@@ -373,8 +377,10 @@ def _probe(*args, **kwargs) -> ShiftQuantizer:
 def test_widths_from_config():
     dut = _probe(CFG, 4, acc_width=34)
     assert (dut.eta_lo, dut.eta_hi) == (-3, 3)
-    assert dut.out_width == 8 and dut.hashes == 1 and dut.latency == 5
-    assert dut.prng_latency == 17 and dut.draw_depth == 23
+    assert dut.out_width == 8 and dut.hashes == 1 and dut.latency == 6
+    assert dut.prng_latency == 17 and dut.draw_depth == 28
+    split = _probe(CFG, 4, acc_width=34, prng_split_rounds=True)
+    assert split.prng_latency == 30 and split.draw_depth == 41 and split.latency == 6
     assert _probe(WageConfig(sr_bits=24), 4, acc_width=34).hashes == 2
     assert _probe(CFG, 3, acc_width=34).hashes == 2
     assert _probe(CFG, 8, acc_width=34).hashes == 2

@@ -92,6 +92,7 @@ def test_known_answers(rounds, ctr, key, out):
 @pytest.mark.parametrize("kwargs", [
     dict(), dict(key_stages=False), dict(rounds_per_stage=3), dict(stages=1, key_stages=False), dict(stages=5),
     dict(rounds=20, rounds_per_stage=2), dict(rounds=20, key_stages=False, rounds_per_stage=3),
+    dict(split_rounds=True), dict(rounds=20, split_rounds=True),
 ])
 def test_random_vectors_with_stalls(kwargs):
     seed = SEED + zlib.crc32(repr(sorted(kwargs.items())).encode()) % 1000
@@ -110,7 +111,7 @@ def test_random_vectors_with_stalls(kwargs):
     assert outs == list(zip(x0.tolist(), x1.tolist(), side))
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(key_stages=False, rounds_per_stage=2)])
+@pytest.mark.parametrize("kwargs", [dict(), dict(key_stages=False, rounds_per_stage=2), dict(split_rounds=True)])
 def test_static_key(kwargs):
     """static_key=True: the key is read by every stage, so it is held while hashes are in flight.
     Two bursts with different keys, the pipeline drained (and one idle cycle) in between."""
@@ -165,13 +166,21 @@ def test_static_key(kwargs):
     (dict(rounds_per_stage=4), 8),
     (dict(stages=1), 2), (dict(stages=1, key_stages=False), 1),
     (dict(stages=7), 11), (dict(stages=7, key_stages=False), 7),
+    (dict(split_rounds=True), 30),                  # K, 13 × (add, XOR), 3 injections
 ])
 def test_latency_and_full_throughput(kwargs, latency):
     dut = Threefry2x32(**kwargs)
     assert dut.latency == latency and sum(dut.stage_rounds) == 13
     steps = [op for stage in dut.schedule for op in stage]
-    assert steps == ["K", "R0", "R1", "R2", "R3", "I1", "R4", "R5", "R6", "R7", "I2",
-                     "R8", "R9", "R10", "R11", "I3", "R12"]
+    rounds = ([f"{h}{r}" for h in "AX"] for r in range(13)) if kwargs.get("split_rounds") else \
+        ([f"R{r}"] for r in range(13))
+    rounds = list(rounds)
+    want = ["K", *rounds[0], *rounds[1], *rounds[2], *rounds[3], "I1", *rounds[4], *rounds[5], *rounds[6],
+            *rounds[7], "I2", *rounds[8], *rounds[9], *rounds[10], *rounds[11], "I3", *rounds[12]]
+    assert steps == want
+    if kwargs.get("split_rounds"):
+        assert all(len(stage) == 1 for stage in dut.schedule)
+        assert dut.stage_rounds == tuple(int(stage[0][0] == "X") for stage in dut.schedule)
     if kwargs.get("key_stages", True):
         assert all(len(stage) == 1 for stage in dut.schedule if stage[0] in ("K", "I1", "I2", "I3"))
     n = 40
@@ -215,6 +224,10 @@ def test_latency_and_full_throughput(kwargs, latency):
     (dict(sideband="wide"), TypeError, "sideband='wide'"),
     (dict(key_stages=1), TypeError, "key_stages=1"),
     (dict(static_key="yes"), TypeError, "static_key='yes'"),
+    (dict(split_rounds=1), TypeError, "split_rounds=1"),
+    (dict(split_rounds=True, rounds_per_stage=2), ValueError, "rounds_per_stage=2"),
+    (dict(split_rounds=True, stages=5), ValueError, "stages=5"),
+    (dict(split_rounds=True, key_stages=False), ValueError, "key_stages=False"),
 ])
 def test_parameter_checks(kwargs, exc, text):
     with pytest.raises(exc, match=text.replace("(", r"\(")):

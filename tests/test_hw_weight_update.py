@@ -251,11 +251,30 @@ CFG = WageConfig(net="mlp")
     (dict(config=CFG, depth=2, lanes=1, init=[1, 2, 3]), ValueError, "init has shape (3,)"),
     (dict(config=CFG, depth=2, lanes=1, init=[1, 65]), ValueError, "init[1][0]=65"),
     (dict(config=CFG, depth=2, lanes=1, init=[0.5, 1]), TypeError, "init"),
+    (dict(config=CFG, depth=4, target="xilinx"), ValueError, "target='xilinx'"),
+    (dict(config=CFG, depth=4, target=None), ValueError, "target=None"),
+    (dict(config=CFG, depth=2, init=[1, 2], target="ecp5"), ValueError, "init=...: target='ecp5'"),
+    (dict(config=CFG, depth=16385, target="ecp5"), ValueError, "depth=16385"),
 ])
 def test_parameters_checked(kwargs, exc, text):
     with pytest.raises(exc) as info:
         WeightUpdate(**kwargs)
     assert text in str(info.value)
+
+
+def test_ecp5_target_netlist():
+    """target="ecp5": the words live in DP16KD blocks with the output register, no inferred memory
+    remains, and the duplicated select registers carry hw.netlist.kept names."""
+    from amaranth.back import rtlil
+    from hw.bram import dp16kd_count
+    from hw.netlist import KEEP_SUFFIX
+    dut = WeightUpdate(CFG, depth=512, lanes=8, target="ecp5")
+    text = rtlil.convert(dut)
+    assert text.count("cell \\DP16KD ") == dp16kd_count(8 * 8, 512) == 2
+    assert 'parameter \\REGMODE_B "OUTREG"' in text and 'MEMID "\\\\mem"' not in text
+    assert text.count(f"s3_fwd_0{KEEP_SUFFIX}") and text.count(f"s2_m4_7{KEEP_SUFFIX}")
+    generic = rtlil.convert(WeightUpdate(CFG, depth=512, lanes=8))
+    assert "DP16KD" not in generic and 'MEMID "\\\\mem"' in generic
 
 
 def test_widths_from_config():
