@@ -119,6 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="re-run configurations already in the results")
     ap.add_argument("--list", action="store_true", help="print the table of stored results and exit")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--router", choices=("router1", "router2"),
+                    help="nextpnr router (default: nextpnr's own default)")
     ap.add_argument("--timeout", type=float, default=5400.0, help="seconds per tool and configuration")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--work", type=Path, default=WORK)
@@ -138,7 +140,9 @@ def main(argv=None) -> int:
         if done and ("error" not in done or done.get("fits") is False) and not args.force:
             print(f"{name}: already in {args.results.name}, skipped (--force to re-run)")
             continue
-        command = f"python benchmarks/synth_units.py --only {name} --seed {args.seed}"
+        extra = ("--router", args.router) if args.router else ()
+        command = (f"python benchmarks/synth_units.py --only {name} --seed {args.seed}"
+                   + (f" --router {args.router}" if args.router else ""))
         print(f"\n=== {name}: {unit_name} {options} — {note}; target {target:g} MHz", flush=True)
         try:
             unit = build_unit(unit_name, **options)
@@ -161,7 +165,7 @@ def main(argv=None) -> int:
         try:
             result = synthesize(unit, device="LFE5U-85F", package="CABGA381", speed=6,
                                 freq_mhz=target, seed=args.seed, workdir=args.work / name,
-                                timeout_s=args.timeout)
+                                timeout_s=args.timeout, extra_nextpnr_args=extra)
         except SynthError as e:
             entry.update(error=str(e), seconds=round(time.monotonic() - t0, 1), **e.partial)
             over = {k: v for k, v in e.partial.get("resources", {}).items() if v[0] > v[1]}

@@ -29,28 +29,36 @@ within three cycles of the offending beat. ``clear_error`` — ``In(1)``: clears
 
 Micro-architecture and timing
 -----------------------------
-Input register → skew (row r of A delayed r cycles, column c of B delayed c cycles) → R×C elements,
-A moving right and B moving down one element per cycle. Each element keeps an accumulator and a
-result (shadow) register (double-buffered accumulators). An int8 element's accumulator is split in
-two halves with the low half's carry registered into the high half's next addition (two short
-carry chains instead of one 32-bit chain); the copy into the shadow register adds the last carry. The adder feeds only the accumulator, so
-both pack into the same slices (an adder output with two flip-flop loads of different control sets
-cost a long route to the second); the ``last`` beat adds like any other, and in the next cycle the
-shadow register copies the accumulator (a clock enable) while the accumulator clears (a synchronous
-reset), neither costing a LUT. That cycle carries no beat: ``ready`` is low for one cycle after a
-``last`` beat is accepted. A ternary element adds
-``±a`` in one carry chain (``acc + (neg ? ~a : a) + neg``, the ``+neg`` as a carry-in). The
-valid/last flags of each beat travel down a delay line, then along one chain per row next to A, so
-element (r, c) sees them exactly when its product arrives (r + c + 2 + product_latency cycles after
-the beat is accepted); the chain registers carry :func:`hw.netlist.kept` names so that synthesis
-keeps one copy per element instead of merging each anti-diagonal into one register with a huge
-fan-out.
+Input register (free-running) → skew (row r of A delayed r cycles, column c of B delayed c cycles)
+→ R×C elements, A moving right and B moving down one element per cycle. Each element keeps an
+accumulator and a result (shadow) register (double-buffered accumulators). The adder feeds only the
+accumulator, so both pack into the same slices (an adder output with two flip-flop loads of
+different control sets cost a long route to the second): the ``last`` beat adds like any other,
+and in the next cycle the shadow register copies the accumulator (a clock enable) while the
+accumulator clears (a synchronous reset), neither costing a LUT. That cycle carries no beat:
+``ready`` is low for one cycle after a ``last`` beat is accepted.
 
-Finished rows leave through a registered drain: row r's sums are gated by its own "row complete"
-copies (one per column) and OR-ed, four rows per first stage and up to four registers per further
-stage (``ArrayTiming.drain_stages``), into a result FIFO of 4·R rows in block RAM with its output
-register (:class:`hw.bram.BlockRam`; DP16KD with ``REGMODE = OUTREG`` on ECP5). The read side is a
-two-stage pipeline whose clock enables hold it while the consumer stalls.
+* int8: the product leaves the MULT18X18D's output register into one fabric register; the
+  accumulator is split in two halves with the low half's carry registered into the high half's
+  next addition (two short carry chains instead of one 32-bit chain), and the copy into the shadow
+  register adds the last carry.
+* ternary: ``±a`` in one carry chain, ``acc + (neg ? ~a : a) + neg`` with ``+neg`` as a carry-in.
+
+The valid/last flags of each beat travel down a delay line, then along one chain per row next to
+A, so element (r, c) sees them exactly when its product arrives (r + c + 2 + product_latency cycles
+after the beat is accepted); the chain registers carry :func:`hw.netlist.kept` names so that
+synthesis keeps one copy per element instead of merging each anti-diagonal into one register with
+a huge fan-out. The mesh takes its reset through a registered tree (one kept copy per row, then one
+per element), so no beat is accepted in the first two cycles after reset.
+
+Finished rows leave through a registered drain, one per column: element (r, c)'s sum is gated by
+its own "done" flag and OR-ed, four rows per first stage and up to four registers per further
+stage (``ArrayTiming.drain_stages``), into that column's result RAM (a FIFO of 4·R rows in block
+RAM with its output register, :class:`hw.bram.BlockRam`; DP16KD with ``REGMODE = OUTREG`` on ECP5).
+Columns drain on their own schedules (column c is C−1−c cycles ahead of column C−1, each with its
+own write pointer) so that no signal spans the array; a row counts as written when column C−1 has
+written it. The read side, common to all columns, is a two-stage pipeline whose clock enables hold
+it while the consumer stalls.
 
 The array itself never stalls (no clock enables across the mesh). Back-pressure is handled at the
 edges: a ``last`` beat is only accepted (``ready``) when
@@ -105,6 +113,13 @@ MULT18X18D_PARAMETERS = {
     "HIGHSPEED_CLK": "NONE", "GSR": "DISABLED", "CAS_MATCH_REG": "FALSE",
     "SOURCEB_MODE": "B_SHIFT", "MULT_BYPASS": "DISABLED", "RESETMODE": "SYNC",
 }
+
+
+def _or_all(values):
+    out = values[0]
+    for v in values[1:]:
+        out = out | v
+    return out
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
@@ -309,18 +324,17 @@ class MacArray(wiring.Component):
             for c in range(1, C):
                 m.d.sync += [row_v[r][c].eq(row_v[r][c - 1]), row_l[r][c].eq(row_l[r][c - 1])]
         # row_x: the cycle after `last` at element (r, c) (always a bubble: the shadow takes the
-        # finished sum, the accumulator clears). done: "row r complete", one copy per result
-        # column plus one for the row-valid lane.
+        # finished sum, the accumulator clears). done: the cycle after that, when element (r, c)'s
+        # shadow register holds its finished sum — local to the element; each column drains on
+        # its own schedule (column c is C−1−c cycles ahead of column C−1).
         row_x = [[Signal(name=kept(f"fx_{r}_{c}"), reset_less=True) for c in range(C)] for r in range(R)]
-        done = [[Signal(name=kept(f"done_{r}_{c}"), reset_less=True) for c in range(C + 1)] for r in range(R)]
+        done = [[Signal(name=kept(f"done_{r}_{c}"), reset_less=True) for c in range(C)] for r in range(R)]
         for r in range(R):
             m.d.sync += [row_x[r][c].eq(row_l[r][c]) for c in range(C)]
-            m.d.sync += [d.eq(row_x[r][C - 1]) for d in done[r]]
-            for c in range(C + 1):
-                with m.If(rst_pe[r][min(c, C - 1)]):
-                    m.d.sync += done[r][c].eq(0)
-                    if c < C:
-                        m.d.sync += [row_v[r][c].eq(0), row_l[r][c].eq(0), row_x[r][c].eq(0)]
+            m.d.sync += [done[r][c].eq(row_x[r][c]) for c in range(C)]
+            for c in range(C):
+                with m.If(rst_pe[r][c]):
+                    m.d.sync += [row_v[r][c].eq(0), row_l[r][c].eq(0), row_x[r][c].eq(0), done[r][c].eq(0)]
 
         # ---- checks on the operand register, pipelined off the handshake path ------------------
         rem = Signal(signed(self._max_reduction.bit_length() + 1), init=self._max_reduction - 1)
@@ -418,70 +432,72 @@ class MacArray(wiring.Component):
                 with m.If(rst_pe[r][c]):
                     m.d.sync += acc.eq(0)
 
-        # ---- drain: finished rows → one row per cycle --------------------------------------------
-        # Row r's shadow registers hold its sums from the cycle done[r] is high until the next tile
-        # lands (≥ min_last_interval later). Registered AND-OR stages gather them: first groups of 4
-        # rows (two LUT levels), then OR trees of up to 4 registers per stage. Each row brings a
-        # valid lane; rows are one cycle apart, so at most one row is in any stage at a time.
-        level = []
-        for g in range(0, R, 4):
-            rows_g = range(g, min(g + 4, R))
-            v = Signal(name=f"drain1_{g // 4}_v")
-            cols_g = [Signal(aw, name=f"drain1_{g // 4}_{c}", reset_less=True) for c in range(C)]
-            # (until the mesh's delayed reset has landed, stale `done` flags must not count)
-            m.d.sync += v.eq(warm[-1] & Cat(*[done[r][C] for r in rows_g]).any())
-            for c in range(C):
-                terms = [shadow[r][c].as_unsigned() & done[r][c].replicate(aw) for r in rows_g]
-                value = terms[0]
-                for t in terms[1:]:
-                    value = value | t
-                m.d.sync += cols_g[c].eq(value)
-            level.append((v, cols_g))
-        n_stage = 1
-        while len(level) > 1:
-            n_stage += 1
-            merged = []
-            for g in range(0, len(level), 4):
-                part = level[g:g + 4]
-                v = Signal(name=f"drain{n_stage}_{g // 4}_v")
-                cols_g = [Signal(aw, name=f"drain{n_stage}_{g // 4}_{c}", reset_less=True) for c in range(C)]
-                m.d.sync += v.eq(Cat(*[p[0] for p in part]).any())
-                for c in range(C):
-                    value = part[0][1][c]
-                    for p in part[1:]:
-                        value = value | p[1][c]
-                    m.d.sync += cols_g[c].eq(value)
-                merged.append((v, cols_g))
-            level = merged
-        assert n_stage == timing.drain_stages
-        w_en, w_cols = level[0]
+        # ---- drain: finished rows → one row per cycle, per column --------------------------------
+        # Element (r, c)'s shadow register holds its sum from the cycle done[r][c] is high until the
+        # next tile lands (≥ min_last_interval later). Per column, registered AND-OR stages gather
+        # the rows: first groups of 4 rows (two LUT levels), then OR trees of up to 4 registers per
+        # stage, each with a valid lane; rows are one cycle apart, so at most one row is in any
+        # stage at a time. Everything a column needs is in that column: no wire spans the array.
+        def drain_column(c):
+            # a kept copy of warm[-1] per column (one register near the admission logic driving
+            # every column was a die-spanning net)
+            live = Signal(name=kept(f"warm_{c}"))
+            m.d.sync += live.eq(warm[-2] if len(warm) > 1 else 1)
+            level = []
+            for g in range(0, R, 4):
+                rows_g = range(g, min(g + 4, R))
+                v = Signal(name=f"drain1_{g // 4}_{c}_v")
+                data_g = Signal(aw, name=f"drain1_{g // 4}_{c}", reset_less=True)
+                # (until the mesh's delayed reset has landed, stale `done` flags must not count)
+                m.d.sync += v.eq(live & Cat(*[done[r][c] for r in rows_g]).any())
+                m.d.sync += data_g.eq(_or_all([shadow[r][c].as_unsigned() & done[r][c].replicate(aw)
+                                               for r in rows_g]))
+                level.append((v, data_g))
+            n_stage = 1
+            while len(level) > 1:
+                n_stage += 1
+                merged = []
+                for g in range(0, len(level), 4):
+                    part = level[g:g + 4]
+                    v = Signal(name=f"drain{n_stage}_{g // 4}_{c}_v")
+                    data_g = Signal(aw, name=f"drain{n_stage}_{g // 4}_{c}", reset_less=True)
+                    m.d.sync += [v.eq(Cat(*[p[0] for p in part]).any()),
+                                 data_g.eq(_or_all([p[1] for p in part]))]
+                    merged.append((v, data_g))
+                level = merged
+            assert n_stage == timing.drain_stages
+            return level[0]
 
-        # ---- result FIFO in block RAM (registered output) --------------------------------------
-        # Admission credits guarantee a free slot for every row written, so the write side has no
-        # full test. The read side is a two-stage pipeline (RAM, output register) that advances
-        # while its output is empty or taken and holds (clock enables) while the consumer stalls.
-        # The RAM is a power of two deep (pointers wrap for free); credits still count `depth`.
+        # ---- result FIFO in block RAM (registered output), one RAM per column -----------------------
+        # Each column writes its rows at its own time into the same slot (its own write pointer);
+        # a slot holds a whole row once column C−1, the last, has written it. Admission credits
+        # guarantee a free slot for every row written, so the write side has no full test. The read
+        # side is a two-stage pipeline (RAM, output register) that advances while its output is
+        # empty or taken and holds (clock enables) while the consumer stalls. The RAMs are a power
+        # of two deep (pointers wrap for free); credits still count `depth`.
         ram_depth = 1 << (depth - 1).bit_length()
-        ram = m.submodules.result_ram = BlockRam(C * aw, ram_depth, target=self._target)
-        wptr = Signal(range(ram_depth))
         rptr = Signal(range(ram_depth))
-        avail = Signal(range(depth + 1))           # rows written and not yet read out of the RAM
+        avail = Signal(range(depth + 1))           # whole rows written and not yet read out
         in_ram, in_out = Signal(), Signal()        # RAM read stage / output register hold a row
         advance, issue = Signal(), Signal()
-        m.d.comb += [
-            advance.eq(~in_out | res.ready),
-            issue.eq(advance & (avail != 0)),
-            ram.w_en.eq(w_en), ram.w_addr.eq(wptr), ram.w_data.eq(Cat(*w_cols)),
-            ram.r_addr.eq(rptr), ram.r_en.eq(advance),
-        ]
-        with m.If(w_en):
-            m.d.sync += wptr.eq(wptr + 1)
+        m.d.comb += [advance.eq(~in_out | res.ready), issue.eq(advance & (avail != 0))]
+        r_data = []
+        for c in range(C):
+            w_en, w_data = drain_column(c)
+            wptr = Signal(range(ram_depth), name=f"wptr_{c}")
+            ram = m.submodules[f"result_ram_{c}"] = BlockRam(aw, ram_depth, target=self._target)
+            m.d.comb += [ram.w_en.eq(w_en), ram.w_addr.eq(wptr), ram.w_data.eq(w_data),
+                         ram.r_addr.eq(rptr), ram.r_en.eq(advance)]
+            with m.If(w_en):
+                m.d.sync += wptr.eq(wptr + 1)
+            r_data.append(ram.r_data)
+        row_written = w_en                         # column C−1's write completes a row
         with m.If(issue):
             m.d.sync += rptr.eq(rptr + 1)
-        m.d.sync += avail.eq(avail + w_en - issue)
+        m.d.sync += avail.eq(avail + row_written - issue)
         with m.If(advance):
             m.d.sync += [in_ram.eq(issue), in_out.eq(in_ram)]
-        with m.If(w_en & (avail == depth)):
+        with m.If(row_written & (avail == depth)):
             m.d.sync += self.overrun.eq(1)
 
         row_out = Signal(range(R))
@@ -489,7 +505,7 @@ class MacArray(wiring.Component):
             m.d.sync += row_out.eq(Mux(row_out == R - 1, 0, row_out + 1))
         m.d.comb += [
             res.valid.eq(in_out),
-            res.payload.data.eq(ram.r_data),
+            res.payload.data.eq(Cat(*r_data)),
             res.payload.row.eq(row_out),
             res.payload.last.eq(row_out == R - 1),
         ]
