@@ -10,7 +10,6 @@ the same payload).
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -21,34 +20,19 @@ from golden.config import WageConfig
 from golden.ops import exact_matmul
 from hw import tiling
 from hw.mac_array import MULT18X18D_PARAMETERS, MacArray
+from support import seed_for, pack, unpack
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*created but never used")
 
-BASE_SEED = int(os.environ.get("WAGE_TEST_SEED", "20240611"))
 CFG = WageConfig()
 GEOMETRIES = [(1, 1), (2, 3), (3, 2), (4, 4)]
 MODES = ["int8", "ternary"]
 
 
-def _seed(tag: str) -> int:
-    seed = (BASE_SEED * 1000003 + sum(ord(c) * 31 ** i for i, c in enumerate(tag))) % 2**32
-    print(f"[{tag}] seed {seed} (WAGE_TEST_SEED={BASE_SEED})")
-    return seed
 
 
-def _pack(values, width):
-    out = 0
-    for i, v in enumerate(values):
-        out |= (int(v) & ((1 << width) - 1)) << (i * width)
-    return out
 
 
-def _unpack(flat, width, n):
-    vals = []
-    for i in range(n):
-        v = (flat >> (i * width)) & ((1 << width) - 1)
-        vals.append(v - (1 << width) if v >> (width - 1) else v)
-    return vals
 
 
 class Bench:
@@ -72,7 +56,7 @@ class Bench:
         d = self.dut
         if d.mode == "ternary":
             b_row = [MacArray.ternary_code(w) for w in b_row]
-        return (_pack(a_col, d.a_width) | _pack(b_row, d.b_width) << (d.rows * d.a_width)
+        return (pack(a_col, d.a_width) | pack(b_row, d.b_width) << (d.rows * d.a_width)
                 | int(last) << (d.rows * d.a_width + d.cols * d.b_width))
 
     def run(self, tile_list) -> list[np.ndarray]:
@@ -115,7 +99,7 @@ class Bench:
                 if held is not None:
                     assert valid and payload == held, f"results: beat changed/dropped before taken (cycle {cycle})"
                 if valid and rdy:
-                    data = _unpack(payload, aw, d.cols)
+                    data = unpack(payload, aw, d.cols)
                     row = (payload >> (aw * d.cols)) & ((1 << row_width) - 1)
                     last = (payload >> (aw * d.cols + row_width)) & 1
                     rows.append((row, last, data))
@@ -255,7 +239,7 @@ def _extreme_tiles(rows, cols, mode, kmax, rng):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("rows,cols", GEOMETRIES)
 def test_extremes_bit_exact(rows, cols, mode):
-    rng = np.random.default_rng(_seed(f"extremes-{rows}x{cols}-{mode}"))
+    rng = np.random.default_rng(seed_for(f"extremes-{rows}x{cols}-{mode}"))
     kmax = 20
     dut = MacArray(CFG, rows, cols, mode=mode, max_reduction=kmax)
     ts = _extreme_tiles(rows, cols, mode, kmax, rng)
@@ -272,7 +256,7 @@ def test_extremes_bit_exact(rows, cols, mode):
 def test_most_negative_code_is_flagged(mode):
     """−2^(w−1) (and the reserved ternary code 0b10) are outside the contract: flagged, and with
     headroom the sums are still exact (the reserved ternary code counts as 0)."""
-    rng = np.random.default_rng(_seed(f"minus128-{mode}"))
+    rng = np.random.default_rng(seed_for(f"minus128-{mode}"))
     dut = MacArray(CFG, 2, 2, mode=mode, max_reduction=20)
     ts = [_tile(np.full((4, 2), 100), rng.integers(-1, 2, size=(4, 2)), 2, 2),
           _tile(np.full((4, 2), -128), np.full((4, 2), -1), 2, 2)]
@@ -290,7 +274,7 @@ def test_most_negative_code_is_flagged(mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("rows,cols", GEOMETRIES)
 def test_random_shapes_through_tiler_with_stalls(rows, cols, mode):
-    rng = np.random.default_rng(_seed(f"shapes-{rows}x{cols}-{mode}"))
+    rng = np.random.default_rng(seed_for(f"shapes-{rows}x{cols}-{mode}"))
     dut = MacArray(CFG, rows, cols, mode=mode, max_reduction=16)
     for trial in range(5):
         m = int(rng.integers(1, 2 * rows + 2))
@@ -314,7 +298,7 @@ def test_random_shapes_through_tiler_with_stalls(rows, cols, mode):
                                             (4, 4, "int8"), (4, 4, "ternary")])
 def test_timing_matches_model(rows, cols, mode):
     """No stalls: last beats are accepted and rows leave exactly when ArrayTiming says."""
-    rng = np.random.default_rng(_seed(f"timing-{rows}x{cols}-{mode}"))
+    rng = np.random.default_rng(seed_for(f"timing-{rows}x{cols}-{mode}"))
     timing = tiling.ArrayTiming(rows, cols, mode)
     dut = MacArray(CFG, rows, cols, mode=mode, max_reduction=40)
     ks = [1, 1, 1, 2, 1, 3, 40, 5, 1, 1, 17, 9, 1, 2, 30, 1, 1, 1, 1, 4]
@@ -346,7 +330,7 @@ def test_full_throughput_for_long_tiles():
 def test_result_backpressure_stops_the_input_without_loss(rows, cols, mode):
     """The consumer takes nothing for 150 cycles: the array must stop accepting last beats, keep
     every landed row, and deliver all tiles in order afterwards."""
-    rng = np.random.default_rng(_seed(f"pause-{rows}x{cols}-{mode}"))
+    rng = np.random.default_rng(seed_for(f"pause-{rows}x{cols}-{mode}"))
     dut = MacArray(CFG, rows, cols, mode=mode, max_reduction=8)
     bvals = [-1, 0, 1] if mode == "ternary" else [-127, -3, 0, 5, 127]
     ts = [_tile(rng.integers(-127, 128, size=(k, rows)), rng.choice(bvals, size=(k, cols)), rows, cols)
@@ -364,7 +348,7 @@ def test_reset_with_work_in_flight_leaves_no_trace(mode):
     """Reset while beats, flags and finished rows are in flight (consumer stalled): afterwards no
     stale row appears and the next tiles are exact (the mesh's reset tree and start-up delay)."""
     from amaranth.hdl import ClockDomain, Module
-    rng = np.random.default_rng(_seed(f"reset-{mode}"))
+    rng = np.random.default_rng(seed_for(f"reset-{mode}"))
     R, C = 3, 4
     dut = MacArray(CFG, R, C, mode=mode, max_reduction=16)
     top = Module()
@@ -408,7 +392,7 @@ def test_reset_with_work_in_flight_leaves_no_trace(mode):
             ctx.set(dut.results.ready, ready)
             _, _, valid, payload = await ctx.tick().sample(dut.results.valid, dut.results.payload.as_value())
             if valid and ready:
-                rows.append(_unpack(payload, aw, C))
+                rows.append(unpack(payload, aw, C))
             cycles += 1
 
     sim = Simulator(top)
@@ -424,7 +408,7 @@ def test_reset_with_work_in_flight_leaves_no_trace(mode):
 
 def test_k_overflow_flag_is_sticky_and_clearable():
     dut = MacArray(CFG, 2, 2, max_reduction=4)
-    rng = np.random.default_rng(_seed("k-overflow"))
+    rng = np.random.default_rng(seed_for("k-overflow"))
     ok = [_tile(np.full((4, 2), 127), np.full((4, 2), 127), 2, 2)]
     bench = Bench(dut, rng)
     _check_tiles(ok, bench.run(ok))
@@ -442,7 +426,7 @@ def test_k_overflow_flag_is_sticky_and_clearable():
     async def tb(ctx):
         async def send(k):
             for j in range(k):
-                ctx.set(dut.operands.payload.as_value(), _pack([1, 1], 8) | _pack([1, 1], 8) << 16
+                ctx.set(dut.operands.payload.as_value(), pack([1, 1], 8) | pack([1, 1], 8) << 16
                         | int(j == k - 1) << 32)
                 ctx.set(dut.operands.valid, 1)
                 await ctx.tick().until(dut.operands.ready)
@@ -481,7 +465,7 @@ def test_ternary_reserved_code_counts_as_zero():
             await ctx.tick().until(dut.operands.ready)
         ctx.set(dut.operands.valid, 0)
         payload, = await ctx.tick().sample(dut.results.payload.as_value()).until(dut.results.valid)
-        out.append(_unpack(payload, dut.accumulator_width, 2))
+        out.append(unpack(payload, dut.accumulator_width, 2))
         out.append(ctx.get(dut.operand_error))
 
     sim = Simulator(dut)

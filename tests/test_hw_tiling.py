@@ -8,7 +8,6 @@ Seeds are printed; override with WAGE_TEST_SEED.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -18,14 +17,10 @@ from golden.config import WageConfig
 from golden.data import load_dataset
 from golden.trace import make_trace
 from hw import tiling
+from support import seed_for
 
-BASE_SEED = int(os.environ.get("WAGE_TEST_SEED", "20240611"))
 
 
-def _seed(tag: str) -> int:
-    seed = (BASE_SEED * 1000003 + sum(ord(c) * 31 ** i for i, c in enumerate(tag))) % 2**32
-    print(f"[{tag}] seed {seed} (WAGE_TEST_SEED={BASE_SEED})")
-    return seed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -34,7 +29,7 @@ def _seed(tag: str) -> int:
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (2, 3), (3, 2), (4, 4), (8, 8), (16, 16), (5, 7)])
 def test_tile_product_matches_matmul_on_random_shapes(rows, cols):
-    rng = np.random.default_rng(_seed(f"shapes-{rows}x{cols}"))
+    rng = np.random.default_rng(seed_for(f"shapes-{rows}x{cols}"))
     for _ in range(12):
         m, n, k = (int(x) for x in rng.integers(1, 3 * max(rows, cols) + 3, size=3))
         a = rng.integers(-127, 128, size=(m, k))
@@ -65,7 +60,7 @@ def test_tiles_are_zero_padded_in_stream_order():
 
 
 def test_padding_never_changes_results():
-    rng = np.random.default_rng(_seed("padding"))
+    rng = np.random.default_rng(seed_for("padding"))
     a = rng.integers(-127, 128, size=(7, 9))
     b = rng.integers(-127, 128, size=(9, 5))
     ref = a @ b
@@ -119,7 +114,7 @@ def _layer_tensors(cfg: WageConfig, layer, batch: int, rng):
 @pytest.mark.parametrize("rows,cols", [(4, 4), (3, 5), (16, 16)])
 def test_lenet5_products_match_golden(rows, cols):
     cfg = WageConfig(net="lenet5", batch_size=2)
-    rng = np.random.default_rng(_seed(f"lenet5-{rows}x{cols}"))
+    rng = np.random.default_rng(seed_for(f"lenet5-{rows}x{cols}"))
     for layer in cfg.layers:
         a_in, wq, e = _layer_tensors(cfg, layer, 2, rng)
         prods = tiling.layer_products(cfg, layer, a_in, wq, e)
@@ -143,7 +138,7 @@ def test_lenet5_products_match_golden(rows, cols):
 
 def test_lenet5_im2col_shapes():
     cfg = WageConfig(net="lenet5", batch_size=3)
-    rng = np.random.default_rng(_seed("lenet5-shapes"))
+    rng = np.random.default_rng(seed_for("lenet5-shapes"))
     shapes = {}
     for layer in cfg.layers:
         a_in, wq, e = _layer_tensors(cfg, layer, 3, rng)

@@ -8,7 +8,6 @@ taken stays valid with the same payload).
 
 from __future__ import annotations
 
-import os
 from collections import deque
 
 import numpy as np
@@ -18,32 +17,16 @@ from amaranth.sim import Simulator
 from golden.config import WageConfig
 from golden.quant import forward_weights, update_weights
 from hw.weight_update import LATENCY_READ, WeightUpdate, dw_bound
+from support import seed_for, pack, unpack
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*created but never used")
 
-BASE_SEED = int(os.environ.get("WAGE_TEST_SEED", "20240611"))
 
 
-def _seed(tag: str) -> int:
-    seed = (BASE_SEED * 1000003 + sum(ord(c) * 31 ** i for i, c in enumerate(tag))) % 2**32
-    print(f"[{tag}] seed {seed} (WAGE_TEST_SEED={BASE_SEED})")
-    return seed
 
 
-# ---- payload packing (lane i in bits [i·w, (i+1)·w), two's complement) --------------------------
-def _pack(values, width):
-    out = 0
-    for i, v in enumerate(values):
-        out |= (int(v) & ((1 << width) - 1)) << (i * width)
-    return out
 
 
-def _unpack(flat, width, n):
-    vals = []
-    for i in range(n):
-        v = (flat >> (i * width)) & ((1 << width) - 1)
-        vals.append(v - (1 << width) if v >> (width - 1) else v)
-    return vals
 
 
 class Bench:
@@ -61,22 +44,22 @@ class Bench:
     # payload encoders
     def enc_update(self, addr, dw):
         d = self.dut
-        return int(addr) | (_pack(dw, d.dw_width) << d.update_layout["dw"].offset)
+        return int(addr) | (pack(dw, d.dw_width) << d.update_layout["dw"].offset)
 
     def enc_load(self, addr, w):
         d = self.dut
-        return int(addr) | (_pack(w, d.w_width) << d.load_layout["w"].offset)
+        return int(addr) | (pack(w, d.w_width) << d.load_layout["w"].offset)
 
     def enc_cmd(self, start, count):
         return int(start) | (int(count) << self.dut.cmd_layout["count"].offset)
 
     def dec_serve(self, flat):
         d = self.dut
-        return _unpack(flat, d.wq_width, d.lanes), (flat >> (d.wq_width * d.lanes)) & 1
+        return unpack(flat, d.wq_width, d.lanes), (flat >> (d.wq_width * d.lanes)) & 1
 
     def dec_readback(self, flat):
         d = self.dut
-        return _unpack(flat, d.w_width, d.lanes), (flat >> (d.w_width * d.lanes)) & 1
+        return unpack(flat, d.w_width, d.lanes), (flat >> (d.w_width * d.lanes)) & 1
 
     # reference model (golden functions, applied in stream order)
     def ref_update(self, addr, dw):
@@ -176,7 +159,7 @@ class Bench:
 
 
 def run_bench(dut, seed_tag, main, stall=0.3, max_cycles=40000):
-    bench = Bench(dut, np.random.default_rng(_seed(seed_tag)), stall)
+    bench = Bench(dut, np.random.default_rng(seed_for(seed_tag)), stall)
     bench.done = False
 
     async def wrapped(ctx, b):
@@ -406,7 +389,7 @@ def test_full_rate_latency_and_hazards():
     forwarding window), the documented read latency, and back-to-back commands without a gap."""
     depth, lanes = 8, 2
     dut = WeightUpdate(CFG, depth=depth, lanes=lanes)
-    rng = np.random.default_rng(_seed("full-rate"))
+    rng = np.random.default_rng(seed_for("full-rate"))
     bench = Bench(dut, rng)
     init = _weights(dut, rng, (depth, lanes))
     addrs = [3, 3, 3, 4, 3, 5, 4, 3, 0, 1, 2, 0, 1, 2, 7, 7, 6, 7, 0, 3]
