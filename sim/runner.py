@@ -84,6 +84,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = [
     "REPO_ROOT", "SIM_BUILD", "RESULTS", "PARAMS_ENV", "SimResult", "Port", "run_cocotb",
+    "check_mutation_is_caught",
     "verilog_ports", "harness_verilog", "build_key", "verilator_root", "verilator_env",
     "write_gtkw", "trace_format",
 ]
@@ -757,3 +758,22 @@ def run_cocotb(top, *, name: str, test_module: str, ports=None, parameters: dict
                 f"{name}: {result.failed} of {result.tests} cocotb tests failed: {', '.join(result.failures)} "
                 f"(seed {seed}; rerun with seed={seed} or COCOTB_RANDOM_SEED={seed}; log {result.log})")
     return result
+
+
+def check_mutation_is_caught(top, *, name: str, test_module: str, testcase: str, parameters: dict,
+                             mutation_testcase: str = "mutation_detected") -> None:
+    """The mutation check every bench runs: with ``parameters["mutate"]`` set, the bench's
+    ``mutation_testcase`` confirms that exactly the flipped bit is reported and the scoreboard fails;
+    the ordinary ``testcase`` fails on the flip (with a ScoreboardMismatch); and the same seed without
+    the flip passes. Raises AssertionError otherwise."""
+    if "mutate" not in parameters:
+        raise ValueError("parameters must contain 'mutate' (the bit to flip)")
+    kw = dict(name=name, test_module=test_module)
+    r = run_cocotb(top, testcase=mutation_testcase, parameters=parameters, **kw)
+    assert r.passed == r.tests == 1
+    r = run_cocotb(top, testcase=testcase, parameters=parameters, seed=r.seed, check=False, **kw)
+    assert r.tests == 1 and r.failed == 1 and r.failures == [testcase]
+    assert "ScoreboardMismatch" in r.log.read_text()
+    clean = {k: v for k, v in parameters.items() if k != "mutate"}
+    r = run_cocotb(top, testcase=testcase, parameters=clean, seed=r.seed, **kw)
+    assert r.passed == 1

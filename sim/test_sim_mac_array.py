@@ -19,7 +19,7 @@ from golden.config import WageConfig
 from hw.mac_array import MacArray
 from hw.tiling import max_reductions
 from sim.ecp5_models import ecp5_model_files
-from sim.runner import RESULTS, run_cocotb
+from sim.runner import RESULTS, check_mutation_is_caught, run_cocotb
 
 CFG = WageConfig()
 LENET = max_reductions(WageConfig(net="lenet5", batch_size=128))
@@ -65,18 +65,9 @@ def test_scoreboard_catches_one_flipped_bit():
     dut = MacArray(CFG, 4, 4, mode="int8", max_reduction=48)
     bit = 3 * dut.accumulator_width + 5                      # lane 3, bit 5 of the 41st row
     params = _params(dut, tiles=60, kmax=8, mutate=[40, bit])
-    # the bench itself checks that exactly row 40, bit `bit` is reported and the scoreboard fails ...
-    r = run_cocotb(dut, name=_name(dut), test_module="sim.tb_mac_array", testcase="mutation_detected",
-                   parameters=params)
-    assert r.passed == r.tests == 1
-    # ... and the ordinary test fails on it, while the same seed without the flip passes
-    r = run_cocotb(dut, name=_name(dut), test_module="sim.tb_mac_array", testcase="random_tiles",
-                   parameters=params, seed=r.seed, check=False)
-    assert r.tests == 1 and r.failed == 1 and r.failures == ["random_tiles"]
-    del params["mutate"]
-    r = run_cocotb(dut, name=_name(dut), test_module="sim.tb_mac_array", testcase="random_tiles",
-                   parameters=params, seed=r.seed)
-    assert r.passed == 1
+    # row 40, bit `bit` is flipped on its way to the scoreboard
+    check_mutation_is_caught(dut, name=_name(dut), test_module="sim.tb_mac_array", testcase="random_tiles",
+                             parameters=params)
 
 
 # ---------------------------------------------------------------------------------------------
