@@ -347,6 +347,27 @@ class WageConfig:
             return self.wq_max << self.w_shift
         return 2 ** (self.kG - 1) - 1
 
+    def draw_layout(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """How layer ``index``'s stochastic-rounding draws map onto its weight tensor.
+
+        The draw index runs row-major over the weights in *channels-last* order, the order in which
+        TensorFlow (the reference) lays weights out and in which the hardware streams gradients:
+        conv ``(O, kh, kw, C)``; fc after a ``(C, H, W)`` producer ``(O, H, W, C)`` (an NHWC
+        flatten); other fc ``(O, N)``. Returns ``(shape, axes)``: draws reshaped to ``shape`` and
+        transposed by ``axes`` land on ``weight_shape``. With one input channel (the MLP on
+        images) the order equals the row-major order of ``weight_shape``.
+        """
+        layer = self.layers[index]
+        if layer.kind == "conv":
+            o, c, kh, kw = layer.weight_shape
+            return (o, kh, kw, c), (0, 3, 1, 2)
+        source = self.layers[index - 1].out_shape if index > 0 else self.input_shape
+        o = layer.out_channels
+        if len(source) == 3:
+            c, h, w = source
+            return (o, h, w, c), (0, 3, 1, 2)
+        return layer.weight_shape, (0, 1)
+
     def act_shift(self, layer: LayerSpec) -> int:
         """r_l = kW − 1 + log2 α: A = clip(RNE(P / 2^r_l))."""
         return self.kW - 1 + layer.alpha_log2

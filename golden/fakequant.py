@@ -31,7 +31,7 @@ import numpy as np
 
 from .config import LayerSpec, WageConfig
 from .ops import col2im, im2col, maxpool2, maxpool2_backward
-from .prng import sr_draws
+from .model import layer_draws
 
 __all__ = [
     "sigma", "clip_k", "quant_k", "shift", "q_weight", "q_activation", "q_error", "q_gradient",
@@ -225,7 +225,7 @@ def fakequant_step(config: WageConfig, weights_real: list[np.ndarray], images: n
     for i, (layer, c, w_real) in enumerate(zip(config.layers, fw, weights_real)):
         w_real = np.asarray(w_real, dtype=np.float64)
         g = _weight_grad(layer, c["a_in"], c["cols"], errors[i])
-        draws = sr_draws(config.seed, step, i, g.size, r).reshape(g.shape)
+        draws = layer_draws(config, step, i)
         u = draws.astype(np.float64) / 2.0 ** r
         dw, g_s, sh = q_gradient(g, eta, kG, u, r)
         w_new = np.clip(w_real - dw, -w_clip, w_clip)

@@ -31,7 +31,8 @@ from .prng import sr_draws
 from .quant import (forward_weights, quantize_activation, quantize_error, quantize_gradient,
                     update_weights)
 
-__all__ = ["init_weights", "input_codes", "forward", "train_step", "predict", "StepStats", "LayerCache"]
+__all__ = ["init_weights", "input_codes", "forward", "train_step", "predict", "layer_draws", "StepStats",
+           "LayerCache"]
 
 
 def init_weights(config: WageConfig) -> list[np.ndarray]:
@@ -181,6 +182,18 @@ def _gradient(layer: LayerSpec, cache: LayerCache, e: np.ndarray, a_max: int, e_
     return exact_matmul(e_t, cache.cols, e_max, a_max).reshape(layer.weight_shape)
 
 
+def layer_draws(config: WageConfig, step: int, index: int) -> np.ndarray:
+    """The stochastic-rounding draws R of layer ``index`` at ``step``, shaped like its weights.
+
+    The draw index runs over the weights in channels-last order (:meth:`WageConfig.draw_layout`),
+    so hardware streaming gradients channel-fastest meets consecutive indices.
+    """
+    layer = config.layers[index]
+    shape, axes = config.draw_layout(index)
+    r = sr_draws(config.seed, step, index, layer.weights, config.sr_bits)
+    return r.reshape(shape).transpose(axes).reshape(layer.weight_shape)
+
+
 # The draws depend only on (seed, step, layer, index), never on data, so a worker thread computes a
 # step's draws while the forward and backward passes run (NumPy releases the GIL in its loops).
 _DRAWS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wage-sr-draws")
@@ -212,8 +225,7 @@ def train_step(config: WageConfig, weights: list[np.ndarray], images: np.ndarray
     labels = np.asarray(labels).astype(np.int64)
     if labels.shape != (len(images),) or labels.min(initial=0) < 0 or labels.max(initial=0) >= config.classes:
         raise ValueError(f"labels must be {len(images)} integers in 0..{config.classes - 1}")
-    draws = [_DRAWS.submit(sr_draws, config.seed, step, i, layer.weights, config.sr_bits)
-             for i, layer in enumerate(config.layers)]
+    draws = [_DRAWS.submit(layer_draws, config, step, i) for i in range(len(config.layers))]
     a_in = input_codes(config, images)
     caches = forward(config, weights, a_in)
     last = caches[-1]
@@ -248,7 +260,7 @@ def train_step(config: WageConfig, weights: list[np.ndarray], images: np.ndarray
     new_weights = []
     for i, (layer, cache, ws) in enumerate(zip(config.layers, caches, weights)):
         g = _gradient(layer, cache, errors[i], config.a_max, config.e_max)
-        r = draws[i].result().reshape(g.shape)
+        r = draws[i].result()
         dw, q = quantize_gradient(g, eta_log2, r, config.sr_bits)
         ws_new = update_weights(ws, dw, config.w_clip)
         stats.updated.append(q is not None)

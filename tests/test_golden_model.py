@@ -140,3 +140,28 @@ def test_out_of_range_or_misshapen_weights_are_refused():
         model.forward(cfg, [w[0][:5], w[1]], codes)
     with pytest.raises(ValueError, match="1 weight tensors"):
         model.forward(cfg, w[:1], codes)
+
+
+def test_draws_run_channels_last_over_the_weights():
+    """SR draw i belongs to the i-th weight in channels-last order (conv OHWI; fc after conv NHWC flatten)."""
+    from golden.prng import sr_draws
+    cfg = WageConfig(**SMALL_CNN, seed=5)
+    step = 3
+    fc2 = cfg.layers[2]
+    for i in (0, 1):
+        layer = cfg.layers[i]
+        o, c, kh, kw = layer.weight_shape
+        flat = sr_draws(cfg.seed, step, i, layer.weights, cfg.sr_bits)
+        r = model.layer_draws(cfg, step, i)
+        for oo, cc, ii, jj in [(0, 0, 0, 0), (o - 1, c - 1, kh - 1, kw - 1), (1, c // 2, 1, 2), (o // 2, c - 1, 0, kw - 1)]:
+            assert r[oo, cc, ii, jj] == flat[((oo * kh + ii) * kw + jj) * c + cc]
+    c, h, w = cfg.layers[1].out_shape
+    flat = sr_draws(cfg.seed, step, 2, fc2.weights, cfg.sr_bits)
+    r = model.layer_draws(cfg, step, 2)
+    for oo, cc, y, x in [(0, 0, 0, 0), (31, c - 1, h - 1, w - 1), (7, 3, 1, 2)]:
+        assert r[oo, (cc * h + y) * w + x] == flat[((oo * h + y) * w + x) * c + cc]
+    # A plain fc after fc, and the MLP on one-channel images: row-major order of weight_shape.
+    for cfg_, i in ((cfg, 3), (WageConfig(net="mlp", seed=5), 0), (WageConfig(net="mlp", seed=5), 1)):
+        layer = cfg_.layers[i]
+        np.testing.assert_array_equal(model.layer_draws(cfg_, step, i).reshape(-1),
+                                      sr_draws(cfg_.seed, step, i, layer.weights, cfg_.sr_bits))
