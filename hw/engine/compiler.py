@@ -1,0 +1,178 @@
+"""Network → engine program: the memory map, the fit check and the instructions of one training step.
+
+:func:`compile_network` reads an :class:`~hw.engine.config.EngineConfig` and returns a
+:class:`Program`: where every tensor lives (:mod:`hw.engine.layout`) and the instruction list of
+one WAGE training step (:mod:`hw.engine.isa`):
+
+    FWD 0 … FWD n−1, LOSS, then for l = n−1 … 0: ERR l (l > 0), GRAD l; END
+
+ERR l runs before GRAD l because both read layer l's weights and GRAD l rewrites them: every
+gradient is taken from the weights before the step (as :func:`golden.model.train_step` does).
+
+Q_E and Q_G need the maximum over the whole tensor before they can emit anything. The engine
+computes twice: ERR and GRAD run their product once for the maximum and again for the values
+(LOSS reads its input twice from the scratchpad). No sum tensor is ever stored, so no 32-bit
+buffer limits the batch; the price is that error and gradient products take twice the array time
+(:mod:`benchmarks.engine_throughput` counts it). The golden model's results do not depend on the
+choice: both passes compute the same integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from golden.config import WageConfig
+
+from .config import EngineConfig
+from .isa import AddressPattern, Instruction, Op, RowSel
+from .layout import MapLayout, WeightLayout
+
+__all__ = ["Program", "FitError", "UnsupportedNetwork", "compile_network"]
+
+
+class FitError(ValueError):
+    """The network's tensors do not fit a memory; the message names the memory and the shortfall."""
+
+
+class UnsupportedNetwork(ValueError):
+    """The network uses something this engine build cannot execute; the message names it."""
+
+
+@dataclass
+class Program:
+    config: EngineConfig
+    instructions: list[Instruction]
+    inputs: MapLayout                        # the batch, in the activation scratchpad
+    activations: list[MapLayout | None]      # A_l (None: a raw output layer keeps none)
+    errors: list[MapLayout]                  # E_l in the error scratchpad
+    weights: list[WeightLayout]
+    usage: dict[str, tuple[int, int]] = field(default_factory=dict)   # memory → (used, capacity)
+
+    def describe(self) -> str:
+        lines = [self.config.summary()]
+        for mem, (used, cap) in self.usage.items():
+            lines.append(f"  {mem:<10} {used:>8} of {cap:>8} words ({100 * used / cap:.1f} %)")
+        lines += [f"  {i:>3}: {ins}" for i, ins in enumerate(self.instructions)]
+        return "\n".join(lines)
+
+
+def _check_supported(config: EngineConfig) -> None:
+    wage, lanes = config.wage, config.lanes
+    for layer in wage.layers:
+        if layer.kind != "fc":
+            raise UnsupportedNetwork(
+                f"layer {layer.index} ({layer.describe()}): this engine build executes fully connected layers "
+                f"only; convolution needs the im2col address generator (not built yet)")
+        if layer.fan_in % lanes:
+            raise UnsupportedNetwork(
+                f"layer {layer.index} ({layer.describe()}): fan-in {layer.fan_in} is not a multiple of lanes={lanes}; "
+                f"the gradient words would not start on a whole hash of stochastic-rounding draws")
+    if not wage.output_quantize:
+        raise UnsupportedNetwork("output_quantize=False: the loss of a raw output layer needs its sums recomputed "
+                                 "(not built yet); use output_quantize=True (the default)")
+    if wage.batch_size > config.label_words:
+        raise FitError(f"labels: batch {wage.batch_size} needs {wage.batch_size} label words, "
+                       f"label_words={config.label_words} ({wage.batch_size - config.label_words} short)")
+
+
+def _fits(name: str, used: int, capacity: int, parts: list[tuple[str, int]]) -> None:
+    if used > capacity:
+        detail = ", ".join(f"{n} {w}" for n, w in parts)
+        raise FitError(f"{name}: the network needs {used} words ({detail}), the engine has {capacity} "
+                       f"({used - capacity} words short); raise EngineConfig.{name} or reduce the batch")
+
+
+def compile_network(config: EngineConfig) -> Program:
+    """Plan the memories and emit one training step's instructions (see the module docstring)."""
+    _check_supported(config)
+    wage: WageConfig = config.wage
+    lanes, batch = config.lanes, wage.batch_size
+    layers = wage.layers
+    n = len(layers)
+
+    def dense(name: str, base: int, shape: tuple[int, ...]) -> MapLayout:
+        c, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
+        return MapLayout(name, base, batch, c, h, w, lanes, flatten=True)
+
+    # Activation scratchpad: the batch, then every layer's activations (consumed flattened by fc).
+    act_parts, base = [], 0
+    inputs = dense("inputs", 0, wage.input_shape)
+    base = inputs.end
+    act_parts.append(("inputs", inputs.words))
+    activations: list[MapLayout | None] = []
+    for layer in layers:
+        if layer.last and not wage.output_quantize:
+            activations.append(None)
+            continue
+        a = dense(f"A{layer.index}", base, layer.out_shape)
+        activations.append(a)
+        base = a.end
+        act_parts.append((a.name, a.words))
+    act_used = base
+    err_parts, errors, base = [], [], 0
+    for layer in layers:
+        e = dense(f"E{layer.index}", base, layer.product_shape)
+        errors.append(e)
+        base = e.end
+        err_parts.append((e.name, e.words))
+    err_used = base
+    w_parts, weights, base = [], [], 0
+    for layer in layers:
+        w = WeightLayout.for_layer(wage, layer.index, base, lanes)
+        weights.append(w)
+        base = w.end
+        w_parts.append((f"W{layer.index}", w.words))
+    w_used = base
+    # The error and activation scratchpads are the same size in hardware (data_words each).
+    _fits("data_words", max(act_used, err_used), config.data_words,
+          act_parts if act_used >= err_used else err_parts)
+    _fits("weight_words", w_used, config.weight_words, w_parts)
+
+    def layer_input(i: int) -> MapLayout:
+        return inputs if i == 0 else activations[i - 1]
+
+    L = lanes
+    bt = -(-batch // L)
+    ins: list[Instruction] = []
+    for layer in layers:
+        i = layer.index
+        x, w, a = layer_input(i), weights[i], activations[i]
+        wpr, ow = w.words_per_row, -(-layer.out_channels // L)
+        ins.append(Instruction(
+            Op.FWD, layer=i, relu=int(not layer.last), shift=wage.act_shift(layer), qcount=bt * ow * L * L,
+            a=AddressPattern(x.base, s1=L * wpr, sk=1, sr=wpr, n1=bt, n2=ow, nk=wpr, nr=L, lim=batch,
+                             row_sel=RowSel.T1),
+            b=AddressPattern(w.base, s2=L * wpr, sk=1, sr=wpr, n1=bt, n2=ow, nk=wpr, nr=L,
+                             lim=layer.out_channels, row_sel=RowSel.T2),
+            out=AddressPattern(a.base, s1=L * ow, s2=1, sr=ow, n1=bt, n2=ow, nr=L, lim=batch, row_sel=RowSel.T1)))
+    last = layers[-1]
+    a_last, e_last = activations[-1], errors[-1]
+    ow = a_last.words_per_position
+    rows = AddressPattern(a_last.base, s1=ow, s2=1, n1=batch, n2=ow)
+    ins.append(Instruction(Op.LOSS, layer=last.index, qcount=batch * ow * L, onehot=1 << (wage.kA - 1),
+                           aux=rows, out=AddressPattern(e_last.base, s1=ow, s2=1, n1=batch, n2=ow)))
+    for layer in reversed(layers):
+        i = layer.index
+        x, w, e = layer_input(i), weights[i], errors[i]
+        wpr, ow = w.words_per_row, e.words_per_position
+        if i > 0:
+            e_prev, a_prev = errors[i - 1], activations[i - 1]
+            ins.append(Instruction(
+                Op.ERR, layer=i, qcount=bt * wpr * L * L,
+                a=AddressPattern(e.base, s1=L * ow, sk=1, sr=ow, n1=bt, n2=wpr, nk=ow, nr=L, lim=batch,
+                                 row_sel=RowSel.T1),
+                b=AddressPattern(w.base, s2=1, sk=wpr, n1=bt, n2=wpr, nk=ow * L, klim=layer.out_channels),
+                out=AddressPattern(e_prev.base, s1=L * wpr, s2=1, sr=wpr, n1=bt, n2=wpr, nr=L, lim=batch,
+                                   row_sel=RowSel.T1),
+                aux=AddressPattern(a_prev.base, s1=L * wpr, s2=1, sr=wpr, n1=bt, n2=wpr, nr=L, lim=batch,
+                                   row_sel=RowSel.T1)))
+        ins.append(Instruction(
+            Op.GRAD, layer=i, qcount=ow * wpr * L * L, wbase=w.base,
+            a=AddressPattern(e.base, s1=1, sk=ow, n1=ow, n2=wpr, nk=batch),
+            b=AddressPattern(x.base, s2=1, sk=wpr, n1=ow, n2=wpr, nk=batch),
+            out=AddressPattern(w.base, s1=L * wpr, s2=1, sr=wpr, n1=ow, n2=wpr, nr=L, lim=layer.out_channels,
+                               row_sel=RowSel.T1)))
+    ins.append(Instruction(Op.END))
+    usage = {"act": (act_used, config.data_words), "err": (err_used, config.data_words),
+             "weights": (w_used, config.weight_words), "labels": (batch, config.label_words)}
+    return Program(config, ins, inputs, activations, errors, weights, usage)

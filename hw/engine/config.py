@@ -1,0 +1,80 @@
+"""The engine's one frozen configuration: network, array, scratchpads (validated here, read by all).
+
+:class:`EngineConfig` wraps the :class:`golden.config.WageConfig` (bit widths, network, batch,
+seed) and adds what only the hardware needs. RTL generators, the compiler, the reference engine,
+the driver and the tests all read the same object, so a size is never decided twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from golden.config import WageConfig
+from golden.prng import draw_lanes
+
+__all__ = ["EngineConfig", "EngineConfigError", "TARGETS"]
+
+TARGETS = ("generic", "ecp5")
+
+
+class EngineConfigError(ValueError):
+    """An engine parameter is out of range or inconsistent; the message names it."""
+
+
+def _positive_int(name: str, value, low: int = 1, high: int = 2**31) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise EngineConfigError(f"{name}={value!r}: must be an integer in {low}..{high}")
+    return value
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Frozen engine configuration.
+
+    ``lanes`` (L): elements per scratchpad word and the side of the square systolic array. Tensors
+    are stored channels-last in words of L channels (:mod:`hw.engine.layout`), the array is L×L,
+    and the quantiser takes one word (L lanes) per cycle. A power of two in 4..64, and a multiple
+    of the draws one hash yields (:func:`golden.prng.draw_lanes`), so that a gradient word whose
+    first element index is a multiple of L needs whole hashes.
+
+    ``data_words``: depth of the data scratchpad (activations with their ReLU/saturation masks and
+    pool indices, errors, the input batch). ``weight_words``: depth of the weight store (L stored
+    weights per word). ``label_words``: labels held on chip (one per sample). A network whose
+    tensors do not fit is refused by :func:`hw.engine.compiler.compile_network` with the buffer and
+    the shortfall named.
+
+    ``target``: "generic" (simulation) or "ecp5" (MULT18X18D and DP16KD instances).
+    """
+    wage: WageConfig
+    lanes: int = 16
+    data_words: int = 1 << 15
+    weight_words: int = 1 << 15
+    label_words: int = 256
+    target: str = "generic"
+
+    def __post_init__(self):
+        if not isinstance(self.wage, WageConfig):
+            raise EngineConfigError(f"wage={self.wage!r}: must be a golden.config.WageConfig")
+        lanes = _positive_int("lanes", self.lanes, 4, 64)
+        if lanes & (lanes - 1):
+            raise EngineConfigError(f"lanes={lanes}: must be a power of two")
+        # A power of two ≥ 4 is a multiple of the 2 or 4 draws one hash yields (draw_lanes).
+        assert lanes % draw_lanes(self.wage.sr_bits) == 0
+        _positive_int("data_words", self.data_words, 1, 1 << 24)
+        _positive_int("weight_words", self.weight_words, 1, 1 << 24)
+        _positive_int("label_words", self.label_words, 1, 1 << 20)
+        if self.target not in TARGETS:
+            raise EngineConfigError(f"target={self.target!r}: must be one of {', '.join(TARGETS)}")
+
+    @property
+    def batch(self) -> int:
+        return self.wage.batch_size
+
+    def replace(self, **changes) -> "EngineConfig":
+        return dataclasses.replace(self, **changes)
+
+    def summary(self) -> str:
+        return (f"EngineConfig: {self.lanes}x{self.lanes} array, {self.data_words} data words, "
+                f"{self.weight_words} weight words, {self.label_words} labels, target {self.target}; "
+                + self.wage.summary().splitlines()[0])

@@ -1,0 +1,92 @@
+"""Compiler: memory map, fit check with named shortfalls, unsupported networks, layouts."""
+
+import numpy as np
+import pytest
+
+from golden import model as golden
+from golden.config import WageConfig
+from hw.engine.compiler import FitError, UnsupportedNetwork, compile_network
+from hw.engine.config import EngineConfig, EngineConfigError
+from hw.engine.isa import Op
+from hw.engine.layout import LayoutError, MapLayout, WeightLayout
+
+
+def test_mlp_program_and_memory_map():
+    wage = WageConfig(net="mlp", batch_size=16)
+    program = compile_network(EngineConfig(wage))
+    ops = [(ins.op, ins.layer) for ins in program.instructions]
+    assert ops == [(Op.FWD, 0), (Op.FWD, 1), (Op.LOSS, 1), (Op.ERR, 1), (Op.GRAD, 1), (Op.GRAD, 0), (Op.END, 0)]
+    assert program.inputs.words == 16 * 49
+    assert [w.words for w in program.weights] == [256 * 49, 10 * 16]
+    assert program.usage["weights"] == (256 * 49 + 160, 1 << 15)
+    regions = sorted([(m.base, m.end) for m in [program.inputs, *program.activations]])
+    assert all(a[1] <= b[0] for a, b in zip(regions, regions[1:]))        # no overlap
+
+
+def test_too_small_memories_name_the_buffer_and_shortfall():
+    wage = WageConfig(net="mlp", batch_size=16)
+    with pytest.raises(FitError, match=r"weight_words: the network needs 12704 words .* \(12704 words short|"
+                                       r"weight_words: .*12704.*short"):
+        compile_network(EngineConfig(wage, weight_words=1))
+    with pytest.raises(FitError, match=r"data_words: the network needs 1056 words \(inputs 784, A0 256, A1 16\), "
+                                       r"the engine has 1000 \(56 words short\)"):
+        compile_network(EngineConfig(wage, data_words=1000))
+    with pytest.raises(FitError, match="labels: batch 16 needs 16 label words, label_words=8"):
+        compile_network(EngineConfig(wage, label_words=8))
+
+
+def test_unsupported_networks_are_named():
+    with pytest.raises(UnsupportedNetwork, match="layer 0 .*conv"):
+        compile_network(EngineConfig(WageConfig(net="lenet5")))
+    with pytest.raises(UnsupportedNetwork, match="fan-in 784 is not a multiple of lanes=32"):
+        compile_network(EngineConfig(WageConfig(net="mlp"), lanes=32))
+    with pytest.raises(UnsupportedNetwork, match="output_quantize=False"):
+        compile_network(EngineConfig(WageConfig(net="mlp", output_quantize=False)))
+
+
+@pytest.mark.parametrize("kwargs, text", [
+    (dict(lanes=12), "lanes=12: must be a power of two"), (dict(lanes=2), "lanes=2"),
+    (dict(data_words=0), "data_words=0"), (dict(target="xilinx"), "target='xilinx'"),
+    (dict(wage="mlp"), "wage='mlp'"),
+])
+def test_bad_engine_parameters_are_named(kwargs, text):
+    args = dict(wage=WageConfig(net="mlp")) | kwargs
+    with pytest.raises(EngineConfigError, match=text):
+        EngineConfig(**args)
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_map_layout_round_trip(flatten):
+    rng = np.random.default_rng(1)
+    x = rng.integers(-127, 128, size=(3, 5, 4, 2))
+    layout = MapLayout("x", 10, 3, 5, 4, 2, lanes=4, flatten=flatten)
+    words = layout.pack(x)
+    assert words.shape == (layout.words, 4)
+    np.testing.assert_array_equal(layout.unpack(words), x)
+    if not flatten:       # channels-last, 2 words per position, zero padding lanes
+        assert layout.words_per_position == 2
+        np.testing.assert_array_equal(words[0], x[0, :4, 0, 0])
+        np.testing.assert_array_equal(words[1], [x[0, 4, 0, 0], 0, 0, 0])
+    with pytest.raises(LayoutError, match=r"tensor of shape \(3, 5, 4\)"):
+        layout.pack(x[..., 0])
+
+
+def test_weight_layout_is_channels_last_and_round_trips():
+    wage = WageConfig(net="8C5-MP2-16C3p-MP2-32FC-10", input_shape=(1, 28, 28), seed=3)
+    weights = golden.init_weights(wage)
+    for i, ws in enumerate(weights):
+        layout = WeightLayout.for_layer(wage, i, 0, lanes=4)
+        words = layout.pack(ws)
+        np.testing.assert_array_equal(layout.unpack(words), ws)
+        flat = words.reshape(-1)
+        # element index of each stored weight = the draw index (channels-last) when no lane is padding
+        if layout.channels % 4 == 0:
+            shape, axes = wage.draw_layout(i)
+            order = np.arange(ws.size).reshape(shape).transpose(axes).reshape(ws.shape)
+            idx = np.zeros(layout.words * 4, dtype=np.int64)
+            idx[:] = -1
+            for o in range(layout.rows):
+                for w in range(layout.words_per_row):
+                    base = layout.word_index_base(o, w)
+                    idx[(o * layout.words_per_row + w) * 4:(o * layout.words_per_row + w + 1) * 4] = base + np.arange(4)
+            np.testing.assert_array_equal(flat[idx], ws.reshape(-1)[np.argsort(order.reshape(-1))])

@@ -1,0 +1,71 @@
+"""The word-level engine model against the golden model: compiler memory map, address patterns, dataflow."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from golden import model as golden
+from golden.config import WageConfig
+from golden.data import load_dataset
+from hw.engine.compiler import compile_network
+from hw.engine.config import EngineConfig
+from hw.engine.isa import Op
+from hw.engine.model import EngineModel
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_dataset("embedded")
+
+
+def train_both(wage, program, embedded, steps, eta_log2=3, check=True):
+    """Train golden and the engine model side by side; return the number of steps whose weights differ."""
+    engine = EngineModel(program)
+    weights = golden.init_weights(wage)
+    engine.load_weights(weights)
+    b = wage.batch_size
+    differing = 0
+    for s in range(steps):
+        x, y = embedded.train_images[s * b:(s + 1) * b], embedded.train_labels[s * b:(s + 1) * b]
+        trace = {}
+        weights, _ = golden.train_step(wage, weights, x, y, s, eta_log2, trace=trace)
+        engine.load_batch(x, y)
+        engine.run_step(s, eta_log2)
+        if check:
+            for i, a in enumerate(program.activations):
+                got = a.unpack(engine.act[a.base:a.end]).reshape(b, -1)
+                np.testing.assert_array_equal(got, trace[f"s{s}/l{i}/A"].reshape(b, -1), err_msg=f"step {s} A{i}")
+            for i, e in enumerate(program.errors):
+                got = e.unpack(engine.err[e.base:e.end]).reshape(b, -1)
+                np.testing.assert_array_equal(got, trace[f"s{s}/l{i}/E"].reshape(b, -1), err_msg=f"step {s} E{i}")
+        differing += any(not np.array_equal(g, w) for g, w in zip(engine.read_weights(), weights))
+    return differing
+
+
+@pytest.mark.parametrize("batch, lanes, net", [(16, 16, "mlp"), (20, 16, "mlp"), (9, 8, "64FC-32FC-10"),
+                                               (5, 4, "12FC-10")])
+def test_model_matches_golden_bit_for_bit(embedded, batch, lanes, net):
+    kwargs = {} if net == "mlp" else {"input_shape": (1, 28, 28)}
+    wage = WageConfig(net=net, batch_size=batch, seed=11, **kwargs)
+    program = compile_network(EngineConfig(wage, lanes=lanes))
+    assert train_both(wage, program, embedded, steps=4) == 0
+
+
+def test_a_wrong_stride_is_caught(embedded):
+    """The comparison fails when one address pattern is off by one word."""
+    wage = WageConfig(net="mlp", batch_size=16, seed=2)
+    program = compile_network(EngineConfig(wage))
+    k = next(i for i, ins in enumerate(program.instructions) if ins.op == Op.GRAD)
+    bad = program.instructions[k]
+    program.instructions[k] = dataclasses.replace(bad, b=dataclasses.replace(bad.b, sk=bad.b.sk + 1))
+    assert train_both(wage, program, embedded, steps=2, check=False) > 0
+
+
+def test_weights_round_trip_through_the_layout():
+    wage = WageConfig(net="mlp", batch_size=8, seed=4)
+    engine = EngineModel(compile_network(EngineConfig(wage)))
+    weights = golden.init_weights(wage)
+    engine.load_weights(weights)
+    for got, want in zip(engine.read_weights(), weights):
+        np.testing.assert_array_equal(got, want)
