@@ -126,7 +126,7 @@ def dw_bound(config: WageConfig) -> int:
     return math.isqrt(1 << (2 * e + 1)) + 1 if e >= 0 else 1
 
 
-#: Copies of each per-lane select register (stages 2 and 3): one select per 256 bits is too slow a
+#: Copies of each per-lane select register (stage 2): one select per 256 bits is too slow a
 #: net on the ECP5, so each drives about lanes / _COPIES lanes.
 _COPIES = 12
 
@@ -150,12 +150,19 @@ class _OutFifo(Elaboratable):
     fill level is kept as a thermometer code, ``fill[k]`` = level > k: ``r_rdy``, ``w_rdy`` and the
     threshold tests are single flip-flops and each fill bit's update is one small function of its
     neighbours and the two enables, instead of an up/down counter compared with 0 in the loop
-    ``level → r_rdy → read → level`` (which limited the unit at ~150 MHz). ``depth`` a power of 2."""
+    ``level → r_rdy → read → level`` (which limited the unit at ~150 MHz). ``depth`` a power of 2.
+
+    Writes are not gated by ``w_rdy``: the unit's credit test never writes a full FIFO (proved in
+    ``formal/weight_update_formal.py``, which asserts ``w_en → w_rdy``). ``w_en`` drives the
+    LUT-RAM write enables and the write pointer, ``w_en_level`` (the same value, from a flip-flop
+    of its own) the fill bits, so that the fill logic stays local and does not wait for the wide
+    write-enable net."""
 
     def __init__(self, width: int, depth: int):
         assert depth >= 2 and depth & (depth - 1) == 0
         self.width, self.depth = width, depth
         self.w_data, self.w_en, self.w_rdy = Signal(width), Signal(), Signal()
+        self.w_en_level = Signal()
         self.r_data, self.r_en, self.r_rdy = Signal(width), Signal(), Signal()
         self.fill = Signal(depth)
         self.level = Signal(range(depth + 1))          # sum of the fill bits (formal hooks only)
@@ -169,7 +176,7 @@ class _OutFifo(Elaboratable):
         n, t = self.depth, self.fill
         do_w, do_r = Signal(), Signal()
         m.d.comb += [self.r_rdy.eq(t[0]), self.w_rdy.eq(~t[n - 1]),
-                     do_w.eq(self.w_en & ~t[n - 1]), do_r.eq(self.r_en & t[0]),
+                     do_w.eq(self.w_en_level), do_r.eq(self.r_en & t[0]),
                      self.level.eq(sum(t[k] for k in range(n)))]
         for k in range(n):
             with m.If(do_w & ~do_r):
@@ -179,9 +186,9 @@ class _OutFifo(Elaboratable):
         m.submodules.storage = storage = Memory(shape=self.width, depth=n, init=[])
         wp, rp = storage.write_port(), storage.read_port(domain="comb")
         produce, consume = Signal(range(n)), Signal(range(n))
-        m.d.comb += [wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(do_w),
+        m.d.comb += [wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(self.w_en),
                      rp.addr.eq(consume), self.r_data.eq(rp.data)]
-        with m.If(do_w):
+        with m.If(self.w_en):
             m.d.sync += produce.eq(produce + 1)
         with m.If(do_r):
             m.d.sync += consume.eq(consume + 1)
@@ -236,6 +243,7 @@ class WeightUpdate(wiring.Component):
         self.dw_width = self.dw_max.bit_length() + 1
         self.addr_width = max(1, (depth - 1).bit_length())
         self._clip_limit = self.w_clip          # the formal mutation test raises this by one
+        self._raw_bubble = True                 # the formal mutation test turns the bubble off
 
         word = data.ArrayLayout(signed(self.w_width), lanes)
         self.word_layout = word
@@ -370,9 +378,10 @@ class WeightUpdate(wiring.Component):
                                       for n in ("s2_hi", "s2_lo", "s3_hi", "s3_lo"))
         s4_kind = Signal(2)
         s4_push_serve, s4_push_rb = Signal(), Signal()
+        # second copies for the FIFOs' fill bits (kept apart from the write-enable copies)
+        s4_push_serve_l, s4_push_rb_l = Signal(name=kept("s4_push_serve_l")), Signal(name=kept("s4_push_rb_l"))
         s4_addr = Signal(aw)
         s4_last = Signal()
-        s4_in_range = Signal()
         s4_wen = Signal()
         s4_word = Signal(self.word_layout, reset_less=True)
         h5_wen, h6_wen = Signal(), Signal()     # write-back history: values written 1 and 2 cycles ago
@@ -399,7 +408,10 @@ class WeightUpdate(wiring.Component):
             # from a flip-flop rather than from the FIFO's level counter.
             credit = Signal(name=f"seq{kind}_credit")
             m.d.sync += credit.eq(fifo_.below(OUT_FIFO_DEPTH - _STAGES - 1))
-            sequencers[kind] = (cmd, active, addr, left, last, active & credit)
+            # the issue register holds a write (update or load) to the address this sequencer
+            # presents now: its word waits one cycle (read-after-write bubble, see stage 0)
+            hazard = Signal(name=f"seq{kind}_hazard")
+            sequencers[kind] = (cmd, active, addr, left, last, active & credit, hazard)
             self._fifo_overflow.append(fifo_.w_en & ~fifo_.w_rdy)
             self._fifo_fill.append(fifo_.fill)
             self._occupancy.append(fifo_.level + inflight)
@@ -419,14 +431,33 @@ class WeightUpdate(wiring.Component):
                     for o in order[1:]:
                         with m.Elif(req[o]):
                             m.d.comb += grant.eq(1 << o)
-        with m.If(req.any()):
+
+        # Read-after-write bubble: an update or a read word is never issued right behind a write
+        # (update or load) to the same address, so the op just ahead never has to be forwarded
+        # into the compute stage (see the module docstring). Such a grant is cancelled ("kill"):
+        # that cycle issues nothing and the round-robin pointer stays, so the op keeps its turn
+        # and is normally granted in the next cycle, when the issue register holds the bubble.
+        # For the update stream the test is combinational on its payload (the address is new in
+        # every beat); for the sequencers it is a register (seq_hazard) computed one cycle ahead
+        # from the write being issued and the address the sequencer will present, so the grant
+        # and kill logic grows by one flip-flop input rather than by an address comparator.
+        s0_write = Signal()                     # the issue register holds a write
+        m.d.comb += s0_write.eq(s0_valid & ((s0.kind == _UPDATE) | (s0.kind == _LOAD)))
+        upd_hazard, kill = Signal(), Signal()
+        m.d.comb += [upd_hazard.eq(s0_write & (self.update.payload.addr == s0.addr)),
+                     kill.eq(self._raw_bubble & (
+                         (grant[_UPDATE] & upd_hazard) | (grant[_SERVE] & sequencers[_SERVE][6])
+                         | (grant[_READBACK] & sequencers[_READBACK][6])))]
+        # test and formal hooks: the issue register, a cancelled grant, the op one stage further on
+        self._issue_hooks = (s0_valid, s0, kill)
+        self._s1_hooks = (s1_valid, s1)
+        with m.If(req.any() & ~kill):
             for o in range(4):
                 with m.If(grant[o]):
                     m.d.sync += prev.eq(o)
-
         issue = Signal(op_layout)
         m.d.comb += [
-            self.update.ready.eq(grant[_UPDATE]),
+            self.update.ready.eq(grant[_UPDATE] & ~(upd_hazard & self._raw_bubble)),
             self.load.ready.eq(grant[_LOAD]),
         ]
         # the grant is one-hot (or zero), so the issued fields are an AND-OR over the requesters
@@ -439,17 +470,27 @@ class WeightUpdate(wiring.Component):
             issue.last.eq(_or(*(grant[k] & l for k, (_, l) in sources.items() if k in (_SERVE, _READBACK)))),
         ]
         for kind in (_SERVE, _READBACK):
-            cmd, active, addr, left, last, _ = sequencers[kind]
-            with m.If(grant[kind]):
+            cmd, active, addr, left, last, _, hazard = sequencers[kind]
+            # next cycle's issue register holds a write iff one is issued now; the sequencer is
+            # then not granted, so it presents its current address, or a new command's start
+            start_next = cmd.valid & ~active
+            m.d.sync += hazard.eq(
+                (grant[_UPDATE] & ~upd_hazard
+                 & Mux(start_next, self.update.payload.addr == cmd.payload.start,
+                       self.update.payload.addr == addr))
+                | (grant[_LOAD] & Mux(start_next, self.load.payload.addr == cmd.payload.start,
+                                      self.load.payload.addr == addr)))
+            go = grant[kind] & ~(hazard & self._raw_bubble)
+            with m.If(go):
                 m.d.sync += [addr.eq(next_addr(addr)), left.eq(left - 1), last.eq(left == 2)]
                 with m.If(last):
                     m.d.sync += active.eq(0)
-            m.d.comb += cmd.ready.eq(~active | (grant[kind] & last))
+            m.d.comb += cmd.ready.eq(~active | (go & last))
             with m.If(cmd.valid & cmd.ready):
                 m.d.sync += [active.eq(cmd.payload.count != 0), addr.eq(cmd.payload.start),
                              left.eq(cmd.payload.count), last.eq(cmd.payload.count == 1)]
         m.d.comb += issue.in_range.eq(in_range(issue.addr))
-        m.d.sync += [s0_valid.eq(grant.any()), s0.eq(issue),
+        m.d.sync += [s0_valid.eq(grant.any() & ~kill), s0.eq(issue),
                      s0_dw.eq(self.update.payload.dw), s0_w.eq(self.load.payload.w)]
 
         # ---- stage 0: registered issue drives the RAM address --------------------------------
@@ -463,7 +504,7 @@ class WeightUpdate(wiring.Component):
         def wen(valid, op):
             return valid & is_write(op.kind) & op.in_range
 
-        # the 1-bit selects of stages 2 and 3 each drive a bit of every lane; they are registered
+        # the 1-bit selects of stage 2 each drive a bit of every lane; they are registered
         # in several copies, one per group of neighbouring lanes (see _copies)
         n = min(_COPIES, lanes)
         group = [i * n // lanes for i in range(lanes)]
@@ -472,14 +513,18 @@ class WeightUpdate(wiring.Component):
         # The address comparisons are registered one stage earlier still (every stage register
         # below moves on every cycle, so "s3.addr == s1.addr" now is "s2.addr == s0.addr" a cycle
         # ago), so the select copies load from one LUT rather than from a comparator tree.
-        eq = {k: Signal(name=f"addr_eq_{k}", reset_less=True) for k in ("m4", "m5", "m6", "fwd")}
+        eq = {k: Signal(name=f"addr_eq_{k}", reset_less=True) for k in ("m4", "m5", "m6")}
         m.d.sync += [eq["m4"].eq(s2.addr == s0.addr), eq["m5"].eq(s3.addr == s0.addr),
-                     eq["m6"].eq(s4_addr == s0.addr), eq["fwd"].eq(s2.addr == s1.addr)]
+                     eq["m6"].eq(s4_addr == s0.addr)]
         s2_load = _copies(m, "s2_load", s1.kind == _LOAD, n)
         s2_m4 = _copies(m, "s2_m4", wen(s3_valid, s3) & eq["m4"], n)    # s3.addr == s1.addr
         s2_m5 = _copies(m, "s2_m5", s4_wen & eq["m5"], n)               # s4_addr == s1.addr
         s2_m6 = _copies(m, "s2_m6", h5_wen & eq["m6"], n)               # h5_addr == s1.addr
         s2_upd = _copies(m, "s2_upd", s1.kind == _UPDATE, n)
+        # an out-of-range op enters stage 3 as the zero word (what a read of it returns; its write
+        # is dropped), so the output path needs no range select on its 256-bit fan-out
+        full = depth == 1 << aw
+        s2_oor = None if full else _copies(m, "s2_oor", ~s1.in_range, n)
         m.d.sync += [
             s2_valid.eq(s1_valid), s2.eq(s1), s2_dw.eq(s1_dw),
             [s2_hi[i].eq(self._clip_limit + s1_dw[i]) for i in range(lanes)],
@@ -487,14 +532,16 @@ class WeightUpdate(wiring.Component):
             [s2_wsat[i].eq(self._clip(s1_w[i])) for i in range(lanes)],
         ]
 
-        # ---- stage 2: forward older write-backs (off the loop of stage 3) ---------------------
-        # the op just ahead (in stage 3 now) wrote this address: stage 3 takes its result instead
-        s3_fwd = _copies(m, "s3_fwd", wen(s3_valid, s3) & eq["fwd"] & (s2.kind != _LOAD), n)   # s3.addr == s2.addr
+        # ---- stage 2: forward older write-backs ----------------------------------------------
+        # (the op just ahead, in stage 3 now, never wrote this address unless this op is a load:
+        # the issue logic leaves a bubble between them, see stage 0)
         thr_max, thr_min = (1 << (thr_shape.width - 1)) - 1, -(1 << (thr_shape.width - 1))
         for i in range(lanes):
             g = group[i]
             pre = Mux(s2_load[g], s2_wsat[i], Mux(s2_m4[g], s4_word[i], Mux(s2_m5[g], h5_word[i],
                       Mux(s2_m6[g], h6_word[i], s2_rdata[i]))))
+            if not full:
+                pre = Mux(s2_oor[g], 0, pre)
             m.d.sync += [
                 s3_pre[i].eq(pre),
                 s3_dw[i].eq(Mux(s2_upd[g], s2_dw[i], 0)),
@@ -504,31 +551,29 @@ class WeightUpdate(wiring.Component):
         m.d.sync += [s3_valid.eq(s2_valid), s3.eq(s2)]
 
         # ---- stage 3: update (reads and loads pass through: dw = 0, no clip) ------------------
-        # The only loop (an update chained on the previous cycle's result). The update is computed
-        # twice, on the forwarded word (s4_word, the loop) and on s3_pre (off the loop), and the
-        # forwarding select comes last, so the loop is: the subtraction and both range tests in
-        # parallel, then one LUT per bit (clip select and forwarding select together).
+        # No loop through this stage (an update never follows a write to its address directly):
+        # the subtraction and both range tests in parallel on registered operands, then one LUT
+        # per bit (the clip select).
         lim = self._clip_limit
         new = Signal(self.word_layout)
         for i in range(lanes):
-            results = []
-            for src, old in (("f", s4_word[i]), ("p", s3_pre[i])):
-                # three independent carry chains on the same operand: old − hi < 0 ⇔ clip high,
-                # lo − old > 0 ⇔ clip low, old − dw
-                gt, lt = Signal(name=f"s3{src}_gt{i}"), Signal(name=f"s3{src}_lt{i}")
-                diff = Signal(signed(self.w_width), name=f"s3{src}_diff{i}")
-                m.d.comb += [
-                    gt.eq((s3_hi[i] - old).as_signed() < 0),
-                    lt.eq((old - s3_lo[i]).as_signed() < 0),
-                    diff.eq(old - s3_dw[i]),
-                ]
-                results.append(Mux(gt, lim, Mux(lt, -lim, diff)))
-            m.d.comb += new[i].eq(Mux(s3_fwd[group[i]], *results))
+            old = s3_pre[i]
+            # three independent carry chains on the same operand: old − hi < 0 ⇔ clip high,
+            # lo − old > 0 ⇔ clip low, old − dw
+            gt, lt = Signal(name=f"s3_gt{i}"), Signal(name=f"s3_lt{i}")
+            diff = Signal(signed(self.w_width), name=f"s3_diff{i}")
+            m.d.comb += [
+                gt.eq((s3_hi[i] - old).as_signed() < 0),
+                lt.eq((old - s3_lo[i]).as_signed() < 0),
+                diff.eq(old - s3_dw[i]),
+                new[i].eq(Mux(gt, lim, Mux(lt, -lim, diff))),
+            ]
         m.d.sync += [
             # the FIFO pushes as registers of their own (they drive every LUT-RAM write enable)
             s4_push_serve.eq(s3_valid & (s3.kind == _SERVE)), s4_push_rb.eq(s3_valid & (s3.kind == _READBACK)),
+            s4_push_serve_l.eq(s3_valid & (s3.kind == _SERVE)), s4_push_rb_l.eq(s3_valid & (s3.kind == _READBACK)),
             s4_valid.eq(s3_valid), s4_kind.eq(s3.kind), s4_addr.eq(s3.addr), s4_last.eq(s3.last),
-            s4_in_range.eq(s3.in_range), s4_wen.eq(wen(s3_valid, s3)), s4_word.eq(new),
+            s4_wen.eq(wen(s3_valid, s3)), s4_word.eq(new),
         ]
 
         # ---- stage 4: write back, quantise, push to the output FIFOs ------------------------------
@@ -536,16 +581,16 @@ class WeightUpdate(wiring.Component):
         m.d.sync += [h5_wen.eq(s4_wen), h5_addr.eq(s4_addr), h5_word.eq(s4_word),
                      h6_wen.eq(h5_wen), h6_addr.eq(h5_addr), h6_word.eq(h5_word)]
         serve_beat = Signal(self.serve_layout)
-        rword = Signal(self.word_layout)        # the word a read returns: zero out of range
-        m.d.comb += rword.eq(Mux(s4_in_range, s4_word, 0))
+        rword = Signal(self.word_layout)        # the word a read returns (zero out of range: stage 2)
+        m.d.comb += rword.eq(s4_word)
         self._rword = rword
         m.d.comb += [serve_beat.wq[i].eq(self._forward_code(rword[i])) for i in range(lanes)]
         self._serve_beat, self._serve_push = serve_beat, serve_fifo.w_en
         m.d.comb += [
             serve_beat.last.eq(s4_last),
             serve_fifo.w_data.eq(serve_beat),
-            serve_fifo.w_en.eq(s4_push_serve),
+            serve_fifo.w_en.eq(s4_push_serve), serve_fifo.w_en_level.eq(s4_push_serve_l),
             rb_fifo.w_data.eq(Cat(rword, s4_last)),
-            rb_fifo.w_en.eq(s4_push_rb),
+            rb_fifo.w_en.eq(s4_push_rb), rb_fifo.w_en_level.eq(s4_push_rb_l),
         ]
         return m

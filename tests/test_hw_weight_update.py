@@ -255,7 +255,7 @@ def test_ecp5_target_netlist():
     text = rtlil.convert(dut)
     assert text.count("cell \\DP16KD ") == dp16kd_count(8 * 8, 512) == 2
     assert 'parameter \\REGMODE_B "OUTREG"' in text and 'MEMID "\\\\mem"' not in text
-    assert text.count(f"s3_fwd_0{KEEP_SUFFIX}") and text.count(f"s2_m4_7{KEEP_SUFFIX}")
+    assert text.count(f"s2_upd_0{KEEP_SUFFIX}") and text.count(f"s2_m4_7{KEEP_SUFFIX}")
     generic = rtlil.convert(WeightUpdate(CFG, depth=512, lanes=8))
     assert "DP16KD" not in generic and 'MEMID "\\\\mem"' in generic
 
@@ -384,9 +384,11 @@ def test_concurrent_streams_disjoint():
 
 
 def test_full_rate_latency_and_hazards():
-    """No stalls: updates at one word per cycle with every hazard distance, a serve command accepted
-    in the same cycle as the last update (its first read issues one cycle later, inside the
-    forwarding window), the documented read latency, and back-to-back commands without a gap."""
+    """No stalls: updates at one word per cycle with every hazard distance, except exactly one
+    bubble (update.ready low for one cycle) for an update to the address of the update just before
+    it; a serve command accepted in the same cycle as the last update (its first read issues one
+    cycle later, inside the forwarding window), the documented read latency, and back-to-back
+    commands without a gap."""
     depth, lanes = 8, 2
     dut = WeightUpdate(CFG, depth=depth, lanes=lanes)
     rng = np.random.default_rng(seed_for("full-rate"))
@@ -414,11 +416,15 @@ def test_full_rate_latency_and_hazards():
         for i, (a, dw) in enumerate(beats):
             ctx.set(dut.update.payload.as_value(), bench.enc_update(a, dw))
             ctx.set(dut.update.valid, 1)
+            if i and a == beats[i - 1][0]:
+                # read-after-write bubble: the beat right behind an update to its address waits one cycle
+                (ready,) = await step(dut.update.ready)
+                assert not ready, f"beat {i} (address {a}) must wait one cycle behind the same address"
             if i == len(beats) - 1:
                 ctx.set(dut.serve_cmd.payload.as_value(), bench.enc_cmd(0, depth))
                 ctx.set(dut.serve_cmd.valid, 1)
             ready, cmd_ready = await step(dut.update.ready, dut.serve_cmd.ready)
-            assert ready, "lone update stream must be accepted every cycle"
+            assert ready, "lone update stream must be accepted every cycle but the bubbles"
             bench.ref_update(a, dw)
         assert cmd_ready
         accepted = cyc - 1
@@ -463,6 +469,235 @@ def test_full_rate_latency_and_hazards():
     np.testing.assert_array_equal(wq[depth:], bench.expect_served(5, depth))
     assert [l for _, l in log["words"]] == ([0] * (depth - 1) + [1]) * 2
     np.testing.assert_array_equal(log["readback"], bench.ref)
+
+
+def _issue_trace(dut, sim, trace):
+    """Background testbench appending, for every cycle, the issue register's (valid, kind, addr)
+    and whether a grant was cancelled by a read-after-write hazard (``dut._issue_hooks``): the
+    order in which the operations take effect."""
+    valid, op, kill = dut._issue_hooks
+
+    async def proc(ctx):
+        while True:
+            _, _, v, kind, addr, k = await ctx.tick().sample(valid, op.kind, op.addr, kill)
+            trace.append((v, kind, addr, k))
+    sim.add_testbench(proc, background=True)
+
+
+def _read_addresses(dut, commands):
+    """Word addresses of read commands in order: start, start + 1, … wrapping depth − 1 → 0, and
+    counting on modulo 2^addr_width from an out-of-range start."""
+    out = []
+    for start, count in commands:
+        a = start
+        for _ in range(count):
+            out.append(a)
+            a = 0 if a == dut.depth - 1 else (a + 1) % (1 << dut.addr_width)
+    return out
+
+
+@pytest.mark.parametrize("stalls", [(0.0, 0.3, 0.6, 0.9), (0.1, 0.5, 0.8)])
+def test_hazards_all_streams_against_model(stalls):
+    """All four streams at once on a few words (depth 5: addresses 5-7 out of range), with seeded
+    random stalls on every source and sink (the stall probability redrawn from ``stalls`` every
+    61 cycles, so that the streams interleave in many patterns): updates, loads and read words on the same address at
+    issue distances 1..6 (a non-load right behind a same-address write must see a bubble instead).
+    A Python model replays the issue order (sampled from the issue register) with the golden
+    functions: every update and load takes effect in that order, every read word returns the word
+    as of its issue (zero out of range), bit for bit."""
+    dut = WeightUpdate(CFG, depth=5, lanes=2)
+    rng = np.random.default_rng(seed_for(f"hazards-model-{stalls}"))
+    bench = Bench(dut, rng, stalls[0])
+    aw_max = 1 << dut.addr_width
+    n_upd, n_load, n_cmd = 800, 400, 100
+
+    def addrs(n):
+        out = []
+        while len(out) < n:
+            r = rng.random()
+            if out and r < 0.3:
+                out.append(out[-1])                                          # distance 1 (same stream)
+            elif len(out) >= 2 and r < 0.6:
+                out.append(out[-int(rng.integers(2, min(7, len(out) + 1)))])   # distance 2..6
+            elif r < 0.65:
+                out.append(int(rng.integers(dut.depth, aw_max)))             # out of range
+            else:
+                out.append(int(rng.integers(0, 2)))                          # two hot words
+        return out
+    updates = list(zip(addrs(n_upd), _dw_values(dut, rng, n_upd)))
+    loads = list(zip(addrs(n_load), _weights(dut, rng, (n_load, dut.lanes))))
+    cmds = {k: [(int(rng.choice([0, 1, 2, int(rng.integers(0, aw_max))])), int(rng.integers(1, 8)))
+                for _ in range(n_cmd)] for k in ("serve", "readback")}
+    for a, dw in updates:
+        bench.queues["update"].append(bench.enc_update(a, dw))
+    for a, w in loads:
+        bench.queues["load"].append(bench.enc_load(a, w))
+    for k in cmds:
+        for start, count in cmds[k]:
+            bench.queues[f"{k}_cmd"].append(bench.enc_cmd(start, count))
+    n_words = {k: sum(c for _, c in cmds[k]) for k in cmds}
+    trace = []
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for name in bench.queues:
+        sim.add_testbench(bench._source(name), background=True)
+    for name in bench.got:
+        sim.add_testbench(bench._sink(name), background=True)
+    _issue_trace(dut, sim, trace)
+    done = []
+
+    async def top(ctx):
+        cycle = 0
+        while (bench.sent["update"] < n_upd or bench.sent["load"] < n_load
+               or any(len(bench.got[k]) < n_words[k] for k in n_words)):
+            await ctx.tick()
+            cycle += 1
+            if cycle % 61 == 0:
+                bench.stall = float(rng.choice(stalls))
+        for _ in range(12):                             # nothing extra may follow
+            assert not ctx.get(dut.serve.valid) and not ctx.get(dut.readback.valid)
+            await ctx.tick()
+        done.append(1)
+    sim.add_testbench(top)
+    t = 0
+    while not done and t < 60000:
+        t += 1000
+        sim.run_until(t * 1e-8)
+    assert done, "testbench did not finish"
+
+    # replay the issue order on a golden memory
+    mem = np.zeros((dut.depth, dut.lanes), dtype=np.int64)
+    upd, ld = iter(updates), iter(loads)
+    issued = {k: [] for k in range(4)}
+    expect = {"serve": [], "readback": []}
+    ops = [(kind, addr) for v, kind, addr, _ in trace if v]
+    for kind, addr in ops:
+        issued[kind].append(addr)
+        ok = addr < dut.depth
+        if kind == 0:
+            a, dw = next(upd)
+            assert a == addr, "updates issued out of order"
+            if ok:
+                mem[addr] = update_weights(mem[addr], np.asarray(dw, dtype=np.int64), dut.w_clip)
+        elif kind == 1:
+            a, w = next(ld)
+            assert a == addr, "loads issued out of order"
+            if ok:
+                mem[addr] = update_weights(np.asarray(w, dtype=np.int64), 0, dut.w_clip)
+        else:
+            word = mem[addr] if ok else np.zeros(dut.lanes, dtype=np.int64)
+            if kind == 2:
+                expect["serve"].append(forward_weights(word, dut.config.kW, dut.config.kG))
+            else:
+                expect["readback"].append(word.copy())
+    assert len(issued[0]) == n_upd and len(issued[1]) == n_load
+    assert issued[2] == _read_addresses(dut, cmds["serve"])
+    assert issued[3] == _read_addresses(dut, cmds["readback"])
+    for k, dec in (("serve", bench.dec_serve), ("readback", bench.dec_readback)):
+        got = np.array([dec(f)[0] for f in bench.got[k]])
+        np.testing.assert_array_equal(got, np.array(expect[k]), err_msg=f"{k} words differ from the model")
+        lasts = [dec(f)[1] for f in bench.got[k]]
+        assert lasts == [int(i == c - 1) for _, c in cmds[k] for i in range(c)]
+    # the hazard rule: no update or read word is issued in the cycle right behind a write to its
+    # address (distance 1 in cycles only behind a load)
+    for t in range(len(trace) - 1):
+        (v, kind, addr, _), (v2, kind2, addr2, _) = trace[t], trace[t + 1]
+        assert not (v and kind <= 1 and v2 and kind2 != 1 and addr2 == addr), \
+            f"cycle {t + 1}: op kind {kind2} issued right behind a write to its address {addr}"
+    # coverage: a write, then an update, a load or a read word of the same address 1..6 operations
+    # later (bubbles not counted)
+    seen = np.zeros((7, 3), dtype=int)
+    for j, (kind, addr) in enumerate(ops):
+        if kind > 1:
+            continue
+        for d in range(1, 7):
+            if j + d < len(ops) and ops[j + d][1] == addr:
+                seen[d, min(ops[j + d][0], 2)] += 1
+    assert (seen[1:] > 0).all(), f"hazard coverage (distance 1..6 x update/load/read):\n{seen[1:]}"
+    assert sum(k for *_, k in trace) > 10, "no read-after-write bubble was exercised"
+
+
+def test_read_after_write_bubble_timing():
+    """No stalls, exact cycles: a serve command accepted together with an update of its start word
+    issues that word one cycle late (latency LATENCY_READ + 2 instead of + 1), likewise a readback
+    accepted together with a load of its start word; a read two ops behind the write has no bubble.
+    The words read include those writes."""
+    depth, lanes = 8, 2
+    dut = WeightUpdate(CFG, depth=depth, lanes=lanes)
+    rng = np.random.default_rng(seed_for("raw-bubble"))
+    bench = Bench(dut, rng)
+    log = {}
+
+    async def tb(ctx):
+        cyc = 0
+
+        async def step(*sig):
+            nonlocal cyc
+            res = await ctx.tick().sample(*sig)
+            cyc += 1
+            return res[2:]
+
+        async def read_after(kind, start, write, write_addr, other_addr):
+            """``other`` update one cycle ahead, then ``write`` (update or load) of write_addr in the
+            cycle the ``kind`` command (start, 2 words) is accepted; returns (latency, words)."""
+            cmd, out = getattr(dut, f"{kind}_cmd"), getattr(dut, kind)
+            dw = _dw_values(dut, rng, 2)
+            ctx.set(dut.update.payload.as_value(), bench.enc_update(other_addr, dw[0]))
+            ctx.set(dut.update.valid, 1)
+            (ready,) = await step(dut.update.ready)
+            assert ready
+            bench.ref_update(other_addr, dw[0])
+            ctx.set(dut.update.valid, 0)
+            if write == "update":
+                ctx.set(dut.update.payload.as_value(), bench.enc_update(write_addr, dw[1]))
+                ctx.set(dut.update.valid, 1)
+                bench.ref_update(write_addr, dw[1])
+            else:
+                w = _weights(dut, rng, lanes)
+                ctx.set(dut.load.payload.as_value(), bench.enc_load(write_addr, w))
+                ctx.set(dut.load.valid, 1)
+                bench.ref_load(write_addr, w)
+            ctx.set(cmd.payload.as_value(), bench.enc_cmd(start, 2))
+            ctx.set(cmd.valid, 1)
+            wr, cmd_ready = await step(getattr(dut, write).ready, cmd.ready)
+            assert wr and cmd_ready, "write and command must be accepted in the same cycle"
+            accepted = cyc - 1
+            ctx.set(getattr(dut, write).valid, 0)
+            ctx.set(cmd.valid, 0)
+            ctx.set(out.ready, 1)
+            words, first = [], None
+            while len(words) < 2:
+                valid, payload = await step(out.valid, out.payload.as_value())
+                if valid:
+                    first = cyc - 1 if first is None else first
+                    words.append(payload)
+            ctx.set(out.ready, 0)
+            for _ in range(8):
+                await step()
+            dec = bench.dec_serve if kind == "serve" else bench.dec_readback
+            return first - accepted, np.array([dec(p)[0] for p in words])
+
+        await bench.load(ctx, {})                       # (no-op: the RAM starts at zero)
+        log["serve_upd"] = await read_after("serve", 5, "update", 5, 2)
+        log["serve_upd_ref"] = bench.expect_served(5, 2)
+        log["rb_load"] = await read_after("readback", 3, "load", 3, 6)
+        log["rb_load_ref"] = bench.ref[[3, 4]].copy()
+        log["serve_dist2"] = await read_after("serve", 1, "update", 6, 1)   # word 1 written two ops ahead
+        log["serve_dist2_ref"] = bench.expect_served(1, 2)
+        log["rb_other"] = await read_after("readback", 0, "update", 4, 7)   # no shared address
+        log["rb_other_ref"] = bench.ref[[0, 1]].copy()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert log["serve_upd"][0] == LATENCY_READ + 2
+    assert log["rb_load"][0] == LATENCY_READ + 2
+    assert log["serve_dist2"][0] == LATENCY_READ + 1
+    assert log["rb_other"][0] == LATENCY_READ + 1
+    for k in ("serve_upd", "rb_load", "serve_dist2", "rb_other"):
+        np.testing.assert_array_equal(log[k][1], log[f"{k}_ref"], err_msg=k)
 
 
 def test_golden_trace_mlp_layer1():
