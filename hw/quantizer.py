@@ -145,8 +145,11 @@ class ShiftQuantizer(wiring.Component):
         Smallest and largest log2 η a Q_G command may carry (default: the config schedule's range).
     prng_rounds_per_stage, prng_key_stages, prng_split_rounds : keyword-only
         Passed to :class:`hw.threefry.Threefry2x32` as rounds_per_stage, key_stages, split_rounds
-        (defaults 1, True, False: 17 stages, one adder level each; split_rounds: 30 stages). The
-        Threefry latency only sets ``draw_depth`` (= Threefry latency + 11).
+        (defaults 1, True, None: Threefry's default, which splits each round into an add stage and
+        an XOR stage whenever there is one round per stage and key stages, 30 stages; with
+        ``prng_split_rounds=False`` 17 stages of one adder level each). The Threefry latency only
+        sets ``draw_depth`` (= Threefry latency + 11). Threefry is built with
+        ``backpressure="none"``: it never stalls (the credits below guarantee room for its output).
 
     Attributes: ``latency`` (6), ``hashes`` (Threefry pipelines), ``draw_depth``, ``out_width``,
     ``cmd_layout``, ``in_layout``, ``out_layout``.
@@ -154,7 +157,7 @@ class ShiftQuantizer(wiring.Component):
 
     def __init__(self, config: WageConfig, lanes: int = 1, *, acc_width: int,
                  eta_log2_range: tuple[int, int] | None = None, prng_rounds_per_stage: int = 1,
-                 prng_key_stages: bool = True, prng_split_rounds: bool = False):
+                 prng_key_stages: bool = True, prng_split_rounds: bool | None = None):
         try:
             self._configure(config, lanes, acc_width, eta_log2_range, prng_rounds_per_stage, prng_key_stages,
                             prng_split_rounds)
@@ -169,7 +172,7 @@ class ShiftQuantizer(wiring.Component):
 
     # ---- parameters and derived widths ------------------------------------------------------------
     def _configure(self, config, lanes, acc_width, eta_log2_range, prng_rounds_per_stage, prng_key_stages,
-                   prng_split_rounds=False):
+                   prng_split_rounds=None):
         if not isinstance(config, WageConfig):
             raise TypeError(f"config={config!r}: must be a golden.config.WageConfig")
         self.config = config
@@ -192,8 +195,8 @@ class ShiftQuantizer(wiring.Component):
         if not isinstance(prng_key_stages, bool):
             raise TypeError(f"prng_key_stages={prng_key_stages!r}: must be True or False")
         self.prng_key_stages = prng_key_stages
-        if not isinstance(prng_split_rounds, bool):
-            raise TypeError(f"prng_split_rounds={prng_split_rounds!r}: must be True or False")
+        if prng_split_rounds is not None and not isinstance(prng_split_rounds, bool):
+            raise TypeError(f"prng_split_rounds={prng_split_rounds!r}: must be True, False or None")
 
         kA, kE, b = config.kA, config.kE, config.sr_bits
         self.sr_bits = b
@@ -224,7 +227,7 @@ class ShiftQuantizer(wiring.Component):
 
         self._tf_kwargs = dict(rounds_per_stage=self.prng_rounds_per_stage, key_stages=prng_key_stages,
                                split_rounds=prng_split_rounds,
-                               static_key=True)
+                               static_key=True, backpressure="none")
         probe = Threefry2x32(13, **self._tf_kwargs)
         probe._MustUse__silence = True
         self.prng_latency = probe.latency
@@ -499,7 +502,7 @@ class ShiftQuantizer(wiring.Component):
         for u, unit in enumerate(tf):
             m.d.comb += [unit.i.valid.eq(issue), unit.i.payload.counter0.eq(ctr[u]),
                          unit.i.payload.counter1.eq(iss_key.step), unit.i.payload.key0.eq(iss_key.seed),
-                         unit.i.payload.key1.eq(iss_key.layer), unit.o.ready.eq(1)]
+                         unit.i.payload.key1.eq(iss_key.layer), unit.o.ready.eq(1)]  # never stalls
         m.d.comb += tf[0].i.payload.side.eq(iss_lo)
         # Threefry never stalls (o.ready = 1, so no enable fans out over its registers): the credits
         # keep FIFO level + requests in flight ≤ draw_depth, so a hash leaving Threefry finds

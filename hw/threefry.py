@@ -15,23 +15,35 @@ stages, so the latency in cycles equals the number of stages:
   13 rounds, ~4 × 129 fewer flip-flops, about two adder delays per stage (the Fmax limit);
 * ``rounds_per_stage=13, key_stages=False`` (or ``stages=1, key_stages=False``): the whole hash in
   one stage, fewest registers, lowest Fmax;
-* ``split_rounds=True`` (with one round per stage and key stages): every mix round takes two
-  stages, the 32-bit add in the first (``A<r>``: ``x0 + x1``, and ``x1`` rotated, which is wiring)
+* ``split_rounds`` (the default whenever there is one round per stage and key stages; ``None``
+  means that automatic choice): every mix round takes two stages, the 32-bit add in the first (``A<r>``: ``x0 + x1``, and ``x1`` rotated, which is wiring)
   and the XOR in the second (``X<r>``), so no stage holds more than one carry chain or one LUT
   level: 30 stages for 13 rounds (1 key + 26 + 3 injections), ~13 × 65 more flip-flops, plus the
   third key word ``k0 ^ k1 ^ parity`` carried as a register (32 more per key-carrying stage; with
   ``static_key`` one register), so the injections add registered words only.
 
-Interface (``amaranth.lib.stream``, full throughput, backpressure by a global pipeline enable):
+Interface (``amaranth.lib.stream``, full throughput):
 
 ``i``  payload ``{counter0, counter1, key0, key1}`` (32 bits each) plus ``side`` when a sideband
        shape is given;
 ``o``  payload ``{x0, x1}`` (the two output words of :func:`golden.prng.threefry2x32`) plus ``side``,
        the input's ``side`` delayed by exactly the hash latency (data that belongs to the hash).
 
-Stream rules: ``o.valid`` comes from a register and never waits for ``o.ready``; when the output is
-stalled the whole pipeline holds (``i.ready = ~o.valid | o.ready``), so the payload stays stable
-until taken. Registers per stage: 64 (state) + 1 (valid) + the sideband, plus 64 (key) while a
+Backpressure (``backpressure``), three choices; the stream rules hold in all (``o.valid`` never
+waits for ``o.ready``, the payload stays stable until taken):
+
+* ``"fifo"`` (default): the stages never stall (no enable fans out over the registers). The last
+  stage writes into an output FIFO of ``latency + 2`` entries (LUT RAM) that takes the last
+  register's place (so the latency is unchanged: ``o.valid`` is the FIFO's non-empty flag), and
+  ``i.ready`` is a registered credit: requests in flight plus FIFO entries < depth, tested a cycle
+  late (ignoring that cycle's read), so it comes from one flip-flop and the FIFO never overflows.
+  With ``o.ready`` high the input is always ready (one hash per cycle);
+* ``"stall"``: a global pipeline enable, ``i.ready = ~o.valid | o.ready``, which fans out over every
+  register of the pipeline (the Fmax limit of a long pipeline);
+* ``"none"``: the pipeline never stalls and ``i.ready`` is 1; the user must hold ``o.ready`` high
+  (or otherwise never leave a valid output untaken), as the quantizer does with its own credits.
+
+Registers per stage: 64 (state) + 1 (valid) + the sideband, plus 64 (key) while a
 later stage still needs the key, plus 32 before each injection stage. With ``static_key=True``
 (a key held constant by the user, as the quantizer's per-tensor key is) the key is not carried:
 65 per stage plus 32 per injection (about 1.2k instead of 2.1k flip-flops for 17 stages).
@@ -39,13 +51,20 @@ later stage still needs the key, plus 32 before each injection stage. With ``sta
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Shape, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.prng import KEY_PARITY, ROTATIONS
 
 __all__ = ["Threefry2x32"]
+
+
+def _up_down(counter, up, down):
+    """counter + up − down as one adder (the ±1 is decoded first, not two chained carry chains)."""
+    step = Cat(up ^ down, (down & ~up).replicate(len(counter) - 1))
+    return (counter + step)[:len(counter)]
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
@@ -71,9 +90,11 @@ class Threefry2x32(wiring.Component):
         spread as evenly as possible (earlier groups take the extra round). Give at most one.
     key_stages : bool, keyword-only
         Register the key addition and the injections that end a round group separately (default).
-    split_rounds : bool, keyword-only
-        Give each mix round two stages, the add and then the rotate/XOR (default False). Needs one
-        round per stage and ``key_stages=True``.
+    split_rounds : bool or None, keyword-only
+        Give each mix round two stages, the add and then the rotate/XOR. Needs one round per stage
+        and ``key_stages=True``; the default ``None`` splits exactly when those hold.
+    backpressure : str, keyword-only
+        ``"fifo"`` (default), ``"stall"`` or ``"none"`` (see the module docstring).
     static_key : bool, keyword-only
         The key is not carried through the pipeline: every stage reads ``i.payload.key0/key1``
         directly, saving 64 flip-flops per stage. The user must hold the key constant while any hash
@@ -95,9 +116,12 @@ class Threefry2x32(wiring.Component):
 
     def __init__(self, rounds: int = 13, *, rounds_per_stage: int | None = None,
                  stages: int | None = None, key_stages: bool = True, static_key: bool = False,
-                 split_rounds: bool = False, sideband=None):
+                 split_rounds: bool | None = None, sideband=None, backpressure: str = "fifo"):
         try:
             self._configure(rounds, rounds_per_stage, stages, key_stages, sideband, split_rounds)
+            if backpressure not in ("fifo", "stall", "none"):
+                raise ValueError(f"backpressure={backpressure!r}: must be 'fifo', 'stall' or 'none'")
+            self.backpressure = backpressure
             if not isinstance(static_key, bool):
                 raise TypeError(f"static_key={static_key!r}: must be True or False")
             self.static_key = static_key
@@ -116,7 +140,7 @@ class Threefry2x32(wiring.Component):
             "o": Out(stream.Signature(self.out_layout)),
         })
 
-    def _configure(self, rounds, rounds_per_stage, stages, key_stages, sideband, split_rounds=False):
+    def _configure(self, rounds, rounds_per_stage, stages, key_stages, sideband, split_rounds=None):
         self.rounds = _check_int("rounds", rounds, 1, 64)
         if rounds_per_stage is not None and stages is not None:
             raise ValueError(f"rounds_per_stage={rounds_per_stage!r} and stages={stages!r}: give at most one")
@@ -134,8 +158,10 @@ class Threefry2x32(wiring.Component):
                 Shape.cast(sideband)
             except TypeError:
                 raise TypeError(f"sideband={sideband!r}: must be a shape (or None)") from None
+        if split_rounds is None:                       # automatic: split whenever it is possible
+            split_rounds = max(groups) == 1 and key_stages
         if not isinstance(split_rounds, bool):
-            raise TypeError(f"split_rounds={split_rounds!r}: must be True or False")
+            raise TypeError(f"split_rounds={split_rounds!r}: must be True, False or None")
         if split_rounds and max(groups) > 1:
             raise ValueError(f"split_rounds=True needs one round per stage (got rounds_per_stage="
                              f"{rounds_per_stage!r}, stages={stages!r})")
@@ -170,8 +196,40 @@ class Threefry2x32(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        en = Signal()
-        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        bp = self.backpressure
+        if bp == "stall":                             # one global enable over every register
+            en = Signal()
+            m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        else:                                         # free-running stages
+            en = Const(1)
+        if bp == "fifo":                              # output FIFO in the last register's place
+            # Credits: hashes in the stages + FIFO entries ≤ depth = latency + 2 (the test is made a
+            # cycle late and ignores that cycle's read, so it comes from a flip-flop; with o.ready
+            # high a hash stays latency cycles, so one per cycle passes). The FIFO itself needs no
+            # full test (its write enable is the last stage's valid bit): LUT RAM of a power-of-two
+            # depth ≥ the credits, free-wrapping pointers, a registered non-empty flag.
+            depth = self.latency + 2
+            ram_depth = 1 << (depth - 1).bit_length()
+            m.submodules.out_ram = ram = Memory(shape=self.out_layout.size, depth=ram_depth, init=[])
+            wport, rport = ram.write_port(), ram.read_port(domain="comb")
+            wptr, rptr = Signal(range(ram_depth)), Signal(range(ram_depth))
+            level = Signal(range(depth + 1))           # FIFO entries
+            nonempty = Signal()                        # level != 0 (registered)
+            outstanding = Signal(range(depth + 1))     # hashes in the stages + entries in the FIFO
+            credit = Signal(init=1)                    # outstanding < depth, registered
+            take, write, read = Signal(), Signal(), Signal()
+            m.d.comb += [self.i.ready.eq(credit), take.eq(self.i.valid & credit),
+                         read.eq(nonempty & self.o.ready),
+                         wport.addr.eq(wptr), wport.en.eq(write), rport.addr.eq(rptr),
+                         self.o.valid.eq(nonempty), self.o.payload.eq(rport.data)]
+            m.d.sync += [outstanding.eq(_up_down(outstanding, take, read)),
+                         credit.eq(Mux(take, outstanding < depth - 1, outstanding < depth)),   # no read
+                         level.eq(_up_down(level, write, read)),
+                         nonempty.eq(write | (level >= 2) | ((level == 1) & ~read)),
+                         wptr.eq(wptr + write), rptr.eq(rptr + read)]
+            self._out_overflow = write & (level == depth) & ~read   # test hook: never true
+        elif bp == "none":
+            m.d.comb += self.i.ready.eq(1)
 
         p = self.i.payload
         x0, x1, k0, k1 = p.counter0, p.counter1, p.key0, p.key1
@@ -184,7 +242,7 @@ class Threefry2x32(wiring.Component):
             m.d.sync += rk2.eq(k2)
             k2 = rk2
         side = p.side if self.sideband is not None else None
-        valid = self.i.valid
+        valid = take if bp == "fifo" else self.i.valid
         kinj = None                                   # ks_b + i for an injection opening this stage
         last_key_use = max(g for g, s in enumerate(self.schedule) if any(op[0] in "KI" for op in s))
         static_kinj = {}
@@ -195,6 +253,7 @@ class Threefry2x32(wiring.Component):
                     r = Signal(32, name=f"kinj{i}")
                     m.d.sync += r.eq((self._key_schedule(k0, k1)[(i + 1) % 3] + i)[:32])
                     static_kinj[i] = r
+        last = self.latency - 1
         for g, ops in enumerate(self.schedule):
             if self.static_key and ops[0][0] == "I":
                 kinj = static_kinj[int(ops[0][1:])]
@@ -216,6 +275,12 @@ class Threefry2x32(wiring.Component):
                 n0, n1 = Signal(32, name=f"s{g}_{op}_x0"), Signal(32, name=f"s{g}_{op}_x1")
                 m.d.comb += [n0.eq(x0), n1.eq(x1)]
                 x0, x1 = n0, n1
+            if g == last and bp == "fifo":            # the FIFO entry is the last stage's register
+                w = Signal(self.out_layout)
+                m.d.comb += [w.x0.eq(x0), w.x1.eq(x1), wport.data.eq(w), write.eq(valid)]
+                if side is not None:
+                    m.d.comb += w.side.eq(side)
+                return m
             rx0, rx1 = Signal(32, name=f"s{g}_x0"), Signal(32, name=f"s{g}_x1")
             rv = Signal(name=f"s{g}_valid")
             with m.If(en):

@@ -251,7 +251,7 @@ def test_qe(aw, lanes):
     (WageConfig(sr_bits=24, lr_schedule=((0, 2), (5, 0.25))), 30, 3, {}),   # L = 2, beats straddle hashes
     (WageConfig(sr_bits=5), 16, 2,                  # few SR bits: q > sr_bits truncates the fraction;
      dict(prng_rounds_per_stage=13, prng_key_stages=False)),                # 1-stage hash, 12-entry FIFO
-    (CFG, 20, 2, dict(prng_split_rounds=True)),     # 30-stage hash (add and XOR split), 41-entry FIFO
+    (CFG, 20, 2, dict(prng_split_rounds=False)),    # 17-stage hash (add and XOR in one stage), 28-entry FIFO
 ])
 def test_qg(cfg, aw, lanes, kw):
     seed = seed_for(f"qg-{cfg.sr_bits}-{aw}-{lanes}")
@@ -378,9 +378,11 @@ def test_widths_from_config():
     dut = _probe(CFG, 4, acc_width=34)
     assert (dut.eta_lo, dut.eta_hi) == (-3, 3)
     assert dut.out_width == 8 and dut.hashes == 1 and dut.latency == 6
-    assert dut.prng_latency == 17 and dut.draw_depth == 28
+    assert dut.prng_latency == 30 and dut.draw_depth == 41      # split rounds: Threefry's default
     split = _probe(CFG, 4, acc_width=34, prng_split_rounds=True)
     assert split.prng_latency == 30 and split.draw_depth == 41 and split.latency == 6
+    whole = _probe(CFG, 4, acc_width=34, prng_split_rounds=False)
+    assert whole.prng_latency == 17 and whole.draw_depth == 28 and whole.latency == 6
     assert _probe(WageConfig(sr_bits=24), 4, acc_width=34).hashes == 2
     assert _probe(CFG, 3, acc_width=34).hashes == 2
     assert _probe(CFG, 8, acc_width=34).hashes == 2

@@ -1,7 +1,8 @@
 """hw/threefry.py against golden.prng.threefry2x32 (Amaranth simulator).
 
 Known answers are Random123's kat_vectors (the same as tests/test_golden_prng.py); random vectors are
-checked under seeded random stalls on both stream sides; latency and throughput are measured.
+checked under seeded random stalls on both stream sides, with each backpressure scheme (output FIFO
+with credits, global enable); latency and throughput are measured.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def run_stream(dut, items, *, seed, p_in=0.3, p_out=0.3, side=None, max_cycles=1
     """Push ``items`` (c0, c1, k0, k1) through ``dut`` with random stalls; return outputs and log.
 
     Returns (outputs, cycles) where outputs are (x0, x1[, side]) in order. A monitor checks the
-    stream rules on the output: once valid, valid and payload stay until the transfer.
+    stream rules on the output: once valid, valid and payload stay until the transfer (and, with
+    the output FIFO, that it is never written while full).
     """
     rng = random.Random(seed)
     outs: list[tuple] = []
@@ -78,6 +80,11 @@ def run_stream(dut, items, *, seed, p_in=0.3, p_out=0.3, side=None, max_cycles=1
     sim.add_clock(1e-8)
     sim.add_testbench(producer, background=True)
     sim.add_testbench(consumer)
+    if getattr(dut, "_out_overflow", None) is not None:
+        async def overflow_monitor(ctx):
+            async for _, _, overflow in ctx.tick().sample(dut._out_overflow):
+                assert not overflow, "output FIFO written while full"
+        sim.add_testbench(overflow_monitor, background=True)
     sim.run()
     return outs, cycles[0]
 
@@ -92,7 +99,9 @@ def test_known_answers(rounds, ctr, key, out):
 @pytest.mark.parametrize("kwargs", [
     dict(), dict(key_stages=False), dict(rounds_per_stage=3), dict(stages=1, key_stages=False), dict(stages=5),
     dict(rounds=20, rounds_per_stage=2), dict(rounds=20, key_stages=False, rounds_per_stage=3),
-    dict(split_rounds=True), dict(rounds=20, split_rounds=True),
+    dict(split_rounds=True), dict(rounds=20, split_rounds=True), dict(split_rounds=False),
+    dict(backpressure="stall"), dict(backpressure="stall", split_rounds=False),
+    dict(backpressure="stall", key_stages=False, rounds_per_stage=2), dict(stages=1, key_stages=False, rounds=20),
 ])
 def test_random_vectors_with_stalls(kwargs):
     seed = SEED + zlib.crc32(repr(sorted(kwargs.items())).encode()) % 1000
@@ -111,7 +120,9 @@ def test_random_vectors_with_stalls(kwargs):
     assert outs == list(zip(x0.tolist(), x1.tolist(), side))
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(key_stages=False, rounds_per_stage=2), dict(split_rounds=True)])
+@pytest.mark.parametrize("kwargs", [dict(), dict(key_stages=False, rounds_per_stage=2), dict(split_rounds=True),
+                                    dict(split_rounds=False), dict(backpressure="stall"),
+                                    dict(backpressure="stall", split_rounds=False)])
 def test_static_key(kwargs):
     """static_key=True: the key is read by every stage, so it is held while hashes are in flight.
     Two bursts with different keys, the pipeline drained (and one idle cycle) in between."""
@@ -161,24 +172,29 @@ def test_static_key(kwargs):
 
 
 @pytest.mark.parametrize("kwargs,latency", [
-    (dict(), 17),                                   # K, 13 rounds, 3 injections: one adder level each
+    (dict(split_rounds=False), 17),                 # K, 13 rounds, 3 injections: one adder level each
+    (dict(split_rounds=False, backpressure="stall"), 17),
+    (dict(split_rounds=False, backpressure="none"), 17),
     (dict(key_stages=False), 13),
     (dict(rounds_per_stage=4), 8),
     (dict(stages=1), 2), (dict(stages=1, key_stages=False), 1),
     (dict(stages=7), 11), (dict(stages=7, key_stages=False), 7),
     (dict(split_rounds=True), 30),                  # K, 13 × (add, XOR), 3 injections
+    (dict(), 30),                                   # the default: split rounds (one round per stage)
+    (dict(backpressure="stall"), 30), (dict(backpressure="none"), 30),
 ])
 def test_latency_and_full_throughput(kwargs, latency):
     dut = Threefry2x32(**kwargs)
     assert dut.latency == latency and sum(dut.stage_rounds) == 13
+    assert dut.split_rounds == (latency == 30)
     steps = [op for stage in dut.schedule for op in stage]
-    rounds = ([f"{h}{r}" for h in "AX"] for r in range(13)) if kwargs.get("split_rounds") else \
+    rounds = ([f"{h}{r}" for h in "AX"] for r in range(13)) if dut.split_rounds else \
         ([f"R{r}"] for r in range(13))
     rounds = list(rounds)
     want = ["K", *rounds[0], *rounds[1], *rounds[2], *rounds[3], "I1", *rounds[4], *rounds[5], *rounds[6],
             *rounds[7], "I2", *rounds[8], *rounds[9], *rounds[10], *rounds[11], "I3", *rounds[12]]
     assert steps == want
-    if kwargs.get("split_rounds"):
+    if dut.split_rounds:
         assert all(len(stage) == 1 for stage in dut.schedule)
         assert dut.stage_rounds == tuple(int(stage[0][0] == "X") for stage in dut.schedule)
     if kwargs.get("key_stages", True):
@@ -228,7 +244,26 @@ def test_latency_and_full_throughput(kwargs, latency):
     (dict(split_rounds=True, rounds_per_stage=2), ValueError, "rounds_per_stage=2"),
     (dict(split_rounds=True, stages=5), ValueError, "stages=5"),
     (dict(split_rounds=True, key_stages=False), ValueError, "key_stages=False"),
+    (dict(backpressure="skid"), ValueError, "backpressure='skid'"),
+    (dict(backpressure=None), ValueError, "backpressure=None"),
 ])
 def test_parameter_checks(kwargs, exc, text):
     with pytest.raises(exc, match=text.replace("(", r"\(")):
         Threefry2x32(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(split_rounds=False), dict(stages=1, key_stages=False)])
+def test_output_fifo_under_heavy_backpressure(kwargs):
+    """backpressure="fifo": a consumer that is mostly stalled fills the output FIFO (the credits must
+    stop the input exactly in time); the input is always offered."""
+    seed = SEED + 11 + zlib.crc32(repr(sorted(kwargs.items())).encode()) % 1000
+    print(f"seed={seed} kwargs={kwargs}")
+    rng = np.random.default_rng(seed)
+    n = 150
+    c0, c1, k0, k1 = (rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32) for _ in range(4))
+    side = list(range(n))
+    dut = Threefry2x32(**kwargs, sideband=8)
+    outs, _ = run_stream(dut, list(zip(*(a.tolist() for a in (c0, c1, k0, k1)))), seed=seed, side=[s % 256 for s in side],
+                         p_in=0, p_out=0.85)
+    x0, x1 = threefry2x32(c0, c1, k0, k1)
+    assert outs == list(zip(x0.tolist(), x1.tolist(), [s % 256 for s in side]))
