@@ -41,18 +41,18 @@ payloads stay stable until taken)
 
 Store-then-quantise contract (Q_E, Q_G). The unit does not buffer a tensor. After accepting the
 command it consumes the tensor once (pass 1, nothing is emitted, ``i.ready`` is high throughout; the
-max tree never stalls), computes the exponent (``log2(lanes) + 11`` cycles), then consumes the
+max tree never stalls), computes the exponent (``2·log2(lanes) + 13`` cycles), then consumes the
 *same* tensor again in the same order (pass 2) and emits the results. The producer must therefore
 store (or recompute) the tensor and send it twice, with identical values; a pass 2 that differs
 from pass 1 gives undefined (but well-formed) output. An all-zero tensor (``M = 0``: no weight
 update) still takes its pass 2 and emits ``count`` zeros with ``zero = 1`` on every beat, so every
 command produces exactly ``ceil(count / lanes)`` output beats and a consumer needs no second
-protocol. Q_A needs one pass (6 cycles of setup after the command is taken into the command
+protocol. Q_A needs one pass (7 cycles of setup after the command is taken into the command
 register; the shift masks are decoded over three per-tensor stages).
 
 ``cmd.ready`` only says that the one-entry command register is empty (a registered handshake; the
-command's tests are precomputed there). The held command starts as soon as the previous tensor's
-last beat has entered the pipeline (and, after a Q_G tensor, its last hash has left Threefry — the
+command's tests are precomputed there). The held command starts three cycles after the previous
+tensor's last beat has entered the pipeline (and, after a Q_G tensor, its last hash has left Threefry — the
 key is held, not pipelined), so tensors flow back to back without draining: every per-tensor
 setting travels with the data.
 
@@ -61,7 +61,14 @@ overflow bit by per-tensor masks] → B2 [fine shift, guard bit] → C [RNE incr
 masks] → D [the SR adder with the FIFO's draw] → E [sign, keep/zero; written into a 16-entry
 output FIFO whose entry is the output register]. ``latency`` = 6 cycles from an input transfer to
 the output being valid, in every mode; throughput one beat (``lanes`` elements) per cycle. Pass 1
-shares stage A and feeds a pipelined max tree (one register per level).
+shares stage A and feeds a pipelined max tree (two register stages per level: a carry-chain compare
+with both operands registered, then the select) and two running maxima (one per cycle parity, so
+each one's compare and select also take separate cycles; merged at the end of the pass).
+
+Settings that reach every lane come from per-lane register copies named with
+:func:`hw.netlist.kept` (stage A's |P| and ReLU flags, the shift amount of B1 and B2, the mode at
+C and E, the zero flag at E), so no flip-flop drives all lanes; the per-tensor copies are loaded
+every cycle like the stage registers, so they still travel with the data.
 
 The stages never stall (every register moves every cycle; no ready signal passes from one stage
 to another). Instead a pass-2 beat is admitted at the input only when it has a slot in the output
@@ -73,8 +80,9 @@ Random draws are *prefetched*: the draw for element ``e`` depends only on ``(see
 e)``, so from the moment a Q_G command is accepted an issue engine feeds counters
 ``(e // L + u, step)`` (``L = draw_lanes(sr_bits)``, ``u < hashes``: one hash when ``lanes`` divides
 ``L``, e.g. lanes = 4 with sr_bits ≤ 16) into ``hashes`` Threefry pipelines, one request per beat,
-and a FIFO of ``draw_depth`` entries holds each lane's draw (selected as the hashes leave Threefry)
-until stage C → D pops one entry per Q_G beat (reserved when the beat was admitted).
+and a FIFO of ``draw_depth`` entries holds each lane's draw (selected as the hashes leave Threefry
+and registered per lane; one LUT RAM per lane with its own kept pointers) until the beat's passage
+from stage B2 to C reads one entry per Q_G beat into a register (reserved when the beat was admitted).
 Credits (requests in flight + FIFO entries ≤ ``draw_depth`` ≥ the loop latency plus the reserved
 draws of the beats in stages A–C) keep the FIFO from overflowing and sustain one beat per cycle;
 pass 1 fills it, so pass 2 starts at full rate. The
@@ -86,12 +94,14 @@ from __future__ import annotations
 import math
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, enum, fifo, stream, wiring
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.config import WageConfig
 from golden.prng import draw_lanes
 from golden.quant import sqrt2_threshold
+from hw.netlist import kept
 from hw.threefry import Threefry2x32
 
 __all__ = ["Mode", "ShiftQuantizer"]
@@ -120,6 +130,24 @@ def _rne_increment(guard, sticky, lsb):
 def _sr_round(t, r_inv, bits: int):
     """Stochastic rounding as one adder: (t + (2^b − 1 − R)) >> b, with r_inv = ~R (b bits)."""
     return (t + r_inv)[bits:]
+
+
+def _up_down(counter, up, down):
+    """counter + up − down as one adder (the ±1 decoded first, not two chained carry chains)."""
+    step = Cat(up ^ down, (down & ~up).replicate(len(counter) - 1))
+    return (counter + step)[:len(counter)]
+
+
+def _less(a, b):
+    """a < b for unsigned a, b of one width: the borrow of a − b, so it maps onto a carry chain."""
+    return (a.as_unsigned() - b.as_unsigned())[-1]
+
+
+def _copy(m: Module, value, name: str):
+    """A register copy of ``value`` that synthesis keeps separate (hw.netlist.kept)."""
+    r = Signal.like(value, name=kept(name))
+    m.d.sync += r.eq(value)
+    return r
 
 
 def _check_int(name, value, lo, hi):
@@ -300,18 +328,18 @@ class ShiftQuantizer(wiring.Component):
         return self.shift_masks(m, self.shift_clamp(m, s))
 
     def lane_a(self, m: Module, mode, relu_on, p, name="lane"):
-        """Stage A: x = relu(P) (Q_A), D (Q_E) or |G| (Q_G); the sign of G; the ReLU mask [P > 0]."""
+        """Stage A: x = relu(P) (Q_A), D (Q_E) or |G| (Q_G); the sign of G; the ReLU mask [P > 0].
+        (The mode decoded into lane_a_flags' two flags, which the pipeline keeps per lane.)"""
+        return self.lane_a_flags(m, mode == Mode.QG, (mode == Mode.QA) & relu_on, p, name=name)
+
+    def lane_a_flags(self, m: Module, abs_on, clear_neg, p, name="lane"):
+        """Stage A from decoded flags: x = |P| if abs_on, else 0 if clear_neg and P < 0 (ReLU: P = 0
+        gives 0 either way), else P; the sign of P; the ReLU mask [P > 0]."""
         relu_m = Signal(name=f"{name}_relu")
         neg = Signal(name=f"{name}_neg")
         x = Signal(signed(self.x_width), name=f"{name}_x")
         m.d.comb += [relu_m.eq(p > 0), neg.eq(p < 0)]
-        with m.Switch(mode):
-            with m.Case(Mode.QA):
-                m.d.comb += x.eq(Mux(relu_on & ~relu_m, 0, p))
-            with m.Case(Mode.QG):
-                m.d.comb += x.eq(abs(p))
-            with m.Default():
-                m.d.comb += x.eq(p)
+        m.d.comb += x.eq(Mux(abs_on, abs(p), Mux(clear_neg & neg, 0, p)))
         return x, neg, relu_m
 
     def lane_b1(self, m: Module, x, amt, mask, omask, name="lane"):
@@ -401,11 +429,11 @@ class ShiftQuantizer(wiring.Component):
         info = data.StructLayout({"mode": Mode, "last": 1, "zero": 1, "exp": self.exp_shape})
         lane_bits = {"neg": lanes, "relu": lanes, "keep": lanes}
         sa = Signal(data.StructLayout({"x": data.ArrayLayout(signed(self.x_width), lanes), **lane_bits,
-                                       "p1": 1, "info": info, "amt": self.amt_shape, "mask": self.x_width,
+                                       "p1": 1, "info": info, "mask": self.x_width,
                                        "omask": self.x_width}), reset_less=True)
         sb1 = Signal(data.StructLayout({"y": data.ArrayLayout(self.y_width, lanes), "sign": lanes,
-                                        "sticky": lanes, "over": lanes, **lane_bits, "info": info,
-                                        "amt": self.amt_shape}), reset_less=True)
+                                        "sticky": lanes, "over": lanes, **lane_bits, "info": info}),
+                     reset_less=True)
         sb2 = Signal(data.StructLayout({"z": data.ArrayLayout(signed(self.z_width), lanes), "guard": lanes,
                                         "sticky": lanes, "over": lanes, "sign": lanes, **lane_bits,
                                         "info": info}), reset_less=True)
@@ -423,16 +451,27 @@ class ShiftQuantizer(wiring.Component):
         last_beat = Signal()                           # the next beat is the pass's last
         take = Signal()                                # a beat is taken from `i` this cycle
 
+        # lanes of the tensor's last beat (per tensor; with a power-of-two lane count from the low
+        # bits of count, so the per-beat keep is a choice between it and all ones, not 32 compares)
+        pow2 = lanes & (lanes - 1) == 0
+        keep_last = Signal(lanes)
+        one_beat = Signal()                            # count ≤ lanes (per tensor)
+        ones = Const((1 << lanes) - 1, lanes)
+
         def load_count(count):
-            return [remaining.eq(count), last_beat.eq(count <= lanes),
-                    keep.eq(Cat(*(count > j for j in range(lanes))))]
+            return [remaining.eq(count), last_beat.eq(one_beat),
+                    keep.eq(Mux(one_beat, keep_last, ones) if pow2 else Cat(*(count > j for j in range(lanes))))]
 
         with m.If(take):                               # flags for the beat after this one
-            m.d.sync += [remaining.eq(remaining - lanes), last_beat.eq(remaining <= 2 * lanes),
-                         keep.eq(Cat(*(remaining > lanes + j for j in range(lanes))))]
+            next_last = remaining <= 2 * lanes
+            m.d.sync += [remaining.eq(remaining - lanes), last_beat.eq(next_last),
+                         keep.eq(Mux(next_last, keep_last, ones) if pow2 else
+                                 Cat(*(remaining > lanes + j for j in range(lanes))))]
 
         # ---- per-tensor registers -------------------------------------------------------------------
         running_max = Signal(aw)
+        run_max = [Signal(aw, name="run_max_even"), Signal(aw, name="run_max_odd")]   # by cycle parity
+        max_lt = Signal()                              # run_max_even < run_max_odd
         n0 = Signal(range(aw))
         thr = Signal(aw + 1)
         above = Signal()                               # running_max > thr
@@ -470,7 +509,6 @@ class ShiftQuantizer(wiring.Component):
         tf = [Threefry2x32(13, **self._tf_kwargs, sideband=unsigned(2) if u == 0 else None) for u in range(H)]
         for u, unit in enumerate(tf):
             m.submodules[f"threefry{u}"] = unit
-        m.submodules.draws = draws = fifo.SyncFIFOBuffered(width=lanes * b, depth=self.draw_depth)
         iss_busy = Signal()
         iss_key = Signal(data.StructLayout({"seed": 32, "step": 32, "layer": 32}))   # held per Q_G tensor
         iss_rem = Signal(32)
@@ -487,9 +525,9 @@ class ShiftQuantizer(wiring.Component):
         credit = Signal(init=1)                              # outstanding < draw_depth
         in_tf_next = Signal.like(in_tf)
         m.d.comb += issue.eq(iss_busy & credit)
-        m.d.comb += in_tf_next.eq(in_tf + issue - tf[0].o.valid)
-        m.d.sync += [outstanding.eq(outstanding + issue - pop),
-                     credit.eq(outstanding + issue < self.draw_depth),
+        m.d.comb += in_tf_next.eq(_up_down(in_tf, issue, tf[0].o.valid))
+        m.d.sync += [outstanding.eq(_up_down(outstanding, issue, pop)),
+                     credit.eq(Mux(issue, outstanding < self.draw_depth - 1, outstanding < self.draw_depth)),
                      in_tf.eq(in_tf_next), prng_idle.eq(in_tf_next == 0)]
         lo_sum = Signal(range(2 * L))
         carry = Signal()
@@ -504,21 +542,45 @@ class ShiftQuantizer(wiring.Component):
                          unit.i.payload.counter1.eq(iss_key.step), unit.i.payload.key0.eq(iss_key.seed),
                          unit.i.payload.key1.eq(iss_key.layer), unit.o.ready.eq(1)]  # never stalls
         m.d.comb += tf[0].i.payload.side.eq(iss_lo)
-        # Threefry never stalls (o.ready = 1, so no enable fans out over its registers): the credits
-        # keep FIFO level + requests in flight ≤ draw_depth, so a hash leaving Threefry finds
-        # level ≤ draw_depth − 1, and SyncFIFOBuffered's inner memory (draw_depth − 1 entries) is
-        # then never full: with its output register full it holds ≤ draw_depth − 2, and while that
-        # register is empty (refilled the next cycle) at most one word.
+        # Threefry never stalls (backpressure="none": no enable fans out over its registers): the
+        # credits keep draws in the FIFO + requests in flight ≤ draw_depth ≤ the FIFO's depth.
+        # The FIFO is one LUT-RAM per lane with its own (kept) write and read pointers and write
+        # enable, so no pointer or enable fans out over all lanes: a hash leaving Threefry is
+        # registered per lane (stage W), written the next cycle, and each lane's draw is read
+        # into a register as its beat passes from stage B2 to C (``pop``), for stage D's adder.
         # each lane's draw, selected as the hashes leave Threefry: word (lo + j) of the H·L draws
         words = []
         for t in tf:
             x0, x1 = t.o.payload.x0, t.o.payload.x1
             words += [x0, x1] if L == 2 else [x0[16:], x0[:16], x1[16:], x1[:16]]
         wb = self.word_bits
-        word_r = Array(w[wb - b:wb] for w in words)    # R = top sr_bits of the word or half-word
         lo = tf[0].o.payload.side
-        m.d.comb += [draws.w_en.eq(tf[0].o.valid),
-                     draws.w_data.eq(Cat(*(word_r[lo + j] for j in range(lanes))))]
+        # per-tensor settings that fan out over every lane: per-lane kept copies of the stage
+        # registers (loaded like them, every cycle, so they travel with the data)
+        amt_a = [_copy(m, amt_r, f"a_amt{j}") for j in range(lanes)]
+        amt_b1 = [_copy(m, amt_a[j][:3], f"b1_amt{j}") for j in range(lanes)]
+        mode_b2 = [_copy(m, sb1.info.mode, f"b2_mode{j}") for j in range(lanes)]
+        mode_d = [_copy(m, sc.info.mode, f"d_mode{j}") for j in range(lanes)]
+        zero_d = [_copy(m, sc.info.zero, f"d_zero{j}") for j in range(lanes)]
+        ram_depth = 1 << (self.draw_depth - 1).bit_length()
+        draw_written = Signal()                        # a beat's draws enter the FIFO this cycle
+        w1_valid = Signal()
+        m.d.sync += [w1_valid.eq(tf[0].o.valid), draw_written.eq(w1_valid)]
+        lane_draw = []                                 # each lane's draw, registered for stage C → D
+        # stage W1 registers the hashes' words as they are and the word offset per lane; stage W2
+        # selects each lane's word (so the offset does not fan out from one flip-flop to every lane)
+        words_r = [_copy(m, w[wb - b:wb], f"draw_word{k}") for k, w in enumerate(words)]
+        for j in range(lanes):
+            lo_j = _copy(m, lo, f"draw_lo{j}")
+            w_v = _copy(m, w1_valid, f"draw_w_valid{j}")
+            w_d = _copy(m, Array(words_r)[lo_j + j], f"draw_w_data{j}")
+            w_p = Signal(range(ram_depth), name=kept(f"draw_w_ptr{j}"))
+            r_p = Signal(range(ram_depth), name=kept(f"draw_r_ptr{j}"))
+            m.submodules[f"draw_ram{j}"] = ram = Memory(shape=b, depth=ram_depth, init=[])
+            wp, rp = ram.write_port(), ram.read_port(domain="comb")
+            m.d.comb += [wp.addr.eq(w_p), wp.data.eq(w_d), wp.en.eq(w_v), rp.addr.eq(r_p)]
+            m.d.sync += [w_p.eq(w_p + w_v), r_p.eq(r_p + (vb2 & (mode_b2[j] == Mode.QG)))]   # = pop
+            lane_draw.append(_copy(m, rp.data, f"draw{j}"))
 
         # ---- admission: output slots and reserved draws (both registered) -------------------------
         # The pipeline never stalls, so a pass-2 beat is taken only when (1) the output FIFO has a
@@ -526,8 +588,8 @@ class ShiftQuantizer(wiring.Component):
         # out_cnt < OUT_DEPTH − 1 is made a cycle late (then at most one more beat was taken), so
         # out_cnt ≤ OUT_DEPTH always; and (2) for Q_G, its draw is already in the draw FIFO:
         # draw_avail counts draws written and not yet reserved, and the test uses its next value.
-        # A reserved draw was written at least one cycle before its beat is taken and is popped
-        # four cycles after (stage C), by when SyncFIFOBuffered presents it. So i.ready comes from
+        # A reserved draw was written at least one cycle before its beat is taken and is read three
+        # cycles after (stage B2 → C) from the lane's LUT RAM. So i.ready comes from
         # flip-flops and no ready travels through the pipeline stages.
         in_pass1 = Signal()                            # beats taken now belong to pass 1
         take_p2, take_qg, out_rd = Signal(), Signal(), Signal()
@@ -537,54 +599,89 @@ class ShiftQuantizer(wiring.Component):
         draw_avail_next = Signal.like(draw_avail)
         draw_ok = Signal()
         cmd_qg = Signal()                              # the running command is Q_G (registered)
-        m.d.comb += [take_p2.eq(take & ~in_pass1), take_qg.eq(take_p2 & cmd_qg),
+        # the FSM's PASS1 and PASS2 states mirrored in flip-flops, so that ``take`` is one LUT level
+        # from registers (no state decode), and draw_ok = (draw_avail_next != 0) decided from
+        # precomputed tests of draw_avail with take_qg last (not through the counter's adder)
+        st_p1, st_p2 = Signal(), Signal()
+        ready2 = st_p2 & out_credit & (draw_ok | ~cmd_qg)
+        m.d.comb += [in_pass1.eq(st_p1), self.i.ready.eq(st_p1 | ready2), take.eq(self.i.valid & (st_p1 | ready2)),
+                     take_p2.eq(self.i.valid & ready2),
+                     take_qg.eq(self.i.valid & st_p2 & out_credit & draw_ok & cmd_qg),
                      out_rd.eq(self.o.valid & self.o.ready),
-                     draw_avail_next.eq(draw_avail + draws.w_en - take_qg)]
-        m.d.sync += [out_cnt.eq(out_cnt + take_p2 - out_rd), out_credit.eq(out_cnt < OUT_DEPTH - 1),
-                     draw_avail.eq(draw_avail_next), draw_ok.eq(draw_avail_next != 0)]
+                     draw_avail_next.eq(_up_down(draw_avail, draw_written, take_qg))]
+        avail_ge1, avail_ge2 = draw_avail != 0, draw_avail >= 2
+        m.d.sync += [out_cnt.eq(_up_down(out_cnt, take_p2, out_rd)), out_credit.eq(out_cnt < OUT_DEPTH - 1),
+                     draw_avail.eq(draw_avail_next),
+                     draw_ok.eq(Mux(take_qg, avail_ge2 | (draw_written & avail_ge1), avail_ge1 | draw_written))]
         self._out_count, self._draw_avail = out_cnt, draw_avail     # test hooks
 
         # ---- control FSM ----------------------------------------------------------------------------
-        drain = Signal(range(self.tree_depth + 3))
+        drain = Signal(range(2 * self.tree_depth + 1))
         # the command is taken into a register first (``cmd.ready`` = that register is empty), with
         # its tests precomputed, so that starting it needs no wide compare on the input stream
         pend = Signal(self.cmd_layout)
         pend_valid, pend_nz, pend_qg, pend_qa, pend_last = Signal(), Signal(), Signal(), Signal(), Signal()
-        pend_keep = Signal(lanes)
+        pend_keep, pend_keep_last = Signal(lanes), Signal(lanes)
+        cmd_qa_relu = Signal()                         # the running command is Q_A with ReLU
         m.d.comb += self.cmd.ready.eq(~pend_valid)
         with m.If(self.cmd.valid & ~pend_valid):
             pc = self.cmd.payload
             m.d.sync += [pend.eq(pc), pend_valid.eq(1), pend_nz.eq(pc.count != 0),
                          pend_qg.eq(pc.mode == Mode.QG), pend_qa.eq(pc.mode == Mode.QA),
                          pend_last.eq(pc.count <= lanes), pend_keep.eq(Cat(*(pc.count > j for j in range(lanes))))]
+            if pow2:
+                tail = pc.count[:lanes.bit_length() - 1]           # count mod lanes
+                m.d.sync += pend_keep_last.eq(Cat(*((tail == 0) | (tail > j) for j in range(lanes))))
+        # stage A's per-lane flags (kept copies; see lane_a_flags): |P| in pass 1 and for Q_G, ReLU's
+        # clear for Q_A with relu; set when a pass starts (IDLE → PASS1, SETUP1 before PASS2)
+        lane_abs = [Signal(name=kept(f"a_abs{j}")) for j in range(lanes)]
+        lane_clr = [Signal(name=kept(f"a_clr{j}")) for j in range(lanes)]
+        start = Signal()                               # registered: the held command starts now
+        with m.If(start):
+            m.d.sync += [cmd.eq(pend), cmd_qg.eq(pend_qg), pend_valid.eq(0),
+                         run_max[0].eq(0), run_max[1].eq(0), n_exp.eq(0), zero.eq(0),
+                         cmd_qa_relu.eq(pend_qa & pend.relu), one_beat.eq(pend_last),
+                         keep_last.eq(pend_keep_last),
+                         remaining.eq(pend.count), last_beat.eq(pend_last), keep.eq(pend_keep)]
+            m.d.sync += [f.eq(~pend_qa) for f in lane_abs]
+            m.d.sync += [f.eq(pend_qa & pend.relu) for f in lane_clr]
+            m.d.sync += st_p1.eq(pend_nz & ~pend_qa)
+            with m.If(pend_qg & pend_nz):
+                m.d.sync += [iss_busy.eq(1), iss_rem.eq(pend.count), iss_lo.eq(0),
+                             iss_key.seed.eq(pend.seed), iss_key.step.eq(pend.step),
+                             iss_key.layer.eq(pend.layer)]
+                m.d.sync += [c.eq(u) for u, c in enumerate(ctr)]
         with m.FSM(name="ctl"):
             with m.State("IDLE"):
                 # a new command waits until the previous Q_G tensor's hashes have all left Threefry
                 # (its key is held, not pipelined: Threefry2x32(static_key=True))
                 with m.If(pend_valid & ~iss_busy & prng_idle):
-                    m.d.sync += [cmd.eq(pend), cmd_qg.eq(pend_qg), pend_valid.eq(0), running_max.eq(0),
-                                 n_exp.eq(0), zero.eq(0),
-                                 remaining.eq(pend.count), last_beat.eq(pend_last), keep.eq(pend_keep)]
-                    with m.If(pend_qg & pend_nz):
-                        m.d.sync += [iss_busy.eq(1), iss_rem.eq(pend.count), iss_lo.eq(0),
-                                     iss_key.seed.eq(pend.seed), iss_key.step.eq(pend.step),
-                                     iss_key.layer.eq(pend.layer)]
-                        m.d.sync += [c.eq(u) for u, c in enumerate(ctr)]
-                    with m.If(~pend_nz):
-                        pass
-                    with m.Elif(pend_qa):
-                        m.next = "SETUP1"
-                    with m.Else():
-                        m.next = "PASS1"
-            with m.State("PASS1"):
-                m.d.comb += [self.i.ready.eq(1), take.eq(self.i.valid), in_pass1.eq(1)]
+                    m.d.sync += start.eq(1)
+                    m.next = "START"
+            with m.State("START"):                    # the loads are under the registered `start`
+                m.d.sync += start.eq(0)
+                with m.If(~pend_nz):
+                    m.next = "IDLE"
+                with m.Elif(pend_qa):
+                    m.next = "SETUP1"
+                with m.Else():
+                    m.next = "PASS1"
+            with m.State("PASS1"):                    # st_p1 rules the pass; the state follows a cycle late
                 with m.If(take & last_beat):
-                    m.d.sync += drain.eq(self.tree_depth + 1)
+                    m.d.sync += st_p1.eq(0)
+                with m.If(~st_p1):
+                    m.d.sync += drain.eq(2 * self.tree_depth)
                     m.next = "DRAIN"
-            with m.State("DRAIN"):                    # the last beat's max reaches running_max
+            with m.State("DRAIN"):                    # the last beat's max reaches run_max
                 m.d.sync += drain.eq(drain - 1)
                 with m.If(drain == 0):
-                    m.next = "EXP1"
+                    m.next = "MAX1"
+            with m.State("MAX1"):                     # the two running maxima: compare, then select
+                m.d.sync += max_lt.eq(_less(run_max[0], run_max[1]))
+                m.next = "MAX2"
+            with m.State("MAX2"):
+                m.d.sync += running_max.eq(Mux(max_lt, run_max[1], run_max[0]))
+                m.next = "EXP1"
             with m.State("EXP1"):
                 m.d.sync += [n0.eq(lod), zero.eq(running_max == 0), *load_count(cmd.count)]
                 m.next = "EXP2"
@@ -599,6 +696,8 @@ class ShiftQuantizer(wiring.Component):
                 m.next = "SETUP1"
             with m.State("SETUP1"):
                 m.d.sync += [s_r.eq(s_val), exp_r.eq(Mux(zero, 0, exp_val))]
+                m.d.sync += [f.eq(cmd_qg) for f in lane_abs]
+                m.d.sync += [f.eq(cmd_qa_relu) for f in lane_clr]
                 m.next = "SETUP2"
             with m.State("SETUP2"):
                 m.d.sync += s_cr.eq(s_c)
@@ -610,96 +709,115 @@ class ShiftQuantizer(wiring.Component):
                 m.d.sync += parts_r.eq(parts_c)
                 m.next = "SETUP5"
             with m.State("SETUP5"):
-                m.d.sync += [mask_r.eq(mask_c), omask_r.eq(omask_c)]
+                m.d.sync += [mask_r.eq(mask_c), omask_r.eq(omask_c), st_p2.eq(1)]
                 m.next = "PASS2"
-            with m.State("PASS2"):
-                ready2 = out_credit & (draw_ok | ~cmd_qg)
-                m.d.comb += [self.i.ready.eq(ready2), take.eq(self.i.valid & ready2)]
+            with m.State("PASS2"):                    # st_p2 rules the pass; the state follows a cycle late
                 with m.If(take & last_beat):
+                    m.d.sync += st_p2.eq(0)
+                with m.If(~st_p2):
                     m.next = "IDLE"
 
         # ---- free-running stages: valid bits move every cycle; data registers load every cycle
         # (reset-less, used only under their valid bit), so no enable fans out over them --------
-        c_needs_draw = Signal()
-        m.d.comb += [c_needs_draw.eq(sc.info.mode == Mode.QG), pop.eq(vc & c_needs_draw), draws.r_en.eq(pop)]
+        m.d.comb += pop.eq(vb2 & (sb2.info.mode == Mode.QG))     # the draw is read into stage C
 
         # ---- stage A ---------------------------------------------------------------------------------
         m.d.sync += [va.eq(take), sa.keep.eq(keep), sa.p1.eq(in_pass1), sa.info.mode.eq(cmd.mode),
                      sa.info.last.eq(last_beat), sa.info.zero.eq(zero), sa.info.exp.eq(exp_r),
-                     sa.amt.eq(amt_r), sa.mask.eq(mask_r), sa.omask.eq(omask_r)]
+                     sa.mask.eq(mask_r), sa.omask.eq(omask_r)]
         for j in range(lanes):
             p = self.i.payload.data[j]
-            x, neg, relu_m = self.lane_a(m, cmd.mode, cmd.relu, p, name=f"a{j}")
-            m.d.sync += [sa.x[j].eq(Mux(in_pass1, Mux(keep[j], abs(p), 0), x)),
-                         sa.neg[j].eq(neg), sa.relu[j].eq(relu_m)]
+            x, neg, relu_m = self.lane_a_flags(m, lane_abs[j], lane_clr[j], p, name=f"a{j}")
+            # lanes outside the tensor are zeroed (the max tree needs it; pass 2 masks them at E)
+            m.d.sync += [sa.x[j].eq(Mux(keep[j], x, 0)), sa.neg[j].eq(neg), sa.relu[j].eq(relu_m)]
 
         # ---- pass 1: pipelined max tree over stage A, then the running max --------------------------
+        # Each tree level takes two stages: the compare (a carry chain) with both operands
+        # registered, then the select. The running max is kept as two maxima, one per cycle
+        # parity, so that each is updated at most every other cycle: a beat's compare against its
+        # maximum is registered, and the select writes it the next cycle (MAX1/MAX2 merge them).
         level = [sa.x[j].as_unsigned()[:aw] for j in range(lanes)]
         lvalid = va & sa.p1
         for d in range(self.tree_depth):
             nxt = []
             for k in range(0, len(level), 2):
                 r = Signal(aw, name=f"max_l{d}_{k // 2}")
+                a_r = Signal(aw, name=f"max_l{d}_{k // 2}_a")
+                m.d.sync += a_r.eq(level[k])
                 if k + 1 < len(level):
-                    m.d.sync += r.eq(Mux(level[k] > level[k + 1], level[k], level[k + 1]))
+                    b_r = Signal(aw, name=f"max_l{d}_{k // 2}_b")
+                    lt = Signal(name=f"max_l{d}_{k // 2}_lt")
+                    m.d.sync += [b_r.eq(level[k + 1]), lt.eq(_less(level[k], level[k + 1]))]
+                    m.d.sync += r.eq(Mux(lt, b_r, a_r))
                 else:
-                    m.d.sync += r.eq(level[k])
+                    m.d.sync += r.eq(a_r)
                 nxt.append(r)
-            rv = Signal(name=f"max_l{d}_valid")
-            m.d.sync += rv.eq(lvalid)
+            rv1, rv = Signal(name=f"max_l{d}_valid1"), Signal(name=f"max_l{d}_valid")
+            m.d.sync += [rv1.eq(lvalid), rv.eq(rv1)]
             level, lvalid = nxt, rv
-        with m.If(lvalid & (level[0] > running_max)):
-            m.d.sync += running_max.eq(level[0])
+        parity = Signal()
+        m.d.sync += parity.eq(~parity)
+        top_v, top_par, top = Signal(), Signal(), Signal(aw, name="max_top")
+        top_lt = [Signal(name="max_top_lt_even"), Signal(name="max_top_lt_odd")]
+        m.d.sync += [top_v.eq(lvalid), top_par.eq(parity), top.eq(level[0]),
+                     *(top_lt[e].eq(_less(run_max[e], level[0])) for e in range(2))]
+        for e in range(2):
+            with m.If(top_v & (top_par == e) & top_lt[e]):
+                m.d.sync += run_max[e].eq(top)
 
         # ---- stage B1 --------------------------------------------------------------------------------
         m.d.sync += [vb1.eq(va & ~sa.p1), sb1.neg.eq(sa.neg), sb1.relu.eq(sa.relu), sb1.keep.eq(sa.keep),
-                     sb1.info.eq(sa.info), sb1.amt.eq(sa.amt)]
+                     sb1.info.eq(sa.info)]
         for j in range(lanes):
-            y, sign, sticky, over = self.lane_b1(m, sa.x[j], sa.amt, sa.mask, sa.omask, name=f"b1_{j}")
+            y, sign, sticky, over = self.lane_b1(m, sa.x[j], amt_a[j], sa.mask, sa.omask, name=f"b1_{j}")
             m.d.sync += [sb1.y[j].eq(y), sb1.sign[j].eq(sign), sb1.sticky[j].eq(sticky), sb1.over[j].eq(over)]
 
         # ---- stage B2 --------------------------------------------------------------------------------
         m.d.sync += [vb2.eq(vb1), sb2.sticky.eq(sb1.sticky), sb2.over.eq(sb1.over), sb2.sign.eq(sb1.sign),
                      sb2.neg.eq(sb1.neg), sb2.relu.eq(sb1.relu), sb2.keep.eq(sb1.keep), sb2.info.eq(sb1.info)]
         for j in range(lanes):
-            z, guard = self.lane_b2(m, sb1.y[j], sb1.sign[j], sb1.amt, name=f"b2_{j}")
+            z, guard = self.lane_b2(m, sb1.y[j], sb1.sign[j], amt_b1[j], name=f"b2_{j}")
             m.d.sync += [sb2.z[j].eq(z), sb2.guard[j].eq(guard)]
 
         # ---- stage C ---------------------------------------------------------------------------------
         m.d.sync += [vc.eq(vb2), sc.neg.eq(sb2.neg), sc.relu.eq(sb2.relu), sc.keep.eq(sb2.keep),
                      sc.info.eq(sb2.info)]
         for j in range(lanes):
-            val, sat = self.lane_c(m, sb2.info.mode, sb2.z[j], sb2.guard[j], sb2.sticky[j], sb2.over[j],
+            val, sat = self.lane_c(m, mode_b2[j], sb2.z[j], sb2.guard[j], sb2.sticky[j], sb2.over[j],
                                    sb2.sign[j], name=f"c{j}")
             m.d.sync += [sc.v[j].eq(val), sc.sat[j].eq(sat)]
 
-        # ---- stage D: the SR adder with the lane's draw (popped from the draw FIFO here) ----------
+        # ---- stage D: the SR adder with the lane's draw (read from the draw FIFO at B2 → C) -------
         m.d.sync += [vd.eq(vc), sd.neg.eq(sc.neg), sd.relu.eq(sc.relu), sd.sat.eq(sc.sat),
                      sd.keep.eq(sc.keep), sd.info.eq(sc.info)]
         for j in range(lanes):
-            draw = Signal(b, name=f"draw{j}")
-            m.d.comb += draw.eq(draws.r_data[j * b:(j + 1) * b])
-            m.d.sync += [sd.mag[j].eq(self.lane_sr_mag(m, sc.v[j], draw, name=f"d{j}")),
+            m.d.sync += [sd.mag[j].eq(self.lane_sr_mag(m, sc.v[j], lane_draw[j], name=f"d{j}")),
                          sd.code[j].eq(sc.v[j][:self.out_width])]
 
         # ---- stage E: sign, keep/zero → written into the output FIFO (its entry is the output
         # register; o.valid is the FIFO's non-empty flag) ------------------------------------------
-        m.submodules.out_fifo = out_fifo = fifo.SyncFIFO(width=self.out_layout.size, depth=OUT_DEPTH)
+        # (LUT RAM written by stage E's valid bit with no full test, which out_cnt makes unneeded;
+        # free-wrapping pointers; a registered non-empty flag is o.valid)
+        m.submodules.out_ram = out_ram = Memory(shape=self.out_layout.size, depth=OUT_DEPTH, init=[])
+        owp, orp = out_ram.write_port(), out_ram.read_port(domain="comb")
+        o_wptr, o_rptr = Signal(range(OUT_DEPTH)), Signal(range(OUT_DEPTH))
+        o_level = Signal(range(OUT_DEPTH + 1))
+        o_nonempty = Signal()
         out = Signal(self.out_layout)
-        d_qg = sd.info.mode == Mode.QG
-        is_qa = sd.info.mode == Mode.QA
         for j in range(lanes):
             dw = self.lane_sign(m, sd.mag[j], sd.neg[j], name=f"e{j}")
-            code = Mux(d_qg, dw, sd.code[j])
+            code = Mux(mode_d[j] == Mode.QG, dw, sd.code[j])
+            is_qa = mode_d[j] == Mode.QA
             m.d.comb += [
-                out.data[j].eq(Mux(sd.keep[j] & ~sd.info.zero, code, 0)),
+                out.data[j].eq(Mux(sd.keep[j] & ~zero_d[j], code, 0)),
                 out.relu[j].eq(sd.keep[j] & sd.relu[j] & is_qa),
                 out.sat[j].eq(sd.keep[j] & sd.sat[j] & is_qa),
                 out.keep[j].eq(sd.keep[j]),
             ]
         m.d.comb += [out.last.eq(sd.info.last), out.zero.eq(sd.info.zero), out.exp.eq(sd.info.exp),
-                     out_fifo.w_data.eq(out), out_fifo.w_en.eq(vd),
-                     self.o.valid.eq(out_fifo.r_rdy), self.o.payload.eq(out_fifo.r_data),
-                     out_fifo.r_en.eq(self.o.ready)]
-        self._out_overflow = out_fifo.w_en & ~out_fifo.w_rdy      # test hook: never true
+                     owp.addr.eq(o_wptr), owp.data.eq(out), owp.en.eq(vd), orp.addr.eq(o_rptr),
+                     self.o.valid.eq(o_nonempty), self.o.payload.eq(orp.data)]
+        m.d.sync += [o_wptr.eq(o_wptr + vd), o_rptr.eq(o_rptr + out_rd), o_level.eq(_up_down(o_level, vd, out_rd)),
+                     o_nonempty.eq(vd | (o_level >= 2) | ((o_level == 1) & ~out_rd))]
+        self._out_overflow = vd & (o_level == OUT_DEPTH) & ~out_rd      # test hook: never true
         return m

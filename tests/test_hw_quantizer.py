@@ -225,7 +225,7 @@ def test_qa(aw, lanes):
     run_and_check(CFG, dut, jobs, seed)
 
 
-@pytest.mark.parametrize("aw,lanes", [(14, 4), (34, 2)])
+@pytest.mark.parametrize("aw,lanes", [(14, 4), (34, 2), (20, 8), (20, 5), (34, 1)])   # max trees of 2, 1, 3, 3, 0 levels
 def test_qe(aw, lanes):
     seed = seed_for(f"qe-{aw}-{lanes}")
     rng = np.random.default_rng(seed)
