@@ -21,13 +21,13 @@ any reset), and asserts:
    conditions hold for exactly one code, so they pin Wq down (for 2-8-8-8: T = sgn(Ws)·[|Ws| > 32]).
 3. **No output overflow** — the credit counter never lets a read word reach a full output FIFO
    (FIFO level + words in flight ≤ OUT_FIFO_DEPTH); the FIFO's level stays a thermometer code.
-4. **Read-after-write bubble** — an update or read word is never issued in the cycle right after
-   a write (update or load) to the same address (the issue register and the stage behind it never
-   hold such a pair): the compute stage has no forwarding path for the op just ahead, so this is
-   what makes every operation see every earlier write.
+4. **Update-after-write bubble** — an update is never issued in the cycle right after a write
+   (update or load) to the same address (the issue register and the stage behind it never hold
+   such a pair): the compute stage has no path forwarding the op just ahead into an update, so
+   this is what makes every update see every earlier write.
 
 :data:`MUTANTS` are deliberately broken designs (clip at w_clip + 1; the ternary tie rounding up;
-no read-after-write bubble)
+no update-after-write bubble)
 that must FAIL; ``tests/test_formal_weight_update.py`` checks both directions.
 """
 
@@ -81,8 +81,8 @@ def _mutant_tie_up(dut: WeightUpdate) -> None:
 
 
 def _mutant_no_bubble(dut: WeightUpdate) -> None:
-    """Issue an update or read word right behind a write to its address (no bubble)."""
-    dut._raw_bubble = False
+    """Issue an update right behind a write to its address (no bubble)."""
+    dut._update_bubble = False
 
 
 #: Broken designs that must FAIL: name -> (case, mutation applied before elaboration, the property
@@ -90,7 +90,7 @@ def _mutant_no_bubble(dut: WeightUpdate) -> None:
 MUTANTS = {
     "clip_plus_one": ("kW_d4_l2", _mutant_clip_plus_one, "range"),
     "tie_rounds_up": ("kW_d4_l2", _mutant_tie_up, "wq"),
-    "no_raw_bubble": ("kW_d4_l2", _mutant_no_bubble, "hazard"),
+    "no_update_bubble": ("kW_d4_l2", _mutant_no_bubble, "hazard"),
 }
 
 
@@ -152,11 +152,11 @@ class Harness(Elaboratable):
             ok = wq_rule(dut._rword[i], dut._serve_beat.wq[i], kW, kG)
             self._assert(m, "wq", ~dut._serve_push | ok, f"wq rule (served lane {i})")
 
-        # 4. no update or read word right behind a write to its address
+        # 4. no update right behind a write to its address
         v0, op0, _ = dut._issue_hooks
         v1, op1 = dut._s1_hooks
-        self._assert(m, "hazard", ~(v1 & (op1.kind <= 1) & v0 & (op0.kind != 1) & (op0.addr == op1.addr)),
-                     "no update or read issued right behind a write to its address")
+        self._assert(m, "hazard", ~(v1 & (op1.kind <= 1) & v0 & (op0.kind == 0) & (op0.addr == op1.addr)),
+                     "no update issued right behind a write to its address")
 
         # 3. output FIFOs never overflow
         for j, (occ, ovf, fill) in enumerate(zip(dut._occupancy, dut._fifo_overflow, dut._fifo_fill)):

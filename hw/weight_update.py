@@ -126,7 +126,7 @@ def dw_bound(config: WageConfig) -> int:
     return math.isqrt(1 << (2 * e + 1)) + 1 if e >= 0 else 1
 
 
-#: Copies of each per-lane select register (stage 2): one select per 256 bits is too slow a
+#: Copies of each per-lane select register (stages 2 and 3): one select per 256 bits is too slow a
 #: net on the ECP5, so each drives about lanes / _COPIES lanes.
 _COPIES = 12
 
@@ -195,13 +195,6 @@ class _OutFifo(Elaboratable):
         return m
 
 
-def _or(*values):
-    out = values[0]
-    for v in values[1:]:
-        out = out | v
-    return out
-
-
 def _check_positive(name, value):
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name}={value!r}: must be a positive integer")
@@ -243,7 +236,7 @@ class WeightUpdate(wiring.Component):
         self.dw_width = self.dw_max.bit_length() + 1
         self.addr_width = max(1, (depth - 1).bit_length())
         self._clip_limit = self.w_clip          # the formal mutation test raises this by one
-        self._raw_bubble = True                 # the formal mutation test turns the bubble off
+        self._update_bubble = True                 # the formal mutation test turns the bubble off
 
         word = data.ArrayLayout(signed(self.w_width), lanes)
         self.word_layout = word
@@ -364,8 +357,9 @@ class WeightUpdate(wiring.Component):
         s0, s1, s2, s3 = (Signal(op_layout, name=f"s{i}") for i in range(4))
         dw_word = data.ArrayLayout(signed(self.dw_width), lanes)
         s0_dw, s1_dw, s2_dw, s3_dw = (Signal(dw_word, reset_less=True, name=f"s{i}_dw") for i in range(4))
-        s0_w, s1_w = (Signal(self.word_layout, reset_less=True, name=f"s{i}_w") for i in range(2))
-        s2_wsat = Signal(self.word_layout, reset_less=True)
+        s0_w = Signal(self.word_layout, reset_less=True)
+        s1_wsat = Signal(self.word_layout, reset_less=True)     # the load's word, saturated
+        s2_fwd = Signal(self.word_layout, reset_less=True)      # forwarded word chosen in stage 1
         s3_pre = Signal(self.word_layout, reset_less=True)   # old word unless the op just ahead wrote it
         # clip bounds moved to the ΔWs side early, so that the compute stage runs the subtraction
         # and both range tests in parallel: old − dw > lim ⇔ old > lim + dw, and old − dw < −lim ⇔
@@ -406,144 +400,160 @@ class WeightUpdate(wiring.Component):
             # them all. The test is registered (the level read one cycle late, when it can have
             # grown by at most one word, hence the threshold one lower), so the issue logic starts
             # from a flip-flop rather than from the FIFO's level counter.
-            credit = Signal(name=f"seq{kind}_credit")
-            m.d.sync += credit.eq(fifo_.below(OUT_FIFO_DEPTH - _STAGES - 1))
-            # the issue register holds a write (update or load) to the address this sequencer
-            # presents now: its word waits one cycle (read-after-write bubble, see stage 0)
-            hazard = Signal(name=f"seq{kind}_hazard")
-            sequencers[kind] = (cmd, active, addr, left, last, active & credit, hazard)
+            # The request (active, and the FIFO had room one cycle before) is itself a register,
+            # loaded from the next value of ``active``, so the arbiter starts from flip-flops only.
+            request = Signal(name=f"seq{kind}_request")
+            active_next = Signal(name=f"seq{kind}_active_next")
+            m.d.sync += [active.eq(active_next),
+                         request.eq(active_next & fifo_.below(OUT_FIFO_DEPTH - _STAGES - 1))]
+            sequencers[kind] = (cmd, active, addr, left, last, request, active_next)
             self._fifo_overflow.append(fifo_.w_en & ~fifo_.w_rdy)
             self._fifo_fill.append(fifo_.fill)
             self._occupancy.append(fifo_.level + inflight)
 
-        # ---- stage 0: round-robin issue ------------------------------------------------------
-        req = Signal(4)
-        m.d.comb += req.eq(Cat(self.update.valid, self.load.valid,
-                               sequencers[_SERVE][5], sequencers[_READBACK][5]))
-        grant = Signal(4)
-        prev = Signal(2)                        # last granted requester
-        with m.Switch(prev):
-            for p in range(4):
-                with m.Case(p):
-                    order = [(p + 1 + i) % 4 for i in range(4)]
-                    with m.If(req[order[0]]):
-                        m.d.comb += grant.eq(1 << order[0])
-                    for o in order[1:]:
-                        with m.Elif(req[o]):
-                            m.d.comb += grant.eq(1 << o)
-
-        # Read-after-write bubble: an update or a read word is never issued right behind a write
-        # (update or load) to the same address, so the op just ahead never has to be forwarded
-        # into the compute stage (see the module docstring). Such a grant is cancelled ("kill"):
-        # that cycle issues nothing and the round-robin pointer stays, so the op keeps its turn
-        # and is normally granted in the next cycle, when the issue register holds the bubble.
-        # For the update stream the test is combinational on its payload (the address is new in
-        # every beat); for the sequencers it is a register (seq_hazard) computed one cycle ahead
-        # from the write being issued and the address the sequencer will present, so the grant
-        # and kill logic grows by one flip-flop input rather than by an address comparator.
-        s0_write = Signal()                     # the issue register holds a write
-        m.d.comb += s0_write.eq(s0_valid & ((s0.kind == _UPDATE) | (s0.kind == _LOAD)))
-        upd_hazard, kill = Signal(), Signal()
-        m.d.comb += [upd_hazard.eq(s0_write & (self.update.payload.addr == s0.addr)),
-                     kill.eq(self._raw_bubble & (
-                         (grant[_UPDATE] & upd_hazard) | (grant[_SERVE] & sequencers[_SERVE][6])
-                         | (grant[_READBACK] & sequencers[_READBACK][6])))]
-        # test and formal hooks: the issue register, a cancelled grant, the op one stage further on
-        self._issue_hooks = (s0_valid, s0, kill)
-        self._s1_hooks = (s1_valid, s1)
-        with m.If(req.any() & ~kill):
-            for o in range(4):
-                with m.If(grant[o]):
-                    m.d.sync += prev.eq(o)
-        issue = Signal(op_layout)
-        m.d.comb += [
-            self.update.ready.eq(grant[_UPDATE] & ~(upd_hazard & self._raw_bubble)),
-            self.load.ready.eq(grant[_LOAD]),
-        ]
-        # the grant is one-hot (or zero), so the issued fields are an AND-OR over the requesters
-        # rather than a priority chain of muxes
-        sources = {_UPDATE: (self.update.payload.addr, 0), _LOAD: (self.load.payload.addr, 0),
-                   **{k: (sequencers[k][2], sequencers[k][4]) for k in (_SERVE, _READBACK)}}
-        m.d.comb += [
-            issue.kind.eq(Cat(grant[_LOAD] | grant[_READBACK], grant[_SERVE] | grant[_READBACK])),
-            issue.addr.eq(_or(*(Mux(grant[k], a, 0) for k, (a, _) in sources.items()))),
-            issue.last.eq(_or(*(grant[k] & l for k, (_, l) in sources.items() if k in (_SERVE, _READBACK)))),
-        ]
-        for kind in (_SERVE, _READBACK):
-            cmd, active, addr, left, last, _, hazard = sequencers[kind]
-            # next cycle's issue register holds a write iff one is issued now; the sequencer is
-            # then not granted, so it presents its current address, or a new command's start
-            start_next = cmd.valid & ~active
-            m.d.sync += hazard.eq(
-                (grant[_UPDATE] & ~upd_hazard
-                 & Mux(start_next, self.update.payload.addr == cmd.payload.start,
-                       self.update.payload.addr == addr))
-                | (grant[_LOAD] & Mux(start_next, self.load.payload.addr == cmd.payload.start,
-                                      self.load.payload.addr == addr)))
-            go = grant[kind] & ~(hazard & self._raw_bubble)
-            with m.If(go):
-                m.d.sync += [addr.eq(next_addr(addr)), left.eq(left - 1), last.eq(left == 2)]
-                with m.If(last):
-                    m.d.sync += active.eq(0)
-            m.d.comb += cmd.ready.eq(~active | (go & last))
-            with m.If(cmd.valid & cmd.ready):
-                m.d.sync += [active.eq(cmd.payload.count != 0), addr.eq(cmd.payload.start),
-                             left.eq(cmd.payload.count), last.eq(cmd.payload.count == 1)]
-        m.d.comb += issue.in_range.eq(in_range(issue.addr))
-        m.d.sync += [s0_valid.eq(grant.any() & ~kill), s0.eq(issue),
-                     s0_dw.eq(self.update.payload.dw), s0_w.eq(self.load.payload.w)]
-
-        # ---- stage 0: registered issue drives the RAM address --------------------------------
-        m.d.comb += r_addr.eq(s0.addr)
-        m.d.sync += [s1_valid.eq(s0_valid), s1.eq(s0), s1_dw.eq(s0_dw), s1_w.eq(s0_w)]
-
-        # ---- stage 1: RAM read; precompute the forwarding matches for stage 2 ----------------
         def is_write(kind):
             return (kind == _UPDATE) | (kind == _LOAD)
 
         def wen(valid, op):
             return valid & is_write(op.kind) & op.in_range
 
-        # the 1-bit selects of stage 2 each drive a bit of every lane; they are registered
+        # ---- stage 0: round-robin issue ------------------------------------------------------
+        req = Signal(4)
+        m.d.comb += req.eq(Cat(self.update.valid, self.load.valid,
+                               sequencers[_SERVE][5], sequencers[_READBACK][5]))
+        # The winner is computed as an index (sel, which is also the issued op's kind) plus
+        # "any request": the issued address is then one 4:1 mux per bit (a LUT6) behind it, not an
+        # AND-OR over one-hot grants.
+        sel = Signal(2)
+        any_req = Signal()
+        prev = Signal(2)                        # last granted requester
+        m.d.comb += any_req.eq(req.any())
+        with m.Switch(prev):
+            for p in range(4):
+                with m.Case(p):
+                    order = [(p + 1 + i) % 4 for i in range(4)]
+                    with m.If(req[order[0]]):
+                        m.d.comb += sel.eq(order[0])
+                    for o in order[1:-1]:
+                        with m.Elif(req[o]):
+                            m.d.comb += sel.eq(o)
+                    with m.Else():
+                        m.d.comb += sel.eq(order[-1])
+        grant = Signal(4)
+        m.d.comb += [grant[k].eq(any_req & (sel == k)) for k in range(4)]
+
+        # Update-after-write bubble: an update is never issued right behind a write (update or
+        # load) to the same address, so the compute stage has no arithmetic on a loop (see the
+        # module docstring; reads right behind a write are forwarded in the compute stage). The
+        # test is combinational on the update's payload (the address is new in every beat) and
+        # cancels the grant ("kill"): that cycle issues nothing, and the round-robin pointer stays,
+        # so the update keeps its turn and is granted in the next cycle (the issue register then
+        # holds the bubble) unless a requester ahead of it in the round-robin order arrived.
+        s0_write = Signal()                     # the issue register holds a write
+        m.d.comb += s0_write.eq(s0_valid & ((s0.kind == _UPDATE) | (s0.kind == _LOAD)))
+        upd_hazard, kill = Signal(), Signal()
+        m.d.comb += [upd_hazard.eq(s0_write & (self.update.payload.addr == s0.addr)),
+                     kill.eq(self._update_bubble & grant[_UPDATE] & upd_hazard)]
+        # test and formal hooks: the issue register, a cancelled grant, the op one stage further on
+        self._issue_hooks = (s0_valid, s0, kill)
+        self._s1_hooks = (s1_valid, s1)
+        with m.If(any_req & ~kill):
+            m.d.sync += prev.eq(sel)
+        issue = Signal(op_layout)
+        m.d.comb += [
+            self.update.ready.eq(grant[_UPDATE] & ~(upd_hazard & self._update_bubble)),
+            self.load.ready.eq(grant[_LOAD]),
+        ]
+        # the issued fields are 4:1 muxes on the winner's index (don't care when nothing is issued)
+        addrs = [self.update.payload.addr, self.load.payload.addr, sequencers[_SERVE][2], sequencers[_READBACK][2]]
+        m.d.comb += [
+            issue.kind.eq(sel),
+            issue.addr.eq(Mux(sel[1], Mux(sel[0], addrs[3], addrs[2]), Mux(sel[0], addrs[1], addrs[0]))),
+            issue.last.eq(sel[1] & Mux(sel[0], sequencers[_READBACK][4], sequencers[_SERVE][4])),
+        ]
+        for kind in (_SERVE, _READBACK):
+            cmd, active, addr, left, last, _, active_next = sequencers[kind]
+            m.d.comb += active_next.eq(active)
+            with m.If(grant[kind]):
+                m.d.sync += [addr.eq(next_addr(addr)), left.eq(left - 1), last.eq(left == 2)]
+                with m.If(last):
+                    m.d.comb += active_next.eq(0)
+            m.d.comb += cmd.ready.eq(~active | (grant[kind] & last))
+            with m.If(cmd.valid & cmd.ready):
+                m.d.comb += active_next.eq(cmd.payload.count != 0)
+                m.d.sync += [addr.eq(cmd.payload.start),
+                             left.eq(cmd.payload.count), last.eq(cmd.payload.count == 1)]
+        m.d.comb += issue.in_range.eq(in_range(issue.addr))
+        # Every candidate address (one per requester) compared with the ops that will be three and
+        # four ahead of the issued one when it reaches stage 1 (now in stages 2 and 3), and with
+        # whether those write: registered per candidate, in parallel with the arbitration; in
+        # stage 0 the issued op's kind (= the winner's index) then takes its results (see stage 1).
+        hits = {}
+        for k, (other, writes) in (("m5", (s2.addr, wen(s2_valid, s2))), ("m6", (s3.addr, wen(s3_valid, s3)))):
+            hits[k] = [Signal(name=f"hit_{k}_{j}", reset_less=True) for j in range(4)]
+            m.d.sync += [h.eq(writes & (a == other)) for h, a in zip(hits[k], addrs)]
+        m.d.sync += [s0_valid.eq(any_req & ~kill), s0.eq(issue),
+                     s0_dw.eq(self.update.payload.dw), s0_w.eq(self.load.payload.w)]
+
+        # ---- stage 0: registered issue drives the RAM address --------------------------------
+        m.d.comb += r_addr.eq(s0.addr)
+        m.d.sync += [s1_valid.eq(s0_valid), s1.eq(s0), s1_dw.eq(s0_dw),
+                     [s1_wsat[i].eq(self._clip(s0_w[i])) for i in range(lanes)]]
+
+        # ---- stage 1: RAM read; precompute the forwarding matches for stage 2 ----------------
+        # the 1-bit selects of stages 1 to 3 each drive a bit of every lane; they are registered
         # in several copies, one per group of neighbouring lanes (see _copies)
         n = min(_COPIES, lanes)
         group = [i * n // lanes for i in range(lanes)]
-        # stage 2's selects: a load (its saturated value replaces the old word), else the op two,
-        # three or four ahead when it wrote this address (found then in stages 4, 5 and 6)
-        # The address comparisons are registered one stage earlier still (every stage register
-        # below moves on every cycle, so "s3.addr == s1.addr" now is "s2.addr == s0.addr" a cycle
-        # ago), so the select copies load from one LUT rather than from a comparator tree.
-        eq = {k: Signal(name=f"addr_eq_{k}", reset_less=True) for k in ("m4", "m5", "m6")}
-        m.d.sync += [eq["m4"].eq(s2.addr == s0.addr), eq["m5"].eq(s3.addr == s0.addr),
-                     eq["m6"].eq(s4_addr == s0.addr)]
-        s2_load = _copies(m, "s2_load", s1.kind == _LOAD, n)
-        s2_m4 = _copies(m, "s2_m4", wen(s3_valid, s3) & eq["m4"], n)    # s3.addr == s1.addr
-        s2_m5 = _copies(m, "s2_m5", s4_wen & eq["m5"], n)               # s4_addr == s1.addr
-        s2_m6 = _copies(m, "s2_m6", h5_wen & eq["m6"], n)               # h5_addr == s1.addr
-        s2_upd = _copies(m, "s2_upd", s1.kind == _UPDATE, n)
-        # an out-of-range op enters stage 3 as the zero word (what a read of it returns; its write
-        # is dropped), so the output path needs no range select on its 256-bit fan-out
         full = depth == 1 << aw
-        s2_oor = None if full else _copies(m, "s2_oor", ~s1.in_range, n)
+        # The old word is chosen in two steps, so that the RAM's late output meets a single small
+        # select. Stage 1 picks, from registers, what replaces the RAM word when the op two ahead
+        # did not write this address: zero for an out-of-range op (what a read of it returns; its
+        # write is dropped), a load's saturated word, or the op three or four ahead when it wrote
+        # this address (found in stage 4 and the write-back history then: s4_word, h5_word).
+        # Stage 2 then takes the op two ahead (in stage 4 then: s4_word), else stage 1's pick, else
+        # the RAM word. Every select is registered one stage before it is used, from address
+        # comparisons registered one stage earlier still (every stage register moves on every
+        # cycle, so "s4_addr == s1.addr" is "s3.addr == s0.addr" a cycle before).
+        s1_oor = None if full else _copies(m, "s1_oor", ~s0.in_range, n)
+        s1_load = _copies(m, "s1_load", s0.kind == _LOAD, n)
+        m5, m6 = (Signal(name=f"s0_{k}") for k in ("m5", "m6"))    # s3, s4 wrote s0.addr
+        for sig, k in ((m5, "m5"), (m6, "m6")):
+            h = hits[k]
+            m.d.comb += sig.eq(Mux(s0.kind[1], Mux(s0.kind[0], h[3], h[2]), Mux(s0.kind[0], h[1], h[0])))
+        s1_m5 = _copies(m, "s1_m5", m5, n)                  # in stage 4 (s4_word) when this op is in 1
+        s1_m6 = _copies(m, "s1_m6", m6, n)                  # in the write-back history (h5_word) then
+        s1_other = Signal(name="s1_other", reset_less=True)     # stage 1 picks a word
+        m.d.sync += s1_other.eq((s0.kind == _LOAD) | m5 | m6 | (0 if full else ~s0.in_range))
+        eq = {k: Signal(name=f"addr_eq_{k}", reset_less=True) for k in ("m4", "fwd")}
+        m.d.sync += [eq["m4"].eq(s2.addr == s0.addr), eq["fwd"].eq(s2.addr == s1.addr)]
+        # the op two ahead (in stage 3 now) wrote this address and this op is not a load (an
+        # out-of-range op never matches a write, which is in range)
+        s2_m4 = _copies(m, "s2_m4", wen(s3_valid, s3) & eq["m4"] & (s1.kind != _LOAD), n)
+        s2_other = _copies(m, "s2_other", s1_other, n)
+        s2_upd = _copies(m, "s2_upd", s1.kind == _UPDATE, n)
+        for i in range(lanes):
+            g = group[i]
+            pick = Mux(s1_load[g], s1_wsat[i], Mux(s1_m5[g], s4_word[i], h5_word[i]))
+            if not full:
+                pick = Mux(s1_oor[g], 0, pick)
+            m.d.sync += s2_fwd[i].eq(pick)
         m.d.sync += [
             s2_valid.eq(s1_valid), s2.eq(s1), s2_dw.eq(s1_dw),
             [s2_hi[i].eq(self._clip_limit + s1_dw[i]) for i in range(lanes)],
             [s2_lo[i].eq(s1_dw[i] - self._clip_limit) for i in range(lanes)],
-            [s2_wsat[i].eq(self._clip(s1_w[i])) for i in range(lanes)],
         ]
 
         # ---- stage 2: forward older write-backs ----------------------------------------------
-        # (the op just ahead, in stage 3 now, never wrote this address unless this op is a load:
-        # the issue logic leaves a bubble between them, see stage 0)
+        # The op just ahead (in stage 3 now) wrote this address: for a read, stage 3 returns its
+        # result (s4_word then) instead; an update is never right behind a write to its address
+        # (the bubble of stage 0), and a load does not need the old word.
+        s3_rfwd = _copies(m, "s3_rfwd", wen(s3_valid, s3) & eq["fwd"] & s2.kind[1], n)   # s3.addr == s2.addr
         thr_max, thr_min = (1 << (thr_shape.width - 1)) - 1, -(1 << (thr_shape.width - 1))
         for i in range(lanes):
             g = group[i]
-            pre = Mux(s2_load[g], s2_wsat[i], Mux(s2_m4[g], s4_word[i], Mux(s2_m5[g], h5_word[i],
-                      Mux(s2_m6[g], h6_word[i], s2_rdata[i]))))
-            if not full:
-                pre = Mux(s2_oor[g], 0, pre)
             m.d.sync += [
-                s3_pre[i].eq(pre),
+                s3_pre[i].eq(Mux(s2_m4[g], s4_word[i], Mux(s2_other[g], s2_fwd[i], s2_rdata[i]))),
                 s3_dw[i].eq(Mux(s2_upd[g], s2_dw[i], 0)),
                 s3_hi[i].eq(Mux(s2_upd[g], s2_hi[i], thr_max)),
                 s3_lo[i].eq(Mux(s2_upd[g], s2_lo[i], thr_min)),
@@ -551,9 +561,10 @@ class WeightUpdate(wiring.Component):
         m.d.sync += [s3_valid.eq(s2_valid), s3.eq(s2)]
 
         # ---- stage 3: update (reads and loads pass through: dw = 0, no clip) ------------------
-        # No loop through this stage (an update never follows a write to its address directly):
-        # the subtraction and both range tests in parallel on registered operands, then one LUT
-        # per bit (the clip select).
+        # No arithmetic on a loop (an update never follows a write to its address directly): the
+        # subtraction and both range tests in parallel on registered operands, then one small
+        # function per bit, the clip select and, for a read right behind a write to its address,
+        # the select of that write's result (s4_word: the only loop, one select).
         lim = self._clip_limit
         new = Signal(self.word_layout)
         for i in range(lanes):
@@ -566,7 +577,7 @@ class WeightUpdate(wiring.Component):
                 gt.eq((s3_hi[i] - old).as_signed() < 0),
                 lt.eq((old - s3_lo[i]).as_signed() < 0),
                 diff.eq(old - s3_dw[i]),
-                new[i].eq(Mux(gt, lim, Mux(lt, -lim, diff))),
+                new[i].eq(Mux(s3_rfwd[group[i]], s4_word[i], Mux(gt, lim, Mux(lt, -lim, diff)))),
             ]
         m.d.sync += [
             # the FIFO pushes as registers of their own (they drive every LUT-RAM write enable)
