@@ -281,10 +281,13 @@ class WeightUpdate(wiring.Component):
         return [[int(v) for v in row] for row in arr]
 
     # ---- arithmetic (one definition each; the formal harness checks them against the spec) --------
-    def _clip(self, value):
-        """clip(value, ±w_clip), as a kG-bit signed value."""
+    def _clip(self, value, above=None, below=None):
+        """clip(value, ±w_clip), as a kG-bit signed value; ``above``/``below``: value > w_clip and
+        value < −w_clip when already computed (registered earlier)."""
         lim = self._clip_limit
-        return Mux(value > lim, lim, Mux(value < -lim, -lim, value))[:self.w_width].as_signed()
+        above = value > lim if above is None else above
+        below = value < -lim if below is None else below
+        return Mux(above, lim, Mux(below, -lim, value))[:self.w_width].as_signed()
 
     def _forward_code(self, ws):
         """Wq = clip(RNE(Ws / 2^(kG−kW)), ±(2^(kW−1)−1)) for one kG-bit signed Ws (golden forward_weights)."""
@@ -358,18 +361,29 @@ class WeightUpdate(wiring.Component):
         dw_word = data.ArrayLayout(signed(self.dw_width), lanes)
         s0_dw, s1_dw, s2_dw, s3_dw = (Signal(dw_word, reset_less=True, name=f"s{i}_dw") for i in range(4))
         s0_w = Signal(self.word_layout, reset_less=True)
+        # the load's range tests, done at issue on the incoming word: w > lim, w < −lim
+        s0_w_hi, s0_w_lo = (Signal(lanes, reset_less=True, name=n) for n in ("s0_w_hi", "s0_w_lo"))
         s1_wsat = Signal(self.word_layout, reset_less=True)     # the load's word, saturated
         s2_fwd = Signal(self.word_layout, reset_less=True)      # forwarded word chosen in stage 1
         s3_pre = Signal(self.word_layout, reset_less=True)   # old word unless the op just ahead wrote it
-        # clip bounds moved to the ΔWs side early, so that the compute stage runs the subtraction
-        # and both range tests in parallel: old − dw > lim ⇔ old > lim + dw, and old − dw < −lim ⇔
-        # old < dw − lim. Reads and loads get dw = 0 and bounds outside any word instead, so the
-        # compute stage needs no kind select (a load enters it as its saturated value in place of
-        # the old word).
+        # One-sided clip with the bound moved to the ΔWs side early, so that the compute stage runs
+        # the subtraction and the range test in parallel. The old word always lies in ±w_clip (the
+        # stored-range invariant, proved in formal/weight_update_formal.py: every write is a clip
+        # or a saturated load), so old − dw can only leave the range on the side dw moves it to:
+        # for dw ≥ 0 it clips to −lim iff old − dw < −lim ⇔ old − t < 0 with t = dw − lim; for
+        # dw < 0 to +lim iff old − dw > lim ⇔ old − t ≥ 0 with t = lim + dw + 1. So one carry chain
+        # (the sign of old − t, inverted when dw < 0) decides, and the clip value follows from
+        # dw's sign. Reads and loads get dw = 0 and t below any word instead (never clipped), so
+        # the compute stage needs no kind select (a load enters it as its saturated value in
+        # place of the old word).
         thr_shape = signed(max(self.dw_width, self.w_width) + 2)
         thr = data.ArrayLayout(thr_shape, lanes)
-        s2_hi, s2_lo, s3_hi, s3_lo = (Signal(thr, reset_less=True, name=n)
-                                      for n in ("s2_hi", "s2_lo", "s3_hi", "s3_lo"))
+        s2_t, s3_t = (Signal(thr, reset_less=True, name=n) for n in ("s2_t", "s3_t"))
+        s2_neg, s3_neg = (Signal(lanes, reset_less=True, name=n) for n in ("s2_neg", "s3_neg"))
+        # the clip value ±lim of an update, as a register (for other ops any data: never used).
+        # Not a constant in the compute stage, so that synthesis cannot turn the clip into the
+        # write-back register's synchronous set/reset (LSR: a slower input, behind one more LUT).
+        s3_bound = Signal(self.word_layout, reset_less=True)
         s4_kind = Signal(2)
         s4_push_serve, s4_push_rb = Signal(), Signal()
         # second copies for the FIFOs' fill bits (kept apart from the write-enable copies)
@@ -493,12 +507,14 @@ class WeightUpdate(wiring.Component):
             hits[k] = [Signal(name=f"hit_{k}_{j}", reset_less=True) for j in range(4)]
             m.d.sync += [h.eq(writes & (a == other)) for h, a in zip(hits[k], addrs)]
         m.d.sync += [s0_valid.eq(any_req & ~kill), s0.eq(issue),
-                     s0_dw.eq(self.update.payload.dw), s0_w.eq(self.load.payload.w)]
+                     s0_dw.eq(self.update.payload.dw), s0_w.eq(self.load.payload.w),
+                     [s0_w_hi[i].eq(self.load.payload.w[i] > self._clip_limit) for i in range(lanes)],
+                     [s0_w_lo[i].eq(self.load.payload.w[i] < -self._clip_limit) for i in range(lanes)]]
 
         # ---- stage 0: registered issue drives the RAM address --------------------------------
         m.d.comb += r_addr.eq(s0.addr)
         m.d.sync += [s1_valid.eq(s0_valid), s1.eq(s0), s1_dw.eq(s0_dw),
-                     [s1_wsat[i].eq(self._clip(s0_w[i])) for i in range(lanes)]]
+                     [s1_wsat[i].eq(self._clip(s0_w[i], s0_w_hi[i], s0_w_lo[i])) for i in range(lanes)]]
 
         # ---- stage 1: RAM read; precompute the forwarding matches for stage 2 ----------------
         # the 1-bit selects of stages 1 to 3 each drive a bit of every lane; they are registered
@@ -540,8 +556,9 @@ class WeightUpdate(wiring.Component):
             m.d.sync += s2_fwd[i].eq(pick)
         m.d.sync += [
             s2_valid.eq(s1_valid), s2.eq(s1), s2_dw.eq(s1_dw),
-            [s2_hi[i].eq(self._clip_limit + s1_dw[i]) for i in range(lanes)],
-            [s2_lo[i].eq(s1_dw[i] - self._clip_limit) for i in range(lanes)],
+            [s2_t[i].eq(Mux(s1_dw[i] < 0, self._clip_limit + s1_dw[i] + 1, s1_dw[i] - self._clip_limit))
+             for i in range(lanes)],
+            [s2_neg[i].eq(s1_dw[i] < 0) for i in range(lanes)],
         ]
 
         # ---- stage 2: forward older write-backs ----------------------------------------------
@@ -549,35 +566,35 @@ class WeightUpdate(wiring.Component):
         # result (s4_word then) instead; an update is never right behind a write to its address
         # (the bubble of stage 0), and a load does not need the old word.
         s3_rfwd = _copies(m, "s3_rfwd", wen(s3_valid, s3) & eq["fwd"] & s2.kind[1], n)   # s3.addr == s2.addr
-        thr_max, thr_min = (1 << (thr_shape.width - 1)) - 1, -(1 << (thr_shape.width - 1))
+        thr_min = -(1 << (thr_shape.width - 1))
         for i in range(lanes):
             g = group[i]
             m.d.sync += [
                 s3_pre[i].eq(Mux(s2_m4[g], s4_word[i], Mux(s2_other[g], s2_fwd[i], s2_rdata[i]))),
                 s3_dw[i].eq(Mux(s2_upd[g], s2_dw[i], 0)),
-                s3_hi[i].eq(Mux(s2_upd[g], s2_hi[i], thr_max)),
-                s3_lo[i].eq(Mux(s2_upd[g], s2_lo[i], thr_min)),
+                s3_t[i].eq(Mux(s2_upd[g], s2_t[i], thr_min)),
+                s3_neg[i].eq(s2_upd[g] & s2_neg[i]),
+                s3_bound[i].eq(Mux(s2_upd[g], Mux(s2_neg[i], self._clip_limit, -self._clip_limit), s2_fwd[i])),
             ]
         m.d.sync += [s3_valid.eq(s2_valid), s3.eq(s2)]
 
         # ---- stage 3: update (reads and loads pass through: dw = 0, no clip) ------------------
         # No arithmetic on a loop (an update never follows a write to its address directly): the
-        # subtraction and both range tests in parallel on registered operands, then one small
+        # subtraction and the range test in parallel on registered operands, then one small
         # function per bit, the clip select and, for a read right behind a write to its address,
         # the select of that write's result (s4_word: the only loop, one select).
         lim = self._clip_limit
         new = Signal(self.word_layout)
         for i in range(lanes):
             old = s3_pre[i]
-            # three independent carry chains on the same operand: old − hi < 0 ⇔ clip high,
-            # lo − old > 0 ⇔ clip low, old − dw
-            gt, lt = Signal(name=f"s3_gt{i}"), Signal(name=f"s3_lt{i}")
+            # two independent carry chains on the same operand: the range test and old − dw
+            clip = Signal(name=f"s3_clip{i}")
             diff = Signal(signed(self.w_width), name=f"s3_diff{i}")
             m.d.comb += [
-                gt.eq((s3_hi[i] - old).as_signed() < 0),
-                lt.eq((old - s3_lo[i]).as_signed() < 0),
+                clip.eq(((old - s3_t[i]).as_signed() < 0) ^ s3_neg[i]),
                 diff.eq(old - s3_dw[i]),
-                new[i].eq(Mux(s3_rfwd[group[i]], s4_word[i], Mux(gt, lim, Mux(lt, -lim, diff)))),
+                new[i].eq(Mux(s3_rfwd[group[i]], s4_word[i],
+                              Mux(clip, s3_bound[i], diff))),
             ]
         m.d.sync += [
             # the FIFO pushes as registers of their own (they drive every LUT-RAM write enable)
