@@ -18,7 +18,7 @@ def test_mlp_program_and_memory_map():
     assert ops == [(Op.FWD, 0), (Op.FWD, 1), (Op.LOSS, 1), (Op.ERR, 1), (Op.GRAD, 1), (Op.GRAD, 0), (Op.END, 0)]
     assert program.inputs.words == 16 * 49
     assert [w.words for w in program.weights] == [256 * 49, 10 * 16]
-    assert program.usage["weights"] == (256 * 49 + 160, 1 << 15)
+    assert program.usage["weights"] == (256 * 49 + 160, 16384)
     regions = sorted([(m.base, m.end) for m in [program.inputs, *program.activations]])
     assert all(a[1] <= b[0] for a, b in zip(regions, regions[1:]))        # no overlap
 

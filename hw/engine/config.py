@@ -48,8 +48,8 @@ class EngineConfig:
     """
     wage: WageConfig
     lanes: int = 16
-    data_words: int = 1 << 15
-    weight_words: int = 1 << 15
+    data_words: int = 4096
+    weight_words: int = 16384
     label_words: int = 256
     target: str = "generic"
 
@@ -61,8 +61,9 @@ class EngineConfig:
             raise EngineConfigError(f"lanes={lanes}: must be a power of two")
         # A power of two ≥ 4 is a multiple of the 2 or 4 draws one hash yields (draw_lanes).
         assert lanes % draw_lanes(self.wage.sr_bits) == 0
-        _positive_int("data_words", self.data_words, 1, 1 << 24)
-        _positive_int("weight_words", self.weight_words, 1, 1 << 24)
+        # One block-RAM bank each (a DP16KD column holds at most 16384 words; banking is not built).
+        _positive_int("data_words", self.data_words, 1, 16384)
+        _positive_int("weight_words", self.weight_words, 1, 16384)
         _positive_int("label_words", self.label_words, 1, 1 << 20)
         if self.target not in TARGETS:
             raise EngineConfigError(f"target={self.target!r}: must be one of {', '.join(TARGETS)}")
@@ -70,6 +71,16 @@ class EngineConfig:
     @property
     def batch(self) -> int:
         return self.wage.batch_size
+
+    @property
+    def max_reduction(self) -> int:
+        """Longest tile reduction of any product: forward ⌈fan-in/L⌉·L, error ⌈O/L⌉·L, gradient the
+        batch (the array's accumulators are sized from it)."""
+        L = self.lanes
+        k = self.batch
+        for layer in self.wage.layers:
+            k = max(k, -(-layer.fan_in // L) * L, -(-layer.out_channels // L) * L)
+        return k
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)

@@ -1,0 +1,586 @@
+"""The training engine: scratchpads, array, quantiser, weight store, sequencer and host port.
+
+:class:`Engine` executes the programs of :mod:`hw.engine.compiler` and speaks the packet format of
+:mod:`hw.engine.protocol` on ``host_in``/``host_out`` (32-bit streams, ``last`` ends a packet).
+
+Blocks (``L`` = ``config.lanes``)
+
+* activation scratchpad — :class:`hw.bram.BlockRam` of ``data_words`` words {L × int8, L ReLU-mask
+  bits, L saturation-mask bits}; error scratchpad — ``data_words`` words of L × int8;
+* weight store — :class:`hw.weight_update.WeightUpdate` (``weight_words`` words of L stored weights;
+  serves Wq, applies ΔW);
+* :class:`hw.mac_array.MacArray` L×L int8 (``config.target``: MULT18X18D on ECP5), accumulators
+  sized from ``config.max_reduction``; :class:`hw.quantizer.ShiftQuantizer` with L lanes;
+* operand feeders A and B and the auxiliary reader (:mod:`hw.engine.feeder`), the result address
+  generator (:mod:`hw.engine.addrgen`); labels and the program in small memories.
+
+One finite-state machine parses host packets and, for ``RUN``, sequences the program: for each
+instruction it loads the patterns into the generators and the command into the quantiser (pass 1),
+for the two-pass operations loads the patterns again (pass 2; streams keep the order, so pass 2
+queues behind pass 1), and waits until the result generator's last row has been written. Memory
+ports are routed by the running operation:
+
+==========  ======================  ======================  ===================  ====================
+operation   feeder A                feeder B                auxiliary reader     results to
+==========  ======================  ======================  ===================  ====================
+FWD         act, transposed         weights (Wq), transp.   —                    act (A, masks)
+LOSS        —                       —                       act (A_out, sat)      err (× sat)
+ERR         err, transposed         weights (Wq), direct    act (producer masks)  err (× relu)
+GRAD        err, direct             act, direct             draw indices          weight updates
+==========  ======================  ======================  ===================  ====================
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.bram import BlockRam
+from hw.mac_array import MacArray
+from hw.quantizer import Mode, ShiftQuantizer
+from hw.weight_update import WeightUpdate
+
+from .addrgen import AddressGenerator
+from .config import EngineConfig
+from .feeder import OperandFeeder, PatternReader, RamReader
+from .isa import ADDR_BITS, INSTRUCTION_BITS, Op, instruction_layout
+from .protocol import ARGUMENTS, COUNTERS, LABEL_BITS, Command, Status, Target, item_bits
+
+__all__ = ["Engine", "PROGRAM_DEPTH", "host_layout"]
+
+PROGRAM_DEPTH = 64
+#: Status of a RUN whose program holds an unknown opcode or runs off the program memory.
+BAD_INSTRUCTION = 6
+
+
+def host_layout() -> data.StructLayout:
+    return data.StructLayout({"data": 32, "last": 1})
+
+
+class Engine(wiring.Component):
+    def __init__(self, config: EngineConfig):
+        if not isinstance(config, EngineConfig):
+            self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
+            raise TypeError(f"config={config!r}: must be a hw.engine.config.EngineConfig")
+        self.config = config
+        L = config.lanes
+        self.act_layout = data.StructLayout({"data": data.ArrayLayout(signed(8), L), "relu": L, "sat": L})
+        self.err_layout = data.ArrayLayout(signed(8), L)
+        super().__init__({
+            "host_in": In(stream.Signature(host_layout())),
+            "host_out": Out(stream.Signature(host_layout())),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, wage, L = self.config, self.config.wage, self.config.lanes
+        shift_l = L.bit_length() - 1
+
+        # ---- blocks ------------------------------------------------------------------------------
+        m.submodules.act = act = BlockRam(self.act_layout.size, cfg.data_words, target=cfg.target)
+        m.submodules.err = err = BlockRam(self.err_layout.size, cfg.data_words, target=cfg.target)
+        m.submodules.act_rd = act_rd = RamReader(self.act_layout.size)
+        m.submodules.err_rd = err_rd = RamReader(self.err_layout.size)
+        m.d.comb += [act.r_addr.eq(act_rd.r_addr), act_rd.r_data.eq(act.r_data),
+                     err.r_addr.eq(err_rd.r_addr), err_rd.r_data.eq(err.r_data)]
+        m.submodules.wu = wu = WeightUpdate(wage, cfg.weight_words, L, target=cfg.target)
+        m.submodules.array = array = MacArray(wage, L, L, mode="int8", max_reduction=cfg.max_reduction,
+                                              target=cfg.target)
+        acc_width = max(array.accumulator_width, 10)
+        m.submodules.quant = quant = ShiftQuantizer(wage, lanes=L, acc_width=acc_width)
+        m.submodules.feed_a = feed_a = OperandFeeder(L)
+        m.submodules.feed_b = feed_b = OperandFeeder(L)
+        m.submodules.aux = aux = PatternReader(L, self.act_layout)
+        m.submodules.out_gen = out_gen = AddressGenerator(L)
+        m.submodules.reluq = reluq = fifo.SyncFIFO(width=L, depth=32)
+        labels = Memory(shape=LABEL_BITS, depth=cfg.label_words, init=[])
+        program = Memory(shape=INSTRUCTION_BITS, depth=PROGRAM_DEPTH, init=[])
+        m.submodules.labels, m.submodules.program = labels, program
+        label_rd = labels.read_port(domain="comb")
+        label_wr = labels.write_port()
+        prog_rd = program.read_port()
+        prog_wr = program.write_port()
+
+        # ---- sequencer state ---------------------------------------------------------------------
+        op = Signal(4)                                   # running operation (Op.NOP: host mode)
+        ins = Signal(instruction_layout())
+        pc = Signal(range(PROGRAM_DEPTH + 1))
+        step = Signal(32)
+        steps_left = Signal(32)
+        eta = Signal(signed(8))
+        beats_per_pass = Signal(32)
+        beats_in = Signal(33)
+        pass2 = Signal()
+        m.d.comb += pass2.eq(beats_in >= beats_per_pass)
+        done = Signal()                                  # the result generator's last row was written
+
+        # ---- memory routing ----------------------------------------------------------------------
+        # act read port: FWD → feeder A, GRAD → feeder B, LOSS/ERR → aux, else the host.
+        host_act_req = stream.Signature(unsigned(ADDR_BITS)).create()
+        host_err_req = stream.Signature(unsigned(ADDR_BITS)).create()
+        host_act_resp_ready = Signal()
+        host_err_resp_ready = Signal()
+        act_word = data.View(self.act_layout, act_rd.resp.payload)
+        act_lanes = act_word.data.as_value()
+
+        def route_req(target, sources):
+            """Drive ``target`` (a req stream) from the source whose condition holds."""
+            with m.Switch(op):
+                for ops, src in sources:
+                    with m.Case(*ops):
+                        m.d.comb += [target.valid.eq(src.valid), target.payload.eq(src.payload),
+                                     src.ready.eq(target.ready)]
+        route_req(act_rd.req, [((Op.FWD,), feed_a.req), ((Op.GRAD,), feed_b.req),
+                               ((Op.LOSS, Op.ERR), aux.req), ((Op.NOP,), host_act_req)])
+        route_req(err_rd.req, [((Op.ERR, Op.GRAD), feed_a.req), ((Op.NOP,), host_err_req)])
+        # act/err responses
+        with m.Switch(op):
+            with m.Case(Op.FWD):
+                m.d.comb += [feed_a.resp.valid.eq(act_rd.resp.valid), feed_a.resp.payload.eq(act_lanes),
+                             act_rd.resp.ready.eq(feed_a.resp.ready)]
+            with m.Case(Op.GRAD):
+                m.d.comb += [feed_b.resp.valid.eq(act_rd.resp.valid), feed_b.resp.payload.eq(act_lanes),
+                             act_rd.resp.ready.eq(feed_b.resp.ready)]
+            with m.Case(Op.LOSS, Op.ERR):
+                m.d.comb += [aux.resp.valid.eq(act_rd.resp.valid), aux.resp.payload.eq(act_rd.resp.payload),
+                             act_rd.resp.ready.eq(aux.resp.ready)]
+            with m.Case(Op.NOP):
+                m.d.comb += act_rd.resp.ready.eq(host_act_resp_ready)
+        with m.Switch(op):
+            with m.Case(Op.ERR, Op.GRAD):
+                m.d.comb += [feed_a.resp.valid.eq(err_rd.resp.valid), feed_a.resp.payload.eq(err_rd.resp.payload),
+                             err_rd.resp.ready.eq(feed_a.resp.ready)]
+            with m.Case(Op.NOP):
+                m.d.comb += err_rd.resp.ready.eq(host_err_resp_ready)
+        # weight store serve port: feeder B in FWD and ERR (one-word serve commands)
+        with m.If((op == Op.FWD) | (op == Op.ERR)):
+            m.d.comb += [wu.serve_cmd.valid.eq(feed_b.req.valid), wu.serve_cmd.payload.start.eq(feed_b.req.payload),
+                         wu.serve_cmd.payload.count.eq(1), feed_b.req.ready.eq(wu.serve_cmd.ready),
+                         feed_b.resp.valid.eq(wu.serve.valid), wu.serve.ready.eq(feed_b.resp.ready)]
+            m.d.comb += [feed_b.resp.payload[i].eq(wu.serve.payload.wq[i]) for i in range(L)]   # sign-extends
+
+        # ---- operands into the array -------------------------------------------------------------
+        ops_ = array.operands
+        m.d.comb += [
+            ops_.valid.eq(feed_a.o.valid & feed_b.o.valid),
+            ops_.payload.a.eq(feed_a.o.payload.data), ops_.payload.b.eq(feed_b.o.payload.data),
+            ops_.payload.last.eq(feed_a.o.payload.last),
+            feed_a.o.ready.eq(feed_b.o.valid & ops_.ready),
+            feed_b.o.ready.eq(feed_a.o.valid & ops_.ready),
+            feed_a.transposed.eq(ins.a.nr == L), feed_b.transposed.eq(ins.b.nr == L),
+        ]
+
+        # ---- results into the quantiser ----------------------------------------------------------
+        res, qi = array.results, quant.i
+        ab = aux.o.payload
+        aw = data.View(self.act_layout, ab.word)
+        take_in = qi.valid & qi.ready
+        push_mask = Signal(L)
+        with m.Switch(op):
+            with m.Case(Op.FWD, Op.GRAD):
+                m.d.comb += [qi.valid.eq(res.valid), res.ready.eq(qi.ready)]
+                m.d.comb += [qi.payload.data[i].eq(res.payload.data[i]) for i in range(L)]
+            with m.Case(Op.ERR):
+                room = ~pass2 | reluq.w_rdy
+                m.d.comb += [qi.valid.eq(res.valid & aux.o.valid & room),
+                             res.ready.eq(qi.ready & aux.o.valid & room),
+                             aux.o.ready.eq(qi.ready & res.valid & room),
+                             push_mask.eq(Mux(ab.valid, aw.relu, 0))]
+                m.d.comb += [qi.payload.data[i].eq(Mux(ab.valid & aw.sat[i], res.payload.data[i], 0))
+                             for i in range(L)]
+            with m.Case(Op.LOSS):
+                room = ~pass2 | reluq.w_rdy
+                label = label_rd.data
+                m.d.comb += [label_rd.addr.eq(ab.t1),
+                             qi.valid.eq(aux.o.valid & room), aux.o.ready.eq(qi.ready & room),
+                             push_mask.eq(aw.sat)]
+                for i in range(L):
+                    hot = label == (ab.t2 << shift_l) + i
+                    m.d.comb += qi.payload.data[i].eq(aw.data[i] - Mux(hot, ins.onehot, 0))
+        m.d.comb += [reluq.w_en.eq(take_in & pass2 & ((op == Op.ERR) | (op == Op.LOSS))),
+                     reluq.w_data.eq(push_mask)]
+        with m.If(take_in):
+            m.d.sync += beats_in.eq(beats_in + 1)
+
+        # ---- quantiser output → scratchpads / weight updates ---------------------------------------
+        qo, og = quant.o, out_gen.o
+        host_act_w = Signal(self.act_layout.size)
+        host_err_w = Signal(self.err_layout.size)
+        host_act_we, host_err_we = Signal(), Signal()
+        host_w_addr = Signal(ADDR_BITS)
+        act_w = Signal(self.act_layout)
+        err_w = Signal(self.err_layout)
+        wfire = Signal()
+        with m.Switch(op):
+            with m.Case(Op.FWD):
+                m.d.comb += [wfire.eq(qo.valid & og.valid), act.w_en.eq(wfire & og.payload.valid),
+                             act.w_addr.eq(og.payload.addr), act.w_data.eq(act_w),
+                             act_w.relu.eq(qo.payload.relu), act_w.sat.eq(qo.payload.sat)]
+                m.d.comb += [act_w.data[i].eq(qo.payload.data[i]) for i in range(L)]
+            with m.Case(Op.ERR, Op.LOSS):
+                m.d.comb += [wfire.eq(qo.valid & og.valid & reluq.r_rdy), reluq.r_en.eq(wfire),
+                             err.w_en.eq(wfire & og.payload.valid), err.w_addr.eq(og.payload.addr),
+                             err.w_data.eq(err_w)]
+                m.d.comb += [err_w[i].eq(Mux(reluq.r_data[i], qo.payload.data[i], 0)) for i in range(L)]
+            with m.Case(Op.GRAD):
+                upd = wu.update
+                m.d.comb += [upd.valid.eq(qo.valid & og.valid & og.payload.valid),
+                             upd.payload.addr.eq(og.payload.addr),
+                             wfire.eq(qo.valid & og.valid & (upd.ready | ~og.payload.valid))]
+                m.d.comb += [upd.payload.dw[i].eq(qo.payload.data[i]) for i in range(L)]
+            with m.Case(Op.NOP):
+                m.d.comb += [act.w_en.eq(host_act_we), act.w_addr.eq(host_w_addr), act.w_data.eq(host_act_w),
+                             err.w_en.eq(host_err_we), err.w_addr.eq(host_w_addr), err.w_data.eq(host_err_w)]
+        m.d.comb += [qo.ready.eq(wfire), og.ready.eq(wfire)]
+        with m.If(wfire & og.payload.last):
+            m.d.sync += done.eq(1)
+
+        # GRAD: a second generator walks the result pattern ahead of the data for the draw indices.
+        m.submodules.index_gen = index_gen = AddressGenerator(L)
+        m.d.comb += index_gen.o.ready.eq(1)
+
+        # ---- counters ----------------------------------------------------------------------------
+        counters = {name: Signal(32, name=f"count_{name}") for name in COUNTERS}
+        running = Signal()
+        with m.If(running):
+            m.d.sync += counters["run_cycles"].eq(counters["run_cycles"] + 1)
+            for name, code in (("fwd_cycles", Op.FWD), ("loss_cycles", Op.LOSS), ("err_cycles", Op.ERR),
+                               ("grad_cycles", Op.GRAD)):
+                with m.If(op == code):
+                    m.d.sync += counters[name].eq(counters[name] + 1)
+        with m.If(ops_.valid & ops_.ready):
+            m.d.sync += counters["array_beats"].eq(counters["array_beats"] + 1)
+
+        # ---- host packet FSM and sequencer --------------------------------------------------------
+        hin, hout = self.host_in, self.host_out
+        cmd, target, tag = Signal(8), Signal(8), Signal(16)
+        status = Signal(8)
+        args = Array(Signal(32, name=f"arg{i}") for i in range(3))
+        argi = Signal(2)
+        nargs = Signal(2)
+        m.d.comb += nargs.eq(Mux(cmd == Command.RUN, 3, Mux(cmd == Command.COUNTERS, 0, 2)))
+        widths = {t: item_bits(t, L, wage.kG) for t in Target}
+        max_words = max(-(-w // 32) for w in widths.values())
+        item = Signal(32 * max_words)
+        item_words = Signal(range(max_words + 1))
+        depth_of = Signal(32)
+        with m.Switch(target):
+            for t in Target:
+                with m.Case(t):
+                    m.d.comb += item_words.eq(-(-widths[t] // 32))
+                    m.d.comb += depth_of.eq({Target.PROGRAM: PROGRAM_DEPTH, Target.ACT: cfg.data_words,
+                                             Target.ERR: cfg.data_words, Target.WEIGHTS: cfg.weight_words,
+                                             Target.LABELS: cfg.label_words}[t])
+        target_ok = target <= max(Target)
+        addr, count = args[0], args[1]
+        cursor = Signal(32)                 # next item address
+        remaining = Signal(32)              # items still to write / to request
+        to_send = Signal(32)                # items still to send (READ)
+        word_i = Signal(range(max(max_words, len(COUNTERS)) + 1))
+        saw_last = Signal()
+        hdr = Signal(32)
+        m.d.comb += hdr.eq(Cat(cmd, status, tag))
+        # the item as the host sends it: words shifted in from the top, so the last word lands on top
+        def item_bits_of(t):
+            words = -(-widths[t] // 32)
+            return item[32 * (max_words - words):][:widths[t]]
+
+        resp_payload = Signal(32 * max_words)          # READ: the item being sent, low word first
+        send_words = Signal(range(max_words + 1))
+
+        # host read requests (READ of act/err/weights/labels/program)
+        host_read_active = Signal()
+        rd_resp_valid = Signal()
+        rd_resp_data = Signal(32 * max_words)
+        rd_resp_ready = Signal()
+        m.d.comb += [host_act_req.payload.eq(cursor), host_err_req.payload.eq(cursor)]
+        prog_rd_pending = Signal()
+        label_host = Signal(LABEL_BITS)
+        with m.Switch(target):
+            with m.Case(Target.ACT):
+                m.d.comb += [host_act_req.valid.eq(host_read_active & (remaining != 0)),
+                             rd_resp_valid.eq(act_rd.resp.valid), rd_resp_data.eq(act_rd.resp.payload),
+                             host_act_resp_ready.eq(rd_resp_ready)]
+            with m.Case(Target.ERR):
+                m.d.comb += [host_err_req.valid.eq(host_read_active & (remaining != 0)),
+                             rd_resp_valid.eq(err_rd.resp.valid), rd_resp_data.eq(err_rd.resp.payload),
+                             host_err_resp_ready.eq(rd_resp_ready)]
+            with m.Case(Target.WEIGHTS):
+                m.d.comb += [wu.readback_cmd.valid.eq(host_read_active & (remaining != 0)),
+                             wu.readback_cmd.payload.start.eq(cursor), wu.readback_cmd.payload.count.eq(1),
+                             rd_resp_valid.eq(wu.readback.valid), rd_resp_data.eq(wu.readback.payload.w),
+                             wu.readback.ready.eq(rd_resp_ready)]
+            with m.Case(Target.LABELS):
+                m.d.comb += [rd_resp_valid.eq(host_read_active & (remaining != 0)), rd_resp_data.eq(label_rd.data)]
+            with m.Case(Target.PROGRAM):
+                m.d.comb += [rd_resp_valid.eq(prog_rd_pending), rd_resp_data.eq(prog_rd.data)]
+        with m.If(op == Op.NOP):
+            m.d.comb += label_rd.addr.eq(cursor)
+        req_taken = Signal()
+        with m.Switch(target):
+            with m.Case(Target.ACT):
+                m.d.comb += req_taken.eq(host_act_req.valid & host_act_req.ready)
+            with m.Case(Target.ERR):
+                m.d.comb += req_taken.eq(host_err_req.valid & host_err_req.ready)
+            with m.Case(Target.WEIGHTS):
+                m.d.comb += req_taken.eq(wu.readback_cmd.valid & wu.readback_cmd.ready)
+            with m.Case(Target.LABELS):
+                m.d.comb += req_taken.eq(rd_resp_valid & rd_resp_ready)
+            with m.Case(Target.PROGRAM):
+                m.d.comb += req_taken.eq(host_read_active & (remaining != 0) & ~prog_rd_pending)
+
+        prog_issue = Signal()
+        m.d.comb += prog_issue.eq(host_read_active & (target == Target.PROGRAM) & req_taken)
+        with m.If(prog_issue):
+            m.d.sync += prog_rd_pending.eq(1)
+        with m.Elif(rd_resp_valid & rd_resp_ready & (target == Target.PROGRAM)):
+            m.d.sync += prog_rd_pending.eq(0)
+
+        # pattern launches
+        launch = {name: Signal(name=f"launch_{name}") for name in ("a", "b", "aux", "out", "q", "idx")}
+        gens = {"a": feed_a.cmd, "b": feed_b.cmd, "aux": aux.cmd, "out": out_gen.cmd, "idx": index_gen.cmd}
+        pats = {"a": ins.a, "b": ins.b, "aux": ins.aux, "out": ins.out, "idx": ins.out}
+        for name, port in gens.items():
+            m.d.comb += [port.valid.eq(launch[name]), port.payload.eq(pats[name])]
+            with m.If(port.valid & port.ready):
+                m.d.sync += launch[name].eq(0)
+        qc = quant.cmd
+        m.d.comb += [
+            qc.valid.eq(launch["q"]),
+            qc.payload.mode.eq(Mux(op == Op.FWD, Mode.QA, Mux(op == Op.GRAD, Mode.QG, Mode.QE))),
+            qc.payload.relu.eq(ins.relu), qc.payload.shift.eq(ins.shift), qc.payload.eta_log2.eq(eta),
+            qc.payload.count.eq(ins.qcount), qc.payload.seed.eq(wage.seed), qc.payload.step.eq(step),
+            qc.payload.layer.eq(ins.layer),
+        ]
+        with m.If(qc.valid & qc.ready):
+            m.d.sync += launch["q"].eq(0)
+        launching = Cat(*launch.values()).any()
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += hin.ready.eq(1)
+                m.d.sync += [op.eq(Op.NOP), argi.eq(0), status.eq(Status.OK)]
+                with m.If(hin.valid):
+                    h = hin.payload.data
+                    m.d.sync += [cmd.eq(h[0:8]), target.eq(h[8:16]), tag.eq(h[16:32])]
+                    known = (h[0:8] >= Command.WRITE) & (h[0:8] <= Command.COUNTERS)
+                    with m.If(~known):
+                        m.d.sync += status.eq(Status.BAD_COMMAND)
+                        with m.If(hin.payload.last):
+                            m.next = "RESPOND"
+                        with m.Else():
+                            m.next = "DRAIN"
+                    with m.Elif(h[0:8] == Command.COUNTERS):
+                        with m.If(hin.payload.last):
+                            m.d.sync += [word_i.eq(0)]
+                            m.next = "SEND_COUNTERS_HDR"
+                        with m.Else():
+                            m.d.sync += status.eq(Status.TOO_LONG)
+                            m.next = "DRAIN"
+                    with m.Elif(hin.payload.last):
+                        m.d.sync += status.eq(Status.TRUNCATED)
+                        m.next = "RESPOND"
+                    with m.Else():
+                        m.next = "ARGS"
+            with m.State("ARGS"):
+                m.d.comb += hin.ready.eq(1)
+                with m.If(hin.valid):
+                    m.d.sync += [args[argi].eq(hin.payload.data), argi.eq(argi + 1)]
+                    final = argi + 1 == nargs
+                    last = hin.payload.last
+                    a0 = Mux(argi == 0, hin.payload.data, args[0])
+                    a1 = Mux(argi == 1, hin.payload.data, args[1])
+                    in_range = (a0 <= depth_of) & (a1 <= depth_of - a0)
+                    m.d.sync += [cursor.eq(a0), remaining.eq(a1), to_send.eq(a1), word_i.eq(0)]
+                    with m.If(~final):
+                        with m.If(last):
+                            m.d.sync += status.eq(Status.TRUNCATED)
+                            m.next = "RESPOND"
+                    with m.Elif(cmd == Command.RUN):
+                        with m.If(last):
+                            m.d.sync += [step.eq(args[0]), steps_left.eq(args[1]), eta.eq(hin.payload.data),
+                                         pc.eq(0)]
+                            m.next = "RUN_NEXT_STEP"
+                        with m.Else():
+                            m.d.sync += status.eq(Status.TOO_LONG)
+                            m.next = "DRAIN"
+                    with m.Elif(~target_ok | ~in_range):
+                        m.d.sync += status.eq(Mux(target_ok, Status.OUT_OF_RANGE, Status.BAD_TARGET))
+                        with m.If(last):
+                            m.next = "RESPOND"
+                        with m.Else():
+                            m.next = "DRAIN"
+                    with m.Elif(cmd == Command.WRITE):
+                        with m.If(last):
+                            m.d.sync += status.eq(Mux(a1 == 0, Status.OK, Status.TRUNCATED))
+                            m.next = "RESPOND"
+                        with m.Else():
+                            m.next = "WRITE_DATA"
+                    with m.Else():                                   # READ
+                        with m.If(last):
+                            m.next = "READ_HDR"
+                        with m.Else():
+                            m.d.sync += status.eq(Status.TOO_LONG)
+                            m.next = "DRAIN"
+            with m.State("DRAIN"):
+                m.d.comb += hin.ready.eq(1)
+                with m.If(hin.valid & hin.payload.last):
+                    m.next = "RESPOND"
+            with m.State("WRITE_DATA"):
+                m.d.comb += hin.ready.eq(1)
+                with m.If(hin.valid):
+                    m.d.sync += [item.eq(Cat(item[32:], hin.payload.data)), word_i.eq(word_i + 1),
+                                 saw_last.eq(hin.payload.last)]
+                    complete = word_i + 1 == item_words
+                    with m.If(complete):
+                        m.d.sync += word_i.eq(0)
+                        m.next = "WRITE_ITEM"
+                    with m.Elif(hin.payload.last):
+                        m.d.sync += status.eq(Status.TRUNCATED)
+                        m.next = "RESPOND"
+            with m.State("WRITE_ITEM"):
+                # item holds one complete item; write it, then continue or finish
+                done_item = Signal()
+                with m.Switch(target):
+                    with m.Case(Target.ACT):
+                        m.d.comb += [host_act_we.eq(1), host_w_addr.eq(cursor), host_act_w.eq(item_bits_of(Target.ACT)),
+                                     done_item.eq(1)]
+                    with m.Case(Target.ERR):
+                        m.d.comb += [host_err_we.eq(1), host_w_addr.eq(cursor), host_err_w.eq(item_bits_of(Target.ERR)),
+                                     done_item.eq(1)]
+                    with m.Case(Target.WEIGHTS):
+                        m.d.comb += [wu.load.valid.eq(1), wu.load.payload.addr.eq(cursor),
+                                     wu.load.payload.w.eq(item_bits_of(Target.WEIGHTS)), done_item.eq(wu.load.ready)]
+                    with m.Case(Target.LABELS):
+                        m.d.comb += [label_wr.en.eq(1), label_wr.addr.eq(cursor),
+                                     label_wr.data.eq(item_bits_of(Target.LABELS)), done_item.eq(1)]
+                    with m.Case(Target.PROGRAM):
+                        m.d.comb += [prog_wr.en.eq(1), prog_wr.addr.eq(cursor),
+                                     prog_wr.data.eq(item_bits_of(Target.PROGRAM)), done_item.eq(1)]
+                with m.If(done_item):
+                    m.d.sync += [cursor.eq(cursor + 1), remaining.eq(remaining - 1)]
+                    with m.If(remaining == 1):                   # the final item
+                        with m.If(saw_last):
+                            m.next = "RESPOND"
+                        with m.Else():
+                            m.d.sync += status.eq(Status.TOO_LONG)
+                            m.next = "DRAIN"
+                    with m.Elif(saw_last):
+                        m.d.sync += status.eq(Status.TRUNCATED)
+                        m.next = "RESPOND"
+                    with m.Else():
+                        m.next = "WRITE_DATA"
+            with m.State("READ_HDR"):
+                m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(hdr), hout.payload.last.eq(to_send == 0)]
+                with m.If(hout.ready):
+                    with m.If(to_send == 0):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "READ_DATA"
+            with m.State("READ_DATA"):
+                m.d.comb += [host_read_active.eq(1), prog_rd.addr.eq(cursor), prog_rd.en.eq(prog_issue)]
+                with m.If(req_taken):
+                    m.d.sync += [cursor.eq(cursor + 1), remaining.eq(remaining - 1)]
+                m.d.comb += rd_resp_ready.eq(send_words == 0)
+                with m.If(rd_resp_valid & rd_resp_ready):
+                    m.d.sync += [resp_payload.eq(rd_resp_data), send_words.eq(item_words)]
+                with m.If(send_words != 0):
+                    final_word = (send_words == 1) & (to_send == 1)
+                    m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(resp_payload[:32]),
+                                 hout.payload.last.eq(final_word)]
+                    with m.If(hout.ready):
+                        m.d.sync += [resp_payload.eq(resp_payload >> 32), send_words.eq(send_words - 1)]
+                        with m.If(send_words == 1):
+                            m.d.sync += to_send.eq(to_send - 1)
+                            with m.If(to_send == 1):
+                                m.next = "IDLE"
+            with m.State("RESPOND"):
+                m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(hdr), hout.payload.last.eq(1)]
+                with m.If(hout.ready):
+                    m.next = "IDLE"
+            with m.State("SEND_COUNTERS_HDR"):
+                m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(hdr)]
+                with m.If(hout.ready):
+                    m.next = "SEND_COUNTERS"
+            with m.State("SEND_COUNTERS"):
+                values = Array(counters[name] for name in COUNTERS)
+                m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(values[word_i]),
+                             hout.payload.last.eq(word_i == len(COUNTERS) - 1)]
+                with m.If(hout.ready):
+                    m.d.sync += word_i.eq(word_i + 1)
+                    with m.If(word_i == len(COUNTERS) - 1):
+                        m.next = "IDLE"
+            # ---- sequencer ----
+            with m.State("RUN_NEXT_STEP"):
+                m.d.comb += running.eq(1)
+                with m.If(steps_left == 0):
+                    m.next = "RUN_RESPOND"
+                with m.Else():
+                    m.d.sync += pc.eq(0)
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.comb += [running.eq(1), prog_rd.addr.eq(pc), prog_rd.en.eq(1)]
+                m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.comb += running.eq(1)
+                word = data.View(instruction_layout(), prog_rd.data)
+                m.d.sync += [ins.eq(prog_rd.data), beats_in.eq(0), done.eq(0),
+                             beats_per_pass.eq(word.qcount >> shift_l)]
+                with m.Switch(word.op):
+                    with m.Case(Op.NOP):
+                        m.d.sync += pc.eq(pc + 1)
+                        m.next = "FETCH_CHECK"
+                    with m.Case(Op.END):
+                        m.d.sync += [step.eq(step + 1), steps_left.eq(steps_left - 1),
+                                     counters["steps"].eq(counters["steps"] + 1)]
+                        m.next = "RUN_NEXT_STEP"
+                    with m.Case(Op.FWD):
+                        m.d.sync += [op.eq(Op.FWD)] + [launch[n].eq(1) for n in ("a", "b", "out", "q")]
+                        m.next = "WAIT"
+                    with m.Case(Op.LOSS):
+                        m.d.sync += [op.eq(Op.LOSS)] + [launch[n].eq(1) for n in ("aux", "q")]
+                        m.next = "PASS2"
+                    with m.Case(Op.ERR):
+                        m.d.sync += [op.eq(Op.ERR)] + [launch[n].eq(1) for n in ("a", "b", "aux", "q")]
+                        m.next = "PASS2"
+                    with m.Case(Op.GRAD):
+                        m.d.sync += [op.eq(Op.GRAD)] + [launch[n].eq(1) for n in ("a", "b", "idx", "q")]
+                        m.next = "PASS2"
+                    with m.Default():
+                        m.d.sync += status.eq(BAD_INSTRUCTION)
+                        m.next = "RUN_RESPOND"
+            with m.State("FETCH_CHECK"):
+                m.d.comb += running.eq(1)
+                with m.If(pc == PROGRAM_DEPTH):
+                    m.d.sync += status.eq(BAD_INSTRUCTION)
+                    m.next = "RUN_RESPOND"
+                with m.Else():
+                    m.next = "FETCH"
+            with m.State("PASS2"):
+                m.d.comb += running.eq(1)
+                with m.If(~launching):
+                    with m.Switch(op):
+                        with m.Case(Op.LOSS):
+                            m.d.sync += [launch["aux"].eq(1), launch["out"].eq(1)]
+                        with m.Case(Op.ERR):
+                            m.d.sync += [launch[n].eq(1) for n in ("a", "b", "aux", "out")]
+                        with m.Case(Op.GRAD):
+                            m.d.sync += [launch[n].eq(1) for n in ("a", "b", "out")]
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                m.d.comb += running.eq(1)
+                with m.If(done & ~launching):
+                    m.d.sync += [pc.eq(pc + 1), done.eq(0)]
+                    m.next = "FETCH_CHECK"
+            with m.State("RUN_RESPOND"):
+                m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(hdr)]
+                m.d.sync += op.eq(Op.NOP)
+                with m.If(hout.ready):
+                    m.next = "RUN_CYCLES"
+            with m.State("RUN_CYCLES"):
+                m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(counters["run_cycles"]), hout.payload.last.eq(1)]
+                with m.If(hout.ready):
+                    m.next = "IDLE"
+        return m

@@ -1,0 +1,158 @@
+"""Reading tensors along an address pattern: block-RAM reader, pattern reader, operand feeder.
+
+* :class:`RamReader` turns a :class:`hw.bram.BlockRam` read port (latency 2, always enabled) into a
+  request/response pair of streams, in order, with at most ``depth`` words requested and not yet
+  taken (so its FIFO never overflows and a stalled consumer stalls the requests, not the RAM).
+* :class:`PatternReader` walks an :class:`~hw.engine.isa.AddressPattern`
+  (:class:`~hw.engine.addrgen.AddressGenerator`), requests every address of it (valid or not:
+  every memory behind it answers any address, and an invalid one is zeroed by the consumer), and
+  joins each response with the pattern beat's flags, kept in a FIFO meanwhile. Any memory with an
+  in-order request/response interface works: a :class:`RamReader`, or the weight store's serve
+  port (one-word serve commands).
+* :class:`OperandFeeder` is a pattern reader whose words become array operands: invalid words are
+  zero, the tile's last word carries ``last``, and a transposed operand (nr = L) goes through a
+  :class:`hw.transpose.StreamTransposer` so that L words, one per array row, become L beats.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.bram import READ_LATENCY
+from hw.transpose import StreamTransposer
+
+from .addrgen import AddressGenerator
+from .isa import ADDR_BITS, COUNT_BITS, pattern_layout
+
+__all__ = ["RamReader", "PatternReader", "OperandFeeder", "operand_layout"]
+
+#: Pattern beats requested and not yet joined with their response: covers the weight store's
+#: serve path (read latency 6 plus its 8-entry output FIFO) so that it runs at one word per cycle.
+FLAG_DEPTH = 16
+
+
+def operand_layout(lanes: int) -> data.StructLayout:
+    return data.StructLayout({"data": data.ArrayLayout(signed(8), lanes), "last": 1})
+
+
+class RamReader(wiring.Component):
+    """Request/response streams over a BlockRam read port (see the module docstring)."""
+
+    def __init__(self, width: int, depth: int = 4):
+        self.width, self.depth = width, depth
+        super().__init__({
+            "req": In(stream.Signature(unsigned(ADDR_BITS))),
+            "resp": Out(stream.Signature(unsigned(width))),
+            "r_addr": Out(ADDR_BITS),
+            "r_data": In(width),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.buf = buf = fifo.SyncFIFO(width=self.width, depth=self.depth)
+        pending = Signal(range(self.depth + 1))            # requested and not yet taken
+        in_flight = Signal(READ_LATENCY)
+        take_req = self.req.valid & self.req.ready
+        take_resp = self.resp.valid & self.resp.ready
+        m.d.comb += [
+            self.req.ready.eq(pending < self.depth),
+            self.r_addr.eq(self.req.payload),
+            buf.w_en.eq(in_flight[-1]),
+            buf.w_data.eq(self.r_data),
+            self.resp.valid.eq(buf.r_rdy),
+            self.resp.payload.eq(buf.r_data),
+            buf.r_en.eq(self.resp.ready),
+        ]
+        m.d.sync += [in_flight.eq(Mux(take_req, 1, 0) | (in_flight << 1)),
+                     pending.eq(pending + take_req - take_resp)]
+        return m
+
+
+def pattern_beat_layout(word_shape) -> data.StructLayout:
+    return data.StructLayout({"word": word_shape, "valid": 1, "t1": COUNT_BITS, "t2": COUNT_BITS,
+                              "tile_last": 1, "last": 1})
+
+
+class PatternReader(wiring.Component):
+    """Reads the words of an address pattern through ``req``/``resp`` (see the module docstring)."""
+
+    def __init__(self, lanes: int, word_shape):
+        self.lanes, self.word_shape = lanes, word_shape
+        super().__init__({
+            "cmd": In(stream.Signature(pattern_layout())),
+            "req": Out(stream.Signature(unsigned(ADDR_BITS))),
+            "resp": In(stream.Signature(word_shape)),
+            "o": Out(stream.Signature(pattern_beat_layout(word_shape))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.gen = gen = AddressGenerator(self.lanes)
+        flag_layout = data.StructLayout({"valid": 1, "t1": COUNT_BITS, "t2": COUNT_BITS, "tile_last": 1,
+                                         "last": 1})
+        m.submodules.flags = flags = fifo.SyncFIFO(width=flag_layout.size, depth=FLAG_DEPTH)
+        wiring.connect(m, wiring.flipped(self.cmd), gen.cmd)
+        beat = gen.o.payload
+        m.d.comb += [
+            self.req.valid.eq(gen.o.valid & flags.w_rdy),
+            self.req.payload.eq(beat.addr),
+            gen.o.ready.eq(self.req.ready & flags.w_rdy),
+            flags.w_en.eq(self.req.valid & self.req.ready),
+            flags.w_data.eq(Cat(beat.valid, beat.t1, beat.t2, beat.tile_last, beat.last)),   # flag_layout order
+        ]
+        f = data.View(flag_layout, flags.r_data)
+        m.d.comb += [
+            self.o.valid.eq(self.resp.valid & flags.r_rdy),
+            self.o.payload.word.eq(self.resp.payload),
+            self.o.payload.valid.eq(f.valid), self.o.payload.t1.eq(f.t1), self.o.payload.t2.eq(f.t2),
+            self.o.payload.tile_last.eq(f.tile_last), self.o.payload.last.eq(f.last),
+            self.resp.ready.eq(self.o.ready & flags.r_rdy),
+            flags.r_en.eq(self.o.ready & self.resp.valid),
+        ]
+        return m
+
+
+class OperandFeeder(wiring.Component):
+    """Array operand words along a pattern: zero where invalid, ``last`` on a tile's final word,
+    through the transposer when ``transposed`` (held static while a pattern runs) is high."""
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+        word = data.ArrayLayout(signed(8), lanes)
+        super().__init__({
+            "cmd": In(stream.Signature(pattern_layout())),
+            "transposed": In(1),
+            "req": Out(stream.Signature(unsigned(ADDR_BITS))),
+            "resp": In(stream.Signature(word)),
+            "o": Out(stream.Signature(operand_layout(lanes))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self.lanes
+        m.submodules.reader = reader = PatternReader(L, data.ArrayLayout(signed(8), L))
+        m.submodules.transposer = tr = StreamTransposer(L, 8)
+        wiring.connect(m, wiring.flipped(self.cmd), reader.cmd)
+        m.d.comb += [
+            self.req.valid.eq(reader.req.valid), self.req.payload.eq(reader.req.payload),
+            reader.req.ready.eq(self.req.ready),
+            reader.resp.valid.eq(self.resp.valid), reader.resp.payload.eq(self.resp.payload),
+            self.resp.ready.eq(reader.resp.ready),
+        ]
+        beat = reader.o.payload
+        word = Mux(beat.valid, beat.word.as_value(), 0)
+        with m.If(self.transposed):
+            m.d.comb += [
+                tr.i.valid.eq(reader.o.valid), tr.i.payload.data.eq(word), tr.i.payload.last.eq(beat.tile_last),
+                reader.o.ready.eq(tr.i.ready),
+                self.o.valid.eq(tr.o.valid), self.o.payload.data.eq(tr.o.payload.data),
+                self.o.payload.last.eq(tr.o.payload.last), tr.o.ready.eq(self.o.ready),
+            ]
+        with m.Else():
+            m.d.comb += [
+                self.o.valid.eq(reader.o.valid), self.o.payload.data.eq(word),
+                self.o.payload.last.eq(beat.tile_last), reader.o.ready.eq(self.o.ready),
+            ]
+        return m

@@ -1,0 +1,91 @@
+"""The engine's host packet format (one 32-bit stream in, one out; ``last`` ends a packet).
+
+Every request gets exactly one response packet. Words are 32 bits; a multi-word item (a scratchpad
+word, an instruction) is sent least significant word first.
+
+Request:   word 0  header  = command (bits 0–7) | target (bits 8–15) | tag (bits 16–31)
+           then the command's arguments, then its payload
+
+=============  =========================  ==============================  ===========================
+command        arguments                  payload                         response after the header
+=============  =========================  ==============================  ===========================
+``WRITE`` 1    address, count             count items of the target       —
+``READ`` 2     address, count             —                               count items of the target
+``RUN`` 3      step, steps, log2 η        —                               cycles (1 word)
+``COUNTERS`` 4 —                          —                               :data:`COUNTERS` (1 word each)
+=============  =========================  ==============================  ===========================
+
+Response:  word 0  header  = command (bits 0–7) | status (bits 8–15) | tag (bits 16–31)
+
+``RUN`` executes the loaded program ``steps`` times, the first with global step ``step`` (the
+stochastic-rounding counter) and then step + 1, …, all with the given log2 η (signed).
+
+Targets and their items (bits; ``L`` = lanes):
+
+============  ==  ============================================================================
+``PROGRAM``   0   one instruction (:data:`hw.engine.isa.INSTRUCTION_BITS`)
+``ACT``       1   activation word: L × int8 data, then L ReLU-mask bits, then L saturation-mask bits
+``ERR``       2   error word: L × int8
+``WEIGHTS``   3   stored-weight word: L × signed kG bits (writes saturate to ±w_clip)
+``LABELS``    4   one label (16 bits)
+============  ==  ============================================================================
+
+Errors: an unknown command (``BAD_COMMAND``) or target (``BAD_TARGET``), an address range beyond the
+target (``OUT_OF_RANGE``), a packet that ends (``last``) before its arguments or payload are complete
+(``TRUNCATED``: the items already complete were written), or one that goes on after them
+(``TOO_LONG``: the extra words are dropped) get a response with that status and no payload; the
+engine then takes the next packet.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .isa import INSTRUCTION_BITS
+
+__all__ = ["Command", "Target", "Status", "COUNTERS", "item_bits", "item_words", "header"]
+
+
+class Command(enum.IntEnum):
+    WRITE = 1
+    READ = 2
+    RUN = 3
+    COUNTERS = 4
+
+
+class Target(enum.IntEnum):
+    PROGRAM = 0
+    ACT = 1
+    ERR = 2
+    WEIGHTS = 3
+    LABELS = 4
+
+
+class Status(enum.IntEnum):
+    OK = 0
+    BAD_COMMAND = 1
+    BAD_TARGET = 2
+    OUT_OF_RANGE = 3
+    TRUNCATED = 4
+    TOO_LONG = 5
+
+
+#: Counters returned by ``COUNTERS``, in order: total cycles spent in RUN, cycles per operation,
+#: array beats (each feeds L×L multiply-accumulate slots), training steps completed.
+COUNTERS = ("run_cycles", "fwd_cycles", "loss_cycles", "err_cycles", "grad_cycles", "array_beats", "steps")
+
+LABEL_BITS = 16
+ARGUMENTS = {Command.WRITE: 2, Command.READ: 2, Command.RUN: 3, Command.COUNTERS: 0}
+
+
+def item_bits(target: Target, lanes: int, kG: int) -> int:
+    return {Target.PROGRAM: INSTRUCTION_BITS, Target.ACT: 10 * lanes, Target.ERR: 8 * lanes,
+            Target.WEIGHTS: kG * lanes, Target.LABELS: LABEL_BITS}[Target(target)]
+
+
+def item_words(target: Target, lanes: int, kG: int) -> int:
+    return -(-item_bits(target, lanes, kG) // 32)
+
+
+def header(command: int, target_or_status: int, tag: int = 0) -> int:
+    return (command & 0xFF) | (target_or_status & 0xFF) << 8 | (tag & 0xFFFF) << 16

@@ -1,0 +1,129 @@
+"""The engine RTL in Amaranth's simulator: a small network's step against the word-level model, and
+the host protocol's error handling."""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from golden import model as golden
+from golden.config import WageConfig
+from hw.engine.compiler import compile_network
+from hw.engine.config import EngineConfig
+from hw.engine.driver import AmaranthTransport, EngineDriver, EngineError
+from hw.engine.engine import Engine
+from hw.engine.model import EngineModel
+from hw.engine.protocol import Command, Status, Target, header
+from tests.support import seed_for
+
+WAGE = WageConfig(net="8FC-4", input_shape=(1, 4, 4), batch_size=6, seed=5)
+CONFIG = EngineConfig(WAGE, lanes=4, data_words=64, weight_words=64, label_words=8)
+
+
+def simulate(bench, config=CONFIG):
+    dut = Engine(config)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    async def testbench(ctx):
+        await bench(ctx, dut)
+    sim.add_testbench(testbench)
+    sim.run()
+
+
+def mismatches(got: dict, want: dict) -> list[str]:
+    return [name for name in want if not np.array_equal(got[name], want[name])]
+
+
+@pytest.fixture(scope="module")
+def one_step():
+    """One training step of a 16-8-4 MLP (batch 6: not a multiple of the 4 lanes) on the RTL and the model."""
+    rng = np.random.default_rng(seed_for("engine-step"))
+    images = rng.integers(0, 256, size=(6, 1, 4, 4), dtype=np.uint8)
+    labels = rng.integers(0, 4, size=6)
+    program = compile_network(CONFIG)
+    weights = golden.init_weights(WAGE)
+    model = EngineModel(program)
+    model.load_weights(weights)
+    model.load_batch(images, labels)
+    model.run_step(0, 3)
+    got = {}
+
+    async def bench(ctx, dut):
+        driver = EngineDriver(program, AmaranthTransport(ctx, dut))
+        await driver.load_program()
+        await driver.load_weights(weights)
+        got["weights_loaded"] = await driver.read_weights()
+        await driver.load_batch(images, labels)
+        got["cycles"] = await driver.run(0, 1, 3)
+        for a in program.activations:
+            got[a.name] = await driver.read_act(a)
+        for e in program.errors:
+            got[e.name] = await driver.read_err(e)
+        got["counters"] = await driver.counters()
+
+    simulate(bench)
+    want = {a.name: model.act[a.base:a.end] for a in program.activations}
+    want.update({e.name: model.err[e.base:e.end] for e in program.errors})
+    return got, want, weights
+
+
+def test_weights_load_and_read_back(one_step):
+    got, _, weights = one_step
+    for a, b in zip(got["weights_loaded"], weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_forward_loss_and_error_match_the_model_word_for_word(one_step):
+    got, want, _ = one_step
+    assert mismatches(got, want) == []
+    assert got["counters"]["steps"] == 1 and got["counters"]["run_cycles"] == got["cycles"] > 0
+    assert got["counters"]["array_beats"] > 0
+
+
+def test_one_wrong_bit_is_caught(one_step):
+    got, want, _ = one_step
+    bad = dict(want)
+    name = next(iter(want))
+    bad[name] = want[name].copy()
+    bad[name][1, 2] ^= 1
+    assert mismatches(got, bad) == [name]
+
+
+def test_protocol_errors_leave_the_engine_ready():
+    program = compile_network(CONFIG)
+    results = []
+
+    async def bench(ctx, dut):
+        t = AmaranthTransport(ctx, dut, timeout_cycles=2000)
+        driver = EngineDriver(program, t)
+
+        async def raw(words):
+            reply = await t.exchange(words)
+            results.append((reply[0] >> 8) & 0xFF)
+            return reply
+
+        await raw([header(9, 0)])                                     # unknown command, one word
+        await raw([header(0, 0), 1, 2, 3])                            # unknown command, longer packet
+        await raw([header(Command.READ, 7), 0, 1])                    # unknown target
+        await raw([header(Command.READ, Target.ACT), 60, 5])          # beyond data_words = 64
+        await raw([header(Command.WRITE, Target.ACT), 0, 2, 1, 2, 3])  # 2 items of 2 words: truncated
+        await raw([header(Command.WRITE, Target.LABELS), 0, 1, 3, 4])  # one label and a word too many
+        await raw([header(Command.READ, Target.ACT)])                  # arguments missing
+        await raw([header(Command.COUNTERS, 0), 5])                    # COUNTERS takes no arguments
+        # still serving: a write and a read back
+        await driver.write(Target.LABELS, 2, [3, 1])
+        results.append(await driver.read(Target.LABELS, 2, 2))
+        try:
+            await driver.read(Target.WEIGHTS, 63, 2)
+        except EngineError as e:
+            results.append(str(e))
+
+    simulate(bench)
+    assert results[:8] == [Status.BAD_COMMAND, Status.BAD_COMMAND, Status.BAD_TARGET, Status.OUT_OF_RANGE,
+                           Status.TRUNCATED, Status.TOO_LONG, Status.TRUNCATED, Status.TOO_LONG]
+    assert results[8] == [3, 1]
+    assert results[9] == "READ: the engine answered OUT_OF_RANGE"
+
+
+def test_bad_config_is_named():
+    with pytest.raises(TypeError, match="config="):
+        Engine("mlp")
