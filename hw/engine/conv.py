@@ -1,0 +1,776 @@
+"""Convolution and 2×2 max-pool on the engine: the odometer address pattern, compiler and word-level model.
+
+This is the Python level of the next engine step (no RTL yet). Fully connected layers keep the
+:class:`~hw.engine.isa.AddressPattern` path of :mod:`hw.engine.compiler` unchanged; convolution
+layers (stride 1, "valid" or "same" padding, optional 2×2 max-pool) get :class:`ConvPattern`, a
+generalisation whose position and tap loops are digit *odometers*, and :class:`ConvInstruction`.
+
+The pattern
+-----------
+A :class:`ConvPattern` runs the same four loops as an ``AddressPattern``::
+
+    for t1 < n1: for t2 < n2: for k < nk: for r < nr:  one (address, valid) per beat
+
+and adds two odometers, ``pos`` (a position, e.g. digits (b, y, x) or, window-major, (b, y2, x2,
+dy, dx)) and ``tap`` (a reduction tap, e.g. (i, j, cb)). Each odometer has digits (most
+significant first) with a radix, an address stride and three *coordinate* strides; its linear
+index is chosen by ``*_drive``:
+
+==========  =========================================  =======================================
+drive       linear index                                incremental form
+==========  =========================================  =======================================
+``NONE``    0 (the odometer has no digits)              —
+``T1R``     t1·nr + r                                   steps after every beat; its state is
+                                                        saved at each t1 start and restored at
+                                                        every other (t2, k) start
+``K``       k                                           steps after the last r of each k; reset
+                                                        at every (t1, t2) start
+``T2``      t2                                          steps after the last (k, r) of each t2;
+                                                        reset at every t1 start
+==========  =========================================  =======================================
+
+From the digit values d_m::
+
+    address = base + s1·t1 + s2·t2 + Σ_pos d_m·addr_m + Σ_tap d_m·addr_m
+    coord_c = coord_base_c + Σ_pos d_m·coord_m[c] + Σ_tap d_m·coord_m[c]      (c = 0, 1, 2)
+    valid   = 0 ≤ coord_c < coord_lim_c for c = 0, 1, 2
+
+An invalid beat reads a zero word (or, for a result pattern, writes nothing). The coordinates are
+what the bounds checks need: an input row and column (padding: below 0 or beyond the map), a
+sample (the tail tile beyond the batch), an output channel (rows beyond O). An unused coordinate
+has stride 0, base 0 and limit 1.
+
+Incremental hardware form (no multiplier, no divider): each odometer is a register per digit
+(a counter modulo its radix), an address accumulator and three coordinate accumulators, plus one
+shadow copy of all of them (the T1R save/restore). A step finds the lowest digit that does not wrap
+(every digit below it is at radix − 1: a chain of equality compares), clears the digits below it,
+increments it, and adds that digit's *carry strides* to the accumulators::
+
+    carry_addr_m  = addr_m  − Σ_{digits e below m} (radix_e − 1)·addr_e
+    carry_coord_m = coord_m − Σ_{digits e below m} (radix_e − 1)·coord_e
+
+which the compiler precomputes (:meth:`ConvPattern.carry_strides`), so the generator holds one
+adder per accumulator and a small mux of constants. ``s1·t1`` and ``s2·t2`` are accumulators as in
+the existing generator. The address is then two additions (base + loop part + pos + tap) and each
+coordinate check one *unsigned* compare ``coord < lim`` of the two's-complement sum (a negative
+coordinate is a huge unsigned number, so one comparator covers both bounds). The address adders are
+ADDR_BITS wide and wrap (a padding tap may point below the tensor); only valid addresses — always
+inside the memory — are read.
+:meth:`ConvPattern.addresses` is this incremental form in Python and is tested against the
+closed form :meth:`ConvPattern.address_array` for every compiled pattern.
+
+Instructions
+------------
+:class:`ConvInstruction` ops (numbers distinct from :class:`~hw.engine.isa.Op`; the isa encoding is
+untouched):
+
+``CONV_FWD``  P = conv(X, Wq): ``a`` = X through the transposer (rows = L output positions,
+              k = (i, j, cb) taps), ``b`` = weight rows through the transposer (a plain
+              AddressPattern, as fc). With ``pool`` the rows are window-major (b, y2, x2, dy, dx):
+              the result path takes each group of 4 rows, keeps the lane-wise maximum and its
+              2-bit index (first maximum in row-major window order), and ``out`` names one pooled
+              position per 4 rows (nr = L/4). Then Q_A; activation, ReLU/saturation masks and pool
+              index are written.
+``CONV_ERR``  D at layer l's input: rows = L input positions, cols = an input-channel block cb,
+              k = (i, j, ob) with the o-lane as the transposed beat: ``a`` = E_l at
+              (b, y − i + pad, x − j + pad, ob) (the flip), ``b`` = weight word (o, (i, j, cb)) direct,
+              one per beat (o = ob·L + lane, invalid for o ≥ O). Run twice (Q_E's max first) →
+              × saturation mask (``aux`` = A_{l−1}'s masks) → Q_E → × ReLU mask → if ``unpool_dx``
+              is non-zero, the unpool stage: ``out`` names the window's first product-resolution
+              word; the stage writes the four words ``out``, ``out + dx``, ``out + dy``,
+              ``out + dy + dx``, each lane's value going to the word its pool index names (zero in
+              the other three). Also used, with plain ``a``/``b``, for a fully connected layer after a
+              pooled convolution.
+``CONV_GRAD`` G: rows = L output channels (block t1), cols = the lanes of weight word t2 = (i, j, cb),
+              k = every product position p: ``a`` = E_l word (p, ob) direct, ``b`` = X word at
+              (b, y + i − pad, x + j − pad, cb) direct (zero outside the input). Run twice → Q_G; the
+              draw of lane j of a result word is ``draw + j`` (``draw`` is a pattern in step with
+              ``out``: the channels-last flat index of the word's first weight) → ΔW into the weight
+              store.
+
+Pool and unpool are stages of the FWD and ERR result paths (no separate memory pass, no stored
+product tensor). A step's program (:func:`compile_conv_network`)::
+
+    FWD 0 … FWD n−1, LOSS, then for l = n−1 … 0: ERR l (l > 0), GRAD l; END
+
+with isa :class:`~hw.engine.isa.Instruction` for fully connected layers and ConvInstruction for
+convolution layers (and for the ERR of a fully connected layer that must unpool).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from golden.config import WageConfig
+from golden.prng import sr_draws
+from golden.quant import forward_weights, quantize_activation, quantize_error, quantize_gradient
+
+from .compiler import FitError, Program, UnsupportedNetwork, _fits
+from .config import EngineConfig
+from .isa import (ADDR_BITS, COUNT_BITS, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel)
+from .layout import MapLayout, WeightLayout
+from .model import EngineModel
+
+__all__ = ["Drive", "ConvOp", "ConvPattern", "ConvInstruction", "compile_conv_network", "compile_conv_fwd",
+           "compile_conv_err", "compile_conv_grad", "compile_fc_err_unpool", "ConvEngineModel", "MAX_DIGITS"]
+
+MAX_DIGITS = 6                     # digits per odometer
+COORDS = 3                         # bounds-checked coordinates
+COORD_BITS = 16                    # coordinate accumulators (signed) and limits
+_NO_LIMIT = 1                      # an unused coordinate: stride 0, base 0, limit 1
+
+
+class Drive:
+    """What drives an odometer's linear index (see the module docstring)."""
+    NONE, T1R, K, T2 = 0, 1, 2, 3
+    NAMES = {0: "NONE", 1: "T1R", 2: "K", 3: "T2"}
+
+
+class ConvOp:
+    """ConvInstruction operations (numbers not used by :class:`~hw.engine.isa.Op`)."""
+    CONV_FWD, CONV_ERR, CONV_GRAD = 5, 6, 7
+    NAMES = {5: "CONV_FWD", 6: "CONV_ERR", 7: "CONV_GRAD"}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _signed(name: str, v, bits: int) -> None:
+    if not _is_int(v) or not -(1 << (bits - 1)) <= v < (1 << (bits - 1)):
+        raise IsaError(f"conv pattern field {name}={v!r}: must be an integer in "
+                       f"{-(1 << (bits - 1))}..{(1 << (bits - 1)) - 1}")
+
+
+def _count(name: str, v, low: int = 1) -> None:
+    if not _is_int(v) or not low <= v < (1 << COUNT_BITS):
+        raise IsaError(f"conv pattern field {name}={v!r}: must be an integer in {low}..{(1 << COUNT_BITS) - 1}")
+
+
+@dataclass(frozen=True)
+class ConvPattern:
+    """One odometer address pattern (see the module docstring). Digits are most significant first;
+    ``*_coord`` holds one 3-tuple of coordinate strides per digit. Addresses (base and strides) are
+    signed ADDR_BITS + 1 bit values (the adders wrap modulo 2^ADDR_BITS); coordinates signed
+    COORD_BITS-bit; limits 1..2^COORD_BITS − 1."""
+    base: int = 0
+    s1: int = 0
+    s2: int = 0
+    n1: int = 1
+    n2: int = 1
+    nk: int = 1
+    nr: int = 1
+    pos_drive: int = Drive.NONE
+    pos_radix: tuple[int, ...] = ()
+    pos_addr: tuple[int, ...] = ()
+    pos_coord: tuple[tuple[int, int, int], ...] = ()
+    tap_drive: int = Drive.NONE
+    tap_radix: tuple[int, ...] = ()
+    tap_addr: tuple[int, ...] = ()
+    tap_coord: tuple[tuple[int, int, int], ...] = ()
+    coord_base: tuple[int, int, int] = (0, 0, 0)
+    coord_lim: tuple[int, int, int] = (_NO_LIMIT, _NO_LIMIT, _NO_LIMIT)
+
+    def __post_init__(self):
+        for name in ("base", "s1", "s2"):
+            _signed(name, getattr(self, name), ADDR_BITS + 1)
+        for name in ("n1", "n2", "nk", "nr"):
+            _count(name, getattr(self, name))
+        for name in ("coord_base", "coord_lim"):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or len(v) != COORDS:
+                raise IsaError(f"conv pattern field {name}={v!r}: must be a tuple of {COORDS} integers")
+        for c, v in enumerate(self.coord_base):
+            _signed(f"coord_base[{c}]", v, COORD_BITS)
+        for c, v in enumerate(self.coord_lim):
+            _count(f"coord_lim[{c}]", v)
+        loop_range = {Drive.T1R: self.n1 * self.nr, Drive.K: self.nk, Drive.T2: self.n2}
+        for odo in ("pos", "tap"):
+            drive = getattr(self, f"{odo}_drive")
+            radix, addr, coord = (getattr(self, f"{odo}_{f}") for f in ("radix", "addr", "coord"))
+            if drive not in Drive.NAMES:
+                raise IsaError(f"conv pattern field {odo}_drive={drive!r}: must be one of "
+                               f"{', '.join(f'{k} ({v})' for k, v in Drive.NAMES.items())}")
+            for f, v in (("radix", radix), ("addr", addr), ("coord", coord)):
+                if not isinstance(v, tuple):
+                    raise IsaError(f"conv pattern field {odo}_{f}={v!r}: must be a tuple")
+            if not len(radix) == len(addr) == len(coord):
+                raise IsaError(f"conv pattern {odo}: {odo}_radix, {odo}_addr and {odo}_coord have "
+                               f"{len(radix)}, {len(addr)} and {len(coord)} entries; one per digit expected")
+            if len(radix) > MAX_DIGITS:
+                raise IsaError(f"conv pattern field {odo}_radix={radix!r}: at most {MAX_DIGITS} digits")
+            if (drive == Drive.NONE) != (len(radix) == 0):
+                raise IsaError(f"conv pattern {odo}: {odo}_drive={Drive.NAMES.get(drive, drive)} with "
+                               f"{len(radix)} digits; an odometer has digits exactly when it is driven")
+            for m, v in enumerate(radix):
+                _count(f"{odo}_radix[{m}]", v)
+            for m, v in enumerate(addr):
+                _signed(f"{odo}_addr[{m}]", v, ADDR_BITS + 1)
+            for m, v in enumerate(coord):
+                if not isinstance(v, tuple) or len(v) != COORDS:
+                    raise IsaError(f"conv pattern field {odo}_coord[{m}]={v!r}: must be a tuple of {COORDS} integers")
+                for c, s in enumerate(v):
+                    _signed(f"{odo}_coord[{m}][{c}]", s, COORD_BITS)
+            if drive != Drive.NONE and loop_range[drive] > math.prod(radix):
+                raise IsaError(f"conv pattern field {odo}_radix={radix!r}: {odo}_drive={Drive.NAMES[drive]} "
+                               f"reaches index {loop_range[drive] - 1}, the odometer counts only "
+                               f"{math.prod(radix)} states (the top digit would wrap)")
+
+    @property
+    def length(self) -> int:
+        return self.n1 * self.n2 * self.nk * self.nr
+
+    # -- closed form (the reference) ---------------------------------------------------------
+    def _odometer(self, index, radix, addr, coord):
+        a = np.zeros_like(index)
+        c = [np.zeros_like(index) for _ in range(COORDS)]
+        rest = index
+        for m in reversed(range(len(radix))):
+            rest, d = np.divmod(rest, radix[m]) if m else (None, rest)
+            a = a + d * addr[m]
+            for q in range(COORDS):
+                c[q] = c[q] + d * coord[m][q]
+        return a, c
+
+    def address_array(self, lanes: int):
+        """``(address, valid)`` as int64/bool arrays of shape (n1, n2, nk, nr), like
+        :meth:`AddressPattern.address_array` (``lanes`` is unused: rows are explicit digits here)."""
+        t1, t2, k, r = np.ix_(*(np.arange(n, dtype=np.int64) for n in (self.n1, self.n2, self.nk, self.nr)))
+        shape = (self.n1, self.n2, self.nk, self.nr)
+        index = {Drive.NONE: np.zeros_like(t1), Drive.T1R: t1 * self.nr + r, Drive.K: k, Drive.T2: t2}
+        address = self.base + t1 * self.s1 + t2 * self.s2
+        coords = [np.full((1, 1, 1, 1), b, dtype=np.int64) for b in self.coord_base]
+        for odo in ("pos", "tap"):
+            a, c = self._odometer(index[getattr(self, f"{odo}_drive")], getattr(self, f"{odo}_radix"),
+                                  getattr(self, f"{odo}_addr"), getattr(self, f"{odo}_coord"))
+            address = address + a
+            coords = [x + y for x, y in zip(coords, c)]
+        valid = np.ones((1, 1, 1, 1), dtype=bool)
+        for c, lim in zip(coords, self.coord_lim):
+            valid = valid & (c >= 0) & (c < lim)
+        address = address % (1 << ADDR_BITS)          # the hardware adders wrap; invalid beats are never read
+        return np.broadcast_to(address, shape), np.broadcast_to(valid, shape)
+
+    # -- incremental form (the RTL's algorithm) -----------------------------------------------
+    def carry_strides(self, odo: str) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        """Per digit of odometer ``odo`` ("pos" or "tap"): (carry address stride, carry coordinate
+        strides), the constants added when that digit increments and every digit below it wraps."""
+        radix, addr, coord = (getattr(self, f"{odo}_{f}") for f in ("radix", "addr", "coord"))
+        out = []
+        for m in range(len(radix)):
+            below = range(m + 1, len(radix))
+            ca = addr[m] - sum((radix[e] - 1) * addr[e] for e in below)
+            cc = tuple(coord[m][q] - sum((radix[e] - 1) * coord[e][q] for e in below) for q in range(COORDS))
+            out.append((ca, cc))
+        return tuple(out)
+
+    def addresses(self, lanes: int = 0):
+        """Yield ``(address, valid)`` in pattern order, computed with counters and adders only:
+        odometers stepped by one with precomputed carry strides, a shadow copy for T1R."""
+        mask = (1 << ADDR_BITS) - 1
+
+        class Odo:
+            def __init__(s, odo):
+                s.radix = getattr(self, f"{odo}_radix")
+                s.carry = self.carry_strides(odo)
+                s.reset()
+
+            def reset(s):
+                s.digits, s.addr, s.coord = [0] * len(s.radix), 0, [0] * COORDS
+
+            def step(s):
+                m = len(s.radix) - 1
+                while m > 0 and s.digits[m] == s.radix[m] - 1:
+                    s.digits[m] = 0
+                    m -= 1
+                s.digits[m] += 1
+                ca, cc = s.carry[m]
+                s.addr += ca
+                s.coord = [x + y for x, y in zip(s.coord, cc)]
+
+            def state(s):
+                return (list(s.digits), s.addr, list(s.coord))
+
+            def load(s, st):
+                s.digits, s.addr, s.coord = list(st[0]), st[1], list(st[2])
+
+        pos, tap = Odo("pos"), Odo("tap")
+        odos = [(pos, self.pos_drive), (tap, self.tap_drive)]
+        acc1 = 0
+        for t1 in range(self.n1):
+            for o, d in odos:
+                if d in (Drive.K, Drive.T2):
+                    o.reset()
+            saved = [o.state() for o, _ in odos]            # T1R: the shadow copy at the tile start
+            acc2 = 0
+            for t2 in range(self.n2):
+                for o, d in odos:
+                    if d == Drive.K:
+                        o.reset()
+                for k in range(self.nk):
+                    for (o, d), st in zip(odos, saved):
+                        if d == Drive.T1R and (t2 or k):
+                            o.load(st)
+                    for r in range(self.nr):
+                        addr = self.base + acc1 + acc2 + pos.addr + tap.addr
+                        valid = True
+                        for c in range(COORDS):
+                            value = (self.coord_base[c] + pos.coord[c] + tap.coord[c]) & ((1 << COORD_BITS) - 1)
+                            valid &= value < self.coord_lim[c]          # unsigned compare
+                        yield addr & mask, valid
+                        for o, d in odos:
+                            if d == Drive.T1R:
+                                o.step()
+                    for o, d in odos:
+                        if d == Drive.K and k + 1 < self.nk:
+                            o.step()
+                for o, d in odos:
+                    if d == Drive.T2 and t2 + 1 < self.n2:
+                        o.step()
+                acc2 += self.s2
+            acc1 += self.s1
+
+
+Pattern = ConvPattern | AddressPattern
+
+
+@dataclass(frozen=True)
+class ConvInstruction:
+    """A convolution-path instruction (module docstring). Patterns may be :class:`ConvPattern` or
+    plain :class:`AddressPattern`; ``draw`` (CONV_GRAD) runs in step with ``out``."""
+    op: int
+    layer: int = 0
+    relu: int = 0
+    shift: int = 0
+    qcount: int = 0
+    wbase: int = 0
+    pool: int = 0
+    unpool_dx: int = 0
+    unpool_dy: int = 0
+    a: Pattern = field(default_factory=AddressPattern)
+    b: Pattern = field(default_factory=AddressPattern)
+    out: Pattern = field(default_factory=AddressPattern)
+    aux: Pattern = field(default_factory=AddressPattern)
+    draw: Pattern = field(default_factory=AddressPattern)
+
+    def __post_init__(self):
+        if self.op not in ConvOp.NAMES:
+            raise IsaError(f"conv instruction op={self.op!r}: must be one of "
+                           f"{', '.join(f'{k}={v}' for k, v in ConvOp.NAMES.items())}")
+        for name, width in (("layer", 8), ("relu", 1), ("shift", 6), ("qcount", QCOUNT_BITS), ("wbase", ADDR_BITS),
+                            ("pool", 1), ("unpool_dx", ADDR_BITS), ("unpool_dy", ADDR_BITS)):
+            v = getattr(self, name)
+            if not _is_int(v) or not 0 <= v < (1 << width):
+                raise IsaError(f"conv instruction field {name}={v!r}: must be an integer in 0..{(1 << width) - 1}")
+        if self.pool and self.op != ConvOp.CONV_FWD:
+            raise IsaError(f"conv instruction pool=1 with op {ConvOp.NAMES[self.op]}: pooling is a CONV_FWD stage")
+        if (self.unpool_dx or self.unpool_dy) and self.op != ConvOp.CONV_ERR:
+            raise IsaError(f"conv instruction unpool_dx={self.unpool_dx}, unpool_dy={self.unpool_dy} with op "
+                           f"{ConvOp.NAMES[self.op]}: unpooling is a CONV_ERR stage")
+        if bool(self.unpool_dx) != bool(self.unpool_dy):
+            raise IsaError(f"conv instruction unpool_dx={self.unpool_dx}, unpool_dy={self.unpool_dy}: both or neither")
+        for name in ("a", "b", "out", "aux", "draw"):
+            if not isinstance(getattr(self, name), (ConvPattern, AddressPattern)):
+                raise IsaError(f"conv instruction pattern {name}={getattr(self, name)!r}: must be a ConvPattern or "
+                               f"an AddressPattern")
+
+    def __str__(self) -> str:
+        extra = " +pool" if self.pool else (" +unpool" if self.unpool_dx else "")
+        return f"{ConvOp.NAMES[self.op]} layer {self.layer}{extra}"
+
+
+# ---- compiler ------------------------------------------------------------------------------------
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _top(total: int, lower: tuple[int, ...]) -> int:
+    """Radix of a top digit so that indices 0..total−1 never wrap it."""
+    return max(1, _cdiv(total, math.prod(lower)))
+
+
+def _pos_digits(h: int, w: int, total: int, map_hw: tuple[int, int], wpp: int, window: bool = False,
+                spatial: bool = True, scale: int = 1):
+    """Position odometer (radix, addr, coord) over the positions (b, y, x) of an h×w grid, raster
+    order, or window-major (b, y2, x2, dy, dx) when ``window``; ``total`` positions are walked (the
+    top digit, b, counts past the batch in a tail tile). Addresses step a map of ``map_hw`` positions
+    with ``wpp`` words each, position (b, scale·y, scale·x) (scale 2: a window's first position).
+    Coordinates: 0 = y, 1 = x (when ``spatial``), 2 = b."""
+    mh, mw = map_hw
+    b = (0, 0, 1)
+    y, x = ((1, 0, 0), (0, 1, 0)) if spatial else ((0, 0, 0), (0, 0, 0))
+    if window:
+        lower = (h // 2, w // 2, 2, 2)
+        addr = (mh * mw * wpp, 2 * mw * wpp, 2 * wpp, mw * wpp, wpp)
+        coord = (b, tuple(2 * v for v in y), tuple(2 * v for v in x), y, x)
+    else:
+        lower = (h, w)
+        addr = (mh * mw * wpp, scale * mw * wpp, scale * wpp)
+        coord = (b, y, x)
+    return (_top(total, lower), *lower), addr, coord
+
+
+def compile_conv_fwd(wage: WageConfig, index: int, x: MapLayout, w: WeightLayout, a: MapLayout,
+                     lanes: int) -> ConvInstruction:
+    """CONV_FWD of conv layer ``index``: X (map layout ``x``) ∗ W → [pool] → Q_A → ``a``."""
+    layer = wage.layers[index]
+    L, batch = lanes, wage.batch_size
+    c, h, wd = layer.in_shape
+    o, ho, wo = layer.product_shape
+    k, pad = layer.kernel, layer.padding
+    wpi, ow, wpr = x.words_per_position, _cdiv(o, L), w.words_per_row
+    positions = batch * ho * wo
+    n1 = _cdiv(positions, L)
+    # Rows: L output positions (window-major when pooled); their digits step the *input* map's
+    # addresses, since output (y, x) reads input (y + i − pad, x + j − pad).
+    radix, addr, coord = _pos_digits(ho, wo, n1 * L, (h, wd), wpi, window=layer.pool)
+    a_pat = ConvPattern(
+        base=x.base - pad * wd * wpi - pad * wpi, n1=n1, n2=ow, nk=k * k * wpi, nr=L,
+        pos_drive=Drive.T1R, pos_radix=radix, pos_addr=addr, pos_coord=coord,
+        tap_drive=Drive.K, tap_radix=(k, k, wpi), tap_addr=(wd * wpi, wpi, 1),
+        tap_coord=((1, 0, 0), (0, 1, 0), (0, 0, 0)),
+        coord_base=(-pad, -pad, 0), coord_lim=(h, wd, batch))
+    b_pat = AddressPattern(w.base, s2=L * wpr, sk=1, sr=wpr, n1=n1, n2=ow, nk=wpr, nr=L, lim=o, row_sel=RowSel.T2)
+    if layer.pool:
+        h2, w2 = ho // 2, wo // 2
+        rows = L // 4
+        radix, addr, coord = _pos_digits(h2, w2, n1 * rows, (h2, w2), ow, spatial=False)
+        out = ConvPattern(base=a.base, s2=1, n1=n1, n2=ow, nr=rows, pos_drive=Drive.T1R, pos_radix=radix,
+                          pos_addr=addr, pos_coord=coord, coord_lim=(1, 1, batch))
+        qcount = n1 * ow * rows * L
+    else:
+        radix, addr, coord = _pos_digits(ho, wo, n1 * L, (ho, wo), ow, spatial=False)
+        out = ConvPattern(base=a.base, s2=1, n1=n1, n2=ow, nr=L, pos_drive=Drive.T1R, pos_radix=radix,
+                          pos_addr=addr, pos_coord=coord, coord_lim=(1, 1, batch))
+        qcount = n1 * ow * L * L
+    return ConvInstruction(ConvOp.CONV_FWD, layer=index, relu=int(not layer.last), shift=wage.act_shift(layer),
+                           qcount=qcount, pool=int(layer.pool), a=a_pat, b=b_pat, out=out)
+
+
+def _err_out(wage: WageConfig, index: int, e_prev: MapLayout, a_prev: MapLayout, lanes: int, n1: int, n2: int):
+    """Result and aux patterns of an error product whose rows are L positions (b, y, x) of layer
+    ``index``'s input map (= layer index−1's pooled output) and whose cols are channel block t2."""
+    L, batch = lanes, wage.batch_size
+    prev = wage.layers[index - 1]
+    c, h, wd = prev.out_shape
+    wpi = a_prev.words_per_position
+    radix, addr, coord = _pos_digits(h, wd, n1 * L, (h, wd), wpi, spatial=False)
+    aux = ConvPattern(base=a_prev.base, s2=1, n1=n1, n2=n2, nr=L, pos_drive=Drive.T1R, pos_radix=radix,
+                      pos_addr=addr, pos_coord=coord, coord_lim=(1, 1, batch))
+    if prev.pool:
+        hp, wp = prev.product_shape[1:]
+        _, addr, _ = _pos_digits(h, wd, n1 * L, (hp, wp), wpi, spatial=False, scale=2)   # window's first word
+        dx, dy = wpi, wp * wpi
+    else:
+        dx = dy = 0
+    out = ConvPattern(base=e_prev.base, s2=1, n1=n1, n2=n2, nr=L, pos_drive=Drive.T1R, pos_radix=radix,
+                      pos_addr=addr, pos_coord=coord, coord_lim=(1, 1, batch))
+    return out, aux, dx, dy
+
+
+def compile_conv_err(wage: WageConfig, index: int, e: MapLayout, w: WeightLayout, e_prev: MapLayout,
+                     a_prev: MapLayout, lanes: int) -> ConvInstruction:
+    """CONV_ERR of conv layer ``index`` (> 0): E_l ∗ flip(W) → × sat → Q_E → × relu → [unpool] → E_{l−1}."""
+    layer = wage.layers[index]
+    L, batch = lanes, wage.batch_size
+    c, h, wd = layer.in_shape
+    o, ho, wo = layer.product_shape
+    k, pad = layer.kernel, layer.padding
+    ow, wpi, wpt, wpr = e.words_per_position, _cdiv(c, L), w.words_per_tap, w.words_per_row
+    n1, n2 = _cdiv(batch * h * wd, L), wpi
+    radix, addr, coord = _pos_digits(h, wd, n1 * L, (ho, wo), ow)   # rows step E_l's (product) map
+    a_pat = ConvPattern(
+        base=e.base + pad * wo * ow + pad * ow, n1=n1, n2=n2, nk=k * k * ow, nr=L,
+        pos_drive=Drive.T1R, pos_radix=radix, pos_addr=addr, pos_coord=coord,
+        tap_drive=Drive.K, tap_radix=(k, k, ow), tap_addr=(-wo * ow, -ow, 1),
+        tap_coord=((-1, 0, 0), (0, -1, 0), (0, 0, 0)),
+        coord_base=(pad, pad, 0), coord_lim=(ho, wo, batch))
+    b_pat = ConvPattern(
+        base=w.base, s2=1, n1=n1, n2=n2, nk=k * k * ow * L, nr=1,
+        tap_drive=Drive.K, tap_radix=(k, k, ow * L), tap_addr=(k * wpt, wpt, wpr),
+        tap_coord=((0, 0, 0), (0, 0, 0), (1, 0, 0)), coord_lim=(o, 1, 1))
+    out, aux, dx, dy = _err_out(wage, index, e_prev, a_prev, L, n1, n2)
+    return ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=n1 * n2 * L * L, unpool_dx=dx, unpool_dy=dy,
+                           a=a_pat, b=b_pat, out=out, aux=aux)
+
+
+def compile_fc_err_unpool(wage: WageConfig, index: int, e: MapLayout, w: WeightLayout, e_prev: MapLayout,
+                          a_prev: MapLayout, lanes: int) -> ConvInstruction:
+    """ERR of fully connected layer ``index`` after a pooled convolution: the fc product (the plain
+    patterns of :func:`hw.engine.compiler.compile_network`), results unpooled into E_{l−1}."""
+    layer, prev = wage.layers[index], wage.layers[index - 1]
+    L, batch = lanes, wage.batch_size
+    wpr, ow = w.words_per_row, e.words_per_position
+    bt = _cdiv(batch, L)
+    c, h2, w2 = prev.out_shape
+    hp, wp = prev.product_shape[1:]
+    wpi = _cdiv(c, L)                                          # words per position (C % L == 0, checked)
+    a_pat = AddressPattern(e.base, s1=L * ow, sk=1, sr=ow, n1=bt, n2=wpr, nk=ow, nr=L, lim=batch, row_sel=RowSel.T1)
+    b_pat = AddressPattern(w.base, s2=1, sk=wpr, n1=bt, n2=wpr, nk=ow * L, klim=layer.out_channels)
+    aux = AddressPattern(a_prev.base, s1=L * wpr, s2=1, sr=wpr, n1=bt, n2=wpr, nr=L, lim=batch, row_sel=RowSel.T1)
+    out = ConvPattern(
+        base=e_prev.base, n1=bt, n2=wpr, nr=L,
+        pos_drive=Drive.T1R, pos_radix=(_top(bt * L, ()),), pos_addr=(hp * wp * wpi,), pos_coord=((0, 0, 1),),
+        tap_drive=Drive.T2, tap_radix=(h2, w2, wpi), tap_addr=(2 * wp * wpi, 2 * wpi, 1),
+        tap_coord=((0, 0, 0),) * 3, coord_lim=(1, 1, batch))
+    return ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=bt * wpr * L * L, unpool_dx=wpi, unpool_dy=wp * wpi,
+                           a=a_pat, b=b_pat, out=out, aux=aux)
+
+
+def compile_conv_grad(wage: WageConfig, index: int, e: MapLayout, x: MapLayout, w: WeightLayout,
+                      lanes: int) -> ConvInstruction:
+    """CONV_GRAD of conv layer ``index``: G = Σ_p E_l(p) ⊗ X(p + tap) → Q_G → ΔW."""
+    layer = wage.layers[index]
+    L, batch = lanes, wage.batch_size
+    c, h, wd = layer.in_shape
+    o, ho, wo = layer.product_shape
+    k, pad = layer.kernel, layer.padding
+    ow, wpi, wpr = e.words_per_position, x.words_per_position, w.words_per_row
+    positions = batch * ho * wo
+    radix = (batch, ho, wo)
+    a_pat = ConvPattern(base=e.base, s1=1, n1=ow, n2=wpr, nk=positions,
+                        pos_drive=Drive.K, pos_radix=radix, pos_addr=(ho * wo * ow, wo * ow, ow),
+                        pos_coord=((0, 0, 0),) * 3)
+    b_pat = ConvPattern(
+        base=x.base - pad * wd * wpi - pad * wpi, n1=ow, n2=wpr, nk=positions,
+        pos_drive=Drive.K, pos_radix=radix, pos_addr=(h * wd * wpi, wd * wpi, wpi),
+        pos_coord=((0, 0, 0), (1, 0, 0), (0, 1, 0)),
+        tap_drive=Drive.T2, tap_radix=(k, k, wpi), tap_addr=(wd * wpi, wpi, 1),
+        tap_coord=((1, 0, 0), (0, 1, 0), (0, 0, 0)),
+        coord_base=(-pad, -pad, 0), coord_lim=(h, wd, 1))
+    out = AddressPattern(w.base, s1=L * wpr, s2=1, sr=wpr, n1=ow, n2=wpr, nr=L, lim=o, row_sel=RowSel.T1)
+    taps = k * k
+    draw = ConvPattern(base=0, n1=ow, n2=wpr, nr=L,
+                       pos_drive=Drive.T1R, pos_radix=(ow * L,), pos_addr=(taps * c,), pos_coord=((0, 0, 0),),
+                       tap_drive=Drive.T2, tap_radix=(taps, wpi), tap_addr=(c, L), tap_coord=((0, 0, 0),) * 2)
+    return ConvInstruction(ConvOp.CONV_GRAD, layer=index, qcount=ow * wpr * L * L, wbase=w.base,
+                           a=a_pat, b=b_pat, out=out, draw=draw)
+
+
+def _check_conv_supported(config: EngineConfig) -> None:
+    wage, L = config.wage, config.lanes
+    for layer in wage.layers:
+        if layer.kind == "fc":
+            if layer.index > 0 and wage.layers[layer.index - 1].kind == "conv":
+                c = wage.layers[layer.index - 1].out_channels
+                if c % L:
+                    raise UnsupportedNetwork(
+                        f"layer {layer.index} ({layer.describe()}): its input has {c} channels, not a multiple "
+                        f"of lanes={L}, so the convolution's map layout is not the flattened layout a fully "
+                        f"connected layer reads (a full-map convolution pattern would be needed; not built)")
+            if layer.fan_in % L:
+                raise UnsupportedNetwork(
+                    f"layer {layer.index} ({layer.describe()}): fan-in {layer.fan_in} is not a multiple of "
+                    f"lanes={L}; the gradient words would not start on a whole hash of stochastic-rounding draws")
+        elif layer.pool and L % 4:
+            raise UnsupportedNetwork(f"layer {layer.index}: pooling needs lanes={L} to be a multiple of 4")
+    if not wage.output_quantize:
+        raise UnsupportedNetwork("output_quantize=False: the loss of a raw output layer needs its sums recomputed "
+                                 "(not built yet); use output_quantize=True (the default)")
+    if wage.batch_size > config.label_words:
+        raise FitError(f"labels: batch {wage.batch_size} needs {wage.batch_size} label words, "
+                       f"label_words={config.label_words} ({wage.batch_size - config.label_words} short)")
+
+
+def compile_conv_network(config: EngineConfig) -> Program:
+    """Memory map, fit check and one training step's program for a network with convolutions
+    (any mix the golden config allows: conv [+pool] layers, then fully connected layers)."""
+    _check_conv_supported(config)
+    wage = config.wage
+    L, batch = config.lanes, wage.batch_size
+    layers = wage.layers
+
+    def tensor(name: str, base: int, shape: tuple[int, ...], conv_map: bool) -> MapLayout:
+        c, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
+        return MapLayout(name, base, batch, c, h, w, L, flatten=not conv_map)
+
+    inputs = tensor("inputs", 0, wage.input_shape, layers[0].kind == "conv")
+    act_parts, base = [("inputs", inputs.words)], inputs.end
+    activations: list[MapLayout | None] = []
+    for layer in layers:
+        a = tensor(f"A{layer.index}", base, layer.out_shape, layer.kind == "conv")
+        activations.append(a)
+        base = a.end
+        act_parts.append((a.name, a.words))
+    act_used = base
+    errors, err_parts, base = [], [], 0
+    for layer in layers:
+        e = tensor(f"E{layer.index}", base, layer.product_shape, layer.kind == "conv")
+        errors.append(e)
+        base = e.end
+        err_parts.append((e.name, e.words))
+    err_used = base
+    weights, w_parts, base = [], [], 0
+    for layer in layers:
+        w = WeightLayout.for_layer(wage, layer.index, base, L)
+        weights.append(w)
+        base = w.end
+        w_parts.append((f"W{layer.index}", w.words))
+    w_used = base
+    _fits("data_words", max(act_used, err_used), config.data_words, act_parts if act_used >= err_used else err_parts)
+    _fits("weight_words", w_used, config.weight_words, w_parts)
+
+    def layer_input(i: int) -> MapLayout:
+        return inputs if i == 0 else activations[i - 1]
+
+    bt = _cdiv(batch, L)
+    ins: list = []
+    for layer in layers:
+        i = layer.index
+        x, w, a = layer_input(i), weights[i], activations[i]
+        if layer.kind == "conv":
+            ins.append(compile_conv_fwd(wage, i, x, w, a, L))
+            continue
+        wpr, ow = w.words_per_row, _cdiv(layer.out_channels, L)
+        ins.append(Instruction(
+            Op.FWD, layer=i, relu=int(not layer.last), shift=wage.act_shift(layer), qcount=bt * ow * L * L,
+            a=AddressPattern(x.base, s1=L * wpr, sk=1, sr=wpr, n1=bt, n2=ow, nk=wpr, nr=L, lim=batch,
+                             row_sel=RowSel.T1),
+            b=AddressPattern(w.base, s2=L * wpr, sk=1, sr=wpr, n1=bt, n2=ow, nk=wpr, nr=L,
+                             lim=layer.out_channels, row_sel=RowSel.T2),
+            out=AddressPattern(a.base, s1=L * ow, s2=1, sr=ow, n1=bt, n2=ow, nr=L, lim=batch, row_sel=RowSel.T1)))
+    last = layers[-1]
+    a_last, e_last = activations[-1], errors[-1]
+    ow = a_last.words_per_position
+    ins.append(Instruction(Op.LOSS, layer=last.index, qcount=batch * ow * L, onehot=1 << (wage.kA - 1),
+                           aux=AddressPattern(a_last.base, s1=ow, s2=1, n1=batch, n2=ow),
+                           out=AddressPattern(e_last.base, s1=ow, s2=1, n1=batch, n2=ow)))
+    for layer in reversed(layers):
+        i = layer.index
+        x, w, e = layer_input(i), weights[i], errors[i]
+        if layer.kind == "conv":
+            if i > 0:
+                ins.append(compile_conv_err(wage, i, e, w, errors[i - 1], activations[i - 1], L))
+            ins.append(compile_conv_grad(wage, i, e, x, w, L))
+            continue
+        wpr, ow = w.words_per_row, e.words_per_position
+        if i > 0:
+            e_prev, a_prev = errors[i - 1], activations[i - 1]
+            if layers[i - 1].pool:
+                ins.append(compile_fc_err_unpool(wage, i, e, w, e_prev, a_prev, L))
+            else:
+                ins.append(Instruction(
+                    Op.ERR, layer=i, qcount=bt * wpr * L * L,
+                    a=AddressPattern(e.base, s1=L * ow, sk=1, sr=ow, n1=bt, n2=wpr, nk=ow, nr=L, lim=batch,
+                                     row_sel=RowSel.T1),
+                    b=AddressPattern(w.base, s2=1, sk=wpr, n1=bt, n2=wpr, nk=ow * L, klim=layer.out_channels),
+                    out=AddressPattern(e_prev.base, s1=L * wpr, s2=1, sr=wpr, n1=bt, n2=wpr, nr=L, lim=batch,
+                                       row_sel=RowSel.T1),
+                    aux=AddressPattern(a_prev.base, s1=L * wpr, s2=1, sr=wpr, n1=bt, n2=wpr, nr=L, lim=batch,
+                                       row_sel=RowSel.T1)))
+        ins.append(Instruction(
+            Op.GRAD, layer=i, qcount=ow * wpr * L * L, wbase=w.base,
+            a=AddressPattern(e.base, s1=1, sk=ow, n1=ow, n2=wpr, nk=batch),
+            b=AddressPattern(x.base, s2=1, sk=wpr, n1=ow, n2=wpr, nk=batch),
+            out=AddressPattern(w.base, s1=L * wpr, s2=1, sr=wpr, n1=ow, n2=wpr, nr=L, lim=layer.out_channels,
+                               row_sel=RowSel.T1)))
+    ins.append(Instruction(Op.END))
+    usage = {"act": (act_used, config.data_words), "err": (err_used, config.data_words),
+             "weights": (w_used, config.weight_words), "labels": (batch, config.label_words)}
+    return Program(config, ins, inputs, activations, errors, weights, usage)
+
+
+# ---- word-level model ----------------------------------------------------------------------------
+
+class ConvEngineModel(EngineModel):
+    """:class:`~hw.engine.model.EngineModel` plus the convolution path: ``act_pool`` holds the 2-bit
+    pool index beside each activation lane (as ``act_relu``/``act_sat``)."""
+
+    def __init__(self, program: Program):
+        super().__init__(program)
+        self.act_pool = np.zeros_like(self.act, dtype=np.int8)
+
+    def run_step(self, step: int, eta_log2: int) -> None:
+        """Execute the program once (one training step), in the engine's dataflow order."""
+        wage = self.program.config.wage
+        L = self.lanes
+        for ins in self.program.instructions:
+            # The weight store serves the weights as they stand (GRAD l rewrites only layer l, after ERR l).
+            wq = forward_weights(self.wmem, wage.kW, wage.kG)
+            if isinstance(ins, ConvInstruction):
+                self._run_conv(ins, wq, step, eta_log2)
+                continue
+            if ins.op == Op.FWD:
+                p = self._products(ins, self.act, wq)
+                self._write_act(ins, p, None)
+            elif ins.op == Op.LOSS:
+                address, _ = self._rows(ins.aux)
+                t1 = np.repeat(np.arange(ins.aux.n1), ins.aux.n2)
+                t2 = np.tile(np.arange(ins.aux.n2), ins.aux.n1)
+                lane = self.labels[t1][:, None] - t2[:, None] * L == np.arange(L)[None, :]
+                d = self.act[address] - ins.onehot * lane
+                e, _ = quantize_error(d, wage.kE)
+                out, _ = self._rows(ins.out)
+                self.err[out] = e * self.act_sat[address]
+            elif ins.op == Op.ERR:
+                self._error(ins, wq)
+            elif ins.op == Op.GRAD:
+                address, _ = self._rows(ins.out)
+                draw = (address - ins.wbase) * L                   # fc: fan-in % L == 0
+                self._gradient(ins, step, eta_log2, draw)
+            elif ins.op == Op.END:
+                break
+
+    def _write_act(self, ins, p: np.ndarray, idx: np.ndarray | None) -> None:
+        wage = self.program.config.wage
+        a, relu, sat = quantize_activation(p, ins.shift, wage.kA, relu=bool(ins.relu))
+        if relu is None:
+            relu = p > 0
+        address, valid = self._rows(ins.out)
+        target = address[valid]
+        self.act[target] = a[valid]
+        self.act_relu[target] = relu[valid]
+        self.act_sat[target] = sat[valid]
+        if idx is not None:
+            self.act_pool[target] = idx[valid]
+
+    def _error(self, ins, wq: np.ndarray) -> None:
+        wage = self.program.config.wage
+        d = self._products(ins, self.err, wq)          # compute twice in hardware: same integers both passes
+        aux, aux_valid = self._rows(ins.aux)
+        sat = np.where(aux_valid[:, None], self.act_sat[aux], False)
+        relu = np.where(aux_valid[:, None], self.act_relu[aux], False)
+        e, _ = quantize_error(d * sat, wage.kE)
+        e = e * relu
+        address, valid = self._rows(ins.out)
+        if isinstance(ins, ConvInstruction) and ins.unpool_dx:
+            idx = np.where(aux_valid[:, None], self.act_pool[aux], 0)
+            offsets = (0, ins.unpool_dx, ins.unpool_dy, ins.unpool_dy + ins.unpool_dx)   # row-major (dy, dx)
+            for w, off in enumerate(offsets):
+                self.err[address[valid] + off] = np.where(idx == w, e, 0)[valid]
+        else:
+            self.err[address[valid]] = e[valid]
+
+    def _gradient(self, ins, step: int, eta_log2: int, draw: np.ndarray) -> None:
+        wage = self.program.config.wage
+        L = self.lanes
+        g = self._products(ins, self.err, self.act)
+        address, valid = self._rows(ins.out)
+        indices = (draw[:, None] + np.arange(L)[None, :]).reshape(-1)
+        draws = sr_draws(wage.seed, step, ins.layer, 0, wage.sr_bits, indices=indices).reshape(g.shape)
+        dw, q = quantize_gradient(g, eta_log2, draws, wage.sr_bits)
+        if q is None:
+            return
+        target = address[valid]
+        self.wmem[target] = np.clip(self.wmem[target] - dw[valid], -wage.w_clip, wage.w_clip)
+
+    def _run_conv(self, ins: ConvInstruction, wq: np.ndarray, step: int, eta_log2: int) -> None:
+        L = self.lanes
+        if ins.op == ConvOp.CONV_FWD:
+            p = self._products(ins, self.act, wq)                 # rows in (t1, t2, r) order
+            if ins.pool:
+                win = p.reshape(-1, 4, L)                          # window-major: 4 consecutive rows
+                idx = np.argmax(win, axis=1)                       # the first maximum in row-major order
+                p = np.take_along_axis(win, idx[:, None, :], axis=1)[:, 0, :]
+                self._write_act(ins, p, idx.astype(np.int8))
+            else:
+                self._write_act(ins, p, None)
+        elif ins.op == ConvOp.CONV_ERR:
+            self._error(ins, wq)
+        elif ins.op == ConvOp.CONV_GRAD:
+            draw, _ = self._rows(ins.draw)
+            self._gradient(ins, step, eta_log2, draw)

@@ -1,0 +1,207 @@
+"""Convolution on the engine (Python level): odometer patterns, compiler and word-level model vs golden."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from golden import model as golden
+from golden.config import WageConfig
+from golden.data import load_dataset
+from hw.engine.compiler import FitError, UnsupportedNetwork
+from hw.engine.config import EngineConfig
+from hw.engine.conv import (ConvEngineModel, ConvInstruction, ConvOp, ConvPattern, Drive, compile_conv_network)
+from hw.engine.isa import AddressPattern, IsaError
+
+LENET = "8C5-MP2-16C3p-MP2-32FC-10"
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_dataset("embedded")
+
+
+def compile_net(net, batch, lanes, shape=(1, 28, 28), seed=11, data_words=16384):
+    wage = WageConfig(net=net, input_shape=shape, batch_size=batch, seed=seed)
+    return wage, compile_conv_network(EngineConfig(wage, lanes=lanes, data_words=data_words))
+
+
+def train_both(wage, program, embedded, steps, eta_log2=3, check=True):
+    """Train golden and the conv engine model side by side. With ``check`` every A, E and the
+    weights must match after every step; otherwise return the set of mismatching tensors."""
+    engine = ConvEngineModel(program)
+    weights = golden.init_weights(wage)
+    engine.load_weights(weights)
+    b = wage.batch_size
+    mismatches = set()
+    for s in range(steps):
+        x, y = embedded.train_images[s * b:(s + 1) * b], embedded.train_labels[s * b:(s + 1) * b]
+        trace = {}
+        weights, _ = golden.train_step(wage, weights, x, y, s, eta_log2, trace=trace)
+        engine.load_batch(x, y)
+        engine.run_step(s, eta_log2)
+        pairs = [(f"A{i}", a.unpack(engine.act[a.base:a.end]), trace[f"s{s}/l{i}/A"])
+                 for i, a in enumerate(program.activations)]
+        pairs += [(f"E{i}", e.unpack(engine.err[e.base:e.end]), trace[f"s{s}/l{i}/E"])
+                  for i, e in enumerate(program.errors)]
+        pairs += [(f"W{i}", got, want) for i, (got, want) in enumerate(zip(engine.read_weights(), weights))]
+        for name, got, want in pairs:
+            got, want = got.reshape(want.shape), want
+            if check:
+                np.testing.assert_array_equal(got, want, err_msg=f"step {s} {name}")
+            elif not np.array_equal(got, want):
+                mismatches.add(name)
+    return mismatches
+
+
+@pytest.mark.parametrize("net, batch, lanes", [
+    (LENET, 6, 4),
+    (LENET, 6, 8),
+    ("4C3p-8C5-MP2-10", 6, 4),            # same conv, no pool, straight into a valid conv; fc unpools
+    ("4C3p-4C3-16C3p-MP2-10", 5, 8),      # same → valid → same convs without pool; C < L everywhere
+])
+def test_conv_model_matches_golden_bit_for_bit(embedded, net, batch, lanes):
+    wage, program = compile_net(net, batch, lanes)
+    train_both(wage, program, embedded, steps=3)
+
+
+def _replace_conv(program, op, layer, **changes):
+    k = next(i for i, ins in enumerate(program.instructions)
+             if isinstance(ins, ConvInstruction) and ins.op == op and ins.layer == layer)
+    ins = program.instructions[k]
+    program.instructions[k] = dataclasses.replace(ins, **changes)
+    return ins
+
+
+def test_a_wrong_tap_stride_is_caught(embedded):
+    wage, program = compile_net(LENET, 6, 4)
+    a = _replace_conv(program, ConvOp.CONV_FWD, 1).a
+    bad = dataclasses.replace(a, tap_addr=(a.tap_addr[0], a.tap_addr[1] + 1, a.tap_addr[2]))
+    _replace_conv(program, ConvOp.CONV_FWD, 1, a=bad)
+    assert {"A1", "W0", "W1"} <= train_both(wage, program, embedded, steps=1, check=False)
+
+
+def test_a_wrong_flip_is_caught(embedded):
+    """ERR reading E_l at (y + i − pad, x + j − pad) (a correlation, no flip) instead of (y − i + pad, …)."""
+    wage, program = compile_net(LENET, 6, 4)
+    a = _replace_conv(program, ConvOp.CONV_ERR, 1).a
+    pad = wage.layers[1].padding
+    flipped = dataclasses.replace(
+        a, base=a.base - 2 * pad * (a.tap_addr[0] * -1) - 2 * pad * (a.tap_addr[1] * -1),
+        tap_addr=(-a.tap_addr[0], -a.tap_addr[1], a.tap_addr[2]),
+        tap_coord=tuple(tuple(-c for c in t) for t in a.tap_coord), coord_base=(-pad, -pad, 0))
+    _replace_conv(program, ConvOp.CONV_ERR, 1, a=flipped)
+    bad = train_both(wage, program, embedded, steps=1, check=False)
+    assert "E0" in bad and "W0" in bad and "E1" not in bad and "W1" not in bad
+
+
+def test_a_wrong_pool_window_order_is_caught(embedded):
+    """Pooling raster-ordered rows (4 neighbours along x) instead of window-major rows."""
+    wage, program = compile_net(LENET, 6, 4)
+    layer = wage.layers[0]
+    a = _replace_conv(program, ConvOp.CONV_FWD, 0).a
+    _, ho, wo = layer.product_shape
+    h, w = layer.in_shape[1:]
+    raster = dataclasses.replace(a, pos_radix=(a.pos_radix[0], ho, wo), pos_addr=(h * w, w, 1),
+                                 pos_coord=((0, 0, 1), (1, 0, 0), (0, 1, 0)))
+    _replace_conv(program, ConvOp.CONV_FWD, 0, a=raster)
+    assert "A0" in train_both(wage, program, embedded, steps=1, check=False)
+
+
+def _patterns(program):
+    for ins in program.instructions:
+        if isinstance(ins, ConvInstruction):
+            for name in ("a", "b", "out", "aux", "draw"):
+                p = getattr(ins, name)
+                if isinstance(p, ConvPattern):
+                    yield f"{ins} {name}", p
+
+
+@pytest.mark.parametrize("net, shape, lanes, batch", [
+    ("4C3-MP2-8C3p-MP2-16FC-10", (2, 10, 10), 4, 3),
+    ("4C3p-8C3-MP2-10", (1, 6, 6), 8, 5),
+])
+def test_incremental_form_equals_closed_form(net, shape, lanes, batch):
+    """The counters-and-adders walk (odometers with carry strides, T1R save/restore) gives exactly
+    the closed-form addresses and validity of every compiled pattern."""
+    _, program = compile_net(net, batch, lanes, shape=shape)
+    seen = set()
+    for name, p in _patterns(program):
+        seen.add(name.split()[0])
+        address, valid = p.address_array(lanes)
+        walked = list(p.addresses(lanes))
+        assert len(walked) == p.length, name
+        np.testing.assert_array_equal(np.array([a for a, _ in walked]), address.reshape(-1), err_msg=name)
+        np.testing.assert_array_equal(np.array([v for _, v in walked]), valid.reshape(-1), err_msg=name)
+    assert seen == {"CONV_FWD", "CONV_ERR", "CONV_GRAD"}
+
+
+def test_carry_strides():
+    p = ConvPattern(n1=2, nr=4, pos_drive=Drive.T1R, pos_radix=(2, 2, 2), pos_addr=(100, 10, 1),
+                    pos_coord=((0, 0, 1), (1, 0, 0), (0, 1, 0)))
+    assert p.carry_strides("pos") == ((100 - 10 - 1, (-1, -1, 1)), (10 - 1, (1, -1, 0)), (1, (0, 1, 0)))
+    assert [a for a, _ in p.addresses()] == [0, 1, 10, 11, 100, 101, 110, 111]
+
+
+def test_window_major_rows():
+    """Pooled FWD rows: 4 consecutive rows are one 2×2 window in row-major (dy, dx) order."""
+    _, program = compile_net("4C3-MP2-10", 2, 4, shape=(1, 6, 6))
+    a = program.instructions[0].a
+    address, valid = a.address_array(4)
+    first_tap = address[0, 0, 0, :]          # tile 0, tap (0, 0, 0): the top-left inputs of window (0, 0)
+    assert list(first_tap - a.base) == [0, 1, 6, 7] and valid[0, 0, 0].all()
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(n1=0), "n1=0"),
+    (dict(nr=1 << 16), "nr=65536"),
+    (dict(base=1 << 24), "base=16777216"),
+    (dict(s2=True), "s2=True"),
+    (dict(pos_drive=7), "pos_drive=7"),
+    (dict(pos_drive=Drive.T1R), "pos_drive=T1R with 0 digits"),
+    (dict(tap_drive=Drive.K, tap_radix=(3, 3), tap_addr=(1,), tap_coord=((0, 0, 0),) * 2), "tap_radix, tap_addr"),
+    (dict(tap_drive=Drive.K, tap_radix=(3, 0), tap_addr=(1, 1), tap_coord=((0, 0, 0),) * 2), r"tap_radix\[1\]=0"),
+    (dict(nk=10, tap_drive=Drive.K, tap_radix=(3, 3), tap_addr=(3, 1), tap_coord=((0, 0, 0),) * 2),
+     r"tap_radix=\(3, 3\).*index 9"),
+    (dict(tap_drive=Drive.K, tap_radix=(1,), tap_addr=(1,), tap_coord=((0, 0),)), r"tap_coord\[0\]"),
+    (dict(tap_drive=Drive.K, tap_radix=(1,) * 7, tap_addr=(1,) * 7, tap_coord=((0, 0, 0),) * 7), "at most 6"),
+    (dict(coord_lim=(1, 0, 1)), r"coord_lim\[1\]=0"),
+    (dict(coord_base=(0, 1 << 15, 0)), r"coord_base\[1\]=32768"),
+    (dict(coord_base=(0, 0)), "coord_base"),
+])
+def test_pattern_field_checks(changes, match):
+    with pytest.raises(IsaError, match=match):
+        ConvPattern(**changes)
+
+
+def test_instruction_field_checks():
+    with pytest.raises(IsaError, match="op=1"):
+        ConvInstruction(1)
+    with pytest.raises(IsaError, match="pool=1 with op CONV_ERR"):
+        ConvInstruction(ConvOp.CONV_ERR, pool=1)
+    with pytest.raises(IsaError, match="unpool_dx=3, unpool_dy=0"):
+        ConvInstruction(ConvOp.CONV_ERR, unpool_dx=3)
+    with pytest.raises(IsaError, match="unpool_dx=1, unpool_dy=4 with op CONV_FWD"):
+        ConvInstruction(ConvOp.CONV_FWD, unpool_dx=1, unpool_dy=4)
+    with pytest.raises(IsaError, match="pattern draw"):
+        ConvInstruction(ConvOp.CONV_GRAD, draw=None)
+    ConvInstruction(ConvOp.CONV_GRAD, draw=AddressPattern())
+
+
+def test_fit_and_support_checks():
+    with pytest.raises(FitError, match="data_words: the network needs"):
+        compile_net(LENET, 6, 4, data_words=4096)
+    with pytest.raises(UnsupportedNetwork, match="4 channels, not a multiple of lanes=8"):
+        compile_net("4C3-MP2-10", 2, 8)
+    with pytest.raises(FitError, match="labels"):
+        wage = WageConfig(net=LENET, input_shape=(1, 28, 28), batch_size=6, seed=1)
+        compile_conv_network(EngineConfig(wage, lanes=4, data_words=16384, label_words=4))
+
+
+def test_weights_round_trip():
+    wage, program = compile_net(LENET, 6, 8)
+    engine = ConvEngineModel(program)
+    weights = golden.init_weights(wage)
+    engine.load_weights(weights)
+    for got, want in zip(engine.read_weights(), weights):
+        np.testing.assert_array_equal(got, want)
