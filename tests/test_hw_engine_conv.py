@@ -108,6 +108,34 @@ def test_a_wrong_pool_window_order_is_caught(embedded):
     assert "A0" in train_both(wage, program, embedded, steps=1, check=False)
 
 
+def test_the_pool_tie_rule_matters(embedded):
+    """The test data has windows with tied maxima that receive errors; taking the *last* maximum
+    instead of the first breaks the match (so the golden comparison checks the tie rule)."""
+    wage, program = compile_net(LENET, 6, 4)
+    trace = {}
+    golden.train_step(wage, golden.init_weights(wage), embedded.train_images[:6], embedded.train_labels[:6], 0, 3,
+                      trace=trace)
+    p = trace["s0/l0/P"]
+    b, c, h, w = p.shape
+    win = p.reshape(b, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(b, c, h // 2, w // 2, 4)
+    ties = (win == win.max(-1, keepdims=True)).sum(-1) > 1
+    assert np.sum(ties & (trace["s0/l0/E_q"] * trace["s0/l0/mask_relu"] != 0)) > 0
+
+    class LastMax(ConvEngineModel):
+        def _pool(self, p):
+            win = p.reshape(-1, 4, self.lanes)[:, ::-1, :]
+            idx = 3 - np.argmax(win, axis=1)
+            return np.max(win, axis=1), idx.astype(np.int8)
+
+    engine = LastMax(program)
+    weights = golden.init_weights(wage)
+    engine.load_weights(weights)
+    engine.load_batch(embedded.train_images[:6], embedded.train_labels[:6])
+    engine.run_step(0, 3)
+    e0 = program.errors[0]
+    assert not np.array_equal(e0.unpack(engine.err[e0.base:e0.end]), trace["s0/l0/E"])
+
+
 def _patterns(program):
     for ins in program.instructions:
         if isinstance(ins, ConvInstruction):

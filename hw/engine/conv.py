@@ -758,15 +758,19 @@ class ConvEngineModel(EngineModel):
         target = address[valid]
         self.wmem[target] = np.clip(self.wmem[target] - dw[valid], -wage.w_clip, wage.w_clip)
 
+    def _pool(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pool stage: every 4 consecutive result rows (one window, row-major (dy, dx)) → the
+        lane-wise maximum and its 2-bit index, the first maximum winning a tie (a comparator chain
+        that replaces the running maximum only on a strictly greater value)."""
+        win = p.reshape(-1, 4, self.lanes)
+        idx = np.argmax(win, axis=1)
+        return np.take_along_axis(win, idx[:, None, :], axis=1)[:, 0, :], idx.astype(np.int8)
+
     def _run_conv(self, ins: ConvInstruction, wq: np.ndarray, step: int, eta_log2: int) -> None:
-        L = self.lanes
         if ins.op == ConvOp.CONV_FWD:
             p = self._products(ins, self.act, wq)                 # rows in (t1, t2, r) order
             if ins.pool:
-                win = p.reshape(-1, 4, L)                          # window-major: 4 consecutive rows
-                idx = np.argmax(win, axis=1)                       # the first maximum in row-major order
-                p = np.take_along_axis(win, idx[:, None, :], axis=1)[:, 0, :]
-                self._write_act(ins, p, idx.astype(np.int8))
+                self._write_act(ins, *self._pool(p))
             else:
                 self._write_act(ins, p, None)
         elif ins.op == ConvOp.CONV_ERR:
