@@ -90,3 +90,11 @@ def test_weight_layout_is_channels_last_and_round_trips():
                     base = layout.word_index_base(o, w)
                     idx[(o * layout.words_per_row + w) * 4:(o * layout.words_per_row + w + 1) * 4] = base + np.arange(4)
             np.testing.assert_array_equal(flat[idx], ws.reshape(-1)[np.argsort(order.reshape(-1))])
+
+
+def test_max_reduction_covers_every_product():
+    mlp = EngineConfig(WageConfig(net="mlp", batch_size=16))
+    assert mlp.max_reduction == 784                     # forward fan-in; error 16; gradient batch 16
+    assert EngineConfig(WageConfig(net="mlp", batch_size=1000)).max_reduction == 1000
+    lenet = EngineConfig(WageConfig(net="lenet5", batch_size=128), lanes=16)
+    assert lenet.max_reduction == 128 * 24 * 24         # the first conv's gradient: B·Ho·Wo

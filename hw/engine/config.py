@@ -74,12 +74,16 @@ class EngineConfig:
 
     @property
     def max_reduction(self) -> int:
-        """Longest tile reduction of any product: forward ⌈fan-in/L⌉·L, error ⌈O/L⌉·L, gradient the
-        batch (the array's accumulators are sized from it)."""
+        """Longest tile reduction of any product (the array's accumulators are sized from it):
+        forward taps·⌈C/L⌉·L (fully connected: ⌈fan-in/L⌉·L), error taps·⌈O/L⌉·L, gradient every
+        product position of the batch, B·Ho·Wo (fully connected: B)."""
         L = self.lanes
-        k = self.batch
+        k = 0
         for layer in self.wage.layers:
-            k = max(k, -(-layer.fan_in // L) * L, -(-layer.out_channels // L) * L)
+            taps = layer.kernel * layer.kernel if layer.kind == "conv" else 1
+            channels = layer.in_shape[0] if layer.kind == "conv" else layer.fan_in
+            k = max(k, taps * -(-channels // L) * L, taps * -(-layer.out_channels // L) * L,
+                    self.batch * layer.out_positions)
         return k
 
     def replace(self, **changes) -> "EngineConfig":
