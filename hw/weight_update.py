@@ -42,13 +42,25 @@ out of range counts on modulo 2^addr_width).
 
 Timing (cycle 0 = the cycle a beat is accepted / a read word is issued; no stalls):
 
-* Pipeline: arbiter → issue register (drives the RAM address) → RAM read → RAM output register
-  (inside the DP16KD for ``target="ecp5"``; forwarding from older write-backs) → compute (forwarding from the op just ahead, subtract,
-  clip) → write-back register driving the RAM write port, quantise, output FIFOs. An update or
-  load accepted in cycle t writes the RAM at the end of cycle t + 5 (``LATENCY_WRITE``).
+* Pipeline: arbiter → issue register (stage 0, drives the RAM address) → stage 1 (RAM read;
+  picks from registers the word that will replace the RAM's: a load's saturated word, or the
+  write-back of the op three or four ahead when it wrote this address) → stage 2 (RAM output
+  register, inside the DP16KD for ``target="ecp5"``; one select: the op two ahead's result, else
+  stage 1's pick, else the RAM word) → stage 3, compute (subtract and a one-sided clip, on
+  registers; a read right behind a write to its address takes that write's result) → write-back
+  register driving the RAM write port, quantise, output FIFOs. An update or load accepted in cycle
+  t writes the RAM at the end of cycle t + 5 (``LATENCY_WRITE``). The clip only tests the side ΔWs
+  moves the word to (ΔWs ≥ 0: −w_clip; ΔWs < 0: +w_clip), which is exact because the old word
+  always lies in ±w_clip (the stored-range invariant proved in ``formal/weight_update_formal.py``).
 * Throughput: one operation per cycle in total. Each cycle a round-robin arbiter issues one of
-  {update beat, load beat, serve word, readback word}; a lone stream gets every cycle (an update
-  stream without stalls runs at one word per cycle).
+  {update beat, load beat, serve word, readback word}; a lone stream gets every cycle, with one
+  exception: an update beat whose address equals that of the write (update or load) issued in the
+  cycle just before is not taken in that cycle (``update.ready`` low; the cycle issues nothing, a
+  bubble, and the round-robin pointer does not move, so the update keeps its turn and is issued in
+  the next cycle unless a requester ahead of it in the round-robin order has become valid). So an
+  update stream without stalls runs at one word per cycle as long as no address repeats back to
+  back (as in training, where each word is updated once per step), and at one word per two cycles
+  on one address. Loads and read words are never held.
 * A serve/readback command accepted in cycle c issues its first word in c + 1; that word is valid on
   the output in c + 7 (``LATENCY_READ`` = 6 after issue), then one word per cycle. Each output has an
   8-entry FIFO; a read word is only issued while fewer than 2 words were queued there one cycle
@@ -58,16 +70,20 @@ Timing (cycle 0 = the cycle a beat is accepted / a read word is issued; no stall
 Ordering and hazards: operations take effect in issue order, and every operation sees every write
 (update or load) issued before it. Read-after-write hazards (a word read while an older write to the
 same address is still in the four-cycle window between its RAM read and the RAM write becoming
-visible) are resolved by forwarding the youngest matching write-back value (the three older ones
-one stage before the compute stage, the op just ahead inside it, so the compute loop holds a single
-2:1 mux); the RAM's read data is never used for such a word, so the RAM's own read/write collision
-behaviour does not matter. In detail: a word's RAM read happens in the cycle its op sits in the
-issue register (stage 0); the ops one to four ahead of it are then in stages 1–4 and write the RAM
-at the end of that cycle (the op four ahead, in the write-back register: the same-cycle collision
-that is undefined on a DP16KD) or later, and exactly those four are the forwarding sources (s3_fwd:
-one ahead; s2_m4, s2_m5, s2_m6: two, three, four ahead); writes five or more ahead landed at least
-one cycle before the read and are in the RAM. Updates
-to the same address on consecutive cycles therefore chain correctly at full rate. An update, load or
+visible) are resolved by forwarding the youngest matching write-back value, except for an update
+right behind a write to its address, which gets the bubble above instead: so no arithmetic sits on
+a loop (the compute stage works on registers only; its single loop is the 2:1 select of a read
+forwarded from the op just ahead). The RAM's read data is never used for such a word, so the RAM's
+own read/write collision behaviour does not matter. In detail: a word's RAM read happens in the
+cycle its op sits in the issue register (stage 0); the ops one to four ahead of it are then in
+stages 1–4 and write the RAM at the end of that cycle (the op four ahead, in the write-back
+register: the same-cycle collision that is undefined on a DP16KD) or later, and exactly those four
+are the forwarding sources: one ahead (reads only, in stage 3: ``s3_rfwd``), two ahead (stage 2:
+``s2_m4``), three and four ahead (stage 1: ``s1_m5``, ``s1_m6``; the addresses of all four
+requesters are compared at issue with the ops then three and four ahead, ``hit_*``); writes five or
+more ahead landed at least one cycle before the read and are in the RAM. Updates to the same
+address back to back therefore chain correctly, one bubble apart (the second sees the first two
+ahead). An update, load or
 command accepted before a serve/readback command is accepted is visible to all of its words; a
 write accepted while a read command is running may land before or after any given word.
 
@@ -431,6 +447,10 @@ class WeightUpdate(wiring.Component):
         def wen(valid, op):
             return valid & is_write(op.kind) & op.in_range
 
+        # "stage k holds a valid in-range write", as flip-flops moving along the pipeline
+        s1_wr, s2_wr, s3_wr = (Signal(name=f"s{k}_wr") for k in (1, 2, 3))
+        m.d.sync += [s1_wr.eq(wen(s0_valid, s0)), s2_wr.eq(s1_wr), s3_wr.eq(s2_wr)]
+
         # ---- stage 0: round-robin issue ------------------------------------------------------
         req = Signal(4)
         m.d.comb += req.eq(Cat(self.update.valid, self.load.valid,
@@ -463,8 +483,7 @@ class WeightUpdate(wiring.Component):
         # cancels the grant ("kill"): that cycle issues nothing, and the round-robin pointer stays,
         # so the update keeps its turn and is granted in the next cycle (the issue register then
         # holds the bubble) unless a requester ahead of it in the round-robin order arrived.
-        s0_write = Signal()                     # the issue register holds a write
-        m.d.comb += s0_write.eq(s0_valid & ((s0.kind == _UPDATE) | (s0.kind == _LOAD)))
+        s0_write = Signal()                     # the issue register holds a write (a flip-flop)
         upd_hazard, kill = Signal(), Signal()
         m.d.comb += [upd_hazard.eq(s0_write & (self.update.payload.addr == s0.addr)),
                      kill.eq(self._update_bubble & grant[_UPDATE] & upd_hazard)]
@@ -503,10 +522,10 @@ class WeightUpdate(wiring.Component):
         # whether those write: registered per candidate, in parallel with the arbitration; in
         # stage 0 the issued op's kind (= the winner's index) then takes its results (see stage 1).
         hits = {}
-        for k, (other, writes) in (("m5", (s2.addr, wen(s2_valid, s2))), ("m6", (s3.addr, wen(s3_valid, s3)))):
+        for k, (other, writes) in (("m5", (s2.addr, s2_wr)), ("m6", (s3.addr, s3_wr))):
             hits[k] = [Signal(name=f"hit_{k}_{j}", reset_less=True) for j in range(4)]
             m.d.sync += [h.eq(writes & (a == other)) for h, a in zip(hits[k], addrs)]
-        m.d.sync += [s0_valid.eq(any_req & ~kill), s0.eq(issue),
+        m.d.sync += [s0_valid.eq(any_req & ~kill), s0.eq(issue), s0_write.eq(any_req & ~kill & ~sel[1]),
                      s0_dw.eq(self.update.payload.dw), s0_w.eq(self.load.payload.w),
                      [s0_w_hi[i].eq(self.load.payload.w[i] > self._clip_limit) for i in range(lanes)],
                      [s0_w_lo[i].eq(self.load.payload.w[i] < -self._clip_limit) for i in range(lanes)]]
@@ -545,7 +564,7 @@ class WeightUpdate(wiring.Component):
         m.d.sync += [eq["m4"].eq(s2.addr == s0.addr), eq["fwd"].eq(s2.addr == s1.addr)]
         # the op two ahead (in stage 3 now) wrote this address and this op is not a load (an
         # out-of-range op never matches a write, which is in range)
-        s2_m4 = _copies(m, "s2_m4", wen(s3_valid, s3) & eq["m4"] & (s1.kind != _LOAD), n)
+        s2_m4 = _copies(m, "s2_m4", s3_wr & eq["m4"] & (s1.kind != _LOAD), n)
         s2_other = _copies(m, "s2_other", s1_other, n)
         s2_upd = _copies(m, "s2_upd", s1.kind == _UPDATE, n)
         for i in range(lanes):
@@ -565,7 +584,7 @@ class WeightUpdate(wiring.Component):
         # The op just ahead (in stage 3 now) wrote this address: for a read, stage 3 returns its
         # result (s4_word then) instead; an update is never right behind a write to its address
         # (the bubble of stage 0), and a load does not need the old word.
-        s3_rfwd = _copies(m, "s3_rfwd", wen(s3_valid, s3) & eq["fwd"] & s2.kind[1], n)   # s3.addr == s2.addr
+        s3_rfwd = _copies(m, "s3_rfwd", s3_wr & eq["fwd"] & s2.kind[1], n)   # s3.addr == s2.addr
         thr_min = -(1 << (thr_shape.width - 1))
         for i in range(lanes):
             g = group[i]
@@ -601,7 +620,7 @@ class WeightUpdate(wiring.Component):
             s4_push_serve.eq(s3_valid & (s3.kind == _SERVE)), s4_push_rb.eq(s3_valid & (s3.kind == _READBACK)),
             s4_push_serve_l.eq(s3_valid & (s3.kind == _SERVE)), s4_push_rb_l.eq(s3_valid & (s3.kind == _READBACK)),
             s4_valid.eq(s3_valid), s4_kind.eq(s3.kind), s4_addr.eq(s3.addr), s4_last.eq(s3.last),
-            s4_wen.eq(wen(s3_valid, s3)), s4_word.eq(new),
+            s4_wen.eq(s3_wr), s4_word.eq(new),
         ]
 
         # ---- stage 4: write back, quantise, push to the output FIFOs ------------------------------

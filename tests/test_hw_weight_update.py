@@ -417,7 +417,8 @@ def test_full_rate_latency_and_hazards():
             ctx.set(dut.update.payload.as_value(), bench.enc_update(a, dw))
             ctx.set(dut.update.valid, 1)
             if i and a == beats[i - 1][0]:
-                # read-after-write bubble: the beat right behind an update to its address waits one cycle
+                # update-after-write bubble: the beat right behind an update to its address waits
+                # exactly one cycle
                 (ready,) = await step(dut.update.ready)
                 assert not ready, f"beat {i} (address {a}) must wait one cycle behind the same address"
             if i == len(beats) - 1:
