@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/engine_throughput.py [--fmax MHZ] [--nets mlp lenet5]
 
-For each network at batch 128 on an LFE5U-85F-sized configuration (16×16 array, 16 384 weight words,
-16 384 data words), the engine RTL (``hw.engine.engine.Engine``) runs one training step in
+For each network at batch 128 and each array side (``--lanes``; 8×8 = 64 MULT18X18D fits the
+LFE5U-85F's 156, 16×16 = 256 does not), with 16 384 weight words and 16 384 data words, the engine RTL (``hw.engine.engine.Engine``) runs one training step in
 Verilator (``sim/tb_engine.py::throughput``, build cached in ``sim_build/``) and reports its
 counters: cycles per step by phase, array beats, MAC-slot utilisation (useful multiply-accumulates
 of the step — forward, error and gradient products, counted once — over cycles × L² slots), and
@@ -80,21 +80,35 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", nargs="+", default=["mlp", "lenet5"])
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lanes", type=int, default=16)
+    ap.add_argument("--lanes", type=int, nargs="+", default=[8, 16],
+                    help="array sides to measure (8: 64 MULT18X18D, fits the LFE5U-85F's 156; 16 needs 256)")
     ap.add_argument("--fmax", type=float, default=None, help="clock in MHz (default: lowest unit Fmax)")
     args = ap.parse_args(argv)
     fmax, fmax_note = (args.fmax, "given on the command line") if args.fmax else unit_fmax()
-    report = {"fmax_mhz": fmax, "fmax_source": fmax_note, "lanes": args.lanes, "batch": args.batch,
-              "date": time.strftime("%Y-%m-%d %H:%M"), "nets": {}}
-    for net in args.nets:
-        wage = WageConfig(net=net, batch_size=args.batch)
-        config = EngineConfig(wage, lanes=args.lanes, data_words=16384, weight_words=16384,
-                              label_words=max(256, args.batch))
-        try:
-            compile_network(config)
-        except (UnsupportedNetwork, FitError) as e:
-            report["nets"][net] = {"status": "not run", "reason": str(e)}
-            print(f"{net}: not run: {e}")
+    report = {"fmax_mhz": fmax, "fmax_source": fmax_note, "batch": args.batch,
+              "date": time.strftime("%Y-%m-%d %H:%M"), "runs": {}}
+    for net, lanes in [(n, l) for n in args.nets for l in args.lanes]:
+        key = f"{net}_l{lanes}"
+        batch, note = args.batch, None
+        while True:
+            wage = WageConfig(net=net, batch_size=batch)
+            config = EngineConfig(wage, lanes=lanes, data_words=16384, weight_words=16384,
+                                  label_words=max(256, batch))
+            try:
+                compile_network(config)
+                break
+            except FitError as e:        # one block-RAM bank per scratchpad: halve the batch, say so
+                if str(e).startswith("weight_words"):       # no batch makes the weights fit
+                    note, batch = str(e), 0
+                    break
+                note = f"batch {args.batch} does not fit ({e}); measured at a smaller batch"
+                batch //= 2
+            except UnsupportedNetwork as e:
+                note, batch = str(e), 0
+                break
+        if batch < 1:
+            report["runs"][key] = {"status": "not run", "reason": note}
+            print(f"{key}: not run: {note}")
             continue
         t = time.time()
         result = measure(config)
@@ -103,7 +117,9 @@ def main(argv=None) -> int:
         macs = useful_macs(wage)
         total = sum(macs.values())
         L = config.lanes
-        entry = {"status": "measured", "cycles_per_step": cycles,
+        dsp = L * L
+        entry = {"status": "measured", "batch": batch, "note": note, "lanes": L, "mult18x18d": dsp, "fits_85f_dsps": dsp <= 156,
+                 "cycles_per_step": cycles,
                  "cycles_by_phase": {k: c[f"{k}_cycles"] for k in ("fwd", "loss", "err", "grad")},
                  "array_beats": c["array_beats"], "useful_macs": macs,
                  "mac_slot_utilisation": total / (cycles * L * L),
@@ -112,8 +128,8 @@ def main(argv=None) -> int:
             seconds = cycles / (fmax * 1e6)
             entry["images_per_s"] = wage.batch_size / seconds
             entry["gops"] = 2 * total / seconds / 1e9
-        report["nets"][net] = entry
-        print(f"{net}: {cycles} cycles/step {entry['cycles_by_phase']}, utilisation "
+        report["runs"][key] = entry
+        print(f"{key} (batch {batch}): {cycles} cycles/step {entry['cycles_by_phase']}, utilisation "
               f"{100 * entry['mac_slot_utilisation']:.1f} %"
               + (f", {entry['images_per_s']:.0f} images/s, {entry['gops']:.2f} GOPS at {fmax:.1f} MHz" if fmax else ""))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

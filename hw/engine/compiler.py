@@ -78,8 +78,9 @@ def _check_supported(config: EngineConfig) -> None:
 def _fits(name: str, used: int, capacity: int, parts: list[tuple[str, int]]) -> None:
     if used > capacity:
         detail = ", ".join(f"{n} {w}" for n, w in parts)
+        hint = "or reduce the batch" if name == "data_words" else "(the external-memory port is not built yet)"
         raise FitError(f"{name}: the network needs {used} words ({detail}), the engine has {capacity} "
-                       f"({used - capacity} words short); raise EngineConfig.{name} or reduce the batch")
+                       f"({used - capacity} words short); raise EngineConfig.{name} {hint}")
 
 
 def compile_network(config: EngineConfig) -> Program:
