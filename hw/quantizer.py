@@ -690,75 +690,83 @@ class ShiftQuantizer(wiring.Component):
                              iss_key.seed.eq(pend.seed), iss_key.step.eq(pend.step),
                              iss_key.layer.eq(pend.layer)]
                 m.d.sync += [c.eq(u) for u, c in enumerate(ctr)]
-        with m.FSM(name="ctl"):
-            with m.State("IDLE"):
-                # a new command waits until the previous Q_G tensor's hashes have all left Threefry
-                # (its key is held, not pipelined: Threefry2x32(static_key=True))
-                with m.If(pend_valid & ~iss_busy & prng_idle):
-                    m.d.sync += [start.eq(1), start_iss.eq(pend_qg & pend_nz)]
-                    m.next = "START"
-            with m.State("START"):                    # the loads are under the registered `start`
-                m.d.sync += [start.eq(0), start_iss.eq(0)]
-                with m.If(~pend_nz):
-                    m.next = "IDLE"
-                with m.Elif(pend_qa):
-                    m.next = "SETUP1"
-                with m.Else():
-                    m.next = "PASS1"
-            with m.State("PASS1"):                    # st_p1 rules the pass; the state follows a cycle late
-                with m.If(take & last_beat):
-                    m.d.sync += st_p1.eq(0)
-                with m.If(~st_p1):
-                    m.d.sync += drain.eq(2 * self.tree_depth)
-                    m.next = "DRAIN"
-            with m.State("DRAIN"):                    # the last beat's max reaches run_max
-                m.d.sync += drain.eq(drain - 1)
-                with m.If(drain == 0):
-                    m.next = "MAX1"
-            with m.State("MAX1"):                     # the two running maxima: compare, then select
-                m.d.sync += max_lt.eq(_less(run_max[0], run_max[1]))
-                m.next = "MAX2"
-            with m.State("MAX2"):
-                m.d.sync += running_max.eq(Mux(max_lt, run_max[1], run_max[0]))
-                m.next = "LOD"
-            with m.State("LOD"):
-                m.d.sync += [grp_nz.eq(Cat(*(running_max[8 * g:8 * g + 8] != 0 for g in range(n_grp)))),
-                             *(grp_pos[g].eq(grp_pos_c[g]) for g in range(n_grp)), reload.eq(1)]
-                m.next = "EXP1"
-            with m.State("EXP1"):                    # (pass 2's counters are loaded under `reload`)
-                m.d.sync += [n0.eq(lod), zero.eq(grp_nz == 0), reload.eq(0)]
-                m.next = "EXP2"
-            with m.State("EXP2"):
-                m.d.sync += thr.eq(table[n0])
-                m.next = "EXP3"
-            with m.State("EXP3"):                    # compare and increment in separate cycles
-                m.d.sync += above.eq(running_max > thr)
-                m.next = "EXP4"
-            with m.State("EXP4"):
-                m.d.sync += n_exp.eq(n0 + above)
-                m.next = "SETUP1"
-            with m.State("SETUP1"):
-                m.d.sync += [s_r.eq(s_val), exp_r.eq(Mux(zero, 0, exp_val))]
-                m.d.sync += [f.eq(cmd_qg) for f in lane_abs]
-                m.d.sync += [f.eq(cmd_qa_relu) for f in lane_clr]
-                m.next = "SETUP2"
-            with m.State("SETUP2"):
-                m.d.sync += s_cr.eq(s_c)
-                m.next = "SETUP3"
-            with m.State("SETUP3"):
-                m.d.sync += amt_r.eq(amt_c)
-                m.next = "SETUP4"
-            with m.State("SETUP4"):
-                m.d.sync += parts_r.eq(parts_c)
-                m.next = "SETUP5"
-            with m.State("SETUP5"):
-                m.d.sync += [mask_r.eq(mask_c), omask_r.eq(omask_c), st_p2.eq(1)]
-                m.next = "PASS2"
-            with m.State("PASS2"):                    # st_p2 rules the pass; the state follows a cycle late
-                with m.If(take & last_beat):
-                    m.d.sync += st_p2.eq(0)
-                with m.If(~st_p2):
-                    m.next = "IDLE"
+        # control: one flip-flop per state (one-hot), so that no decode of an encoded state sits in
+        # front of a transition or a load
+        states = ("IDLE", "START", "PASS1", "DRAIN", "MAX1", "MAX2", "LOD", "EXP1", "EXP2", "EXP3", "EXP4",
+                  "SETUP1", "SETUP2", "SETUP3", "SETUP4", "SETUP5", "PASS2")
+        state = {name: Signal(init=name == "IDLE", name=f"ctl_{name}") for name in states}
+
+        def goto(here, there):
+            m.d.sync += [state[here].eq(0), state[there].eq(1)]
+
+        with m.If(state["IDLE"]):
+            # a new command waits until the previous Q_G tensor's hashes have all left Threefry
+            # (its key is held, not pipelined: Threefry2x32(static_key=True))
+            with m.If(pend_valid & ~iss_busy & prng_idle):
+                m.d.sync += [start.eq(1), start_iss.eq(pend_qg & pend_nz)]
+                goto("IDLE", "START")
+        with m.If(state["START"]):                    # the loads are under the registered `start`
+            m.d.sync += [start.eq(0), start_iss.eq(0)]
+            with m.If(~pend_nz):
+                goto("START", "IDLE")
+            with m.Elif(pend_qa):
+                goto("START", "SETUP1")
+            with m.Else():
+                goto("START", "PASS1")
+        with m.If(state["PASS1"]):                    # st_p1 rules the pass; the state follows a cycle late
+            with m.If(take & last_beat):
+                m.d.sync += st_p1.eq(0)
+            with m.If(~st_p1):
+                m.d.sync += drain.eq(2 * self.tree_depth)
+                goto("PASS1", "DRAIN")
+        with m.If(state["DRAIN"]):                    # the last beat's max reaches run_max
+            m.d.sync += drain.eq(drain - 1)
+            with m.If(drain == 0):
+                goto("DRAIN", "MAX1")
+        with m.If(state["MAX1"]):                     # the two running maxima: compare, then select
+            m.d.sync += max_lt.eq(_less(run_max[0], run_max[1]))
+            goto("MAX1", "MAX2")
+        with m.If(state["MAX2"]):
+            m.d.sync += running_max.eq(Mux(max_lt, run_max[1], run_max[0]))
+            goto("MAX2", "LOD")
+        with m.If(state["LOD"]):
+            m.d.sync += [grp_nz.eq(Cat(*(running_max[8 * g:8 * g + 8] != 0 for g in range(n_grp)))),
+                         *(grp_pos[g].eq(grp_pos_c[g]) for g in range(n_grp)), reload.eq(1)]
+            goto("LOD", "EXP1")
+        with m.If(state["EXP1"]):                    # (pass 2's counters are loaded under `reload`)
+            m.d.sync += [n0.eq(lod), zero.eq(grp_nz == 0), reload.eq(0)]
+            goto("EXP1", "EXP2")
+        with m.If(state["EXP2"]):
+            m.d.sync += thr.eq(table[n0])
+            goto("EXP2", "EXP3")
+        with m.If(state["EXP3"]):                    # compare and increment in separate cycles
+            m.d.sync += above.eq(running_max > thr)
+            goto("EXP3", "EXP4")
+        with m.If(state["EXP4"]):
+            m.d.sync += n_exp.eq(n0 + above)
+            goto("EXP4", "SETUP1")
+        with m.If(state["SETUP1"]):
+            m.d.sync += [s_r.eq(s_val), exp_r.eq(Mux(zero, 0, exp_val))]
+            m.d.sync += [f.eq(cmd_qg) for f in lane_abs]
+            m.d.sync += [f.eq(cmd_qa_relu) for f in lane_clr]
+            goto("SETUP1", "SETUP2")
+        with m.If(state["SETUP2"]):
+            m.d.sync += s_cr.eq(s_c)
+            goto("SETUP2", "SETUP3")
+        with m.If(state["SETUP3"]):
+            m.d.sync += amt_r.eq(amt_c)
+            goto("SETUP3", "SETUP4")
+        with m.If(state["SETUP4"]):
+            m.d.sync += parts_r.eq(parts_c)
+            goto("SETUP4", "SETUP5")
+        with m.If(state["SETUP5"]):
+            m.d.sync += [mask_r.eq(mask_c), omask_r.eq(omask_c), st_p2.eq(1)]
+            goto("SETUP5", "PASS2")
+        with m.If(state["PASS2"]):                    # st_p2 rules the pass; the state follows a cycle late
+            with m.If(take & last_beat):
+                m.d.sync += st_p2.eq(0)
+            with m.If(~st_p2):
+                goto("PASS2", "IDLE")
 
         # ---- free-running stages: valid bits move every cycle; data registers load every cycle
         # (reset-less, used only under their valid bit), so no enable fans out over them --------
