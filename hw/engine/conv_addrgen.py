@@ -1,0 +1,356 @@
+"""Convolution address generator: walks one :class:`~hw.engine.conv.ConvPattern`, one beat per cycle.
+
+The RTL form of :meth:`ConvPattern.addresses <hw.engine.conv.ConvPattern.addresses>` (the incremental
+walk; it equals the closed form :meth:`~hw.engine.conv.ConvPattern.address_array` while every
+coordinate limit is ≤ 2^15 and coordinate sums stay inside signed 16 bits, as in compiled patterns).
+
+Interface (as :class:`~hw.engine.addrgen.AddressGenerator`)
+------------------------------------------------------------
+``cmd``  In(stream of :func:`conv_pattern_layout`); :func:`conv_pattern_payload` turns a ConvPattern
+         into the payload dict. The payload carries the pattern's fields, except that each odometer's
+         per-digit strides are its **carry strides** (``ConvPattern.carry_strides``, computed in Python
+         by the helper; the raw strides are not needed by the hardware), and each odometer is padded to
+         :data:`~hw.engine.conv.MAX_DIGITS` digits with trailing radix-1 digits (always wrapped, so the
+         carry passes through them and they never move).
+``o``    Out(stream of :func:`conv_beat_layout`): ``n1·n2·nk·nr`` beats in the order of
+         ``ConvPattern.addresses()``:
+
+         ``addr``       the address modulo 2^24
+         ``valid``      all three coordinates in range (unsigned compare of the 16-bit sums)
+         ``t1``, ``t2`` the tile counters
+         ``tile_last``  k = nk − 1 and r = nr − 1 (the last beat of a (t1, t2) tile's reduction)
+         ``last``       the pattern's final beat
+
+``cmd.ready`` is high while no pattern is being walked (the two result registers may still hold
+the previous pattern's last beats: every beat carries what its output stage needs). ``o`` follows
+the stream rules: ``o.valid`` never waits for ``o.ready`` and the payload is registered and holds
+until taken.
+
+Throughput and latency: one beat per cycle while ``o.ready`` is held high (a global-enable
+pipeline; a stall freezes every stage; tested). After the command's handshake edge come PREP
+(per-digit flags of the radices, the first step's stride), INIT (the walk's reset state), stage 1
+and the output stage: ``o.valid`` rises at the 4th clock edge after the handshake edge. A new
+command is taken the cycle after the previous pattern's last beat left the walk, so back-to-back
+patterns leave 3 idle cycles on ``o``.
+
+Hardware (no multipliers, no dividers): each odometer (``pos``, ``tap``) is a 16-bit counter per
+digit with two registered flags, ``top`` (digit = radix − 1: it wraps at the next carry) and
+``ntop`` (digit = radix − 2: the next increment makes it top), an address accumulator and three
+coordinate accumulators, and a registered *stride* (the carry strides of the digit the next step
+increments). The digit counters run one step ahead of the accumulators: the step from index n to
+n + 1 adds the registered stride to the accumulators while the digits move from n + 1 to n + 2 and
+the stride for n + 1 → n + 2 is selected from the (registered) flags of index n + 1. A step finds
+the lowest digit not at top (a 6-flag AND chain), clears the digits below it (their flags reload
+from precomputed ``radix = 1``/``radix = 2`` bits), increments it (``top`` ← ``ntop``, ``ntop`` ←
+``digit = radix − 3``, a compare of registers). Every odometer register has a shadow copy: a
+T1R-driven odometer saves its state at each t1 start and restores it at every other (t2, k) start.
+The coordinate accumulators of ``pos`` restart at ``coord_base`` (so a coordinate is one sum), those
+of ``tap`` at 0. The loop counters r, k, t2, t1 have the same registered ``last``/``nlast`` flags;
+``base + s1·t1 + s2·t2`` is two accumulators as in the AddressGenerator. The command handshake
+registers, besides the payload, each count's ``= 1``/``= 2``/``= 3`` bits and ``count − 3`` (one
+16-bit compare or subtract from ``cmd.payload``).
+
+Result pipeline: stage 1 registers ``loop part``, ``pos.addr + tap.addr`` and the three
+``pos.coord + tap.coord`` sums (and the limits); the output stage registers
+``addr = loop part + odometer part`` and ``valid = Π (coord_c < lim_c)``.
+
+Longest combinational paths: a 24-bit accumulator add (register + register: ``a12 + s2``,
+``acc + stride``) followed by the two-level next-state multiplexer (reset / restore / step / hold,
+its selects from registered loop flags and ``o.ready``) — yosys ``ltp`` on a generic LUT4 mapping
+reports exactly this (18 levels there, because the generic mapping ripples the adder through
+LUTs; on ECP5 the add is a CCU2C carry chain); the stride selection (registered ``top`` flags →
+6-flag carry chain → one-hot → 6:1 AND-OR of the carry strides → next-state multiplexer, about 6
+LUT levels, no carry chain); and the output stage's 24-bit add and 16-bit compares (one carry chain
+each). No two adders are chained anywhere. ``o.ready`` fans out to every register's enable (as in
+the AddressGenerator). yosys ``synth_ecp5`` (lanes=4): about 3400 LUT4, 464 CCU2C, 2750 FF (the
+payload register, two odometers with shadow copies).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .conv import COORD_BITS, COORDS, MAX_DIGITS, ConvPattern, Drive
+from .isa import ADDR_BITS, COUNT_BITS
+
+__all__ = ["ConvAddressGenerator", "conv_pattern_layout", "conv_pattern_payload", "conv_beat_layout"]
+
+_ODOS = ("pos", "tap")
+
+
+def conv_pattern_layout() -> data.StructLayout:
+    """The command payload: ConvPattern's fields, with carry strides in place of the raw strides."""
+    fields = {"base": signed(ADDR_BITS + 1), "s1": signed(ADDR_BITS + 1), "s2": signed(ADDR_BITS + 1),
+              "n1": COUNT_BITS, "n2": COUNT_BITS, "nk": COUNT_BITS, "nr": COUNT_BITS}
+    for odo in _ODOS:
+        fields[f"{odo}_drive"] = 2
+        fields[f"{odo}_radix"] = data.ArrayLayout(COUNT_BITS, MAX_DIGITS)
+        fields[f"{odo}_carry_addr"] = data.ArrayLayout(signed(ADDR_BITS + 1), MAX_DIGITS)
+        fields[f"{odo}_carry_coord"] = data.ArrayLayout(data.ArrayLayout(signed(COORD_BITS), COORDS), MAX_DIGITS)
+    fields["coord_base"] = data.ArrayLayout(signed(COORD_BITS), COORDS)
+    fields["coord_lim"] = data.ArrayLayout(COORD_BITS, COORDS)
+    return data.StructLayout(fields)
+
+
+def conv_beat_layout() -> data.StructLayout:
+    return data.StructLayout({"addr": ADDR_BITS, "valid": 1, "t1": COUNT_BITS, "t2": COUNT_BITS,
+                              "tile_last": 1, "last": 1})
+
+
+def _wrap(v: int, modulo_bits: int, field_bits: int) -> int:
+    """``v`` itself if it fits a signed ``field_bits`` field, else ``v`` modulo 2^modulo_bits as a
+    signed value (only the value modulo 2^modulo_bits matters to the wrapping accumulators)."""
+    if -(1 << (field_bits - 1)) <= v < (1 << (field_bits - 1)):
+        return v
+    half = 1 << (modulo_bits - 1)
+    return (v + half) % (1 << modulo_bits) - half
+
+
+def conv_pattern_payload(p: ConvPattern) -> dict:
+    """The :func:`conv_pattern_layout` payload of ``p`` (carry strides from ``p.carry_strides``,
+    digits padded to MAX_DIGITS with radix-1 digits of stride 0)."""
+    if not isinstance(p, ConvPattern):
+        raise TypeError(f"pattern={p!r}: must be a hw.engine.conv.ConvPattern")
+    out = {"base": p.base, "s1": p.s1, "s2": p.s2, "n1": p.n1, "n2": p.n2, "nk": p.nk, "nr": p.nr,
+           "coord_base": list(p.coord_base), "coord_lim": list(p.coord_lim)}
+    for odo in _ODOS:
+        radix = getattr(p, f"{odo}_radix")
+        carry = p.carry_strides(odo)
+        pad = MAX_DIGITS - len(radix)
+        out[f"{odo}_drive"] = getattr(p, f"{odo}_drive")
+        out[f"{odo}_radix"] = list(radix) + [1] * pad
+        out[f"{odo}_carry_addr"] = [_wrap(a, ADDR_BITS, ADDR_BITS + 1) for a, _ in carry] + [0] * pad
+        out[f"{odo}_carry_coord"] = ([[_wrap(c, COORD_BITS, COORD_BITS) for c in cc] for _, cc in carry]
+                                     + [[0] * COORDS] * pad)
+    return out
+
+
+def _or(terms):
+    out = terms[0]
+    for t in terms[1:]:
+        out = out | t
+    return out
+
+
+class _Counter:
+    """A counter with registered ``last`` (value = n − 1) and ``nlast`` (value = n − 2) flags; the
+    constants ``is1`` (n ≤ 1), ``is2`` (n = 2) and ``rm3`` (n − 3) are registered at the command."""
+
+    def __init__(self, name: str):
+        self.v = Signal(COUNT_BITS, name=f"{name}")
+        self.last = Signal(name=f"{name}_last")
+        self.nlast = Signal(name=f"{name}_nlast")
+        self.is1 = Signal(name=f"{name}_is1")
+        self.is2 = Signal(name=f"{name}_is2")
+        self.is3 = Signal(name=f"{name}_is3")
+        self.rm3 = Signal(COUNT_BITS, name=f"{name}_rm3")
+
+    def prepare(self, n):
+        """Registered constants from the count (on the command handshake)."""
+        return [self.is1.eq(n <= 1), self.is2.eq(n == 2), self.is3.eq(n == 3), self.rm3.eq(n - 3)]
+
+    def clear(self):
+        return [self.v.eq(0), self.last.eq(self.is1), self.nlast.eq(self.is2)]
+
+    def inc(self):
+        return [self.v.eq(self.v + 1), self.last.eq(self.nlast), self.nlast.eq(self.v == self.rm3)]
+
+
+class _Odometer:
+    def __init__(self, m: Module, name: str, p, pos: bool):
+        self.name, self.pos = name, pos
+        self.radix = p[f"{name}_radix"]
+        self.carry_addr = p[f"{name}_carry_addr"]
+        self.carry_coord = p[f"{name}_carry_coord"]
+        self.drive = p[f"{name}_drive"]
+        self.digits = [_Counter(f"{name}_d{i}") for i in range(MAX_DIGITS)]
+        # registered at PREP from the digits' is1 flags
+        self.low = Signal(MAX_DIGITS, name=f"{name}_low")               # one-hot: the first step's digit
+        self.rst_sa = Signal(ADDR_BITS, name=f"{name}_rst_sa")
+        self.rst_sc = [Signal(COORD_BITS, name=f"{name}_rst_sc{q}") for q in range(COORDS)]
+        # the walk state (digits one step ahead of the accumulators) and its shadow
+        self.acc_a = Signal(ADDR_BITS, name=f"{name}_acc_a")
+        self.acc_c = [Signal(COORD_BITS, name=f"{name}_acc_c{q}") for q in range(COORDS)]
+        self.sa = Signal(ADDR_BITS, name=f"{name}_sa")
+        self.sc = [Signal(COORD_BITS, name=f"{name}_sc{q}") for q in range(COORDS)]
+
+    def select(self, m: Module, top_bits, name: str):
+        """One-hot of the digit a step increments, given the ``top`` flags (digit 0 never wraps)."""
+        sel = Signal(MAX_DIGITS, name=f"{self.name}_{name}")
+        carry = Const(1)
+        for i in reversed(range(MAX_DIGITS)):
+            m.d.comb += sel[i].eq(carry if i == 0 else carry & ~top_bits[i])
+            carry = carry & top_bits[i]
+        return sel
+
+    def mux_strides(self, m: Module, onehot, name: str):
+        """The carry strides of the one-hot digit (an AND-OR multiplexer)."""
+        sa = Signal(ADDR_BITS, name=f"{self.name}_{name}_a")
+        sc = [Signal(COORD_BITS, name=f"{self.name}_{name}_c{q}") for q in range(COORDS)]
+        terms_a, terms_c = [], [[] for _ in range(COORDS)]
+        for i in range(MAX_DIGITS):
+            en = onehot[i].replicate(ADDR_BITS)
+            terms_a.append(self.carry_addr[i][:ADDR_BITS] & en)
+            for q in range(COORDS):
+                terms_c[q].append(self.carry_coord[i][q][:COORD_BITS] & en[:COORD_BITS])
+        m.d.comb += sa.eq(_or(terms_a))
+        for q in range(COORDS):
+            m.d.comb += sc[q].eq(_or(terms_c[q]))
+        return sa, sc
+
+    def elaborate(self, m: Module, coord_base, prep, init, step, restore, save):
+        """``prep``: derive the reset constants; ``init``: reset (and save); ``step``/``restore``: walk
+        actions (exclusive); ``save`` (with ``step``): the shadow takes the stepped state."""
+        digits = self.digits
+        low = self.select(m, Cat(*(d.is1 for d in digits)), "low_next")
+        with m.If(prep):
+            sa, sc = self.mux_strides(m, low, "rst_stride")
+            m.d.sync += [self.low.eq(low), self.rst_sa.eq(sa)] + [r.eq(s) for r, s in zip(self.rst_sc, sc)]
+
+        top = Cat(*(d.last for d in digits))
+        sel = self.select(m, top, "sel")
+        step_sa, step_sc = self.mux_strides(m, sel, "stride")
+        state, nxt = [], []
+
+        regs = []
+
+        def reg(sig, rst_value, step_value):
+            regs.append((sig, Signal.like(sig, name=f"{sig.name}_shadow"), rst_value, step_value))
+
+        for i, d in enumerate(digits):
+            wraps = Signal(name=f"{self.name}_d{i}_wraps")  # a more significant digit steps: this one wraps
+            m.d.comb += wraps.eq(sel[:i].any() if i else 0)
+            low_i = self.low[i]
+            reg(d.v, Mux(low_i, 1, 0), Mux(wraps, 0, Mux(sel[i], d.v + 1, d.v)))
+            reg(d.last, Mux(low_i, d.is2, d.is1), Mux(wraps, d.is1, Mux(sel[i], d.nlast, d.last)))
+            reg(d.nlast, Mux(low_i, d.is3, d.is2), Mux(wraps, d.is2, Mux(sel[i], d.v == d.rm3, d.nlast)))
+        reg(self.acc_a, 0, (self.acc_a + self.sa)[:ADDR_BITS])
+        for q in range(COORDS):
+            reg(self.acc_c[q], coord_base[q][:COORD_BITS] if self.pos else 0,
+                (self.acc_c[q] + self.sc[q])[:COORD_BITS])
+        reg(self.sa, self.rst_sa, step_sa)
+        for q in range(COORDS):
+            reg(self.sc[q], self.rst_sc[q], step_sc[q])
+        # next state: reset (and save) / restore / step (and save at a T1R tile start) / hold
+        with m.If(init):
+            m.d.sync += [sig.eq(rst_value) for sig, _, rst_value, _ in regs]
+            m.d.sync += [shadow.eq(rst_value) for _, shadow, rst_value, _ in regs]
+        with m.Elif(restore):
+            m.d.sync += [sig.eq(shadow) for sig, shadow, _, _ in regs]
+        with m.Elif(step):
+            m.d.sync += [sig.eq(step_value) for sig, _, _, step_value in regs]
+            with m.If(save):
+                m.d.sync += [shadow.eq(step_value) for _, shadow, _, step_value in regs]
+
+
+class ConvAddressGenerator(wiring.Component):
+    """RTL walk of a :class:`~hw.engine.conv.ConvPattern` (see the module docstring)."""
+
+    def __init__(self, lanes: int):
+        if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1 or lanes & (lanes - 1):
+            self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
+            raise ValueError(f"lanes={lanes!r}: must be a positive power of two")
+        self.lanes = lanes                     # rows are explicit digits: the walk does not use it
+        super().__init__({
+            "cmd": In(stream.Signature(conv_pattern_layout())),
+            "o": Out(stream.Signature(conv_beat_layout())),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = Signal(conv_pattern_layout())            # the running pattern
+        IDLE, PREP, INIT, RUN = range(4)
+        phase = Signal(2, init=IDLE)
+        loops = {n: _Counter(n) for n in ("r", "k", "t2", "t1")}
+        r, k, t2, t1 = (loops[n] for n in ("r", "k", "t2", "t1"))
+        odos = [_Odometer(m, "pos", p, pos=True), _Odometer(m, "tap", p, pos=False)]
+        a1 = Signal(ADDR_BITS)                       # base + s1·t1
+        a12 = Signal(ADDR_BITS)                      # base + s1·t1 + s2·t2
+
+        # -- command: the pattern and its counts' flags -----------------------------------------
+        m.d.comb += self.cmd.ready.eq(phase == IDLE)
+        with m.If(self.cmd.valid & (phase == IDLE)):
+            pl = self.cmd.payload
+            m.d.sync += [p.eq(pl), phase.eq(PREP)]
+            for n, c in loops.items():
+                m.d.sync += c.prepare(pl[{"r": "nr", "k": "nk", "t2": "n2", "t1": "n1"}[n]])
+            for o in odos:
+                for i, d in enumerate(o.digits):
+                    m.d.sync += d.prepare(pl[f"{o.name}_radix"][i])
+        with m.If(phase == PREP):
+            m.d.sync += phase.eq(INIT)
+        init = phase == INIT
+
+        # -- the walk -----------------------------------------------------------------------------
+        adv = ~self.o.valid | self.o.ready           # the pipeline moves
+        go = Signal()
+        m.d.comb += go.eq(adv & (phase == RUN))
+        r_end, k_end, t2_end, t1_end = r.last, k.last, t2.last, t1.last
+        ev_r, ev_k, ev_t2, ev_t1, ev_done = (Signal(name=f"ev_{n}") for n in ("r", "k", "t2", "t1", "done"))
+        m.d.comb += [
+            ev_r.eq(go & ~r_end),
+            ev_k.eq(go & r_end & ~k_end),
+            ev_t2.eq(go & r_end & k_end & ~t2_end),
+            ev_t1.eq(go & r_end & k_end & t2_end & ~t1_end),
+            ev_done.eq(go & r_end & k_end & t2_end & t1_end),
+        ]
+
+        with m.If(init):
+            m.d.sync += [phase.eq(RUN), a1.eq(p.base[:ADDR_BITS]), a12.eq(p.base[:ADDR_BITS])]
+            for c in loops.values():
+                m.d.sync += c.clear()
+        with m.If(ev_r):
+            m.d.sync += r.inc()
+        with m.If(ev_k):
+            m.d.sync += r.clear() + k.inc()
+        with m.If(ev_t2):
+            m.d.sync += r.clear() + k.clear() + t2.inc() + [a12.eq(a12 + p.s2[:ADDR_BITS])]
+        with m.If(ev_t1):
+            a1n = (a1 + p.s1[:ADDR_BITS])[:ADDR_BITS]
+            m.d.sync += r.clear() + k.clear() + t2.clear() + t1.inc() + [a1.eq(a1n), a12.eq(a1n)]
+        with m.If(ev_done):
+            m.d.sync += phase.eq(IDLE)
+
+        for o in odos:
+            is_t1r, is_k, is_t2 = (o.drive == Drive.T1R), (o.drive == Drive.K), (o.drive == Drive.T2)
+            step = Signal(name=f"{o.name}_step")
+            restore = Signal(name=f"{o.name}_restore")
+            save = Signal(name=f"{o.name}_save")
+            rst = Signal(name=f"{o.name}_reset")
+            m.d.comb += [
+                step.eq((is_t1r & (ev_r | ev_t1)) | (is_k & ev_k) | (is_t2 & ev_t2)),
+                restore.eq(is_t1r & (ev_k | ev_t2)),
+                save.eq(is_t1r & ev_t1),
+                rst.eq(init | (is_k & (ev_t2 | ev_t1)) | (is_t2 & ev_t1)),
+            ]
+            o.elaborate(m, p.coord_base, phase == PREP, rst, step, restore, save)
+
+        # -- result pipeline: stage 1 (partial sums), output stage -----------------------------
+        pos, tap = odos
+        s1_valid = Signal()
+        s1_loop = Signal(ADDR_BITS)
+        s1_odo = Signal(ADDR_BITS)
+        s1_c = [Signal(COORD_BITS, name=f"s1_c{q}") for q in range(COORDS)]
+        s1_lim = [Signal(COORD_BITS, name=f"s1_lim{q}") for q in range(COORDS)]
+        s1_t1, s1_t2 = Signal(COUNT_BITS), Signal(COUNT_BITS)
+        s1_tile_last, s1_last = Signal(), Signal()
+        o = self.o.payload
+        with m.If(adv):
+            m.d.sync += [
+                s1_valid.eq(phase == RUN),
+                s1_loop.eq(a12),
+                s1_odo.eq(pos.acc_a + tap.acc_a),
+                s1_t1.eq(t1.v), s1_t2.eq(t2.v),
+                s1_tile_last.eq(r_end & k_end), s1_last.eq(r_end & k_end & t2_end & t1_end),
+            ]
+            for q in range(COORDS):
+                m.d.sync += [s1_c[q].eq(pos.acc_c[q] + tap.acc_c[q]), s1_lim[q].eq(p.coord_lim[q])]
+            m.d.sync += [
+                self.o.valid.eq(s1_valid),
+                o.addr.eq(s1_loop + s1_odo),
+                o.valid.eq((s1_c[0] < s1_lim[0]) & (s1_c[1] < s1_lim[1]) & (s1_c[2] < s1_lim[2])),
+                o.t1.eq(s1_t1), o.t2.eq(s1_t2), o.tile_last.eq(s1_tile_last), o.last.eq(s1_last),
+            ]
+        return m
