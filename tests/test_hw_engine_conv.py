@@ -233,3 +233,11 @@ def test_weights_round_trip():
     engine.load_weights(weights)
     for got, want in zip(engine.read_weights(), weights):
         np.testing.assert_array_equal(got, want)
+
+
+def test_coordinate_limits_stop_where_one_compare_is_exact():
+    """A limit above 2^15 would let a negative coordinate (read unsigned) pass the bounds check."""
+    from hw.engine.conv import ConvPattern
+    ConvPattern(coord_lim=(1 << 15, 1, 1))
+    with pytest.raises(IsaError, match=r"coord_lim\[0\]=32769"):
+        ConvPattern(coord_lim=((1 << 15) + 1, 1, 1))

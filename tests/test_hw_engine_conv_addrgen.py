@@ -170,7 +170,7 @@ def random_pattern(rng, wide=True):
                        s1=rng.randrange(-5000, 5000), s2=rng.randrange(-300, 300), n1=n1, n2=n2, nk=nk, nr=nr,
                        coord_base=tuple(rng.choice([0, rng.randrange(-4, 4)] + wide * [rng.randrange(-(1 << 15), 1 << 15)])
                                         for _ in range(3)),
-                       coord_lim=tuple(rng.choice([1, rng.randint(1, 6), (1 << 16) - 1 if wide else 1 << 15])
+                       coord_lim=tuple(rng.choice([1, rng.randint(1, 6), 1 << 15])
                                        for _ in range(3)),
                        **fields)
 

@@ -186,7 +186,11 @@ class ConvPattern:
         for c, v in enumerate(self.coord_base):
             _signed(f"coord_base[{c}]", v, COORD_BITS)
         for c, v in enumerate(self.coord_lim):
-            _count(f"coord_lim[{c}]", v)
+            # one unsigned compare checks both ends only while a negative coordinate reads as
+            # ≥ 2^(COORD_BITS−1): limits stop there
+            if not _is_int(v) or not 1 <= v <= 1 << (COORD_BITS - 1):
+                raise IsaError(f"conv pattern field coord_lim[{c}]={v!r}: must be an integer in "
+                               f"1..{1 << (COORD_BITS - 1)}")
         loop_range = {Drive.T1R: self.n1 * self.nr, Drive.K: self.nk, Drive.T2: self.n2}
         for odo in ("pos", "tap"):
             drive = getattr(self, f"{odo}_drive")
