@@ -488,7 +488,7 @@ class ShiftQuantizer(wiring.Component):
                     keep.eq(Mux(one_beat, keep_last, ones) if pow2 else Cat(*(count > j for j in range(lanes))))]
 
         with m.If(take):                               # flags for the beat after this one
-            next_last = remaining <= 2 * lanes
+            next_last = ~_less(Const(2 * lanes, 32), remaining)    # remaining ≤ 2·lanes (a carry chain)
             m.d.sync += [remaining.eq(remaining - lanes), last_beat.eq(next_last),
                          keep.eq(Mux(next_last, keep_last, ones) if pow2 else
                                  Cat(*(remaining > lanes + j for j in range(lanes))))]
@@ -563,14 +563,16 @@ class ShiftQuantizer(wiring.Component):
         m.d.comb += in_tf_next.eq(_up_down(in_tf, issue, tf[0].o.valid))
         m.d.sync += [outstanding.eq(_up_down(outstanding, issue, pop)),
                      credit.eq(Mux(issue, outstanding < self.draw_depth - 1, outstanding < self.draw_depth)),
-                     in_tf.eq(in_tf_next), prng_idle.eq(in_tf_next == 0)]
+                     in_tf.eq(in_tf_next),
+                     # in_tf_next == 0, decided by issue and o.valid last: 0 + 0, or 1 − 1
+                     prng_idle.eq(Mux(issue == tf[0].o.valid, in_tf == 0, ~issue & (in_tf == 1)))]
         lo_sum = Signal(range(2 * L))
         carry = Signal()
         m.d.comb += [lo_sum.eq(iss_lo + lanes % L), carry.eq(lo_sum >= L)]
         with m.If(issue):
             m.d.sync += [iss_rem.eq(iss_rem - lanes), iss_lo.eq(lo_sum[:lgL])]
             m.d.sync += [c.eq(c + lanes // L + carry) for c in ctr]
-            with m.If(iss_rem <= lanes):
+            with m.If(~_less(Const(lanes, 32), iss_rem)):          # iss_rem ≤ lanes
                 m.d.sync += iss_busy.eq(0)
         for u, unit in enumerate(tf):
             m.d.comb += [unit.i.valid.eq(issue), unit.i.payload.counter0.eq(ctr[u]),
