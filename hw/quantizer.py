@@ -87,6 +87,15 @@ Credits (requests in flight + FIFO entries ≤ ``draw_depth`` ≥ the loop laten
 draws of the beats in stages A–C) keep the FIFO from overflowing and sustain one beat per cycle;
 pass 1 fills it, so pass 2 starts at full rate. The
 Threefry latency is therefore off the data path, and the data does not ride along with the hash.
+
+Indexed draws (``draw_index="stream"``): a producer that emits a tensor in another order than its
+flat index (the training engine streams gradient tiles) gives, on an extra input stream
+``index`` (32 bits), the flat index of lane 0 of every Q_G beat, one per beat in beat order; lane
+j of that beat then draws at index + j (:func:`golden.prng.sr_draws` with ``indices``). Indices are
+taken as the issue engine runs ahead (from the command on, during pass 1), so the producer must be
+able to supply them before the data; they may start anywhere (not only at multiples of L), which
+costs one more Threefry pipeline when ``lanes`` is a multiple of L. Q_A and Q_E commands take no
+indices.
 """
 
 from __future__ import annotations
@@ -144,8 +153,10 @@ def _less(a, b):
 
 
 def _copy(m: Module, value, name: str):
-    """A register copy of ``value`` that synthesis keeps separate (hw.netlist.kept)."""
-    r = Signal.like(value, name=kept(name))
+    """A register copy of ``value`` that synthesis keeps separate (hw.netlist.kept). Reset-less: a
+    copy follows its source a cycle later, and a reset term would put one shared LUT (and the
+    reset net) in front of all the copies."""
+    r = Signal.like(value, name=kept(name), reset_less=True)
     m.d.sync += r.eq(value)
     return r
 
@@ -185,18 +196,25 @@ class ShiftQuantizer(wiring.Component):
 
     def __init__(self, config: WageConfig, lanes: int = 1, *, acc_width: int,
                  eta_log2_range: tuple[int, int] | None = None, prng_rounds_per_stage: int = 1,
-                 prng_key_stages: bool = True, prng_split_rounds: bool | None = None):
+                 prng_key_stages: bool = True, prng_split_rounds: bool | None = None,
+                 draw_index: str = "sequential"):
         try:
+            if draw_index not in ("sequential", "stream"):
+                raise ValueError(f"draw_index={draw_index!r}: must be 'sequential' or 'stream'")
+            self.draw_index = draw_index
             self._configure(config, lanes, acc_width, eta_log2_range, prng_rounds_per_stage, prng_key_stages,
                             prng_split_rounds)
         except (TypeError, ValueError):
             self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
             raise
-        super().__init__({
+        ports = {
             "cmd": In(stream.Signature(self.cmd_layout)),
             "i": In(stream.Signature(self.in_layout)),
             "o": Out(stream.Signature(self.out_layout)),
-        })
+        }
+        if draw_index == "stream":
+            ports["index"] = In(stream.Signature(unsigned(32)))
+        super().__init__(ports)
 
     # ---- parameters and derived widths ------------------------------------------------------------
     def _configure(self, config, lanes, acc_width, eta_log2_range, prng_rounds_per_stage, prng_key_stages,
@@ -230,7 +248,8 @@ class ShiftQuantizer(wiring.Component):
         self.sr_bits = b
         self.draws_per_hash = L = draw_lanes(b)                 # 4 draws of 16 bits or 2 of 32
         self.word_bits = 32 // (L // 2)
-        g = math.gcd(lanes, L)
+        # with indices from a stream a beat may start anywhere, as if lanes and L were coprime
+        g = math.gcd(lanes, L) if self.draw_index == "sequential" else 1
         self.hashes = (L - g + lanes - 1) // L + 1              # distinct hash counters one beat can touch
         self.lim_a = (1 << (kA - 1)) - 1
         self.lim_e = (1 << (kE - 1)) - 1
@@ -559,7 +578,11 @@ class ShiftQuantizer(wiring.Component):
         prng_idle = Signal(init=1)                           # in_tf == 0
         credit = Signal(init=1)                              # outstanding < draw_depth
         in_tf_next = Signal.like(in_tf)
-        m.d.comb += issue.eq(iss_busy & credit)
+        if self.draw_index == "stream":
+            # the first element index of each Q_G beat comes from `index`, one per beat, in order
+            m.d.comb += [issue.eq(iss_busy & credit & self.index.valid), self.index.ready.eq(issue)]
+        else:
+            m.d.comb += issue.eq(iss_busy & credit)
         m.d.comb += in_tf_next.eq(_up_down(in_tf, issue, tf[0].o.valid))
         m.d.sync += [outstanding.eq(_up_down(outstanding, issue, pop)),
                      credit.eq(Mux(issue, outstanding < self.draw_depth - 1, outstanding < self.draw_depth)),
@@ -574,11 +597,17 @@ class ShiftQuantizer(wiring.Component):
             m.d.sync += [c.eq(c + lanes // L + carry) for c in ctr]
             with m.If(~_less(Const(lanes, 32), iss_rem)):          # iss_rem ≤ lanes
                 m.d.sync += iss_busy.eq(0)
+        if self.draw_index == "stream":
+            first = self.index.payload
+            counters = [(first >> lgL) + u for u in range(H)]
+            lo = first[:lgL] if lgL else Const(0, 2)
+        else:
+            counters, lo = ctr, iss_lo
         for u, unit in enumerate(tf):
-            m.d.comb += [unit.i.valid.eq(issue), unit.i.payload.counter0.eq(ctr[u]),
+            m.d.comb += [unit.i.valid.eq(issue), unit.i.payload.counter0.eq(counters[u]),
                          unit.i.payload.counter1.eq(iss_key.step), unit.i.payload.key0.eq(iss_key.seed),
                          unit.i.payload.key1.eq(iss_key.layer), unit.o.ready.eq(1)]  # never stalls
-        m.d.comb += tf[0].i.payload.side.eq(iss_lo)
+        m.d.comb += tf[0].i.payload.side.eq(lo)
         # Threefry never stalls (backpressure="none": no enable fans out over its registers): the
         # credits keep draws in the FIFO + requests in flight ≤ draw_depth ≤ the FIFO's depth.
         # The FIFO is one LUT-RAM per lane with its own (kept) write and read pointers and write
