@@ -127,3 +127,31 @@ def test_protocol_errors_leave_the_engine_ready():
 def test_bad_config_is_named():
     with pytest.raises(TypeError, match="config="):
         Engine("mlp")
+
+
+def test_weights_after_the_step_match_the_model_and_golden():
+    """The gradient path (Q_G with indexed draws, weight updates) over two steps."""
+    rng = np.random.default_rng(seed_for("engine-grad"))
+    program = compile_network(CONFIG)
+    weights = golden.init_weights(WAGE)
+    batches = [(rng.integers(0, 256, size=(6, 1, 4, 4), dtype=np.uint8), rng.integers(0, 4, size=6))
+               for _ in range(2)]
+    want = [weights]
+    for s, (x, y) in enumerate(batches):
+        want.append(golden.train_step(WAGE, want[-1], x, y, s, 3)[0])
+    got = []
+
+    async def bench(ctx, dut):
+        driver = EngineDriver(program, AmaranthTransport(ctx, dut))
+        await driver.load_program()
+        await driver.load_weights(weights)
+        for s, (x, y) in enumerate(batches):
+            await driver.load_batch(x, y)
+            await driver.run(s, 1, 3)
+            got.append(await driver.read_weights())
+
+    simulate(bench)
+    for s in range(2):
+        for layer, (a, b) in enumerate(zip(got[s], want[s + 1])):
+            np.testing.assert_array_equal(a, b, err_msg=f"step {s} layer {layer}")
+        assert any(not np.array_equal(a, b) for a, b in zip(want[s + 1], want[s]))     # the step changed weights

@@ -89,7 +89,7 @@ class Engine(wiring.Component):
         m.submodules.array = array = MacArray(wage, L, L, mode="int8", max_reduction=cfg.max_reduction,
                                               target=cfg.target)
         acc_width = max(array.accumulator_width, 10)
-        m.submodules.quant = quant = ShiftQuantizer(wage, lanes=L, acc_width=acc_width)
+        m.submodules.quant = quant = ShiftQuantizer(wage, lanes=L, acc_width=acc_width, draw_index="stream")
         m.submodules.feed_a = feed_a = OperandFeeder(L)
         m.submodules.feed_b = feed_b = OperandFeeder(L)
         m.submodules.aux = aux = PatternReader(L, self.act_layout)
@@ -237,9 +237,13 @@ class Engine(wiring.Component):
         with m.If(wfire & og.payload.last):
             m.d.sync += done.eq(1)
 
-        # GRAD: a second generator walks the result pattern ahead of the data for the draw indices.
+        # GRAD: a second generator walks the result pattern ahead of the data for the draw indices:
+        # lane 0 of the word at weight-store address a is element (a − wbase)·L of the layer
+        # (channels-last, fan-in a multiple of L: the compiler checks).
         m.submodules.index_gen = index_gen = AddressGenerator(L)
-        m.d.comb += index_gen.o.ready.eq(1)
+        m.d.comb += [quant.index.valid.eq(index_gen.o.valid),
+                     quant.index.payload.eq((index_gen.o.payload.addr - ins.wbase)[:ADDR_BITS] << shift_l),
+                     index_gen.o.ready.eq(quant.index.ready)]
 
         # ---- counters ----------------------------------------------------------------------------
         counters = {name: Signal(32, name=f"count_{name}") for name in COUNTERS}
