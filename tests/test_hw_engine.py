@@ -147,7 +147,9 @@ def test_weights_after_the_step_match_the_model_and_golden():
         await driver.load_weights(weights)
         for s, (x, y) in enumerate(batches):
             await driver.load_batch(x, y)
-            await driver.run(s, 1, 3)
+            before = (await driver.counters())["run_cycles"]
+            cycles = await driver.run(s, 1, 3)
+            assert cycles == (await driver.counters())["run_cycles"] - before > 0     # this RUN's cycles
             got.append(await driver.read_weights())
 
     simulate(bench)

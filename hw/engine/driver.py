@@ -152,7 +152,7 @@ class EngineDriver:
         await self.write(Target.LABELS, 0, [int(y) for y in labels])
 
     async def run(self, step: int, steps: int = 1, eta_log2: int = 0) -> int:
-        """Run ``steps`` training steps from global step ``step``; returns the engine's RUN cycle counter."""
+        """Run ``steps`` training steps from global step ``step``; returns the cycles this RUN took."""
         reply = await self.request(Command.RUN, 0, (step, steps, eta_log2 & 0xFFFFFFFF))
         return reply[0]
 

@@ -248,6 +248,7 @@ class Engine(wiring.Component):
         # ---- counters ----------------------------------------------------------------------------
         counters = {name: Signal(32, name=f"count_{name}") for name in COUNTERS}
         running = Signal()
+        run_base = Signal(32)                            # run_cycles when this RUN started
         with m.If(running):
             m.d.sync += counters["run_cycles"].eq(counters["run_cycles"] + 1)
             for name, code in (("fwd_cycles", Op.FWD), ("loss_cycles", Op.LOSS), ("err_cycles", Op.ERR),
@@ -405,6 +406,7 @@ class Engine(wiring.Component):
                     with m.Elif(cmd == Command.RUN):
                         with m.If(last):
                             m.d.sync += [step.eq(args[0]), steps_left.eq(args[1]), eta.eq(hin.payload.data),
+                                         run_base.eq(counters["run_cycles"]),
                                          pc.eq(0)]
                             m.next = "RUN_NEXT_STEP"
                         with m.Else():
@@ -584,7 +586,8 @@ class Engine(wiring.Component):
                 with m.If(hout.ready):
                     m.next = "RUN_CYCLES"
             with m.State("RUN_CYCLES"):
-                m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(counters["run_cycles"]), hout.payload.last.eq(1)]
+                m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(counters["run_cycles"] - run_base),
+                             hout.payload.last.eq(1)]
                 with m.If(hout.ready):
                     m.next = "IDLE"
         return m

@@ -11,7 +11,7 @@ command        arguments                  payload                         respon
 =============  =========================  ==============================  ===========================
 ``WRITE`` 1    address, count             count items of the target       —
 ``READ`` 2     address, count             —                               count items of the target
-``RUN`` 3      step, steps, log2 η        —                               cycles (1 word)
+``RUN`` 3      step, steps, log2 η        —                               cycles of this RUN (1 word)
 ``COUNTERS`` 4 —                          —                               :data:`COUNTERS` (1 word each)
 =============  =========================  ==============================  ===========================
 
