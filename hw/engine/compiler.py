@@ -27,7 +27,8 @@ from .config import EngineConfig
 from .isa import AddressPattern, Instruction, Op, RowSel
 from .layout import MapLayout, WeightLayout
 
-__all__ = ["Program", "FitError", "UnsupportedNetwork", "compile_network"]
+__all__ = ["Program", "MemoryPlan", "FitError", "UnsupportedNetwork", "compile_network", "plan_memory",
+           "fc_forward", "fc_error", "fc_gradient", "loss"]
 
 
 class FitError(ValueError):
@@ -83,36 +84,41 @@ def _fits(name: str, used: int, capacity: int, parts: list[tuple[str, int]]) -> 
                        f"({used - capacity} words short); raise EngineConfig.{name} {hint}")
 
 
-def compile_network(config: EngineConfig) -> Program:
-    """Plan the memories and emit one training step's instructions (see the module docstring)."""
-    _check_supported(config)
+@dataclass
+class MemoryPlan:
+    """Where every tensor lives (see :mod:`hw.engine.layout`) and how full each memory is."""
+    inputs: MapLayout
+    activations: list[MapLayout]
+    errors: list[MapLayout]
+    weights: list[WeightLayout]
+    usage: dict[str, tuple[int, int]]
+
+    def layer_input(self, i: int) -> MapLayout:
+        return self.inputs if i == 0 else self.activations[i - 1]
+
+
+def plan_memory(config: EngineConfig) -> MemoryPlan:
+    """Lay out the batch, every layer's activations and errors (map layout where a convolution
+    produces or consumes the tensor, flattened otherwise) and the weights; check that they fit."""
     wage: WageConfig = config.wage
-    lanes, batch = config.lanes, wage.batch_size
-    layers = wage.layers
-    n = len(layers)
+    lanes, batch, layers = config.lanes, wage.batch_size, wage.layers
 
-    def dense(name: str, base: int, shape: tuple[int, ...]) -> MapLayout:
+    def tensor(name: str, base: int, shape: tuple[int, ...], conv_map: bool) -> MapLayout:
         c, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
-        return MapLayout(name, base, batch, c, h, w, lanes, flatten=True)
+        return MapLayout(name, base, batch, c, h, w, lanes, flatten=not conv_map)
 
-    # Activation scratchpad: the batch, then every layer's activations (consumed flattened by fc).
-    act_parts, base = [], 0
-    inputs = dense("inputs", 0, wage.input_shape)
-    base = inputs.end
-    act_parts.append(("inputs", inputs.words))
-    activations: list[MapLayout | None] = []
+    inputs = tensor("inputs", 0, wage.input_shape, layers[0].kind == "conv")
+    act_parts, base = [("inputs", inputs.words)], inputs.end
+    activations = []
     for layer in layers:
-        if layer.last and not wage.output_quantize:
-            activations.append(None)
-            continue
-        a = dense(f"A{layer.index}", base, layer.out_shape)
+        a = tensor(f"A{layer.index}", base, layer.out_shape, layer.kind == "conv")
         activations.append(a)
         base = a.end
         act_parts.append((a.name, a.words))
     act_used = base
     err_parts, errors, base = [], [], 0
     for layer in layers:
-        e = dense(f"E{layer.index}", base, layer.product_shape)
+        e = tensor(f"E{layer.index}", base, layer.product_shape, layer.kind == "conv")
         errors.append(e)
         base = e.end
         err_parts.append((e.name, e.words))
@@ -128,52 +134,75 @@ def compile_network(config: EngineConfig) -> Program:
     _fits("data_words", max(act_used, err_used), config.data_words,
           act_parts if act_used >= err_used else err_parts)
     _fits("weight_words", w_used, config.weight_words, w_parts)
-
-    def layer_input(i: int) -> MapLayout:
-        return inputs if i == 0 else activations[i - 1]
-
-    L = lanes
-    bt = -(-batch // L)
-    ins: list[Instruction] = []
-    for layer in layers:
-        i = layer.index
-        x, w, a = layer_input(i), weights[i], activations[i]
-        wpr, ow = w.words_per_row, -(-layer.out_channels // L)
-        ins.append(Instruction(
-            Op.FWD, layer=i, relu=int(not layer.last), shift=wage.act_shift(layer), qcount=bt * ow * L * L,
-            a=AddressPattern(x.base, s1=L * wpr, sk=1, sr=wpr, n1=bt, n2=ow, nk=wpr, nr=L, lim=batch,
-                             row_sel=RowSel.T1),
-            b=AddressPattern(w.base, s2=L * wpr, sk=1, sr=wpr, n1=bt, n2=ow, nk=wpr, nr=L,
-                             lim=layer.out_channels, row_sel=RowSel.T2),
-            out=AddressPattern(a.base, s1=L * ow, s2=1, sr=ow, n1=bt, n2=ow, nr=L, lim=batch, row_sel=RowSel.T1)))
-    last = layers[-1]
-    a_last, e_last = activations[-1], errors[-1]
-    ow = a_last.words_per_position
-    rows = AddressPattern(a_last.base, s1=ow, s2=1, n1=batch, n2=ow)
-    ins.append(Instruction(Op.LOSS, layer=last.index, qcount=batch * ow * L, onehot=1 << (wage.kA - 1),
-                           aux=rows, out=AddressPattern(e_last.base, s1=ow, s2=1, n1=batch, n2=ow)))
-    for layer in reversed(layers):
-        i = layer.index
-        x, w, e = layer_input(i), weights[i], errors[i]
-        wpr, ow = w.words_per_row, e.words_per_position
-        if i > 0:
-            e_prev, a_prev = errors[i - 1], activations[i - 1]
-            ins.append(Instruction(
-                Op.ERR, layer=i, qcount=bt * wpr * L * L,
-                a=AddressPattern(e.base, s1=L * ow, sk=1, sr=ow, n1=bt, n2=wpr, nk=ow, nr=L, lim=batch,
-                                 row_sel=RowSel.T1),
-                b=AddressPattern(w.base, s2=1, sk=wpr, n1=bt, n2=wpr, nk=ow * L, klim=layer.out_channels),
-                out=AddressPattern(e_prev.base, s1=L * wpr, s2=1, sr=wpr, n1=bt, n2=wpr, nr=L, lim=batch,
-                                   row_sel=RowSel.T1),
-                aux=AddressPattern(a_prev.base, s1=L * wpr, s2=1, sr=wpr, n1=bt, n2=wpr, nr=L, lim=batch,
-                                   row_sel=RowSel.T1)))
-        ins.append(Instruction(
-            Op.GRAD, layer=i, qcount=ow * wpr * L * L, wbase=w.base,
-            a=AddressPattern(e.base, s1=1, sk=ow, n1=ow, n2=wpr, nk=batch),
-            b=AddressPattern(x.base, s2=1, sk=wpr, n1=ow, n2=wpr, nk=batch),
-            out=AddressPattern(w.base, s1=L * wpr, s2=1, sr=wpr, n1=ow, n2=wpr, nr=L, lim=layer.out_channels,
-                               row_sel=RowSel.T1)))
-    ins.append(Instruction(Op.END))
     usage = {"act": (act_used, config.data_words), "err": (err_used, config.data_words),
              "weights": (w_used, config.weight_words), "labels": (batch, config.label_words)}
-    return Program(config, ins, inputs, activations, errors, weights, usage)
+    return MemoryPlan(inputs, activations, errors, weights, usage)
+
+
+# ---- instructions of fully connected layers (shared with hw.engine.conv) ------------------------
+
+def fc_forward(wage: WageConfig, layer, x: MapLayout, w: WeightLayout, a: MapLayout, lanes: int) -> Instruction:
+    """FWD: tiles (sample block t1, output block t2), reduction over the input words, both transposed."""
+    L, batch = lanes, wage.batch_size
+    bt, wpr, ow = -(-batch // L), w.words_per_row, -(-layer.out_channels // L)
+    return Instruction(
+        Op.FWD, layer=layer.index, relu=int(not layer.last), shift=wage.act_shift(layer), qcount=bt * ow * L * L,
+        a=AddressPattern(x.base, s1=L * wpr, sk=1, sr=wpr, n1=bt, n2=ow, nk=wpr, nr=L, lim=batch,
+                         row_sel=RowSel.T1),
+        b=AddressPattern(w.base, s2=L * wpr, sk=1, sr=wpr, n1=bt, n2=ow, nk=wpr, nr=L,
+                         lim=layer.out_channels, row_sel=RowSel.T2),
+        out=AddressPattern(a.base, s1=L * ow, s2=1, sr=ow, n1=bt, n2=ow, nr=L, lim=batch, row_sel=RowSel.T1))
+
+
+def loss(wage: WageConfig, a_last: MapLayout, e_last: MapLayout, lanes: int) -> Instruction:
+    """LOSS: every output word read twice (aux), D = A − 2^(kA−1)·onehot → Q_E → × sat → E."""
+    batch, ow = wage.batch_size, a_last.words_per_position
+    return Instruction(Op.LOSS, layer=wage.layers[-1].index, qcount=batch * ow * lanes,
+                       onehot=1 << (wage.kA - 1),
+                       aux=AddressPattern(a_last.base, s1=ow, s2=1, n1=batch, n2=ow),
+                       out=AddressPattern(e_last.base, s1=ow, s2=1, n1=batch, n2=ow))
+
+
+def fc_error(wage: WageConfig, layer, e: MapLayout, w: WeightLayout, e_prev: MapLayout, a_prev: MapLayout,
+             lanes: int) -> Instruction:
+    """ERR: tiles (sample block, input block), reduction over the outputs (E transposed, Wq rows direct)."""
+    L, batch = lanes, wage.batch_size
+    bt, wpr, ow = -(-batch // L), w.words_per_row, e.words_per_position
+    rows = dict(s1=L * wpr, s2=1, sr=wpr, n1=bt, n2=wpr, nr=L, lim=batch, row_sel=RowSel.T1)
+    return Instruction(
+        Op.ERR, layer=layer.index, qcount=bt * wpr * L * L,
+        a=AddressPattern(e.base, s1=L * ow, sk=1, sr=ow, n1=bt, n2=wpr, nk=ow, nr=L, lim=batch, row_sel=RowSel.T1),
+        b=AddressPattern(w.base, s2=1, sk=wpr, n1=bt, n2=wpr, nk=ow * L, klim=layer.out_channels),
+        out=AddressPattern(e_prev.base, **rows), aux=AddressPattern(a_prev.base, **rows))
+
+
+def fc_gradient(wage: WageConfig, layer, e: MapLayout, x: MapLayout, w: WeightLayout, lanes: int) -> Instruction:
+    """GRAD: tiles (output block, input word), reduction over the batch, both operands direct."""
+    L, batch = lanes, wage.batch_size
+    wpr, ow = w.words_per_row, e.words_per_position
+    return Instruction(
+        Op.GRAD, layer=layer.index, qcount=ow * wpr * L * L, wbase=w.base,
+        a=AddressPattern(e.base, s1=1, sk=ow, n1=ow, n2=wpr, nk=batch),
+        b=AddressPattern(x.base, s2=1, sk=wpr, n1=ow, n2=wpr, nk=batch),
+        out=AddressPattern(w.base, s1=L * wpr, s2=1, sr=wpr, n1=ow, n2=wpr, nr=L, lim=layer.out_channels,
+                           row_sel=RowSel.T1))
+
+
+def compile_network(config: EngineConfig) -> Program:
+    """Plan the memories and emit one training step's instructions (see the module docstring)."""
+    _check_supported(config)
+    wage, L = config.wage, config.lanes
+    plan = plan_memory(config)
+    ins: list[Instruction] = []
+    for layer in wage.layers:
+        i = layer.index
+        ins.append(fc_forward(wage, layer, plan.layer_input(i), plan.weights[i], plan.activations[i], L))
+    ins.append(loss(wage, plan.activations[-1], plan.errors[-1], L))
+    for layer in reversed(wage.layers):
+        i = layer.index
+        if i > 0:
+            ins.append(fc_error(wage, layer, plan.errors[i], plan.weights[i], plan.errors[i - 1],
+                                plan.activations[i - 1], L))
+        ins.append(fc_gradient(wage, layer, plan.errors[i], plan.layer_input(i), plan.weights[i], L))
+    ins.append(Instruction(Op.END))
+    return Program(config, ins, plan.inputs, plan.activations, plan.errors, plan.weights, plan.usage)

@@ -108,7 +108,8 @@ from golden.config import WageConfig
 from golden.prng import sr_draws
 from golden.quant import forward_weights, quantize_activation, quantize_error, quantize_gradient
 
-from .compiler import FitError, Program, UnsupportedNetwork, _fits
+from .compiler import (FitError, Program, UnsupportedNetwork, fc_error, fc_forward, fc_gradient, loss,
+                       plan_memory)
 from .config import EngineConfig
 from .isa import (ADDR_BITS, COUNT_BITS, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel)
 from .layout import MapLayout, WeightLayout
@@ -588,61 +589,18 @@ def compile_conv_network(config: EngineConfig) -> Program:
     L, batch = config.lanes, wage.batch_size
     layers = wage.layers
 
-    def tensor(name: str, base: int, shape: tuple[int, ...], conv_map: bool) -> MapLayout:
-        c, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
-        return MapLayout(name, base, batch, c, h, w, L, flatten=not conv_map)
-
-    inputs = tensor("inputs", 0, wage.input_shape, layers[0].kind == "conv")
-    act_parts, base = [("inputs", inputs.words)], inputs.end
-    activations: list[MapLayout | None] = []
-    for layer in layers:
-        a = tensor(f"A{layer.index}", base, layer.out_shape, layer.kind == "conv")
-        activations.append(a)
-        base = a.end
-        act_parts.append((a.name, a.words))
-    act_used = base
-    errors, err_parts, base = [], [], 0
-    for layer in layers:
-        e = tensor(f"E{layer.index}", base, layer.product_shape, layer.kind == "conv")
-        errors.append(e)
-        base = e.end
-        err_parts.append((e.name, e.words))
-    err_used = base
-    weights, w_parts, base = [], [], 0
-    for layer in layers:
-        w = WeightLayout.for_layer(wage, layer.index, base, L)
-        weights.append(w)
-        base = w.end
-        w_parts.append((f"W{layer.index}", w.words))
-    w_used = base
-    _fits("data_words", max(act_used, err_used), config.data_words, act_parts if act_used >= err_used else err_parts)
-    _fits("weight_words", w_used, config.weight_words, w_parts)
-
-    def layer_input(i: int) -> MapLayout:
-        return inputs if i == 0 else activations[i - 1]
-
-    bt = _cdiv(batch, L)
+    plan = plan_memory(config)
+    inputs, activations, errors, weights = plan.inputs, plan.activations, plan.errors, plan.weights
+    layer_input = plan.layer_input
     ins: list = []
     for layer in layers:
         i = layer.index
         x, w, a = layer_input(i), weights[i], activations[i]
         if layer.kind == "conv":
             ins.append(compile_conv_fwd(wage, i, x, w, a, L))
-            continue
-        wpr, ow = w.words_per_row, _cdiv(layer.out_channels, L)
-        ins.append(Instruction(
-            Op.FWD, layer=i, relu=int(not layer.last), shift=wage.act_shift(layer), qcount=bt * ow * L * L,
-            a=AddressPattern(x.base, s1=L * wpr, sk=1, sr=wpr, n1=bt, n2=ow, nk=wpr, nr=L, lim=batch,
-                             row_sel=RowSel.T1),
-            b=AddressPattern(w.base, s2=L * wpr, sk=1, sr=wpr, n1=bt, n2=ow, nk=wpr, nr=L,
-                             lim=layer.out_channels, row_sel=RowSel.T2),
-            out=AddressPattern(a.base, s1=L * ow, s2=1, sr=ow, n1=bt, n2=ow, nr=L, lim=batch, row_sel=RowSel.T1)))
-    last = layers[-1]
-    a_last, e_last = activations[-1], errors[-1]
-    ow = a_last.words_per_position
-    ins.append(Instruction(Op.LOSS, layer=last.index, qcount=batch * ow * L, onehot=1 << (wage.kA - 1),
-                           aux=AddressPattern(a_last.base, s1=ow, s2=1, n1=batch, n2=ow),
-                           out=AddressPattern(e_last.base, s1=ow, s2=1, n1=batch, n2=ow)))
+        else:
+            ins.append(fc_forward(wage, layer, x, w, a, L))
+    ins.append(loss(wage, activations[-1], errors[-1], L))
     for layer in reversed(layers):
         i = layer.index
         x, w, e = layer_input(i), weights[i], errors[i]
@@ -651,30 +609,14 @@ def compile_conv_network(config: EngineConfig) -> Program:
                 ins.append(compile_conv_err(wage, i, e, w, errors[i - 1], activations[i - 1], L))
             ins.append(compile_conv_grad(wage, i, e, x, w, L))
             continue
-        wpr, ow = w.words_per_row, e.words_per_position
         if i > 0:
-            e_prev, a_prev = errors[i - 1], activations[i - 1]
             if layers[i - 1].pool:
-                ins.append(compile_fc_err_unpool(wage, i, e, w, e_prev, a_prev, L))
+                ins.append(compile_fc_err_unpool(wage, i, e, w, errors[i - 1], activations[i - 1], L))
             else:
-                ins.append(Instruction(
-                    Op.ERR, layer=i, qcount=bt * wpr * L * L,
-                    a=AddressPattern(e.base, s1=L * ow, sk=1, sr=ow, n1=bt, n2=wpr, nk=ow, nr=L, lim=batch,
-                                     row_sel=RowSel.T1),
-                    b=AddressPattern(w.base, s2=1, sk=wpr, n1=bt, n2=wpr, nk=ow * L, klim=layer.out_channels),
-                    out=AddressPattern(e_prev.base, s1=L * wpr, s2=1, sr=wpr, n1=bt, n2=wpr, nr=L, lim=batch,
-                                       row_sel=RowSel.T1),
-                    aux=AddressPattern(a_prev.base, s1=L * wpr, s2=1, sr=wpr, n1=bt, n2=wpr, nr=L, lim=batch,
-                                       row_sel=RowSel.T1)))
-        ins.append(Instruction(
-            Op.GRAD, layer=i, qcount=ow * wpr * L * L, wbase=w.base,
-            a=AddressPattern(e.base, s1=1, sk=ow, n1=ow, n2=wpr, nk=batch),
-            b=AddressPattern(x.base, s2=1, sk=wpr, n1=ow, n2=wpr, nk=batch),
-            out=AddressPattern(w.base, s1=L * wpr, s2=1, sr=wpr, n1=ow, n2=wpr, nr=L, lim=layer.out_channels,
-                               row_sel=RowSel.T1)))
+                ins.append(fc_error(wage, layer, e, w, errors[i - 1], activations[i - 1], L))
+        ins.append(fc_gradient(wage, layer, e, x, w, L))
     ins.append(Instruction(Op.END))
-    usage = {"act": (act_used, config.data_words), "err": (err_used, config.data_words),
-             "weights": (w_used, config.weight_words), "labels": (batch, config.label_words)}
+    usage = plan.usage
     return Program(config, ins, inputs, activations, errors, weights, usage)
 
 
