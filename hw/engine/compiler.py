@@ -68,6 +68,12 @@ def _check_supported(config: EngineConfig) -> None:
             raise UnsupportedNetwork(
                 f"layer {layer.index} ({layer.describe()}): fan-in {layer.fan_in} is not a multiple of lanes={lanes}; "
                 f"the gradient words would not start on a whole hash of stochastic-rounding draws")
+    check_loss_and_labels(config)
+
+
+def check_loss_and_labels(config: EngineConfig) -> None:
+    """What every network needs: a quantised output layer (the LOSS instruction) and room for the labels."""
+    wage = config.wage
     if not wage.output_quantize:
         raise UnsupportedNetwork("output_quantize=False: the loss of a raw output layer needs its sums recomputed "
                                  "(not built yet); use output_quantize=True (the default)")

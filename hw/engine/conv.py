@@ -108,8 +108,8 @@ from golden.config import WageConfig
 from golden.prng import sr_draws
 from golden.quant import forward_weights, quantize_activation, quantize_error, quantize_gradient
 
-from .compiler import (FitError, Program, UnsupportedNetwork, fc_error, fc_forward, fc_gradient, loss,
-                       plan_memory)
+from .compiler import (FitError, Program, UnsupportedNetwork, check_loss_and_labels, fc_error, fc_forward,
+                       fc_gradient, loss, plan_memory)
 from .config import EngineConfig
 from .isa import (ADDR_BITS, COUNT_BITS, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel)
 from .layout import MapLayout, WeightLayout
@@ -573,12 +573,7 @@ def _check_conv_supported(config: EngineConfig) -> None:
                     f"lanes={L}; the gradient words would not start on a whole hash of stochastic-rounding draws")
         elif layer.pool and L % 4:
             raise UnsupportedNetwork(f"layer {layer.index}: pooling needs lanes={L} to be a multiple of 4")
-    if not wage.output_quantize:
-        raise UnsupportedNetwork("output_quantize=False: the loss of a raw output layer needs its sums recomputed "
-                                 "(not built yet); use output_quantize=True (the default)")
-    if wage.batch_size > config.label_words:
-        raise FitError(f"labels: batch {wage.batch_size} needs {wage.batch_size} label words, "
-                       f"label_words={config.label_words} ({wage.batch_size - config.label_words} short)")
+    check_loss_and_labels(config)
 
 
 def compile_conv_network(config: EngineConfig) -> Program:
@@ -644,14 +639,7 @@ class ConvEngineModel(EngineModel):
                 p = self._products(ins, self.act, wq)
                 self._write_act(ins, p, None)
             elif ins.op == Op.LOSS:
-                address, _ = self._rows(ins.aux)
-                t1 = np.repeat(np.arange(ins.aux.n1), ins.aux.n2)
-                t2 = np.tile(np.arange(ins.aux.n2), ins.aux.n1)
-                lane = self.labels[t1][:, None] - t2[:, None] * L == np.arange(L)[None, :]
-                d = self.act[address] - ins.onehot * lane
-                e, _ = quantize_error(d, wage.kE)
-                out, _ = self._rows(ins.out)
-                self.err[out] = e * self.act_sat[address]
+                self._loss(ins)
             elif ins.op == Op.ERR:
                 self._error(ins, wq)
             elif ins.op == Op.GRAD:

@@ -86,6 +86,17 @@ class EngineModel:
         address, valid = pattern.address_array(self.lanes)
         return address.reshape(-1), valid.reshape(-1)
 
+    def _loss(self, ins: Instruction) -> None:
+        """LOSS: D = A_out − onehot·2^(kA−1) per output word (labels looked up by the row t1), Q_E, × sat."""
+        L = self.lanes
+        address, _ = self._rows(ins.aux)
+        t1 = np.repeat(np.arange(ins.aux.n1), ins.aux.n2)
+        t2 = np.tile(np.arange(ins.aux.n2), ins.aux.n1)
+        lane = self.labels[t1][:, None] - t2[:, None] * L == np.arange(L)[None, :]
+        e, _ = quantize_error(self.act[address] - ins.onehot * lane, self.program.config.wage.kE)
+        out, _ = self._rows(ins.out)
+        self.err[out] = e * self.act_sat[address]
+
     def run_step(self, step: int, eta_log2: int) -> None:
         """Execute the program once (one training step)."""
         wage = self.program.config.wage
@@ -102,14 +113,7 @@ class EngineModel:
                 self.act_relu[address[valid]] = relu[valid]
                 self.act_sat[address[valid]] = sat[valid]
             elif ins.op == Op.LOSS:
-                address, _ = self._rows(ins.aux)
-                t1 = np.repeat(np.arange(ins.aux.n1), ins.aux.n2)
-                t2 = np.tile(np.arange(ins.aux.n2), ins.aux.n1)
-                lane = self.labels[t1][:, None] - t2[:, None] * L == np.arange(L)[None, :]
-                d = self.act[address] - ins.onehot * lane
-                e, _ = quantize_error(d, wage.kE)
-                out, _ = self._rows(ins.out)
-                self.err[out] = e * self.act_sat[address]
+                self._loss(ins)
             elif ins.op == Op.ERR:
                 d = self._products(ins, self.err, wq)
                 aux, aux_valid = self._rows(ins.aux)
