@@ -108,7 +108,7 @@ from golden.config import WageConfig
 from golden.prng import sr_draws
 from golden.quant import forward_weights, quantize_activation, quantize_error, quantize_gradient
 
-from .compiler import (FitError, Program, UnsupportedNetwork, check_loss_and_labels, fc_error, fc_forward,
+from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, fc_error, fc_forward,
                        fc_gradient, loss, plan_memory)
 from .config import EngineConfig
 from .isa import (ADDR_BITS, COUNT_BITS, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel)
