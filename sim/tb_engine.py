@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 
 import cocotb
-import numpy as np
 
 from golden import model as golden
 from golden.config import WageConfig

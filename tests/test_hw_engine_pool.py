@@ -8,7 +8,7 @@ from amaranth.sim import Simulator
 
 from golden.ops import maxpool2
 from hw.engine.pool import WindowPool
-from tests.support import pack, seed_for
+from tests.support import seed_for
 
 
 def run(rows, lanes, width, seed, stall=0.3):

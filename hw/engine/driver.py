@@ -21,7 +21,7 @@ import numpy as np
 from golden.model import input_codes
 
 from .compiler import Program
-from .protocol import ARGUMENTS, COUNTERS, Command, Status, Target, header, item_bits, item_words
+from .protocol import COUNTERS, Command, Status, Target, header, item_bits, item_words
 
 __all__ = ["EngineDriver", "EngineError", "encode_items", "decode_items", "act_items"]
 

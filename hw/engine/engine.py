@@ -15,7 +15,9 @@ Blocks (``L`` = ``config.lanes``)
   generator (:mod:`hw.engine.addrgen`); labels and the program in small memories.
 
 One finite-state machine parses host packets and, for ``RUN``, sequences the program: for each
-instruction it loads the patterns into the generators and the command into the quantiser (pass 1),
+instruction it loads the patterns into the generators and the command into the quantiser (pass 1;
+for GRAD also the result pattern into a second generator, whose addresses minus the layer's
+weight base, times L, are the draw indices the quantiser prefetches),
 for the two-pass operations loads the patterns again (pass 2; streams keep the order, so pass 2
 queues behind pass 1), and waits until the result generator's last row has been written. Memory
 ports are routed by the running operation:
@@ -26,13 +28,13 @@ operation   feeder A                feeder B                auxiliary reader    
 FWD         act, transposed         weights (Wq), transp.   —                    act (A, masks)
 LOSS        —                       —                       act (A_out, sat)      err (× sat)
 ERR         err, transposed         weights (Wq), direct    act (producer masks)  err (× relu)
-GRAD        err, direct             act, direct             draw indices          weight updates
+GRAD        err, direct             act, direct             —                    weight updates
 ==========  ======================  ======================  ===================  ====================
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -265,7 +267,8 @@ class Engine(wiring.Component):
         args = Array(Signal(32, name=f"arg{i}") for i in range(3))
         argi = Signal(2)
         nargs = Signal(2)
-        m.d.comb += nargs.eq(Mux(cmd == Command.RUN, 3, Mux(cmd == Command.COUNTERS, 0, 2)))
+        m.d.comb += nargs.eq(Mux(cmd == Command.RUN, ARGUMENTS[Command.RUN],
+                                 Mux(cmd == Command.COUNTERS, ARGUMENTS[Command.COUNTERS], ARGUMENTS[Command.READ])))
         widths = {t: item_bits(t, L, wage.kG) for t in Target}
         max_words = max(-(-w // 32) for w in widths.values())
         item = Signal(32 * max_words)
