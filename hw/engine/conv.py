@@ -111,7 +111,8 @@ from golden.quant import forward_weights, quantize_activation, quantize_error, q
 from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, fc_error, fc_forward,
                        fc_gradient, loss, plan_memory)
 from .config import EngineConfig
-from .isa import (ADDR_BITS, COUNT_BITS, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel)
+from .isa import (ADDR_BITS, COUNT_BITS, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel,
+                  check_unsigned_fields)
 from .layout import MapLayout, WeightLayout
 from .model import EngineModel
 
@@ -365,11 +366,9 @@ class ConvInstruction:
         if self.op not in ConvOp.NAMES:
             raise IsaError(f"conv instruction op={self.op!r}: must be one of "
                            f"{', '.join(f'{k}={v}' for k, v in ConvOp.NAMES.items())}")
-        for name, width in (("layer", 8), ("relu", 1), ("shift", 6), ("qcount", QCOUNT_BITS), ("wbase", ADDR_BITS),
-                            ("pool", 1), ("unpool_dx", ADDR_BITS), ("unpool_dy", ADDR_BITS)):
-            v = getattr(self, name)
-            if not _is_int(v) or not 0 <= v < (1 << width):
-                raise IsaError(f"conv instruction field {name}={v!r}: must be an integer in 0..{(1 << width) - 1}")
+        check_unsigned_fields(self, (("layer", 8), ("relu", 1), ("shift", 6), ("qcount", QCOUNT_BITS),
+                                     ("wbase", ADDR_BITS), ("pool", 1), ("unpool_dx", ADDR_BITS),
+                                     ("unpool_dy", ADDR_BITS)), "conv instruction")
         if self.pool and self.op != ConvOp.CONV_FWD:
             raise IsaError(f"conv instruction pool=1 with op {ConvOp.NAMES[self.op]}: pooling is a CONV_FWD stage")
         if (self.unpool_dx or self.unpool_dy) and self.op != ConvOp.CONV_ERR:

@@ -53,6 +53,15 @@ class IsaError(ValueError):
     """An instruction field does not fit its width or names a bad value; the message names it."""
 
 
+def check_unsigned_fields(obj, fields, what: str) -> None:
+    """Raise IsaError naming the first ``(name, width)`` field of ``obj`` that is not an integer in
+    0..2^width − 1 (``what`` says which kind of object, e.g. "instruction")."""
+    for name, width in fields:
+        v = getattr(obj, name)
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < (1 << width):
+            raise IsaError(f"{what} field {name}={v!r}: must be an integer in 0..{(1 << width) - 1}")
+
+
 class Op:
     NOP, FWD, LOSS, ERR, GRAD, END = 0, 1, 2, 3, 4, 15
     NAMES = {0: "NOP", 1: "FWD", 2: "LOSS", 3: "ERR", 4: "GRAD", 15: "END"}
@@ -87,10 +96,7 @@ class AddressPattern:
     row_sel: int = RowSel.NONE
 
     def __post_init__(self):
-        for name, width in GEN_FIELDS:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < (1 << width):
-                raise IsaError(f"address pattern field {name}={v!r}: must be an integer in 0..{(1 << width) - 1}")
+        check_unsigned_fields(self, GEN_FIELDS, "address pattern")
         if self.row_sel not in (RowSel.NONE, RowSel.T1, RowSel.T2):
             raise IsaError(f"row_sel={self.row_sel}: must be 0 (none), 1 (t1) or 2 (t2)")
 
@@ -159,10 +165,7 @@ class Instruction:
     def __post_init__(self):
         if self.op not in Op.NAMES:
             raise IsaError(f"op={self.op!r}: not an opcode ({', '.join(f'{k}={v}' for k, v in Op.NAMES.items())})")
-        for name, width in SCALAR_FIELDS:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < (1 << width):
-                raise IsaError(f"instruction field {name}={v!r}: must be an integer in 0..{(1 << width) - 1}")
+        check_unsigned_fields(self, SCALAR_FIELDS, "instruction")
 
     def encode(self) -> int:
         """The instruction as an integer of :data:`INSTRUCTION_BITS` bits (first field lowest)."""
