@@ -30,3 +30,34 @@ def unpack(flat: int, width: int, n: int) -> list[int]:
         v = (flat >> (i * width)) & ((1 << width) - 1)
         vals.append(v - (1 << width) if v >> (width - 1) else v)
     return vals
+
+
+def train_model_and_golden(engine, wage, program, embedded, steps, eta_log2=3, check=True):
+    """Train golden and an engine model (``hw.engine.model.EngineModel`` or a subclass, built on
+    ``program``) side by side on the embedded data. With ``check`` every A, E and the weights must
+    match after every step; otherwise return the set of mismatching tensors."""
+    import numpy as np
+
+    from golden import model as golden
+    weights = golden.init_weights(wage)
+    engine.load_weights(weights)
+    b = wage.batch_size
+    mismatches = set()
+    for s in range(steps):
+        x, y = embedded.train_images[s * b:(s + 1) * b], embedded.train_labels[s * b:(s + 1) * b]
+        trace = {}
+        weights, _ = golden.train_step(wage, weights, x, y, s, eta_log2, trace=trace)
+        engine.load_batch(x, y)
+        engine.run_step(s, eta_log2)
+        pairs = [(f"A{i}", a.unpack(engine.act[a.base:a.end]), trace[f"s{s}/l{i}/A"])
+                 for i, a in enumerate(program.activations)]
+        pairs += [(f"E{i}", e.unpack(engine.err[e.base:e.end]), trace[f"s{s}/l{i}/E"])
+                  for i, e in enumerate(program.errors)]
+        pairs += [(f"W{i}", got, want) for i, (got, want) in enumerate(zip(engine.read_weights(), weights))]
+        for name, got, want in pairs:
+            got, want = got.reshape(want.shape), want
+            if check:
+                np.testing.assert_array_equal(got, want, err_msg=f"step {s} {name}")
+            elif not np.array_equal(got, want):
+                mismatches.add(name)
+    return mismatches

@@ -12,6 +12,7 @@ from hw.engine.compiler import FitError, UnsupportedNetwork
 from hw.engine.config import EngineConfig
 from hw.engine.conv import (ConvEngineModel, ConvInstruction, ConvOp, ConvPattern, Drive, compile_conv_network)
 from hw.engine.isa import AddressPattern, IsaError
+from tests.support import train_model_and_golden
 
 LENET = "8C5-MP2-16C3p-MP2-32FC-10"
 
@@ -27,31 +28,7 @@ def compile_net(net, batch, lanes, shape=(1, 28, 28), seed=11, data_words=16384)
 
 
 def train_both(wage, program, embedded, steps, eta_log2=3, check=True):
-    """Train golden and the conv engine model side by side. With ``check`` every A, E and the
-    weights must match after every step; otherwise return the set of mismatching tensors."""
-    engine = ConvEngineModel(program)
-    weights = golden.init_weights(wage)
-    engine.load_weights(weights)
-    b = wage.batch_size
-    mismatches = set()
-    for s in range(steps):
-        x, y = embedded.train_images[s * b:(s + 1) * b], embedded.train_labels[s * b:(s + 1) * b]
-        trace = {}
-        weights, _ = golden.train_step(wage, weights, x, y, s, eta_log2, trace=trace)
-        engine.load_batch(x, y)
-        engine.run_step(s, eta_log2)
-        pairs = [(f"A{i}", a.unpack(engine.act[a.base:a.end]), trace[f"s{s}/l{i}/A"])
-                 for i, a in enumerate(program.activations)]
-        pairs += [(f"E{i}", e.unpack(engine.err[e.base:e.end]), trace[f"s{s}/l{i}/E"])
-                  for i, e in enumerate(program.errors)]
-        pairs += [(f"W{i}", got, want) for i, (got, want) in enumerate(zip(engine.read_weights(), weights))]
-        for name, got, want in pairs:
-            got, want = got.reshape(want.shape), want
-            if check:
-                np.testing.assert_array_equal(got, want, err_msg=f"step {s} {name}")
-            elif not np.array_equal(got, want):
-                mismatches.add(name)
-    return mismatches
+    return train_model_and_golden(ConvEngineModel(program), wage, program, embedded, steps, eta_log2, check)
 
 
 @pytest.mark.parametrize("net, batch, lanes", [
