@@ -5,6 +5,10 @@
   compared with ``golden.model.train_step`` after every step.
 * ``test_scoreboard_catches_one_flipped_bit`` — one flipped bit in one read-back weight word makes
   the bench fail, naming the step, layer and word.
+* ``test_lenet_style_trains_bit_exact`` — a LeNet-style convolutional network with reduced channels
+  (8C5-MP2-16C5-MP2-32FC-10 on 28×28 images, batch 8, 8×8 array: valid convolutions, 2×2 max-pool
+  and unpool, fully connected layers after a pooled map) for 3 steps, weights compared every step;
+  ``test_lenet_scoreboard_catches_one_flipped_bit`` flips one bit of a convolution weight word.
 
 The seed is printed by the runner; rerun with ``COCOTB_RANDOM_SEED=<seed>``.
 """
@@ -20,6 +24,9 @@ from sim.runner import check_mutation_is_caught, run_cocotb
 
 MLP = EngineConfig(WageConfig(net="mlp", batch_size=16, seed=1), lanes=16, data_words=2048, weight_words=16384,
                    label_words=16)
+
+LENET = EngineConfig(WageConfig(net="8C5-MP2-16C5-MP2-32FC-10", input_shape=(1, 28, 28), batch_size=8, seed=1), lanes=8, data_words=8192,
+                     weight_words=2048, label_words=8)
 
 
 def _params(config: EngineConfig, **kw) -> dict:
@@ -38,3 +45,15 @@ def test_scoreboard_catches_one_flipped_bit():
     check_mutation_is_caught(Engine(MLP), name="engine_mlp16", test_module="sim.tb_engine",
                              testcase="train_steps",
                              parameters=_params(MLP, steps=1, eta_log2=3, mutate=[0, 1, 37, 5]))
+
+
+def test_lenet_style_trains_bit_exact():
+    r = run_cocotb(Engine(LENET), name="engine_lenet8", test_module="sim.tb_engine", testcase="train_steps",
+                   parameters=_params(LENET, steps=3, eta_log2=3, stall=0.1, backpressure=0.1), timeout_s=3600)
+    assert r.passed == r.tests == 1
+
+
+def test_lenet_scoreboard_catches_one_flipped_bit():
+    check_mutation_is_caught(Engine(LENET), name="engine_lenet8", test_module="sim.tb_engine",
+                             testcase="train_steps",
+                             parameters=_params(LENET, steps=1, eta_log2=3, mutate=[0, 1, 17, 3]))

@@ -157,3 +157,88 @@ def test_weights_after_the_step_match_the_model_and_golden():
         for layer, (a, b) in enumerate(zip(got[s], want[s + 1])):
             np.testing.assert_array_equal(a, b, err_msg=f"step {s} layer {layer}")
         assert any(not np.array_equal(a, b) for a, b in zip(want[s + 1], want[s]))     # the step changed weights
+
+
+# ---- convolution -----------------------------------------------------------------------------------
+
+CONV_WAGE = WageConfig(net="4C3p-MP2-8C3-10", input_shape=(1, 6, 6), batch_size=3, seed=7)
+CONV_CONFIG = EngineConfig(CONV_WAGE, lanes=4, data_words=256, weight_words=128, label_words=4)
+
+
+@pytest.fixture(scope="module")
+def conv_steps():
+    """Two training steps of a small convolutional network (same conv + pool, valid conv, fc; batch 3)
+    on the RTL, and the word-level conv model after each."""
+    from hw.engine.conv import ConvEngineModel
+    rng = np.random.default_rng(seed_for("engine-conv"))
+    batches = [(rng.integers(0, 256, size=(3, 1, 6, 6), dtype=np.uint8), rng.integers(0, 10, size=3))
+               for _ in range(2)]
+    program = compile_network(CONV_CONFIG)
+    weights = golden.init_weights(CONV_WAGE)
+    model = ConvEngineModel(program)
+    model.load_weights(weights)
+    want, got = [], []
+    for s, (x, y) in enumerate(batches):
+        model.load_batch(x, y)
+        model.run_step(s, 3)
+        snap = {"weights": model.read_weights()}
+        for a in program.activations:
+            sl = slice(a.base, a.end)
+            snap[a.name] = {"data": model.act[sl].copy(), "relu": model.act_relu[sl].copy(),
+                            "sat": model.act_sat[sl].copy(), "pool": model.act_pool[sl].copy()}
+        for e in program.errors:
+            snap[e.name] = model.err[e.base:e.end].copy()
+        want.append(snap)
+
+    async def bench(ctx, dut):
+        driver = EngineDriver(program, AmaranthTransport(ctx, dut))
+        await driver.load_program()
+        await driver.load_weights(weights)
+        for s, (x, y) in enumerate(batches):
+            await driver.load_batch(x, y)
+            await driver.run(s, 1, 3)
+            snap = {"weights": await driver.read_weights()}
+            for a in program.activations:
+                snap[a.name] = await driver.read_act_fields(a)
+            for e in program.errors:
+                snap[e.name] = await driver.read_err(e)
+            got.append(snap)
+
+    simulate(bench, CONV_CONFIG)
+    golden_weights = [weights]
+    for s, (x, y) in enumerate(batches):
+        golden_weights.append(golden.train_step(CONV_WAGE, golden_weights[-1], x, y, s, 3)[0])
+    for s in range(2):
+        want[s]["golden weights"] = golden_weights[s + 1]
+        got[s]["golden weights"] = got[s]["weights"]
+    return program, got, want
+
+
+def conv_mismatches(got: dict, want: dict) -> list[str]:
+    bad = []
+    for name, w in want.items():
+        g = got[name]
+        if name in ("weights", "golden weights"):
+            bad += [f"{name} {i}" for i, (a, b) in enumerate(zip(g, w)) if not np.array_equal(a, b)]
+        elif isinstance(w, dict):
+            bad += [f"{name}.{f}" for f in w if not np.array_equal(g[f], w[f])]
+        elif not np.array_equal(g, w):
+            bad.append(name)
+    return bad
+
+
+def test_conv_network_trains_bit_exactly_on_the_rtl(conv_steps):
+    program, got, want = conv_steps
+    assert any(a.name for a in program.activations)
+    for s in range(2):
+        assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
+    assert any(not np.array_equal(a, b) for a, b in zip(want[1]["weights"], want[0]["weights"]))
+    assert any(want[0][program.activations[0].name]["pool"].ravel())          # the pool indices are exercised
+
+
+def test_conv_one_wrong_pool_index_is_caught(conv_steps):
+    program, got, want = conv_steps
+    name = program.activations[0].name
+    bad = {**want[0], name: {**want[0][name], "pool": want[0][name]["pool"].copy()}}
+    bad[name]["pool"][0, 0] ^= 1
+    assert conv_mismatches(got[0], bad) == [f"{name}.pool"]

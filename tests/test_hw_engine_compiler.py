@@ -31,13 +31,15 @@ def test_too_small_memories_name_the_buffer_and_shortfall():
     with pytest.raises(FitError, match=r"data_words: the network needs 1056 words \(inputs 784, A0 256, A1 16\), "
                                        r"the engine has 1000 \(56 words short\)"):
         compile_network(EngineConfig(wage, data_words=1000))
+    with pytest.raises(FitError, match=r"data_words: the network needs 184448 words \(E0 147456, E1 32768"):
+        compile_network(EngineConfig(WageConfig(net="lenet5")))           # batch 128 LeNet-5 on chip
     with pytest.raises(FitError, match="labels: batch 16 needs 16 label words, label_words=8"):
         compile_network(EngineConfig(wage, label_words=8))
 
 
 def test_unsupported_networks_are_named():
-    with pytest.raises(UnsupportedNetwork, match="layer 0 .*conv"):
-        compile_network(EngineConfig(WageConfig(net="lenet5")))
+    with pytest.raises(UnsupportedNetwork, match="layer 1 .*4 channels, not a multiple of lanes=8"):
+        compile_network(EngineConfig(WageConfig(net="4C3-MP2-10", input_shape=(1, 8, 8), batch_size=4), lanes=8))
     with pytest.raises(UnsupportedNetwork, match="fan-in 784 is not a multiple of lanes=32"):
         compile_network(EngineConfig(WageConfig(net="mlp"), lanes=32))
     with pytest.raises(UnsupportedNetwork, match="output_quantize=False"):
@@ -47,6 +49,7 @@ def test_unsupported_networks_are_named():
 @pytest.mark.parametrize("kwargs, text", [
     (dict(lanes=12), "lanes=12: must be a power of two"), (dict(lanes=2), "lanes=2"),
     (dict(data_words=0), "data_words=0"), (dict(target="xilinx"), "target='xilinx'"),
+    (dict(program_words=0), "program_words=0"),
     (dict(wage="mlp"), "wage='mlp'"),
 ])
 def test_bad_engine_parameters_are_named(kwargs, text):

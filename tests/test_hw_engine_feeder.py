@@ -10,7 +10,9 @@ from amaranth.sim import Simulator
 
 from hw.bram import BlockRam
 from hw.engine.feeder import OperandFeeder, RamReader
-from hw.engine.isa import GEN_FIELDS, AddressPattern, RowSel
+from hw.engine.conv import ConvPattern, Drive
+from hw.engine.isa import AddressPattern, RowSel
+from hw.engine.slot import slot_payload
 from tests.support import pack, seed_for
 
 
@@ -33,7 +35,7 @@ class FeederOnRam(wiring.Component):
         return m
 
 
-def expected_beats(memory, p: AddressPattern, lanes):
+def expected_beats(memory, p, lanes):
     """(data lanes, last) per output beat: zero words where invalid, L×L blocks transposed when nr = L."""
     words = [(memory[a % len(memory)] if v else np.zeros(lanes, dtype=np.int64), r)
              for r, (a, v) in zip(range(p.length), p.addresses(lanes))]
@@ -59,12 +61,19 @@ def test_feeder_matches_the_pattern(lanes, transposed):
     depth = 64
     memory = np.array([[rng.randint(-128, 127) for _ in range(lanes)] for _ in range(depth)])
     patterns = []
-    for _ in range(4):
-        patterns.append(AddressPattern(base=rng.randrange(depth), s1=rng.randrange(20), s2=rng.randrange(9),
-                                       sk=rng.randrange(5), sr=rng.randrange(4), n1=rng.randint(1, 2),
-                                       n2=rng.randint(1, 2), nk=rng.randint(1, 3), nr=lanes if transposed else 1,
-                                       lim=rng.randrange(2 * lanes + 1), klim=rng.randint(1, 3),
-                                       row_sel=rng.choice([RowSel.T1, RowSel.T2, RowSel.NONE])))
+    for i in range(6):
+        n1, n2, nk, nr = rng.randint(1, 2), rng.randint(1, 2), rng.randint(1, 3), lanes if transposed else 1
+        base, s1, s2, sk, sr = rng.randrange(depth), rng.randrange(20), rng.randrange(9), rng.randrange(5), rng.randrange(4)
+        klim = rng.randint(1, 3)
+        if i % 3 == 2:                       # a convolution pattern between plain ones: the slot switches kind
+            patterns.append(ConvPattern(base=base, s1=s1, s2=s2, n1=n1, n2=n2, nk=nk, nr=nr,
+                                        pos_drive=Drive.T1R, pos_radix=(n1, nr), pos_addr=(0, sr),
+                                        pos_coord=((0, 0, 0), (0, 0, 0)), tap_drive=Drive.K, tap_radix=(nk,),
+                                        tap_addr=(sk,), tap_coord=((1, 0, 0),), coord_lim=(klim, 1, 1)))
+        else:
+            patterns.append(AddressPattern(base=base, s1=s1, s2=s2, sk=sk, sr=sr, n1=n1, n2=n2, nk=nk, nr=nr,
+                                           lim=rng.randrange(2 * lanes + 1), klim=klim,
+                                           row_sel=rng.choice([RowSel.T1, RowSel.T2, RowSel.NONE])))
     expected = sum((expected_beats(memory, p, lanes) for p in patterns), [])
     top = FeederOnRam(lanes, depth)
     f = top.feeder
@@ -79,7 +88,7 @@ def test_feeder_matches_the_pattern(lanes, transposed):
         ctx.set(top.ram.w_en, 0)
         ctx.set(f.transposed, int(transposed))
         for p in patterns:
-            ctx.set(f.cmd.payload, {name: getattr(p, name) for name, _ in GEN_FIELDS})
+            ctx.set(f.cmd.payload, slot_payload(p))
             ctx.set(f.cmd.valid, 1)
             while True:
                 taken = ctx.get(f.cmd.ready)

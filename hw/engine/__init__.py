@@ -4,16 +4,18 @@ Layers of the package (gateware, host interface and driver kept apart):
 
 * :mod:`hw.engine.config` — :class:`EngineConfig`, the one frozen configuration everything reads;
 * :mod:`hw.engine.layout` — where tensors live: channels-last words of L lanes, weight rows;
-* :mod:`hw.engine.isa` — descriptor instructions (one per layer operation) and their encoding;
+* :mod:`hw.engine.isa` — descriptor instructions of fully connected layers (one per layer operation);
+* :mod:`hw.engine.conv` — convolution and 2×2 max-pool: odometer patterns, compiler, word-level model;
 * :mod:`hw.engine.compiler` — network → memory map, fit check, one training step's program;
+* :mod:`hw.engine.encoding` — both instruction kinds as the records the program memory holds;
 * :mod:`hw.engine.model` — word-level model of the engine's dataflow (checked against golden);
-* :mod:`hw.engine.addrgen`, :mod:`hw.engine.feeder` — address generators and the readers that turn
-  patterns into array operands (through :class:`hw.transpose.StreamTransposer` where needed);
+* :mod:`hw.engine.addrgen`, :mod:`hw.engine.conv_addrgen`, :mod:`hw.engine.slot` — address
+  generators for plain and convolution patterns, and the slot that walks either;
+* :mod:`hw.engine.feeder` — the readers that turn patterns into array operands (through
+  :class:`hw.transpose.StreamTransposer` where needed);
+* :mod:`hw.engine.pool`, :mod:`hw.engine.unpool` — the pool and unpool stages of the result path;
 * :mod:`hw.engine.engine` — the RTL top: memories, units, sequencer, host port;
-* :mod:`hw.engine.protocol`, :mod:`hw.engine.driver` — the host packet format and the async driver;
-* convolution (next): :mod:`hw.engine.conv` (odometer patterns, compiler and word-level model for
-  conv + 2×2 pool, bit-exact with golden), :mod:`hw.engine.conv_addrgen` (its RTL generator),
-  :mod:`hw.engine.pool` (the RTL pool stage); not yet joined into the engine RTL.
+* :mod:`hw.engine.protocol`, :mod:`hw.engine.driver` — the host packet format and the async driver.
 
 Dataflow of one step (L×L int8 array, L-lane quantiser, weight store of L-weight words):
 

@@ -60,10 +60,6 @@ class Program:
 def _check_supported(config: EngineConfig) -> None:
     wage, lanes = config.wage, config.lanes
     for layer in wage.layers:
-        if layer.kind != "fc":
-            raise UnsupportedNetwork(
-                f"layer {layer.index} ({layer.describe()}): this engine build executes fully connected layers "
-                f"only; convolution needs the im2col address generator (not built yet)")
         if layer.fan_in % lanes:
             raise UnsupportedNetwork(
                 f"layer {layer.index} ({layer.describe()}): fan-in {layer.fan_in} is not a multiple of lanes={lanes}; "
@@ -80,6 +76,16 @@ def check_loss_and_labels(config: EngineConfig) -> None:
     if wage.batch_size > config.label_words:
         raise FitError(f"labels: batch {wage.batch_size} needs {wage.batch_size} label words, "
                        f"label_words={config.label_words} ({wage.batch_size - config.label_words} short)")
+
+
+def check_program_fits(config: EngineConfig, instructions: list) -> None:
+    """The program image (:func:`hw.engine.encoding.encode_program`) must fit the program memory."""
+    from .encoding import MACHINE_WORDS                      # encoding imports the conv compiler
+    used = len(instructions) * MACHINE_WORDS
+    if used > config.program_words:
+        raise FitError(f"program_words: the program needs {used} words ({len(instructions)} instructions of "
+                       f"{MACHINE_WORDS} words), the engine has {config.program_words} "
+                       f"({used - config.program_words} words short); raise EngineConfig.program_words")
 
 
 def _fits(name: str, used: int, capacity: int, parts: list[tuple[str, int]]) -> None:
@@ -195,7 +201,11 @@ def fc_gradient(wage: WageConfig, layer, e: MapLayout, x: MapLayout, w: WeightLa
 
 
 def compile_network(config: EngineConfig) -> Program:
-    """Plan the memories and emit one training step's instructions (see the module docstring)."""
+    """Plan the memories and emit one training step's instructions (see the module docstring); a
+    network with convolutions goes to :func:`hw.engine.conv.compile_conv_network`."""
+    if any(layer.kind == "conv" for layer in config.wage.layers):
+        from .conv import compile_conv_network               # conv builds on this module
+        return compile_conv_network(config)
     _check_supported(config)
     wage, L = config.wage, config.lanes
     plan = plan_memory(config)
@@ -211,4 +221,5 @@ def compile_network(config: EngineConfig) -> Program:
                                 plan.activations[i - 1], L))
         ins.append(fc_gradient(wage, layer, plan.errors[i], plan.layer_input(i), plan.weights[i], L))
     ins.append(Instruction(Op.END))
+    check_program_fits(config, ins)
     return Program(config, ins, plan.inputs, plan.activations, plan.errors, plan.weights, plan.usage)

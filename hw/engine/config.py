@@ -40,7 +40,8 @@ class EngineConfig:
 
     ``data_words``: depth of the data scratchpad (activations with their ReLU/saturation masks and
     pool indices, errors, the input batch). ``weight_words``: depth of the weight store (L stored
-    weights per word). ``label_words``: labels held on chip (one per sample). A network whose
+    weights per word). ``label_words``: labels held on chip (one per sample). ``program_words``:
+    32-bit words of program memory (:data:`hw.engine.encoding.MACHINE_WORDS` per instruction). A network whose
     tensors do not fit is refused by :func:`hw.engine.compiler.compile_network` with the buffer and
     the shortfall named.
 
@@ -51,6 +52,7 @@ class EngineConfig:
     data_words: int = 4096
     weight_words: int = 16384
     label_words: int = 256
+    program_words: int = 4096
     target: str = "generic"
 
     def __post_init__(self):
@@ -65,6 +67,7 @@ class EngineConfig:
         _positive_int("data_words", self.data_words, 1, 16384)
         _positive_int("weight_words", self.weight_words, 1, 16384)
         _positive_int("label_words", self.label_words, 1, 1 << 20)
+        _positive_int("program_words", self.program_words, 1, 16384)
         if self.target not in TARGETS:
             raise EngineConfigError(f"target={self.target!r}: must be one of {', '.join(TARGETS)}")
 

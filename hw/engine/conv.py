@@ -1,6 +1,8 @@
 """Convolution and 2×2 max-pool on the engine: the odometer address pattern, compiler and word-level model.
 
-This is the Python level of the next engine step (no RTL yet). Fully connected layers keep the
+The Python level of the engine's convolution path; the RTL walks the same patterns
+(:mod:`hw.engine.conv_addrgen`, :mod:`hw.engine.slot`) and has the same pool and unpool stages
+(:mod:`hw.engine.pool`, :mod:`hw.engine.unpool`). Fully connected layers keep the
 :class:`~hw.engine.isa.AddressPattern` path of :mod:`hw.engine.compiler` unchanged; convolution
 layers (stride 1, "valid" or "same" padding, optional 2×2 max-pool) get :class:`ConvPattern`, a
 generalisation whose position and tap loops are digit *odometers*, and :class:`ConvInstruction`.
@@ -61,8 +63,9 @@ closed form :meth:`ConvPattern.address_array` for every compiled pattern.
 
 Instructions
 ------------
-:class:`ConvInstruction` ops (numbers distinct from :class:`~hw.engine.isa.Op`; the isa encoding is
-untouched):
+:class:`ConvInstruction` ops (numbers distinct from :class:`~hw.engine.isa.Op`; the machine encoding,
+:mod:`hw.engine.encoding`, runs them as FWD, ERR and GRAD with convolution patterns and the pool
+and unpool stages):
 
 ``CONV_FWD``  P = conv(X, Wq): ``a`` = X through the transposer (rows = L output positions,
               k = (i, j, cb) taps), ``b`` = weight rows through the transposer (a plain
@@ -108,7 +111,7 @@ from golden.config import WageConfig
 from golden.prng import sr_draws
 from golden.quant import forward_weights, quantize_activation, quantize_error, quantize_gradient
 
-from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, fc_error, fc_forward,
+from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, check_program_fits, fc_error, fc_forward,
                        fc_gradient, loss, plan_memory)
 from .config import EngineConfig
 from .isa import (ADDR_BITS, COUNT_BITS, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel,
@@ -610,6 +613,7 @@ def compile_conv_network(config: EngineConfig) -> Program:
                 ins.append(fc_error(wage, layer, e, w, errors[i - 1], activations[i - 1], L))
         ins.append(fc_gradient(wage, layer, e, x, w, L))
     ins.append(Instruction(Op.END))
+    check_program_fits(config, ins)
     usage = plan.usage
     return Program(config, ins, inputs, activations, errors, weights, usage)
 

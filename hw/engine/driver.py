@@ -21,6 +21,7 @@ import numpy as np
 from golden.model import input_codes
 
 from .compiler import Program
+from .encoding import encode_program
 from .protocol import COUNTERS, Command, Status, Target, header, item_bits, item_words
 
 __all__ = ["EngineDriver", "EngineError", "encode_items", "decode_items", "act_items"]
@@ -82,8 +83,9 @@ def int_to_lanes(values: list[int], width: int, lanes: int) -> np.ndarray:
     return out
 
 
-def act_items(data: np.ndarray, relu: np.ndarray | None = None, sat: np.ndarray | None = None) -> list[int]:
-    """Activation words: (n, L) data lanes and optional mask bits → item integers."""
+def act_items(data: np.ndarray, relu: np.ndarray | None = None, sat: np.ndarray | None = None,
+              pool: np.ndarray | None = None) -> list[int]:
+    """Activation words: (n, L) data lanes and optional mask bits and pool indices → item integers."""
     n, lanes = data.shape
     values = lanes_to_int(data, 8)
     for r in range(n):
@@ -92,6 +94,8 @@ def act_items(data: np.ndarray, relu: np.ndarray | None = None, sat: np.ndarray 
                 values[r] |= 1 << (8 * lanes + i)
             if sat is not None and sat[r, i]:
                 values[r] |= 1 << (9 * lanes + i)
+            if pool is not None:
+                values[r] |= (int(pool[r, i]) & 3) << (10 * lanes + 2 * i)
     return values
 
 
@@ -132,7 +136,7 @@ class EngineDriver:
 
     # ---- training-level operations -----------------------------------------------------------------
     async def load_program(self) -> None:
-        await self.write(Target.PROGRAM, 0, [ins.encode() for ins in self.program.instructions])
+        await self.write(Target.PROGRAM, 0, encode_program(self.program.instructions, self.lanes))
 
     async def load_weights(self, weights: list[np.ndarray]) -> None:
         for layout, ws in zip(self.program.weights, weights):
@@ -159,6 +163,16 @@ class EngineDriver:
     async def read_act(self, layout) -> np.ndarray:
         values = await self.read(Target.ACT, layout.base, layout.words)
         return int_to_lanes([v & ((1 << (8 * self.lanes)) - 1) for v in values], 8, self.lanes)
+
+    async def read_act_fields(self, layout) -> dict[str, np.ndarray]:
+        """The whole activation words of ``layout``: ``data`` (n, L) int8 codes, the ``relu`` and
+        ``sat`` mask bits and the 2-bit ``pool`` indices, each (n, L)."""
+        L = self.lanes
+        values = await self.read(Target.ACT, layout.base, layout.words)
+        data = int_to_lanes([v & ((1 << (8 * L)) - 1) for v in values], 8, L)
+        bits = np.array([[(v >> (8 * L + i)) & 1 for i in range(2 * L)] for v in values], dtype=bool).reshape(-1, 2 * L)
+        pool = np.array([[(v >> (10 * L + 2 * i)) & 3 for i in range(L)] for v in values], dtype=np.int64).reshape(-1, L)
+        return {"data": data, "relu": bits[:, :L], "sat": bits[:, L:], "pool": pool}
 
     async def read_err(self, layout) -> np.ndarray:
         values = await self.read(Target.ERR, layout.base, layout.words)

@@ -6,30 +6,40 @@
 Blocks (``L`` = ``config.lanes``)
 
 * activation scratchpad — :class:`hw.bram.BlockRam` of ``data_words`` words {L × int8, L ReLU-mask
-  bits, L saturation-mask bits}; error scratchpad — ``data_words`` words of L × int8;
+  bits, L saturation-mask bits, L 2-bit pool indices}; error scratchpad — ``data_words`` words of L × int8;
 * weight store — :class:`hw.weight_update.WeightUpdate` (``weight_words`` words of L stored weights;
   serves Wq, applies ΔW);
 * :class:`hw.mac_array.MacArray` L×L int8 (``config.target``: MULT18X18D on ECP5), accumulators
   sized from ``config.max_reduction``; :class:`hw.quantizer.ShiftQuantizer` with L lanes;
-* operand feeders A and B and the auxiliary reader (:mod:`hw.engine.feeder`), the result address
-  generator (:mod:`hw.engine.addrgen`); labels and the program in small memories.
+* operand feeders A and B and the auxiliary reader (:mod:`hw.engine.feeder`), the result and draw
+  generators; each walks a pattern slot (:mod:`hw.engine.slot`: a plain or a convolution pattern);
+* the pool stage (:class:`~hw.engine.pool.WindowPool`, FWD with ``pool``) before the quantiser and
+  the unpool stage (:class:`~hw.engine.unpool.Unpool`, ERR with ``unpool_dx``) after it;
+* the program memory (``program_words`` 32-bit words; :mod:`hw.engine.encoding` records of
+  MACHINE_WORDS words, shifted into the instruction register one word per cycle) and the labels.
 
 One finite-state machine parses host packets and, for ``RUN``, sequences the program: for each
-instruction it loads the patterns into the generators and the command into the quantiser (pass 1;
-for GRAD also the result pattern into a second generator, whose addresses minus the layer's
-weight base, times L, are the draw indices the quantiser prefetches),
-for the two-pass operations loads the patterns again (pass 2; streams keep the order, so pass 2
-queues behind pass 1), and waits until the result generator's last row has been written. Memory
-ports are routed by the running operation:
+instruction it fetches the record, loads the patterns into the generators and the command into the
+quantiser (pass 1; for GRAD also the draw pattern into its generator, whose addresses are the draw
+indices the quantiser prefetches), for the two-pass operations loads the patterns again (pass 2;
+streams keep the order, so pass 2 queues behind pass 1), and waits until the result generator's
+last row has been written (and the unpool stage has written its four words). Memory ports are
+routed by the running operation:
 
 ==========  ======================  ======================  ===================  ====================
 operation   feeder A                feeder B                auxiliary reader     results to
 ==========  ======================  ======================  ===================  ====================
-FWD         act, transposed         weights (Wq), transp.   —                    act (A, masks)
+FWD         act, transposed         weights (Wq), transp.   —                    [pool →] act (A,
+                                                                                 masks, pool index)
 LOSS        —                       —                       act (A_out, sat)      err (× sat)
-ERR         err, transposed         weights (Wq), direct    act (producer masks)  err (× relu)
+ERR         err, transposed         weights (Wq), direct    act (producer masks,  err (× relu)
+                                                            pool index)           [→ unpool]
 GRAD        err, direct             act, direct             —                    weight updates
 ==========  ======================  ======================  ===================  ====================
+
+A convolution is the same operation with convolution patterns (im2col by address generation:
+the operand generators walk the input map's taps; padding and batch tails are invalid beats,
+read as zero words).
 """
 
 from __future__ import annotations
@@ -44,15 +54,17 @@ from hw.mac_array import MacArray
 from hw.quantizer import Mode, ShiftQuantizer
 from hw.weight_update import WeightUpdate
 
-from .addrgen import AddressGenerator
 from .config import EngineConfig
+from .encoding import MACHINE_BITS, MACHINE_WORDS, machine_layout
 from .feeder import OperandFeeder, PatternReader, RamReader
-from .isa import ADDR_BITS, INSTRUCTION_BITS, Op, instruction_layout
+from .isa import ADDR_BITS, Op
+from .pool import WindowPool
 from .protocol import ARGUMENTS, COUNTERS, LABEL_BITS, Command, Status, Target, item_bits
+from .slot import SlotGenerator, slot_rows
+from .unpool import Unpool
 
-__all__ = ["Engine", "PROGRAM_DEPTH", "host_layout"]
+__all__ = ["Engine", "host_layout"]
 
-PROGRAM_DEPTH = 64
 #: Status of a RUN whose program holds an unknown opcode or runs off the program memory.
 BAD_INSTRUCTION = 6
 
@@ -68,7 +80,8 @@ class Engine(wiring.Component):
             raise TypeError(f"config={config!r}: must be a hw.engine.config.EngineConfig")
         self.config = config
         L = config.lanes
-        self.act_layout = data.StructLayout({"data": data.ArrayLayout(signed(8), L), "relu": L, "sat": L})
+        self.act_layout = data.StructLayout({"data": data.ArrayLayout(signed(8), L), "relu": L, "sat": L,
+                                             "pool": data.ArrayLayout(2, L)})
         self.err_layout = data.ArrayLayout(signed(8), L)
         super().__init__({
             "host_in": In(stream.Signature(host_layout())),
@@ -95,10 +108,15 @@ class Engine(wiring.Component):
         m.submodules.feed_a = feed_a = OperandFeeder(L)
         m.submodules.feed_b = feed_b = OperandFeeder(L)
         m.submodules.aux = aux = PatternReader(L, self.act_layout)
-        m.submodules.out_gen = out_gen = AddressGenerator(L)
-        m.submodules.reluq = reluq = fifo.SyncFIFO(width=L, depth=32)
+        m.submodules.out_gen = out_gen = SlotGenerator(L)
+        m.submodules.pool = pool = WindowPool(L, array.accumulator_width)
+        m.submodules.unpool = unpool = Unpool(L)
+        # Per result row, what the quantiser's output needs besides the value: the mask (ReLU for ERR,
+        # saturation for LOSS; bits 0..L−1) and the 2-bit pool indices (bits L..3L−1; FWD with pool,
+        # ERR with unpool), pushed as the row enters the quantiser.
+        m.submodules.side = side = fifo.SyncFIFO(width=3 * L, depth=32)
         labels = Memory(shape=LABEL_BITS, depth=cfg.label_words, init=[])
-        program = Memory(shape=INSTRUCTION_BITS, depth=PROGRAM_DEPTH, init=[])
+        program = Memory(shape=32, depth=cfg.program_words, init=[])
         m.submodules.labels, m.submodules.program = labels, program
         label_rd = labels.read_port(domain="comb")
         label_wr = labels.write_port()
@@ -107,8 +125,10 @@ class Engine(wiring.Component):
 
         # ---- sequencer state ---------------------------------------------------------------------
         op = Signal(4)                                   # running operation (Op.NOP: host mode)
-        ins = Signal(instruction_layout())
-        pc = Signal(range(PROGRAM_DEPTH + 1))
+        ins_bits = Signal(32 * MACHINE_WORDS)            # the instruction register, loaded word by word
+        ins = data.View(machine_layout(), ins_bits[:MACHINE_BITS])
+        pc = Signal(range(cfg.program_words + MACHINE_WORDS + 1))     # word address of the next record
+        fetched = Signal(range(MACHINE_WORDS + 1))
         step = Signal(32)
         steps_left = Signal(32)
         eta = Signal(signed(8))
@@ -117,6 +137,7 @@ class Engine(wiring.Component):
         pass2 = Signal()
         m.d.comb += pass2.eq(beats_in >= beats_per_pass)
         done = Signal()                                  # the result generator's last row was written
+        done_pending = Signal()                          # … taken, the unpool stage may still be writing
 
         # ---- memory routing ----------------------------------------------------------------------
         # act read port: FWD → feeder A, GRAD → feeder B, LOSS/ERR → aux, else the host.
@@ -171,7 +192,7 @@ class Engine(wiring.Component):
             ops_.payload.last.eq(feed_a.o.payload.last),
             feed_a.o.ready.eq(feed_b.o.valid & ops_.ready),
             feed_b.o.ready.eq(feed_a.o.valid & ops_.ready),
-            feed_a.transposed.eq(ins.a.nr == L), feed_b.transposed.eq(ins.b.nr == L),
+            feed_a.transposed.eq(slot_rows(ins.a) == L), feed_b.transposed.eq(slot_rows(ins.b) == L),
         ]
 
         # ---- results into the quantiser ----------------------------------------------------------
@@ -180,20 +201,33 @@ class Engine(wiring.Component):
         aw = data.View(self.act_layout, ab.word)
         take_in = qi.valid & qi.ready
         push_mask = Signal(L)
+        push_idx = Signal(2 * L)
         with m.Switch(op):
-            with m.Case(Op.FWD, Op.GRAD):
+            with m.Case(Op.FWD):
+                with m.If(ins.pool):
+                    # 2×2 max-pool of the result rows (window-major) before Q_A; the indices wait in `side`
+                    m.d.comb += [pool.i.valid.eq(res.valid), res.ready.eq(pool.i.ready),
+                                 qi.valid.eq(pool.o.valid & side.w_rdy), pool.o.ready.eq(qi.ready & side.w_rdy),
+                                 push_idx.eq(pool.o.payload.idx)]
+                    m.d.comb += [pool.i.payload.data[i].eq(res.payload.data[i]) for i in range(L)]
+                    m.d.comb += [qi.payload.data[i].eq(pool.o.payload.data[i]) for i in range(L)]
+                with m.Else():
+                    m.d.comb += [qi.valid.eq(res.valid), res.ready.eq(qi.ready)]
+                    m.d.comb += [qi.payload.data[i].eq(res.payload.data[i]) for i in range(L)]
+            with m.Case(Op.GRAD):
                 m.d.comb += [qi.valid.eq(res.valid), res.ready.eq(qi.ready)]
                 m.d.comb += [qi.payload.data[i].eq(res.payload.data[i]) for i in range(L)]
             with m.Case(Op.ERR):
-                room = ~pass2 | reluq.w_rdy
+                room = ~pass2 | side.w_rdy
                 m.d.comb += [qi.valid.eq(res.valid & aux.o.valid & room),
                              res.ready.eq(qi.ready & aux.o.valid & room),
                              aux.o.ready.eq(qi.ready & res.valid & room),
-                             push_mask.eq(Mux(ab.valid, aw.relu, 0))]
+                             push_mask.eq(Mux(ab.valid, aw.relu, 0)),
+                             push_idx.eq(Mux(ab.valid, aw.pool.as_value(), 0))]
                 m.d.comb += [qi.payload.data[i].eq(Mux(ab.valid & aw.sat[i], res.payload.data[i], 0))
                              for i in range(L)]
             with m.Case(Op.LOSS):
-                room = ~pass2 | reluq.w_rdy
+                room = ~pass2 | side.w_rdy
                 label = label_rd.data
                 m.d.comb += [label_rd.addr.eq(ab.t1),
                              qi.valid.eq(aux.o.valid & room), aux.o.ready.eq(qi.ready & room),
@@ -201,8 +235,10 @@ class Engine(wiring.Component):
                 for i in range(L):
                     hot = label == (ab.t2 << shift_l) + i
                     m.d.comb += qi.payload.data[i].eq(aw.data[i] - Mux(hot, ins.onehot, 0))
-        m.d.comb += [reluq.w_en.eq(take_in & pass2 & ((op == Op.ERR) | (op == Op.LOSS))),
-                     reluq.w_data.eq(push_mask)]
+        m.d.comb += [side.w_en.eq(take_in & ((pass2 & ((op == Op.ERR) | (op == Op.LOSS))) |
+                                             ((op == Op.FWD) & ins.pool))),
+                     side.w_data.eq(Cat(push_mask, push_idx))]
+        side_mask, side_idx = side.r_data[:L], side.r_data[L:]
         with m.If(take_in):
             m.d.sync += beats_in.eq(beats_in + 1)
 
@@ -217,15 +253,28 @@ class Engine(wiring.Component):
         wfire = Signal()
         with m.Switch(op):
             with m.Case(Op.FWD):
-                m.d.comb += [wfire.eq(qo.valid & og.valid), act.w_en.eq(wfire & og.payload.valid),
+                m.d.comb += [wfire.eq(qo.valid & og.valid & (side.r_rdy | ~ins.pool)),
+                             side.r_en.eq(wfire & ins.pool),
+                             act.w_en.eq(wfire & og.payload.valid),
                              act.w_addr.eq(og.payload.addr), act.w_data.eq(act_w),
-                             act_w.relu.eq(qo.payload.relu), act_w.sat.eq(qo.payload.sat)]
+                             act_w.relu.eq(qo.payload.relu), act_w.sat.eq(qo.payload.sat),
+                             act_w.pool.eq(Mux(ins.pool, side_idx, 0))]
                 m.d.comb += [act_w.data[i].eq(qo.payload.data[i]) for i in range(L)]
             with m.Case(Op.ERR, Op.LOSS):
-                m.d.comb += [wfire.eq(qo.valid & og.valid & reluq.r_rdy), reluq.r_en.eq(wfire),
-                             err.w_en.eq(wfire & og.payload.valid), err.w_addr.eq(og.payload.addr),
-                             err.w_data.eq(err_w)]
-                m.d.comb += [err_w[i].eq(Mux(reluq.r_data[i], qo.payload.data[i], 0)) for i in range(L)]
+                m.d.comb += [err_w[i].eq(Mux(side_mask[i], qo.payload.data[i], 0)) for i in range(L)]
+                with m.If(ins.unpool_dx != 0):
+                    # each error word scatters into the four words of its pool window (4 writes per word)
+                    ui = unpool.i
+                    m.d.comb += [ui.valid.eq(qo.valid & og.valid & side.r_rdy),
+                                 ui.payload.data.eq(err_w), ui.payload.idx.eq(side_idx),
+                                 ui.payload.addr.eq(og.payload.addr), ui.payload.valid.eq(og.payload.valid),
+                                 wfire.eq(ui.valid & ui.ready), side.r_en.eq(wfire),
+                                 unpool.o.ready.eq(1), err.w_en.eq(unpool.o.valid),
+                                 err.w_addr.eq(unpool.o.payload.addr), err.w_data.eq(unpool.o.payload.data)]
+                with m.Else():
+                    m.d.comb += [wfire.eq(qo.valid & og.valid & side.r_rdy), side.r_en.eq(wfire),
+                                 err.w_en.eq(wfire & og.payload.valid), err.w_addr.eq(og.payload.addr),
+                                 err.w_data.eq(err_w)]
             with m.Case(Op.GRAD):
                 upd = wu.update
                 m.d.comb += [upd.valid.eq(qo.valid & og.valid & og.payload.valid),
@@ -235,16 +284,16 @@ class Engine(wiring.Component):
             with m.Case(Op.NOP):
                 m.d.comb += [act.w_en.eq(host_act_we), act.w_addr.eq(host_w_addr), act.w_data.eq(host_act_w),
                              err.w_en.eq(host_err_we), err.w_addr.eq(host_w_addr), err.w_data.eq(host_err_w)]
-        m.d.comb += [qo.ready.eq(wfire), og.ready.eq(wfire)]
+        m.d.comb += [qo.ready.eq(wfire), og.ready.eq(wfire), unpool.dx.eq(ins.unpool_dx), unpool.dy.eq(ins.unpool_dy)]
         with m.If(wfire & og.payload.last):
+            m.d.sync += done_pending.eq(1)
+        with m.If(done_pending & ~unpool.o.valid):
             m.d.sync += done.eq(1)
 
-        # GRAD: a second generator walks the result pattern ahead of the data for the draw indices:
-        # lane 0 of the word at weight-store address a is element (a − wbase)·L of the layer
-        # (channels-last, fan-in a multiple of L: the compiler checks).
-        m.submodules.index_gen = index_gen = AddressGenerator(L)
-        m.d.comb += [quant.index.valid.eq(index_gen.o.valid),
-                     quant.index.payload.eq((index_gen.o.payload.addr - ins.wbase)[:ADDR_BITS] << shift_l),
+        # GRAD: a second generator walks the draw pattern, in step with the result rows and ahead of
+        # the data: the flat (channels-last) index of each result word's first weight.
+        m.submodules.index_gen = index_gen = SlotGenerator(L)
+        m.d.comb += [quant.index.valid.eq(index_gen.o.valid), quant.index.payload.eq(index_gen.o.payload.addr),
                      index_gen.o.ready.eq(quant.index.ready)]
 
         # ---- counters ----------------------------------------------------------------------------
@@ -278,7 +327,7 @@ class Engine(wiring.Component):
             for t in Target:
                 with m.Case(t):
                     m.d.comb += item_words.eq(-(-widths[t] // 32))
-                    m.d.comb += depth_of.eq({Target.PROGRAM: PROGRAM_DEPTH, Target.ACT: cfg.data_words,
+                    m.d.comb += depth_of.eq({Target.PROGRAM: cfg.program_words, Target.ACT: cfg.data_words,
                                              Target.ERR: cfg.data_words, Target.WEIGHTS: cfg.weight_words,
                                              Target.LABELS: cfg.label_words}[t])
         target_ok = target <= max(Target)
@@ -349,7 +398,7 @@ class Engine(wiring.Component):
         # pattern launches
         launch = {name: Signal(name=f"launch_{name}") for name in ("a", "b", "aux", "out", "q", "idx")}
         gens = {"a": feed_a.cmd, "b": feed_b.cmd, "aux": aux.cmd, "out": out_gen.cmd, "idx": index_gen.cmd}
-        pats = {"a": ins.a, "b": ins.b, "aux": ins.aux, "out": ins.out, "idx": ins.out}
+        pats = {"a": ins.a, "b": ins.b, "aux": ins.aux, "out": ins.out, "idx": ins.draw}
         for name, port in gens.items():
             m.d.comb += [port.valid.eq(launch[name]), port.payload.eq(pats[name])]
             with m.If(port.valid & port.ready):
@@ -528,18 +577,23 @@ class Engine(wiring.Component):
                     m.next = "RUN_RESPOND"
                 with m.Else():
                     m.d.sync += pc.eq(0)
-                    m.next = "FETCH"
+                    m.next = "FETCH_CHECK"
             with m.State("FETCH"):
+                # one word per cycle into the top of the instruction register; the word read in the
+                # previous cycle arrives now (read latency 1), so MACHINE_WORDS + 1 cycles per record
                 m.d.comb += [running.eq(1), prog_rd.addr.eq(pc), prog_rd.en.eq(1)]
-                m.next = "DECODE"
+                m.d.sync += [pc.eq(pc + 1), fetched.eq(fetched + 1)]
+                with m.If(fetched != 0):
+                    m.d.sync += ins_bits.eq(Cat(ins_bits[32:], prog_rd.data))
+                with m.If(fetched == MACHINE_WORDS):
+                    m.d.sync += [pc.eq(pc), fetched.eq(0)]
+                    m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += running.eq(1)
-                word = data.View(instruction_layout(), prog_rd.data)
-                m.d.sync += [ins.eq(prog_rd.data), beats_in.eq(0), done.eq(0),
-                             beats_per_pass.eq(word.qcount >> shift_l)]
-                with m.Switch(word.op):
+                m.d.sync += [beats_in.eq(0), done.eq(0), done_pending.eq(0),
+                             beats_per_pass.eq(ins.qcount >> shift_l)]
+                with m.Switch(ins.op):
                     with m.Case(Op.NOP):
-                        m.d.sync += pc.eq(pc + 1)
                         m.next = "FETCH_CHECK"
                     with m.Case(Op.END):
                         m.d.sync += [step.eq(step + 1), steps_left.eq(steps_left - 1),
@@ -562,7 +616,7 @@ class Engine(wiring.Component):
                         m.next = "RUN_RESPOND"
             with m.State("FETCH_CHECK"):
                 m.d.comb += running.eq(1)
-                with m.If(pc == PROGRAM_DEPTH):
+                with m.If(pc + MACHINE_WORDS > cfg.program_words):
                     m.d.sync += status.eq(BAD_INSTRUCTION)
                     m.next = "RUN_RESPOND"
                 with m.Else():
@@ -581,7 +635,7 @@ class Engine(wiring.Component):
             with m.State("WAIT"):
                 m.d.comb += running.eq(1)
                 with m.If(done & ~launching):
-                    m.d.sync += [pc.eq(pc + 1), done.eq(0)]
+                    m.d.sync += done.eq(0)
                     m.next = "FETCH_CHECK"
             with m.State("RUN_RESPOND"):
                 m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(hdr)]

@@ -3,9 +3,10 @@
 * :class:`RamReader` turns a :class:`hw.bram.BlockRam` read port (latency 2, always enabled) into a
   request/response pair of streams, in order, with at most ``depth`` words requested and not yet
   taken (so its FIFO never overflows and a stalled consumer stalls the requests, not the RAM).
-* :class:`PatternReader` walks an :class:`~hw.engine.isa.AddressPattern`
-  (:class:`~hw.engine.addrgen.AddressGenerator`), requests every address of it (valid or not:
-  every memory behind it answers any address, and an invalid one is zeroed by the consumer), and
+* :class:`PatternReader` walks a pattern slot (an :class:`~hw.engine.isa.AddressPattern` or a
+  :class:`~hw.engine.conv.ConvPattern`; :class:`~hw.engine.slot.SlotGenerator`), requests every
+  address of it (valid or not: every memory behind it answers any address, and an invalid one is
+  zeroed by the consumer), and
   joins each response with the pattern beat's flags, kept in a FIFO meanwhile. Any memory with an
   in-order request/response interface works: a :class:`RamReader`, or the weight store's serve
   port (one-word serve commands).
@@ -23,8 +24,8 @@ from amaranth.lib.wiring import In, Out
 from hw.bram import READ_LATENCY
 from hw.transpose import StreamTransposer
 
-from .addrgen import AddressGenerator
-from .isa import ADDR_BITS, COUNT_BITS, pattern_layout
+from .isa import ADDR_BITS, COUNT_BITS
+from .slot import SlotGenerator, slot_layout
 
 __all__ = ["RamReader", "PatternReader", "OperandFeeder", "operand_layout"]
 
@@ -81,7 +82,7 @@ class PatternReader(wiring.Component):
     def __init__(self, lanes: int, word_shape):
         self.lanes, self.word_shape = lanes, word_shape
         super().__init__({
-            "cmd": In(stream.Signature(pattern_layout())),
+            "cmd": In(stream.Signature(slot_layout())),
             "req": Out(stream.Signature(unsigned(ADDR_BITS))),
             "resp": In(stream.Signature(word_shape)),
             "o": Out(stream.Signature(pattern_beat_layout(word_shape))),
@@ -89,7 +90,7 @@ class PatternReader(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.gen = gen = AddressGenerator(self.lanes)
+        m.submodules.gen = gen = SlotGenerator(self.lanes)
         flag_layout = data.StructLayout({"valid": 1, "t1": COUNT_BITS, "t2": COUNT_BITS, "tile_last": 1,
                                          "last": 1})
         m.submodules.flags = flags = fifo.SyncFIFO(width=flag_layout.size, depth=FLAG_DEPTH)
@@ -122,7 +123,7 @@ class OperandFeeder(wiring.Component):
         self.lanes = lanes
         word = data.ArrayLayout(signed(8), lanes)
         super().__init__({
-            "cmd": In(stream.Signature(pattern_layout())),
+            "cmd": In(stream.Signature(slot_layout())),
             "transposed": In(1),
             "req": Out(stream.Signature(unsigned(ADDR_BITS))),
             "resp": In(stream.Signature(word)),

@@ -2,8 +2,9 @@
 
 An instruction names an operation and carries every address pattern it needs, precomputed by the
 compiler (:mod:`hw.engine.compiler`), so the sequencer only loads fields into the address
-generators and the quantiser command: no multiplier sits in the control path, and the same field
-table (:data:`FIELDS`) builds the Python encoder and the Amaranth layout (:func:`instruction_layout`).
+generators and the quantiser command: no multiplier sits in the control path. This module defines
+the fully connected instructions; :mod:`hw.engine.conv` adds the convolution ones, and
+:mod:`hw.engine.encoding` turns both into the records the program memory holds.
 
 Operations
 ----------
@@ -41,8 +42,8 @@ from dataclasses import dataclass, field
 
 from amaranth.lib import data
 
-__all__ = ["Op", "Source", "RowSel", "AddressPattern", "Instruction", "FIELDS", "GEN_FIELDS",
-           "INSTRUCTION_BITS", "instruction_layout", "pattern_layout", "IsaError"]
+__all__ = ["Op", "RowSel", "AddressPattern", "Instruction", "GEN_FIELDS", "SCALAR_FIELDS", "pattern_layout",
+           "IsaError"]
 
 ADDR_BITS = 24          # word addresses in any memory
 COUNT_BITS = 16         # loop counts and limits
@@ -137,14 +138,6 @@ SCALAR_FIELDS: tuple[tuple[str, int], ...] = (
     ("onehot", 16),         # LOSS: 2^(kA−1), the one-hot's code
 )
 
-PATTERNS = ("a", "b", "out", "aux")
-
-FIELDS: tuple[tuple[str, int], ...] = SCALAR_FIELDS + tuple(
-    (f"{p}_{name}", width) for p in PATTERNS for name, width in GEN_FIELDS)
-
-INSTRUCTION_BITS = sum(w for _, w in FIELDS)
-
-
 @dataclass(frozen=True)
 class Instruction:
     """One engine instruction. ``a``/``b``: operand patterns; ``out``: result rows; ``aux``: a
@@ -167,44 +160,9 @@ class Instruction:
             raise IsaError(f"op={self.op!r}: not an opcode ({', '.join(f'{k}={v}' for k, v in Op.NAMES.items())})")
         check_unsigned_fields(self, SCALAR_FIELDS, "instruction")
 
-    def encode(self) -> int:
-        """The instruction as an integer of :data:`INSTRUCTION_BITS` bits (first field lowest)."""
-        value, pos = 0, 0
-        for name, width in FIELDS:
-            if "_" in name and name.split("_", 1)[0] in PATTERNS:
-                p, f = name.split("_", 1)
-                v = getattr(getattr(self, p), f)
-            else:
-                v = getattr(self, name)
-            value |= v << pos
-            pos += width
-        return value
-
-    @classmethod
-    def decode(cls, value: int) -> "Instruction":
-        if not 0 <= value < (1 << INSTRUCTION_BITS):
-            raise IsaError(f"instruction word {value:#x} has more than {INSTRUCTION_BITS} bits")
-        scalars, pats, pos = {}, {p: {} for p in PATTERNS}, 0
-        for name, width in FIELDS:
-            v = (value >> pos) & ((1 << width) - 1)
-            pos += width
-            if "_" in name and name.split("_", 1)[0] in PATTERNS:
-                p, f = name.split("_", 1)
-                pats[p][f] = v
-            else:
-                scalars[name] = v
-        return cls(**scalars, **{p: AddressPattern(**kw) for p, kw in pats.items()})
-
     def __str__(self) -> str:
         return f"{Op.NAMES[self.op]} layer {self.layer}"
 
 
 def pattern_layout() -> data.StructLayout:
     return data.StructLayout({name: width for name, width in GEN_FIELDS})
-
-
-def instruction_layout() -> data.StructLayout:
-    """Amaranth layout of an encoded instruction (the same bit positions as :meth:`Instruction.encode`)."""
-    members = {name: width for name, width in SCALAR_FIELDS}
-    members.update({p: pattern_layout() for p in PATTERNS})
-    return data.StructLayout(members)

@@ -23,8 +23,10 @@ stochastic-rounding counter) and then step + 1, …, all with the given log2 η 
 Targets and their items (bits; ``L`` = lanes):
 
 ============  ==  ============================================================================
-``PROGRAM``   0   one instruction (:data:`hw.engine.isa.INSTRUCTION_BITS`)
-``ACT``       1   activation word: L × int8 data, then L ReLU-mask bits, then L saturation-mask bits
+``PROGRAM``   0   one 32-bit word of the program image (:func:`hw.engine.encoding.encode_program`:
+                  :data:`~hw.engine.encoding.MACHINE_WORDS` words per instruction)
+``ACT``       1   activation word: L × int8 data, then L ReLU-mask bits, then L saturation-mask bits,
+                  then L 2-bit pool indices (which position of its 2×2 window a pooled value came from)
 ``ERR``       2   error word: L × int8
 ``WEIGHTS``   3   stored-weight word: L × signed kG bits (writes saturate to ±w_clip)
 ``LABELS``    4   one label (16 bits)
@@ -40,8 +42,6 @@ engine then takes the next packet.
 from __future__ import annotations
 
 import enum
-
-from .isa import INSTRUCTION_BITS
 
 __all__ = ["Command", "Target", "Status", "COUNTERS", "item_bits", "item_words", "header"]
 
@@ -79,7 +79,7 @@ ARGUMENTS = {Command.WRITE: 2, Command.READ: 2, Command.RUN: 3, Command.COUNTERS
 
 
 def item_bits(target: Target, lanes: int, kG: int) -> int:
-    return {Target.PROGRAM: INSTRUCTION_BITS, Target.ACT: 10 * lanes, Target.ERR: 8 * lanes,
+    return {Target.PROGRAM: 32, Target.ACT: 12 * lanes, Target.ERR: 8 * lanes,
             Target.WEIGHTS: kG * lanes, Target.LABELS: LABEL_BITS}[Target(target)]
 
 

@@ -1,0 +1,74 @@
+"""Pattern slots: one engine address generator that walks either kind of pattern.
+
+Every address stream of the engine (operands A and B, the auxiliary read, the result rows, the
+gradient's draw indices) may walk a plain :class:`~hw.engine.isa.AddressPattern` (fully connected
+layers) or a convolution :class:`~hw.engine.conv.ConvPattern` (im2col by address generation). A
+*slot* holds one of them: :func:`slot_layout` is ``{conv: 1, p: union{simple, conv}}`` and
+:func:`slot_payload` fills it from a Python pattern.
+
+:class:`SlotGenerator` holds an :class:`~hw.engine.addrgen.AddressGenerator` and a
+:class:`~hw.engine.conv_addrgen.ConvAddressGenerator`, hands each command to the one its ``conv``
+bit names, and merges their beat streams (the layouts are the same). A command is taken only while
+both generators are idle and neither holds a beat, so beats of consecutive patterns never mix.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .addrgen import AddressGenerator, address_beat_layout
+from .conv import ConvPattern
+from .conv_addrgen import ConvAddressGenerator, conv_pattern_layout, conv_pattern_payload
+from .isa import GEN_FIELDS, AddressPattern, pattern_layout
+
+__all__ = ["slot_layout", "slot_payload", "SlotGenerator"]
+
+
+def slot_layout() -> data.StructLayout:
+    return data.StructLayout({"conv": 1, "p": data.UnionLayout({"simple": pattern_layout(),
+                                                               "conv": conv_pattern_layout()})})
+
+
+def slot_payload(pattern) -> dict:
+    """The :func:`slot_layout` value of an AddressPattern or a ConvPattern."""
+    if isinstance(pattern, ConvPattern):
+        return {"conv": 1, "p": {"conv": conv_pattern_payload(pattern)}}
+    if isinstance(pattern, AddressPattern):
+        return {"conv": 0, "p": {"simple": {name: getattr(pattern, name) for name, _ in GEN_FIELDS}}}
+    raise TypeError(f"pattern={pattern!r}: must be an AddressPattern or a ConvPattern")
+
+
+def slot_rows(slot) -> "Value":
+    """The ``nr`` count of a slot value (a transposed operand has nr = L)."""
+    return Mux(slot.conv, slot.p.conv.nr, slot.p.simple.nr)
+
+
+class SlotGenerator(wiring.Component):
+    """Walks the pattern of a slot (see the module docstring)."""
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+        super().__init__({
+            "cmd": In(stream.Signature(slot_layout())),
+            "o": Out(stream.Signature(address_beat_layout())),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.simple = simple = AddressGenerator(self.lanes)
+        m.submodules.conv = conv = ConvAddressGenerator(self.lanes)
+        idle = simple.cmd.ready & conv.cmd.ready & ~simple.o.valid & ~conv.o.valid
+        pl = self.cmd.payload
+        m.d.comb += [
+            simple.cmd.payload.eq(pl.p.simple), conv.cmd.payload.eq(pl.p.conv),
+            simple.cmd.valid.eq(self.cmd.valid & idle & ~pl.conv),
+            conv.cmd.valid.eq(self.cmd.valid & idle & pl.conv),
+            self.cmd.ready.eq(idle),
+            # at most one generator holds a beat (commands wait for both to drain)
+            self.o.valid.eq(simple.o.valid | conv.o.valid),
+            self.o.payload.eq(Mux(conv.o.valid, conv.o.payload.as_value(), simple.o.payload.as_value())),
+            simple.o.ready.eq(self.o.ready), conv.o.ready.eq(self.o.ready),
+        ]
+        return m

@@ -1,0 +1,85 @@
+"""Machine encoding: every compiled instruction's record decodes, through the Amaranth layout the
+sequencer uses, to the instruction's fields and pattern slots."""
+
+import pytest
+from amaranth.lib import data
+
+from golden.config import WageConfig
+from hw.engine.compiler import compile_network
+from hw.engine.config import EngineConfig
+from hw.engine.conv import ConvInstruction, ConvOp
+from hw.engine.encoding import (MACHINE_BITS, MACHINE_WORDS, SLOTS, encode_instruction, encode_program,
+                                machine_layout)
+from hw.engine.isa import AddressPattern, Instruction, IsaError, Op
+from hw.engine.slot import slot_layout, slot_payload
+
+PROGRAMS = {
+    "mlp": EngineConfig(WageConfig(net="mlp", batch_size=16, seed=1), lanes=16, data_words=2048),
+    "conv": EngineConfig(WageConfig(net="8C5-MP2-16C3p-MP2-32FC-10", input_shape=(1, 28, 28), batch_size=6,
+                                    seed=1), lanes=8, data_words=16384),
+}
+
+
+def _slot_bits(pattern) -> int:
+    return slot_layout().const(slot_payload(pattern)).as_bits()
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_records_decode_to_the_instruction(name):
+    config = PROGRAMS[name]
+    program = compile_network(config)
+    L = config.lanes
+    words = encode_program(program.instructions, L)
+    assert len(words) == MACHINE_WORDS * len(program.instructions)
+    assert all(0 <= w < 1 << 32 for w in words)
+    for n, ins in enumerate(program.instructions):
+        value = sum(w << (32 * i) for i, w in enumerate(words[n * MACHINE_WORDS:(n + 1) * MACHINE_WORDS]))
+        assert value < 1 << MACHINE_BITS
+        view = data.Const(machine_layout(), value)
+        if isinstance(ins, ConvInstruction):
+            op = {ConvOp.CONV_FWD: Op.FWD, ConvOp.CONV_ERR: Op.ERR, ConvOp.CONV_GRAD: Op.GRAD}[ins.op]
+            assert (view.pool, view.unpool_dx, view.unpool_dy) == (ins.pool, ins.unpool_dx, ins.unpool_dy)
+        else:
+            op = ins.op
+            assert view.onehot == ins.onehot
+        assert (view.op, view.layer, view.relu, view.shift, view.qcount) == (op, ins.layer, ins.relu, ins.shift,
+                                                                           ins.qcount)
+        for slot in SLOTS:
+            if slot == "draw" and not isinstance(ins, ConvInstruction):
+                continue
+            assert view[slot].as_bits() == _slot_bits(getattr(ins, slot)), f"{ins} slot {slot}"
+
+
+def test_fc_gradient_draws_are_the_rebased_result_pattern():
+    config = PROGRAMS["mlp"]
+    L = config.lanes
+    grad = next(i for i in compile_network(config).instructions if i.op == Op.GRAD)
+    view = data.Const(machine_layout(), encode_instruction(grad, L))
+    draw = view.draw.p.simple
+    out = grad.out
+    assert view.draw.conv == 0 and draw.base == (out.base - grad.wbase) * L == 0
+    assert (draw.s1, draw.s2, draw.sr) == (out.s1 * L, out.s2 * L, out.sr * L)
+    assert (draw.n1, draw.n2, draw.nr, draw.lim) == (out.n1, out.n2, out.nr, out.lim)
+    address, _ = out.address_array(L)
+    drawn, _ = AddressPattern(**{f: int(getattr(draw, f)) for f in ("base", "s1", "s2", "sk", "sr", "n1", "n2",
+                                                                    "nk", "nr", "lim", "klim", "row_sel")}
+                              ).address_array(L)
+    assert ((address - grad.wbase) * L == drawn).all()
+
+
+def test_a_draw_pattern_that_does_not_fit_is_named():
+    big = Instruction(Op.GRAD, layer=2, wbase=0, out=AddressPattern(base=0, s1=1 << 22, n1=2))
+    with pytest.raises(IsaError, match="GRAD layer 2: draw pattern field s1=67108864"):
+        encode_instruction(big, 16)
+
+
+def test_not_an_instruction_is_named():
+    with pytest.raises(TypeError, match="instruction='FWD'"):
+        encode_instruction("FWD", 4)
+
+
+def test_a_program_too_long_for_the_program_memory_is_named():
+    from hw.engine.compiler import FitError
+    config = PROGRAMS["mlp"].replace(program_words=MACHINE_WORDS * 3)
+    with pytest.raises(FitError, match=r"program_words: the program needs 1456 words \(7 instructions of 208 words\), the engine has 624 \(832 words short\)"):
+        compile_network(config)
