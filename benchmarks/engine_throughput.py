@@ -1,17 +1,21 @@
 """Training throughput of the engine, from its own cycle counters on Verilator.
 
-    .venv/bin/python benchmarks/engine_throughput.py [--fmax MHZ] [--nets mlp lenet5]
+    .venv/bin/python benchmarks/engine_throughput.py [--fmax MHZ] [--nets mlp lenet5] [--lanes 8 16]
 
 For each network at batch 128 and each array side (``--lanes``; 8×8 = 64 MULT18X18D fits the
-LFE5U-85F's 156, 16×16 = 256 does not), with 16 384 weight words and 16 384 data words, the engine RTL (``hw.engine.engine.Engine``) runs one training step in
-Verilator (``sim/tb_engine.py::throughput``, build cached in ``sim_build/``) and reports its
-counters: cycles per step by phase, array beats, MAC-slot utilisation (useful multiply-accumulates
-of the step — forward, error and gradient products, counted once — over cycles × L² slots), and
-images/s and GOPS (2 operations per useful MAC) at ``--fmax``. Without ``--fmax`` the clock is the
-lowest post-route Fmax among the units the engine is built from, as measured by
-``benchmarks/synth_units.py`` (the engine itself has not been placed and routed yet), and the
-report says so. A network the engine cannot run yet is reported with the compiler's reason.
-Results go to ``benchmarks/results/engine_throughput.json``.
+LFE5U-85F's 156, 16×16 = 256 does not) the engine RTL (``hw.engine.engine.Engine``) runs one
+training step in Verilator (``sim/tb_engine.py::throughput``, build cached in ``sim_build/``), then
+each instruction of the step alone, and reports its counters: cycles per step by phase and per
+instruction, array beats, MAC-slot utilisation (useful multiply-accumulates — forward, error and
+gradient products, each counted once — over cycles × L² slots) for the step and per layer, and
+images/s and GOPS (2 operations per useful MAC) at ``--fmax``. Without ``--fmax`` the clock is
+the lowest post-route Fmax among the units the engine is built from, as measured by
+``benchmarks/synth_units.py`` (the engine itself has not been routed), and the report says so.
+
+Memories: 16 384 data and 16 384 weight words (one DP16KD bank each, what the LFE5U-85F holds).
+A network whose tensors need more runs with simulated memories as deep as it needs, and the report
+says so: on the board those tensors would go through the external-memory port, which is not built,
+so its bandwidth is not in these figures. Results go to ``benchmarks/results/engine_throughput.json``.
 """
 
 from __future__ import annotations
@@ -36,17 +40,39 @@ RESULTS = ROOT / "benchmarks" / "results" / "engine_throughput.json"
 ENGINE_UNITS = ("threefry", "quantizer_1", "weight_update_32x512", "mac_int8_8x8")
 
 
-def useful_macs(wage: WageConfig) -> dict[str, int]:
-    """Multiply-accumulates of one training step, each product counted once."""
+def layer_macs(wage: WageConfig) -> list[dict[str, int]]:
+    """Per layer, the multiply-accumulates of one training step's products, each counted once."""
     b = wage.batch_size
-    out = {"forward": 0, "error": 0, "gradient": 0}
+    out = []
     for layer in wage.layers:
         macs = b * layer.out_positions * layer.out_channels * layer.fan_in
-        out["forward"] += macs
-        out["gradient"] += macs
-        if layer.index > 0:
-            out["error"] += macs
+        out.append({"forward": macs, "error": macs if layer.index > 0 else 0, "gradient": macs})
     return out
+
+
+def useful_macs(wage: WageConfig) -> dict[str, int]:
+    """Multiply-accumulates of one training step, each product counted once."""
+    per_layer = layer_macs(wage)
+    return {k: sum(m[k] for m in per_layer) for k in ("forward", "error", "gradient")}
+
+
+def sized_config(net: str, batch: int, lanes: int) -> tuple[EngineConfig, str | None]:
+    """The 85F-sized configuration, or, if the tensors do not fit it, one whose (simulated)
+    memories are as deep as the network needs, with a note saying which and why."""
+    wage = WageConfig(net=net, batch_size=batch)
+    config = EngineConfig(wage, lanes=lanes, data_words=16384, weight_words=16384, label_words=max(256, batch))
+    try:
+        compile_network(config)
+        return config, None
+    except FitError as e:
+        reason = str(e)
+    big = config.replace(data_words=1 << 20, weight_words=1 << 20)
+    usage = compile_network(big).usage
+    data = max(usage["act"][0], usage["err"][0])
+    config = config.replace(data_words=max(data, 16384), weight_words=max(usage["weights"][0], 16384))
+    return config, (f"does not fit the LFE5U-85F's block RAM ({reason.split(';')[0]}); simulated with "
+                    f"{config.data_words} data and {config.weight_words} weight words. On the board these "
+                    f"tensors need the external-memory port (not built): its bandwidth is not in these figures")
 
 
 def unit_fmax() -> tuple[float | None, str]:
@@ -89,27 +115,13 @@ def main(argv=None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M"), "runs": {}}
     for net, lanes in [(n, l) for n in args.nets for l in args.lanes]:
         key = f"{net}_l{lanes}"
-        batch, note = args.batch, None
-        while True:
-            wage = WageConfig(net=net, batch_size=batch)
-            config = EngineConfig(wage, lanes=lanes, data_words=16384, weight_words=16384,
-                                  label_words=max(256, batch))
-            try:
-                compile_network(config)
-                break
-            except FitError as e:        # one block-RAM bank per scratchpad: halve the batch, say so
-                if str(e).startswith("weight_words"):       # no batch makes the weights fit
-                    note, batch = str(e), 0
-                    break
-                note = f"batch {args.batch} does not fit ({e}); measured at a smaller batch"
-                batch //= 2
-            except UnsupportedNetwork as e:
-                note, batch = str(e), 0
-                break
-        if batch < 1:
-            report["runs"][key] = {"status": "not run", "reason": note}
-            print(f"{key}: not run: {note}")
+        try:
+            config, note = sized_config(net, args.batch, lanes)
+        except UnsupportedNetwork as e:
+            report["runs"][key] = {"status": "not run", "reason": str(e)}
+            print(f"{key}: not run: {e}")
             continue
+        wage, batch = config.wage, config.batch
         t = time.time()
         result = measure(config)
         c = result["counters"]
@@ -118,12 +130,32 @@ def main(argv=None) -> int:
         total = sum(macs.values())
         L = config.lanes
         dsp = L * L
-        entry = {"status": "measured", "batch": batch, "note": note, "lanes": L, "mult18x18d": dsp, "fits_85f_dsps": dsp <= 156,
+        per_layer = layer_macs(wage)
+        kinds = {"FWD": "forward", "CONV_FWD": "forward", "ERR": "error", "CONV_ERR": "error",
+                 "GRAD": "gradient", "CONV_GRAD": "gradient"}
+        instructions = []
+        for item in result["instructions"]:
+            op, _, layer = item["instruction"].split()[:3]
+            entry = {"instruction": item["instruction"], "cycles": item["cycles"]}
+            if op in kinds:
+                useful = per_layer[int(layer)][kinds[op]]
+                entry["useful_macs"] = useful
+                entry["mac_slot_utilisation"] = useful / (item["cycles"] * L * L)
+            instructions.append(entry)
+        layers = []
+        for i, layer in enumerate(wage.layers):
+            mine = [e for e in instructions if e["instruction"].split()[2] == str(i) and "useful_macs" in e]
+            lc = sum(e["cycles"] for e in mine)
+            layers.append({"layer": layer.describe(), "cycles": lc,
+                           "mac_slot_utilisation": sum(e["useful_macs"] for e in mine) / (lc * L * L)})
+        entry = {"status": "measured", "batch": batch, "note": note, "lanes": L, "mult18x18d": dsp,
+                 "fits_85f_dsps": dsp <= 156, "data_words": config.data_words, "weight_words": config.weight_words,
                  "cycles_per_step": cycles,
                  "cycles_by_phase": {k: c[f"{k}_cycles"] for k in ("fwd", "loss", "err", "grad")},
                  "array_beats": c["array_beats"], "useful_macs": macs,
                  "mac_slot_utilisation": total / (cycles * L * L),
-                 "array_busy": c["array_beats"] / cycles, "sim_wall_s": round(time.time() - t, 1)}
+                 "array_busy": c["array_beats"] / cycles, "layers": layers, "instructions": instructions,
+                 "sim_wall_s": round(time.time() - t, 1)}
         if fmax:
             seconds = cycles / (fmax * 1e6)
             entry["images_per_s"] = wage.batch_size / seconds
@@ -132,6 +164,10 @@ def main(argv=None) -> int:
         print(f"{key} (batch {batch}): {cycles} cycles/step {entry['cycles_by_phase']}, utilisation "
               f"{100 * entry['mac_slot_utilisation']:.1f} %"
               + (f", {entry['images_per_s']:.0f} images/s, {entry['gops']:.2f} GOPS at {fmax:.1f} MHz" if fmax else ""))
+        for lay in layers:
+            print(f"    {lay['layer']}: {lay['cycles']} cycles, utilisation {100 * lay['mac_slot_utilisation']:.1f} %")
+        if note:
+            print(f"    note: {note}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"fmax: {fmax_note}; written {RESULTS.relative_to(ROOT)}")

@@ -125,10 +125,32 @@ async def throughput(dut):
     await driver.load_weights(golden.init_weights(wage))
     b = wage.batch_size
     await driver.load_batch(data.train_images[:b], data.train_labels[:b])
+    eta = p.get("eta_log2", 3)
     before = await driver.counters()
-    cycles = await driver.run(0, 1, p.get("eta_log2", 3))
+    cycles = await driver.run(0, 1, eta)
     after = await driver.counters()
     delta = {k: after[k] - before[k] for k in after}
-    with open(p["out"], "w") as f:
-        json.dump({"run_reply_cycles": cycles, "counters": delta}, f)
     dut._log.info(f"one step: {delta}")
+    # each instruction alone (a program of it and END): its cycles, for the per-layer figures (the
+    # engine's timing does not depend on the data, so the step's state is good enough)
+    from hw.engine.encoding import encode_program
+    from hw.engine.isa import Instruction, Op
+    from hw.engine.protocol import Target
+    alone = []
+    end = Instruction(Op.END)
+    empty = await _run_program(driver, [end], eta)
+    for ins in program.instructions[:-1]:
+        c = await _run_program(driver, [ins, end], eta)
+        alone.append({"instruction": str(ins), "cycles": c - empty})
+        dut._log.info(f"{ins}: {c - empty} cycles")
+    await driver.write(Target.PROGRAM, 0, encode_program(program.instructions, config.lanes))
+    with open(p["out"], "w") as f:
+        json.dump({"run_reply_cycles": cycles, "counters": delta, "end_only_cycles": empty,
+                   "instructions": alone}, f)
+
+
+async def _run_program(driver, instructions, eta: int) -> int:
+    from hw.engine.encoding import encode_program
+    from hw.engine.protocol import Target
+    await driver.write(Target.PROGRAM, 0, encode_program(instructions, driver.lanes))
+    return await driver.run(0, 1, eta)

@@ -21,7 +21,7 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .isa import ADDR_BITS, COUNT_BITS, RowSel, pattern_layout
+from .isa import ADDR_BITS, COUNT_BITS, KCOUNT_BITS, RowSel, pattern_layout
 
 __all__ = ["AddressGenerator", "address_beat_layout"]
 
@@ -47,7 +47,8 @@ class AddressGenerator(wiring.Component):
         shift = self.lanes.bit_length() - 1
         p = Signal(pattern_layout())                 # the running pattern
         busy = Signal()
-        t1, t2, k, r = (Signal(COUNT_BITS, name=n) for n in ("t1", "t2", "k", "r"))
+        t1, t2, r = (Signal(COUNT_BITS, name=n) for n in ("t1", "t2", "r"))
+        k = Signal(KCOUNT_BITS, name="k")
         a1, a2, ak, ar = (Signal(ADDR_BITS, name=n) for n in ("a1", "a2", "ak", "ar"))
 
         def top(n):

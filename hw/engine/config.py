@@ -45,7 +45,8 @@ class EngineConfig:
     tensors do not fit is refused by :func:`hw.engine.compiler.compile_network` with the buffer and
     the shortfall named.
 
-    ``target``: "generic" (simulation) or "ecp5" (MULT18X18D and DP16KD instances).
+    ``target``: "generic" (simulation; data and weight memories up to 2^20 words) or "ecp5"
+    (MULT18X18D and DP16KD instances; at most 16384 words each).
     """
     wage: WageConfig
     lanes: int = 16
@@ -63,13 +64,19 @@ class EngineConfig:
             raise EngineConfigError(f"lanes={lanes}: must be a power of two")
         # A power of two ≥ 4 is a multiple of the 2 or 4 draws one hash yields (draw_lanes).
         assert lanes % draw_lanes(self.wage.sr_bits) == 0
-        # One block-RAM bank each (a DP16KD column holds at most 16384 words; banking is not built).
-        _positive_int("data_words", self.data_words, 1, 16384)
-        _positive_int("weight_words", self.weight_words, 1, 16384)
-        _positive_int("label_words", self.label_words, 1, 1 << 20)
-        _positive_int("program_words", self.program_words, 1, 16384)
         if self.target not in TARGETS:
             raise EngineConfigError(f"target={self.target!r}: must be one of {', '.join(TARGETS)}")
+        # ECP5: one block-RAM bank each (a DP16KD column holds at most 16384 words; banking is not
+        # built). Simulation ("generic") takes deeper memories, so that a network that would spill
+        # through the external-memory port can still be run whole (throughput studies).
+        depth = 16384 if self.target == "ecp5" else 1 << 20
+        for name in ("data_words", "weight_words"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= depth:
+                where = " with target='ecp5' (one DP16KD bank)" if self.target == "ecp5" else ""
+                raise EngineConfigError(f"{name}={value!r}: must be an integer in 1..{depth}{where}")
+        _positive_int("label_words", self.label_words, 1, 1 << 20)
+        _positive_int("program_words", self.program_words, 1, 16384)
 
     @property
     def batch(self) -> int:

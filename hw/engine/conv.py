@@ -114,7 +114,7 @@ from golden.quant import forward_weights, quantize_activation, quantize_error, q
 from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, check_program_fits, fc_error, fc_forward,
                        fc_gradient, loss, plan_memory)
 from .config import EngineConfig
-from .isa import (ADDR_BITS, COUNT_BITS, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel,
+from .isa import (ADDR_BITS, COUNT_BITS, KCOUNT_BITS, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel,
                   check_unsigned_fields)
 from .layout import MapLayout, WeightLayout
 from .model import EngineModel
@@ -150,9 +150,9 @@ def _signed(name: str, v, bits: int) -> None:
                        f"{-(1 << (bits - 1))}..{(1 << (bits - 1)) - 1}")
 
 
-def _count(name: str, v, low: int = 1) -> None:
-    if not _is_int(v) or not low <= v < (1 << COUNT_BITS):
-        raise IsaError(f"conv pattern field {name}={v!r}: must be an integer in {low}..{(1 << COUNT_BITS) - 1}")
+def _count(name: str, v, low: int = 1, bits: int = COUNT_BITS) -> None:
+    if not _is_int(v) or not low <= v < (1 << bits):
+        raise IsaError(f"conv pattern field {name}={v!r}: must be an integer in {low}..{(1 << bits) - 1}")
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class ConvPattern:
         for name in ("base", "s1", "s2"):
             _signed(name, getattr(self, name), ADDR_BITS + 1)
         for name in ("n1", "n2", "nk", "nr"):
-            _count(name, getattr(self, name))
+            _count(name, getattr(self, name), bits=KCOUNT_BITS if name == "nk" else COUNT_BITS)
         for name in ("coord_base", "coord_lim"):
             v = getattr(self, name)
             if not isinstance(v, tuple) or len(v) != COORDS:

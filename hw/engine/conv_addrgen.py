@@ -73,7 +73,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .conv import COORD_BITS, COORDS, MAX_DIGITS, ConvPattern, Drive
-from .isa import ADDR_BITS, COUNT_BITS
+from .isa import ADDR_BITS, COUNT_BITS, KCOUNT_BITS
 
 __all__ = ["ConvAddressGenerator", "conv_pattern_layout", "conv_pattern_payload", "conv_beat_layout"]
 
@@ -83,7 +83,7 @@ _ODOS = ("pos", "tap")
 def conv_pattern_layout() -> data.StructLayout:
     """The command payload: ConvPattern's fields, with carry strides in place of the raw strides."""
     fields = {"base": signed(ADDR_BITS + 1), "s1": signed(ADDR_BITS + 1), "s2": signed(ADDR_BITS + 1),
-              "n1": COUNT_BITS, "n2": COUNT_BITS, "nk": COUNT_BITS, "nr": COUNT_BITS}
+              "n1": COUNT_BITS, "n2": COUNT_BITS, "nk": KCOUNT_BITS, "nr": COUNT_BITS}
     for odo in _ODOS:
         fields[f"{odo}_drive"] = 2
         fields[f"{odo}_radix"] = data.ArrayLayout(COUNT_BITS, MAX_DIGITS)
@@ -138,14 +138,14 @@ class _Counter:
     """A counter with registered ``last`` (value = n − 1) and ``nlast`` (value = n − 2) flags; the
     constants ``is1`` (n ≤ 1), ``is2`` (n = 2) and ``rm3`` (n − 3) are registered at the command."""
 
-    def __init__(self, name: str):
-        self.v = Signal(COUNT_BITS, name=f"{name}")
+    def __init__(self, name: str, width: int = COUNT_BITS):
+        self.v = Signal(width, name=f"{name}")
         self.last = Signal(name=f"{name}_last")
         self.nlast = Signal(name=f"{name}_nlast")
         self.is1 = Signal(name=f"{name}_is1")
         self.is2 = Signal(name=f"{name}_is2")
         self.is3 = Signal(name=f"{name}_is3")
-        self.rm3 = Signal(COUNT_BITS, name=f"{name}_rm3")
+        self.rm3 = Signal(width, name=f"{name}_rm3")
 
     def prepare(self, n):
         """Registered constants from the count (on the command handshake)."""
@@ -263,7 +263,7 @@ class ConvAddressGenerator(wiring.Component):
         p = Signal(conv_pattern_layout())            # the running pattern
         IDLE, PREP, INIT, RUN = range(4)
         phase = Signal(2, init=IDLE)
-        loops = {n: _Counter(n) for n in ("r", "k", "t2", "t1")}
+        loops = {n: _Counter(n, KCOUNT_BITS if n == "k" else COUNT_BITS) for n in ("r", "k", "t2", "t1")}
         r, k, t2, t1 = (loops[n] for n in ("r", "k", "t2", "t1"))
         odos = [_Odometer(m, "pos", p, pos=True), _Odometer(m, "tap", p, pos=False)]
         a1 = Signal(ADDR_BITS)                       # base + s1·t1

@@ -47,6 +47,7 @@ __all__ = ["Op", "RowSel", "AddressPattern", "Instruction", "GEN_FIELDS", "SCALA
 
 ADDR_BITS = 24          # word addresses in any memory
 COUNT_BITS = 16         # loop counts and limits
+KCOUNT_BITS = 24        # the reduction count nk (a conv gradient reduces over every position of the batch)
 QCOUNT_BITS = 32        # elements per quantiser tensor
 
 
@@ -75,7 +76,7 @@ class RowSel:
 #: Fields of one address pattern (widths in bits).
 GEN_FIELDS: tuple[tuple[str, int], ...] = (
     ("base", ADDR_BITS), ("s1", ADDR_BITS), ("s2", ADDR_BITS), ("sk", ADDR_BITS), ("sr", ADDR_BITS),
-    ("n1", COUNT_BITS), ("n2", COUNT_BITS), ("nk", COUNT_BITS), ("nr", COUNT_BITS),
+    ("n1", COUNT_BITS), ("n2", COUNT_BITS), ("nk", KCOUNT_BITS), ("nr", COUNT_BITS),
     ("lim", COUNT_BITS), ("klim", COUNT_BITS), ("row_sel", 2),
 )
 
