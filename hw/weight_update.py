@@ -497,11 +497,30 @@ class WeightUpdate(wiring.Component):
             self.update.ready.eq(grant[_UPDATE] & ~(upd_hazard & self._update_bubble)),
             self.load.ready.eq(grant[_LOAD]),
         ]
-        # the issued fields are 4:1 muxes on the winner's index (don't care when nothing is issued)
+        # The issued address as a chain of 2:1 selects, the raw stream valids last: the update wins
+        # unless a requester ahead of it requests (win_upd: update.valid and a function of the
+        # other requests and prev), else the load among the rest (win_load: load.valid and the
+        # sequencer requests and prev), else the serve or readback word (registers only). So
+        # update.valid is one select away from the issue register (the index is in parallel).
+        def ahead(a, b, p):
+            order = [(p + 1 + i) % 4 for i in range(4)]
+            return order.index(a) < order.index(b)
+        block_upd, block_load, win_serve = Signal(), Signal(), Signal()
+        with m.Switch(prev):
+            for p in range(4):
+                with m.Case(p):
+                    m.d.comb += [
+                        block_upd.eq(Cat(*(req[j] for j in (_LOAD, _SERVE, _READBACK) if ahead(j, _UPDATE, p))).any()),
+                        block_load.eq(Cat(*(req[j] for j in (_SERVE, _READBACK) if ahead(j, _LOAD, p))).any()),
+                        win_serve.eq(req[_SERVE] & ~(req[_READBACK] if ahead(_READBACK, _SERVE, p) else 0)),
+                    ]
+        win_upd, win_load = Signal(), Signal()
+        m.d.comb += [win_upd.eq(req[_UPDATE] & ~block_upd), win_load.eq(req[_LOAD] & ~block_load)]
+        # the other issued fields are 4:1 muxes on the winner's index (don't care when nothing is issued)
         addrs = [self.update.payload.addr, self.load.payload.addr, sequencers[_SERVE][2], sequencers[_READBACK][2]]
         m.d.comb += [
             issue.kind.eq(sel),
-            issue.addr.eq(Mux(sel[1], Mux(sel[0], addrs[3], addrs[2]), Mux(sel[0], addrs[1], addrs[0]))),
+            issue.addr.eq(Mux(win_upd, addrs[0], Mux(win_load, addrs[1], Mux(win_serve, addrs[2], addrs[3])))),
             issue.last.eq(sel[1] & Mux(sel[0], sequencers[_READBACK][4], sequencers[_SERVE][4])),
         ]
         for kind in (_SERVE, _READBACK):
