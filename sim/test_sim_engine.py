@@ -6,8 +6,9 @@
 * ``test_scoreboard_catches_one_flipped_bit`` — one flipped bit in one read-back weight word makes
   the bench fail, naming the step, layer and word.
 * ``test_lenet_style_trains_bit_exact`` — a LeNet-style convolutional network with reduced channels
-  (8C5-MP2-16C5-MP2-32FC-10 on 28×28 images, batch 8, 8×8 array: valid convolutions, 2×2 max-pool
-  and unpool, fully connected layers after a pooled map) for 3 steps, weights compared every step;
+  (8C5-MP2-16C5-MP2-32FC-10 on 28×28 images, batch 8, 8×8 array: the first layer on the host-im2col'd
+  input, a 5×5 valid convolution, 2×2 max-pool and unpool, fully connected layers after a pooled
+  map) for 3 steps, weights compared every step;
   ``test_lenet_scoreboard_catches_one_flipped_bit`` flips one bit of a convolution weight word.
 
 The seed is printed by the runner; rerun with ``COCOTB_RANDOM_SEED=<seed>``.
@@ -25,7 +26,7 @@ from sim.runner import check_mutation_is_caught, run_cocotb
 MLP = EngineConfig(WageConfig(net="mlp", batch_size=16, seed=1), lanes=16, data_words=2048, weight_words=16384,
                    label_words=16)
 
-LENET = EngineConfig(WageConfig(net="8C5-MP2-16C5-MP2-32FC-10", input_shape=(1, 28, 28), batch_size=8, seed=1), lanes=8, data_words=8192,
+LENET = EngineConfig(WageConfig(net="8C5-MP2-16C5-MP2-32FC-10", input_shape=(1, 28, 28), batch_size=8, seed=1), lanes=8, data_words=20480,
                      weight_words=2048, label_words=8)
 
 

@@ -162,7 +162,7 @@ def test_weights_after_the_step_match_the_model_and_golden():
 # ---- convolution -----------------------------------------------------------------------------------
 
 CONV_WAGE = WageConfig(net="4C3p-MP2-8C3-10", input_shape=(1, 6, 6), batch_size=3, seed=7)
-CONV_CONFIG = EngineConfig(CONV_WAGE, lanes=4, data_words=256, weight_words=128, label_words=4)
+CONV_CONFIG = EngineConfig(CONV_WAGE, lanes=4, data_words=512, weight_words=128, label_words=4)
 
 
 @pytest.fixture(scope="module")

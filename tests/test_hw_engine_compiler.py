@@ -31,7 +31,7 @@ def test_too_small_memories_name_the_buffer_and_shortfall():
     with pytest.raises(FitError, match=r"data_words: the network needs 1056 words \(inputs 784, A0 256, A1 16\), "
                                        r"the engine has 1000 \(56 words short\)"):
         compile_network(EngineConfig(wage, data_words=1000))
-    with pytest.raises(FitError, match=r"data_words: the network needs 184448 words \(E0 147456, E1 32768"):
+    with pytest.raises(FitError, match=r"data_words: the network needs 196736 words \(inputs 147456, A0 36864"):
         compile_network(EngineConfig(WageConfig(net="lenet5")))           # batch 128 LeNet-5 on chip
     with pytest.raises(FitError, match="labels: batch 16 needs 16 label words, label_words=8"):
         compile_network(EngineConfig(wage, label_words=8))
@@ -73,6 +73,27 @@ def test_map_layout_round_trip(flatten):
         np.testing.assert_array_equal(words[0], x[0, :4, 0, 0])
         np.testing.assert_array_equal(words[1], [x[0, 4, 0, 0], 0, 0, 0])
     with pytest.raises(LayoutError, match=r"tensor of shape \(3, 5, 4\)"):
+        layout.pack(x[..., 0])
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_tap_map_layout_is_the_im2col_of_the_input(padding):
+    from hw.engine.layout import TapMapLayout
+    rng = np.random.default_rng(2)
+    x = rng.integers(-127, 128, size=(2, 2, 5, 4))
+    layout = TapMapLayout.for_input("inputs", 0, 2, (2, 5, 4), kernel=3, padding=padding, lanes=4)
+    ho, wo = 5 + 2 * padding - 2, 4 + 2 * padding - 2
+    assert (layout.height, layout.width, layout.channels, layout.words_per_position) == (ho, wo, 18, 5)
+    words = layout.pack(x)
+    assert words.shape == (2 * ho * wo * 5, 4)
+    feats = words.reshape(2, ho, wo, 20)
+    for b, y, xx, i, j, c in [(0, 0, 0, 0, 0, 0), (1, ho - 1, wo - 1, 2, 2, 1), (0, 1, 1, 1, 2, 1)]:
+        yy, xs = y + i - padding, xx + j - padding
+        want = x[b, c, yy, xs] if 0 <= yy < 5 and 0 <= xs < 4 else 0
+        assert feats[b, y, xx, (i * 3 + j) * 2 + c] == want
+    assert (feats[..., 18:] == 0).all()                      # padding lanes
+    np.testing.assert_array_equal(layout.unpack(words), x)
+    with pytest.raises(LayoutError, match=r"inputs: tensor of shape \(2, 2, 5\)"):
         layout.pack(x[..., 0])
 
 

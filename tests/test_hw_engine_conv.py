@@ -22,23 +22,26 @@ def embedded():
     return load_dataset("embedded")
 
 
-def compile_net(net, batch, lanes, shape=(1, 28, 28), seed=11, data_words=16384):
+def compile_net(net, batch, lanes, shape=(1, 28, 28), seed=11, data_words=1 << 16, fold=True):
     wage = WageConfig(net=net, input_shape=shape, batch_size=batch, seed=seed)
-    return wage, compile_conv_network(EngineConfig(wage, lanes=lanes, data_words=data_words))
+    return wage, compile_conv_network(EngineConfig(wage, lanes=lanes, data_words=data_words, fold_input=fold))
 
 
 def train_both(wage, program, embedded, steps, eta_log2=3, check=True):
     return train_model_and_golden(ConvEngineModel(program), wage, program, embedded, steps, eta_log2, check)
 
 
-@pytest.mark.parametrize("net, batch, lanes", [
-    (LENET, 6, 4),
-    (LENET, 6, 8),
-    ("4C3p-8C5-MP2-10", 6, 4),            # same conv, no pool, straight into a valid conv; fc unpools
-    ("4C3p-4C3-16C3p-MP2-10", 5, 8),      # same → valid → same convs without pool; C < L everywhere
+@pytest.mark.parametrize("net, batch, lanes, fold", [
+    (LENET, 6, 4, True),                  # the first layer on the host-im2col'd input (the default)
+    (LENET, 6, 4, False),                 # … and as a 5×5 convolution over the 1-channel map
+    (LENET, 6, 8, True),
+    ("4C3p-8C5-MP2-10", 6, 4, True),      # same conv, no pool, straight into a valid conv; fc unpools
+    ("4C3p-8C5-MP2-10", 6, 4, False),
+    ("4C3p-4C3-16C3p-MP2-10", 5, 8, False),   # same → valid → same convs without pool; C < L everywhere
 ])
-def test_conv_model_matches_golden_bit_for_bit(embedded, net, batch, lanes):
-    wage, program = compile_net(net, batch, lanes)
+def test_conv_model_matches_golden_bit_for_bit(embedded, net, batch, lanes, fold):
+    wage, program = compile_net(net, batch, lanes, fold=fold)
+    assert program.config.folds_input == fold
     train_both(wage, program, embedded, steps=3)
 
 
@@ -150,11 +153,16 @@ def test_carry_strides():
 
 def test_window_major_rows():
     """Pooled FWD rows: 4 consecutive rows are one 2×2 window in row-major (dy, dx) order."""
-    _, program = compile_net("4C3-MP2-10", 2, 4, shape=(1, 6, 6))
+    _, program = compile_net("4C3-MP2-10", 2, 4, shape=(1, 6, 6), fold=False)
     a = program.instructions[0].a
     address, valid = a.address_array(4)
     first_tap = address[0, 0, 0, :]          # tile 0, tap (0, 0, 0): the top-left inputs of window (0, 0)
     assert list(first_tap - a.base) == [0, 1, 6, 7] and valid[0, 0, 0].all()
+    # folded: the rows walk the 4×4 product grid of im2col'd positions, ⌈9/4⌉ = 3 words each
+    _, program = compile_net("4C3-MP2-10", 2, 4, shape=(1, 6, 6))
+    a = program.instructions[0].a
+    address, valid = a.address_array(4)
+    assert list(address[0, 0, 0, :] - a.base) == [0, 3, 12, 15] and valid[0, 0, 0].all()
 
 
 @pytest.mark.parametrize("changes, match", [

@@ -93,9 +93,9 @@ def run(jobs, stall_seed, stall=0.3):
 NETWORKS = {"lenet": "8C5-MP2-16C3p-MP2-32FC-10", "same-first": "4C3p-8C5-MP2-10"}
 
 
-def compiled_patterns(net: str):
+def compiled_patterns(net: str, fold: bool):
     wage = WageConfig(net=net, input_shape=(1, 28, 28), batch_size=6)
-    program = compile_conv_network(EngineConfig(wage=wage, lanes=LANES, data_words=16384))
+    program = compile_conv_network(EngineConfig(wage=wage, lanes=LANES, data_words=1 << 16, fold_input=fold))
     seen = {}
     for ins in program.instructions:
         if isinstance(ins, ConvInstruction):
@@ -107,7 +107,7 @@ def compiled_patterns(net: str):
 
 
 def test_compiled_patterns_cover_every_kind():
-    pats = [p for net in NETWORKS.values() for p, _ in compiled_patterns(net)]
+    pats = [p for net in NETWORKS.values() for fold in (False, True) for p, _ in compiled_patterns(net, fold)]
     drives = {p.pos_drive for p in pats} | {p.tap_drive for p in pats}
     assert {Drive.T1R, Drive.K, Drive.T2, Drive.NONE} <= drives
     assert {(p.pos_drive, p.tap_drive) for p in pats} >= {(Drive.T1R, Drive.K), (Drive.T1R, Drive.NONE),
@@ -131,7 +131,8 @@ def checked_beats(p: ConvPattern) -> int:
 def test_compiled_patterns():
     """Every pattern the compiler emits for both networks (each once), whole or its prefix, in one run."""
     rng = random.Random(seed_for("conv-addrgen-compiled"))
-    pats = list(dict.fromkeys(p for net in NETWORKS.values() for p, _ in compiled_patterns(net)))
+    pats = list(dict.fromkeys(p for net in NETWORKS.values() for fold in (False, True)
+                              for p, _ in compiled_patterns(net, fold)))
     jobs = [(p, checked_beats(p)) for p in pats]
     got, expected, _ = run(jobs, rng.randrange(1 << 30), stall=0.15)
     start = 0

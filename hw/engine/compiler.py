@@ -25,7 +25,7 @@ from golden.config import WageConfig
 
 from .config import EngineConfig
 from .isa import AddressPattern, Instruction, Op, RowSel
-from .layout import MapLayout, WeightLayout
+from .layout import MapLayout, TapMapLayout, WeightLayout
 
 __all__ = ["Program", "MemoryPlan", "FitError", "UnsupportedNetwork", "compile_network", "plan_memory",
            "fc_forward", "fc_error", "fc_gradient", "loss"]
@@ -119,7 +119,12 @@ def plan_memory(config: EngineConfig) -> MemoryPlan:
         c, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
         return MapLayout(name, base, batch, c, h, w, lanes, flatten=not conv_map)
 
-    inputs = tensor("inputs", 0, wage.input_shape, layers[0].kind == "conv")
+    fold = config.folds_input
+    if fold:                         # the host im2cols the input of a folded first convolution
+        first = layers[0]
+        inputs = TapMapLayout.for_input("inputs", 0, batch, first.in_shape, first.kernel, first.padding, lanes)
+    else:
+        inputs = tensor("inputs", 0, wage.input_shape, layers[0].kind == "conv")
     act_parts, base = [("inputs", inputs.words)], inputs.end
     activations = []
     for layer in layers:
@@ -137,7 +142,7 @@ def plan_memory(config: EngineConfig) -> MemoryPlan:
     err_used = base
     w_parts, weights, base = [], [], 0
     for layer in layers:
-        w = WeightLayout.for_layer(wage, layer.index, base, lanes)
+        w = WeightLayout.for_layer(wage, layer.index, base, lanes, fold=fold and layer.index == 0)
         weights.append(w)
         base = w.end
         w_parts.append((f"W{layer.index}", w.words))

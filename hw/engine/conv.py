@@ -102,6 +102,7 @@ convolution layers (and for the ERR of a fully connected layer that must unpool)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -422,9 +423,10 @@ def _pos_digits(h: int, w: int, total: int, map_hw: tuple[int, int], wpp: int, w
 
 
 def compile_conv_fwd(wage: WageConfig, index: int, x: MapLayout, w: WeightLayout, a: MapLayout,
-                     lanes: int) -> ConvInstruction:
-    """CONV_FWD of conv layer ``index``: X (map layout ``x``) ∗ W → [pool] → Q_A → ``a``."""
-    layer = wage.layers[index]
+                     lanes: int, layer=None) -> ConvInstruction:
+    """CONV_FWD of conv layer ``index``: X (map layout ``x``) ∗ W → [pool] → Q_A → ``a``
+    (``layer``: a stand-in LayerSpec, the folded first layer)."""
+    layer = layer or wage.layers[index]
     L, batch = lanes, wage.batch_size
     c, h, wd = layer.in_shape
     o, ho, wo = layer.product_shape
@@ -529,9 +531,10 @@ def compile_fc_err_unpool(wage: WageConfig, index: int, e: MapLayout, w: WeightL
 
 
 def compile_conv_grad(wage: WageConfig, index: int, e: MapLayout, x: MapLayout, w: WeightLayout,
-                      lanes: int) -> ConvInstruction:
-    """CONV_GRAD of conv layer ``index``: G = Σ_p E_l(p) ⊗ X(p + tap) → Q_G → ΔW."""
-    layer = wage.layers[index]
+                      lanes: int, layer=None) -> ConvInstruction:
+    """CONV_GRAD of conv layer ``index``: G = Σ_p E_l(p) ⊗ X(p + tap) → Q_G → ΔW (``layer`` as
+    for :func:`compile_conv_fwd`)."""
+    layer = layer or wage.layers[index]
     L, batch = lanes, wage.batch_size
     c, h, wd = layer.in_shape
     o, ho, wo = layer.product_shape
@@ -589,12 +592,19 @@ def compile_conv_network(config: EngineConfig) -> Program:
     plan = plan_memory(config)
     inputs, activations, errors, weights = plan.inputs, plan.activations, plan.errors, plan.weights
     layer_input = plan.layer_input
+    # A folded first layer (EngineConfig.fold_input) is a 1×1 convolution over the im2col'd input:
+    # k²·C channels on the product grid. Same sums, draws and shifts (alpha stays the layer's).
+    spec = {}
+    if config.folds_input:
+        first = layers[0]
+        o, ho, wo = first.product_shape
+        spec[0] = dataclasses.replace(first, in_shape=(first.fan_in, ho, wo), kernel=1, padding=0)
     ins: list = []
     for layer in layers:
         i = layer.index
         x, w, a = layer_input(i), weights[i], activations[i]
         if layer.kind == "conv":
-            ins.append(compile_conv_fwd(wage, i, x, w, a, L))
+            ins.append(compile_conv_fwd(wage, i, x, w, a, L, spec.get(i)))
         else:
             ins.append(fc_forward(wage, layer, x, w, a, L))
     ins.append(loss(wage, activations[-1], errors[-1], L))
@@ -604,7 +614,7 @@ def compile_conv_network(config: EngineConfig) -> Program:
         if layer.kind == "conv":
             if i > 0:
                 ins.append(compile_conv_err(wage, i, e, w, errors[i - 1], activations[i - 1], L))
-            ins.append(compile_conv_grad(wage, i, e, x, w, L))
+            ins.append(compile_conv_grad(wage, i, e, x, w, L, spec.get(i)))
             continue
         if i > 0:
             if layers[i - 1].pool:

@@ -31,7 +31,7 @@ import numpy as np
 
 from golden.config import WageConfig
 
-__all__ = ["MapLayout", "WeightLayout", "LayoutError"]
+__all__ = ["MapLayout", "TapMapLayout", "WeightLayout", "LayoutError"]
 
 
 class LayoutError(ValueError):
@@ -106,6 +106,63 @@ class MapLayout:
 
 
 @dataclass(frozen=True)
+class TapMapLayout(MapLayout):
+    """The network input im2col'd for a folded first convolution (``EngineConfig.fold_input``):
+    a map of the layer's *product* positions (b, y, x), ``channels`` = k²·C features each, the taps
+    in channels-last weight order (i, j, c) — feature (i·k + j)·C + c of position (y, x) is input
+    channel c at (y + i − padding, x + j − padding), zero outside the image. :meth:`pack` takes the
+    golden (B, C, H, W) input; :attr:`shape` is that input's shape."""
+    kernel: int = 1
+    padding: int = 0
+    in_channels: int = 1
+    in_height: int = 1
+    in_width: int = 1
+
+    @classmethod
+    def for_input(cls, name: str, base: int, batch: int, in_shape: tuple[int, int, int], kernel: int,
+                  padding: int, lanes: int) -> "TapMapLayout":
+        c, h, w = in_shape
+        ho, wo = h + 2 * padding - kernel + 1, w + 2 * padding - kernel + 1
+        return cls(name, base, batch, kernel * kernel * c, ho, wo, lanes, False, kernel, padding, c, h, w)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.in_channels, self.in_height, self.in_width)
+
+    def _taps(self, x: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) → (B, Ho, Wo, k, k, C), the im2col of the padded input."""
+        k, p = self.kernel, self.padding
+        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+        out = np.empty((self.batch, self.height, self.width, k, k, self.in_channels), dtype=np.int64)
+        for i in range(k):
+            for j in range(k):
+                out[:, :, :, i, j, :] = xp[:, :, i:i + self.height, j:j + self.width].transpose(0, 2, 3, 1)
+        return out
+
+    def pack(self, x: np.ndarray) -> np.ndarray:
+        x = self._check(x).astype(np.int64)
+        rows = self._taps(x).reshape(self.positions, self.features)
+        padded = np.zeros((self.positions, self.words_per_position * self.lanes), dtype=np.int64)
+        padded[:, :self.features] = rows
+        return padded.reshape(self.words, self.lanes)
+
+    def unpack(self, words: np.ndarray) -> np.ndarray:
+        """(words, lanes) → the (B, C, H, W) input: every pixel from a tap that holds it (the taps of
+        a packed input agree; pixels no tap reaches — none for stride 1 — stay 0)."""
+        words = np.asarray(words)
+        if words.shape != (self.words, self.lanes):
+            raise LayoutError(f"{self.name}: {words.shape} words given, the layout has ({self.words}, {self.lanes})")
+        k, p = self.kernel, self.padding
+        taps = words.reshape(self.positions, -1)[:, :self.features].reshape(
+            self.batch, self.height, self.width, k, k, self.in_channels)
+        xp = np.zeros((self.batch, self.in_channels, self.in_height + 2 * p, self.in_width + 2 * p), dtype=np.int64)
+        for i in range(k):
+            for j in range(k):
+                xp[:, :, i:i + self.height, j:j + self.width] = taps[:, :, :, i, j, :].transpose(0, 3, 1, 2)
+        return xp[:, :, p:p + self.in_height, p:p + self.in_width]
+
+
+@dataclass(frozen=True)
 class WeightLayout:
     """Layer ``index``'s stored weights at ``base`` in the weight store: ``rows`` = O rows of
     ``words_per_row`` words over the reduction, channels-last (see the module docstring)."""
@@ -120,10 +177,14 @@ class WeightLayout:
     axes: tuple[int, ...]
 
     @classmethod
-    def for_layer(cls, config: WageConfig, index: int, base: int, lanes: int) -> "WeightLayout":
+    def for_layer(cls, config: WageConfig, index: int, base: int, lanes: int, fold: bool = False) -> "WeightLayout":
+        """``fold``: the rows of a folded first convolution (one tap of k²·C channels; the same
+        channels-last order, so the same flat indices)."""
         layer = config.layers[index]
         shape, axes = config.draw_layout(index)
-        if layer.kind == "conv":
+        if layer.kind == "conv" and fold:
+            taps, channels = 1, layer.kernel * layer.kernel * layer.in_shape[0]
+        elif layer.kind == "conv":
             taps, channels = layer.kernel * layer.kernel, layer.in_shape[0]
         else:
             taps, channels = 1, layer.fan_in
