@@ -54,7 +54,9 @@ class AddressGenerator(wiring.Component):
         def top(n):
             return Mux(n == 0, 0, n - 1)
 
-        r_end, k_end, t2_end, t1_end = r == top(p.nr), k == top(p.nk), t2 == top(p.n2), t1 == top(p.n1)
+        # each counter's last value, registered with the command (no subtraction before the compares)
+        tops = {n: Signal(len(getattr(p, n)), name=f"top_{n}") for n in ("nr", "nk", "n2", "n1")}
+        r_end, k_end, t2_end, t1_end = r == tops["nr"], k == tops["nk"], t2 == tops["n2"], t1 == tops["n1"]
         sel = Mux(p.row_sel == RowSel.T1, t1, Mux(p.row_sel == RowSel.T2, t2, 0))
         row = Signal(COUNT_BITS + shift + 1)
         m.d.comb += row.eq((sel << shift) + r)
@@ -64,6 +66,7 @@ class AddressGenerator(wiring.Component):
             base = self.cmd.payload.base
             m.d.sync += [p.eq(self.cmd.payload), busy.eq(1), t1.eq(0), t2.eq(0), k.eq(0), r.eq(0),
                          a1.eq(base), a2.eq(base), ak.eq(base), ar.eq(base)]
+            m.d.sync += [tops[n].eq(top(getattr(self.cmd.payload, n))) for n in tops]
 
         advance = busy & (~self.o.valid | self.o.ready)
         with m.If(advance):

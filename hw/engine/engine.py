@@ -60,6 +60,7 @@ from .feeder import OperandFeeder, PatternReader, RamReader
 from .isa import ADDR_BITS, Op
 from .pool import WindowPool
 from .protocol import ARGUMENTS, COUNTERS, LABEL_BITS, Command, Status, Target, item_bits
+from .skid import SkidBuffer
 from .slot import SlotGenerator, slot_rows
 from .unpool import Unpool
 
@@ -132,10 +133,8 @@ class Engine(wiring.Component):
         step = Signal(32)
         steps_left = Signal(32)
         eta = Signal(signed(8))
-        beats_per_pass = Signal(32)
-        beats_in = Signal(33)
-        pass2 = Signal()
-        m.d.comb += pass2.eq(beats_in >= beats_per_pass)
+        p1_left = Signal(32)                             # pass-1 beats still to enter the quantiser
+        pass2 = Signal(init=1)                           # registered: p1_left == 0
         done = Signal()                                  # the result generator's last row was written
         done_pending = Signal()                          # … taken, the unpool stage may still be writing
 
@@ -177,10 +176,13 @@ class Engine(wiring.Component):
                              err_rd.resp.ready.eq(feed_a.resp.ready)]
             with m.Case(Op.NOP):
                 m.d.comb += err_rd.resp.ready.eq(host_err_resp_ready)
-        # weight store serve port: feeder B in FWD and ERR (one-word serve commands)
+        # weight store serve port: feeder B in FWD and ERR (one-word serve commands, through a skid
+        # buffer: the store's command admission logic is deep)
+        m.submodules.serve_cmd = serve_cmd = SkidBuffer(wu.serve_cmd.payload.shape())
+        wiring.connect(m, serve_cmd.o, wu.serve_cmd)
         with m.If((op == Op.FWD) | (op == Op.ERR)):
-            m.d.comb += [wu.serve_cmd.valid.eq(feed_b.req.valid), wu.serve_cmd.payload.start.eq(feed_b.req.payload),
-                         wu.serve_cmd.payload.count.eq(1), feed_b.req.ready.eq(wu.serve_cmd.ready),
+            m.d.comb += [serve_cmd.i.valid.eq(feed_b.req.valid), serve_cmd.i.payload.start.eq(feed_b.req.payload),
+                         serve_cmd.i.payload.count.eq(1), feed_b.req.ready.eq(serve_cmd.i.ready),
                          feed_b.resp.valid.eq(wu.serve.valid), wu.serve.ready.eq(feed_b.resp.ready)]
             m.d.comb += [feed_b.resp.payload[i].eq(wu.serve.payload.wq[i]) for i in range(L)]   # sign-extends
 
@@ -192,11 +194,16 @@ class Engine(wiring.Component):
             ops_.payload.last.eq(feed_a.o.payload.last),
             feed_a.o.ready.eq(feed_b.o.valid & ops_.ready),
             feed_b.o.ready.eq(feed_a.o.valid & ops_.ready),
-            feed_a.transposed.eq(slot_rows(ins.a) == L), feed_b.transposed.eq(slot_rows(ins.b) == L),
         ]
+        # registered from the instruction register (which settles in FETCH, before DECODE launches)
+        m.d.sync += [feed_a.transposed.eq(slot_rows(ins.a) == L), feed_b.transposed.eq(slot_rows(ins.b) == L)]
 
         # ---- results into the quantiser ----------------------------------------------------------
-        res, qi = array.results, quant.i
+        # The join below feeds the quantiser through a skid buffer (registered valid, payload and
+        # ready), so that neither its operand paths nor quant.i.ready meet the join's logic.
+        m.submodules.quant_in = quant_in = SkidBuffer(quant.i.payload.shape())
+        wiring.connect(m, quant_in.o, quant.i)
+        res, qi = array.results, quant_in.i
         ab = aux.o.payload
         aw = data.View(self.act_layout, ab.word)
         take_in = qi.valid & qi.ready
@@ -239,10 +246,14 @@ class Engine(wiring.Component):
                                              ((op == Op.FWD) & ins.pool))),
                      side.w_data.eq(Cat(push_mask, push_idx))]
         side_mask, side_idx = side.r_data[:L], side.r_data[L:]
-        with m.If(take_in):
-            m.d.sync += beats_in.eq(beats_in + 1)
+        with m.If(take_in & ~pass2):
+            m.d.sync += p1_left.eq(p1_left - 1)
+            with m.If(p1_left == 1):
+                m.d.sync += pass2.eq(1)
 
         # ---- quantiser output → scratchpads / weight updates ---------------------------------------
+        m.submodules.update = update = SkidBuffer(wu.update.payload.shape())     # (the store's arbiter is deep)
+        wiring.connect(m, update.o, wu.update)
         qo, og = quant.o, out_gen.o
         host_act_w = Signal(self.act_layout.size)
         host_err_w = Signal(self.err_layout.size)
@@ -276,7 +287,7 @@ class Engine(wiring.Component):
                                  err.w_en.eq(wfire & og.payload.valid), err.w_addr.eq(og.payload.addr),
                                  err.w_data.eq(err_w)]
             with m.Case(Op.GRAD):
-                upd = wu.update
+                upd = update.i
                 m.d.comb += [upd.valid.eq(qo.valid & og.valid & og.payload.valid),
                              upd.payload.addr.eq(og.payload.addr),
                              wfire.eq(qo.valid & og.valid & (upd.ready | ~og.payload.valid))]
@@ -590,8 +601,8 @@ class Engine(wiring.Component):
                     m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += running.eq(1)
-                m.d.sync += [beats_in.eq(0), done.eq(0), done_pending.eq(0),
-                             beats_per_pass.eq(ins.qcount >> shift_l)]
+                m.d.sync += [p1_left.eq(ins.qcount >> shift_l), pass2.eq((ins.qcount >> shift_l) == 0),
+                             done.eq(0), done_pending.eq(0)]
                 with m.Switch(ins.op):
                     with m.Case(Op.NOP):
                         m.next = "FETCH_CHECK"

@@ -13,6 +13,8 @@
 * :class:`OperandFeeder` is a pattern reader whose words become array operands: invalid words are
   zero, the tile's last word carries ``last``, and a transposed operand (nr = L) goes through a
   :class:`hw.transpose.StreamTransposer` so that L words, one per array row, become L beats.
+  Its output is a :class:`~hw.engine.skid.SkidBuffer` (registered valid, payload and ready), so
+  the engine's join of the two operand streams does not reach into the readers and memories.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from hw.bram import READ_LATENCY
 from hw.transpose import StreamTransposer
 
 from .isa import ADDR_BITS, COUNT_BITS
+from .skid import SkidBuffer
 from .slot import SlotGenerator, slot_layout
 
 __all__ = ["RamReader", "PatternReader", "OperandFeeder", "operand_layout"]
@@ -144,16 +147,18 @@ class OperandFeeder(wiring.Component):
         ]
         beat = reader.o.payload
         word = Mux(beat.valid, beat.word.as_value(), 0)
+        m.submodules.out = out = SkidBuffer(operand_layout(L))
+        wiring.connect(m, out.o, wiring.flipped(self.o))
         with m.If(self.transposed):
             m.d.comb += [
                 tr.i.valid.eq(reader.o.valid), tr.i.payload.data.eq(word), tr.i.payload.last.eq(beat.tile_last),
                 reader.o.ready.eq(tr.i.ready),
-                self.o.valid.eq(tr.o.valid), self.o.payload.data.eq(tr.o.payload.data),
-                self.o.payload.last.eq(tr.o.payload.last), tr.o.ready.eq(self.o.ready),
+                out.i.valid.eq(tr.o.valid), out.i.payload.data.eq(tr.o.payload.data),
+                out.i.payload.last.eq(tr.o.payload.last), tr.o.ready.eq(out.i.ready),
             ]
         with m.Else():
             m.d.comb += [
-                self.o.valid.eq(reader.o.valid), self.o.payload.data.eq(word),
-                self.o.payload.last.eq(beat.tile_last), reader.o.ready.eq(self.o.ready),
+                out.i.valid.eq(reader.o.valid), out.i.payload.data.eq(word),
+                out.i.payload.last.eq(beat.tile_last), reader.o.ready.eq(out.i.ready),
             ]
         return m

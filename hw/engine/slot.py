@@ -10,6 +10,9 @@ layers) or a convolution :class:`~hw.engine.conv.ConvPattern` (im2col by address
 :class:`~hw.engine.conv_addrgen.ConvAddressGenerator`, hands each command to the one its ``conv``
 bit names, and merges their beat streams (the layouts are the same). A command is taken only while
 both generators are idle and neither holds a beat, so beats of consecutive patterns never mix.
+The merged stream leaves through a :class:`~hw.engine.skid.SkidBuffer`, so that the consumer's
+``ready`` (often a join of several streams in the engine) reaches the generators' counters only
+as a flip-flop: one cycle more from a command to its first beat, still one beat per cycle.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .addrgen import AddressGenerator, address_beat_layout
 from .conv import ConvPattern
 from .conv_addrgen import ConvAddressGenerator, conv_pattern_layout, conv_pattern_payload
 from .isa import GEN_FIELDS, AddressPattern, pattern_layout
+from .skid import SkidBuffer
 
 __all__ = ["slot_layout", "slot_payload", "SlotGenerator"]
 
@@ -59,6 +63,8 @@ class SlotGenerator(wiring.Component):
         m = Module()
         m.submodules.simple = simple = AddressGenerator(self.lanes)
         m.submodules.conv = conv = ConvAddressGenerator(self.lanes)
+        m.submodules.out = out = SkidBuffer(address_beat_layout())
+        wiring.connect(m, out.o, wiring.flipped(self.o))
         idle = simple.cmd.ready & conv.cmd.ready & ~simple.o.valid & ~conv.o.valid
         pl = self.cmd.payload
         m.d.comb += [
@@ -67,8 +73,8 @@ class SlotGenerator(wiring.Component):
             conv.cmd.valid.eq(self.cmd.valid & idle & pl.conv),
             self.cmd.ready.eq(idle),
             # at most one generator holds a beat (commands wait for both to drain)
-            self.o.valid.eq(simple.o.valid | conv.o.valid),
-            self.o.payload.eq(Mux(conv.o.valid, conv.o.payload.as_value(), simple.o.payload.as_value())),
-            simple.o.ready.eq(self.o.ready), conv.o.ready.eq(self.o.ready),
+            out.i.valid.eq(simple.o.valid | conv.o.valid),
+            out.i.payload.eq(Mux(conv.o.valid, conv.o.payload.as_value(), simple.o.payload.as_value())),
+            simple.o.ready.eq(out.i.ready), conv.o.ready.eq(out.i.ready),
         ]
         return m

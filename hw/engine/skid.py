@@ -1,0 +1,43 @@
+"""A registered stream slice (skid buffer): cuts every combinational path through a stream joint.
+
+:class:`SkidBuffer` sits between a producer (``i``) and a consumer (``o``) of one
+:mod:`amaranth.lib.stream`. Both of its ports are driven from flip-flops: ``o.valid`` and
+``o.payload`` are registers, and ``i.ready`` is the (registered) "skid slot empty" flag. So no
+path runs from the consumer's ``ready`` back into the producer, nor from the producer's ``valid``
+or payload forward into the consumer. Throughput is one beat per cycle (the second entry, the
+skid slot, absorbs the beat accepted in the cycle the consumer stalls); latency is one cycle.
+
+Stream rules: ``o.valid`` never depends on ``o.ready`` (it is a register), the payload holds until
+taken, and beats leave in the order they came.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["SkidBuffer"]
+
+
+class SkidBuffer(wiring.Component):
+    def __init__(self, shape):
+        self.shape = shape
+        super().__init__({
+            "i": In(stream.Signature(shape)),
+            "o": Out(stream.Signature(shape)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        skid = Signal.like(self.o.payload, name="skid")
+        skid_valid = Signal()
+        m.d.comb += self.i.ready.eq(~skid_valid)
+        with m.If(~self.o.valid | self.o.ready):           # the output register is free this cycle
+            with m.If(skid_valid):
+                m.d.sync += [self.o.payload.eq(skid), skid_valid.eq(0)]   # o.valid stays 1
+            with m.Else():
+                m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
+        with m.Elif(self.i.valid & ~skid_valid):             # output stalled: the beat waits in the slot
+            m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
+        return m
