@@ -204,14 +204,22 @@ class Engine(wiring.Component):
         m.submodules.quant_in = quant_in = SkidBuffer(quant.i.payload.shape())
         wiring.connect(m, quant_in.o, quant.i)
         res, qi = array.results, quant_in.i
-        ab = aux.o.payload
+        # the auxiliary reader's output (a join of its FIFOs) is registered too
+        m.submodules.aux_out = aux_out = SkidBuffer(aux.o.payload.shape())
+        wiring.connect(m, aux.o, aux_out.i)
+        aux_o = aux_out.o
+        ab = aux_o.payload
+        # the pool/unpool switches of the running instruction as flip-flops of their own (the
+        # instruction register settles in FETCH; results arrive many cycles after DECODE)
+        pool_on, unpool_on = Signal(), Signal()
+        m.d.sync += [pool_on.eq(ins.pool), unpool_on.eq(ins.unpool_dx != 0)]
         aw = data.View(self.act_layout, ab.word)
         take_in = qi.valid & qi.ready
         push_mask = Signal(L)
         push_idx = Signal(2 * L)
         with m.Switch(op):
             with m.Case(Op.FWD):
-                with m.If(ins.pool):
+                with m.If(pool_on):
                     # 2×2 max-pool of the result rows (window-major) before Q_A; the indices wait in `side`
                     m.d.comb += [pool.i.valid.eq(res.valid), res.ready.eq(pool.i.ready),
                                  qi.valid.eq(pool.o.valid & side.w_rdy), pool.o.ready.eq(qi.ready & side.w_rdy),
@@ -226,9 +234,9 @@ class Engine(wiring.Component):
                 m.d.comb += [qi.payload.data[i].eq(res.payload.data[i]) for i in range(L)]
             with m.Case(Op.ERR):
                 room = ~pass2 | side.w_rdy
-                m.d.comb += [qi.valid.eq(res.valid & aux.o.valid & room),
-                             res.ready.eq(qi.ready & aux.o.valid & room),
-                             aux.o.ready.eq(qi.ready & res.valid & room),
+                m.d.comb += [qi.valid.eq(res.valid & aux_o.valid & room),
+                             res.ready.eq(qi.ready & aux_o.valid & room),
+                             aux_o.ready.eq(qi.ready & res.valid & room),
                              push_mask.eq(Mux(ab.valid, aw.relu, 0)),
                              push_idx.eq(Mux(ab.valid, aw.pool.as_value(), 0))]
                 m.d.comb += [qi.payload.data[i].eq(Mux(ab.valid & aw.sat[i], res.payload.data[i], 0))
@@ -237,13 +245,13 @@ class Engine(wiring.Component):
                 room = ~pass2 | side.w_rdy
                 label = label_rd.data
                 m.d.comb += [label_rd.addr.eq(ab.t1),
-                             qi.valid.eq(aux.o.valid & room), aux.o.ready.eq(qi.ready & room),
+                             qi.valid.eq(aux_o.valid & room), aux_o.ready.eq(qi.ready & room),
                              push_mask.eq(aw.sat)]
                 for i in range(L):
                     hot = label == (ab.t2 << shift_l) + i
                     m.d.comb += qi.payload.data[i].eq(aw.data[i] - Mux(hot, ins.onehot, 0))
         m.d.comb += [side.w_en.eq(take_in & ((pass2 & ((op == Op.ERR) | (op == Op.LOSS))) |
-                                             ((op == Op.FWD) & ins.pool))),
+                                             ((op == Op.FWD) & pool_on))),
                      side.w_data.eq(Cat(push_mask, push_idx))]
         side_mask, side_idx = side.r_data[:L], side.r_data[L:]
         with m.If(take_in & ~pass2):
@@ -264,16 +272,16 @@ class Engine(wiring.Component):
         wfire = Signal()
         with m.Switch(op):
             with m.Case(Op.FWD):
-                m.d.comb += [wfire.eq(qo.valid & og.valid & (side.r_rdy | ~ins.pool)),
-                             side.r_en.eq(wfire & ins.pool),
+                m.d.comb += [wfire.eq(qo.valid & og.valid & (side.r_rdy | ~pool_on)),
+                             side.r_en.eq(wfire & pool_on),
                              act.w_en.eq(wfire & og.payload.valid),
                              act.w_addr.eq(og.payload.addr), act.w_data.eq(act_w),
                              act_w.relu.eq(qo.payload.relu), act_w.sat.eq(qo.payload.sat),
-                             act_w.pool.eq(Mux(ins.pool, side_idx, 0))]
+                             act_w.pool.eq(Mux(pool_on, side_idx, 0))]
                 m.d.comb += [act_w.data[i].eq(qo.payload.data[i]) for i in range(L)]
             with m.Case(Op.ERR, Op.LOSS):
                 m.d.comb += [err_w[i].eq(Mux(side_mask[i], qo.payload.data[i], 0)) for i in range(L)]
-                with m.If(ins.unpool_dx != 0):
+                with m.If(unpool_on):
                     # each error word scatters into the four words of its pool window (4 writes per word)
                     ui = unpool.i
                     m.d.comb += [ui.valid.eq(qo.valid & og.valid & side.r_rdy),
@@ -342,6 +350,7 @@ class Engine(wiring.Component):
                                              Target.ERR: cfg.data_words, Target.WEIGHTS: cfg.weight_words,
                                              Target.LABELS: cfg.label_words}[t])
         target_ok = target <= max(Target)
+        a0_ok, a0_room = Signal(), Signal(32)           # address argument <= depth, depth − address
         addr, count = args[0], args[1]
         cursor = Signal(32)                 # next item address
         remaining = Signal(32)              # items still to write / to request
@@ -364,6 +373,9 @@ class Engine(wiring.Component):
         rd_resp_data = Signal(32 * max_words)
         rd_resp_ready = Signal()
         m.d.comb += [host_act_req.payload.eq(cursor), host_err_req.payload.eq(cursor)]
+        m.submodules.readback_cmd = readback_cmd = SkidBuffer(wu.readback_cmd.payload.shape())
+        wiring.connect(m, readback_cmd.o, wu.readback_cmd)
+        rb_cmd = readback_cmd.i                          # (the store's arbiter sees registers only)
         prog_rd_pending = Signal()
         label_host = Signal(LABEL_BITS)
         with m.Switch(target):
@@ -376,8 +388,8 @@ class Engine(wiring.Component):
                              rd_resp_valid.eq(err_rd.resp.valid), rd_resp_data.eq(err_rd.resp.payload),
                              host_err_resp_ready.eq(rd_resp_ready)]
             with m.Case(Target.WEIGHTS):
-                m.d.comb += [wu.readback_cmd.valid.eq(host_read_active & (remaining != 0)),
-                             wu.readback_cmd.payload.start.eq(cursor), wu.readback_cmd.payload.count.eq(1),
+                m.d.comb += [rb_cmd.valid.eq(host_read_active & (remaining != 0)),
+                             rb_cmd.payload.start.eq(cursor), rb_cmd.payload.count.eq(1),
                              rd_resp_valid.eq(wu.readback.valid), rd_resp_data.eq(wu.readback.payload.w),
                              wu.readback.ready.eq(rd_resp_ready)]
             with m.Case(Target.LABELS):
@@ -393,7 +405,7 @@ class Engine(wiring.Component):
             with m.Case(Target.ERR):
                 m.d.comb += req_taken.eq(host_err_req.valid & host_err_req.ready)
             with m.Case(Target.WEIGHTS):
-                m.d.comb += req_taken.eq(wu.readback_cmd.valid & wu.readback_cmd.ready)
+                m.d.comb += req_taken.eq(rb_cmd.valid & rb_cmd.ready)
             with m.Case(Target.LABELS):
                 m.d.comb += req_taken.eq(rd_resp_valid & rd_resp_ready)
             with m.Case(Target.PROGRAM):
@@ -460,7 +472,11 @@ class Engine(wiring.Component):
                     last = hin.payload.last
                     a0 = Mux(argi == 0, hin.payload.data, args[0])
                     a1 = Mux(argi == 1, hin.payload.data, args[1])
-                    in_range = (a0 <= depth_of) & (a1 <= depth_of - a0)
+                    # READ/WRITE end at argument 1, so the tests of argument 0 are registered as it
+                    # arrives (no subtraction in front of the compare of argument 1)
+                    with m.If(argi == 0):
+                        m.d.sync += [a0_ok.eq(hin.payload.data <= depth_of), a0_room.eq(depth_of - hin.payload.data)]
+                    in_range = a0_ok & (a1 <= a0_room)
                     m.d.sync += [cursor.eq(a0), remaining.eq(a1), to_send.eq(a1), word_i.eq(0)]
                     with m.If(~final):
                         with m.If(last):

@@ -13,8 +13,9 @@
 * :class:`OperandFeeder` is a pattern reader whose words become array operands: invalid words are
   zero, the tile's last word carries ``last``, and a transposed operand (nr = L) goes through a
   :class:`hw.transpose.StreamTransposer` so that L words, one per array row, become L beats.
-  Its output is a :class:`~hw.engine.skid.SkidBuffer` (registered valid, payload and ready), so
-  the engine's join of the two operand streams does not reach into the readers and memories.
+  Its response input and its output are :class:`~hw.engine.skid.SkidBuffer` s (registered valid,
+  payload and ready), so neither the engine's routing of memory responses nor its join of the two
+  operand streams reaches into the reader, the transposer or the memories.
 """
 
 from __future__ import annotations
@@ -142,9 +143,10 @@ class OperandFeeder(wiring.Component):
         m.d.comb += [
             self.req.valid.eq(reader.req.valid), self.req.payload.eq(reader.req.payload),
             reader.req.ready.eq(self.req.ready),
-            reader.resp.valid.eq(self.resp.valid), reader.resp.payload.eq(self.resp.payload),
-            self.resp.ready.eq(reader.resp.ready),
         ]
+        m.submodules.resp = resp = SkidBuffer(data.ArrayLayout(signed(8), L))
+        wiring.connect(m, wiring.flipped(self.resp), resp.i)
+        wiring.connect(m, resp.o, reader.resp)
         beat = reader.o.payload
         word = Mux(beat.valid, beat.word.as_value(), 0)
         m.submodules.out = out = SkidBuffer(operand_layout(L))
