@@ -204,11 +204,18 @@ class Engine(wiring.Component):
         m.submodules.quant_in = quant_in = SkidBuffer(quant.i.payload.shape())
         wiring.connect(m, quant_in.o, quant.i)
         res, qi = array.results, quant_in.i
-        # the auxiliary reader's output (a join of its FIFOs) is registered too
-        m.submodules.aux_out = aux_out = SkidBuffer(aux.o.payload.shape())
-        wiring.connect(m, aux.o, aux_out.i)
+        # The auxiliary reader's output (a join of its FIFOs) is registered too, with the LOSS
+        # label test of each lane done in front of the register (its own read port of the labels,
+        # addressed by the beat's tile counter t1): hot[i] = (label == t2·L + i).
+        m.submodules.aux_out = aux_out = SkidBuffer(data.StructLayout({"beat": aux.o.payload.shape(), "hot": L}))
+        loss_label = labels.read_port(domain="comb")
+        pre = aux.o.payload
+        m.d.comb += [aux_out.i.valid.eq(aux.o.valid), aux.o.ready.eq(aux_out.i.ready),
+                     aux_out.i.payload.beat.eq(pre), loss_label.addr.eq(pre.t1)]
+        label_hi = loss_label.data[shift_l:] == pre.t2
+        m.d.comb += [aux_out.i.payload.hot[i].eq(label_hi & (loss_label.data[:shift_l] == i)) for i in range(L)]
         aux_o = aux_out.o
-        ab = aux_o.payload
+        ab, hot = aux_o.payload.beat, aux_o.payload.hot
         # the pool/unpool switches of the running instruction as flip-flops of their own (the
         # instruction register settles in FETCH; results arrive many cycles after DECODE)
         pool_on, unpool_on = Signal(), Signal()
@@ -243,13 +250,10 @@ class Engine(wiring.Component):
                              for i in range(L)]
             with m.Case(Op.LOSS):
                 room = ~pass2 | side.w_rdy
-                label = label_rd.data
-                m.d.comb += [label_rd.addr.eq(ab.t1),
-                             qi.valid.eq(aux_o.valid & room), aux_o.ready.eq(qi.ready & room),
+                m.d.comb += [qi.valid.eq(aux_o.valid & room), aux_o.ready.eq(qi.ready & room),
                              push_mask.eq(aw.sat)]
                 for i in range(L):
-                    hot = label == (ab.t2 << shift_l) + i
-                    m.d.comb += qi.payload.data[i].eq(aw.data[i] - Mux(hot, ins.onehot, 0))
+                    m.d.comb += qi.payload.data[i].eq(aw.data[i] - Mux(hot[i], ins.onehot, 0))
         m.d.comb += [side.w_en.eq(take_in & ((pass2 & ((op == Op.ERR) | (op == Op.LOSS))) |
                                              ((op == Op.FWD) & pool_on))),
                      side.w_data.eq(Cat(push_mask, push_idx))]
