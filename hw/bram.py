@@ -57,17 +57,23 @@ class BlockRam(wiring.Component):
     Parameters
     ----------
     width, depth : int
-        Word width in bits (≥ 1) and number of words (1..16384).
+        Word width in bits (≥ 1) and number of words (``target="ecp5"``: 1..16384, one DP16KD
+        column; banking is not built. ``"generic"``: any).
     target : "generic" | "ecp5"
     """
 
     def __init__(self, width: int, depth: int, *, target: str = "generic"):
-        for name, value in (("width", width), ("depth", depth)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r}: must be a positive integer")
-        if not isinstance(target, str) or target not in TARGETS:
-            raise ValueError(f"target={target!r}: must be one of {', '.join(repr(t) for t in TARGETS)}")
-        _dp16kd_mode(depth)
+        try:
+            for name, value in (("width", width), ("depth", depth)):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ValueError(f"{name}={value!r}: must be a positive integer")
+            if not isinstance(target, str) or target not in TARGETS:
+                raise ValueError(f"target={target!r}: must be one of {', '.join(repr(t) for t in TARGETS)}")
+            if target == "ecp5":
+                _dp16kd_mode(depth)          # one DP16KD column: at most 16384 words
+        except ValueError:
+            self._MustUse__silence = True    # a rejected RAM is not an "unused elaboratable"
+            raise
         self._width, self._depth, self._target = width, depth, target
         super().__init__({
             "w_addr": In(range(depth)), "w_data": In(width), "w_en": In(1),

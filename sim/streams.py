@@ -264,7 +264,12 @@ class StreamSink:
     values. ``callback`` runs just after the rising edge that transferred the beat (it may write
     signals). Exceptions raised here (including from ``callback``) fail the running cocotb test.
 
-    Attributes: ``received`` (beats taken), ``cycle``.
+    While ``valid`` is low and nothing is held, the sink does not wake on every clock edge: it
+    waits for ``valid`` to rise (a value-change trigger), so a long idle stretch — an engine
+    computing for millions of cycles before it answers — costs no Python time per cycle.
+
+    Attributes: ``received`` (beats taken), ``cycle`` (rising edges the sink woke on; idle
+    stretches are skipped, so this is not the simulation's cycle count).
     """
 
     def __init__(self, clk, valid, ready, payload, *, rng: random.Random,
@@ -306,11 +311,15 @@ class StreamSink:
         edge, ro = RisingEdge(self.clk), ReadOnly()
         valid, ready, payload = self.valid, self.ready, self.payload
         rng, p, check, cb = self.rng, self.backpressure_probability, self.check_protocol, self.callback
+        rise = RisingEdge(valid)
         held = None          # payload offered but not taken last cycle
         taken = None         # payload seen with valid & ready in ReadOnly: transferred at the next edge
         r_now = None
+        woken = False        # resumed by `valid` rising, in the time step of the clock edge that raised it
         while True:
-            await edge
+            if not woken:
+                await edge
+            woken = False
             self.cycle += 1
             if taken is not None:  # the edge has happened: the beat is ours now
                 self.received += 1
@@ -334,6 +343,9 @@ class StreamSink:
                     raise StreamProtocolError(
                         f"{self.name}: cycle {self.cycle}: valid dropped while a beat ({held:#x}) was "
                         f"offered and not taken")
+                if taken is None:
+                    await rise       # idle: sleep until a beat is offered (valid never waits for ready)
+                    woken = True
                 continue
             data = read_int(payload) if payload is not None else 0
             if check and held is not None and data != held:

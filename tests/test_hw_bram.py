@@ -13,12 +13,16 @@ from hw.bram import READ_LATENCY, BlockRam, dp16kd_count
     (dict(width=0, depth=4), ValueError, "width=0"),
     (dict(width=8, depth=0), ValueError, "depth=0"),
     (dict(width=8, depth=True), ValueError, "depth=True"),
-    (dict(width=8, depth=16385), ValueError, "depth=16385"),
+    (dict(width=8, depth=16385, target="ecp5"), ValueError, "depth=16385"),
     (dict(width=8, depth=4, target="xilinx"), ValueError, "target='xilinx'"),
 ])
 def test_bad_parameters_name_the_value(kwargs, exc, text):
     with pytest.raises(exc, match=text.replace("(", r"\(")):
         BlockRam(**kwargs)
+
+
+def test_a_simulation_ram_may_be_deeper_than_one_dp16kd_column():
+    assert BlockRam(8, 1 << 18).depth == 1 << 18
 
 
 def test_dp16kd_count_follows_the_aspect_ratios():
