@@ -124,6 +124,33 @@ def test_protocol_errors_leave_the_engine_ready():
     assert results[9] == "READ: the engine answered OUT_OF_RANGE"
 
 
+def test_ident_names_the_build_and_a_foreign_program_is_refused():
+    from hw.engine.driver import EngineMismatch
+    from hw.engine.protocol import MAGIC, ident_values
+    program = compile_network(CONFIG)
+    seeded = compile_network(CONFIG.replace(wage=WAGE.replace(seed=6)))           # same sizes, other seed
+    wider = compile_network(CONFIG.replace(data_words=128))
+    results = {}
+
+    async def bench(ctx, dut):
+        t = AmaranthTransport(ctx, dut, timeout_cycles=2000)
+        results["ident"] = await EngineDriver(program, t).identify()
+        await EngineDriver(program, t).check_engine()
+        for name, other in (("seed", seeded), ("data_words", wider)):
+            try:
+                await EngineDriver(other, t).load_program()
+            except EngineMismatch as e:
+                results[name] = str(e)
+        results["after"] = await EngineDriver(program, t).counters()               # still serving
+
+    simulate(bench)
+    assert results["ident"] == ident_values(CONFIG) and results["ident"]["magic"] == MAGIC
+    assert "another EngineConfig" in results["seed"] and "seed" in results["seed"]
+    assert results["data_words"] == ("the engine was built for another configuration: data_words 64 "
+                                     "(the program needs 128)")
+    assert results["after"]["steps"] == 0
+
+
 def test_bad_config_is_named():
     with pytest.raises(TypeError, match="config="):
         Engine("mlp")

@@ -8,6 +8,8 @@ the driver and the tests all read the same object, so a size is never decided tw
 from __future__ import annotations
 
 import dataclasses
+import json
+import zlib
 from dataclasses import dataclass
 
 from golden.config import WageConfig
@@ -114,6 +116,13 @@ class EngineConfig:
             k = max(k, taps * -(-channels // L) * L, taps * -(-layer.out_channels // L) * L,
                     self.batch * layer.out_positions)
         return k
+
+    def fingerprint(self) -> int:
+        """A 32-bit CRC of every field (the WAGE config included): the engine reports the one it was
+        built from (``IDENT``), so a driver can tell that its program was compiled for another build."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["wage"] = self.wage.to_dict()
+        return zlib.crc32(json.dumps(fields, sort_keys=True).encode())
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)

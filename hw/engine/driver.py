@@ -22,9 +22,9 @@ from golden.model import input_codes
 
 from .compiler import Program
 from .encoding import encode_program
-from .protocol import COUNTERS, Command, Status, Target, header, item_bits, item_words
+from .protocol import COUNTERS, IDENT, Command, Status, Target, header, ident_values, item_bits, item_words
 
-__all__ = ["EngineDriver", "EngineError", "encode_items", "decode_items", "act_items"]
+__all__ = ["EngineDriver", "EngineError", "EngineMismatch", "encode_items", "decode_items", "act_items"]
 
 BAD_INSTRUCTION = 6
 STATUS_TEXT = {**{s.value: s.name for s in Status}, BAD_INSTRUCTION: "BAD_INSTRUCTION"}
@@ -36,6 +36,10 @@ class EngineError(RuntimeError):
     def __init__(self, request: str, status: int):
         self.status = status
         super().__init__(f"{request}: the engine answered {STATUS_TEXT.get(status, f'status {status}')}")
+
+
+class EngineMismatch(RuntimeError):
+    """The engine that answers was not built for this program (the message names the difference)."""
 
 
 def encode_items(values, bits: int) -> list[int]:
@@ -135,7 +139,30 @@ class EngineDriver:
         return decode_items(words, bits)
 
     # ---- training-level operations -----------------------------------------------------------------
+    async def identify(self) -> dict[str, int]:
+        """The engine's ``IDENT`` words (:data:`hw.engine.protocol.IDENT`)."""
+        reply = await self.request(Command.IDENT)
+        if len(reply) != len(IDENT):
+            raise EngineError(f"IDENT: {len(reply)} words, {len(IDENT)} expected", -1)
+        return dict(zip(IDENT, reply))
+
+    async def check_engine(self) -> None:
+        """Raise :class:`EngineMismatch` unless the engine was built from this program's configuration."""
+        got, want = await self.identify(), ident_values(self.program.config)
+        if got["magic"] != want["magic"]:
+            raise EngineMismatch(f"IDENT magic {got['magic']:#010x}: not a WAGE engine (expected {want['magic']:#010x})")
+        diff = [f"{k} {got[k]} (the program needs {want[k]})" for k in IDENT if k != "fingerprint" and got[k] != want[k]]
+        if diff:
+            raise EngineMismatch("the engine was built for another configuration: " + ", ".join(diff))
+        if got["fingerprint"] != want["fingerprint"]:
+            raise EngineMismatch(
+                f"the engine was built from another EngineConfig (fingerprint {got['fingerprint']:#010x}, the "
+                f"program's {want['fingerprint']:#010x}): same sizes, so the WAGE config differs (network, "
+                f"batch, bit widths or seed); rebuild the engine or compile for its configuration")
+
     async def load_program(self) -> None:
+        """Check that the engine was built for this program (:meth:`check_engine`), then load it."""
+        await self.check_engine()
         await self.write(Target.PROGRAM, 0, encode_program(self.program.instructions, self.lanes))
 
     async def load_weights(self, weights: list[np.ndarray]) -> None:

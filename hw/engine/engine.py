@@ -59,7 +59,7 @@ from .encoding import MACHINE_BITS, MACHINE_WORDS, machine_layout
 from .feeder import OperandFeeder, PatternReader, RamReader
 from .isa import ADDR_BITS, Op
 from .pool import WindowPool
-from .protocol import ARGUMENTS, COUNTERS, LABEL_BITS, Command, Status, Target, item_bits
+from .protocol import ARGUMENTS, COUNTERS, IDENT, LABEL_BITS, Command, Status, Target, ident_values, item_bits
 from .skid import SkidBuffer
 from .slot import SlotGenerator, slot_rows
 from .unpool import Unpool
@@ -359,7 +359,7 @@ class Engine(wiring.Component):
         cursor = Signal(32)                 # next item address
         remaining = Signal(32)              # items still to write / to request
         to_send = Signal(32)                # items still to send (READ)
-        word_i = Signal(range(max(max_words, len(COUNTERS)) + 1))
+        word_i = Signal(range(max(max_words, len(COUNTERS), len(IDENT)) + 1))
         saw_last = Signal()
         hdr = Signal(32)
         m.d.comb += hdr.eq(Cat(cmd, status, tag))
@@ -449,14 +449,14 @@ class Engine(wiring.Component):
                 with m.If(hin.valid):
                     h = hin.payload.data
                     m.d.sync += [cmd.eq(h[0:8]), target.eq(h[8:16]), tag.eq(h[16:32])]
-                    known = (h[0:8] >= Command.WRITE) & (h[0:8] <= Command.COUNTERS)
+                    known = (h[0:8] >= Command.WRITE) & (h[0:8] <= max(Command))
                     with m.If(~known):
                         m.d.sync += status.eq(Status.BAD_COMMAND)
                         with m.If(hin.payload.last):
                             m.next = "RESPOND"
                         with m.Else():
                             m.next = "DRAIN"
-                    with m.Elif(h[0:8] == Command.COUNTERS):
+                    with m.Elif((h[0:8] == Command.COUNTERS) | (h[0:8] == Command.IDENT)):
                         with m.If(hin.payload.last):
                             m.d.sync += [word_i.eq(0)]
                             m.next = "SEND_COUNTERS_HDR"
@@ -594,12 +594,16 @@ class Engine(wiring.Component):
                 with m.If(hout.ready):
                     m.next = "SEND_COUNTERS"
             with m.State("SEND_COUNTERS"):
+                # COUNTERS: the counters; IDENT: constants of this build (protocol.ident_values)
                 values = Array(counters[name] for name in COUNTERS)
-                m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(values[word_i]),
-                             hout.payload.last.eq(word_i == len(COUNTERS) - 1)]
+                ident = Array(ident_values(cfg)[name] for name in IDENT)
+                final = Mux(cmd == Command.IDENT, word_i == len(IDENT) - 1, word_i == len(COUNTERS) - 1)
+                m.d.comb += [hout.valid.eq(1),
+                             hout.payload.data.eq(Mux(cmd == Command.IDENT, ident[word_i], values[word_i])),
+                             hout.payload.last.eq(final)]
                 with m.If(hout.ready):
                     m.d.sync += word_i.eq(word_i + 1)
-                    with m.If(word_i == len(COUNTERS) - 1):
+                    with m.If(final):
                         m.next = "IDLE"
             # ---- sequencer ----
             with m.State("RUN_NEXT_STEP"):

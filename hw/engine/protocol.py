@@ -13,7 +13,15 @@ command        arguments                  payload                         respon
 ``READ`` 2     address, count             —                               count items of the target
 ``RUN`` 3      step, steps, log2 η        —                               cycles of this RUN (1 word)
 ``COUNTERS`` 4 —                          —                               :data:`COUNTERS` (1 word each)
+``IDENT`` 5    —                          —                               :data:`IDENT` (1 word each)
 =============  =========================  ==============================  ===========================
+
+``IDENT`` says which engine answers: :data:`MAGIC`, :data:`FORMAT_VERSION` (of this packet format
+and the program encoding), the fingerprint of the :class:`~hw.engine.config.EngineConfig` it was
+built from (:meth:`~hw.engine.config.EngineConfig.fingerprint`), then lanes, data_words,
+weight_words, label_words, program_words and the words per instruction record. The driver checks
+it before loading a program, so a program compiled for another build is refused with the
+difference named instead of running with wrong numbers.
 
 Response:  word 0  header  = command (bits 0–7) | status (bits 8–15) | tag (bits 16–31)
 
@@ -43,7 +51,8 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Command", "Target", "Status", "COUNTERS", "item_bits", "item_words", "header"]
+__all__ = ["Command", "Target", "Status", "COUNTERS", "IDENT", "MAGIC", "FORMAT_VERSION", "item_bits", "item_words",
+           "header", "ident_values"]
 
 
 class Command(enum.IntEnum):
@@ -51,6 +60,7 @@ class Command(enum.IntEnum):
     READ = 2
     RUN = 3
     COUNTERS = 4
+    IDENT = 5
 
 
 class Target(enum.IntEnum):
@@ -74,8 +84,23 @@ class Status(enum.IntEnum):
 #: array beats (each feeds L×L multiply-accumulate slots), training steps completed.
 COUNTERS = ("run_cycles", "fwd_cycles", "loss_cycles", "err_cycles", "grad_cycles", "array_beats", "steps")
 
+#: Words of the ``IDENT`` response, in order.
+IDENT = ("magic", "format_version", "fingerprint", "lanes", "data_words", "weight_words", "label_words",
+         "program_words", "machine_words")
+MAGIC = 0x45474157                  # "WAGE", little-endian
+FORMAT_VERSION = 2                  # 2: 32-bit program words of machine records, 12L-bit ACT items
+
 LABEL_BITS = 16
-ARGUMENTS = {Command.WRITE: 2, Command.READ: 2, Command.RUN: 3, Command.COUNTERS: 0}
+ARGUMENTS = {Command.WRITE: 2, Command.READ: 2, Command.RUN: 3, Command.COUNTERS: 0, Command.IDENT: 0}
+
+
+def ident_values(config) -> dict[str, int]:
+    """The ``IDENT`` words an engine built from ``config`` answers."""
+    from .encoding import MACHINE_WORDS
+    return {"magic": MAGIC, "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(),
+            "lanes": config.lanes, "data_words": config.data_words, "weight_words": config.weight_words,
+            "label_words": config.label_words, "program_words": config.program_words,
+            "machine_words": MACHINE_WORDS}
 
 
 def item_bits(target: Target, lanes: int, kG: int) -> int:
