@@ -151,6 +151,33 @@ def test_ident_names_the_build_and_a_foreign_program_is_refused():
     assert results["after"]["steps"] == 0
 
 
+def test_bad_programs_answer_bad_instruction_and_leave_the_engine_ready():
+    """A record with an unknown operation, and a program that runs off the end of the program memory
+    (no END: here the never-written, all-NOP memory), answer BAD_INSTRUCTION; a real program then runs."""
+    from hw.engine.driver import BAD_INSTRUCTION
+    from hw.engine.encoding import MACHINE_WORDS
+    config = CONFIG.replace(wage=WAGE.replace(net="4"), program_words=4 * MACHINE_WORDS)   # FWD LOSS GRAD END
+    program = compile_network(config)
+    results = []
+
+    async def bench(ctx, dut):
+        driver = EngineDriver(program, AmaranthTransport(ctx, dut, timeout_cycles=20000))
+        for image in (None, [0x7] + [0] * (MACHINE_WORDS - 1)):       # op 7: not an operation
+            if image is not None:
+                await driver.write(Target.PROGRAM, 0, image)
+            try:
+                await driver.run(0, 1, 3)
+                results.append("ran")
+            except EngineError as e:
+                results.append(e.status)
+        results.append((await driver.counters())["steps"])
+        await driver.load_program()
+        results.append(await driver.run(0, 1, 3) > 0)
+
+    simulate(bench, config)
+    assert results == [BAD_INSTRUCTION, BAD_INSTRUCTION, 0, True]
+
+
 def test_bad_config_is_named():
     with pytest.raises(TypeError, match="config="):
         Engine("mlp")
