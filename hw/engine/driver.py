@@ -7,7 +7,7 @@ one ending the packet) and returns the response packet. Transports: the Amaranth
 later a serial port on a board, all behind the same driver API::
 
     driver = EngineDriver(compile_network(config), transport)
-    await driver.load_program()
+    await driver.load_program()        # checks IDENT first: the engine must be built from `config`
     await driver.load_weights(golden.model.init_weights(config.wage))
     await driver.load_batch(images, labels)
     cycles = await driver.run(step=0, steps=1, eta_log2=3)
