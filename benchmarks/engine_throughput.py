@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lanes", type=int, nargs="+", default=[8, 16],
                     help="array sides to measure (8: 64 MULT18X18D, fits the LFE5U-85F's 156; 16 needs 256)")
     ap.add_argument("--fmax", type=float, default=None, help="clock in MHz (default: lowest unit Fmax)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON report goes")
     ap.add_argument("--max-sim-words", type=int, default=40000,
                     help="deepest simulated data memory measured directly (else extrapolated)")
     ap.add_argument("--extrapolate-from", type=int, nargs=2, default=None, metavar=("B1", "B2"),
@@ -199,9 +200,9 @@ def main(argv=None) -> int:
             print(f"    {lay['layer']}: {lay['cycles']} cycles, utilisation {100 * lay['mac_slot_utilisation']:.1f} %")
         if note:
             print(f"    note: {note}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"fmax: {fmax_note}; written {RESULTS.relative_to(ROOT)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"fmax: {fmax_note}; written {args.out}")
     return 0
 
 
