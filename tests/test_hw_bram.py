@@ -22,7 +22,9 @@ def test_bad_parameters_name_the_value(kwargs, exc, text):
 
 
 def test_a_simulation_ram_may_be_deeper_than_one_dp16kd_column():
-    assert BlockRam(8, 1 << 18).depth == 1 << 18
+    ram = BlockRam(8, 1 << 18)
+    ram._MustUse__silence = True              # built for its parameters only
+    assert ram.depth == 1 << 18
 
 
 def test_dp16kd_count_follows_the_aspect_ratios():
