@@ -16,10 +16,9 @@ Memories: 16 384 data and 16 384 weight words (one DP16KD bank each, what the LF
 A network whose tensors need more runs with simulated memories as deep as it needs, and the report
 says so: on the board those tensors would go through the external-memory port, which is not built,
 so its bandwidth is not in these figures. Simulated memories beyond ``--max-sim-words`` words make
-the Verilog conversion crawl (Amaranth writes every memory's zero init as one constant): such a
-network is measured at the two batches ``--extrapolate-from`` and every figure at ``--batch`` is
-extrapolated per instruction as a + b·batch (exact for these tilings when the batches are multiples
-of L: every tile count and reduction length is linear in the batch); the report marks it.
+the Verilog conversion crawl (Amaranth writes every memory's zero init as one constant; a 196k-word
+memory kept yosys busy for more than ten minutes): such a network is measured at the largest batch
+``--batch``/2^k that fits, and the report says which.
 Results go to ``benchmarks/results/engine_throughput.json``.
 """
 
@@ -107,20 +106,6 @@ def measure(config: EngineConfig) -> dict:
         return json.loads(out.read_text())
 
 
-def extrapolate(runs: list[dict], b1: int, b2: int, batch: int) -> dict:
-    """Counters and per-instruction cycles at ``batch`` from two measurements, each linear in the batch."""
-    def at(v1: int, v2: int) -> int:
-        return round(v2 + (v2 - v1) * (batch - b2) / (b2 - b1))
-    r1, r2 = runs
-    out = {"counters": {k: at(r1["counters"][k], r2["counters"][k]) for k in r2["counters"]},
-           "instructions": [], "extrapolated_from": {str(b1): r1, str(b2): r2}}
-    out["counters"]["steps"] = r2["counters"]["steps"]
-    for i1, i2 in zip(r1["instructions"], r2["instructions"]):
-        assert i1["instruction"] == i2["instruction"]
-        out["instructions"].append({"instruction": i2["instruction"], "cycles": at(i1["cycles"], i2["cycles"])})
-    return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", nargs="+", default=["mlp", "lenet5"])
@@ -130,9 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fmax", type=float, default=None, help="clock in MHz (default: lowest unit Fmax)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON report goes")
     ap.add_argument("--max-sim-words", type=int, default=40000,
-                    help="deepest simulated data memory measured directly (else extrapolated)")
-    ap.add_argument("--extrapolate-from", type=int, nargs=2, default=None, metavar=("B1", "B2"),
-                    help="batches measured for an extrapolated network (default: 1·L and 2·L)")
+                    help="deepest simulated data memory (else the batch is halved until it fits)")
     args = ap.parse_args(argv)
     fmax, fmax_note = (args.fmax, "given on the command line") if args.fmax else unit_fmax()
     report = {"fmax_mhz": fmax, "fmax_source": fmax_note, "batch": args.batch,
@@ -145,16 +128,16 @@ def main(argv=None) -> int:
             report["runs"][key] = {"status": "not run", "reason": str(e)}
             print(f"{key}: not run: {e}")
             continue
-        wage, batch = config.wage, config.batch
+        batch = config.batch
+        while config.data_words > args.max_sim_words and batch > 1:
+            batch //= 2
+            config, note = sized_config(net, batch, lanes)
+        if batch != args.batch:
+            note = (note or "") + (f"; measured at batch {batch}: at batch {args.batch} the simulated memories would be too "
+                     f"deep for the Verilog conversion (--max-sim-words {args.max_sim_words})")
+        wage = config.wage
         t = time.time()
-        if config.data_words <= args.max_sim_words:
-            result = measure(config)
-        else:
-            b1, b2 = args.extrapolate_from or (lanes, 2 * lanes)
-            runs = [measure(sized_config(net, b, lanes)[0]) for b in (b1, b2)]
-            result = extrapolate(runs, b1, b2, batch)
-            note = (note or "") + (f"; measured at batches {b1} and {b2} and extrapolated to {batch} per "
-                                   f"instruction (a + b·batch)")
+        result = measure(config)
         c = result["counters"]
         cycles = c["run_cycles"]
         macs = useful_macs(wage)
@@ -186,7 +169,6 @@ def main(argv=None) -> int:
                  "array_beats": c["array_beats"], "useful_macs": macs,
                  "mac_slot_utilisation": total / (cycles * L * L),
                  "array_busy": c["array_beats"] / cycles, "layers": layers, "instructions": instructions,
-                 "extrapolated": "extrapolated_from" in result,
                  "sim_wall_s": round(time.time() - t, 1)}
         if fmax:
             seconds = cycles / (fmax * 1e6)
