@@ -143,7 +143,7 @@ async def throughput(dut):
         c = await _run_program(driver, [ins, end], eta)
         alone.append({"instruction": str(ins), "cycles": c - empty})
         dut._log.info(f"{ins}: {c - empty} cycles")
-    await driver.write(Target.PROGRAM, 0, encode_program(program.instructions, config.lanes))
+    await driver.write(Target.PROGRAM, 0, encode_program(program.instructions))
     with open(p["out"], "w") as f:
         json.dump({"run_reply_cycles": cycles, "counters": delta, "end_only_cycles": empty,
                    "instructions": alone}, f)
@@ -152,5 +152,5 @@ async def throughput(dut):
 async def _run_program(driver, instructions, eta: int) -> int:
     from hw.engine.encoding import encode_program
     from hw.engine.protocol import Target
-    await driver.write(Target.PROGRAM, 0, encode_program(instructions, driver.lanes))
+    await driver.write(Target.PROGRAM, 0, encode_program(instructions))
     return await driver.run(0, 1, eta)

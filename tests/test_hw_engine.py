@@ -29,6 +29,16 @@ def simulate(bench, config=CONFIG):
     sim.run()
 
 
+async def train_on_engine(driver: EngineDriver, weights, batches, after_step) -> None:
+    """Load the program and ``weights``, then one RUN per (images, labels) batch, step s = its index,
+    log2 η = 3; ``await after_step(s, cycles)`` after each."""
+    await driver.load_program()
+    await driver.load_weights(weights)
+    for s, (x, y) in enumerate(batches):
+        await driver.load_batch(x, y)
+        await after_step(s, await driver.run(s, 1, 3))
+
+
 def mismatches(got: dict, want: dict) -> list[str]:
     return [name for name in want if not np.array_equal(got[name], want[name])]
 
@@ -197,14 +207,15 @@ def test_weights_after_the_step_match_the_model_and_golden():
 
     async def bench(ctx, dut):
         driver = EngineDriver(program, AmaranthTransport(ctx, dut))
-        await driver.load_program()
-        await driver.load_weights(weights)
-        for s, (x, y) in enumerate(batches):
-            await driver.load_batch(x, y)
-            before = (await driver.counters())["run_cycles"]
-            cycles = await driver.run(s, 1, 3)
-            assert cycles == (await driver.counters())["run_cycles"] - before > 0     # this RUN's cycles
+        total = [0]
+
+        async def after_step(s, cycles):
+            now = (await driver.counters())["run_cycles"]
+            assert cycles == now - total[0] > 0                                       # this RUN's cycles
+            total[0] = now
             got.append(await driver.read_weights())
+
+        await train_on_engine(driver, weights, batches, after_step)
 
     simulate(bench)
     for s in range(2):
@@ -246,17 +257,16 @@ def conv_steps():
 
     async def bench(ctx, dut):
         driver = EngineDriver(program, AmaranthTransport(ctx, dut))
-        await driver.load_program()
-        await driver.load_weights(weights)
-        for s, (x, y) in enumerate(batches):
-            await driver.load_batch(x, y)
-            await driver.run(s, 1, 3)
+
+        async def after_step(s, cycles):
             snap = {"weights": await driver.read_weights()}
             for a in program.activations:
                 snap[a.name] = await driver.read_act_fields(a)
             for e in program.errors:
                 snap[e.name] = await driver.read_err(e)
             got.append(snap)
+
+        await train_on_engine(driver, weights, batches, after_step)
 
     simulate(bench, CONV_CONFIG)
     golden_weights = [weights]

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from golden.config import WageConfig
 
 from .config import EngineConfig
-from .isa import AddressPattern, Instruction, Op, RowSel
+from .isa import ADDR_BITS, AddressPattern, Instruction, IsaError, Op, RowSel
 from .layout import MapLayout, TapMapLayout, WeightLayout
 
 __all__ = ["Program", "MemoryPlan", "FitError", "UnsupportedNetwork", "compile_network", "plan_memory",
-           "fc_forward", "fc_error", "fc_gradient", "loss"]
+           "fc_forward", "fc_error", "fc_gradient", "fc_draw", "loss"]
 
 
 class FitError(ValueError):
@@ -193,16 +193,31 @@ def fc_error(wage: WageConfig, layer, e: MapLayout, w: WeightLayout, e_prev: Map
         out=AddressPattern(e_prev.base, **rows), aux=AddressPattern(a_prev.base, **rows))
 
 
+def fc_draw(out: AddressPattern, wbase: int, lanes: int, layer: int) -> AddressPattern:
+    """The draw pattern of a fully connected GRAD whose result words ``out`` land in a layer stored
+    from ``wbase``: the word at address a holds weights (a − wbase)·L … (fan-in a multiple of L), so
+    the draw index walks ``out`` rebased to 0 and scaled by L."""
+    fields = dict(base=(out.base - wbase) * lanes, s1=out.s1 * lanes, s2=out.s2 * lanes, sk=out.sk * lanes,
+                  sr=out.sr * lanes, n1=out.n1, n2=out.n2, nk=out.nk, nr=out.nr, lim=out.lim, klim=out.klim,
+                  row_sel=out.row_sel)
+    for name in ("base", "s1", "s2", "sk", "sr"):
+        if not 0 <= fields[name] < 1 << ADDR_BITS:
+            raise IsaError(f"GRAD layer {layer}: draw pattern field {name}={fields[name]} (the result "
+                           f"pattern's, times lanes={lanes}) does not fit {ADDR_BITS} bits")
+    return AddressPattern(**fields)
+
+
 def fc_gradient(wage: WageConfig, layer, e: MapLayout, x: MapLayout, w: WeightLayout, lanes: int) -> Instruction:
     """GRAD: tiles (output block, input word), reduction over the batch, both operands direct."""
     L, batch = lanes, wage.batch_size
     wpr, ow = w.words_per_row, e.words_per_position
+    out = AddressPattern(w.base, s1=L * wpr, s2=1, sr=wpr, n1=ow, n2=wpr, nr=L, lim=layer.out_channels,
+                         row_sel=RowSel.T1)
     return Instruction(
-        Op.GRAD, layer=layer.index, qcount=ow * wpr * L * L, wbase=w.base,
+        Op.GRAD, layer=layer.index, qcount=ow * wpr * L * L,
         a=AddressPattern(e.base, s1=1, sk=ow, n1=ow, n2=wpr, nk=batch),
         b=AddressPattern(x.base, s2=1, sk=wpr, n1=ow, n2=wpr, nk=batch),
-        out=AddressPattern(w.base, s1=L * wpr, s2=1, sr=wpr, n1=ow, n2=wpr, nr=L, lim=layer.out_channels,
-                           row_sel=RowSel.T1))
+        out=out, draw=fc_draw(out, w.base, L, layer.index))
 
 
 def compile_network(config: EngineConfig) -> Program:

@@ -356,7 +356,6 @@ class ConvInstruction:
     relu: int = 0
     shift: int = 0
     qcount: int = 0
-    wbase: int = 0
     pool: int = 0
     unpool_dx: int = 0
     unpool_dy: int = 0
@@ -371,7 +370,7 @@ class ConvInstruction:
             raise IsaError(f"conv instruction op={self.op!r}: must be one of "
                            f"{', '.join(f'{k}={v}' for k, v in ConvOp.NAMES.items())}")
         check_unsigned_fields(self, (("layer", 8), ("relu", 1), ("shift", 6), ("qcount", QCOUNT_BITS),
-                                     ("wbase", ADDR_BITS), ("pool", 1), ("unpool_dx", ADDR_BITS),
+                                     ("pool", 1), ("unpool_dx", ADDR_BITS),
                                      ("unpool_dy", ADDR_BITS)), "conv instruction")
         if self.pool and self.op != ConvOp.CONV_FWD:
             raise IsaError(f"conv instruction pool=1 with op {ConvOp.NAMES[self.op]}: pooling is a CONV_FWD stage")
@@ -557,7 +556,7 @@ def compile_conv_grad(wage: WageConfig, index: int, e: MapLayout, x: MapLayout, 
     draw = ConvPattern(base=0, n1=ow, n2=wpr, nr=L,
                        pos_drive=Drive.T1R, pos_radix=(ow * L,), pos_addr=(taps * c,), pos_coord=((0, 0, 0),),
                        tap_drive=Drive.T2, tap_radix=(taps, wpi), tap_addr=(c, L), tap_coord=((0, 0, 0),) * 2)
-    return ConvInstruction(ConvOp.CONV_GRAD, layer=index, qcount=ow * wpr * L * L, wbase=w.base,
+    return ConvInstruction(ConvOp.CONV_GRAD, layer=index, qcount=ow * wpr * L * L,
                            a=a_pat, b=b_pat, out=out, draw=draw)
 
 
@@ -656,9 +655,7 @@ class ConvEngineModel(EngineModel):
             elif ins.op == Op.ERR:
                 self._error(ins, wq)
             elif ins.op == Op.GRAD:
-                address, _ = self._rows(ins.out)
-                draw = (address - ins.wbase) * L                   # fc: fan-in % L == 0
-                self._gradient(ins, step, eta_log2, draw)
+                self._gradient(ins, step, eta_log2)
             elif ins.op == Op.END:
                 break
 
@@ -692,11 +689,12 @@ class ConvEngineModel(EngineModel):
         else:
             self.err[address[valid]] = e[valid]
 
-    def _gradient(self, ins, step: int, eta_log2: int, draw: np.ndarray) -> None:
+    def _gradient(self, ins, step: int, eta_log2: int) -> None:
         wage = self.program.config.wage
         L = self.lanes
         g = self._products(ins, self.err, self.act)
         address, valid = self._rows(ins.out)
+        draw, _ = self._rows(ins.draw)
         indices = (draw[:, None] + np.arange(L)[None, :]).reshape(-1)
         draws = sr_draws(wage.seed, step, ins.layer, 0, wage.sr_bits, indices=indices).reshape(g.shape)
         dw, q = quantize_gradient(g, eta_log2, draws, wage.sr_bits)
@@ -723,5 +721,4 @@ class ConvEngineModel(EngineModel):
         elif ins.op == ConvOp.CONV_ERR:
             self._error(ins, wq)
         elif ins.op == ConvOp.CONV_GRAD:
-            draw, _ = self._rows(ins.draw)
-            self._gradient(ins, step, eta_log2, draw)
+            self._gradient(ins, step, eta_log2)

@@ -24,7 +24,7 @@ from .compiler import Program
 from .encoding import encode_program
 from .protocol import COUNTERS, IDENT, Command, Status, Target, header, ident_values, item_bits, item_words
 
-__all__ = ["EngineDriver", "EngineError", "EngineMismatch", "encode_items", "decode_items", "act_items"]
+__all__ = ["EngineDriver", "EngineError", "EngineMismatch", "encode_items", "decode_items", "act_items", "act_fields"]
 
 BAD_INSTRUCTION = 6
 STATUS_TEXT = {**{s.value: s.name for s in Status}, BAD_INSTRUCTION: "BAD_INSTRUCTION"}
@@ -103,6 +103,16 @@ def act_items(data: np.ndarray, relu: np.ndarray | None = None, sat: np.ndarray 
     return values
 
 
+def act_fields(values: list[int], lanes: int) -> dict[str, np.ndarray]:
+    """Inverse of :func:`act_items`: ``data`` (n, L) int8 codes, the ``relu`` and ``sat`` mask bits
+    and the 2-bit ``pool`` indices, each (n, L)."""
+    L = lanes
+    data = int_to_lanes([v & ((1 << (8 * L)) - 1) for v in values], 8, L)
+    bits = np.array([[(v >> (8 * L + i)) & 1 for i in range(2 * L)] for v in values], dtype=bool).reshape(-1, 2 * L)
+    pool = np.array([[(v >> (10 * L + 2 * i)) & 3 for i in range(L)] for v in values], dtype=np.int64).reshape(-1, L)
+    return {"data": data, "relu": bits[:, :L], "sat": bits[:, L:], "pool": pool}
+
+
 class EngineDriver:
     """Drives one engine running ``program`` through ``transport`` (see the module docstring)."""
 
@@ -163,7 +173,7 @@ class EngineDriver:
     async def load_program(self) -> None:
         """Check that the engine was built for this program (:meth:`check_engine`), then load it."""
         await self.check_engine()
-        await self.write(Target.PROGRAM, 0, encode_program(self.program.instructions, self.lanes))
+        await self.write(Target.PROGRAM, 0, encode_program(self.program.instructions))
 
     async def load_weights(self, weights: list[np.ndarray]) -> None:
         for layout, ws in zip(self.program.weights, weights):
@@ -188,18 +198,12 @@ class EngineDriver:
         return reply[0]
 
     async def read_act(self, layout) -> np.ndarray:
-        values = await self.read(Target.ACT, layout.base, layout.words)
-        return int_to_lanes([v & ((1 << (8 * self.lanes)) - 1) for v in values], 8, self.lanes)
+        """The int8 codes of ``layout``'s activation words, (n, L)."""
+        return (await self.read_act_fields(layout))["data"]
 
     async def read_act_fields(self, layout) -> dict[str, np.ndarray]:
-        """The whole activation words of ``layout``: ``data`` (n, L) int8 codes, the ``relu`` and
-        ``sat`` mask bits and the 2-bit ``pool`` indices, each (n, L)."""
-        L = self.lanes
-        values = await self.read(Target.ACT, layout.base, layout.words)
-        data = int_to_lanes([v & ((1 << (8 * L)) - 1) for v in values], 8, L)
-        bits = np.array([[(v >> (8 * L + i)) & 1 for i in range(2 * L)] for v in values], dtype=bool).reshape(-1, 2 * L)
-        pool = np.array([[(v >> (10 * L + 2 * i)) & 3 for i in range(L)] for v in values], dtype=np.int64).reshape(-1, L)
-        return {"data": data, "relu": bits[:, :L], "sat": bits[:, L:], "pool": pool}
+        """The whole activation words of ``layout`` (:func:`act_fields`)."""
+        return act_fields(await self.read(Target.ACT, layout.base, layout.words), self.lanes)
 
     async def read_err(self, layout) -> np.ndarray:
         values = await self.read(Target.ERR, layout.base, layout.words)

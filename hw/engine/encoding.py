@@ -12,9 +12,8 @@ convolution is a FWD/ERR/GRAD whose patterns are convolution patterns, plus the 
 and ``unpool_dx``/``unpool_dy`` (ERR) stages. Every instruction has five pattern slots
 (:mod:`hw.engine.slot`): ``a`` and ``b`` (operands), ``out`` (result rows), ``aux`` (the second
 activation read of ERR and LOSS) and ``draw`` (GRAD: the flat index of each result word's first
-weight, the stochastic-rounding draw index). A fully connected GRAD's draw pattern is its result
-pattern rebased to 0 and scaled by L (its word at weight-store address a holds weights
-(a − wbase)·L …); a convolution GRAD carries its own.
+weight, the stochastic-rounding draw index; the compiler emits it: :func:`hw.engine.compiler.fc_draw`
+for a fully connected layer, the conv compiler's own for a convolution).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from __future__ import annotations
 from amaranth.lib import data
 
 from .conv import ConvInstruction, ConvOp
-from .isa import ADDR_BITS, QCOUNT_BITS, AddressPattern, Instruction, IsaError, Op
+from .isa import ADDR_BITS, QCOUNT_BITS, Instruction, Op
 from .slot import slot_layout, slot_payload
 
 __all__ = ["machine_layout", "MACHINE_BITS", "MACHINE_WORDS", "encode_instruction", "encode_program",
@@ -52,19 +51,7 @@ def machine_layout() -> data.StructLayout:
 _MACHINE_OP = {ConvOp.CONV_FWD: Op.FWD, ConvOp.CONV_ERR: Op.ERR, ConvOp.CONV_GRAD: Op.GRAD}
 
 
-def _fc_draw(ins: Instruction, lanes: int) -> AddressPattern:
-    """The draw pattern of a fully connected GRAD: element index (address − wbase)·L of each result word."""
-    o = ins.out
-    fields = dict(base=(o.base - ins.wbase) * lanes, s1=o.s1 * lanes, s2=o.s2 * lanes, sk=o.sk * lanes,
-                  sr=o.sr * lanes, n1=o.n1, n2=o.n2, nk=o.nk, nr=o.nr, lim=o.lim, klim=o.klim, row_sel=o.row_sel)
-    for name in ("base", "s1", "s2", "sk", "sr"):
-        if not 0 <= fields[name] < 1 << ADDR_BITS:
-            raise IsaError(f"GRAD layer {ins.layer}: draw pattern field {name}={fields[name]} (the result "
-                           f"pattern's, times lanes={lanes}) does not fit {ADDR_BITS} bits")
-    return AddressPattern(**fields)
-
-
-def encode_instruction(ins, lanes: int) -> int:
+def encode_instruction(ins) -> int:
     """One instruction (isa or conv) as a :data:`MACHINE_BITS`-bit integer."""
     if isinstance(ins, ConvInstruction):
         value = dict(op=_MACHINE_OP[ins.op], layer=ins.layer, relu=ins.relu, shift=ins.shift, qcount=ins.qcount,
@@ -73,18 +60,17 @@ def encode_instruction(ins, lanes: int) -> int:
     elif isinstance(ins, Instruction):
         value = dict(op=ins.op, layer=ins.layer, relu=ins.relu, shift=ins.shift, qcount=ins.qcount,
                      onehot=ins.onehot)
-        pats = {name: getattr(ins, name) for name in SLOTS if name != "draw"}
-        pats["draw"] = _fc_draw(ins, lanes) if ins.op == Op.GRAD else AddressPattern()
+        pats = {name: getattr(ins, name) for name in SLOTS}
     else:
         raise TypeError(f"instruction={ins!r}: must be a hw.engine.isa.Instruction or a hw.engine.conv.ConvInstruction")
     value.update({name: slot_payload(p) for name, p in pats.items()})
     return machine_layout().const(value).as_bits()
 
 
-def encode_program(instructions, lanes: int) -> list[int]:
+def encode_program(instructions) -> list[int]:
     """The program memory image: :data:`MACHINE_WORDS` 32-bit words per instruction, low word first."""
     words = []
     for ins in instructions:
-        v = encode_instruction(ins, lanes)
+        v = encode_instruction(ins)
         words += [(v >> (32 * i)) & 0xFFFFFFFF for i in range(MACHINE_WORDS)]
     return words

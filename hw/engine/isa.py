@@ -135,7 +135,6 @@ SCALAR_FIELDS: tuple[tuple[str, int], ...] = (
     ("relu", 1),            # Q_A applies ReLU (hidden layers)
     ("shift", 6),           # Q_A shift r_l
     ("qcount", QCOUNT_BITS),  # elements through the quantiser per pass
-    ("wbase", ADDR_BITS),   # GRAD: weight-store base of the layer (draw index = address − wbase)
     ("onehot", 16),         # LOSS: 2^(kA−1), the one-hot's code
 )
 
@@ -143,18 +142,19 @@ SCALAR_FIELDS: tuple[tuple[str, int], ...] = (
 class Instruction:
     """One engine instruction. ``a``/``b``: operand patterns; ``out``: result rows; ``aux``: a
     second read of the activation scratchpad in step with the result rows (ERR: the producer's
-    masks; LOSS: the output activations)."""
+    masks; LOSS: the output activations); ``draw`` (GRAD): in step with ``out``, the flat index of
+    each result word's first weight (the stochastic-rounding draw index)."""
     op: int
     layer: int = 0
     relu: int = 0
     shift: int = 0
     qcount: int = 0
-    wbase: int = 0
     onehot: int = 0
     a: AddressPattern = field(default_factory=AddressPattern)
     b: AddressPattern = field(default_factory=AddressPattern)
     out: AddressPattern = field(default_factory=AddressPattern)
     aux: AddressPattern = field(default_factory=AddressPattern)
+    draw: AddressPattern = field(default_factory=AddressPattern)
 
     def __post_init__(self):
         if self.op not in Op.NAMES:

@@ -125,10 +125,9 @@ class EngineModel:
             elif ins.op == Op.GRAD:
                 g = self._products(ins, self.err, self.act)
                 address, valid = self._rows(ins.out)
-                offset = address - ins.wbase
-                # draw of lane j of a word at offset w: element index w·L + j (fan-in % L == 0)
+                first, _ = self._rows(ins.draw)            # lane j of a word draws at index first + j
                 draws = sr_draws(wage.seed, step, ins.layer, 0, wage.sr_bits,
-                                 indices=(offset[:, None] * L + np.arange(L)[None, :]).reshape(-1)).reshape(g.shape)
+                                 indices=(first[:, None] + np.arange(L)[None, :]).reshape(-1)).reshape(g.shape)
                 dw, q = quantize_gradient(g, eta_log2, draws, wage.sr_bits)
                 if q is None:
                     continue
