@@ -18,7 +18,7 @@ Operations
            (compute-twice: pass 1 finds Q_E's max, pass 2 emits) → × the producer's saturation mask
            → Q_E → × its ReLU mask → error scratchpad
 ``GRAD``   gradient product, G = Eᵀ·A_in (both direct), run twice → Q_G with the draw of each
-           word keyed by its weight-word offset → ΔW into the weight store (Ws ← clip(Ws − ΔW))
+           word keyed by the ``draw`` pattern (its first weight's flat index) → ΔW into the weight store (Ws ← clip(Ws − ΔW))
 ``END``    end of the program (one training step)
 =========  ====================================================================================
 

@@ -4,9 +4,9 @@ It follows the hardware's dataflow, not the golden model's: operands come from t
 patterns of each instruction one word at a time (zero words where a pattern is invalid), tiles are
 L×L products, results stream in (t1, t2, row) order through the quantiser functions of
 :mod:`golden.quant` with the ReLU/saturation masks read beside them, and ΔW lands at the addresses
-of the result pattern with draws keyed by the weight-word offset. Comparing it with
-:func:`golden.model.train_step` checks the compiler's memory map and every address pattern; the RTL
-engine is compared with both (its scratchpads word for word against this model).
+of the result pattern with draws keyed by the draw pattern (each word's first flat index).
+Comparing it with :func:`golden.model.train_step` checks the compiler's memory map and every
+address pattern; the RTL engine is compared with both (its scratchpads word for word against this model).
 """
 
 from __future__ import annotations
