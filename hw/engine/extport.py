@@ -1,0 +1,294 @@
+"""The engine's side of the external-memory port: tiered readers and writers, bursts, arbitration.
+
+A data address below ``onchip_depth`` is a scratchpad word; one at or above it is external word
+``address − onchip_depth`` (:mod:`hw.engine.extmem`). The engine's memory clients do not know the
+difference:
+
+* :class:`TieredReader` takes the same request/response streams as a
+  :class:`~hw.engine.feeder.RamReader` and sends each request to the scratchpad or to the external
+  port; responses come back in request order (a one-bit FIFO remembers which tier each request
+  went to). External requests are admitted only while fewer than ``credits`` are outstanding, and
+  their responses land in a FIFO of that depth, so the port never waits for a slow consumer and
+  one client's stall cannot block another's responses (no head-of-line deadlock between operands).
+* :class:`TieredWriter` takes {address, word}; a scratchpad word is written at once, an external
+  one goes to the port (``i.ready`` falls while the port's queue is full).
+* :class:`BurstCoalescer` merges consecutive word addresses into bursts of up to ``max_burst``;
+  a burst closes when the next address is not consecutive, when it is full, or when no address
+  arrives in a cycle (so a pattern's last words never wait for more).
+* :class:`ExternalPort` joins read and write clients onto one :class:`~hw.engine.extmem.ExternalMemorySignature`
+  port: a round-robin choice among the clients' bursts, an owner FIFO per direction that routes
+  read data back and takes write data from the right client. ``writes_idle`` is high when every
+  accepted write has been issued as a command: the port is in order, so a read issued after that
+  sees the data (the sequencer waits for it at the end of each instruction).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .extmem import MAX_BURST, ExternalMemorySignature
+from .skid import SkidBuffer
+
+__all__ = ["BurstCoalescer", "ExternalPort", "TieredReader", "TieredWriter", "read_client_signature",
+           "write_client_signature", "EXT_CREDITS"]
+
+#: External read words a client may have outstanding: covers the model's latency plus the burst
+#: coalescing and arbitration in front of it, so that one client alone runs at one word per cycle.
+EXT_CREDITS = 64
+
+
+def read_client_signature(addr_bits: int, width: int) -> wiring.Signature:
+    return wiring.Signature({"req": Out(stream.Signature(unsigned(addr_bits))),
+                             "resp": In(stream.Signature(unsigned(width)))})
+
+
+def write_client_signature(addr_bits: int, width: int) -> wiring.Signature:
+    return wiring.Signature({"req": Out(stream.Signature(data.StructLayout({"addr": unsigned(addr_bits),
+                                                                            "data": unsigned(width)})))})
+
+
+def burst_layout(addr_bits: int, max_burst: int) -> data.StructLayout:
+    return data.StructLayout({"addr": unsigned(addr_bits), "count": range(max_burst + 1)})
+
+
+class BurstCoalescer(wiring.Component):
+    """Word addresses in, bursts of consecutive addresses out (see the module docstring)."""
+
+    def __init__(self, addr_bits: int, max_burst: int = MAX_BURST):
+        self.addr_bits, self.max_burst = addr_bits, max_burst
+        super().__init__({
+            "i": In(stream.Signature(unsigned(addr_bits))),
+            "o": Out(stream.Signature(burst_layout(addr_bits, max_burst))),
+            "idle": Out(1),                       # no burst open or waiting
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        open_valid = Signal()
+        open_addr = Signal(self.addr_bits)
+        open_next = Signal(self.addr_bits)            # open_addr + open_count, kept as a register
+        open_count = Signal(range(self.max_burst + 1))
+        out_free = ~self.o.valid | self.o.ready
+        extend = open_valid & (self.i.payload == open_next) & (open_count != self.max_burst)
+        m.d.comb += [self.i.ready.eq(~open_valid | extend | out_free),
+                     self.idle.eq(~open_valid & ~self.o.valid)]
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        take = self.i.valid & self.i.ready
+        with m.If(take & extend):
+            m.d.sync += [open_count.eq(open_count + 1), open_next.eq(open_next + 1)]
+        with m.Elif(take):
+            # a new burst opens; the open one (if any) closes into the output register (free here)
+            m.d.sync += [open_valid.eq(1), open_addr.eq(self.i.payload), open_next.eq(self.i.payload + 1),
+                         open_count.eq(1)]
+            with m.If(open_valid):
+                m.d.sync += [self.o.valid.eq(1), self.o.payload.addr.eq(open_addr),
+                             self.o.payload.count.eq(open_count)]
+        with m.Elif(open_valid & out_free):
+            # no address this cycle: close the burst rather than wait for more
+            m.d.sync += [open_valid.eq(0), self.o.valid.eq(1), self.o.payload.addr.eq(open_addr),
+                         self.o.payload.count.eq(open_count)]
+        return m
+
+
+class ExternalPort(wiring.Component):
+    """``readers`` read clients and ``writers`` write clients on one external port (module docstring).
+
+    ``outstanding``: read bursts issued whose data has not all come back (the read owner FIFO).
+    """
+
+    def __init__(self, addr_bits: int, width: int, readers: int, writers: int, *,
+                 max_burst: int = MAX_BURST, outstanding: int = 32):
+        if readers < 0 or writers < 0 or readers + writers == 0:
+            self._MustUse__silence = True
+            raise ValueError(f"readers={readers!r}, writers={writers!r}: need at least one client")
+        self.addr_bits, self.width, self.readers, self.writers = addr_bits, width, readers, writers
+        self.max_burst, self.outstanding = max_burst, outstanding
+        members = {"port": Out(ExternalMemorySignature(addr_bits, width, max_burst)), "writes_idle": Out(1)}
+        members.update({f"rd{k}": In(read_client_signature(addr_bits, width)) for k in range(readers)})
+        members.update({f"wr{k}": In(write_client_signature(addr_bits, width)) for k in range(writers)})
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        R, W, N = self.readers, self.writers, self.readers + self.writers
+        owner_layout = data.StructLayout({"client": range(max(R, W, 1)), "count": range(self.max_burst + 1)})
+
+        # every client's bursts, reads first: (burst stream, is write)
+        bursts = []
+        idles = []
+        data_fifos = []
+        for k in range(R):
+            c = BurstCoalescer(self.addr_bits, self.max_burst)
+            m.submodules[f"rd{k}_bursts"] = c
+            wiring.connect(m, wiring.flipped(getattr(self, f"rd{k}").req), c.i)
+            bursts.append(c.o)
+        for k in range(W):
+            c = BurstCoalescer(self.addr_bits, self.max_burst)
+            m.submodules[f"wr{k}_bursts"] = c
+            # the data waits in a FIFO (it precedes its command there, so the port never waits for it)
+            q = fifo.SyncFIFOBuffered(width=self.width, depth=2 * self.max_burst)
+            m.submodules[f"wr{k}_data"] = q
+            req = getattr(self, f"wr{k}").req
+            m.d.comb += [c.i.valid.eq(req.valid & q.w_rdy), c.i.payload.eq(req.payload.addr),
+                         q.w_en.eq(req.valid & c.i.ready), q.w_data.eq(req.payload.data),
+                         req.ready.eq(c.i.ready & q.w_rdy)]
+            bursts.append(c.o)
+            idles.append(c.idle)
+            data_fifos.append(q)
+        m.d.comb += self.writes_idle.eq(Cat(*idles).all() if idles else 1)
+
+        # owner FIFOs: which client each issued burst belongs to
+        m.submodules.r_owner = r_owner = fifo.SyncFIFO(width=owner_layout.size, depth=self.outstanding)
+        m.submodules.w_owner = w_owner = fifo.SyncFIFO(width=owner_layout.size, depth=self.outstanding)
+
+        # round-robin choice among the bursts that could be issued now
+        m.submodules.cmd = cmd = SkidBuffer(self.port.cmd.payload.shape())
+        wiring.connect(m, cmd.o, wiring.flipped(self.port.cmd))
+        last = Signal(range(N), init=N - 1)           # the client granted last
+        eligible = [b.valid & (r_owner.w_rdy if k < R else w_owner.w_rdy) for k, b in enumerate(bursts)]
+        grant = Signal(range(N))
+        any_eligible = Cat(*eligible).any()
+        # first eligible client after `last`, cyclically: check offsets N−1 … 1, 0 last (higher priority wins)
+        with m.Switch(last):
+            for prev in range(N):
+                with m.Case(prev):
+                    for off in reversed(range(1, N + 1)):
+                        k = (prev + off) % N
+                        with m.If(eligible[k]):
+                            m.d.comb += grant.eq(k)
+        issue = any_eligible & cmd.i.ready
+        for k, b in enumerate(bursts):
+            with m.If(grant == k):
+                m.d.comb += [cmd.i.payload.addr.eq(b.payload.addr), cmd.i.payload.count.eq(b.payload.count),
+                             cmd.i.payload.write.eq(k >= R), b.ready.eq(issue)]
+        m.d.comb += cmd.i.valid.eq(any_eligible)
+        owner_in = data.View(owner_layout, Signal(owner_layout.size))
+        m.d.comb += [owner_in.client.eq(Mux(grant >= R, grant - R, grant)), owner_in.count.eq(cmd.i.payload.count),
+                     r_owner.w_data.eq(owner_in.as_value()), w_owner.w_data.eq(owner_in.as_value()),
+                     r_owner.w_en.eq(issue & (grant < R)), w_owner.w_en.eq(issue & (grant >= R))]
+        with m.If(issue):
+            m.d.sync += last.eq(grant)
+
+        def pop_after_burst(owner, head, take, name):
+            """Count the words of the owner FIFO's head burst as they move; pop it after the last."""
+            moved = Signal(range(self.max_burst + 1), name=f"{name}_moved")
+            with m.If(take):
+                m.d.sync += moved.eq(moved + 1)
+                with m.If(moved + 1 == head.count):
+                    m.d.sync += moved.eq(0)
+                    m.d.comb += owner.r_en.eq(1)
+
+        # read data → the owning client
+        r_head = data.View(owner_layout, r_owner.r_data)
+        r = self.port.r
+        for k in range(R):
+            resp = getattr(self, f"rd{k}").resp
+            mine = r_owner.r_rdy & (r_head.client == k)
+            m.d.comb += [resp.valid.eq(r.valid & mine), resp.payload.eq(r.payload)]
+            with m.If(mine):
+                m.d.comb += r.ready.eq(resp.ready)
+        pop_after_burst(r_owner, r_head, r.valid & r.ready, "r")
+
+        # write data ← the owning client's FIFO
+        w_head = data.View(owner_layout, w_owner.r_data)
+        w = self.port.w
+        for k, q in enumerate(data_fifos):
+            mine = w_owner.r_rdy & (w_head.client == k)
+            with m.If(mine):
+                m.d.comb += [w.valid.eq(q.r_rdy), w.payload.eq(q.r_data), q.r_en.eq(w.ready)]
+        pop_after_burst(w_owner, w_head, w.valid & w.ready, "w")
+        return m
+
+
+class TieredReader(wiring.Component):
+    """Scratchpad-or-external reads behind one request/response pair (see the module docstring).
+
+    ``chip`` connects to a :class:`~hw.engine.feeder.RamReader`; ``ext`` to a read client of an
+    :class:`ExternalPort` (external words are ``ext_width`` bits; the low ``width`` are the word,
+    or ``ext_convert(word)`` is, when the external tier stores another form of it). Request address
+    ``onchip_depth + k`` is external word ``ext_base + k``.
+    """
+
+    def __init__(self, addr_bits: int, width: int, ext_width: int, onchip_depth: int, credits: int = EXT_CREDITS,
+                 ext_convert=None, ext_base: int = 0):
+        if ext_width < width and ext_convert is None:
+            self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
+            raise ValueError(f"ext_width={ext_width}: narrower than the words it holds ({width} bits)")
+        self.addr_bits, self.width, self.ext_width = addr_bits, width, ext_width
+        self.onchip_depth, self.credits, self.ext_convert = onchip_depth, credits, ext_convert
+        self.ext_base = ext_base
+        super().__init__({
+            "req": In(stream.Signature(unsigned(addr_bits))),
+            "resp": Out(stream.Signature(unsigned(width))),
+            "chip": Out(read_client_signature(addr_bits, width)),
+            "ext": Out(read_client_signature(addr_bits, ext_width)),
+            "ext_words": Out(32),                 # external words requested (a counter)
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        # which tier each outstanding request went to; the scratchpad reader holds ≤ 4 of its own
+        m.submodules.tier = tier = fifo.SyncFIFO(width=1, depth=self.credits + 8)
+        m.submodules.ext_data = ext_data = fifo.SyncFIFOBuffered(width=self.ext_width, depth=self.credits)
+        pending = Signal(range(self.credits + 1))     # external words requested and not yet taken
+        req, resp, chip, ext = self.req, self.resp, self.chip, self.ext
+        is_ext = req.payload >= self.onchip_depth
+        room = tier.w_rdy
+        m.d.comb += [
+            chip.req.valid.eq(req.valid & room & ~is_ext), chip.req.payload.eq(req.payload),
+            ext.req.valid.eq(req.valid & room & is_ext & (pending != self.credits)),
+            ext.req.payload.eq(req.payload - self.onchip_depth + self.ext_base),
+            req.ready.eq(room & Mux(is_ext, ext.req.ready & (pending != self.credits), chip.req.ready)),
+            tier.w_en.eq(req.valid & req.ready), tier.w_data.eq(is_ext),
+            # the credit guarantees room: the port never waits on this FIFO
+            ext_data.w_en.eq(ext.resp.valid), ext_data.w_data.eq(ext.resp.payload), ext.resp.ready.eq(ext_data.w_rdy),
+        ]
+        head_ext = tier.r_data[0]
+        ext_word = (ext_data.r_data[:self.width] if self.ext_convert is None
+                    else self.ext_convert(ext_data.r_data))
+        m.d.comb += [
+            resp.valid.eq(tier.r_rdy & Mux(head_ext, ext_data.r_rdy, chip.resp.valid)),
+            resp.payload.eq(Mux(head_ext, ext_word, chip.resp.payload)),
+            chip.resp.ready.eq(resp.ready & tier.r_rdy & ~head_ext),
+            ext_data.r_en.eq(resp.ready & tier.r_rdy & head_ext),
+            tier.r_en.eq(resp.valid & resp.ready),
+        ]
+        ext_req = ext.req.valid & ext.req.ready
+        ext_taken = ext_data.r_en & ext_data.r_rdy
+        m.d.sync += pending.eq(pending + ext_req - ext_taken)
+        with m.If(ext_req):
+            m.d.sync += self.ext_words.eq(self.ext_words + 1)
+        return m
+
+
+class TieredWriter(wiring.Component):
+    """Scratchpad-or-external writes (see the module docstring); ``chip_*`` drive a BlockRam write port."""
+
+    def __init__(self, addr_bits: int, width: int, ext_width: int, onchip_depth: int):
+        if ext_width < width:
+            self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
+            raise ValueError(f"ext_width={ext_width}: narrower than the words it holds ({width} bits)")
+        self.addr_bits, self.width, self.ext_width, self.onchip_depth = addr_bits, width, ext_width, onchip_depth
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({"addr": unsigned(addr_bits), "data": unsigned(width)}))),
+            "chip_en": Out(1), "chip_addr": Out(addr_bits), "chip_data": Out(width),
+            "ext": Out(write_client_signature(addr_bits, ext_width)),
+            "ext_words": Out(32),                 # external words written (a counter)
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        i, ext = self.i, self.ext
+        is_ext = i.payload.addr >= self.onchip_depth
+        m.d.comb += [
+            self.chip_en.eq(i.valid & ~is_ext), self.chip_addr.eq(i.payload.addr), self.chip_data.eq(i.payload.data),
+            ext.req.valid.eq(i.valid & is_ext), ext.req.payload.addr.eq(i.payload.addr - self.onchip_depth),
+            ext.req.payload.data.eq(i.payload.data),
+            i.ready.eq(~is_ext | ext.req.ready),
+        ]
+        with m.If(ext.req.valid & ext.req.ready):
+            m.d.sync += self.ext_words.eq(self.ext_words + 1)
+        return m
