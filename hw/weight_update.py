@@ -305,6 +305,14 @@ class WeightUpdate(wiring.Component):
         below = value < -lim if below is None else below
         return Mux(above, lim, Mux(below, -lim, value))[:self.w_width].as_signed()
 
+    def forward_code(self, ws):
+        """Wq of one stored weight (for stores of Ws outside this unit, e.g. in external memory)."""
+        return self._forward_code(ws)
+
+    def clip(self, value):
+        """clip(value, ±w_clip) as a kG-bit signed value."""
+        return self._clip(value)
+
     def _forward_code(self, ws):
         """Wq = clip(RNE(Ws / 2^(kG−kW)), ±(2^(kW−1)−1)) for one kG-bit signed Ws (golden forward_weights)."""
         s, k = self.w_shift, self.wq_width

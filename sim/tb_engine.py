@@ -9,7 +9,9 @@ and after every step reads back every stored weight and compares it, word by wor
 
 Parameters (``sim_params()``): ``engine`` (EngineConfig fields, ``wage`` as WageConfig JSON),
 ``steps``, ``eta_log2``, ``stall``/``backpressure`` (host-stream randomness), ``mutate`` =
-[step, layer, word, bit] flips one bit of one read-back weight word (the scoreboard must fail).
+[step, layer, word, bit] flips one bit of one read-back weight word (the scoreboard must fail);
+for ``throughput``, ``out`` (the JSON report's path) and ``per_instruction`` (default true: also
+run each instruction alone).
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ async def throughput(dut):
     alone = []
     end = Instruction(Op.END)
     empty = await _run_program(driver, [end], eta)
-    for ins in program.instructions[:-1]:
+    for ins in program.instructions[:-1] if p.get("per_instruction", True) else []:
         c = await _run_program(driver, [ins, end], eta)
         alone.append({"instruction": str(ins), "cycles": c - empty})
         dut._log.info(f"{ins}: {c - empty} cycles")

@@ -10,6 +10,12 @@
   input, a 5×5 valid convolution, 2×2 max-pool and unpool, fully connected layers after a pooled
   map) for 3 steps, weights compared every step;
   its mutation test flips one bit of a convolution weight word.
+* ``test_trains_bit_exact[lenet_spill]`` — the same network with 4096-word scratchpads and a
+  1024-word weight store: the input batch (18,432 words), E0 (4,608) and the fc1 weights (1,024)
+  live in the external memory, the simulation model behind the engine's external-memory port
+  (latency 24 cycles, a word every 2 cycles, 4 dead cycles per burst;
+  :class:`hw.engine.system.EngineSystem`); 3 steps, weights compared every step; its mutation
+  test flips a bit of an external fc1 weight word.
 
 The seed is printed by the runner; rerun with ``COCOTB_RANDOM_SEED=<seed>``.
 """
@@ -23,6 +29,7 @@ import pytest
 from golden.config import WageConfig
 from hw.engine.config import EngineConfig
 from hw.engine.engine import Engine
+from hw.engine.system import EngineSystem, ExternalTiming
 from sim.runner import check_mutation_is_caught, run_cocotb
 
 MLP = EngineConfig(WageConfig(net="mlp", batch_size=16, seed=1), lanes=16, data_words=2048, weight_words=16384,
@@ -38,15 +45,24 @@ def _params(config: EngineConfig, **kw) -> dict:
     return {"engine": engine, **kw}
 
 
+LENET_SPILL = LENET.replace(data_words=4096, external_words=32768, weight_words=1024, external_weight_words=1024)
+SLOW_MEMORY = ExternalTiming(latency=24, cycles_per_word=2, command_cycles=4)
+
 #: name → (config, build name, steps, the [step, layer, word, bit] the mutation test flips)
 TRAINED = {"mlp": (MLP, "engine_mlp16", 20, [0, 1, 37, 5]),
-           "lenet_style": (LENET, "engine_lenet8", 3, [0, 1, 17, 3])}
+           "lenet_style": (LENET, "engine_lenet8", 3, [0, 1, 17, 3]),
+           "lenet_spill": (LENET_SPILL, "engine_lenet8_spill", 3, [0, 2, 100, 2])}
+
+
+def _top(config: EngineConfig):
+    """The engine, with the external-memory model behind its port when it has one."""
+    return EngineSystem(config, SLOW_MEMORY) if config.external_words else Engine(config)
 
 
 @pytest.mark.parametrize("net", TRAINED)
 def test_trains_bit_exact(net):
     config, name, steps, _ = TRAINED[net]
-    r = run_cocotb(Engine(config), name=name, test_module="sim.tb_engine", testcase="train_steps",
+    r = run_cocotb(_top(config), name=name, test_module="sim.tb_engine", testcase="train_steps",
                    parameters=_params(config, steps=steps, eta_log2=3, stall=0.1, backpressure=0.1), timeout_s=3600)
     assert r.passed == r.tests == 1
 
@@ -54,5 +70,5 @@ def test_trains_bit_exact(net):
 @pytest.mark.parametrize("net", TRAINED)
 def test_scoreboard_catches_one_flipped_bit(net):
     config, name, _, mutate = TRAINED[net]
-    check_mutation_is_caught(Engine(config), name=name, test_module="sim.tb_engine", testcase="train_steps",
+    check_mutation_is_caught(_top(config), name=name, test_module="sim.tb_engine", testcase="train_steps",
                              parameters=_params(config, steps=1, eta_log2=3, mutate=mutate))

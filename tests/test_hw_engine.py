@@ -13,14 +13,17 @@ from hw.engine.driver import AmaranthTransport, EngineDriver, EngineError
 from hw.engine.engine import Engine
 from hw.engine.model import EngineModel
 from hw.engine.protocol import Command, Status, Target, header
+from hw.engine.system import EngineSystem, ExternalTiming
 from tests.support import seed_for
 
 WAGE = WageConfig(net="8FC-4", input_shape=(1, 4, 4), batch_size=6, seed=5)
 CONFIG = EngineConfig(WAGE, lanes=4, data_words=64, weight_words=64, label_words=8)
 
 
-def simulate(bench, config=CONFIG):
-    dut = Engine(config)
+def simulate(bench, config=CONFIG, timing=None):
+    """Run ``bench(ctx, dut)`` against the engine (with the external-memory model behind its port
+    when the config has one)."""
+    dut = EngineSystem(config, timing or ExternalTiming()) if config.external_words else Engine(config)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     async def testbench(ctx):
@@ -234,11 +237,28 @@ CONV_CONFIG = EngineConfig(CONV_WAGE, lanes=4, data_words=512, weight_words=128,
 def conv_steps():
     """Two training steps of a small convolutional network (same conv + pool, valid conv, fc; batch 3)
     on the RTL, and the word-level conv model after each."""
+    return run_conv_steps(CONV_CONFIG)
+
+
+#: The same network with 64-word scratchpads and a 40-word weight store: the input batch (324 words),
+#: E0 (108) and W1 (72) live in the external memory, behind a slow model (latency 7, a word every
+#: 2 cycles, 3 dead cycles per burst).
+CONV_SPILL_CONFIG = CONV_CONFIG.replace(data_words=64, external_words=1024, weight_words=40,
+                                        external_weight_words=256)
+SPILL_TIMING = ExternalTiming(latency=7, cycles_per_word=2, command_cycles=3)
+
+
+@pytest.fixture(scope="module")
+def conv_spill_steps():
+    return run_conv_steps(CONV_SPILL_CONFIG, SPILL_TIMING)
+
+
+def run_conv_steps(config, timing=None):
     from hw.engine.conv import ConvEngineModel
     rng = np.random.default_rng(seed_for("engine-conv"))
     batches = [(rng.integers(0, 256, size=(3, 1, 6, 6), dtype=np.uint8), rng.integers(0, 10, size=3))
                for _ in range(2)]
-    program = compile_network(CONV_CONFIG)
+    program = compile_network(config)
     weights = golden.init_weights(CONV_WAGE)
     model = ConvEngineModel(program)
     model.load_weights(weights)
@@ -264,11 +284,12 @@ def conv_steps():
                 snap[a.name] = await driver.read_act_fields(a)
             for e in program.errors:
                 snap[e.name] = await driver.read_err(e)
+            snap["counters"] = await driver.counters()
             got.append(snap)
 
         await train_on_engine(driver, weights, batches, after_step)
 
-    simulate(bench, CONV_CONFIG)
+    simulate(bench, config, timing)
     golden_weights = [weights]
     for s, (x, y) in enumerate(batches):
         golden_weights.append(golden.train_step(CONV_WAGE, golden_weights[-1], x, y, s, 3)[0])
@@ -306,3 +327,26 @@ def test_conv_one_wrong_pool_index_is_caught(conv_steps):
     bad = {**want[0], name: {**want[0][name], "pool": want[0][name]["pool"].copy()}}
     bad[name]["pool"][0, 0] ^= 1
     assert conv_mismatches(got[0], bad) == [f"{name}.pool"]
+
+
+def test_spilled_tensors_train_bit_exactly_through_the_external_port(conv_spill_steps):
+    program, got, want = conv_spill_steps
+    spilled = {t.name for t in [program.inputs, *program.activations, *program.errors]
+               if t is not None and t.base >= CONV_SPILL_CONFIG.data_words}
+    assert spilled == {"inputs", "E0"}
+    assert [w.base >= CONV_SPILL_CONFIG.weight_words for w in program.weights] == [False, True, False]
+    for s in range(2):
+        assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
+    c0, c1 = got[0]["counters"], got[1]["counters"]
+    # the step reads the spilled input, E0 and W1 and writes E0 and W1; the host's batch writes and
+    # weight read-backs count too
+    assert c1["ext_read_words"] > c0["ext_read_words"] > 0
+    assert c1["ext_write_words"] - c0["ext_write_words"] >= 324 + 108 + 72
+    assert got[0]["counters"]["run_cycles"] > 0
+
+
+def test_spilled_one_wrong_bit_is_caught(conv_spill_steps):
+    program, got, want = conv_spill_steps
+    bad = {**want[1], "E0": want[1]["E0"].copy()}
+    bad["E0"][5, 1] ^= 4
+    assert conv_mismatches(got[1], bad) == ["E0"]

@@ -35,6 +35,29 @@ def test_too_small_memories_name_the_buffer_and_shortfall():
         compile_network(EngineConfig(WageConfig(net="lenet5")))           # batch 128 LeNet-5 on chip
     with pytest.raises(FitError, match="labels: batch 16 needs 16 label words, label_words=8"):
         compile_network(EngineConfig(wage, label_words=8))
+    # with an external memory the tensors that do not fit go there, until it is full too
+    with pytest.raises(FitError, match=r"external_words: the network needs 364544 words \(inputs 147456, A0 36864, "
+                                       r"E0 147456, E1 32768\), the engine has 100000 \(264544 words short\)"):
+        compile_network(EngineConfig(WageConfig(net="lenet5"), data_words=16384, weight_words=1 << 16,
+                                     external_words=100_000))
+    with pytest.raises(FitError, match=r"external_weight_words: the network needs 12544 words \(W0 12544\), "
+                                       r"the engine has 12000 \(544 words short\)"):
+        compile_network(EngineConfig(wage, weight_words=1000, external_weight_words=12000))
+
+
+def test_tensors_that_do_not_fit_go_whole_to_the_external_memory():
+    wage = WageConfig(net="lenet5")
+    program = compile_network(EngineConfig(wage, data_words=16384, weight_words=16384, external_words=1 << 19,
+                                           external_weight_words=1 << 16))
+    on_chip = {t.name for t in [program.inputs, *program.activations, *program.errors] if t.end <= 16384}
+    outside = [t for t in [program.inputs, *program.activations, *program.errors] if t.base >= 16384]
+    assert on_chip and outside and len(on_chip) + len(outside) == 1 + 2 * len(wage.layers)
+    spans = sorted((t.base, t.end) for t in outside)                  # one region, no overlap
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])) and spans[-1][1] <= 16384 + (1 << 19)
+    assert program.usage["external"] == (sum(t.words for t in outside), 1 << 19)
+    w_out = [w for w in program.weights if w.base >= 16384]
+    assert w_out and program.usage["external weights"][0] == sum(w.words for w in w_out)
+    assert all(w.end <= 16384 for w in program.weights if w not in w_out)
 
 
 def test_unsupported_networks_are_named():
@@ -53,6 +76,10 @@ def test_unsupported_networks_are_named():
     (dict(target="ecp5", data_words=16385), r"data_words=16385: must be an integer in 1..16384 with target='ecp5'"),
     (dict(weight_words=(1 << 20) + 1), "weight_words=1048577: must be an integer in 1..1048576"),
     (dict(wage="mlp"), "wage='mlp'"),
+    (dict(external_words=-1), "external_words=-1: must be an integer in 0..16773120"),
+    (dict(external_weight_words=1 << 24), "external_weight_words=16777216: must be an integer in 0..16760832"),
+    (dict(data_words=1, external_words=(1 << 24) - 1, external_weight_words=2),
+     "external_words \\+ external_weight_words = 16777217: the external memory has at most 2\\^24 words"),
 ])
 def test_bad_engine_parameters_are_named(kwargs, text):
     args = dict(wage=WageConfig(net="mlp")) | kwargs

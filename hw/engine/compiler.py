@@ -19,6 +19,7 @@ choice: both passes compute the same integers.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from golden.config import WageConfig
@@ -91,9 +92,12 @@ def check_program_fits(config: EngineConfig, instructions: list) -> None:
 def _fits(name: str, used: int, capacity: int, parts: list[tuple[str, int]]) -> None:
     if used > capacity:
         detail = ", ".join(f"{n} {w}" for n, w in parts)
-        hint = "or reduce the batch" if name == "data_words" else "(the external-memory port is not built yet)"
+        hint = {"data_words": "or EngineConfig.external_words, or reduce the batch",
+                "external_words": "or EngineConfig.data_words, or reduce the batch",
+                "weight_words": "or EngineConfig.external_weight_words",
+                "external_weight_words": "or EngineConfig.weight_words"}.get(name, "")
         raise FitError(f"{name}: the network needs {used} words ({detail}), the engine has {capacity} "
-                       f"({used - capacity} words short); raise EngineConfig.{name} {hint}")
+                       f"({used - capacity} words short); raise EngineConfig.{name}" + (f" {hint}" if hint else ""))
 
 
 @dataclass
@@ -125,34 +129,56 @@ def plan_memory(config: EngineConfig) -> MemoryPlan:
         inputs = TapMapLayout.for_input("inputs", 0, batch, first.in_shape, first.kernel, first.padding, lanes)
     else:
         inputs = tensor("inputs", 0, wage.input_shape, layers[0].kind == "conv")
-    act_parts, base = [("inputs", inputs.words)], inputs.end
-    activations = []
+    act_tensors = [inputs] + [tensor(f"A{layer.index}", 0, layer.out_shape, layer.kind == "conv")
+                              for layer in layers]
+    err_tensors = [tensor(f"E{layer.index}", 0, layer.product_shape, layer.kind == "conv") for layer in layers]
+    # Each tensor lives whole in its scratchpad (first fit, in program order) or, when it does not
+    # fit there and the engine has an external memory, whole in the external memory (one region,
+    # shared by activations and errors: addresses data_words + …).
+    external = config.external_words > 0
+    ext_parts, ext_used = [], 0
+
+    def place(tensors):
+        nonlocal ext_used
+        placed, chip_used, parts = [], 0, []
+        for t in tensors:
+            if chip_used + t.words <= config.data_words or not external:
+                placed.append(dataclasses.replace(t, base=chip_used))
+                chip_used += t.words
+                parts.append((t.name, t.words))
+            else:
+                placed.append(dataclasses.replace(t, base=config.data_words + ext_used))
+                ext_used += t.words
+                ext_parts.append((t.name, t.words))
+        return placed, chip_used, parts
+
+    (inputs, *activations), act_used, act_parts = place(act_tensors)
+    errors, err_used, err_parts = place(err_tensors)
+    # Weights likewise: a layer's words in the weight store, or whole in the external memory's
+    # weight region (weight addresses weight_words + …).
+    w_parts, wext_parts, weights, w_used, wext_used = [], [], [], 0, 0
     for layer in layers:
-        a = tensor(f"A{layer.index}", base, layer.out_shape, layer.kind == "conv")
-        activations.append(a)
-        base = a.end
-        act_parts.append((a.name, a.words))
-    act_used = base
-    err_parts, errors, base = [], [], 0
-    for layer in layers:
-        e = tensor(f"E{layer.index}", base, layer.product_shape, layer.kind == "conv")
-        errors.append(e)
-        base = e.end
-        err_parts.append((e.name, e.words))
-    err_used = base
-    w_parts, weights, base = [], [], 0
-    for layer in layers:
-        w = WeightLayout.for_layer(wage, layer.index, base, lanes, fold=fold and layer.index == 0)
-        weights.append(w)
-        base = w.end
-        w_parts.append((f"W{layer.index}", w.words))
-    w_used = base
+        w = WeightLayout.for_layer(wage, layer.index, 0, lanes, fold=fold and layer.index == 0)
+        if w_used + w.words <= config.weight_words or config.external_weight_words == 0:
+            weights.append(dataclasses.replace(w, base=w_used))
+            w_used += w.words
+            w_parts.append((f"W{layer.index}", w.words))
+        else:
+            weights.append(dataclasses.replace(w, base=config.weight_words + wext_used))
+            wext_used += w.words
+            wext_parts.append((f"W{layer.index}", w.words))
     # The error and activation scratchpads are the same size in hardware (data_words each).
     _fits("data_words", max(act_used, err_used), config.data_words,
           act_parts if act_used >= err_used else err_parts)
     _fits("weight_words", w_used, config.weight_words, w_parts)
+    _fits("external_words", ext_used, config.external_words, ext_parts)
+    _fits("external_weight_words", wext_used, config.external_weight_words, wext_parts)
     usage = {"act": (act_used, config.data_words), "err": (err_used, config.data_words),
              "weights": (w_used, config.weight_words), "labels": (batch, config.label_words)}
+    if external:
+        usage["external"] = (ext_used, config.external_words)
+    if config.external_weight_words:
+        usage["external weights"] = (wext_used, config.external_weight_words)
     return MemoryPlan(inputs, activations, errors, weights, usage)
 
 

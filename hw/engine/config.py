@@ -54,6 +54,16 @@ class EngineConfig:
     — the same integers, 12.5× fewer array beats for LeNet-5's conv1 at L = 16, for
     B·Ho·Wo·⌈k²C/L⌉ input words instead of B·H·W·⌈C/L⌉ (:attr:`folds_input` says whether it applies).
 
+    ``external_words``: words of external memory behind the external-memory port
+    (:mod:`hw.engine.extport`; 0: no port is built). Data addresses ``data_words`` … ``data_words +
+    external_words − 1`` are external words 0 …: the compiler places a tensor that does not fit its
+    scratchpad there (activations and errors share the external memory; :attr:`data_space`), and
+    the engine reads and writes it through the port, in place. An external word is
+    :attr:`external_width` bits (one activation word; an error word is zero-extended).
+    ``external_weight_words``: likewise for stored weights: weight addresses ``weight_words`` …
+    (:attr:`weight_space`) are external words ``external_words`` … (the weights' region follows the
+    data's; :mod:`hw.engine.weight_store`). The external memory holds :attr:`external_depth` words.
+
     ``target``: "generic" (simulation; data and weight memories up to 2^20 words) or "ecp5"
     (MULT18X18D and DP16KD instances; at most 16384 words each).
     """
@@ -64,6 +74,8 @@ class EngineConfig:
     label_words: int = 256
     program_words: int = 4096
     fold_input: bool = True
+    external_words: int = 0
+    external_weight_words: int = 0
     target: str = "generic"
 
     def __post_init__(self):
@@ -85,6 +97,20 @@ class EngineConfig:
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= depth:
                 where = " with target='ecp5' (one DP16KD bank)" if self.target == "ecp5" else ""
                 raise EngineConfigError(f"{name}={value!r}: must be an integer in 1..{depth}{where}")
+        from .isa import ADDR_BITS
+        room = (1 << ADDR_BITS) - self.data_words
+        if not isinstance(self.external_words, int) or isinstance(self.external_words, bool) \
+                or not 0 <= self.external_words <= room:
+            raise EngineConfigError(f"external_words={self.external_words!r}: must be an integer in 0..{room} "
+                                    f"(data_words + external_words ≤ 2^{ADDR_BITS} addresses)")
+        room = (1 << ADDR_BITS) - self.weight_words
+        if not isinstance(self.external_weight_words, int) or isinstance(self.external_weight_words, bool) \
+                or not 0 <= self.external_weight_words <= room:
+            raise EngineConfigError(f"external_weight_words={self.external_weight_words!r}: must be an integer in "
+                                    f"0..{room} (weight_words + external_weight_words ≤ 2^{ADDR_BITS} addresses)")
+        if self.external_depth > 1 << ADDR_BITS:
+            raise EngineConfigError(f"external_words + external_weight_words = {self.external_depth}: the external "
+                                    f"memory has at most 2^{ADDR_BITS} words")
         _positive_int("label_words", self.label_words, 1, 1 << 20)
         _positive_int("program_words", self.program_words, 1, 16384)
         if not isinstance(self.fold_input, bool):
@@ -93,6 +119,26 @@ class EngineConfig:
     @property
     def batch(self) -> int:
         return self.wage.batch_size
+
+    @property
+    def data_space(self) -> int:
+        """Data addresses: the scratchpad words, then the external ones."""
+        return self.data_words + self.external_words
+
+    @property
+    def weight_space(self) -> int:
+        """Weight addresses: the weight store's words, then the external ones."""
+        return self.weight_words + self.external_weight_words
+
+    @property
+    def external_depth(self) -> int:
+        """Words of the external memory (0: the engine has no external-memory port)."""
+        return self.external_words + self.external_weight_words
+
+    @property
+    def external_width(self) -> int:
+        """Bits per external word: one activation word (12 bits per lane, :mod:`hw.engine.protocol`)."""
+        return 12 * self.lanes
 
     @property
     def folds_input(self) -> bool:
@@ -129,5 +175,5 @@ class EngineConfig:
 
     def summary(self) -> str:
         return (f"EngineConfig: {self.lanes}x{self.lanes} array, {self.data_words} data words, "
-                f"{self.weight_words} weight words, {self.label_words} labels, target {self.target}; "
+                f"{self.weight_words} weight words, {self.external_words} + {self.external_weight_words} external words, {self.label_words} labels, target {self.target}; "
                 + self.wage.summary().splitlines()[0])

@@ -7,7 +7,8 @@ Blocks (``L`` = ``config.lanes``)
 
 * activation scratchpad — :class:`hw.bram.BlockRam` of ``data_words`` words {L × int8, L ReLU-mask
   bits, L saturation-mask bits, L 2-bit pool indices}; error scratchpad — ``data_words`` words of L × int8;
-* weight store — :class:`hw.weight_update.WeightUpdate` (``weight_words`` words of L stored weights;
+* weight store — :class:`~hw.engine.weight_store.WeightStore`: a :class:`hw.weight_update.WeightUpdate`
+  (``weight_words`` words of L stored weights, the rest in the external memory;
   serves Wq, applies ΔW);
 * :class:`hw.mac_array.MacArray` L×L int8 (``config.target``: MULT18X18D on ECP5), accumulators
   sized from ``config.max_reduction``; :class:`hw.quantizer.ShiftQuantizer` with L lanes;
@@ -52,10 +53,11 @@ from amaranth.lib.wiring import In, Out
 from hw.bram import BlockRam
 from hw.mac_array import MacArray
 from hw.quantizer import Mode, ShiftQuantizer
-from hw.weight_update import WeightUpdate
 
 from .config import EngineConfig
 from .encoding import MACHINE_BITS, MACHINE_WORDS, machine_layout
+from .extmem import ExternalMemorySignature
+from .extport import ExternalPort, TieredReader, TieredWriter
 from .feeder import OperandFeeder, PatternReader, RamReader
 from .isa import ADDR_BITS, Op
 from .pool import WindowPool
@@ -63,6 +65,7 @@ from .protocol import ARGUMENTS, COUNTERS, IDENT, LABEL_BITS, Command, Status, T
 from .skid import SkidBuffer
 from .slot import SlotGenerator, slot_rows
 from .unpool import Unpool
+from .weight_store import WeightStore
 
 __all__ = ["Engine", "host_layout"]
 
@@ -84,10 +87,13 @@ class Engine(wiring.Component):
         self.act_layout = data.StructLayout({"data": data.ArrayLayout(signed(8), L), "relu": L, "sat": L,
                                              "pool": data.ArrayLayout(2, L)})
         self.err_layout = data.ArrayLayout(signed(8), L)
-        super().__init__({
+        members = {
             "host_in": In(stream.Signature(host_layout())),
             "host_out": Out(stream.Signature(host_layout())),
-        })
+        }
+        if config.external_depth:
+            members["ext"] = Out(ExternalMemorySignature(ADDR_BITS, config.external_width))
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -97,11 +103,55 @@ class Engine(wiring.Component):
         # ---- blocks ------------------------------------------------------------------------------
         m.submodules.act = act = BlockRam(self.act_layout.size, cfg.data_words, target=cfg.target)
         m.submodules.err = err = BlockRam(self.err_layout.size, cfg.data_words, target=cfg.target)
-        m.submodules.act_rd = act_rd = RamReader(self.act_layout.size)
-        m.submodules.err_rd = err_rd = RamReader(self.err_layout.size)
-        m.d.comb += [act.r_addr.eq(act_rd.r_addr), act_rd.r_data.eq(act.r_data),
-                     err.r_addr.eq(err_rd.r_addr), err_rd.r_data.eq(err.r_data)]
-        m.submodules.wu = wu = WeightUpdate(wage, cfg.weight_words, L, target=cfg.target)
+        m.submodules.wu = wu = WeightStore(cfg)
+        m.submodules.act_ram_rd = act_ram_rd = RamReader(self.act_layout.size)
+        m.submodules.err_ram_rd = err_ram_rd = RamReader(self.err_layout.size)
+        m.d.comb += [act.r_addr.eq(act_ram_rd.r_addr), act_ram_rd.r_data.eq(act.r_data),
+                     err.r_addr.eq(err_ram_rd.r_addr), err_ram_rd.r_data.eq(err.r_data)]
+        # Data memory ports as the datapath sees them: act_rd/err_rd (request/response) and the write
+        # strobes act_w*/err_w* with their ready. With an external memory, addresses ≥ data_words go
+        # through the port (hw.engine.extport); without one, straight to the block RAMs (ready = 1).
+        act_wv, err_wv = Signal(), Signal()
+        act_wa, err_wa = Signal(ADDR_BITS), Signal(ADDR_BITS)
+        act_wd, err_wd = Signal(self.act_layout.size), Signal(self.err_layout.size)
+        act_wready, err_wready = Signal(init=1), Signal(init=1)
+        writes_idle = Signal(init=1)
+        ext_read_words, ext_write_words = Signal(32), Signal(32)
+        if cfg.external_depth:
+            ew = cfg.external_width
+            m.submodules.act_rd = act_rd = TieredReader(ADDR_BITS, self.act_layout.size, ew, cfg.data_words)
+            m.submodules.err_rd = err_rd = TieredReader(ADDR_BITS, self.err_layout.size, ew, cfg.data_words)
+            m.submodules.act_wr = act_wr = TieredWriter(ADDR_BITS, self.act_layout.size, ew, cfg.data_words)
+            m.submodules.err_wr = err_wr = TieredWriter(ADDR_BITS, self.err_layout.size, ew, cfg.data_words)
+            weights_out = cfg.external_weight_words > 0
+            m.submodules.ext_port = ext_port = ExternalPort(ADDR_BITS, ew, readers=5 if weights_out else 2,
+                                                            writers=3 if weights_out else 2)
+            for tier, ram_rd in ((act_rd, act_ram_rd), (err_rd, err_ram_rd)):
+                wiring.connect(m, tier.chip.req, ram_rd.req)
+                wiring.connect(m, tier.chip.resp, ram_rd.resp)
+            wiring.connect(m, act_rd.ext, ext_port.rd0)
+            wiring.connect(m, err_rd.ext, ext_port.rd1)
+            wiring.connect(m, act_wr.ext, ext_port.wr0)
+            wiring.connect(m, err_wr.ext, ext_port.wr1)
+            if weights_out:
+                wiring.connect(m, wu.ext_serve, ext_port.rd2)
+                wiring.connect(m, wu.ext_readback, ext_port.rd3)
+                wiring.connect(m, wu.ext_rmw, ext_port.rd4)
+                wiring.connect(m, wu.ext_write, ext_port.wr2)
+            wiring.connect(m, ext_port.port, wiring.flipped(self.ext))
+            for wr, ram, v, a, d, rdy in ((act_wr, act, act_wv, act_wa, act_wd, act_wready),
+                                          (err_wr, err, err_wv, err_wa, err_wd, err_wready)):
+                m.d.comb += [wr.i.valid.eq(v), wr.i.payload.addr.eq(a), wr.i.payload.data.eq(d), rdy.eq(wr.i.ready),
+                             ram.w_en.eq(wr.chip_en), ram.w_addr.eq(wr.chip_addr), ram.w_data.eq(wr.chip_data)]
+            m.d.comb += writes_idle.eq(ext_port.writes_idle & wu.idle)
+            with m.If(self.ext.r.valid & self.ext.r.ready):
+                m.d.sync += ext_read_words.eq(ext_read_words + 1)
+            with m.If(self.ext.w.valid & self.ext.w.ready):
+                m.d.sync += ext_write_words.eq(ext_write_words + 1)
+        else:
+            act_rd, err_rd = act_ram_rd, err_ram_rd
+            for ram, v, a, d in ((act, act_wv, act_wa, act_wd), (err, err_wv, err_wa, err_wd)):
+                m.d.comb += [ram.w_en.eq(v), ram.w_addr.eq(a), ram.w_data.eq(d)]
         m.submodules.array = array = MacArray(wage, L, L, mode="int8", max_reduction=cfg.max_reduction,
                                               target=cfg.target)
         acc_width = max(array.accumulator_width, 10)
@@ -276,10 +326,11 @@ class Engine(wiring.Component):
         wfire = Signal()
         with m.Switch(op):
             with m.Case(Op.FWD):
-                m.d.comb += [wfire.eq(qo.valid & og.valid & (side.r_rdy | ~pool_on)),
+                can_write = qo.valid & og.valid & (side.r_rdy | ~pool_on)
+                m.d.comb += [wfire.eq(can_write & (act_wready | ~og.payload.valid)),
                              side.r_en.eq(wfire & pool_on),
-                             act.w_en.eq(wfire & og.payload.valid),
-                             act.w_addr.eq(og.payload.addr), act.w_data.eq(act_w),
+                             act_wv.eq(can_write & og.payload.valid),
+                             act_wa.eq(og.payload.addr), act_wd.eq(act_w),
                              act_w.relu.eq(qo.payload.relu), act_w.sat.eq(qo.payload.sat),
                              act_w.pool.eq(Mux(pool_on, side_idx, 0))]
                 m.d.comb += [act_w.data[i].eq(qo.payload.data[i]) for i in range(L)]
@@ -292,12 +343,13 @@ class Engine(wiring.Component):
                                  ui.payload.data.eq(err_w), ui.payload.idx.eq(side_idx),
                                  ui.payload.addr.eq(og.payload.addr), ui.payload.valid.eq(og.payload.valid),
                                  wfire.eq(ui.valid & ui.ready), side.r_en.eq(wfire),
-                                 unpool.o.ready.eq(1), err.w_en.eq(unpool.o.valid),
-                                 err.w_addr.eq(unpool.o.payload.addr), err.w_data.eq(unpool.o.payload.data)]
+                                 unpool.o.ready.eq(err_wready), err_wv.eq(unpool.o.valid),
+                                 err_wa.eq(unpool.o.payload.addr), err_wd.eq(unpool.o.payload.data)]
                 with m.Else():
-                    m.d.comb += [wfire.eq(qo.valid & og.valid & side.r_rdy), side.r_en.eq(wfire),
-                                 err.w_en.eq(wfire & og.payload.valid), err.w_addr.eq(og.payload.addr),
-                                 err.w_data.eq(err_w)]
+                    can_write = qo.valid & og.valid & side.r_rdy
+                    m.d.comb += [wfire.eq(can_write & (err_wready | ~og.payload.valid)), side.r_en.eq(wfire),
+                                 err_wv.eq(can_write & og.payload.valid), err_wa.eq(og.payload.addr),
+                                 err_wd.eq(err_w)]
             with m.Case(Op.GRAD):
                 upd = update.i
                 m.d.comb += [upd.valid.eq(qo.valid & og.valid & og.payload.valid),
@@ -305,12 +357,12 @@ class Engine(wiring.Component):
                              wfire.eq(qo.valid & og.valid & (upd.ready | ~og.payload.valid))]
                 m.d.comb += [upd.payload.dw[i].eq(qo.payload.data[i]) for i in range(L)]
             with m.Case(Op.NOP):
-                m.d.comb += [act.w_en.eq(host_act_we), act.w_addr.eq(host_w_addr), act.w_data.eq(host_act_w),
-                             err.w_en.eq(host_err_we), err.w_addr.eq(host_w_addr), err.w_data.eq(host_err_w)]
+                m.d.comb += [act_wv.eq(host_act_we), act_wa.eq(host_w_addr), act_wd.eq(host_act_w),
+                             err_wv.eq(host_err_we), err_wa.eq(host_w_addr), err_wd.eq(host_err_w)]
         m.d.comb += [qo.ready.eq(wfire), og.ready.eq(wfire), unpool.dx.eq(ins.unpool_dx), unpool.dy.eq(ins.unpool_dy)]
         with m.If(wfire & og.payload.last):
             m.d.sync += done_pending.eq(1)
-        with m.If(done_pending & ~unpool.o.valid):
+        with m.If(done_pending & ~unpool.o.valid & writes_idle):     # every external write issued
             m.d.sync += done.eq(1)
 
         # GRAD: a second generator walks the draw pattern, in step with the result rows and ahead of
@@ -331,6 +383,7 @@ class Engine(wiring.Component):
                     m.d.sync += counters[name].eq(counters[name] + 1)
         with m.If(ops_.valid & ops_.ready):
             m.d.sync += counters["array_beats"].eq(counters["array_beats"] + 1)
+        m.d.comb += [counters["ext_read_words"].eq(ext_read_words), counters["ext_write_words"].eq(ext_write_words)]
 
         # ---- host packet FSM and sequencer --------------------------------------------------------
         hin, hout = self.host_in, self.host_out
@@ -350,8 +403,8 @@ class Engine(wiring.Component):
             for t in Target:
                 with m.Case(t):
                     m.d.comb += item_words.eq(-(-widths[t] // 32))
-                    m.d.comb += depth_of.eq({Target.PROGRAM: cfg.program_words, Target.ACT: cfg.data_words,
-                                             Target.ERR: cfg.data_words, Target.WEIGHTS: cfg.weight_words,
+                    m.d.comb += depth_of.eq({Target.PROGRAM: cfg.program_words, Target.ACT: cfg.data_space,
+                                             Target.ERR: cfg.data_space, Target.WEIGHTS: cfg.weight_space,
                                              Target.LABELS: cfg.label_words}[t])
         target_ok = target <= max(Target)
         a0_ok, a0_room = Signal(), Signal(32)           # address argument <= depth, depth − address
@@ -444,9 +497,10 @@ class Engine(wiring.Component):
 
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += hin.ready.eq(1)
+                # a packet starts once the previous one's external writes are issued (ordered before it)
+                m.d.comb += hin.ready.eq(writes_idle)
                 m.d.sync += [op.eq(Op.NOP), argi.eq(0), status.eq(Status.OK)]
-                with m.If(hin.valid):
+                with m.If(hin.valid & writes_idle):
                     h = hin.payload.data
                     m.d.sync += [cmd.eq(h[0:8]), target.eq(h[8:16]), tag.eq(h[16:32])]
                     known = (h[0:8] >= Command.WRITE) & (h[0:8] <= max(Command))
@@ -535,10 +589,10 @@ class Engine(wiring.Component):
                 with m.Switch(target):
                     with m.Case(Target.ACT):
                         m.d.comb += [host_act_we.eq(1), host_w_addr.eq(cursor), host_act_w.eq(item_bits_of(Target.ACT)),
-                                     done_item.eq(1)]
+                                     done_item.eq(act_wready)]
                     with m.Case(Target.ERR):
                         m.d.comb += [host_err_we.eq(1), host_w_addr.eq(cursor), host_err_w.eq(item_bits_of(Target.ERR)),
-                                     done_item.eq(1)]
+                                     done_item.eq(err_wready)]
                     with m.Case(Target.WEIGHTS):
                         m.d.comb += [wu.load.valid.eq(1), wu.load.payload.addr.eq(cursor),
                                      wu.load.payload.w.eq(item_bits_of(Target.WEIGHTS)), done_item.eq(wu.load.ready)]

@@ -32,11 +32,11 @@ class EngineModel:
         cfg = program.config
         L = cfg.lanes
         self.lanes = L
-        self.act = np.zeros((cfg.data_words, L), dtype=np.int64)
-        self.act_relu = np.zeros((cfg.data_words, L), dtype=bool)
-        self.act_sat = np.zeros((cfg.data_words, L), dtype=bool)
-        self.err = np.zeros((cfg.data_words, L), dtype=np.int64)
-        self.wmem = np.zeros((cfg.weight_words, L), dtype=np.int64)
+        self.act = np.zeros((cfg.data_space, L), dtype=np.int64)
+        self.act_relu = np.zeros((cfg.data_space, L), dtype=bool)
+        self.act_sat = np.zeros((cfg.data_space, L), dtype=bool)
+        self.err = np.zeros((cfg.data_space, L), dtype=np.int64)
+        self.wmem = np.zeros((cfg.weight_space, L), dtype=np.int64)
         self.labels = np.zeros(cfg.label_words, dtype=np.int64)
 
     # -- host operations -------------------------------------------------------------------

@@ -19,7 +19,7 @@ command        arguments                  payload                         respon
 ``IDENT`` says which engine answers: :data:`MAGIC`, :data:`FORMAT_VERSION` (of this packet format
 and the program encoding), the fingerprint of the :class:`~hw.engine.config.EngineConfig` it was
 built from (:meth:`~hw.engine.config.EngineConfig.fingerprint`), then lanes, data_words,
-weight_words, label_words, program_words and the words per instruction record. The driver checks
+weight_words, label_words, program_words, the words per instruction record, external_words and external_weight_words. The driver checks
 it before loading a program, so a program compiled for another build is refused with the
 difference named instead of running with wrong numbers.
 
@@ -39,6 +39,10 @@ Targets and their items (bits; ``L`` = lanes):
 ``WEIGHTS``   3   stored-weight word: L × signed kG bits (writes saturate to ±w_clip)
 ``LABELS``    4   one label (16 bits)
 ============  ==  ============================================================================
+
+``ACT`` and ``ERR`` addresses run to data_words + external_words − 1: from data_words on they are
+words of the external memory (:attr:`~hw.engine.config.EngineConfig.external_words`); ``WEIGHTS``
+addresses likewise run to weight_words + external_weight_words − 1.
 
 Errors: an unknown command (``BAD_COMMAND``) or target (``BAD_TARGET``), an address range beyond the
 target (``OUT_OF_RANGE``), a packet that ends (``last``) before its arguments or payload are complete
@@ -81,14 +85,16 @@ class Status(enum.IntEnum):
 
 
 #: Counters returned by ``COUNTERS``, in order: total cycles spent in RUN, cycles per operation,
-#: array beats (each feeds L×L multiply-accumulate slots), training steps completed.
-COUNTERS = ("run_cycles", "fwd_cycles", "loss_cycles", "err_cycles", "grad_cycles", "array_beats", "steps")
+#: array beats (each feeds L×L multiply-accumulate slots), training steps completed, words read
+#: from and written to the external memory (since reset, host traffic included).
+COUNTERS = ("run_cycles", "fwd_cycles", "loss_cycles", "err_cycles", "grad_cycles", "array_beats", "steps",
+            "ext_read_words", "ext_write_words")
 
 #: Words of the ``IDENT`` response, in order.
 IDENT = ("magic", "format_version", "fingerprint", "lanes", "data_words", "weight_words", "label_words",
-         "program_words", "machine_words")
+         "program_words", "machine_words", "external_words", "external_weight_words")
 MAGIC = 0x45474157                  # "WAGE", little-endian
-FORMAT_VERSION = 2                  # 2: 32-bit program words of machine records, 12L-bit ACT items
+FORMAT_VERSION = 3                  # 3: IDENT external_words, COUNTERS ext words; 2: 32-bit program words
 
 LABEL_BITS = 16
 ARGUMENTS = {Command.WRITE: 2, Command.READ: 2, Command.RUN: 3, Command.COUNTERS: 0, Command.IDENT: 0}
@@ -100,7 +106,8 @@ def ident_values(config) -> dict[str, int]:
     return {"magic": MAGIC, "format_version": FORMAT_VERSION, "fingerprint": config.fingerprint(),
             "lanes": config.lanes, "data_words": config.data_words, "weight_words": config.weight_words,
             "label_words": config.label_words, "program_words": config.program_words,
-            "machine_words": MACHINE_WORDS}
+            "machine_words": MACHINE_WORDS, "external_words": config.external_words,
+            "external_weight_words": config.external_weight_words}
 
 
 def item_bits(target: Target, lanes: int, kG: int) -> int:

@@ -1,0 +1,146 @@
+"""The engine's stored weights: the weight-update unit on chip, the external memory beyond it.
+
+:class:`WeightStore` has the ports of :class:`hw.weight_update.WeightUpdate` (``update``, ``load``,
+``serve_cmd``/``serve``, ``readback_cmd``/``readback``) with engine-wide addresses
+(:data:`~hw.engine.isa.ADDR_BITS`); the engine issues single-word serve and readback commands
+(``count`` = 1). Words below ``weight_words`` are the on-chip unit's. With
+``EngineConfig.external_weight_words`` > 0, word ``weight_words + k`` is external word
+``external_words + k`` (the weights' region follows the data's), reached through four clients
+of the engine's :class:`~hw.engine.extport.ExternalPort`:
+
+* ``ext_serve`` / ``ext_readback`` — reads (:class:`~hw.engine.extport.TieredReader`: in order
+  with the on-chip words; a served word is quantised to Wq here, with the unit's own
+  ``forward_code``);
+* ``ext_rmw`` and ``ext_write`` — an update of an external word reads Ws, then writes
+  clip(Ws − ΔWs) (the unit's ``clip``); a load writes clip(w). Every word is updated once per GRAD,
+  so no update waits for another's write; ``idle`` is high when every accepted update has been
+  handed to the port (the port is in order, so the next instruction's reads see it).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.weight_update import WeightUpdate
+
+from .config import EngineConfig
+from .extport import EXT_CREDITS, TieredReader, read_client_signature, write_client_signature
+from .isa import ADDR_BITS
+
+__all__ = ["WeightStore"]
+
+
+class WeightStore(wiring.Component):
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        L = config.lanes
+        self.unit = unit = WeightUpdate(config.wage, config.weight_words, L, target=config.target)
+        self.external = config.external_weight_words > 0
+        addr = unsigned(ADDR_BITS)
+        self.update_layout = data.StructLayout({"addr": addr, "dw": unit.update_layout["dw"].shape})
+        self.load_layout = data.StructLayout({"addr": addr, "w": unit.word_layout})
+        self.cmd_layout = data.StructLayout({"start": addr, "count": range(2)})
+        members = {
+            "update": In(stream.Signature(self.update_layout)),
+            "load": In(stream.Signature(self.load_layout)),
+            "serve_cmd": In(stream.Signature(self.cmd_layout)),
+            "serve": Out(stream.Signature(unit.serve_layout)),
+            "readback_cmd": In(stream.Signature(self.cmd_layout)),
+            "readback": Out(stream.Signature(unit.readback_layout)),
+            "idle": Out(1),
+        }
+        if self.external:
+            ew = config.external_width
+            members.update({"ext_serve": Out(read_client_signature(ADDR_BITS, ew)),
+                            "ext_readback": Out(read_client_signature(ADDR_BITS, ew)),
+                            "ext_rmw": Out(read_client_signature(ADDR_BITS, ew)),
+                            "ext_write": Out(write_client_signature(ADDR_BITS, ew))})
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = unit = self.unit
+        if not self.external:
+            # field by field: the unit's addresses are narrower (its depth's), so the layouts differ
+            for ours, theirs, fields in ((self.update, unit.update, ("addr", "dw")), (self.load, unit.load, ("addr", "w")),
+                                         (self.serve_cmd, unit.serve_cmd, ("start", "count")),
+                                         (self.readback_cmd, unit.readback_cmd, ("start", "count"))):
+                m.d.comb += [theirs.valid.eq(ours.valid), ours.ready.eq(theirs.ready)]
+                m.d.comb += [getattr(theirs.payload, f).eq(getattr(ours.payload, f)) for f in fields]
+            wiring.connect(m, unit.serve, wiring.flipped(self.serve))
+            wiring.connect(m, unit.readback, wiring.flipped(self.readback))
+            m.d.comb += self.idle.eq(1)
+            return m
+
+        cfg, L, kG = self.config, self.config.lanes, self.config.wage.kG
+        D, base = cfg.weight_words, cfg.external_words
+        word_bits = L * kG
+
+        def lanes_of(value):
+            return [value[i * kG:(i + 1) * kG].as_signed() for i in range(L)]
+
+        def wq_of(ext_word):
+            return Cat(*(unit.forward_code(w) for w in lanes_of(ext_word)))
+
+        # ---- serve and readback: tiered single-word reads ----------------------------------------
+        for name, cmd, out, unit_cmd, unit_out, width, convert in (
+                ("serve", self.serve_cmd, self.serve, unit.serve_cmd, unit.serve,
+                 L * unit.wq_width, wq_of),
+                ("readback", self.readback_cmd, self.readback, unit.readback_cmd, unit.readback, word_bits, None)):
+            tier = TieredReader(ADDR_BITS, width, cfg.external_width, D, ext_base=base, ext_convert=convert)
+            m.submodules[f"{name}_tier"] = tier
+            field = "wq" if name == "serve" else "w"
+            m.d.comb += [tier.req.valid.eq(cmd.valid), tier.req.payload.eq(cmd.payload.start), cmd.ready.eq(tier.req.ready),
+                         unit_cmd.valid.eq(tier.chip.req.valid), unit_cmd.payload.start.eq(tier.chip.req.payload),
+                         unit_cmd.payload.count.eq(1), tier.chip.req.ready.eq(unit_cmd.ready),
+                         tier.chip.resp.valid.eq(unit_out.valid),
+                         tier.chip.resp.payload.eq(getattr(unit_out.payload, field).as_value()),
+                         unit_out.ready.eq(tier.chip.resp.ready),
+                         out.valid.eq(tier.resp.valid), getattr(out.payload, field).eq(tier.resp.payload),
+                         out.payload.last.eq(1), tier.resp.ready.eq(out.ready)]
+            wiring.connect(m, tier.ext, wiring.flipped(getattr(self, f"ext_{name}")))
+
+        # ---- update: on chip, or read-modify-write of the external word --------------------------
+        upd, load = self.update, self.load
+        upd_ext = upd.payload.addr >= D
+        m.submodules.rmw_q = rmw_q = fifo.SyncFIFO(width=self.update_layout.size, depth=EXT_CREDITS)
+        m.submodules.rmw_data = rmw_data = fifo.SyncFIFOBuffered(width=cfg.external_width, depth=EXT_CREDITS)
+        pending = Signal(range(EXT_CREDITS + 1))         # updates accepted, write not yet handed over
+        rd = self.ext_rmw
+        ext_ok = rmw_q.w_rdy & rd.req.ready & (pending != EXT_CREDITS)
+        m.d.comb += [
+            unit.update.valid.eq(upd.valid & ~upd_ext), unit.update.payload.addr.eq(upd.payload.addr),
+            unit.update.payload.dw.eq(upd.payload.dw),
+            rd.req.valid.eq(upd.valid & upd_ext & rmw_q.w_rdy & (pending != EXT_CREDITS)),
+            rd.req.payload.eq(upd.payload.addr - D + base),
+            rmw_q.w_en.eq(upd.valid & upd_ext & ext_ok), rmw_q.w_data.eq(upd.payload.as_value()),
+            upd.ready.eq(Mux(upd_ext, ext_ok, unit.update.ready)),
+            rmw_data.w_en.eq(rd.resp.valid), rmw_data.w_data.eq(rd.resp.payload), rd.resp.ready.eq(rmw_data.w_rdy),
+        ]
+        head = data.View(self.update_layout, rmw_q.r_data)
+        ws = lanes_of(rmw_data.r_data)
+        new = Cat(*(unit.clip(w - dw) for w, dw in zip(ws, head.dw)))
+        wr = self.ext_write
+        rmw_valid = rmw_q.r_rdy & rmw_data.r_rdy
+        load_ext = load.payload.addr >= D
+        loaded = Cat(*(unit.clip(w) for w in lanes_of(load.payload.w.as_value())))
+        m.d.comb += [
+            unit.load.valid.eq(load.valid & ~load_ext), unit.load.payload.addr.eq(load.payload.addr),
+            unit.load.payload.w.eq(load.payload.w),
+        ]
+        # one write client: read-modify-write results first (loads come from the host, between runs)
+        with m.If(rmw_valid):
+            m.d.comb += [wr.req.valid.eq(1), wr.req.payload.addr.eq(head.addr - D + base), wr.req.payload.data.eq(new),
+                         rmw_q.r_en.eq(wr.req.ready), rmw_data.r_en.eq(wr.req.ready),
+                         load.ready.eq(~load_ext & unit.load.ready)]
+        with m.Else():
+            m.d.comb += [wr.req.valid.eq(load.valid & load_ext), wr.req.payload.addr.eq(load.payload.addr - D + base),
+                         wr.req.payload.data.eq(loaded),
+                         load.ready.eq(Mux(load_ext, wr.req.ready, unit.load.ready))]
+        accepted = upd.valid & upd.ready & upd_ext
+        handed = rmw_valid & wr.req.ready
+        m.d.sync += pending.eq(pending + accepted - handed)
+        m.d.comb += self.idle.eq(pending == 0)
+        return m
