@@ -1,6 +1,8 @@
 """Training throughput of the engine, from its own cycle counters on Verilator.
 
     .venv/bin/python benchmarks/engine_throughput.py [--fmax MHZ] [--nets mlp lenet5] [--lanes 8 16]
+        [--memory external|simulated] [--ext-latency 20] [--ext-cycles-per-word 1]
+        [--ext-command-cycles 0] [--no-per-instruction]
 
 For each network at batch 128 and each array side (``--lanes``; 8×8 = 64 MULT18X18D fits the
 LFE5U-85F's 156, 16×16 = 256 does not) the engine RTL (``hw.engine.engine.Engine``) runs one
@@ -13,12 +15,17 @@ the lowest post-route Fmax among the units the engine is built from, as measured
 ``benchmarks/synth_units.py`` (the engine itself has not been routed), and the report says so.
 
 Memories: 16 384 data and 16 384 weight words (one DP16KD bank each, what the LFE5U-85F holds).
-A network whose tensors need more runs with simulated memories as deep as it needs, and the report
-says so: on the board those tensors would go through the external-memory port, which is not built,
-so its bandwidth is not in these figures. Simulated memories beyond ``--max-sim-words`` words make
-the Verilog conversion crawl (Amaranth writes every memory's zero init as one constant; a 196k-word
-memory kept yosys busy for more than ten minutes): such a network is measured at the largest batch
-``--batch``/2^k that fits, and the report says which.
+A network whose tensors need more keeps them, with ``--memory external`` (the default), in the
+external memory behind the engine's port (:class:`hw.engine.system.EngineSystem`: the simulation
+model with ``--ext-latency`` cycles of read latency, one word per ``--ext-cycles-per-word`` cycles
+and ``--ext-command-cycles`` dead cycles per burst), and the report gives the external words read
+and written per step. With ``--memory simulated`` it runs instead with on-chip memories as deep as
+it needs (not buildable on the 85F; the port's cost is then not in the figures); simulated memories
+beyond ``--max-sim-words`` words make the Verilog conversion crawl (Amaranth writes every memory's
+zero init as one constant; a 196k-word memory kept yosys busy for more than ten minutes), so such a
+network is measured at the largest batch ``--batch``/2^k that fits, and the report says which.
+``--no-per-instruction`` skips the per-instruction runs (each instruction run alone), which double
+the simulation time.
 Results go to ``benchmarks/results/engine_throughput.json``.
 """
 
@@ -60,9 +67,10 @@ def useful_macs(wage: WageConfig) -> dict[str, int]:
     return {k: sum(m[k] for m in per_layer) for k in ("forward", "error", "gradient")}
 
 
-def sized_config(net: str, batch: int, lanes: int) -> tuple[EngineConfig, str | None]:
-    """The 85F-sized configuration, or, if the tensors do not fit it, one whose (simulated)
-    memories are as deep as the network needs, with a note saying which and why."""
+def sized_config(net: str, batch: int, lanes: int, external: bool = False) -> tuple[EngineConfig, str | None]:
+    """The 85F-sized configuration, or, if the tensors do not fit it, one that keeps what does not
+    fit in the external memory (``external``) or whose (simulated) memories are as deep as the
+    network needs, with a note saying which and why."""
     wage = WageConfig(net=net, batch_size=batch)
     config = EngineConfig(wage, lanes=lanes, data_words=16384, weight_words=16384, label_words=max(256, batch))
     try:
@@ -72,6 +80,14 @@ def sized_config(net: str, batch: int, lanes: int) -> tuple[EngineConfig, str | 
         reason = str(e)
     big = config.replace(data_words=1 << 20, weight_words=1 << 20)
     usage = compile_network(big).usage
+    if external:
+        spill = config.replace(external_words=1 << 20, external_weight_words=1 << 20)
+        used = compile_network(spill).usage
+        config = config.replace(external_words=max(1, used["external"][0]),
+                                external_weight_words=used.get("external weights", (0,))[0])
+        return config, (f"does not fit the LFE5U-85F's block RAM ({reason.split(';')[0]}); "
+                        f"{config.external_words} data and {config.external_weight_words} weight words "
+                        f"live in the external memory")
     data = max(usage["act"][0], usage["err"][0])
     config = config.replace(data_words=max(data, 16384), weight_words=max(usage["weights"][0], 16384))
     return config, (f"does not fit the LFE5U-85F's block RAM ({reason.split(';')[0]}); simulated with "
@@ -93,16 +109,22 @@ def unit_fmax() -> tuple[float | None, str]:
     return known[unit], f"lowest unit Fmax ({unit}, {known[unit]:.1f} MHz; engine not routed yet)"
 
 
-def measure(config: EngineConfig) -> dict:
+def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> dict:
     from hw.engine.engine import Engine
+    from hw.engine.system import EngineSystem
     from sim.runner import run_cocotb
     engine = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     engine["wage"] = config.wage.to_json(indent=None)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "counters.json"
         name = f"engine_{config.wage.net.replace('-', '_')}_b{config.batch}_l{config.lanes}"
-        run_cocotb(Engine(config), name=name, test_module="sim.tb_engine", testcase="throughput",
-                   parameters={"engine": engine, "out": str(out)}, timeout_s=7200)
+        top = Engine(config)
+        if config.external_depth:
+            top = EngineSystem(config, timing)
+            name += f"_ext{timing.latency}_{timing.cycles_per_word}_{timing.command_cycles}"
+        run_cocotb(top, name=name, test_module="sim.tb_engine", testcase="throughput",
+                   parameters={"engine": engine, "out": str(out), "per_instruction": per_instruction},
+                   timeout_s=4 * 3600)
         return json.loads(out.read_text())
 
 
@@ -116,14 +138,24 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON report goes")
     ap.add_argument("--max-sim-words", type=int, default=40000,
                     help="deepest simulated data memory (else the batch is halved until it fits)")
+    ap.add_argument("--memory", choices=("external", "simulated"), default="external",
+                    help="where tensors that do not fit the 85F's block RAM go (see the module docstring)")
+    ap.add_argument("--ext-latency", type=int, default=20, help="external memory: read latency in cycles")
+    ap.add_argument("--ext-cycles-per-word", type=int, default=1, help="external memory: cycles per word")
+    ap.add_argument("--ext-command-cycles", type=int, default=0, help="external memory: dead cycles per burst")
+    ap.add_argument("--no-per-instruction", dest="per_instruction", action="store_false",
+                    help="skip running each instruction alone (per-layer figures)")
     args = ap.parse_args(argv)
+    from hw.engine.system import ExternalTiming
+    timing = ExternalTiming(args.ext_latency, args.ext_cycles_per_word, args.ext_command_cycles)
+    external = args.memory == "external"
     fmax, fmax_note = (args.fmax, "given on the command line") if args.fmax else unit_fmax()
     report = {"fmax_mhz": fmax, "fmax_source": fmax_note, "batch": args.batch,
               "date": time.strftime("%Y-%m-%d %H:%M"), "runs": {}}
     for net, lanes in [(n, l) for n in args.nets for l in args.lanes]:
         key = f"{net}_l{lanes}"
         try:
-            config, note = sized_config(net, args.batch, lanes)
+            config, note = sized_config(net, args.batch, lanes, external)
         except UnsupportedNetwork as e:
             report["runs"][key] = {"status": "not run", "reason": str(e)}
             print(f"{key}: not run: {e}")
@@ -131,13 +163,13 @@ def main(argv=None) -> int:
         batch = config.batch
         while config.data_words > args.max_sim_words and batch > 1:
             batch //= 2
-            config, note = sized_config(net, batch, lanes)
+            config, note = sized_config(net, batch, lanes, external)
         if batch != args.batch:
             note = (note or "") + (f"; measured at batch {batch}: at batch {args.batch} the simulated memories would be too "
                      f"deep for the Verilog conversion (--max-sim-words {args.max_sim_words})")
         wage = config.wage
         t = time.time()
-        result = measure(config)
+        result = measure(config, timing, args.per_instruction)
         c = result["counters"]
         cycles = c["run_cycles"]
         macs = useful_macs(wage)
@@ -161,7 +193,7 @@ def main(argv=None) -> int:
             mine = [e for e in instructions if e["instruction"].split()[2] == str(i) and "useful_macs" in e]
             lc = sum(e["cycles"] for e in mine)
             layers.append({"layer": layer.describe(), "cycles": lc,
-                           "mac_slot_utilisation": sum(e["useful_macs"] for e in mine) / (lc * L * L)})
+                           "mac_slot_utilisation": sum(e["useful_macs"] for e in mine) / (lc * L * L) if lc else None})
         entry = {"status": "measured", "batch": batch, "note": note, "lanes": L, "mult18x18d": dsp,
                  "fits_85f_dsps": dsp <= 156, "data_words": config.data_words, "weight_words": config.weight_words,
                  "cycles_per_step": cycles,
@@ -169,6 +201,9 @@ def main(argv=None) -> int:
                  "array_beats": c["array_beats"], "useful_macs": macs,
                  "mac_slot_utilisation": total / (cycles * L * L),
                  "array_busy": c["array_beats"] / cycles, "layers": layers, "instructions": instructions,
+                 "external_words": config.external_words, "external_weight_words": config.external_weight_words,
+                 "external_timing": dataclasses.asdict(timing) if config.external_depth else None,
+                 "ext_read_words_per_step": c["ext_read_words"], "ext_write_words_per_step": c["ext_write_words"],
                  "sim_wall_s": round(time.time() - t, 1)}
         if fmax:
             seconds = cycles / (fmax * 1e6)
@@ -179,7 +214,11 @@ def main(argv=None) -> int:
               f"{100 * entry['mac_slot_utilisation']:.1f} %"
               + (f", {entry['images_per_s']:.0f} images/s, {entry['gops']:.2f} GOPS at {fmax:.1f} MHz" if fmax else ""))
         for lay in layers:
-            print(f"    {lay['layer']}: {lay['cycles']} cycles, utilisation {100 * lay['mac_slot_utilisation']:.1f} %")
+            if lay["cycles"]:
+                print(f"    {lay['layer']}: {lay['cycles']} cycles, utilisation {100 * lay['mac_slot_utilisation']:.1f} %")
+        if config.external_depth:
+            print(f"    external memory ({timing}): {c['ext_read_words']} words read, {c['ext_write_words']} written "
+                  f"per step ({(c['ext_read_words'] + c['ext_write_words']) / cycles:.3f} words/cycle)")
         if note:
             print(f"    note: {note}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
