@@ -45,6 +45,8 @@ CONFIGS: dict[str, tuple[str, dict, float, float, str]] = {
                      "ShiftQuantizer, 32 lanes (one per ternary-array column), acc_width 32"),
     "weight_update_32x512": ("weight_update", {"lanes": 32, "depth": 512}, 200.0, 200.0,
                              "WeightUpdate, 32 lanes × 512 words (kG = 8 bits per weight)"),
+    "extport_16": ("extport", {"lanes": 16}, 200.0, 200.0,
+                   "ExternalPort of the engine at L = 16: 5 read and 3 write clients, 192-bit words"),
     "mac_int8_8x8": ("mac_array", {"rows": 8, "cols": 8, "mode": "int8", "target": "ecp5"},
                      200.0, 150.0, "64 MULT18X18D"),
     "mac_ternary_32x32": ("mac_array", {"rows": 32, "cols": 32, "mode": "ternary"}, 200.0, 200.0,

@@ -699,10 +699,18 @@ def _build_threefry(config, a):
 #: lanes, acc_width, depth, rounds_per_stage (missing or None: the builder's default — 2×2, int8,
 #: ecp5, the network's max_reduction for that mode, 1 lane, acc_width of the int8 array's
 #: gradient sums, depth 512, 1 round per stage).
+def _build_extport(config, a):
+    from hw.engine.extport import ExternalPort
+    from hw.engine.isa import ADDR_BITS
+    lanes = _opt(a, "lanes", 16)
+    return ExternalPort(ADDR_BITS, 12 * lanes, readers=5, writers=3)   # the engine's, weights outside too
+
+
 UNITS: dict[str, Callable] = {
     "mac_array": _build_mac_array,
     "quantizer": _build_quantizer,
     "weight_update": _build_weight_update,
+    "extport": _build_extport,
     "threefry": _build_threefry,
 }
 

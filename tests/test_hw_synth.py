@@ -63,9 +63,9 @@ def test_unknown_device_lists_supported():
 def test_unknown_unit_lists_supported():
     with pytest.raises(ValueError, match="unit='fft'") as e:
         build_unit("fft")
-    for name in ("mac_array", "quantizer", "weight_update", "threefry"):
+    for name in ("mac_array", "quantizer", "weight_update", "threefry", "extport"):
         assert name in str(e.value)
-    assert set(UNITS) == {"mac_array", "quantizer", "weight_update", "threefry"}
+    assert set(UNITS) == {"mac_array", "quantizer", "weight_update", "threefry", "extport"}
 
 
 def test_cli_rejects_unknown_names(capsys):

@@ -120,23 +120,37 @@ class ExternalPort(wiring.Component):
         bursts = []
         idles = []
         data_fifos = []
+        def registered(name, c):
+            """The client's bursts through a skid buffer: the arbitration (which reads every client's
+            valid and the owner FIFOs' levels) stays out of the client's own ready."""
+            skid = SkidBuffer(burst_layout(self.addr_bits, self.max_burst))
+            m.submodules[f"{name}_burst_reg"] = skid
+            wiring.connect(m, c.o, skid.i)
+            return skid.o
+
         for k in range(R):
             c = BurstCoalescer(self.addr_bits, self.max_burst)
             m.submodules[f"rd{k}_bursts"] = c
             wiring.connect(m, wiring.flipped(getattr(self, f"rd{k}").req), c.i)
-            bursts.append(c.o)
+            bursts.append(registered(f"rd{k}", c))
         for k in range(W):
             c = BurstCoalescer(self.addr_bits, self.max_burst)
             m.submodules[f"wr{k}_bursts"] = c
             # the data waits in a FIFO (it precedes its command there, so the port never waits for it)
             q = fifo.SyncFIFOBuffered(width=self.width, depth=2 * self.max_burst)
             m.submodules[f"wr{k}_data"] = q
+            # the address passes a skid buffer first, so the coalescer's address compare stays out
+            # of the client's ready and the data FIFO's write enable
+            a = SkidBuffer(unsigned(self.addr_bits))
+            m.submodules[f"wr{k}_addr"] = a
+            wiring.connect(m, a.o, c.i)
             req = getattr(self, f"wr{k}").req
-            m.d.comb += [c.i.valid.eq(req.valid & q.w_rdy), c.i.payload.eq(req.payload.addr),
-                         q.w_en.eq(req.valid & c.i.ready), q.w_data.eq(req.payload.data),
-                         req.ready.eq(c.i.ready & q.w_rdy)]
-            bursts.append(c.o)
-            idles.append(c.idle)
+            m.d.comb += [a.i.valid.eq(req.valid & q.w_rdy), a.i.payload.eq(req.payload.addr),
+                         q.w_en.eq(req.valid & a.i.ready & q.w_rdy), q.w_data.eq(req.payload.data),
+                         req.ready.eq(a.i.ready & q.w_rdy)]
+            burst = registered(f"wr{k}", c)
+            bursts.append(burst)
+            idles.append(~a.o.valid & c.idle & ~burst.valid)
             data_fifos.append(q)
         m.d.comb += self.writes_idle.eq(Cat(*idles).all() if idles else 1)
 
