@@ -239,7 +239,6 @@ class TieredReader(wiring.Component):
             "resp": Out(stream.Signature(unsigned(width))),
             "chip": Out(read_client_signature(addr_bits, width)),
             "ext": Out(read_client_signature(addr_bits, ext_width)),
-            "ext_words": Out(32),                 # external words requested (a counter)
         })
 
     def elaborate(self, platform):
@@ -273,8 +272,6 @@ class TieredReader(wiring.Component):
         ext_req = ext.req.valid & ext.req.ready
         ext_taken = ext_data.r_en & ext_data.r_rdy
         m.d.sync += pending.eq(pending + ext_req - ext_taken)
-        with m.If(ext_req):
-            m.d.sync += self.ext_words.eq(self.ext_words + 1)
         return m
 
 
@@ -290,7 +287,6 @@ class TieredWriter(wiring.Component):
             "i": In(stream.Signature(data.StructLayout({"addr": unsigned(addr_bits), "data": unsigned(width)}))),
             "chip_en": Out(1), "chip_addr": Out(addr_bits), "chip_data": Out(width),
             "ext": Out(write_client_signature(addr_bits, ext_width)),
-            "ext_words": Out(32),                 # external words written (a counter)
         })
 
     def elaborate(self, platform):
@@ -303,6 +299,4 @@ class TieredWriter(wiring.Component):
             ext.req.payload.data.eq(i.payload.data),
             i.ready.eq(~is_ext | ext.req.ready),
         ]
-        with m.If(ext.req.valid & ext.req.ready):
-            m.d.sync += self.ext_words.eq(self.ext_words + 1)
         return m
