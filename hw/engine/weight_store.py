@@ -19,7 +19,7 @@ of the engine's :class:`~hw.engine.extport.ExternalPort`:
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -105,15 +105,16 @@ class WeightStore(wiring.Component):
         # ---- update: on chip, or read-modify-write of the external word --------------------------
         upd, load = self.update, self.load
         upd_ext = upd.payload.addr >= D
+        # rmw_q holds every update accepted whose write is not yet handed to the port, so its room is
+        # the read credit (rmw_data, as deep, always has room for the data of the reads in flight)
         m.submodules.rmw_q = rmw_q = fifo.SyncFIFO(width=self.update_layout.size, depth=EXT_CREDITS)
         m.submodules.rmw_data = rmw_data = fifo.SyncFIFOBuffered(width=cfg.external_width, depth=EXT_CREDITS)
-        pending = Signal(range(EXT_CREDITS + 1))         # updates accepted, write not yet handed over
         rd = self.ext_rmw
-        ext_ok = rmw_q.w_rdy & rd.req.ready & (pending != EXT_CREDITS)
+        ext_ok = rmw_q.w_rdy & rd.req.ready
         m.d.comb += [
             unit.update.valid.eq(upd.valid & ~upd_ext), unit.update.payload.addr.eq(upd.payload.addr),
             unit.update.payload.dw.eq(upd.payload.dw),
-            rd.req.valid.eq(upd.valid & upd_ext & rmw_q.w_rdy & (pending != EXT_CREDITS)),
+            rd.req.valid.eq(upd.valid & upd_ext & rmw_q.w_rdy),
             rd.req.payload.eq(upd.payload.addr - D + base),
             rmw_q.w_en.eq(upd.valid & upd_ext & ext_ok), rmw_q.w_data.eq(upd.payload.as_value()),
             upd.ready.eq(Mux(upd_ext, ext_ok, unit.update.ready)),
@@ -139,8 +140,5 @@ class WeightStore(wiring.Component):
             m.d.comb += [wr.req.valid.eq(load.valid & load_ext), wr.req.payload.addr.eq(load.payload.addr - D + base),
                          wr.req.payload.data.eq(loaded),
                          load.ready.eq(Mux(load_ext, wr.req.ready, unit.load.ready))]
-        accepted = upd.valid & upd.ready & upd_ext
-        handed = rmw_valid & wr.req.ready
-        m.d.sync += pending.eq(pending + accepted - handed)
-        m.d.comb += self.idle.eq(pending == 0)
+        m.d.comb += self.idle.eq(~rmw_q.r_rdy)
         return m
