@@ -92,7 +92,7 @@ def sized_config(net: str, batch: int, lanes: int, external: bool = False) -> tu
     config = config.replace(data_words=max(data, 16384), weight_words=max(usage["weights"][0], 16384))
     return config, (f"does not fit the LFE5U-85F's block RAM ({reason.split(';')[0]}); simulated with "
                     f"{config.data_words} data and {config.weight_words} weight words. On the board these "
-                    f"tensors need the external-memory port (not built): its bandwidth is not in these figures")
+                    f"tensors go through the external-memory port (--memory external): its cost is not in these figures")
 
 
 def unit_fmax() -> tuple[float | None, str]:
