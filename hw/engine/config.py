@@ -11,8 +11,9 @@ import dataclasses
 import json
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
-from golden.config import WageConfig
+from golden.config import ConfigError, WageConfig
 from golden.prng import draw_lanes
 
 __all__ = ["EngineConfig", "EngineConfigError", "TARGETS"]
@@ -172,6 +173,56 @@ class EngineConfig:
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)
+
+    # ---- JSON round trip (``python -m hw.build --config FILE``) ----------------------------------
+    def to_dict(self) -> dict:
+        """Every field; ``wage`` as :meth:`golden.config.WageConfig.to_dict`."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["wage"] = self.wage.to_dict()
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EngineConfig":
+        """The inverse of :meth:`to_dict`; ``wage`` may be left out (the default WageConfig) and so
+        may any other field. Unknown keys and bad values raise :class:`EngineConfigError` naming them."""
+        if not isinstance(d, dict):
+            raise EngineConfigError(f"engine configuration must be a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise EngineConfigError(f"unknown engine configuration keys {unknown}; known keys: {sorted(names)}")
+        d = dict(d)
+        try:
+            d["wage"] = WageConfig.from_dict(d.get("wage", {}))
+        except ConfigError as e:
+            raise EngineConfigError(f"wage: {e}") from None
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EngineConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise EngineConfigError(f"engine configuration is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def load(cls, path) -> "EngineConfig":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise EngineConfigError(f"cannot read engine configuration file {path}: {e.strerror}") from None
+        try:
+            return cls.from_json(text)
+        except EngineConfigError as e:
+            raise EngineConfigError(f"{path}: {e}") from None
+
+    def save(self, path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
 
     def summary(self) -> str:
         return (f"EngineConfig: {self.lanes}x{self.lanes} array, {self.data_words} data words, "
