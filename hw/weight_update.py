@@ -112,7 +112,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.config import WageConfig
-from hw.bram import BlockRam, dp16kd_count
+from hw.bram import BlockRam
 from hw.netlist import kept
 
 __all__ = ["WeightUpdate", "dw_bound", "OUT_FIFO_DEPTH", "LATENCY_WRITE", "LATENCY_READ", "TARGETS"]
@@ -239,7 +239,6 @@ class WeightUpdate(wiring.Component):
             if init is not None:
                 raise ValueError(f"init=...: target={target!r} starts from an all-zero RAM; "
                                  "write the initial words through the load stream")
-            dp16kd_count(config.kG * lanes, depth)          # raises for depth > 16384
         self.target = target
         self.config = config
         self.depth = depth

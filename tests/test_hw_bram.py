@@ -6,14 +6,13 @@ import pytest
 from amaranth.back import rtlil
 from amaranth.sim import Simulator
 
-from hw.bram import READ_LATENCY, BlockRam, dp16kd_count
+from hw.bram import READ_LATENCY, BlockRam, bank_depths, dp16kd_count
 
 
 @pytest.mark.parametrize("kwargs,exc,text", [
     (dict(width=0, depth=4), ValueError, "width=0"),
     (dict(width=8, depth=0), ValueError, "depth=0"),
     (dict(width=8, depth=True), ValueError, "depth=True"),
-    (dict(width=8, depth=16385, target="ecp5"), ValueError, "depth=16385"),
     (dict(width=8, depth=4, target="xilinx"), ValueError, "target='xilinx'"),
 ])
 def test_bad_parameters_name_the_value(kwargs, exc, text):
@@ -35,15 +34,38 @@ def test_dp16kd_count_follows_the_aspect_ratios():
     assert dp16kd_count(19, 1000) == 2
     assert dp16kd_count(9, 2048) == 1
     assert dp16kd_count(1, 16384) == 1
+    # deeper than a column, or cheaper split: banks of aspect-ratio depths
+    assert bank_depths(64, 25088) == (16384, 8192, 512) and dp16kd_count(64, 25088) == 64 + 32 + 2
+    assert bank_depths(64, 8704) == (8192, 512) and dp16kd_count(64, 8704) == 34
+    assert bank_depths(18, 600) == (600,)          # one 1024-deep column beats 512 + 88
 
 
-def test_generic_model_read_latency_hold_and_write_visibility():
-    """Random writes and reads against a Python model, with r_en low in random cycles."""
+def test_bad_banks_are_named():
+    with pytest.raises(ValueError, match=r"banks=\(32, 4\): must be positive integers summing to depth=37"):
+        BlockRam(8, 37, banks=(32, 4))
+    with pytest.raises(ValueError, match="the bank of 32 words at address 4 is not aligned"):
+        BlockRam(8, 36, banks=(4, 32))
+    with pytest.raises(ValueError, match="at most 16384 words"):
+        BlockRam(8, 32768, target="ecp5", banks=(32768,))
+
+
+def test_ecp5_deep_memory_is_banked():
+    width, depth = 64, 25088
+    text = rtlil.convert(BlockRam(width, depth, target="ecp5"))
+    assert text.count("cell \\DP16KD ") == dp16kd_count(width, depth) == 98
+    for bits in (1, 2, 36):                        # 16384 × 1, 8192 × 2, 512 × 36 columns
+        assert f"parameter \\DATA_WIDTH_A {bits}" in text
+
+
+@pytest.mark.parametrize("depth, banks", [(37, None), (37, (32, 4, 1)), (100, (64, 32, 3, 1))])
+def test_generic_model_read_latency_hold_and_write_visibility(depth, banks):
+    """Random writes and reads against a Python model, with r_en low in random cycles; also split
+    into banks (the ECP5 datapath of deep memories, with generic leaves)."""
     seed = random.randrange(2**32)
     print(f"seed {seed}")
     rng = random.Random(seed)
-    width, depth = 13, 37
-    dut = BlockRam(width, depth)
+    width = 13
+    dut = BlockRam(width, depth, banks=banks)
     model = [0] * depth
     errors = []
 

@@ -73,7 +73,7 @@ def test_unsupported_networks_are_named():
     (dict(lanes=12), "lanes=12: must be a power of two"), (dict(lanes=2), "lanes=2"),
     (dict(data_words=0), "data_words=0"), (dict(target="xilinx"), "target='xilinx'"),
     (dict(program_words=0), "program_words=0"),
-    (dict(target="ecp5", data_words=16385), r"data_words=16385: must be an integer in 1..16384 with target='ecp5'"),
+    (dict(data_words=(1 << 20) + 1), r"data_words=1048577: must be an integer in 1..1048576"),
     (dict(weight_words=(1 << 20) + 1), "weight_words=1048577: must be an integer in 1..1048576"),
     (dict(wage="mlp"), "wage='mlp'"),
     (dict(external_words=-1), "external_words=-1: must be an integer in 0..16773120"),

@@ -237,7 +237,6 @@ CFG = WageConfig(net="mlp")
     (dict(config=CFG, depth=4, target="xilinx"), ValueError, "target='xilinx'"),
     (dict(config=CFG, depth=4, target=None), ValueError, "target=None"),
     (dict(config=CFG, depth=2, init=[1, 2], target="ecp5"), ValueError, "init=...: target='ecp5'"),
-    (dict(config=CFG, depth=16385, target="ecp5"), ValueError, "depth=16385"),
 ])
 def test_parameters_checked(kwargs, exc, text):
     with pytest.raises(exc) as info:

@@ -66,7 +66,8 @@ class EngineConfig:
     data's; :mod:`hw.engine.weight_store`). The external memory holds :attr:`external_depth` words.
 
     ``target``: "generic" (simulation; data and weight memories up to 2^20 words) or "ecp5"
-    (MULT18X18D and DP16KD instances; at most 16384 words each).
+    (MULT18X18D and DP16KD instances; memories deeper than a DP16KD column are split into banks,
+    :func:`hw.bram.bank_depths`). Either way data and weight memories hold up to 2^20 words.
     """
     wage: WageConfig
     lanes: int = 16
@@ -89,15 +90,12 @@ class EngineConfig:
         assert lanes % draw_lanes(self.wage.sr_bits) == 0
         if self.target not in TARGETS:
             raise EngineConfigError(f"target={self.target!r}: must be one of {', '.join(TARGETS)}")
-        # ECP5: one block-RAM bank each (a DP16KD column holds at most 16384 words; banking is not
-        # built). Simulation ("generic") takes deeper memories, so that a network that would spill
-        # through the external-memory port can still be run whole (throughput studies).
-        depth = 16384 if self.target == "ecp5" else 1 << 20
+        # Whether the block RAMs fit a given part is the build's question (hw.build names the shortfall).
+        depth = 1 << 20
         for name in ("data_words", "weight_words"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= depth:
-                where = " with target='ecp5' (one DP16KD bank)" if self.target == "ecp5" else ""
-                raise EngineConfigError(f"{name}={value!r}: must be an integer in 1..{depth}{where}")
+                raise EngineConfigError(f"{name}={value!r}: must be an integer in 1..{depth}")
         from .isa import ADDR_BITS
         room = (1 << ADDR_BITS) - self.data_words
         if not isinstance(self.external_words, int) or isinstance(self.external_words, bool) \
