@@ -7,7 +7,7 @@ from amaranth.sim import Simulator
 
 from golden import model as golden
 from golden.config import WageConfig
-from hw.engine.compiler import compile_network
+from hw.engine.compiler import array_beats, compile_network
 from hw.engine.config import EngineConfig
 from hw.engine.driver import AmaranthTransport, EngineDriver, EngineError
 from hw.engine.engine import Engine
@@ -89,7 +89,8 @@ def test_forward_loss_and_error_match_the_model_word_for_word(one_step):
     got, want, _ = one_step
     assert mismatches(got, want) == []
     assert got["counters"]["steps"] == 1 and got["counters"]["run_cycles"] == got["cycles"] > 0
-    assert got["counters"]["array_beats"] > 0
+    # the step's array beats, as the compiler predicts them (what hw.build's sweep multiplies out)
+    assert got["counters"]["array_beats"] == array_beats(compile_network(CONFIG)) > 0
 
 
 def test_one_wrong_bit_is_caught(one_step):
@@ -343,6 +344,7 @@ def test_spilled_tensors_train_bit_exactly_through_the_external_port(conv_spill_
     assert c1["ext_read_words"] > c0["ext_read_words"] > 0
     assert c1["ext_write_words"] - c0["ext_write_words"] >= 324 + 108 + 72
     assert got[0]["counters"]["run_cycles"] > 0
+    assert c1["array_beats"] == 2 * c0["array_beats"] == 2 * array_beats(program)
 
 
 def test_spilled_one_wrong_bit_is_caught(conv_spill_steps):

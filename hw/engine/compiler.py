@@ -29,7 +29,7 @@ from .isa import ADDR_BITS, AddressPattern, Instruction, IsaError, Op, RowSel
 from .layout import MapLayout, TapMapLayout, WeightLayout
 
 __all__ = ["Program", "MemoryPlan", "FitError", "UnsupportedNetwork", "compile_network", "plan_memory",
-           "fc_forward", "fc_error", "fc_gradient", "fc_draw", "loss"]
+           "fc_forward", "fc_error", "fc_gradient", "fc_draw", "loss", "array_beats"]
 
 
 class FitError(ValueError):
@@ -269,3 +269,18 @@ def compile_network(config: EngineConfig) -> Program:
     ins.append(Instruction(Op.END))
     check_program_fits(config, ins)
     return Program(config, ins, plan.inputs, plan.activations, plan.errors, plan.weights, plan.usage)
+
+
+def array_beats(program: Program) -> int:
+    """Operand pairs the array takes in one training step — what the engine's ``array_beats``
+    counter counts (tested equal): each product's operand pattern walked once for a forward
+    product and twice for an error or gradient product (compute-twice, :mod:`hw.engine.isa`). With
+    the array busy in 98 % of a fully connected step's cycles (measured), it predicts cycles per step."""
+    from .conv import ConvOp
+    once, twice = (Op.FWD, ConvOp.CONV_FWD), (Op.ERR, Op.GRAD, ConvOp.CONV_ERR, ConvOp.CONV_GRAD)
+    beats = 0
+    for ins in program.instructions:
+        if ins.op in once + twice:
+            a = ins.a
+            beats += a.n1 * a.n2 * a.nk * a.nr * (2 if ins.op in twice else 1)
+    return beats
