@@ -1,0 +1,112 @@
+"""The boards the engine is built for: their platforms, variants, pins and default engine sizes.
+
+A :class:`Board` names an amaranth-boards platform class per FPGA variant, which of its resources
+are the reset button, the status LEDs and the host serial port, and the engine configuration that
+fits each variant (:meth:`Board.default_config`). ``python -m hw.build`` reads :data:`BOARDS`;
+:func:`get_board` and :meth:`Board.platform` refuse unknown names with the supported ones listed.
+
+Default engine per variant (block RAM only: the external-memory port needs the SDRAM controller,
+which is not built yet, so ``external_words`` is 0 and the network must fit on chip). A variant's
+default is the largest network of the golden presets that fits its block RAM and LUTs with a square
+array whose int8 multipliers fit its MULT18X18D:
+
+======  ====================  =====  =========================================================
+part    network (batch)       lanes  block RAM words (data / weights)
+======  ====================  =====  =========================================================
+85F     ``mlp`` (16)          8      4096 / 25600 (≈ 150 of 208 DP16KD; 64 of 156 MULT18X18D)
+45F     ``64FC-10`` (16)      4      4096 / 12800
+25F     ``32FC-10`` (8)       4      2048 / 6400
+12F     ``32FC-10`` (8)       4      2048 / 6400 (does not fit the 12F's LUTs; the build says so)
+======  ====================  =====  =========================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from golden.config import WageConfig
+from hw.engine.config import EngineConfig
+
+__all__ = ["Board", "BoardError", "BOARDS", "get_board", "VARIANT_ENGINES"]
+
+
+class BoardError(ValueError):
+    """An unknown board or variant; the message lists the supported ones."""
+
+
+def _mlp(net: str, batch: int) -> WageConfig:
+    return WageConfig(net=net, batch_size=batch, input_shape=None if net == "mlp" else (1, 28, 28))
+
+
+#: Part (device size) → default engine configuration (see the module docstring).
+VARIANT_ENGINES: dict[str, EngineConfig] = {
+    "85F": EngineConfig(_mlp("mlp", 16), lanes=8, data_words=4096, weight_words=25600, target="ecp5"),
+    "45F": EngineConfig(_mlp("64FC-10", 16), lanes=4, data_words=4096, weight_words=12800, target="ecp5"),
+    "25F": EngineConfig(_mlp("32FC-10", 8), lanes=4, data_words=2048, weight_words=6400, target="ecp5"),
+    "12F": EngineConfig(_mlp("32FC-10", 8), lanes=4, data_words=2048, weight_words=6400, target="ecp5"),
+}
+
+
+@dataclass(frozen=True)
+class Board:
+    """One board: ``variants`` maps a variant name (``"85F"``) to ``"module:PlatformClass"`` in
+    amaranth_boards. ``clock``: the oscillator resource; ``reset``: the reset button resource (or
+    None); ``leds``: (resource name, count, subsignals) — subsignals () for single LEDs, else the
+    colour subsignals of RGB LEDs, each one a status bit; ``uart``: the host serial port resource.
+    ``programmer``: openFPGALoader's ``-b`` board name."""
+    name: str
+    description: str
+    variants: dict[str, str]
+    default_variant: str
+    clock: str
+    reset: str | None
+    leds: tuple[str, int, tuple[str, ...]]
+    uart: str = "uart"
+    programmer: str = ""
+    max_baud: int = 3_000_000
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def check_variant(self, variant: str | None) -> str:
+        variant = self.default_variant if variant is None else str(variant).upper()
+        if variant not in self.variants:
+            raise BoardError(f"variant={variant!r}: board {self.name!r} comes as "
+                             f"{', '.join(self.variants)} (default {self.default_variant})")
+        return variant
+
+    def platform(self, variant: str | None = None, **kwargs):
+        """An instance of the amaranth-boards platform of ``variant`` (toolchain Trellis)."""
+        variant = self.check_variant(variant)
+        module, cls = self.variants[variant].split(":")
+        platform = getattr(importlib.import_module(f"amaranth_boards.{module}"), cls)(toolchain="Trellis", **kwargs)
+        return platform
+
+    def part(self, variant: str | None = None) -> str:
+        """The device size of ``variant`` ("85F", "45F", ...), the key of :data:`VARIANT_ENGINES`."""
+        device = self.platform(variant).device            # e.g. LFE5U-85F, LFE5UM5G-45F
+        return device.rsplit("-", 1)[1]
+
+    def default_config(self, variant: str | None = None) -> EngineConfig:
+        return VARIANT_ENGINES[self.part(variant)]
+
+
+BOARDS: dict[str, Board] = {
+    "ulx3s": Board(
+        name="ulx3s", description="Radiona ULX3S (LFE5U, 25 MHz oscillator, FTDI serial, 32 MB SDRAM)",
+        variants={"12F": "ulx3s:ULX3S_12F_Platform", "25F": "ulx3s:ULX3S_25F_Platform",
+                  "45F": "ulx3s:ULX3S_45F_Platform", "85F": "ulx3s:ULX3S_85F_Platform"},
+        default_variant="85F", clock="clk25", reset="button_fire", leds=("led", 8, ()),
+        programmer="ulx3s"),
+    "ecpix5": Board(
+        name="ecpix5", description="LambdaConcept ECPIX-5 (LFE5UM5G, 100 MHz oscillator, FTDI serial)",
+        variants={"45F": "ecpix5:ECPIX545Platform", "85F": "ecpix5:ECPIX585Platform"},
+        default_variant="85F", clock="clk100", reset="rst", leds=("rgb_led", 4, ("r", "g", "b")),
+        programmer="ecpix5"),
+}
+
+
+def get_board(name: str) -> Board:
+    key = str(name).strip().lower()
+    if key not in BOARDS:
+        raise BoardError(f"board={name!r}: unknown; supported: {', '.join(BOARDS)}")
+    return BOARDS[key]

@@ -1,0 +1,114 @@
+"""Board top level: the engine behind the serial host link, clocked by a PLL, with status LEDs.
+
+:class:`EngineBoardCore` is everything that runs in the engine's clock domain — the
+:class:`~boards.hostlink.UARTHostLink` (UART + chunk framing, :mod:`boards.framing`) joined to the
+:class:`~hw.engine.engine.Engine`'s host streams, and the status bits — with plain ``rx``/``tx``
+ports, so it simulates without a platform. :class:`EngineBoardTop` adds what needs the board: the
+ECP5 PLL from the board's oscillator to the requested clock (:mod:`boards.pll`), the reset (button or
+PLL not locked, synchronised), the pins of the serial port and the LEDs, and the clock constraint
+nextpnr times against.
+
+Status bits, in LED order (a board with fewer LEDs shows the first ones):
+
+0. heartbeat: toggles about once a second (the engine clock runs);
+1. ready: the PLL is locked and the design is out of reset;
+2. host → board bytes seen recently; 3. board → host bytes sent recently;
+4. link error (sticky until reset: a framing or overrun error on the serial link).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.wiring import In, Out
+
+from hw.engine.config import EngineConfig
+from hw.engine.engine import Engine
+
+from .hostlink import UARTHostLink
+from .pll import ECP5PLL
+
+__all__ = ["EngineBoardCore", "EngineBoardTop", "STATUS_BITS"]
+
+STATUS_BITS = ("heartbeat", "ready", "rx_active", "tx_active", "link_error")
+
+
+class EngineBoardCore(wiring.Component):
+    """The engine and its serial host link in one clock domain (``sync``); see the module docstring."""
+
+    def __init__(self, config: EngineConfig, *, clk_freq: float, baud: int = 3_000_000,
+                 activity_cycles: int | None = None):
+        if not isinstance(config, EngineConfig):
+            raise TypeError(f"config={config!r}: must be a hw.engine.config.EngineConfig")
+        if config.external_depth:
+            raise ValueError(f"external_words={config.external_words}, external_weight_words="
+                             f"{config.external_weight_words}: the board has no external-memory controller "
+                             f"yet (SDRAM, a later issue); build a configuration that fits on chip (both 0)")
+        self.config = config
+        self.clk_freq, self.baud = clk_freq, baud
+        kw = {} if activity_cycles is None else {"activity_cycles": activity_cycles}
+        self.link = UARTHostLink(clk_freq, baud, **kw)
+        self.engine = Engine(config)
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "status": Out(len(STATUS_BITS))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.link = link = self.link
+        m.submodules.engine = engine = self.engine
+        m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx)]
+        wiring.connect(m, link.to_engine, engine.host_in)
+        wiring.connect(m, engine.host_out, link.from_engine)
+        half_second = max(1, int(self.clk_freq // 2))
+        beat_count = Signal(range(half_second))
+        heartbeat = Signal()
+        with m.If(beat_count == half_second - 1):
+            m.d.sync += [beat_count.eq(0), heartbeat.eq(~heartbeat)]
+        with m.Else():
+            m.d.sync += beat_count.eq(beat_count + 1)
+        ready = Signal(init=0)
+        m.d.sync += ready.eq(1)                            # 0 only while in reset
+        m.d.comb += self.status.eq(Cat(heartbeat, ready, link.rx_active, link.tx_active, link.error))
+        return m
+
+
+class EngineBoardTop(Elaboratable):
+    """The whole design for one board (an Elaboratable for ``platform.build``).
+
+    ``board``: a :class:`boards.catalog.Board`; ``freq_mhz``: the engine clock requested (the PLL's
+    nearest, :attr:`pll_params`); ``baud``: the host serial rate.
+    """
+
+    def __init__(self, config: EngineConfig, board, *, freq_mhz: float, baud: int = 3_000_000,
+                 clock_in_mhz: float):
+        self.board, self.config = board, config
+        self.pll = ECP5PLL(clock_in_mhz, freq_mhz)
+        self.pll_params = self.pll.params
+        self.core = EngineBoardCore(config, clk_freq=self.pll_params.f_out_mhz * 1e6, baud=baud)
+
+    def elaborate(self, platform):
+        m = Module()
+        board = self.board
+        clk_in = platform.request(board.clock, 0)
+        m.submodules.pll = pll = self.pll
+        m.d.comb += pll.clk_in.eq(clk_in.i)
+        m.domains.sync = ClockDomain("sync")
+        m.d.comb += ClockSignal("sync").eq(pll.clk_out)
+        platform.add_clock_constraint(pll.clk_out, self.pll_params.f_out_mhz * 1e6)
+        reset_request = ~pll.locked
+        if board.reset is not None:
+            reset_request = reset_request | platform.request(board.reset, 0).i
+        m.submodules.reset_sync = ResetSynchronizer(reset_request, domain="sync")
+
+        m.submodules.core = core = self.core
+        uart = platform.request(board.uart, 0)
+        m.d.comb += [core.rx.eq(uart.rx.i), uart.tx.o.eq(core.tx)]
+
+        name, count, colours = board.leds
+        outputs = []
+        for i in range(count):
+            led = platform.request(name, i)
+            outputs.extend([led.o] if not colours else [getattr(led, c).o for c in colours])
+        for i, out in enumerate(outputs[:len(STATUS_BITS)]):
+            m.d.comb += out.eq(core.status[i])
+        return m
