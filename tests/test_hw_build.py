@@ -1,0 +1,121 @@
+"""hw.build: the board build flow — catalog, errors, and one small engine built end to end for the 85F."""
+
+import json
+
+import pytest
+
+from boards.catalog import BOARDS, VARIANT_ENGINES, BoardError, get_board
+from golden.config import WageConfig
+from hw import build
+from hw.engine.compiler import compile_network
+from hw.engine.config import EngineConfig
+
+# The smallest useful engine: a 4×4 array and a 64-8-10 MLP (what CI can place and route in minutes).
+SMALL = EngineConfig(WageConfig(net="8FC-10", input_shape=(1, 8, 8), batch_size=4), lanes=4, data_words=256,
+                     weight_words=256, label_words=4, program_words=2048, target="ecp5")
+
+
+def test_boards_and_variants_are_listed_when_unknown():
+    with pytest.raises(BoardError, match="board='de10': unknown; supported: ulx3s, ecpix5"):
+        get_board("de10")
+    with pytest.raises(BoardError, match=r"variant='65F': board 'ulx3s' comes as 12F, 25F, 45F, 85F \(default 85F\)"):
+        get_board("ulx3s").check_variant("65f")
+    assert get_board("ULX3S").check_variant(None) == "85F"
+
+
+@pytest.mark.parametrize("board, variant", [(b, v) for b in BOARDS for v in BOARDS[b].variants])
+def test_default_configuration_of_every_variant_runs_its_network(board, variant):
+    b = BOARDS[board]
+    config = b.default_config(variant)
+    assert config is VARIANT_ENGINES[b.part(variant)] and config.target == "ecp5" and config.external_depth == 0
+    compile_network(config)                  # fits its memories (raises FitError otherwise)
+    platform = b.platform(variant)
+    assert platform.device.endswith(variant)
+    assert b.clock in {r.name for r in platform.resources.values()} or platform.lookup(b.clock, 0)
+
+
+def _cli(capsys, *argv):
+    code = build.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_cli_errors_name_the_bad_value(capsys, tmp_path):
+    code, text = _cli(capsys, "--board", "nexys")
+    assert code == 2 and "board='nexys': unknown; supported: ulx3s, ecpix5" in text
+    code, text = _cli(capsys, "--board", "ulx3s", "--variant", "99F")
+    assert code == 2 and "variant='99F'" in text and "12F, 25F, 45F, 85F" in text
+    code, text = _cli(capsys, "--board", "ulx3s", "--config", str(tmp_path / "missing.json"))
+    assert code == 2 and "cannot read engine configuration file" in text and "missing.json" in text
+    (tmp_path / "bad.json").write_text('{"lanes": 6}')
+    code, text = _cli(capsys, "--board", "ulx3s", "--config", str(tmp_path / "bad.json"))
+    assert code == 2 and "lanes=6" in text
+    SMALL.replace(weight_words=100).save(tmp_path / "small.json")
+    code, text = _cli(capsys, "--board", "ulx3s", "--config", str(tmp_path / "small.json"))
+    assert code == 1 and "cannot run its network" in text and "weight" in text
+    SMALL.replace(external_words=1024).save(tmp_path / "ext.json")
+    code, text = _cli(capsys, "--board", "ulx3s", "--config", str(tmp_path / "ext.json"), "--out", str(tmp_path / "o"))
+    assert code == 1 and "external_words=1024" in text and "no external-memory controller" in text
+    code, text = _cli(capsys, "--board", "ulx3s", "--freq", "500", "--config", str(tmp_path / "small.json"))
+    assert code in (1, 2)
+    SMALL.save(tmp_path / "ok.json")
+    code, text = _cli(capsys, "--board", "ulx3s", "--freq", "500", "--config", str(tmp_path / "ok.json"),
+                      "--out", str(tmp_path / "o2"))
+    assert code == 2 and "f_out_mhz=500" in text
+    code, text = _cli(capsys, "--board", "ulx3s", "--baud", "4000000", "--config", str(tmp_path / "ok.json"))
+    assert code == 1 and "baud=4000000" in text
+    (tmp_path / "file").write_text("x")
+    code, text = _cli(capsys, "--board", "ulx3s", "--config", str(tmp_path / "ok.json"), "--out", str(tmp_path / "file"))
+    assert code == 1 and "exists and is not a directory" in text
+
+
+def test_list_shows_every_board(capsys):
+    code, text = _cli(capsys, "--list")
+    assert code == 0
+    for b in BOARDS.values():
+        assert b.name in text and all(v in text for v in b.variants)
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ulx3s-85F")
+    return build.build_bitstream("ulx3s", "85F", SMALL, freq_mhz=25, out_dir=out, progress=None), out
+
+
+def test_small_engine_builds_a_bitstream_for_the_85f(small_build):
+    report, out = small_build
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report.to_dict()))
+    assert on_disk["device"] == "LFE5U-85F" and on_disk["timing_met"] is True
+    assert on_disk["fmax_mhz"] >= on_disk["freq_mhz"] == 25.0
+    res = on_disk["resources"]
+    assert res["MULT18X18D"]["used"] == 16 and res["MULT18X18D"]["available"] == 156      # the 4×4 array
+    assert res["EHXPLLL"]["used"] == 1 and res["DP16KD"]["used"] > 0
+    assert 0 < res["TRELLIS_COMB"]["percent"] < 100
+    assert EngineConfig.from_dict(on_disk["config"]) == SMALL and on_disk["fingerprint"] == SMALL.fingerprint()
+    bitstream = (out / "wage_top.bit").read_bytes()
+    assert on_disk["bitstream"] == str(out / "wage_top.bit")
+    assert b"LFE5U-85F" in bitstream[:256] and b"\xbd\xb3" in bitstream[:512]   # ecppack header, sync word
+    assert len(bitstream) > 100_000
+
+
+def test_timing_failure_is_an_error_with_the_achieved_fmax(small_build, tmp_path, monkeypatch):
+    """Re-time the small build's placed design at a clock it cannot reach: error, report, no bitstream."""
+    report, out = small_build
+    real_run = build._run
+
+    def reuse_placement(cmd, **kw):              # yosys and nextpnr: take the small build's outputs
+        label = kw["label"]
+        if label == "yosys":
+            (kw["cwd"] / "wage_top.json").write_bytes((out / "wage_top.json").read_bytes())
+        elif label == "nextpnr":
+            data = json.loads((out / "nextpnr_report.json").read_text())
+            (kw["cwd"] / "nextpnr_report.json").write_text(json.dumps(data))
+        else:
+            real_run(cmd, **kw)
+
+    monkeypatch.setattr(build, "_run", reuse_placement)
+    with pytest.raises(build.BuildError, match=rf"timing not met: the engine clock reaches {report.fmax_mhz:.2f} MHz"):
+        build.build_bitstream("ulx3s", "85F", SMALL, freq_mhz=report.fmax_mhz + 20, out_dir=tmp_path, progress=None)
+    failed = json.loads((tmp_path / "report.json").read_text())
+    assert failed["timing_met"] is False and failed["bitstream"] is None and not (tmp_path / "wage_top.bit").exists()
