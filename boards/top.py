@@ -19,7 +19,7 @@ Status bits, in LED order (a board with fewer LEDs shows the first ones):
 from __future__ import annotations
 
 from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
@@ -89,7 +89,12 @@ class EngineBoardTop(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         board = self.board
-        clk_in = platform.request(board.clock, 0)
+
+        def buffer(name, direction, port):
+            m.submodules[name] = buf = io.Buffer(direction, port)
+            return buf
+
+        clk_in = buffer("clk_in", "i", platform.request(board.clock, 0, dir="-"))
         m.submodules.pll = pll = self.pll
         m.d.comb += pll.clk_in.eq(clk_in.i)
         m.domains.sync = ClockDomain("sync")
@@ -97,18 +102,19 @@ class EngineBoardTop(Elaboratable):
         platform.add_clock_constraint(pll.clk_out, self.pll_params.f_out_mhz * 1e6)
         reset_request = ~pll.locked
         if board.reset is not None:
-            reset_request = reset_request | platform.request(board.reset, 0).i
+            reset_request = reset_request | buffer("reset_in", "i", platform.request(board.reset, 0, dir="-")).i
         m.submodules.reset_sync = ResetSynchronizer(reset_request, domain="sync")
 
         m.submodules.core = core = self.core
-        uart = platform.request(board.uart, 0)
-        m.d.comb += [core.rx.eq(uart.rx.i), uart.tx.o.eq(core.tx)]
+        uart = platform.request(board.uart, 0, dir="-")
+        m.d.comb += [core.rx.eq(buffer("uart_rx", "i", uart.rx).i), buffer("uart_tx", "o", uart.tx).o.eq(core.tx)]
 
         name, count, colours = board.leds
         outputs = []
         for i in range(count):
-            led = platform.request(name, i)
-            outputs.extend([led.o] if not colours else [getattr(led, c).o for c in colours])
+            led = platform.request(name, i, dir="-")
+            ports = [led] if not colours else [getattr(led, c) for c in colours]
+            outputs.extend(buffer(f"{name}{i}{c}", "o", port).o for c, port in zip(colours or ("",), ports))
         for i, out in enumerate(outputs[:len(STATUS_BITS)]):
             m.d.comb += out.eq(core.status[i])
         return m

@@ -119,3 +119,33 @@ def test_timing_failure_is_an_error_with_the_achieved_fmax(small_build, tmp_path
         build.build_bitstream("ulx3s", "85F", SMALL, freq_mhz=report.fmax_mhz + 20, out_dir=tmp_path, progress=None)
     failed = json.loads((tmp_path / "report.json").read_text())
     assert failed["timing_met"] is False and failed["bitstream"] is None and not (tmp_path / "wage_top.bit").exists()
+
+
+def test_ecpix5_top_level_is_placed_on_its_pins(tmp_path):
+    """The second board elaborates with its own pins (the UART, RGB LEDs, the 100 MHz clock and its
+    PLL); its place and route is the same flow as the ULX3S's, run as a benchmark."""
+    board = get_board("ecpix5")
+    platform = board.platform("85F")
+    from boards.top import EngineBoardTop
+    top = EngineBoardTop(SMALL, board, freq_mhz=50, clock_in_mhz=build._clock_mhz(platform, board.clock))
+    assert (top.pll_params.clki_div, top.pll_params.f_out_mhz) == (2, 50.0)
+    plan = platform.prepare(top, name="wage_top")
+    lpf = plan.files["wage_top.lpf"]
+    for pin in ("R26", "R24", "K23", "AB1", "T23", "R21", "T22"):      # uart rx/tx, clk100, rst, rgb_led 0
+        assert f'SITE "{pin}"' in lpf
+    assert "EHXPLLL" in plan.files["wage_top.il"]
+
+
+def test_programmer_failures_are_reported_plainly(tmp_path, monkeypatch):
+    board = get_board("ulx3s")
+    monkeypatch.setenv("OPENFPGALOADER", str(tmp_path / "no-such-loader"))
+    with pytest.raises(build.BuildError, match="no-such-loader: not found"):
+        build.program_board(board, tmp_path / "x.bit")
+    fake = tmp_path / "loader"
+    fake.write_text("#!/bin/sh\necho \"args: $*\"\necho 'unable to open ftdi device: -3 (device not found)' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("OPENFPGALOADER", str(fake))
+    with pytest.raises(build.BuildError, match=r"(?s)exit code 1.*args: -b ulx3s -f .*x.bit.*device not found"):
+        build.program_board(board, tmp_path / "x.bit", flash=True)
+    with pytest.raises(build.BuildError, match=r"(?s)args: -b ulx3s -m "):
+        build.program_board(board, tmp_path / "x.bit")
