@@ -192,6 +192,32 @@ def test_bad_programs_answer_bad_instruction_and_leave_the_engine_ready():
     assert results == [BAD_INSTRUCTION, BAD_INSTRUCTION, 0, True]
 
 
+def test_conv_instruction_on_an_engine_built_without_convolution_is_refused():
+    """An MLP engine has no convolution address generators (EngineConfig.has_conv): a conv record
+    written past the driver's fingerprint check answers BAD_INSTRUCTION; the MLP program then runs."""
+    from hw.engine.driver import BAD_INSTRUCTION
+    from hw.engine.encoding import MACHINE_WORDS, encode_program
+    assert not CONFIG.has_conv and CONV_CONFIG.has_conv
+    conv_record = encode_program(compile_network(CONV_CONFIG).instructions[:1])
+    assert len(conv_record) == MACHINE_WORDS
+    program = compile_network(CONFIG)
+    results = []
+
+    async def bench(ctx, dut):
+        driver = EngineDriver(program, AmaranthTransport(ctx, dut, timeout_cycles=20000))
+        await driver.write(Target.PROGRAM, 0, conv_record)
+        try:
+            await driver.run(0, 1, 3)
+            results.append("ran")
+        except EngineError as e:
+            results.append(e.status)
+        await driver.load_program()
+        results.append(await driver.run(0, 1, 3) > 0)
+
+    simulate(bench)
+    assert results == [BAD_INSTRUCTION, True]
+
+
 def test_bad_config_is_named():
     with pytest.raises(TypeError, match="config="):
         Engine("mlp")

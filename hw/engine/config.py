@@ -140,6 +140,12 @@ class EngineConfig:
         return 12 * self.lanes
 
     @property
+    def has_conv(self) -> bool:
+        """Whether the network has a convolution: without one the engine leaves its convolution
+        address generators out (:class:`~hw.engine.slot.SlotGenerator`) and refuses conv instructions."""
+        return any(layer.kind == "conv" for layer in self.wage.layers)
+
+    @property
     def folds_input(self) -> bool:
         """Whether the first layer runs on the host-im2col'd input (see ``fold_input``)."""
         first = self.wage.layers[0]

@@ -156,10 +156,10 @@ class Engine(wiring.Component):
                                               target=cfg.target)
         acc_width = max(array.accumulator_width, 10)
         m.submodules.quant = quant = ShiftQuantizer(wage, lanes=L, acc_width=acc_width, draw_index="stream")
-        m.submodules.feed_a = feed_a = OperandFeeder(L)
-        m.submodules.feed_b = feed_b = OperandFeeder(L)
-        m.submodules.aux = aux = PatternReader(L, self.act_layout)
-        m.submodules.out_gen = out_gen = SlotGenerator(L)
+        m.submodules.feed_a = feed_a = OperandFeeder(L, conv=cfg.has_conv)
+        m.submodules.feed_b = feed_b = OperandFeeder(L, conv=cfg.has_conv)
+        m.submodules.aux = aux = PatternReader(L, self.act_layout, conv=cfg.has_conv)
+        m.submodules.out_gen = out_gen = SlotGenerator(L, conv=cfg.has_conv)
         m.submodules.pool = pool = WindowPool(L, array.accumulator_width)
         m.submodules.unpool = unpool = Unpool(L)
         # Per result row, what the quantiser's output needs besides the value: the mask (ReLU for ERR,
@@ -367,7 +367,7 @@ class Engine(wiring.Component):
 
         # GRAD: a second generator walks the draw pattern, in step with the result rows and ahead of
         # the data: the flat (channels-last) index of each result word's first weight.
-        m.submodules.index_gen = index_gen = SlotGenerator(L)
+        m.submodules.index_gen = index_gen = SlotGenerator(L, conv=cfg.has_conv)
         m.d.comb += [quant.index.valid.eq(index_gen.o.valid), quant.index.payload.eq(index_gen.o.payload.addr),
                      index_gen.o.ready.eq(quant.index.ready)]
 
@@ -681,28 +681,36 @@ class Engine(wiring.Component):
                 m.d.comb += running.eq(1)
                 m.d.sync += [p1_left.eq(ins.qcount >> shift_l), pass2.eq((ins.qcount >> shift_l) == 0),
                              done.eq(0), done_pending.eq(0)]
-                with m.Switch(ins.op):
-                    with m.Case(Op.NOP):
-                        m.next = "FETCH_CHECK"
-                    with m.Case(Op.END):
-                        m.d.sync += [step.eq(step + 1), steps_left.eq(steps_left - 1),
-                                     counters["steps"].eq(counters["steps"] + 1)]
-                        m.next = "RUN_NEXT_STEP"
-                    with m.Case(Op.FWD):
-                        m.d.sync += [op.eq(Op.FWD)] + [launch[n].eq(1) for n in ("a", "b", "out", "q")]
-                        m.next = "WAIT"
-                    with m.Case(Op.LOSS):
-                        m.d.sync += [op.eq(Op.LOSS)] + [launch[n].eq(1) for n in ("aux", "q")]
-                        m.next = "PASS2"
-                    with m.Case(Op.ERR):
-                        m.d.sync += [op.eq(Op.ERR)] + [launch[n].eq(1) for n in ("a", "b", "aux", "q")]
-                        m.next = "PASS2"
-                    with m.Case(Op.GRAD):
-                        m.d.sync += [op.eq(Op.GRAD)] + [launch[n].eq(1) for n in ("a", "b", "idx", "q")]
-                        m.next = "PASS2"
-                    with m.Default():
-                        m.d.sync += status.eq(BAD_INSTRUCTION)
-                        m.next = "RUN_RESPOND"
+                # An engine built without convolution (cfg.has_conv) has no conv address generators:
+                # a conv pattern, pooling or unpooling is refused rather than walked wrongly.
+                conv_only = ins.a.conv | ins.b.conv | ins.aux.conv | ins.out.conv | ins.draw.conv | ins.pool \
+                    | (ins.unpool_dx != 0)
+                with m.If(conv_only if not cfg.has_conv else 0):
+                    m.d.sync += status.eq(BAD_INSTRUCTION)
+                    m.next = "RUN_RESPOND"
+                with m.Else():
+                    with m.Switch(ins.op):
+                        with m.Case(Op.NOP):
+                            m.next = "FETCH_CHECK"
+                        with m.Case(Op.END):
+                            m.d.sync += [step.eq(step + 1), steps_left.eq(steps_left - 1),
+                                         counters["steps"].eq(counters["steps"] + 1)]
+                            m.next = "RUN_NEXT_STEP"
+                        with m.Case(Op.FWD):
+                            m.d.sync += [op.eq(Op.FWD)] + [launch[n].eq(1) for n in ("a", "b", "out", "q")]
+                            m.next = "WAIT"
+                        with m.Case(Op.LOSS):
+                            m.d.sync += [op.eq(Op.LOSS)] + [launch[n].eq(1) for n in ("aux", "q")]
+                            m.next = "PASS2"
+                        with m.Case(Op.ERR):
+                            m.d.sync += [op.eq(Op.ERR)] + [launch[n].eq(1) for n in ("a", "b", "aux", "q")]
+                            m.next = "PASS2"
+                        with m.Case(Op.GRAD):
+                            m.d.sync += [op.eq(Op.GRAD)] + [launch[n].eq(1) for n in ("a", "b", "idx", "q")]
+                            m.next = "PASS2"
+                        with m.Default():
+                            m.d.sync += status.eq(BAD_INSTRUCTION)
+                            m.next = "RUN_RESPOND"
             with m.State("FETCH_CHECK"):
                 m.d.comb += running.eq(1)
                 with m.If(pc + MACHINE_WORDS > cfg.program_words):

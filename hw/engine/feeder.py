@@ -83,8 +83,8 @@ def pattern_beat_layout(word_shape) -> data.StructLayout:
 class PatternReader(wiring.Component):
     """Reads the words of an address pattern through ``req``/``resp`` (see the module docstring)."""
 
-    def __init__(self, lanes: int, word_shape):
-        self.lanes, self.word_shape = lanes, word_shape
+    def __init__(self, lanes: int, word_shape, *, conv: bool = True):
+        self.lanes, self.word_shape, self.conv = lanes, word_shape, conv
         super().__init__({
             "cmd": In(stream.Signature(slot_layout())),
             "req": Out(stream.Signature(unsigned(ADDR_BITS))),
@@ -94,7 +94,7 @@ class PatternReader(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.gen = gen = SlotGenerator(self.lanes)
+        m.submodules.gen = gen = SlotGenerator(self.lanes, conv=self.conv)
         flag_layout = data.StructLayout({"valid": 1, "t1": COUNT_BITS, "t2": COUNT_BITS, "tile_last": 1,
                                          "last": 1})
         m.submodules.flags = flags = fifo.SyncFIFO(width=flag_layout.size, depth=FLAG_DEPTH)
@@ -123,8 +123,8 @@ class OperandFeeder(wiring.Component):
     """Array operand words along a pattern: zero where invalid, ``last`` on a tile's final word,
     through the transposer when ``transposed`` (held static while a pattern runs) is high."""
 
-    def __init__(self, lanes: int):
-        self.lanes = lanes
+    def __init__(self, lanes: int, *, conv: bool = True):
+        self.lanes, self.conv = lanes, conv
         word = data.ArrayLayout(signed(8), lanes)
         super().__init__({
             "cmd": In(stream.Signature(slot_layout())),
@@ -137,7 +137,7 @@ class OperandFeeder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         L = self.lanes
-        m.submodules.reader = reader = PatternReader(L, data.ArrayLayout(signed(8), L))
+        m.submodules.reader = reader = PatternReader(L, data.ArrayLayout(signed(8), L), conv=self.conv)
         m.submodules.transposer = tr = StreamTransposer(L, 8)
         wiring.connect(m, wiring.flipped(self.cmd), reader.cmd)
         m.d.comb += [

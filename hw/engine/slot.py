@@ -10,7 +10,9 @@ layers) or a convolution :class:`~hw.engine.conv.ConvPattern` (im2col by address
 :class:`~hw.engine.conv_addrgen.ConvAddressGenerator`, hands each command to the one its ``conv``
 bit names, and merges their beat streams (the layouts are the same). A command is taken only while
 both generators are idle and neither holds a beat, so beats of consecutive patterns never mix.
-The merged stream leaves through a :class:`~hw.engine.skid.SkidBuffer`, so that the consumer's
+With ``conv=False`` (an engine whose network has no convolution) the convolution generator is not
+built — it is most of a slot's logic — and the engine refuses conv instructions before they reach
+a slot (``BAD_INSTRUCTION``). The merged stream leaves through a :class:`~hw.engine.skid.SkidBuffer`, so that the consumer's
 ``ready`` (often a join of several streams in the engine) reaches the generators' counters only
 as a flip-flop: one cycle more from a command to its first beat, still one beat per cycle.
 """
@@ -52,8 +54,10 @@ def slot_rows(slot) -> "Value":
 class SlotGenerator(wiring.Component):
     """Walks the pattern of a slot (see the module docstring)."""
 
-    def __init__(self, lanes: int):
-        self.lanes = lanes
+    def __init__(self, lanes: int, *, conv: bool = True):
+        if not isinstance(conv, bool):
+            raise TypeError(f"conv={conv!r}: must be True or False")
+        self.lanes, self.conv = lanes, conv
         super().__init__({
             "cmd": In(stream.Signature(slot_layout())),
             "o": Out(stream.Signature(address_beat_layout())),
@@ -62,9 +66,14 @@ class SlotGenerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.simple = simple = AddressGenerator(self.lanes)
-        m.submodules.conv = conv = ConvAddressGenerator(self.lanes)
         m.submodules.out = out = SkidBuffer(address_beat_layout())
         wiring.connect(m, out.o, wiring.flipped(self.o))
+        if not self.conv:
+            m.d.comb += [simple.cmd.payload.eq(self.cmd.payload.p.simple)]
+            wiring.connect(m, simple.o, out.i)
+            m.d.comb += [simple.cmd.valid.eq(self.cmd.valid), self.cmd.ready.eq(simple.cmd.ready)]
+            return m
+        m.submodules.conv = conv = ConvAddressGenerator(self.lanes)
         idle = simple.cmd.ready & conv.cmd.ready & ~simple.o.valid & ~conv.o.valid
         pl = self.cmd.payload
         m.d.comb += [
