@@ -5,8 +5,8 @@
 :class:`~hw.engine.engine.Engine`'s host streams, and the status bits — with plain ``rx``/``tx``
 ports, so it simulates without a platform. :class:`EngineBoardTop` adds what needs the board: the
 ECP5 PLL from the board's oscillator to the requested clock (:mod:`boards.pll`), the reset (button or
-PLL not locked, synchronised), the pins of the serial port and the LEDs, and the clock constraint
-nextpnr times against.
+PLL not locked, synchronised), and the pins of the serial port and the LEDs; nextpnr derives the
+engine clock's constraint from the oscillator's and the PLL's dividers.
 
 Status bits, in LED order (a board with fewer LEDs shows the first ones):
 
@@ -99,7 +99,8 @@ class EngineBoardTop(Elaboratable):
         m.d.comb += pll.clk_in.eq(clk_in.i)
         m.domains.sync = ClockDomain("sync")
         m.d.comb += ClockSignal("sync").eq(pll.clk_out)
-        platform.add_clock_constraint(pll.clk_out, self.pll_params.f_out_mhz * 1e6)
+        # No constraint on the PLL output here: nextpnr derives it from the oscillator's constraint and
+        # the EHXPLLL dividers ("Derived frequency constraint of ... for net core.clk").
         reset_request = ~pll.locked
         if board.reset is not None:
             reset_request = reset_request | buffer("reset_in", "i", platform.request(board.reset, 0, dir="-")).i

@@ -201,9 +201,10 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
     except (OSError, ValueError) as e:
         raise BuildError(f"nextpnr wrote no readable report in {out}: {e}") from None
     _, _, by_clock, resources, _ = _parse_report(nextpnr_report, pll.f_out_mhz)
-    # The engine clock is the PLL's output net; the oscillator input is timed too (it clocks nothing).
-    engine_clock = [c for c in by_clock if "pll" in c.lower() or "sync" in c.lower()]
-    fmax = min(by_clock[c] for c in engine_clock) if engine_clock else min(by_clock.values(), default=0.0)
+    # Every clocked register is in the PLL's domain (nextpnr names the net after it, e.g.
+    # "$glbnet$core.clk"); the oscillator's net clocks only the PLL, so leave it out if it is listed.
+    engine_clocks = [c for c in by_clock if board.clock not in c] or list(by_clock)
+    fmax = min((by_clock[c] for c in engine_clocks), default=0.0)
     met = fmax >= pll.f_out_mhz
 
     bitstream = None
