@@ -269,7 +269,9 @@ class Engine(wiring.Component):
         # the pool/unpool switches of the running instruction as flip-flops of their own (the
         # instruction register settles in FETCH; results arrive many cycles after DECODE)
         pool_on, unpool_on = Signal(), Signal()
-        m.d.sync += [pool_on.eq(ins.pool), unpool_on.eq(ins.unpool_dx != 0)]
+        if cfg.has_conv:
+            m.d.sync += [pool_on.eq(ins.pool), unpool_on.eq(ins.unpool_dx != 0)]
+        # else both stay 0 (DECODE refuses a record with pooling), and synthesis drops the two stages
         aw = data.View(self.act_layout, ab.word)
         take_in = qi.valid & qi.ready
         push_mask = Signal(L)
