@@ -13,11 +13,16 @@ array whose int8 multipliers fit its MULT18X18D:
 ======  ====================  =====  =========================================================
 part    network (batch)       lanes  block RAM words (data / weights)
 ======  ====================  =====  =========================================================
-85F     ``mlp`` (16)          8      4096 / 25600 (64 of 156 MULT18X18D)
+85F     ``mlp`` (16)          4      4608 / 51200 (136 of 208 DP16KD, 16 MULT18X18D)
 45F     ``64FC-10`` (16)      4      4096 / 12800
 25F     ``32FC-10`` (8)       4      2048 / 6400
 12F     ``32FC-10`` (8)       4      2048 / 6400 (does not fit: see below)
 ======  ====================  =====  =========================================================
+
+The 85F would take an 8-lane engine (64 MULT18X18D), but YoWASP yosys's ABC does not get through
+it: at its default WebAssembly stack it traps ("call stack exhausted" in ``Nwk_ManPushBackward``);
+with :mod:`hw.bigstack`'s 192 MiB stack it was still inside ``abc9`` after 25 minutes (the 4-lane
+engine passes in about 2). ``--config`` builds it anyway for whoever has the time.
 
 A 4-lane engine for a network without convolution takes about 17.6k LUT4 slots and 18.5k flip-flops
 (measured, ``tests/test_hw_build.py``'s configuration): more than the 12F has (12k), so a 12F build
@@ -45,7 +50,7 @@ def _mlp(net: str, batch: int) -> WageConfig:
 
 #: Part (device size) → default engine configuration (see the module docstring).
 VARIANT_ENGINES: dict[str, EngineConfig] = {
-    "85F": EngineConfig(_mlp("mlp", 16), lanes=8, data_words=4096, weight_words=25600, target="ecp5"),
+    "85F": EngineConfig(_mlp("mlp", 16), lanes=4, data_words=4608, weight_words=51200, target="ecp5"),
     "45F": EngineConfig(_mlp("64FC-10", 16), lanes=4, data_words=4096, weight_words=12800, target="ecp5"),
     "25F": EngineConfig(_mlp("32FC-10", 8), lanes=4, data_words=2048, weight_words=6400, target="ecp5"),
     "12F": EngineConfig(_mlp("32FC-10", 8), lanes=4, data_words=2048, weight_words=6400, target="ecp5"),
