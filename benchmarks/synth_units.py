@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hw.synth import SynthError, build_unit, synthesize  # noqa: E402
+from hw.synth import SynthError, build_unit, over_capacity, synthesize  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "synth_units.json"
 WORK = ROOT / "build" / "synth_units"
@@ -77,7 +77,7 @@ def save_results(path: Path, results: dict) -> None:
 
 def row(name: str, r: dict) -> str:
     if "error" in r:
-        over = [f"{k} {u}/{a}" for k, (u, a) in r.get("resources", {}).items() if u > a]
+        over = over_capacity(r.get("resources", {}))
         if over:
             return f"{name:<22} DOES NOT FIT the device: {', '.join(over)}"
         return f"{name:<22} ERROR: {r['error'].splitlines()[0][:90]}"

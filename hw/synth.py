@@ -71,7 +71,7 @@ from amaranth.lib.wiring import In, Out
 from .netlist import YOSYS_KEEP_COMMANDS
 
 __all__ = [
-    "DEVICES", "PACKAGES", "UNITS", "SynthError", "abc_crashed", "SynthHarness", "SynthResult",
+    "DEVICES", "PACKAGES", "UNITS", "SynthError", "abc_crashed", "over_capacity", "run_yosys_retrying_abc", "SynthHarness", "SynthResult",
     "build_unit", "normalize_device", "synthesize", "main",
 ]
 
@@ -542,6 +542,30 @@ def abc_crashed(log_path: Path) -> bool:
     return "ERROR:" not in log and "Running ABC command" in last[0]
 
 
+def run_yosys_retrying_abc(run: Callable[[bool], None], log_path: Path,
+                           progress: Callable[[str], None] | None, start: float) -> bool:
+    """``run(False)``; if yosys died in ABC (:func:`abc_crashed`), keep its log as
+    ``yosys_abc_crash.log`` beside it and ``run(True)`` (the caller switches abc9's ``-dff`` mode).
+    Returns whether it retried; any other failure propagates."""
+    try:
+        run(False)
+        return False
+    except SynthError:
+        if not abc_crashed(log_path):
+            raise
+    os.replace(log_path, Path(log_path).with_name("yosys_abc_crash.log"))
+    if progress is not None:
+        progress(f"[{time.monotonic() - start:7.1f}s] yosys: ABC exited inside abc9; retrying with abc9's -dff "
+                 f"mode switched (log of the failed run: yosys_abc_crash.log)")
+    run(True)
+    return True
+
+
+def over_capacity(resources: dict[str, tuple[int, int]]) -> list[str]:
+    """``"CELL used/available"`` for each resource a design uses beyond the device's count."""
+    return [f"{k} {u}/{a}" for k, (u, a) in resources.items() if u > a]
+
+
 def _yosys(workdir: Path, abc9_dff: bool, timeout_s: float, progress, start: float) -> None:
     script = ["read_rtlil design.il", *YOSYS_KEEP_COMMANDS,
               f"synth_ecp5 -top top {'-dff ' if abc9_dff else ''}-json design.json",
@@ -597,18 +621,10 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
 
     t = time.monotonic()
     notes: dict[str, int] = {}
-    try:
-        _yosys(workdir, abc9_dff, timeout_s, progress, start)
-    except SynthError:
-        if not abc_crashed(workdir / "yosys.log"):
-            raise
-        os.replace(workdir / "yosys.log", workdir / "yosys_abc_crash.log")
-        if progress is not None:
-            progress(f"[{time.monotonic() - start:7.1f}s] yosys: ABC exited silently; retrying "
-                     f"with abc9_dff={not abc9_dff} (log of the failed run: yosys_abc_crash.log)")
+    if run_yosys_retrying_abc(lambda toggle: _yosys(workdir, abc9_dff != toggle, timeout_s, progress, start),
+                              workdir / "yosys.log", progress, start):
         abc9_dff = not abc9_dff
         notes["abc9 crashed silently; abc9_dff toggled and retried"] = 1
-        _yosys(workdir, abc9_dff, timeout_s, progress, start)
     phases["yosys"] = round(time.monotonic() - t, 2)
     fixes = _drop_constant_cascade_inputs(workdir / "design.json")
     if fixes and progress is not None:
@@ -630,7 +646,7 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
     except SynthError as e:
         partial = {"synth_cells": _parse_yosys_stat(workdir / "yosys_stat.json"),
                    "resources": _parse_utilisation_log(workdir / "nextpnr.log")}
-        over = [f"{k} {u}/{a}" for k, (u, a) in partial["resources"].items() if u > a]
+        over = over_capacity(partial["resources"])
         msg = str(e) if not over else f"{e}\n(over capacity: {', '.join(over)})"
         raise SynthError(msg, partial) from None
     phases["nextpnr"] = round(time.monotonic() - t, 2)
