@@ -1,0 +1,488 @@
+"""boards.sdram (timing tables, SDR SDRAM controller) and boards.sdram_model (the checking chip).
+
+The controller runs against the model on random in-order traffic (seeded, seed printed) with stalls
+on every stream, compared word for word with a Python dict memory, long enough for many refreshes
+(the tests shorten tREFI and the power-up wait through an explicit ``SDRAMCycles``). Mutation
+tests show the model's checker catches a controller built with one parameter a cycle short (and
+a too-long refresh interval) and hand-driven pin sequences breaking the rules the controller
+cannot break by construction; a scoreboard self-test shows a read captured a cycle late fails the
+comparison."""
+
+import dataclasses
+import random
+import time
+
+import pytest
+from amaranth.back import verilog
+from amaranth.hdl import Fragment, Module
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from boards.sdram import (COMMANDS, SDRAMController, SDRAMCycles, SDRAMGeometry, SDRAMTiming, mode_register)
+from boards.sdram_model import SDRAMModel, SDRAMViolation
+from tests.support import seed_for
+
+V = SDRAMViolation
+#: Real -6A timing at 100 MHz (CL 2), with a 20-cycle power-up wait and a refresh every 150 cycles
+#: so that a few thousand simulated cycles see many refreshes (and urgent ones, with 2 postponed).
+FAST = dataclasses.replace(SDRAMTiming().cycles(100e6), t_init=20, t_refi=150, refresh_postpone=2)
+#: Real timing (tREFI 781 cycles, 8 refreshes may be postponed) with a short power-up wait.
+REAL = dataclasses.replace(SDRAMTiming().cycles(100e6), t_init=20)
+#: The same at 143 MHz: CL 3, longer cycle counts, and no refresh may be postponed.
+FAST_CL3 = dataclasses.replace(SDRAMTiming().cycles(143e6), t_init=20, t_refi=200, refresh_postpone=0)
+COLUMNS, BANK_SPAN = 512, 4 * 512       # beats per row of one bank, per row across the banks
+
+
+# -- timing tables --------------------------------------------------------------------------------
+
+def test_cycles_at_100mhz_are_rounded_up_and_pick_cl2():
+    c = SDRAMTiming().cycles(100e6)
+    assert (c.cas_latency, c.t_rc, c.t_rcd, c.t_rp, c.t_ras, c.t_wr, c.t_rrd, c.t_mrd, c.t_rfc, c.t_xsr) == \
+        (2, 6, 2, 2, 5, 2, 2, 2, 7, 7)          # 60 ns is exactly 6 cycles, not 7 from float noise
+    assert (c.t_refi, c.t_ras_max, c.t_init) == (781, 12000, 10000)    # maxima round down
+    assert c.refresh_postpone == 8 and c.init_refreshes == 2
+
+
+def test_cycles_at_the_maximum_clock_use_cl3():
+    c = SDRAMTiming().cycles(166_666_667)       # 6 ns, written the usual way
+    assert (c.cas_latency, c.t_rc, c.t_rcd, c.t_rp, c.t_ras, c.t_wr, c.t_rrd, c.t_rfc) == (3, 10, 3, 3, 7, 2, 2, 11)
+    assert c.t_refi == 1302 and c.t_init == 16667
+
+
+def test_cycles_minimum_one_and_write_recovery_one_clock_plus_6ns():
+    c = SDRAMTiming().cycles(25e6)              # 40 ns clock
+    assert (c.t_rcd, c.t_rp, c.t_rrd, c.t_ras, c.t_rc, c.t_rfc) == (1, 1, 1, 2, 2, 2)
+    assert c.t_wr == 2                          # 12 ns is one clock, but "1 CLK + 6 ns" needs two
+
+
+def test_cas_latency_choice():
+    assert SDRAMTiming().cycles(100e6).cas_latency == 2
+    assert SDRAMTiming().cycles(100.5e6).cas_latency == 3
+    assert SDRAMTiming(cas_latency=3).cycles(50e6).cas_latency == 3
+    with pytest.raises(ValueError, match=r"cas_latency=2: .*clk_freq_hz=133000000.0"):
+        SDRAMTiming(cas_latency=2).cycles(133e6)
+    with pytest.raises(ValueError, match=r"cas_latency=1"):
+        SDRAMTiming(cas_latency=1).cycles(50e6)
+
+
+@pytest.mark.parametrize("freq", [170e6, 200e6])
+def test_above_the_maximum_clock_is_an_error_naming_it(freq):
+    with pytest.raises(ValueError, match=rf"clk_freq_hz={freq!r}: above the part's maximum clock 166.667 MHz"):
+        SDRAMTiming().cycles(freq)
+    with pytest.raises(ValueError, match=rf"clk_freq_hz={freq!r}"):
+        SDRAMController(48, 20, freq)
+
+
+@pytest.mark.parametrize("freq", [0, -1e6, float("nan"), "100e6", True])
+def test_bad_clock_frequency(freq):
+    with pytest.raises(ValueError, match=r"clk_freq_hz="):
+        SDRAMTiming().cycles(freq)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"t_rcd": 0}, r"t_rcd=0: must be an integer >= 1"),
+    ({"t_rp": 1.5}, r"t_rp=1.5"),
+    ({"cas_latency": 4}, r"cas_latency=4"),
+    ({"refresh_postpone": 9}, r"refresh_postpone=9"),
+    ({"init_refreshes": 1}, r"init_refreshes=1"),
+    ({"t_refi": 2000}, r"t_refi=2000, refresh_postpone=8: .* t_ras_max=12000"),
+])
+def test_cycles_are_validated(change, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(SDRAMTiming().cycles(100e6), **change)
+
+
+def test_dataclasses_compare_and_print():
+    assert SDRAMTiming().cycles(100e6) == SDRAMTiming().cycles(100e6)
+    assert SDRAMTiming().cycles(100e6) != SDRAMTiming().cycles(143e6)
+    assert "t_rcd=2" in repr(SDRAMTiming().cycles(100e6)) and "t_rcd=18.0" in repr(SDRAMTiming())
+    assert SDRAMGeometry().beat_bits == 24 and SDRAMGeometry().addr_pins == 13
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"bank_bits": 0}, r"bank_bits=0"), ({"row_bits": 15}, r"row_bits=15"),
+    ({"col_bits": 11}, r"col_bits=11"), ({"data_width": 12}, r"data_width=12"),
+])
+def test_bad_geometry(change, message):
+    with pytest.raises(ValueError, match=message):
+        SDRAMGeometry(**change)
+
+
+@pytest.mark.parametrize("args,kwargs,message", [
+    ((0, 20, 100e6), {}, r"data_width=0"),
+    ((48, 0, 100e6), {}, r"addr_bits=0"),
+    ((48, 23, 100e6), {}, r"addr_bits=23, data_width=48: 2\*\*23 words of 3 columns need 25165824 columns, "
+                          r"the chip has 16777216"),
+    ((192, 21, 100e6), {}, r"addr_bits=21, data_width=192"),
+    ((48, 20, 100e6), {"max_burst": 0}, r"max_burst=0"),
+    ((48, 20, 100e6), {"read_delay": 9}, r"read_delay=9"),
+    ((48, 20), {}, r"clk_freq=None"),
+    ((48, 20, 50e6), {"cycles": FAST}, r"clk_freq=50000000.0: differs"),
+])
+def test_controller_parameters_are_checked(args, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SDRAMController(*args, **kwargs)
+
+
+def test_largest_address_spaces_fit_and_elaborate():
+    for data_width, addr_bits, beats in ((48, 22, 3), (96, 21, 6), (192, 20, 12)):
+        controller = SDRAMController(data_width, addr_bits, 100e6)
+        assert controller.beats == beats
+        Fragment.get(controller, None)
+
+
+# -- controller + model ---------------------------------------------------------------------------
+
+class Bench(wiring.Component):
+    """Controller and model; with ``board_registers`` every pin passes one register each way
+    (as the board's I/O registers will), and the controller is told ``read_delay=2``."""
+
+    def __init__(self, data_width, addr_bits, cycles, *, model_cycles=None, board_registers=False,
+                 read_delay=None, max_burst=16):
+        if read_delay is None:
+            read_delay = 2 if board_registers else 0
+        self.controller = SDRAMController(data_width, addr_bits, cycles=cycles, max_burst=max_burst,
+                                          read_delay=read_delay)
+        self.model = SDRAMModel(model_cycles or cycles)
+        self.board_registers = board_registers
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.controller, m.submodules.model = self.controller, self.model
+        if self.board_registers:
+            for name, member in self.controller.pins.signature.members.items():
+                ctrl, chip = getattr(self.controller.pins, name), getattr(self.model.pins, name)
+                m.d.sync += (chip.eq(ctrl) if member.flow == wiring.Out else ctrl.eq(chip))
+        else:
+            wiring.connect(m, self.controller.pins, self.model.pins)
+        return m
+
+
+def reference_reads(commands, write_data):
+    """(address, word) of every read word, in order, from a zero-initialised dict memory."""
+    memory, words, expected = {}, iter(write_data), []
+    for addr, count, write in commands:
+        for a in range(addr, addr + count):
+            if write:
+                memory[a] = next(words)
+            else:
+                expected.append((a, memory.get(a, 0)))
+    return expected
+
+
+def check_reads(got, expected):
+    """The scoreboard: every read word, in order, equals the reference's."""
+    assert len(got) == len(expected), f"{len(got)} read words, want {len(expected)}"
+    for i, (word, (addr, want)) in enumerate(zip(got, expected)):
+        assert word == want, f"read word {i} (address {addr}): got {word:#x}, want {want:#x}"
+
+
+def random_traffic(rng, data_width, addr_bits, n_commands, max_burst=16):
+    """Commands mixing random addresses (row misses), addresses near the last one (row hits) and
+    bursts straddling a bank boundary (512 beats) or a row boundary (2048 beats); data random,
+    all zeros or all ones. The first commands write and read back zeros and ones."""
+    beats, words = -(-data_width // 16), 1 << addr_bits
+    ones = (1 << data_width) - 1
+    commands, write_data = [(8, 16, True), (200, 16, True), (8, 16, False), (200, 16, False)], []
+    write_data += [0] * 16 + [ones] * 16
+    last = 0
+    for _ in range(n_commands):
+        count = rng.randint(1, max_burst)
+        kind = rng.random()
+        if kind < 0.35:
+            addr = rng.randrange(words - count + 1)
+        elif kind < 0.7:
+            addr = min(max(0, last + rng.randint(-24, 24)), words - count)
+        else:
+            span = BANK_SPAN if rng.random() < 0.5 else COLUMNS
+            boundary = span * rng.randrange(1, words * beats // span)
+            addr = min(max(0, boundary // beats - rng.randrange(count)), words - count)
+        write = rng.random() < 0.5
+        commands.append((addr, count, write))
+        if write:
+            write_data += [rng.choice([rng.getrandbits(data_width)] * 8 + [0, ones]) for _ in range(count)]
+        last = addr
+    return commands, write_data
+
+
+def crossings(commands, data_width, span):
+    beats = -(-data_width // 16)
+    return sum(1 for addr, count, _ in commands if (addr * beats) // span != ((addr + count) * beats - 1) // span)
+
+
+def run_traffic(bench, commands, write_data, rng, *, cmd_stall=0.0, w_stall=0.0, r_stall=0.0,
+                max_cycles=60000, stop_on_violation=False):
+    """Simulate ``bench`` fed with ``commands``/``write_data`` by producers stalling with the given
+    probabilities and drained by a consumer whose ``r.ready`` is low with probability ``r_stall``.
+    Checks the stream rules on ``r``; returns (read words, statistics dict)."""
+    controller, model = bench.controller, bench.model
+    port = controller.port
+    n_reads = sum(count for _, count, write in commands if not write)
+    got, done, result = [], [], {}
+
+    async def command_producer(ctx):
+        for addr, count, write in commands:
+            while rng.random() < cmd_stall:
+                ctx.set(port.cmd.valid, 0)
+                await ctx.tick()
+            ctx.set(port.cmd.payload, {"addr": addr, "count": count, "write": write})
+            ctx.set(port.cmd.valid, 1)
+            while not (await ctx.tick().sample(port.cmd.ready))[2]:
+                pass
+        ctx.set(port.cmd.valid, 0)
+        done.append("cmd")
+
+    async def write_producer(ctx):
+        for word in write_data:
+            while rng.random() < w_stall:
+                ctx.set(port.w.valid, 0)
+                await ctx.tick()
+            ctx.set(port.w.payload, word)
+            ctx.set(port.w.valid, 1)
+            while not (await ctx.tick().sample(port.w.ready))[2]:
+                pass
+        ctx.set(port.w.valid, 0)
+        done.append("w")
+
+    async def read_consumer(ctx):
+        cycles, held, first = 0, None, None
+        while len(got) < n_reads or len(done) < 2 or ctx.get(controller.write_words) < len(write_data):
+            ready = rng.random() >= r_stall
+            ctx.set(port.r.ready, ready)
+            _, _, valid, word, ctrl_ready, violation = await ctx.tick().sample(
+                port.r.valid, port.r.payload, controller.ready, model.violation)
+            if held is not None:           # stream rules: valid stays up and the payload holds
+                assert valid and word == held, f"cycle {cycles}: r dropped or changed an offered word"
+            held = word if valid and not ready else None
+            if valid and ready:
+                got.append(word)
+            if first is None and ctrl_ready:
+                first = cycles
+            cycles += 1
+            if violation and stop_on_violation:
+                break
+            assert cycles < max_cycles, f"stuck: {len(got)}/{n_reads} read words after {cycles} cycles"
+        result.update(cycles=cycles, traffic_cycles=cycles - (first or 0),
+                      violation=ctx.get(model.violation), code=ctx.get(model.violation_code),
+                      violation_cycle=ctx.get(model.violation_cycle),
+                      read_words=ctx.get(controller.read_words), write_words=ctx.get(controller.write_words),
+                      refreshes=ctx.get(controller.refreshes), row_misses=ctx.get(controller.row_misses),
+                      model_refreshes=ctx.get(model.refreshes))
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-8)
+    sim.add_testbench(command_producer, background=True)
+    sim.add_testbench(write_producer, background=True)
+    sim.add_testbench(read_consumer)
+    sim.run()
+    return got, result
+
+
+TRAFFIC = [  # (data_width, addr_bits, cycles, board registers, commands)
+    (48, 12, FAST, False, 160),
+    (192, 10, FAST, False, 50),
+    (96, 11, FAST_CL3, True, 80),
+]
+
+
+@pytest.mark.parametrize("data_width,addr_bits,cycles,board,n", TRAFFIC,
+                         ids=[f"w{t[0]}-cl{t[2].cas_latency}{'-ioreg' if t[3] else ''}" for t in TRAFFIC])
+def test_random_traffic_matches_reference_with_refreshes_and_no_violation(data_width, addr_bits, cycles, board, n):
+    tag = f"sdram-traffic-{data_width}-{cycles.cas_latency}-{board}"
+    rng = random.Random(seed_for(tag))
+    commands, write_data = random_traffic(rng, data_width, addr_bits, n)
+    assert crossings(commands, data_width, COLUMNS) > 3 and crossings(commands, data_width, BANK_SPAN) > 1
+    bench = Bench(data_width, addr_bits, cycles, board_registers=board)
+    got, res = run_traffic(bench, commands, write_data, rng, cmd_stall=0.2, w_stall=0.3, r_stall=0.3)
+    print(f"[{tag}] {res}")
+    assert not res["violation"], f"[{tag}] model violation {res['code']} at cycle {res['violation_cycle']}"
+    check_reads(got, reference_reads(commands, write_data))
+    assert res["read_words"] == len(got) and res["write_words"] == len(write_data)
+    assert res["refreshes"] >= res["cycles"] // cycles.t_refi - cycles.refresh_postpone - 2 >= 10
+    assert res["model_refreshes"] == res["refreshes"] + cycles.init_refreshes
+    # open-row policy: an ACTIVE only for a command's start, a bank boundary inside it, or after a refresh
+    assert 0 < res["row_misses"] <= len(commands) + crossings(commands, data_width, COLUMNS) + res["refreshes"]
+
+
+@pytest.mark.parametrize("data_width,n_commands", [(48, 96), (192, 24)])
+def test_sequential_bandwidth(data_width, n_commands):
+    """Long sequential bursts, no stalls: reads, then writes, of the same words. Reported (and
+    bounded below): words per cycle against the ideal of one column per cycle."""
+    beats = -(-data_width // 16)
+    reads = [(16 * i, 16, False) for i in range(n_commands)]
+    writes = [(16 * i, 16, True) for i in range(n_commands)]
+    rng = random.Random(seed_for(f"sdram-bandwidth-{data_width}"))
+    rates = {}
+    for name, commands in (("read", reads), ("write", writes)):
+        data = [rng.getrandbits(data_width) for _ in range(16 * n_commands)] if name == "write" else []
+        got, res = run_traffic(Bench(data_width, 14, REAL), commands, data, rng)
+        assert not res["violation"]
+        assert res["row_misses"] <= 16 * n_commands * beats // COLUMNS + 1 + res["refreshes"]
+        rates[name] = 16 * n_commands / res["traffic_cycles"]
+    print(f"[sdram-bandwidth-{data_width}] words/cycle read {rates['read']:.4f}, write {rates['write']:.4f} "
+          f"(ideal {1 / beats:.4f}; 100 MHz timing, tREFI {REAL.t_refi} cycles)")
+    for rate in rates.values():
+        assert rate > 0.95 / beats
+
+
+MUTATIONS = [  # (parameter one cycle short, or a doubled refresh interval; the model's code)
+    ("t_rcd", -1, V.T_RCD), ("t_rp", -1, V.T_RP), ("t_ras", -1, V.T_RAS), ("t_wr", -1, V.T_WR),
+    ("t_rfc", -1, V.T_RFC), ("t_refi", FAST_CL3.t_refi, V.REFRESH_LATE),
+]
+
+
+@pytest.mark.parametrize("parameter,delta,code", MUTATIONS, ids=[f"{p}{d:+d}" for p, d, _ in MUTATIONS])
+def test_model_flags_a_controller_with_wrong_timing(parameter, delta, code):
+    """At 143 MHz (tRCD 3, tRP 3): the controller spends the cycle after an ACTIVE or PRECHARGE
+    re-reading the bank state, so a 1-cycle tRCD/tRP could not be issued early enough to show."""
+    wrong = dataclasses.replace(FAST_CL3, **{parameter: getattr(FAST_CL3, parameter) + delta})
+    tag = f"sdram-mutation-{parameter}"
+    rng = random.Random(seed_for(tag))
+    commands, write_data = random_traffic(rng, 48, 12, 400)
+    bench = Bench(48, 12, wrong, model_cycles=FAST_CL3)
+    _, res = run_traffic(bench, commands, write_data, rng, w_stall=0.2, r_stall=0.2, stop_on_violation=True)
+    print(f"[{tag}] {res}")
+    assert res["violation"] and res["code"] == code, f"{parameter}: got {res['code']}, want {code}"
+
+
+def test_scoreboard_fails_when_reads_are_captured_a_cycle_late():
+    rng = random.Random(seed_for("sdram-scoreboard"))
+    commands, write_data = random_traffic(rng, 48, 12, 20)
+    bench = Bench(48, 12, FAST, read_delay=1)          # the board has no register, the controller thinks so
+    got, res = run_traffic(bench, commands, write_data, rng)
+    assert not res["violation"]                        # the pins are legal: only the data is wrong
+    with pytest.raises(AssertionError, match=r"read word \d+ \(address \d+\): got"):
+        check_reads(got, reference_reads(commands, write_data))
+
+
+# -- the model alone, driven by hand --------------------------------------------------------------
+
+def cmd(name, ba=0, a=0, dq=None, dqm=0):
+    """One cycle of pins: a command by name ("NOP" …), or PRECHARGE ALL as "PRE_ALL"."""
+    if name == "PRE_ALL":
+        name, a = "PRECHARGE", 1 << 10
+    ras, cas, we = COMMANDS[name]
+    pins = {"cke": 1, "cs_n": 0, "ras_n": ras, "cas_n": cas, "we_n": we, "ba": ba, "a": a, "dqm": dqm,
+            "dq_oe": int(dq is not None), "dq_o": dq or 0}
+    return pins
+
+
+def after(n, command):
+    """``command`` exactly ``n`` cycles after the previous one."""
+    return [cmd("NOP")] * (n - 1) + [command]
+
+
+def init_sequence(c):
+    seq = [cmd("NOP", dqm=3)] * c.t_init + [cmd("PRE_ALL", dqm=3)]
+    for _ in range(c.init_refreshes):
+        seq += after(c.t_rp if _ == 0 else c.t_rfc, cmd("AUTO_REFRESH", dqm=3))
+    seq += after(c.t_rfc, cmd("LOAD_MODE", a=mode_register(c.cas_latency)))
+    return seq + after(c.t_mrd, cmd("NOP"))
+
+
+def drive(cycles, sequence, tail=6):
+    """Apply ``sequence`` (one pin dict per cycle) to a model; return its dq_i per cycle and its
+    violation outputs at the end."""
+    model = SDRAMModel(cycles)
+    dq, out = [], {}
+
+    async def bench(ctx):
+        for pins in sequence + [cmd("NOP")] * tail:
+            for name, value in pins.items():
+                ctx.set(getattr(model.pins, name), value)
+            dq.append(ctx.get(model.pins.dq_i))
+            await ctx.tick()
+        out.update(violation=ctx.get(model.violation), code=ctx.get(model.violation_code),
+                   cycle=ctx.get(model.violation_cycle), initialized=ctx.get(model.initialized))
+
+    sim = Simulator(model)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return dq, out
+
+
+def test_legal_hand_sequence_with_dqm():
+    c = FAST
+    seq = init_sequence(c)
+    seq += [cmd("ACTIVE", ba=1, a=5)]
+    seq += after(c.t_rcd, cmd("WRITE", ba=1, a=7, dq=0x1234))
+    seq += after(1, cmd("WRITE", ba=1, a=7, dq=0xABCD, dqm=0b10))       # upper byte masked
+    seq += after(1, cmd("READ", ba=1, a=7))
+    read_at = len(seq) - 1 + c.cas_latency
+    seq += after(1, cmd("READ", ba=1, a=7))
+    seq += after(c.t_ras, cmd("PRE_ALL"))
+    seq[read_at - 1] = {**seq[read_at - 1], "dqm": 0b01}   # DQM read latency 2: masks the 2nd read's low byte
+    seq += after(c.t_rp, cmd("AUTO_REFRESH"))
+    seq += after(c.t_rfc, cmd("ACTIVE", ba=1, a=5))
+    seq += after(c.t_rcd, cmd("READ", ba=1, a=7))
+    reread_at = len(seq) - 1 + c.cas_latency
+    dq, out = drive(c, seq)
+    assert out == {"violation": 0, "code": V.NONE, "cycle": 0, "initialized": 1}
+    assert dq[read_at] == 0x12CD and dq[read_at + 1] == 0x1200 and dq[reread_at] == 0x12CD
+    assert dq[read_at - 1] == dq[read_at + 2] == 0
+
+
+def bad_sequences(c):
+    """(name, cycles for the model, sequence whose last command breaks the rule, code)."""
+    ready = init_sequence(c)
+    slow_rc = dataclasses.replace(c, t_rc=c.t_ras + c.t_rp + 2)          # so tRC is the binding rule
+    act = [cmd("ACTIVE", ba=0, a=1)]
+    return [
+        ("tRC", slow_rc, init_sequence(slow_rc) + act + after(c.t_ras, cmd("PRECHARGE", ba=0))
+         + after(c.t_rp, cmd("ACTIVE", ba=0, a=2)), V.T_RC),
+        ("tRRD", c, ready + act + after(c.t_rrd - 1, cmd("ACTIVE", ba=1, a=1)), V.T_RRD),
+        ("tMRD", c, ready[:-c.t_mrd] + after(c.t_mrd - 1, cmd("ACTIVE", ba=0, a=1)), V.T_MRD),
+        ("tRCD", c, ready + act + after(c.t_rcd - 1, cmd("READ", ba=0, a=3)), V.T_RCD),
+        ("tRAS", c, ready + act + after(c.t_ras - 1, cmd("PRECHARGE", ba=0)), V.T_RAS),
+        ("tWR", c, ready + act + after(c.t_ras - 1, cmd("WRITE", ba=0, a=3, dq=1))
+         + after(c.t_wr - 1, cmd("PRECHARGE", ba=0)), V.T_WR),
+        ("tRFC", c, ready + [cmd("AUTO_REFRESH")] + after(c.t_rfc - 1, cmd("AUTO_REFRESH")), V.T_RFC),
+        ("power-up", c, [cmd("NOP")] * (c.t_init - 1) + [cmd("PRE_ALL")], V.POWER_UP),
+        ("ACT before init", c, [cmd("NOP")] * c.t_init + [cmd("ACTIVE")], V.INIT_ORDER),
+        ("mode before refresh", c, [cmd("NOP")] * c.t_init + [cmd("PRE_ALL")]
+         + after(c.t_rp, cmd("LOAD_MODE", a=mode_register(2))), V.INIT_ORDER),
+        ("burst length 2", c, ready[:-c.t_mrd - 1] + [cmd("LOAD_MODE", a=mode_register(2) | 1)], V.MODE_REGISTER),
+        ("READ of an idle bank", c, ready + [cmd("READ", ba=2)], V.BANK_CLOSED),
+        ("ACT of an open bank", c, ready + act + after(c.t_rc, cmd("ACTIVE", ba=0, a=2)), V.BANK_OPEN),
+        ("refresh with a bank open", c, ready + act + after(c.t_rc, cmd("AUTO_REFRESH")), V.BANKS_NOT_IDLE),
+        ("write without data", c, ready + act + after(c.t_rcd, cmd("WRITE", ba=0)), V.WRITE_DATA_UNDRIVEN),
+        ("bus contention", c, ready + act + after(c.t_rcd, cmd("READ", ba=0))
+         + after(c.cas_latency, cmd("WRITE", ba=0, dq=5)), V.BUS_CONTENTION),
+        ("auto-precharge", c, ready + act + after(c.t_rcd, cmd("READ", ba=0, a=1 << 10)), V.UNSUPPORTED),
+        ("row not stored", c, ready + [cmd("ACTIVE", ba=0, a=8)], V.NOT_STORED),
+        ("refresh late", c, ready + [cmd("NOP")] * ((c.refresh_postpone + 2) * c.t_refi), V.REFRESH_LATE),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(bad_sequences(FAST))), ids=[b[0] for b in bad_sequences(FAST)])
+def test_model_flags_hand_driven_violations(case):
+    name, cycles, seq, code = bad_sequences(FAST)[case]
+    _, out = drive(cycles, seq, tail=2)
+    assert out["violation"] and out["code"] == code, f"{name}: got {out['code']}, want {code}"
+    if code != V.REFRESH_LATE:
+        assert out["cycle"] == len(seq) - 1          # flagged at the offending command, first one kept
+
+
+def test_refresh_deadline_is_exact():
+    """With nothing banked, (postpone + 1) · tREFI between refreshes passes, one more cycle fails."""
+    c = FAST
+    ready = init_sequence(c)
+    last_ref = max(i for i, p in enumerate(ready) if (p["ras_n"], p["cas_n"], p["we_n"]) == COMMANDS["AUTO_REFRESH"])
+    # the init's second refresh banked one interval: the deadline is (postpone + 2) · tREFI after the first
+    first_ref = last_ref - c.t_rfc
+    deadline = first_ref + (c.refresh_postpone + 2) * c.t_refi
+    on_time = ready + [cmd("NOP")] * (deadline - len(ready)) + [cmd("AUTO_REFRESH")]
+    _, out = drive(c, on_time, tail=2)
+    assert not out["violation"]
+    _, out = drive(c, on_time[:-1] + [cmd("NOP"), cmd("AUTO_REFRESH")], tail=2)
+    assert out["violation"] and out["code"] == V.REFRESH_LATE and out["cycle"] == deadline
+
+
+def test_model_and_controller_convert_to_verilog():
+    start = time.time()
+    for design in (SDRAMModel(SDRAMTiming().cycles(100e6)), SDRAMController(192, 20, 100e6)):
+        text = verilog.convert(design, name="top")
+        assert "module top" in text
+    assert time.time() - start < 60
