@@ -5,24 +5,26 @@ are the reset button, the status LEDs and the host serial port, and the engine c
 fits each variant (:meth:`Board.default_config`). ``python -m hw.build`` reads :data:`BOARDS`;
 :func:`get_board` and :meth:`Board.platform` refuse unknown names with the supported ones listed.
 
-Default engine per variant (block RAM only: the external-memory port needs the SDRAM controller,
-which is not built yet, so ``external_words`` is 0 and the network must fit on chip). A variant's
+Default engine per variant (block RAM only, ``external_words`` 0: a network that fits on chip runs
+at block-RAM speed; a ``--config`` with external words gets the SDRAM controller on a board that
+has SDR SDRAM, :attr:`Board.sdram`, i.e. the ULX3S). A variant's
 default is the largest network of the golden presets that fits its block RAM and LUTs with a square
 array whose int8 multipliers fit its MULT18X18D:
 
 ======  ====================  =====  =========================================================
 part    network (batch)       lanes  block RAM words (data / weights)
 ======  ====================  =====  =========================================================
-85F     ``mlp`` (16)          4      4608 / 51200 (136 of 208 DP16KD, 16 MULT18X18D)
+85F     ``mlp`` (16)          8      2560 / 25600 (141 of 208 DP16KD, 64 MULT18X18D)
 45F     ``64FC-10`` (16)      4      4096 / 12800
 25F     ``32FC-10`` (8)       4      2048 / 6400
 12F     ``32FC-10`` (8)       4      2048 / 6400 (does not fit: see below)
 ======  ====================  =====  =========================================================
 
-The 85F would take an 8-lane engine (64 MULT18X18D), but YoWASP yosys's ABC does not get through
-it: at its default WebAssembly stack it traps ("call stack exhausted" in ``Nwk_ManPushBackward``);
-with :mod:`hw.bigstack`'s 192 MiB stack it was still inside ``abc9`` after 25 minutes (the 4-lane
-engine passes in about 2). ``--config`` builds it anyway for whoever has the time.
+The 85F's 8-lane engine is mapped with classic ``abc`` (:data:`hw.build.LUT_MAPPERS`): YoWASP
+yosys's ``abc9`` does not get through it (a "call stack exhausted" trap in ``Nwk_ManPushBackward`` at
+its default WebAssembly stack; still running after 25 minutes with :mod:`hw.bigstack`'s 192 MiB
+stack), classic abc maps it in about 90 s. Built with the flow, seed 1: 62.1 MHz, 28.5k LUT4 slots,
+29.1k flip-flops, 141 DP16KD, 64 MULT18X18D (20 min). A 16-lane engine needs 256 MULT18X18D.
 
 A 4-lane engine for a network without convolution takes about 17.6k LUT4 slots and 18.5k flip-flops
 (measured, ``tests/test_hw_build.py``'s configuration): more than the 12F has (12k), so a 12F build
@@ -50,7 +52,7 @@ def _mlp(net: str, batch: int) -> WageConfig:
 
 #: Part (device size) → default engine configuration (see the module docstring).
 VARIANT_ENGINES: dict[str, EngineConfig] = {
-    "85F": EngineConfig(_mlp("mlp", 16), lanes=4, data_words=4608, weight_words=51200, target="ecp5"),
+    "85F": EngineConfig(_mlp("mlp", 16), lanes=8, data_words=2560, weight_words=25600, target="ecp5"),
     "45F": EngineConfig(_mlp("64FC-10", 16), lanes=4, data_words=4096, weight_words=12800, target="ecp5"),
     "25F": EngineConfig(_mlp("32FC-10", 8), lanes=4, data_words=2048, weight_words=6400, target="ecp5"),
     "12F": EngineConfig(_mlp("32FC-10", 8), lanes=4, data_words=2048, weight_words=6400, target="ecp5"),
@@ -72,6 +74,7 @@ class Board:
     reset: str | None
     leds: tuple[str, int, tuple[str, ...]]
     uart: str = "uart"
+    sdram: str | None = None          # the SDR SDRAM resource (the engine's external memory), if any
     programmer: str = ""
     max_baud: int = 3_000_000
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -105,7 +108,7 @@ BOARDS: dict[str, Board] = {
         variants={"12F": "ulx3s:ULX3S_12F_Platform", "25F": "ulx3s:ULX3S_25F_Platform",
                   "45F": "ulx3s:ULX3S_45F_Platform", "85F": "ulx3s:ULX3S_85F_Platform"},
         default_variant="85F", clock="clk25", reset="button_fire", leds=("led", 8, ()),
-        programmer="ulx3s"),
+        sdram="sdram", programmer="ulx3s"),
     "ecpix5": Board(
         name="ecpix5", description="LambdaConcept ECPIX-5 (LFE5UM5G, 100 MHz oscillator, FTDI serial)",
         variants={"45F": "ecpix5:ECPIX545Platform", "85F": "ecpix5:ECPIX585Platform"},

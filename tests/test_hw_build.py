@@ -54,8 +54,8 @@ def test_cli_errors_name_the_bad_value(capsys, tmp_path):
     code, text = _cli(capsys, "--board", "ulx3s", "--config", str(tmp_path / "small.json"))
     assert code == 1 and "cannot run its network" in text and "weight" in text
     SMALL.replace(external_words=1024).save(tmp_path / "ext.json")
-    code, text = _cli(capsys, "--board", "ulx3s", "--config", str(tmp_path / "ext.json"), "--out", str(tmp_path / "o"))
-    assert code == 1 and "external_words=1024" in text and "no external-memory controller" in text
+    code, text = _cli(capsys, "--board", "ecpix5", "--config", str(tmp_path / "ext.json"), "--out", str(tmp_path / "o"))
+    assert code == 1 and "external_words=1024" in text and "ecpix5 has no SDR SDRAM" in text
     code, text = _cli(capsys, "--board", "ulx3s", "--freq", "500", "--config", str(tmp_path / "small.json"))
     assert code == 1 and "cannot run its network" in text          # the fit is checked before the clock
     SMALL.save(tmp_path / "ok.json")
@@ -136,6 +136,27 @@ def test_ecpix5_top_level_is_placed_on_its_pins(tmp_path):
     assert "EHXPLLL" in plan.files["wage_top.il"]
 
 
+def test_ulx3s_top_with_external_words_drives_the_sdram_pins():
+    """External words put the SDRAM controller in the ULX3S top: every SDRAM pin is placed and passes
+    an IOLOGIC register, and the chip clock comes from a DDR output register."""
+    board = get_board("ulx3s")
+    platform = board.platform("85F")
+    from boards.top import EngineBoardTop
+    top = EngineBoardTop(SMALL.replace(external_words=4096), board, freq_mhz=50,
+                         clock_in_mhz=build._clock_mhz(platform, board.clock))
+    plan = platform.prepare(top, name="wage_top")
+    lpf, il = plan.files["wage_top.lpf"], plan.files["wage_top.il"]
+    for pin in ("F19", "F20", "P20", "T20", "T19", "R20", "U19", "E20", "P19", "N20", "M20", "G19", "J16", "J17"):
+        assert f'SITE "{pin}"' in lpf, pin                # clk, cke, cs#, we#, cas#, ras#, dqm, ba, a, dq
+    assert il.count("ODDRX1F") >= 1 and il.count("IFS1P3DX") >= 16 and il.count("OFS1P3DX") >= 16 + 13 + 2
+
+
+def test_external_memory_the_chip_cannot_hold_is_refused(tmp_path):
+    config = SMALL.replace(external_words=1 << 23)                    # 2^23 words x 3 columns > 2^24
+    with pytest.raises(build.BuildError, match=r"cannot build the board top: addr_bits=23, data_width=48"):
+        build.build_bitstream("ulx3s", None, config, out_dir=tmp_path, progress=None)
+
+
 def test_programmer_failures_are_reported_plainly(tmp_path, monkeypatch):
     board = get_board("ulx3s")
     monkeypatch.setenv("OPENFPGALOADER", str(tmp_path / "no-such-loader"))
@@ -149,6 +170,18 @@ def test_programmer_failures_are_reported_plainly(tmp_path, monkeypatch):
         build.program_board(board, tmp_path / "x.bit", flash=True)
     with pytest.raises(build.BuildError, match=r"(?s)args: -b ulx3s -m "):
         build.program_board(board, tmp_path / "x.bit")
+
+
+def test_classic_abc_replaces_only_the_lut_mapping_step():
+    script = ("read_rtlil wage_top.il\nproc\n    synth_ecp5  -top wage_top\n"
+              "tee -q -o wage_top_stat.json stat -json\nwrite_json wage_top.json\n")
+    assert build._classic_abc_script(script) == (
+        "read_rtlil wage_top.il\nproc\nsynth_ecp5 -top wage_top -run begin:map_luts\n"
+        "techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\nsynth_ecp5 -top wage_top -run map_cells:\n"
+        "tee -q -o wage_top_stat.json stat -json\nwrite_json wage_top.json\n")
+    assert build.default_lut_mapper(SMALL) == "abc9" and build.default_lut_mapper(SMALL.replace(lanes=8)) == "abc"
+    with pytest.raises(build.BuildError, match="lut_mapper='abc10': must be one of abc9, abc"):
+        build.build_bitstream("ulx3s", None, SMALL, lut_mapper="abc10", progress=None)
 
 
 def test_silent_abc_crash_is_retried_with_dff(tmp_path, monkeypatch):
