@@ -150,8 +150,11 @@ class Engine(wiring.Component):
                 m.d.sync += ext_write_words.eq(ext_write_words + 1)
         else:
             act_rd, err_rd = act_ram_rd, err_ram_rd
+            # Write ports registered: the host's write path (bounds check → address mux → bank
+            # select → DP16KD write enable) was the 8-lane 85F engine's critical path (16.1 ns). A
+            # word now lands one cycle later; nothing reads a word in the cycle after its write.
             for ram, v, a, d in ((act, act_wv, act_wa, act_wd), (err, err_wv, err_wa, err_wd)):
-                m.d.comb += [ram.w_en.eq(v), ram.w_addr.eq(a), ram.w_data.eq(d)]
+                m.d.sync += [ram.w_en.eq(v), ram.w_addr.eq(a), ram.w_data.eq(d)]
         m.submodules.array = array = MacArray(wage, L, L, mode="int8", max_reduction=cfg.max_reduction,
                                               target=cfg.target)
         acc_width = max(array.accumulator_width, 10)
