@@ -1,8 +1,8 @@
 """Training throughput of the engine, from its own cycle counters on Verilator.
 
     .venv/bin/python benchmarks/engine_throughput.py [--fmax MHZ] [--nets mlp lenet5] [--lanes 8 16]
-        [--memory external|simulated] [--ext-latency 20] [--ext-cycles-per-word 1]
-        [--ext-command-cycles 0] [--no-per-instruction]
+        [--memory external|sdram|simulated] [--ext-latency 20] [--ext-cycles-per-word 1]
+        [--ext-command-cycles 0] [--sdram-mhz 100] [--no-per-instruction]
 
 For each network at batch 128 and each array side (``--lanes``; 8×8 = 64 MULT18X18D fits the
 LFE5U-85F's 156, 16×16 = 256 does not) the engine RTL (``hw.engine.engine.Engine``) runs one
@@ -19,7 +19,10 @@ A network whose tensors need more keeps them, with ``--memory external`` (the de
 external memory behind the engine's port (:class:`hw.engine.system.EngineSystem`: the simulation
 model with ``--ext-latency`` cycles of read latency, one word per ``--ext-cycles-per-word`` cycles
 and ``--ext-command-cycles`` dead cycles per burst), and the report gives the external words read
-and written per step. With ``--memory simulated`` it runs instead with on-chip memories as deep as
+and written per step. ``--memory sdram`` puts the board's SDRAM there instead
+(:class:`boards.sdram_system.EngineSDRAMSystem`: the SDRAM controller and the checking chip model,
+its timing in cycles at ``--sdram-mhz``, which is then also the clock of the images/s: the engine and
+the SDRAM share it). With ``--memory simulated`` it runs instead with on-chip memories as deep as
 it needs (not buildable on the 85F; the port's cost is then not in the figures); simulated memories
 beyond ``--max-sim-words`` words make the Verilog conversion crawl (Amaranth writes every memory's
 zero init as one constant; a 196k-word memory kept yosys busy for more than ten minutes), so such a
@@ -119,7 +122,11 @@ def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> 
         out = Path(tmp) / "counters.json"
         name = f"engine_{config.wage.net.replace('-', '_')}_b{config.batch}_l{config.lanes}"
         top = Engine(config)
-        if config.external_depth:
+        if config.external_depth and isinstance(timing, float):          # the SDRAM at this clock (MHz)
+            from boards.sdram_system import EngineSDRAMSystem
+            top = EngineSDRAMSystem(config, timing * 1e6)
+            name += f"_sdram{timing:g}"
+        elif config.external_depth:
             top = EngineSystem(config, timing)
             name += f"_ext{timing.latency}_{timing.cycles_per_word}_{timing.command_cycles}"
         run_cocotb(top, name=name, test_module="sim.tb_engine", testcase="throughput",
@@ -138,7 +145,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON report goes")
     ap.add_argument("--max-sim-words", type=int, default=40000,
                     help="deepest simulated data memory (else the batch is halved until it fits)")
-    ap.add_argument("--memory", choices=("external", "simulated"), default="external",
+    ap.add_argument("--sdram-mhz", type=float, default=100.0,
+                    help="--memory sdram: the SDRAM's (and the engine's) clock in MHz (default 100)")
+    ap.add_argument("--memory", choices=("external", "sdram", "simulated"), default="external",
                     help="where tensors that do not fit the 85F's block RAM go (see the module docstring)")
     ap.add_argument("--ext-latency", type=int, default=20, help="external memory: read latency in cycles")
     ap.add_argument("--ext-cycles-per-word", type=int, default=1, help="external memory: cycles per word")
@@ -148,8 +157,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from hw.engine.system import ExternalTiming
     timing = ExternalTiming(args.ext_latency, args.ext_cycles_per_word, args.ext_command_cycles)
-    external = args.memory == "external"
+    external = args.memory in ("external", "sdram")
     fmax, fmax_note = (args.fmax, "given on the command line") if args.fmax else unit_fmax()
+    if args.memory == "sdram":
+        timing = float(args.sdram_mhz)
+        fmax, fmax_note = timing, f"the SDRAM clock (--sdram-mhz {timing:g}), shared by the engine"
     report = {"fmax_mhz": fmax, "fmax_source": fmax_note, "batch": args.batch,
               "date": time.strftime("%Y-%m-%d %H:%M"), "runs": {}}
     for net, lanes in [(n, l) for n in args.nets for l in args.lanes]:
@@ -202,7 +214,8 @@ def main(argv=None) -> int:
                  "mac_slot_utilisation": total / (cycles * L * L),
                  "array_busy": c["array_beats"] / cycles, "layers": layers, "instructions": instructions,
                  "external_words": config.external_words, "external_weight_words": config.external_weight_words,
-                 "external_timing": dataclasses.asdict(timing) if config.external_depth else None,
+                 "external_timing": (None if not config.external_depth else
+                                     {"sdram_mhz": timing} if isinstance(timing, float) else dataclasses.asdict(timing)),
                  "ext_read_words_per_step": c["ext_read_words"], "ext_write_words_per_step": c["ext_write_words"],
                  "sim_wall_s": round(time.time() - t, 1)}
         if fmax:

@@ -75,7 +75,7 @@ from amaranth.lib.wiring import In, Out
 from hw.engine.extmem import MAX_BURST, ExternalMemorySignature
 
 __all__ = ["DATASHEET", "SDRAMTiming", "SDRAMCycles", "SDRAMGeometry", "SDRAMPinsSignature",
-           "SDRAMController", "mode_register", "COMMANDS"]
+           "SDRAMController", "mode_register", "COMMANDS", "engine_sdram", "connect_engine_port"]
 
 #: Where the numbers of :class:`SDRAMTiming` come from.
 DATASHEET = ("Micron 256Mb x4/x8/x16 SDRAM (MT48LC16M16A2), speed grade -6A, "
@@ -610,3 +610,22 @@ class SDRAMController(wiring.Component):
                      self.refreshes.eq(self.refreshes + do_ref),
                      self.row_misses.eq(self.row_misses + do_act)]
         return m
+
+
+def engine_sdram(config, clk_freq, *, read_delay: int = 0) -> SDRAMController:
+    """The controller for an engine configuration's external memory
+    (:class:`hw.engine.config.EngineConfig`): words of ``external_width`` bits, an address as wide as
+    ``external_depth`` needs (the engine's port address is the ISA's, wider). A memory the chip
+    cannot hold is refused, naming the sizes."""
+    addr_bits = max(1, (config.external_depth - 1).bit_length())
+    return SDRAMController(config.external_width, addr_bits, clk_freq, read_delay=read_delay)
+
+
+def connect_engine_port(m: Module, ext, port) -> None:
+    """Connect the engine's external-memory port ``ext`` to a controller's ``port`` whose address is
+    narrower (every address the engine issues is below its ``external_depth``)."""
+    m.d.comb += [port.cmd.payload.addr.eq(ext.cmd.payload.addr), port.cmd.payload.count.eq(ext.cmd.payload.count),
+                 port.cmd.payload.write.eq(ext.cmd.payload.write),
+                 port.cmd.valid.eq(ext.cmd.valid), ext.cmd.ready.eq(port.cmd.ready)]
+    wiring.connect(m, ext.w, port.w)
+    wiring.connect(m, port.r, ext.r)

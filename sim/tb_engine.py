@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 
 import cocotb
+import numpy as np
 
 from golden import model as golden
 from golden.config import WageConfig
@@ -133,6 +134,15 @@ async def throughput(dut):
     after = await driver.counters()
     delta = {k: after[k] - before[k] for k in after}
     dut._log.info(f"one step: {delta}")
+    # the step's figures only count if the step was right: weights equal golden's, and an external
+    # memory (model or SDRAM behind the port) flagged nothing
+    init = golden.init_weights(wage)
+    want = golden.train_step(wage, init, data.train_images[:b], data.train_labels[:b], 0, eta)[0]
+    got = await driver.read_weights()
+    bad = [i for i, (g, w) in enumerate(zip(got, want)) if not np.array_equal(g, w)]
+    assert not bad, f"weights of layers {bad} differ from golden after the step"
+    if hasattr(dut, "ext_fault"):
+        assert int(dut.ext_fault.value) == 0, "the external memory flagged a fault (SDRAM: a timing violation)"
     # each instruction alone (a program of it and END): its cycles, for the per-layer figures (the
     # engine's timing does not depend on the data, so the step's state is good enough)
     from hw.engine.encoding import encode_program

@@ -22,8 +22,11 @@ CONFIG = EngineConfig(WAGE, lanes=4, data_words=64, weight_words=64, label_words
 
 def simulate(bench, config=CONFIG, timing=None):
     """Run ``bench(ctx, dut)`` against the engine (with the external-memory model behind its port
-    when the config has one)."""
-    dut = EngineSystem(config, timing or ExternalTiming()) if config.external_words else Engine(config)
+    when the config has one; ``timing`` may instead be a factory of the system, ``timing(config)``)."""
+    if callable(timing):
+        dut = timing(config)
+    else:
+        dut = EngineSystem(config, timing or ExternalTiming()) if config.external_words else Engine(config)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     async def testbench(ctx):
