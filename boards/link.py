@@ -1,7 +1,6 @@
 """Reliable link layer for the engine's host packets over a byte link (protocol and gateware).
 
-The chunk framing of :mod:`boards.framing` has no error detection: a dropped or corrupted byte on
-the serial line goes unnoticed. This layer wraps the engine's 32-bit word streams (``host_layout()``:
+A dropped or corrupted byte on the serial line must never pass unnoticed. This layer wraps the engine's 32-bit word streams (``host_layout()``:
 ``data`` + ``last``) in CRC-protected, sequence-numbered frames with acknowledgements and
 retransmission (go-back-N with a window of 1–16 frames; window 1 is stop-and-wait). The protocol is
 defined once, here; :mod:`boards.link_host` is the host side in pure Python, :class:`ReliableLink`
@@ -88,14 +87,9 @@ rate, e.g. 76 % with a 1 ms turnaround, 17.5 % with the FTDI default latency tim
 the engine, stop-and-wait also waits for the engine to refill the single frame buffer: 255 clocks,
 1.5 byte times at 50 MHz.)
 
-Integration (replacing :class:`boards.framing.ChunkDecoder`/:class:`~boards.framing.ChunkEncoder`
-in :class:`boards.hostlink.UARTHostLink`)::
-
-    m.submodules.link = link = ReliableLink(timeout_cycles=suggested_timeout_cycles(clk_freq, baud))
-    # UARTRx.data -> byte FIFO -> link.rx_bytes   (rx_bytes.ready is always 1; the FIFO is optional)
-    # link.tx_bytes -> UARTTx.data                 (wiring.connect(m, link.tx_bytes, utx.data))
-    # link.to_engine -> engine.host_in, engine.host_out -> link.from_engine
-    # error LED: link.error | UART frame_error / overrun (sticky)
+Integration: :class:`boards.hostlink.UARTHostLink` joins :mod:`boards.uart`'s receiver and
+transmitter to the byte ports and the engine to the word ports; its sticky ``error`` is
+:attr:`ReliableLink.error` alone (line faults are recovered, not errors).
 
 Python reference (used by :mod:`boards.link_host` and the tests): :func:`crc`, :func:`encode_frame`,
 :func:`packet_frames`, :class:`Frame`, :class:`FrameParser`.

@@ -1,7 +1,7 @@
 """Board top level: the engine behind the serial host link, clocked by a PLL, with status LEDs.
 
 :class:`EngineBoardCore` is everything that runs in the engine's clock domain — the
-:class:`~boards.hostlink.UARTHostLink` (UART + chunk framing, :mod:`boards.framing`) joined to the
+:class:`~boards.hostlink.UARTHostLink` (UART + the reliable link layer, :mod:`boards.link`) joined to the
 :class:`~hw.engine.engine.Engine`'s host streams, and the status bits — with plain ``rx``/``tx``
 ports, so it simulates without a platform. :class:`EngineBoardTop` adds what needs the board: the
 ECP5 PLL from the board's oscillator to the requested clock (:mod:`boards.pll`), the reset (button or
@@ -23,7 +23,14 @@ Status bits, in LED order (a board with fewer LEDs shows the first ones):
 0. heartbeat: toggles about once a second (the engine clock runs);
 1. ready: the PLL is locked and the design is out of reset;
 2. host → board bytes seen recently; 3. board → host bytes sent recently;
-4. link error (sticky until reset: a framing or overrun error on the serial link).
+4. link error (sticky until reset): a protocol violation on the reliable link — a frame with a good
+   header CRC that breaks the frame rules, or an acknowledgement of a frame never sent; i.e. the
+   host does not speak this link protocol. Line faults are not errors, the link recovers from them;
+5. link retry (held for a quarter of a second): the link recovered from a line fault — a frame was
+   retransmitted or received again, failed its CRC, or a byte had a bad stop bit.
+
+The ULX3S shows all six on its eight LEDs (LED 6 and 7 stay off); the ECPIX-5 shows them on the
+first two of its four RGB LEDs (red, green, blue of LED 0 = bits 0–2, of LED 1 = bits 3–5).
 """
 
 from __future__ import annotations
@@ -38,22 +45,25 @@ from hw.engine.engine import Engine
 
 from .hostlink import UARTHostLink
 from .pll import ECP5PLL
-from .sdram import SDRAMController, SDRAMPinsSignature
+from .sdram import SDRAMPinsSignature, connect_engine_port, engine_sdram
 
 __all__ = ["EngineBoardCore", "EngineBoardTop", "STATUS_BITS", "SDRAM_READ_DELAY"]
 
 #: Clocks between the controller's pin registers and its DQ sample added by the top's I/O registers.
 SDRAM_READ_DELAY = 2
 
-STATUS_BITS = ("heartbeat", "ready", "rx_active", "tx_active", "link_error")
+STATUS_BITS = ("heartbeat", "ready", "rx_active", "tx_active", "link_error", "link_retry")
 
 
 class EngineBoardCore(wiring.Component):
-    """The engine and its serial host link in one clock domain (``sync``); see the module docstring."""
+    """The engine and its serial host link in one clock domain (``sync``); see the module docstring.
+
+    ``activity_cycles`` and ``link_timeout_cycles`` go to :class:`~boards.hostlink.UARTHostLink`
+    (``activity_cycles``, ``timeout_cycles``; default: theirs)."""
 
     def __init__(self, config: EngineConfig, *, clk_freq: float, baud: int = 3_000_000,
                  activity_cycles: int | None = None, sdram: bool = False,
-                 sdram_read_delay: int = SDRAM_READ_DELAY):
+                 sdram_read_delay: int = SDRAM_READ_DELAY, link_timeout_cycles: int | None = None):
         if not isinstance(config, EngineConfig) or (config.external_depth and not sdram):
             self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
         if not isinstance(config, EngineConfig):
@@ -65,15 +75,13 @@ class EngineBoardCore(wiring.Component):
         self.config = config
         self.clk_freq, self.baud = clk_freq, baud
         kw = {} if activity_cycles is None else {"activity_cycles": activity_cycles}
+        if link_timeout_cycles is not None:
+            kw["timeout_cycles"] = link_timeout_cycles
         self.sdram = None
         members = {"rx": In(1, init=1), "tx": Out(1, init=1), "status": Out(len(STATUS_BITS))}
         if config.external_depth:
-            # The port's address is as wide as the external memory needs (the ISA's is wider): the
-            # controller refuses a memory the chip cannot hold, naming the sizes.
-            addr_bits = max(1, (config.external_depth - 1).bit_length())
             try:
-                self.sdram = SDRAMController(config.external_width, addr_bits, clk_freq,
-                                             read_delay=sdram_read_delay)
+                self.sdram = engine_sdram(config, clk_freq, read_delay=sdram_read_delay)
             except (TypeError, ValueError):
                 self._MustUse__silence = True
                 raise
@@ -91,13 +99,7 @@ class EngineBoardCore(wiring.Component):
         wiring.connect(m, engine.host_out, link.from_engine)
         if self.sdram is not None:
             m.submodules.sdram = sdram = self.sdram
-            ext, port = engine.ext, sdram.port
-            m.d.comb += [port.cmd.payload.addr.eq(ext.cmd.payload.addr),     # below external_depth
-                         port.cmd.payload.count.eq(ext.cmd.payload.count),
-                         port.cmd.payload.write.eq(ext.cmd.payload.write),
-                         port.cmd.valid.eq(ext.cmd.valid), ext.cmd.ready.eq(port.cmd.ready)]
-            wiring.connect(m, ext.w, port.w)
-            wiring.connect(m, port.r, ext.r)
+            connect_engine_port(m, engine.ext, sdram.port)
             wiring.connect(m, sdram.pins, wiring.flipped(self.sdram_pins))
         half_second = max(1, int(self.clk_freq // 2))
         beat_count = Signal(range(half_second))
@@ -108,7 +110,7 @@ class EngineBoardCore(wiring.Component):
             m.d.sync += beat_count.eq(beat_count + 1)
         ready = Signal(init=0)
         m.d.sync += ready.eq(1)                            # 0 only while in reset
-        m.d.comb += self.status.eq(Cat(heartbeat, ready, link.rx_active, link.tx_active, link.error))
+        m.d.comb += self.status.eq(Cat(heartbeat, ready, link.rx_active, link.tx_active, link.error, link.retry))
         return m
 
 
@@ -122,10 +124,16 @@ class EngineBoardTop(Elaboratable):
     def __init__(self, config: EngineConfig, board, *, freq_mhz: float, baud: int = 3_000_000,
                  clock_in_mhz: float):
         self.board, self.config = board, config
-        self.pll = ECP5PLL(clock_in_mhz, freq_mhz)
-        self.pll_params = self.pll.params
-        self.core = EngineBoardCore(config, clk_freq=self.pll_params.f_out_mhz * 1e6, baud=baud,
-                                    sdram=board.sdram is not None)
+        try:
+            self.pll = ECP5PLL(clock_in_mhz, freq_mhz)
+            self.pll_params = self.pll.params
+            self.core = EngineBoardCore(config, clk_freq=self.pll_params.f_out_mhz * 1e6, baud=baud,
+                                        sdram=board.sdram is not None)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True      # a rejected design is not an "unused elaboratable"
+            if hasattr(self, "pll"):
+                self.pll._MustUse__silence = True
+            raise
 
     def elaborate(self, platform):
         m = Module()

@@ -1,9 +1,11 @@
 """boards.top: the engine behind the serial host link, driven bit by bit on its UART pins.
 
 The board core (link + engine, no PLL; with external words also the SDRAM controller and the chip
-model) is simulated with a Python UART peer at 8 clocks per bit:
-IDENT must come back with the engine's identity, labels written through the link must read back,
-and a bad command must get its error response with the link still serving.
+model) is simulated with a Python UART peer at 8 clocks per bit that speaks the reliable link
+protocol (:class:`tests.test_boards_hostlink.UartLinkPeer`: a :class:`boards.link_host.LinkEndpoint`
+clocked by the simulation's cycle count): IDENT must come back with the engine's identity, labels
+written through the link must read back, and a bad command must get its error response with the
+link still serving.
 """
 
 import random
@@ -14,48 +16,51 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from boards.framing import PacketDecoder, encode_packet
+from boards.link import suggested_timeout_cycles
 from boards.sdram import SDRAMTiming
 from boards.sdram_model import SDRAMModel
 from boards.top import SDRAM_READ_DELAY, STATUS_BITS, EngineBoardCore
 from hw.engine.driver import decode_items, encode_items
 from hw.engine.protocol import IDENT, Command, Status, Target, header, ident_values, item_bits
 from tests.support import seed_for
-from tests.test_boards_hostlink import BAUD, CLK, R, LinePeer, uart_wave
+from tests.test_boards_hostlink import BAUD, CLK, UartLinkPeer
 from tests.test_hw_engine import CONFIG
 
 
-def exchange(requests, rng, *, responses_expected, dut=None, watch=()):
-    """Send ``requests`` (packets of words) to the board core's rx pin; return the decoded responses
-    and the status bits seen (OR over the run), with the last values of the ``watch`` signals."""
+def exchange(requests, rng, *, dut=None, watch=(), max_cycles=200_000):
+    """Open the link (RESET) from a Python peer on the board core's UART pins and send
+    ``requests`` (packets of words); return the responses and the status bits seen (OR over the
+    run), with the last values of the ``watch`` signals."""
     dut = dut or EngineBoardCore(CONFIG, clk_freq=CLK, baud=BAUD, activity_cycles=64)
-    watched = {}
-    wave = uart_wave(b"".join(encode_packet(p) for p in requests), rng)
-    decoder, peer, packets, seen = PacketDecoder(), LinePeer(), [], [0]
+    peer = UartLinkPeer(rng, timeout=suggested_timeout_cycles(CLK, BAUD))
+    watched, packets, seen = {}, [], [0]
 
-    async def host_sends(ctx):
-        for level in wave:
-            ctx.set(dut.rx, level)
-            await ctx.tick()
-
-    async def host_listens(ctx):
-        for _ in range(len(wave) + 200 * 10 * R):
+    async def host(ctx):
+        peer.endpoint.connect()
+        sent, level, cycles = False, 1, 0
+        while len(packets) < len(requests):
+            assert cycles < max_cycles, f"{len(packets)} of {len(requests)} responses after {cycles} cycles"
+            if not sent and not peer.endpoint.connecting:
+                for p in requests:
+                    peer.endpoint.send(p)
+                sent = True
+            if peer.level != level:
+                level = peer.level
+                ctx.set(dut.rx, level)
             _, _, tx, status, *values = await ctx.tick().sample(dut.tx, dut.status, *watch)
+            cycles += 1
             seen[0] |= status
             watched.update(zip((s.name for s in watch), values))
-            before = len(peer.bytes)
-            peer.sample(tx)
-            if len(peer.bytes) > before:
-                packets.extend(decoder.feed(bytes(peer.bytes[before:])))
-                if len(packets) == responses_expected:
-                    return
+            peer.clock(tx)
+            while peer.packets:
+                packets.append(peer.packets.popleft())
 
     sim = Simulator(dut)
     sim.add_clock(1 / CLK)
-    sim.add_testbench(host_sends, background=True)
-    sim.add_testbench(host_listens)
+    sim.add_testbench(host)
     sim.run()
-    assert peer.faults == []
+    assert peer.line.faults == []
+    assert peer.stats.retransmissions == peer.stats.crc_errors == peer.stats.timeouts == 0
     return packets, {**{name: bool(seen[0] >> i & 1) for i, name in enumerate(STATUS_BITS)}, **watched}
 
 
@@ -68,14 +73,15 @@ def test_ident_labels_and_a_bad_command_over_the_serial_pins():
         [header(0x55, 0, tag=9)],                                             # no such command
         [header(Command.READ, Target.LABELS, tag=10), 0, len(labels)],
     ]
-    packets, status = exchange(requests, rng, responses_expected=4)
+    packets, status = exchange(requests, rng)
     ident, write, bad, read = packets
     assert ident[0] == header(Command.IDENT, Status.OK, tag=7)
     assert dict(zip(IDENT, ident[1:])) == ident_values(CONFIG)
     assert write == [header(Command.WRITE, Status.OK, tag=8)]
     assert bad == [header(0x55, Status.BAD_COMMAND, tag=9)]
     assert read == [header(Command.READ, Status.OK, tag=10), *labels]
-    assert status["ready"] and status["rx_active"] and status["tx_active"] and not status["link_error"]
+    assert status["ready"] and status["rx_active"] and status["tx_active"]
+    assert not status["link_error"] and not status["link_retry"]
 
 
 # -- the external memory on SDRAM -----------------------------------------------------------------
@@ -116,7 +122,7 @@ def test_external_words_live_in_the_sdram(read_delay):
         [header(Command.READ, Target.ACT, tag=2), address, len(items)],
     ]
     dut = CoreWithSDRAM(read_delay)
-    packets, status = exchange(requests, rng, responses_expected=2, dut=dut,
+    packets, status = exchange(requests, rng, dut=dut,
                                watch=(dut.model.violation, dut.core.sdram.read_words))
     write, read = packets
     assert write == [header(Command.WRITE, Status.OK, tag=1)]
