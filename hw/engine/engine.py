@@ -180,6 +180,12 @@ class Engine(wiring.Component):
         # ---- sequencer state ---------------------------------------------------------------------
         op = Signal(4)                                   # running operation (Op.NOP: host mode)
         ins_bits = Signal(32 * MACHINE_WORDS)            # the instruction register, loaded word by word
+        # One-hot pointer to the record word the next fetched word lands in. Each 32-bit word of the
+        # register has its own load enable (a shift register's one enable fanned out to all 6,720
+        # flip-flops, the 4-lane 85F engine's critical path), and the words of fields a
+        # configuration never reads (convolution fields without convolution) are left unloaded, so
+        # synthesis drops them.
+        word_sel = Signal(MACHINE_WORDS, init=1)
         ins = data.View(machine_layout(), ins_bits[:MACHINE_BITS])
         pc = Signal(range(cfg.program_words + MACHINE_WORDS + 1))     # word address of the next record
         fetched = Signal(range(MACHINE_WORDS + 1))
@@ -682,7 +688,10 @@ class Engine(wiring.Component):
                 m.d.comb += [running.eq(1), prog_rd.addr.eq(pc), prog_rd.en.eq(1)]
                 m.d.sync += [pc.eq(pc + 1), fetched.eq(fetched + 1)]
                 with m.If(fetched != 0):
-                    m.d.sync += ins_bits.eq(Cat(ins_bits[32:], prog_rd.data))
+                    m.d.sync += word_sel.eq(word_sel.rotate_left(1))
+                    for k in range(MACHINE_WORDS):
+                        with m.If(word_sel[k]):
+                            m.d.sync += ins_bits.word_select(k, 32).eq(prog_rd.data)
                 with m.If(fetched == MACHINE_WORDS):
                     m.d.sync += [pc.eq(pc), fetched.eq(0)]
                     m.next = "DECODE"
