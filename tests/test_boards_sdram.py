@@ -21,6 +21,7 @@ from amaranth.sim import Simulator
 from boards.sdram import (COMMANDS, SDRAMController, SDRAMCycles, SDRAMGeometry, SDRAMTiming, mode_register)
 from boards.sdram_model import SDRAMModel, SDRAMViolation
 from tests.support import seed_for
+from tests.test_hw_engine_extmem_model import check_reads, reference_reads   # the same scoreboard
 
 V = SDRAMViolation
 #: Real -6A timing at 100 MHz (CL 2), with a 20-cycle power-up wait and a refresh every 150 cycles
@@ -157,25 +158,6 @@ class Bench(wiring.Component):
         else:
             wiring.connect(m, self.controller.pins, self.model.pins)
         return m
-
-
-def reference_reads(commands, write_data):
-    """(address, word) of every read word, in order, from a zero-initialised dict memory."""
-    memory, words, expected = {}, iter(write_data), []
-    for addr, count, write in commands:
-        for a in range(addr, addr + count):
-            if write:
-                memory[a] = next(words)
-            else:
-                expected.append((a, memory.get(a, 0)))
-    return expected
-
-
-def check_reads(got, expected):
-    """The scoreboard: every read word, in order, equals the reference's."""
-    assert len(got) == len(expected), f"{len(got)} read words, want {len(expected)}"
-    for i, (word, (addr, want)) in enumerate(zip(got, expected)):
-        assert word == want, f"read word {i} (address {addr}): got {word:#x}, want {want:#x}"
 
 
 def random_traffic(rng, data_width, addr_bits, n_commands, max_burst=16):
