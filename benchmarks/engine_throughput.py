@@ -121,7 +121,6 @@ def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "counters.json"
         name = f"engine_{config.wage.net.replace('-', '_')}_b{config.batch}_l{config.lanes}"
-        top = Engine(config)
         if config.external_depth and isinstance(timing, float):          # the SDRAM at this clock (MHz)
             from boards.sdram_system import EngineSDRAMSystem
             top = EngineSDRAMSystem(config, timing * 1e6)
@@ -129,6 +128,8 @@ def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> 
         elif config.external_depth:
             top = EngineSystem(config, timing)
             name += f"_ext{timing.latency}_{timing.cycles_per_word}_{timing.command_cycles}"
+        else:
+            top = Engine(config)
         run_cocotb(top, name=name, test_module="sim.tb_engine", testcase="throughput",
                    parameters={"engine": engine, "out": str(out), "per_instruction": per_instruction},
                    timeout_s=4 * 3600)
