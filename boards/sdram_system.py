@@ -6,7 +6,7 @@ streams and ``ext_fault``) but serves the port as the ULX3S does: the
 :class:`~boards.sdram_model.SDRAMModel` behind one register each way on every pin (the board top's
 I/O registers, hence ``read_delay`` :data:`boards.top.SDRAM_READ_DELAY`). The engine and the SDRAM
 share the clock ``clk_freq``, from which the controller's timing in cycles follows. ``ext_fault``
-is the model's sticky timing-violation flag. The simulations and ``benchmarks/engine_throughput.py
+is the model's sticky timing-violation flag (``ext_fault_code``: which rule, ``ext_fault_cycle``: when). The simulations and ``benchmarks/engine_throughput.py
 --memory sdram`` run it: the engine's cycle counts with the SDRAM's real bandwidth.
 """
 
@@ -20,7 +20,7 @@ from hw.engine.config import EngineConfig
 from hw.engine.engine import Engine, host_layout
 
 from .sdram import SDRAMGeometry, SDRAMTiming, connect_engine_port, engine_sdram
-from .sdram_model import SDRAMModel
+from .sdram_model import SDRAMModel, SDRAMViolation
 from .top import SDRAM_READ_DELAY
 
 __all__ = ["EngineSDRAMSystem"]
@@ -37,9 +37,11 @@ class EngineSDRAMSystem(wiring.Component):
         except (TypeError, ValueError):
             self._MustUse__silence = True
             raise
-        # store the rows the engine's words reach (the model keeps 2**stored_row_bits rows per bank)
+        # store every row the controller can address (2**addr_bits words): it may activate a row
+        # beyond the rows that hold the words the engine uses (seen with 1,280 words of 3 columns)
         g = SDRAMGeometry()
-        beats = config.external_depth * self.controller.beats
+        addr_bits = len(self.controller.port.cmd.payload.addr)
+        beats = (1 << addr_bits) * self.controller.beats
         rows = -(-beats // (1 << (g.col_bits + g.bank_bits)))
         self.model = SDRAMModel(SDRAMTiming().cycles(clk_freq), stored_row_bits=max(0, (rows - 1).bit_length()))
         self.engine = Engine(config)
@@ -47,6 +49,8 @@ class EngineSDRAMSystem(wiring.Component):
             "host_in": In(stream.Signature(host_layout())),
             "host_out": Out(stream.Signature(host_layout())),
             "ext_fault": Out(1),
+            "ext_fault_code": Out(SDRAMViolation),      # the first rule broken, and when
+            "ext_fault_cycle": Out(32),
         })
 
     def elaborate(self, platform):
@@ -60,5 +64,6 @@ class EngineSDRAMSystem(wiring.Component):
         for name, member in controller.pins.signature.members.items():       # the top's I/O registers
             ctrl, chip = getattr(controller.pins, name), getattr(model.pins, name)
             m.d.sync += chip.eq(ctrl) if member.flow == wiring.Out else ctrl.eq(chip)
-        m.d.comb += self.ext_fault.eq(model.violation)
+        m.d.comb += [self.ext_fault.eq(model.violation), self.ext_fault_code.eq(model.violation_code),
+                     self.ext_fault_cycle.eq(model.violation_cycle)]
         return m

@@ -27,9 +27,10 @@ def test_spilled_tensors_train_bit_exactly_through_the_sdram(sdram_steps):
     program, got, want, system = sdram_steps
     for s in range(2):
         assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
+    assert [got[s]["ext_fault"] for s in range(2)] == [0, 0], f"the SDRAM model flagged {[got[s].get('ext_fault_code') for s in range(2)]}"
     c0, c1 = got[0]["counters"], got[1]["counters"]
     assert c1["ext_read_words"] > c0["ext_read_words"] > 0 and c1["ext_write_words"] > c0["ext_write_words"]
-    assert system.model.stored_row_bits == 1    # (1024 + 256) words x 3 columns = 3,840: two rows of 4 x 512
+    assert system.model.stored_row_bits == 2    # 2**11 addressable words x 3 columns = 6,144: rows 0-2 of 4 x 512
 
 
 def test_one_wrong_bit_through_the_sdram_is_caught(sdram_steps):

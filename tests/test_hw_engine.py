@@ -315,6 +315,10 @@ def run_conv_steps(config, timing=None):
             for e in program.errors:
                 snap[e.name] = await driver.read_err(e)
             snap["counters"] = await driver.counters()
+            if hasattr(dut, "ext_fault"):              # the external memory's sticky fault flag
+                snap["ext_fault"] = ctx.get(dut.ext_fault)
+                if hasattr(dut, "ext_fault_code"):       # the SDRAM model: which rule, when
+                    snap["ext_fault_code"] = (ctx.get(dut.ext_fault_code), ctx.get(dut.ext_fault_cycle))
             got.append(snap)
 
         await train_on_engine(driver, weights, batches, after_step)
