@@ -1,4 +1,5 @@
-"""Helpers shared by the hardware tests: logged seeds and two's-complement lane packing."""
+"""Helpers shared by the hardware tests: logged seeds, two's-complement lane packing and a stalling
+stream producer."""
 
 from __future__ import annotations
 
@@ -61,3 +62,17 @@ def train_model_and_golden(engine, wage, program, embedded, steps, eta_log2=3, c
             elif not np.array_equal(got, want):
                 mismatches.add(name)
     return mismatches
+
+
+async def send_stalling(ctx, stream, payloads, rng, stall: float) -> None:
+    """Offer ``payloads`` on ``stream`` (an Amaranth testbench), each after a random number of idle
+    cycles (one more with probability ``stall``), holding it until taken; ``valid`` low at the end."""
+    for payload in payloads:
+        while rng.random() < stall:
+            ctx.set(stream.valid, 0)
+            await ctx.tick()
+        ctx.set(stream.payload, payload)
+        ctx.set(stream.valid, 1)
+        while not (await ctx.tick().sample(stream.ready))[2]:      # ready as sampled at the edge
+            pass
+    ctx.set(stream.valid, 0)

@@ -20,7 +20,7 @@ from amaranth.sim import Simulator
 
 from boards.sdram import (COMMANDS, SDRAMController, SDRAMCycles, SDRAMGeometry, SDRAMTiming, mode_register)
 from boards.sdram_model import SDRAMModel, SDRAMViolation
-from tests.support import seed_for
+from tests.support import seed_for, send_stalling
 from tests.test_hw_engine_extmem_model import check_reads, reference_reads   # the same scoreboard
 
 V = SDRAMViolation
@@ -204,27 +204,12 @@ def run_traffic(bench, commands, write_data, rng, *, cmd_stall=0.0, w_stall=0.0,
     got, done, result = [], [], {}
 
     async def command_producer(ctx):
-        for addr, count, write in commands:
-            while rng.random() < cmd_stall:
-                ctx.set(port.cmd.valid, 0)
-                await ctx.tick()
-            ctx.set(port.cmd.payload, {"addr": addr, "count": count, "write": write})
-            ctx.set(port.cmd.valid, 1)
-            while not (await ctx.tick().sample(port.cmd.ready))[2]:
-                pass
-        ctx.set(port.cmd.valid, 0)
+        await send_stalling(ctx, port.cmd, [{"addr": a, "count": c, "write": w} for a, c, w in commands], rng,
+                            cmd_stall)
         done.append("cmd")
 
     async def write_producer(ctx):
-        for word in write_data:
-            while rng.random() < w_stall:
-                ctx.set(port.w.valid, 0)
-                await ctx.tick()
-            ctx.set(port.w.payload, word)
-            ctx.set(port.w.valid, 1)
-            while not (await ctx.tick().sample(port.w.ready))[2]:
-                pass
-        ctx.set(port.w.valid, 0)
+        await send_stalling(ctx, port.w, write_data, rng, w_stall)
         done.append("w")
 
     async def read_consumer(ctx):

@@ -12,7 +12,7 @@ from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from hw.engine.extmem_model import RTLIL_INIT_SKIP, ExternalMemoryModel
-from tests.support import seed_for
+from tests.support import seed_for, send_stalling
 
 
 def reference_reads(commands, write_data):
@@ -67,25 +67,12 @@ def run_traffic(dut, commands, write_data, rng, *, cmd_stall=0.0, w_stall=0.0, r
     got, producers_done = [], []
 
     async def command_producer(ctx):
-        for addr, count, write in commands:
-            while rng.random() < cmd_stall:
-                ctx.set(port.cmd.valid, 0)
-                await ctx.tick()
-            ctx.set(port.cmd.payload, {"addr": addr, "count": count, "write": write})
-            ctx.set(port.cmd.valid, 1)
-            await ctx.tick().until(port.cmd.ready)
-        ctx.set(port.cmd.valid, 0)
+        await send_stalling(ctx, port.cmd, [{"addr": a, "count": c, "write": w} for a, c, w in commands], rng,
+                            cmd_stall)
         producers_done.append("cmd")
 
     async def write_producer(ctx):
-        for word in write_data:
-            while rng.random() < w_stall:
-                ctx.set(port.w.valid, 0)
-                await ctx.tick()
-            ctx.set(port.w.payload, word)
-            ctx.set(port.w.valid, 1)
-            await ctx.tick().until(port.w.ready)
-        ctx.set(port.w.valid, 0)
+        await send_stalling(ctx, port.w, write_data, rng, w_stall)
         producers_done.append("w")
 
     async def read_consumer(ctx):
