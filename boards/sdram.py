@@ -623,7 +623,12 @@ def engine_sdram(config, clk_freq, *, read_delay: int = 0) -> SDRAMController:
 
 def connect_engine_port(m: Module, ext, port) -> None:
     """Connect the engine's external-memory port ``ext`` to a controller's ``port`` whose address is
-    narrower (every address the engine issues is below its ``external_depth``)."""
+    narrower: the low ``addr_bits`` of each command's address are kept.
+
+    The engine reads and writes only its ``external_depth`` words (a pattern's padding beats, whose
+    data it zeroes, are read from on-chip word 0: :class:`hw.engine.feeder.PatternReader`), so the
+    dropped high bits are 0; ``tests/test_boards_sdram_system.py`` checks every command of a
+    training run against the words."""
     m.d.comb += [port.cmd.payload.addr.eq(ext.cmd.payload.addr), port.cmd.payload.count.eq(ext.cmd.payload.count),
                  port.cmd.payload.write.eq(ext.cmd.payload.write),
                  port.cmd.valid.eq(ext.cmd.valid), ext.cmd.ready.eq(port.cmd.ready)]

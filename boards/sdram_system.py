@@ -23,7 +23,27 @@ from .sdram import SDRAMGeometry, SDRAMTiming, connect_engine_port, engine_sdram
 from .sdram_model import SDRAMModel, SDRAMViolation
 from .top import SDRAM_READ_DELAY
 
-__all__ = ["EngineSDRAMSystem"]
+__all__ = ["EngineSDRAMSystem", "sdram_chip_model", "register_sdram_pins"]
+
+
+def sdram_chip_model(controller, clk_freq: float, words: int | None = None) -> SDRAMModel:
+    """The chip model for ``controller`` (an :class:`~boards.sdram.SDRAMController`) at ``clk_freq``:
+    the datasheet timing, and storage for the rows that hold words ``0 … words − 1`` (default: every
+    word the controller can address). The engine touches only its ``external_depth`` words, so a
+    model sized to them flags any access beyond them as NOT_STORED."""
+    g = SDRAMGeometry()
+    if words is None:
+        words = 1 << len(controller.port.cmd.payload.addr)
+    rows = -(-(words * controller.beats) // (1 << (g.col_bits + g.bank_bits)))
+    return SDRAMModel(SDRAMTiming().cycles(clk_freq), stored_row_bits=max(0, (rows - 1).bit_length()))
+
+
+def register_sdram_pins(m: Module, controller_pins, chip_pins) -> None:
+    """One register each way on every SDRAM pin between the controller and the chip model, where
+    :class:`boards.top.EngineBoardTop` has its IOLOGIC flip-flops."""
+    for name, member in controller_pins.signature.members.items():
+        ctrl, chip = getattr(controller_pins, name), getattr(chip_pins, name)
+        m.d.sync += chip.eq(ctrl) if member.flow == wiring.Out else ctrl.eq(chip)
 
 
 class EngineSDRAMSystem(wiring.Component):
@@ -37,13 +57,7 @@ class EngineSDRAMSystem(wiring.Component):
         except (TypeError, ValueError):
             self._MustUse__silence = True
             raise
-        # store every row the controller can address (2**addr_bits words): it may activate a row
-        # beyond the rows that hold the words the engine uses (seen with 1,280 words of 3 columns)
-        g = SDRAMGeometry()
-        addr_bits = len(self.controller.port.cmd.payload.addr)
-        beats = (1 << addr_bits) * self.controller.beats
-        rows = -(-beats // (1 << (g.col_bits + g.bank_bits)))
-        self.model = SDRAMModel(SDRAMTiming().cycles(clk_freq), stored_row_bits=max(0, (rows - 1).bit_length()))
+        self.model = sdram_chip_model(self.controller, clk_freq, config.external_depth)
         self.engine = Engine(config)
         super().__init__({
             "host_in": In(stream.Signature(host_layout())),
@@ -61,9 +75,7 @@ class EngineSDRAMSystem(wiring.Component):
         wiring.connect(m, wiring.flipped(self.host_in), engine.host_in)
         wiring.connect(m, engine.host_out, wiring.flipped(self.host_out))
         connect_engine_port(m, engine.ext, controller.port)
-        for name, member in controller.pins.signature.members.items():       # the top's I/O registers
-            ctrl, chip = getattr(controller.pins, name), getattr(model.pins, name)
-            m.d.sync += chip.eq(ctrl) if member.flow == wiring.Out else ctrl.eq(chip)
+        register_sdram_pins(m, controller.pins, model.pins)
         m.d.comb += [self.ext_fault.eq(model.violation), self.ext_fault_code.eq(model.violation_code),
                      self.ext_fault_cycle.eq(model.violation_cycle)]
         return m

@@ -4,12 +4,55 @@ The small convolutional network of tests/test_hw_engine.py with its input batch,
 weights outside (CONV_SPILL_CONFIG) trains two steps with the board's SDRAM behind the port instead
 of the generic memory model: every activation, mask, pool index, error and weight equals the
 word-level model and golden, and the chip model saw no timing violation.
+
+Every command on the port addresses the engine's external words: the padding beats of its patterns
+(a CONV_ERR tap left of or above an on-chip tensor at data address 0 wraps to 2**24 - k) are read
+on chip, never sent to the port (hw.engine.feeder.PatternReader). Pinned down on the training run's
+port commands. Were such a read sent, the controller would serve it modulo its address range,
+opening a row beyond the engine's words: pinned down on one such read through the controller. The
+system's chip model (boards.sdram_system.sdram_chip_model with the engine's words) stores only the
+rows of those words, so such a read would fail the training test as NOT_STORED.
 """
 
 import pytest
+from amaranth.hdl import Module
+from amaranth.sim import Simulator
 
-from boards.sdram_system import EngineSDRAMSystem
+import tests.test_hw_engine
+from boards.sdram import SDRAMGeometry, SDRAMTiming, connect_engine_port, engine_sdram
+from boards.sdram_model import SDRAMModel, SDRAMViolation
+from boards.sdram_system import EngineSDRAMSystem, register_sdram_pins, sdram_chip_model
+from boards.top import SDRAM_READ_DELAY
+from hw.engine.conv import ConvOp
+from hw.engine.extmem import ExternalMemorySignature
+from hw.engine.isa import ADDR_BITS
 from tests.test_hw_engine import CONV_CONFIG, CONV_SPILL_CONFIG, conv_mismatches, run_conv_steps
+
+GEOMETRY = SDRAMGeometry()
+ROW_BEATS = 1 << (GEOMETRY.col_bits + GEOMETRY.bank_bits)    # columns of one row across the banks
+
+
+def sdram_row(word, beats, addr_bits):
+    """The row (across the banks) of a word's first column, after the port keeps ``addr_bits`` bits."""
+    return (word % (1 << addr_bits)) * beats // ROW_BEATS
+
+
+class RecordingSimulator(Simulator):
+    """tests.test_hw_engine.simulate's simulator, also recording every command the engine's port
+    hands to the controller as (engine address, count, write) in ``dut.port_commands``."""
+
+    def __init__(self, dut):
+        super().__init__(dut)
+        dut.port_commands = []
+        cmd = dut.engine.ext.cmd
+
+        async def record(ctx):
+            async for _, _, valid, ready, addr, count, write in ctx.tick().sample(
+                    cmd.valid, cmd.ready, cmd.payload.addr, cmd.payload.count, cmd.payload.write):
+                if valid and ready:
+                    dut.port_commands.append((addr, count, write))
+
+        self.add_process(record)
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +63,9 @@ def sdram_steps():
         systems.append(EngineSDRAMSystem(config, clk_freq=50e6))
         return systems[-1]
 
-    return (*run_conv_steps(CONV_SPILL_CONFIG, system), systems[0])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tests.test_hw_engine, "Simulator", RecordingSimulator)
+        return (*run_conv_steps(CONV_SPILL_CONFIG, system), systems[0])
 
 
 def test_spilled_tensors_train_bit_exactly_through_the_sdram(sdram_steps):
@@ -30,7 +75,7 @@ def test_spilled_tensors_train_bit_exactly_through_the_sdram(sdram_steps):
     assert [got[s]["ext_fault"] for s in range(2)] == [0, 0], f"the SDRAM model flagged {[got[s].get('ext_fault_code') for s in range(2)]}"
     c0, c1 = got[0]["counters"], got[1]["counters"]
     assert c1["ext_read_words"] > c0["ext_read_words"] > 0 and c1["ext_write_words"] > c0["ext_write_words"]
-    assert system.model.stored_row_bits == 2    # 2**11 addressable words x 3 columns = 6,144: rows 0-2 of 4 x 512
+    assert system.model.stored_row_bits == 1    # 1,280 words x 3 columns = 3,840: rows 0-1 of 4 x 512
 
 
 def test_one_wrong_bit_through_the_sdram_is_caught(sdram_steps):
@@ -43,3 +88,73 @@ def test_one_wrong_bit_through_the_sdram_is_caught(sdram_steps):
 def test_a_configuration_without_external_words_is_refused():
     with pytest.raises(ValueError, match="must be an EngineConfig with external words"):
         EngineSDRAMSystem(CONV_CONFIG, clk_freq=50e6)
+
+
+def test_no_port_command_leaves_the_engine_words(sdram_steps):
+    """The port commands of the training run stay in the engine's 1,280 words, reads as well as
+    writes. CONV_ERR's padding taps of E1 (data 0..5, on chip) at data addresses -8..-1 would be
+    external words 2**24 - 72 .. 2**24 - 65 (the controller keeps 11 address bits: words
+    1,976..1,983, row 2, beyond rows 0-1 of the 1,280 words); they are read on chip instead."""
+    program, got, want, system = sdram_steps
+    cfg = CONV_SPILL_CONFIG
+    depth, beats = cfg.external_depth, system.controller.beats
+    addr_bits = len(system.controller.port.cmd.payload.addr)
+    commands = system.port_commands
+    assert (depth, beats, addr_bits) == (1280, 3, 11)
+    assert any(not write for _, _, write in commands) and any(write for _, _, write in commands)
+    assert [(addr, count, write) for addr, count, write in commands if addr + count > depth] == []
+    assert sdram_row(depth - 1, beats, addr_bits) == 1     # the engine's words end in row 1
+    assert {sdram_row(addr + count - 1, beats, addr_bits) for addr, count, _ in commands} <= {0, 1}
+    # the padding taps the run would otherwise have sent do exist in the program
+    conv_err = [ins for ins in program.instructions if ins.op == ConvOp.CONV_ERR]
+    padding = {addr - cfg.data_words for ins in conv_err for addr, valid in ins.a.addresses()
+               if not valid and addr >= cfg.data_words}
+    assert padding == set(range((1 << ADDR_BITS) - 72, (1 << ADDR_BITS) - 64))
+    assert {word % (1 << addr_bits) for word in padding} == set(range(1976, 1984))
+    assert {sdram_row(word, beats, addr_bits) for word in padding} == {2}
+
+
+@pytest.mark.parametrize("whole_range", [True, False], ids=["whole-range", "engine-rows"])
+def test_a_padding_read_opens_a_row_beyond_the_engine_words(whole_range):
+    """One read of external word 2**24 - 66 (CONV_ERR's tap at data address -2) through
+    connect_engine_port and the controller for CONV_SPILL_CONFIG: it is served (any data) after an
+    ACTIVE of bank 3, row 2; a chip model storing only the rows of the 1,280 words (0-1) flags it
+    NOT_STORED, sdram_chip_model without a word count (the controller's whole range) does not."""
+    cfg = CONV_SPILL_CONFIG
+    controller = engine_sdram(cfg, 50e6, read_delay=SDRAM_READ_DELAY)
+    if whole_range:
+        model = sdram_chip_model(controller, 50e6)
+        assert model.stored_row_bits == 2
+    else:
+        model = SDRAMModel(SDRAMTiming().cycles(50e6), stored_row_bits=1)
+    ext = ExternalMemorySignature(ADDR_BITS, cfg.external_width).create()
+    m = Module()
+    m.submodules.controller, m.submodules.model = controller, model
+    connect_engine_port(m, ext, controller.port)
+    register_sdram_pins(m, controller.pins, model.pins)
+    result = {}
+
+    async def bench(ctx):
+        while not ctx.get(controller.ready):
+            await ctx.tick()
+        ctx.set(ext.cmd.payload, {"addr": (1 << ADDR_BITS) - 66, "count": 1, "write": 0})
+        ctx.set(ext.cmd.valid, 1)
+        await ctx.tick().until(ext.cmd.ready)
+        ctx.set(ext.cmd.valid, 0)
+        ctx.set(ext.r.ready, 1)
+        activates, words = [], 0
+        for _ in range(40):
+            _, _, cs_n, ras_n, cas_n, we_n, ba, a, r_valid = await ctx.tick().sample(
+                controller.pins.cs_n, controller.pins.ras_n, controller.pins.cas_n, controller.pins.we_n,
+                controller.pins.ba, controller.pins.a, ext.r.valid)
+            if not cs_n and not ras_n and cas_n and we_n:
+                activates.append((ba, a))
+            words += r_valid
+        result.update(activates=activates, words=words, code=ctx.get(model.violation_code))
+
+    sim = Simulator(m)
+    sim.add_clock(2e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert result["activates"] == [(3, 2)] and result["words"] == 1
+    assert result["code"] == (SDRAMViolation.NONE if whole_range else SDRAMViolation.NOT_STORED)

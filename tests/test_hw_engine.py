@@ -371,6 +371,9 @@ def test_spilled_tensors_train_bit_exactly_through_the_external_port(conv_spill_
     assert [w.base >= CONV_SPILL_CONFIG.weight_words for w in program.weights] == [False, True, False]
     for s in range(2):
         assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
+    # the memory model's sticky out-of-range flag: every command stayed in the external words (no
+    # padding beat of a pattern reaches the port)
+    assert [got[s]["ext_fault"] for s in range(2)] == [0, 0]
     c0, c1 = got[0]["counters"], got[1]["counters"]
     # the step reads the spilled input, E0 and W1 and writes E0 and W1; the host's batch writes and
     # weight read-backs count too

@@ -1,4 +1,5 @@
-"""Operand feeder (pattern reader + RAM reader + transposer) against the address pattern, with stalls."""
+"""Operand feeder (pattern reader + RAM reader + transposer) against the address pattern, with stalls;
+its requests: every valid beat's address, word 0 for an invalid beat."""
 
 import random
 
@@ -9,7 +10,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from hw.bram import BlockRam
-from hw.engine.feeder import OperandFeeder, RamReader
+from hw.engine.feeder import INVALID_ADDRESS, OperandFeeder, RamReader
 from hw.engine.conv import ConvPattern, Drive
 from hw.engine.isa import AddressPattern, RowSel
 from hw.engine.slot import slot_payload
@@ -108,10 +109,23 @@ def test_feeder_matches_the_pattern(lanes, transposed):
             if ready and valid:
                 got.append(([int(word[i]) for i in range(lanes)], last))
 
+    requests = []
+
+    async def record_requests(ctx):
+        async for _, _, valid, ready, addr in ctx.tick().sample(f.req.valid, f.req.ready, f.req.payload):
+            if valid and ready:
+                requests.append(addr)
+
     sim = Simulator(top)
     sim.add_clock(1e-6)
     sim.add_testbench(load_and_feed)
     sim.add_testbench(drain)
+    sim.add_process(record_requests)
     sim.run()
     assert len(got) == len(expected)
     assert got == [(list(map(int, w)), last) for w, last in expected]
+    # one request per beat, in order: a valid beat's address, word 0 (INVALID_ADDRESS) for an invalid one
+    want_requests = [a if v else INVALID_ADDRESS for p in patterns
+                     for _, (a, v) in zip(range(p.length), p.addresses(lanes))]
+    assert requests == want_requests
+    assert any(not v for p in patterns for _, (a, v) in zip(range(p.length), p.addresses(lanes)))

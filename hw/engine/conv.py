@@ -56,8 +56,10 @@ adder per accumulator and a small mux of constants. ``s1·t1`` and ``s2·t2`` ar
 the existing generator. The address is then two additions (base + loop part + pos + tap) and each
 coordinate check one *unsigned* compare ``coord < lim`` of the two's-complement sum (a negative
 coordinate is a huge unsigned number, so one comparator covers both bounds). The address adders are
-ADDR_BITS wide and wrap (a padding tap may point below the tensor); only valid addresses — always
-inside the memory — are read.
+ADDR_BITS wide and wrap (a padding tap may point below the tensor, to 2^24 − k). Only a valid
+beat's address — always inside the memory — is read; an invalid beat reads on-chip word 0 in its
+place and the data is discarded (:class:`hw.engine.feeder.PatternReader`), so padding never reaches
+the external-memory port.
 :meth:`ConvPattern.addresses` is this incremental form in Python and is tested against the
 closed form :meth:`ConvPattern.address_array` for every compiled pattern.
 
@@ -261,7 +263,9 @@ class ConvPattern:
         valid = np.ones((1, 1, 1, 1), dtype=bool)
         for c, lim in zip(coords, self.coord_lim):
             valid = valid & (c >= 0) & (c < lim)
-        address = address % (1 << ADDR_BITS)          # the hardware adders wrap; invalid beats are never read
+        # the hardware adders wrap; an invalid beat's address is not read (the pattern reader
+        # reads word 0 instead and discards it), so a wrapped one never reaches the memories
+        address = address % (1 << ADDR_BITS)
         return np.broadcast_to(address, shape), np.broadcast_to(valid, shape)
 
     # -- incremental form (the RTL's algorithm) -----------------------------------------------

@@ -10,6 +10,8 @@ difference:
   went to). External requests are admitted only while fewer than ``credits`` are outstanding, and
   their responses land in a FIFO of that depth, so the port never waits for a slow consumer and
   one client's stall cannot block another's responses (no head-of-line deadlock between operands).
+  It routes by address alone: a pattern's invalid (padding) beats reach it as word 0, on chip
+  (:class:`~hw.engine.feeder.PatternReader`), so only words of the engine's tensors go to the port.
 * :class:`TieredWriter` takes {address, word}; a scratchpad word is written at once, an external
   one goes to the port (``i.ready`` falls while the port's queue is full).
 * :class:`BurstCoalescer` merges consecutive word addresses into bursts of up to ``max_burst``;

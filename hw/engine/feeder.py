@@ -4,12 +4,16 @@
   request/response pair of streams, in order, with at most ``depth`` words requested and not yet
   taken (so its FIFO never overflows and a stalled consumer stalls the requests, not the RAM).
 * :class:`PatternReader` walks a pattern slot (an :class:`~hw.engine.isa.AddressPattern` or a
-  :class:`~hw.engine.conv.ConvPattern`; :class:`~hw.engine.slot.SlotGenerator`), requests every
-  address of it (valid or not: every memory behind it answers any address, and an invalid one is
-  zeroed by the consumer), and
-  joins each response with the pattern beat's flags, kept in a FIFO meanwhile. Any memory with an
-  in-order request/response interface works: a :class:`RamReader`, or the weight store's serve
-  port (one-word serve commands).
+  :class:`~hw.engine.conv.ConvPattern`; :class:`~hw.engine.slot.SlotGenerator`), sends one request
+  per beat, and joins each response with the pattern beat's flags, kept in a FIFO meanwhile. A valid
+  beat requests its address; an invalid one (padding, a batch or channel tail: its address may lie
+  anywhere, e.g. wrapped below 0 to 2^24 − k) requests word 0 instead (:data:`INVALID_ADDRESS`),
+  whose data the consumer discards (zeroes). Word 0 is an on-chip word of every memory behind the
+  reader (the scratchpads and the weight store have ≥ 1 on-chip word, and a
+  :class:`~hw.engine.extport.TieredReader` sends only addresses at or above that depth to the
+  external port), so invalid beats never reach the external port, while every beat still gets one
+  response in order. Any memory with an in-order request/response interface works: a
+  :class:`RamReader`, or the weight store's serve port (one-word serve commands).
 * :class:`OperandFeeder` is a pattern reader whose words become array operands: invalid words are
   zero, the tile's last word carries ``last``, and a transposed operand (nr = L) goes through a
   :class:`hw.transpose.StreamTransposer` so that L words, one per array row, become L beats.
@@ -31,11 +35,14 @@ from .isa import ADDR_BITS, COUNT_BITS
 from .skid import SkidBuffer
 from .slot import SlotGenerator, slot_layout
 
-__all__ = ["RamReader", "PatternReader", "OperandFeeder", "operand_layout"]
+__all__ = ["RamReader", "PatternReader", "OperandFeeder", "operand_layout", "INVALID_ADDRESS"]
 
 #: Pattern beats requested and not yet joined with their response: covers the weight store's
 #: serve path (read latency 6 plus its 8-entry output FIFO) so that it runs at one word per cycle.
 FLAG_DEPTH = 16
+
+#: The word an invalid pattern beat requests (its response is discarded): on chip in every memory.
+INVALID_ADDRESS = 0
 
 
 def operand_layout(lanes: int) -> data.StructLayout:
@@ -102,7 +109,7 @@ class PatternReader(wiring.Component):
         beat = gen.o.payload
         m.d.comb += [
             self.req.valid.eq(gen.o.valid & flags.w_rdy),
-            self.req.payload.eq(beat.addr),
+            self.req.payload.eq(Mux(beat.valid, beat.addr, INVALID_ADDRESS)),    # see the module docstring
             gen.o.ready.eq(self.req.ready & flags.w_rdy),
             flags.w_en.eq(self.req.valid & self.req.ready),
             flags.w_data.eq(Cat(beat.valid, beat.t1, beat.t2, beat.tile_last, beat.last)),   # flag_layout order
