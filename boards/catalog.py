@@ -6,8 +6,8 @@ fits each variant (:meth:`Board.default_config`). ``python -m hw.build`` reads :
 :func:`get_board` and :meth:`Board.platform` refuse unknown names with the supported ones listed.
 
 Default engine per variant (block RAM only, ``external_words`` 0: a network that fits on chip runs
-at block-RAM speed; a ``--config`` with external words gets the SDRAM controller on a board that
-has SDR SDRAM, :attr:`Board.sdram`, i.e. the ULX3S). A variant's
+at block-RAM speed; the SDRAM engine below, or a ``--config`` with external words, gets the SDRAM
+controller on a board that has SDR SDRAM, :attr:`Board.sdram`, i.e. the ULX3S). A variant's
 default is the largest network of the golden presets that fits its block RAM and LUTs with a square
 array whose int8 multipliers fit its MULT18X18D:
 
@@ -19,6 +19,11 @@ part    network (batch)       lanes  block RAM words (data / weights)
 25F     ``32FC-10`` (8)       4      2048 / 6400
 12F     ``32FC-10`` (8)       4      2048 / 6400 (does not fit: see below)
 ======  ====================  =====  =========================================================
+
+The SDRAM engine (:data:`SDRAM_ENGINES`, ``default_config(variant, memory="sdram")``, ``python -m
+hw.build --memory sdram``) exists for the ULX3S 85F: the same ``mlp`` (16) network on the same 8-lane
+array with 1024 / 1024 words of block RAM and 4096 data / 32768 weight words in the SDR SDRAM, built
+at :data:`SDRAM_FREQ_MHZ` (40 MHz; 46.7 MHz measured, 50 MHz not met).
 
 The 85F's 8-lane engine is mapped with classic ``abc`` (:data:`hw.build.LUT_MAPPERS`): YoWASP
 yosys's ``abc9`` does not get through it (a "call stack exhausted" trap in ``Nwk_ManPushBackward`` at
@@ -39,7 +44,8 @@ from dataclasses import dataclass, field
 from golden.config import WageConfig
 from hw.engine.config import EngineConfig
 
-__all__ = ["Board", "BoardError", "BOARDS", "get_board", "VARIANT_ENGINES"]
+__all__ = ["Board", "BoardError", "BOARDS", "get_board", "MEMORIES", "VARIANT_ENGINES", "SDRAM_ENGINES",
+           "SDRAM_FREQ_MHZ"]
 
 
 class BoardError(ValueError):
@@ -57,6 +63,20 @@ VARIANT_ENGINES: dict[str, EngineConfig] = {
     "25F": EngineConfig(_mlp("32FC-10", 8), lanes=4, data_words=2048, weight_words=6400, target="ecp5"),
     "12F": EngineConfig(_mlp("32FC-10", 8), lanes=4, data_words=2048, weight_words=6400, target="ecp5"),
 }
+
+#: Part → the engine with its big tensors in the board's SDR SDRAM: the variant's network and array
+#: with 1,024-word scratchpads and weight store on chip, 4,096 data words and 32,768 weight words
+#: in the SDRAM (the MLP's 25,408 weight words live there). Built at :data:`SDRAM_FREQ_MHZ`
+#: (46.7 MHz measured on the ULX3S 85F; 50 MHz was not met).
+SDRAM_ENGINES: dict[str, EngineConfig] = {
+    "85F": VARIANT_ENGINES["85F"].replace(data_words=1024, weight_words=1024, external_words=4096,
+                                          external_weight_words=32768),
+}
+SDRAM_FREQ_MHZ = 40.0
+
+#: Where a default engine keeps its tensors: ``"bram"`` (:data:`VARIANT_ENGINES`, all on chip) or
+#: ``"sdram"`` (:data:`SDRAM_ENGINES`, the big tensors in the board's SDR SDRAM).
+MEMORIES = ("bram", "sdram")
 
 
 @dataclass(frozen=True)
@@ -98,8 +118,25 @@ class Board:
         device = self.platform(variant).device            # e.g. LFE5U-85F, LFE5UM5G-45F
         return device.rsplit("-", 1)[1]
 
-    def default_config(self, variant: str | None = None) -> EngineConfig:
-        return VARIANT_ENGINES[self.part(variant)]
+    def default_config(self, variant: str | None = None, memory: str = "bram") -> EngineConfig:
+        """The default engine of ``variant``: ``memory="bram"`` the all-on-chip one
+        (:data:`VARIANT_ENGINES`), ``"sdram"`` the one with its big tensors in the board's SDR SDRAM
+        (:data:`SDRAM_ENGINES`). Raises :class:`BoardError` for an unknown memory, a board without
+        SDRAM, or a part that has no SDRAM engine."""
+        if memory not in MEMORIES:
+            raise BoardError(f"memory={memory!r}: must be one of {', '.join(MEMORIES)}")
+        variant = self.check_variant(variant)
+        part = self.part(variant)
+        if memory == "bram":
+            return VARIANT_ENGINES[part]
+        if self.sdram is None:
+            raise BoardError(f"memory='sdram': board {self.name!r} has no SDR SDRAM; use memory 'bram' "
+                             f"(the engine on chip)")
+        if part not in SDRAM_ENGINES:
+            parts = [v for v in self.variants if self.part(v) in SDRAM_ENGINES]
+            raise BoardError(f"memory='sdram': the {self.name} {variant} has no SDRAM engine; parts with one: "
+                             f"{', '.join(parts) or 'none'}")
+        return SDRAM_ENGINES[part]
 
 
 BOARDS: dict[str, Board] = {

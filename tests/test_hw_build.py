@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from boards.catalog import BOARDS, VARIANT_ENGINES, BoardError, get_board
+from boards.catalog import BOARDS, SDRAM_ENGINES, SDRAM_FREQ_MHZ, VARIANT_ENGINES, BoardError, get_board
 from golden.config import WageConfig
 from hw import build
 from hw.engine.compiler import compile_network
@@ -74,6 +74,60 @@ def test_list_shows_every_board(capsys):
     assert code == 0
     for b in BOARDS.values():
         assert b.name in text and all(v in text for v in b.variants)
+    assert ("85F --memory sdram: mlp batch 16, 8x8 array, 1024 data / 1024 weight words on chip, "
+            "4096 data / 32768 weight words in SDRAM, 40 MHz") in text
+    assert text.count("--memory sdram:") == 1                     # the ULX3S 85F only
+
+
+@pytest.fixture
+def stop_at_top(monkeypatch):
+    """The board top stood in for: records the configuration and clock a build asks for, then stops
+    it (a ValueError there is the build's "cannot build the board top", exit 1) before any tool."""
+    import boards.top
+    seen = {}
+
+    def fake_top(config, board, **kw):
+        seen.update(config=config, board=board.name, freq_mhz=kw["freq_mhz"])
+        raise ValueError("stopped before the tools")
+
+    monkeypatch.setattr(boards.top, "EngineBoardTop", fake_top)
+    return seen
+
+
+def test_cli_memory_picks_the_default_engine_and_its_clock(capsys, tmp_path, monkeypatch, stop_at_top):
+    monkeypatch.chdir(tmp_path)
+    code, text = _cli(capsys, "--board", "ulx3s", "--memory", "sdram")
+    assert code == 1 and "stopped before the tools" in text
+    assert stop_at_top["config"] == SDRAM_ENGINES["85F"] and stop_at_top["freq_mhz"] == SDRAM_FREQ_MHZ == 40.0
+    assert (tmp_path / "build" / "ulx3s-85F-sdram").is_dir()          # not the on-chip build's directory
+    code, text = _cli(capsys, "--board", "ulx3s", "--memory", "sdram", "--freq", "30", "--out", "o")
+    assert stop_at_top["config"] == SDRAM_ENGINES["85F"] and stop_at_top["freq_mhz"] == 30.0   # --freq wins
+    for memory in ([], ["--memory", "bram"]):
+        code, text = _cli(capsys, "--board", "ulx3s", "--variant", "45F", "--out", "o", *memory)
+        assert stop_at_top["config"] == VARIANT_ENGINES["45F"] and stop_at_top["freq_mhz"] == build.DEFAULT_FREQ_MHZ
+    SMALL.replace(external_words=1024).save(tmp_path / "ext.json")   # a --config keeps the 50 MHz default
+    code, text = _cli(capsys, "--board", "ulx3s", "--config", str(tmp_path / "ext.json"), "--out", "o")
+    assert stop_at_top["config"] == SMALL.replace(external_words=1024) and stop_at_top["freq_mhz"] == 50.0
+
+
+def test_cli_memory_errors_name_the_bad_value(capsys, tmp_path):
+    SMALL.save(tmp_path / "ok.json")
+    code, text = _cli(capsys, "--board", "ulx3s", "--memory", "sdram", "--config", str(tmp_path / "ok.json"))
+    assert code == 2 and "--memory sdram and --config" in text and "give one" in text
+    code, text = _cli(capsys, "--board", "ecpix5", "--memory", "sdram")
+    assert code == 2 and "memory='sdram': board 'ecpix5' has no SDR SDRAM" in text
+    code, text = _cli(capsys, "--board", "ulx3s", "--variant", "25F", "--memory", "sdram")
+    assert code == 2 and "the ulx3s 25F has no SDRAM engine; parts with one: 85F" in text
+    code, text = _cli(capsys, "--export-verilog", str(tmp_path / "v"), "--board", "ecpix5", "--memory", "sdram")
+    assert code == 2 and "has no SDR SDRAM" in text and not (tmp_path / "v").exists()
+    code, text = _cli(capsys, "--sweep", "--memory", "sdram", "--out", str(tmp_path / "s"))
+    assert code == 2 and "the sweep sizes every point's memories on chip" in text
+    with pytest.raises(SystemExit) as e:
+        build.main(["--board", "ulx3s", "--memory", "ddr3"])
+    assert e.value.code == 2 and "argument --memory: invalid choice: 'ddr3'" in capsys.readouterr().err
+    with pytest.raises(build.BuildError, match=r"memory='sdram' and a configuration: give one"):
+        build.resolve_config(get_board("ulx3s"), "85F", SMALL, "sdram")
+    assert build.resolve_config(get_board("ulx3s"), "85F", None, "sdram") is SDRAM_ENGINES["85F"]
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +262,7 @@ def test_silent_abc_crash_is_retried_with_dff(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "_run", flaky_tools)
     result = build.build_bitstream("ulx3s", "85F", SMALL, freq_mhz=25, out_dir=tmp_path, progress=None)
     assert calls == ["yosys", "yosys", "nextpnr", "ecppack"] and result.timing_met and result.fmax_mhz == 80.0
+    assert result.memory == "bram" and json.loads((tmp_path / "report.json").read_text())["memory"] == "bram"
     assert (tmp_path / "yosys_abc_crash.log").exists()
     # a yosys error that is not the silent ABC exit is not retried
     calls.clear()
