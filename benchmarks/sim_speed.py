@@ -4,8 +4,8 @@
 
 Both sides simulate the *same* Verilog -- ``hw.mac_array.MacArray`` inside :class:`TileBench`
 inside the ``sim.runner`` harness (clock and reset generated in HDL, Verilator ``--timing``) -- built
-with the same Verilator arguments (``--vpi --public-flat-rw`` included) and the same C++ flags
-(``-O2``):
+with the same Verilator arguments (``--vpi``; only the harness's ports, ``clk`` and ``rst`` public) and
+the same C++ flags (``-O2``):
 
 * **cocotb**: :func:`sim.runner.run_cocotb` runs :func:`speed` (this file is also the cocotb test
   module). Per burst of ``--burst`` tiles Python makes one write of the whole operand block
@@ -230,8 +230,9 @@ def build_raw(bench, period_ns: float) -> Path:
 
     design_v = verilog.convert(bench, name=NAME, emit_src=False)
     ports = runner.verilog_ports(design_v, NAME)
-    harness_v = runner.harness_verilog(NAME, ports, clock_period_ns=period_ns, reset_cycles=4)
-    args = list(runner.BASE_BUILD_ARGS) + ["--vpi", "--public-flat-rw"]
+    # as run_cocotb builds it: only the harness's ports, clk and rst public
+    harness_v = runner.harness_verilog(NAME, ports, clock_period_ns=period_ns, reset_cycles=4, public_ports=True)
+    args = list(runner.BASE_BUILD_ARGS) + ["--vpi"]
     make_vars = runner.make_variables("-O2")
     versions = runner._tool_versions()
     key = runner.build_key(design_v + harness_v, args, False, {"make": make_vars, "versions": versions, "raw": 2})

@@ -97,6 +97,18 @@ def test_harness(adder_v):
         harness_verilog("adder", ports, clock_period_ns=10, reset_cycles=0)
 
 
+def test_harness_public_ports(adder_v):
+    """Without --public-flat-rw only what the bench touches is marked public."""
+    ports = verilog_ports(adder_v, "adder")
+    assert "verilator public" not in harness_verilog("adder", ports, clock_period_ns=10, reset_cycles=3)
+    h = harness_verilog("adder", ports, clock_period_ns=10, reset_cycles=3, public_ports=True)
+    mark = "/*verilator public_flat_rw*/"
+    assert f"input wire [17:0] a__payload {mark}" in h and f"output wire [17:0] s__payload {mark}" in h
+    assert f"reg clk {mark} = 1'b0;" in h and f"wire rst {mark} = por_rst | rst_req;" in h
+    assert f"input wire rst_req {mark}" in h
+    assert h.count(mark) == len([p for p in ports if p.name not in ("clk", "rst")]) + 3
+
+
 def test_harness_without_clock():
     class Comb(wiring.Component):
         a: In(4)
