@@ -11,14 +11,10 @@ link still serving.
 import random
 
 import pytest
-from amaranth.hdl import Module
-from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from boards.link import suggested_timeout_cycles
-from boards.sdram import SDRAMTiming
-from boards.sdram_model import SDRAMModel
+from boards.board_system import BoardSDRAMSystem
 from boards.top import SDRAM_READ_DELAY, STATUS_BITS, EngineBoardCore
 from hw.engine.driver import decode_items, encode_items
 from hw.engine.protocol import IDENT, Command, Status, Target, header, ident_values, item_bits
@@ -89,26 +85,6 @@ def test_ident_labels_and_a_bad_command_over_the_serial_pins():
 EXT_CONFIG = CONFIG.replace(external_words=64)
 
 
-class CoreWithSDRAM(wiring.Component):
-    """The board core with external words and the SDRAM chip model behind one register each way
-    on every pin (the top's I/O registers)."""
-
-    def __init__(self, read_delay):
-        self.core = EngineBoardCore(EXT_CONFIG, clk_freq=CLK, baud=BAUD, activity_cycles=64, sdram=True,
-                                    sdram_read_delay=read_delay)
-        self.model = SDRAMModel(SDRAMTiming().cycles(CLK))
-        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "status": Out(len(STATUS_BITS))})
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.core, m.submodules.model = core, model = self.core, self.model
-        m.d.comb += [core.rx.eq(self.rx), self.tx.eq(core.tx), self.status.eq(core.status)]
-        for name, member in core.sdram_pins.signature.members.items():
-            ctrl, chip = getattr(core.sdram_pins, name), getattr(model.pins, name)
-            m.d.sync += chip.eq(ctrl) if member.flow == wiring.Out else ctrl.eq(chip)
-        return m
-
-
 @pytest.mark.parametrize("read_delay", [SDRAM_READ_DELAY, SDRAM_READ_DELAY - 1])
 def test_external_words_live_in_the_sdram(read_delay):
     """ACT items written through the serial pins to external addresses (≥ data_words) land in the
@@ -121,7 +97,7 @@ def test_external_words_live_in_the_sdram(read_delay):
         [header(Command.WRITE, Target.ACT, tag=1), address, len(items), *encode_items(items, bits)],
         [header(Command.READ, Target.ACT, tag=2), address, len(items)],
     ]
-    dut = CoreWithSDRAM(read_delay)
+    dut = BoardSDRAMSystem(EXT_CONFIG, clk_freq=CLK, baud=BAUD, activity_cycles=64, sdram_read_delay=read_delay)
     packets, status = exchange(requests, rng, dut=dut,
                                watch=(dut.model.violation, dut.core.sdram.read_words))
     write, read = packets
