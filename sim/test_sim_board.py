@@ -19,8 +19,8 @@ MULT18X18D and DP16KD primitives, simulated with the models of ``sim/ecp5_models
 * ``test_a_flipped_weight_bit_is_a_divergence`` — one bit of one read-back weight word flipped (no
   storm): the step is reported as diverged at exactly that layer and weight.
 
-The link's retransmission timeouts are shorter than on the board (no USB latency to cover): two
-full frame times and slack, both ends. The seed is printed by the runner; rerun with
+The link's retransmission timeouts are shorter than on the board (no USB latency to cover): the
+board's two full frame times and slack, the host's its window of four frames and two more. The seed is printed by the runner; rerun with
 ``COCOTB_RANDOM_SEED=<seed>``.
 """
 
@@ -32,6 +32,7 @@ from boards.board_system import BoardSDRAMSystem
 from golden.config import WageConfig
 from hw.engine.config import EngineConfig
 from boards.link import MAX_FRAME_WORDS, frame_bytes
+from boards.link_host import default_timeout_s
 from sim.board_harness import UARTPeerHarness
 from sim.ecp5_models import ecp5_model_files
 from sim.runner import run_cocotb
@@ -43,7 +44,7 @@ CLK_FREQ = 25e6
 BAUD = 3_000_000
 BIT_CYCLES = CLK_FREQ / BAUD
 PERIOD_NS = 1e9 / CLK_FREQ
-#: a full frame and its acknowledgement, twice, and slack
+#: the board's: a full frame and its acknowledgement, twice, and slack (the host's: its window)
 TIMEOUT_CYCLES = int((2 * frame_bytes(MAX_FRAME_WORDS) + 64) * 10 * BIT_CYCLES)
 
 STORM = {"rate": 0.004, "burst": 8, "max_delay_cycles": 3000, "glitch_bytes": 2000}
@@ -56,12 +57,17 @@ def board_bench(config: EngineConfig, clk_freq: float, baud: int, timeout_cycles
     timeout) and its ``sim.tb_board`` parameters; the host's timeouts follow the board's."""
     board = BoardSDRAMSystem(config, clk_freq=clk_freq, baud=baud, activity_cycles=1024,
                              link_timeout_cycles=timeout_cycles)
-    timeout = board.core.link.timeout_cycles
+    # The host hands its whole window (4 frames) to the line at once, and a retransmission queues
+    # behind what is still waiting there: its timeout must cover the window (boards.link_host's
+    # default, without the USB turnaround). With the board's two frames the host timed out again
+    # before its retransmitted frames reached the line, and the queue of stale copies only grew.
+    host_timeout = int(default_timeout_s(baud, turnaround_s=0) * clk_freq) + 1
+    timeout = max(host_timeout, board.core.link.timeout_cycles)
     engine = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     engine["wage"] = config.wage.to_json(indent=None)
     return UARTPeerHarness(board, clk_freq=clk_freq, baud=baud), {
         "engine": engine, "period_ns": 1e9 / clk_freq, "bit_cycles": clk_freq / baud,
-        "host_timeout_cycles": timeout, "exchange_cycles": 50 * timeout, **params}
+        "host_timeout_cycles": host_timeout, "exchange_cycles": 50 * timeout, **params}
 
 
 def _run(testcase: str, timeout_s: float, **params):
