@@ -54,8 +54,7 @@ JSON keys (``"format": 1``; a key is never dropped, absent things are ``null`` o
                       ``cmd`` payload {addr, count, write})}.
 ``protocol``          the host packet format: ``"source"`` (``hw/engine/protocol.py``),
                       ``"magic"``, ``"format_version"``, ``"commands"``, ``"targets"``,
-                      ``"statuses"`` (name -> numeric code; statuses include the engine's
-                      ``BAD_INSTRUCTION``, which a RUN may answer), ``"arguments"`` (command ->
+                      ``"statuses"`` (name -> numeric code), ``"arguments"`` (command ->
                       argument words), ``"counters"`` and ``"ident"`` (word names in response
                       order), ``"ident_values"`` (what this build answers to IDENT).
 ``parameters``        ``{"config"`` (:meth:`EngineConfig.to_dict`; :meth:`EngineConfig.from_dict`
@@ -94,7 +93,7 @@ from amaranth.lib.wiring import In
 from hw.engine import protocol
 from hw.engine.config import EngineConfig
 from hw.engine.encoding import MACHINE_WORDS
-from hw.engine.engine import BAD_INSTRUCTION, Engine
+from hw.engine.engine import Engine
 from hw.engine.extmem import ExternalMemorySignature
 from hw.engine.isa import ADDR_BITS
 
@@ -235,7 +234,6 @@ def _stream_description(sig: stream.Signature, path: tuple, directions: dict[str
 
 def _protocol() -> dict:
     statuses = {s.name: int(s) for s in protocol.Status}
-    statuses["BAD_INSTRUCTION"] = BAD_INSTRUCTION
     return {"source": PACKET_FORMAT, "magic": protocol.MAGIC, "format_version": protocol.FORMAT_VERSION,
             "commands": {c.name: int(c) for c in protocol.Command},
             "targets": {t.name: int(t) for t in protocol.Target},

@@ -171,7 +171,7 @@ def test_ident_names_the_build_and_a_foreign_program_is_refused():
 def test_bad_programs_answer_bad_instruction_and_leave_the_engine_ready():
     """A record with an unknown operation, and a program that runs off the end of the program memory
     (no END: here the never-written, all-NOP memory), answer BAD_INSTRUCTION; a real program then runs."""
-    from hw.engine.driver import BAD_INSTRUCTION
+    BAD_INSTRUCTION = Status.BAD_INSTRUCTION
     from hw.engine.encoding import MACHINE_WORDS
     config = CONFIG.replace(wage=WAGE.replace(net="4"), program_words=4 * MACHINE_WORDS)   # FWD LOSS GRAD END
     program = compile_network(config)
@@ -198,7 +198,7 @@ def test_bad_programs_answer_bad_instruction_and_leave_the_engine_ready():
 def test_conv_instruction_on_an_engine_built_without_convolution_is_refused():
     """An MLP engine has no convolution address generators (EngineConfig.has_conv): a conv record
     written past the driver's fingerprint check answers BAD_INSTRUCTION; the MLP program then runs."""
-    from hw.engine.driver import BAD_INSTRUCTION
+    BAD_INSTRUCTION = Status.BAD_INSTRUCTION
     from hw.engine.encoding import MACHINE_WORDS, encode_program
     assert not CONFIG.has_conv and CONV_CONFIG.has_conv
     conv_record = encode_program(compile_network(CONV_CONFIG).instructions[:1])

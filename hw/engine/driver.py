@@ -26,8 +26,7 @@ from .protocol import COUNTERS, IDENT, Command, Status, Target, header, ident_va
 
 __all__ = ["EngineDriver", "EngineError", "EngineMismatch", "encode_items", "decode_items", "act_items", "act_fields"]
 
-BAD_INSTRUCTION = 6
-STATUS_TEXT = {**{s.value: s.name for s in Status}, BAD_INSTRUCTION: "BAD_INSTRUCTION"}
+STATUS_TEXT = {s.value: s.name for s in Status}
 
 
 class EngineError(RuntimeError):

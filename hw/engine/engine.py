@@ -69,9 +69,6 @@ from .weight_store import WeightStore
 
 __all__ = ["Engine", "host_layout"]
 
-#: Status of a RUN whose program holds an unknown opcode or runs off the program memory.
-BAD_INSTRUCTION = 6
-
 
 def host_layout() -> data.StructLayout:
     return data.StructLayout({"data": 32, "last": 1})
@@ -704,7 +701,7 @@ class Engine(wiring.Component):
                 conv_only = ins.a.conv | ins.b.conv | ins.aux.conv | ins.out.conv | ins.draw.conv | ins.pool \
                     | (ins.unpool_dx != 0)
                 with m.If(conv_only if not cfg.has_conv else 0):
-                    m.d.sync += status.eq(BAD_INSTRUCTION)
+                    m.d.sync += status.eq(Status.BAD_INSTRUCTION)
                     m.next = "RUN_RESPOND"
                 with m.Else():
                     with m.Switch(ins.op):
@@ -727,12 +724,12 @@ class Engine(wiring.Component):
                             m.d.sync += [op.eq(Op.GRAD)] + [launch[n].eq(1) for n in ("a", "b", "idx", "q")]
                             m.next = "PASS2"
                         with m.Default():
-                            m.d.sync += status.eq(BAD_INSTRUCTION)
+                            m.d.sync += status.eq(Status.BAD_INSTRUCTION)
                             m.next = "RUN_RESPOND"
             with m.State("FETCH_CHECK"):
                 m.d.comb += running.eq(1)
                 with m.If(pc + MACHINE_WORDS > cfg.program_words):
-                    m.d.sync += status.eq(BAD_INSTRUCTION)
+                    m.d.sync += status.eq(Status.BAD_INSTRUCTION)
                     m.next = "RUN_RESPOND"
                 with m.Else():
                     m.next = "FETCH"

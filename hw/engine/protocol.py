@@ -48,7 +48,8 @@ Errors: an unknown command (``BAD_COMMAND``) or target (``BAD_TARGET``), an addr
 target (``OUT_OF_RANGE``), a packet that ends (``last``) before its arguments or payload are complete
 (``TRUNCATED``: the items already complete were written), or one that goes on after them
 (``TOO_LONG``: the extra words are dropped) get a response with that status and no payload; the
-engine then takes the next packet.
+engine then takes the next packet. A ``RUN`` whose program holds an unknown opcode or runs off the
+program memory answers ``BAD_INSTRUCTION``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Status(enum.IntEnum):
     OUT_OF_RANGE = 3
     TRUNCATED = 4
     TOO_LONG = 5
+    BAD_INSTRUCTION = 6     # RUN: the program holds an unknown opcode or runs off the program memory
 
 
 #: Counters returned by ``COUNTERS``, in order: total cycles spent in RUN, cycles per operation,
