@@ -57,8 +57,8 @@ the existing generator. The address is then two additions (base + loop part + po
 coordinate check one *unsigned* compare ``coord < lim`` of the two's-complement sum (a negative
 coordinate is a huge unsigned number, so one comparator covers both bounds). The address adders are
 ADDR_BITS wide and wrap (a padding tap may point below the tensor, to 2^24 − k). Only a valid
-beat's address — always inside the memory — is read; an invalid beat reads on-chip word 0 in its
-place and the data is discarded (:class:`hw.engine.feeder.PatternReader`), so padding never reaches
+beat's address — always inside the memory — is read; an invalid beat requests the top address
+instead, answered without a read (or a plain RAM's wrapped word), and the data is discarded (:class:`hw.engine.feeder.PatternReader`), so padding never reaches
 the external-memory port.
 :meth:`ConvPattern.addresses` is this incremental form in Python and is tested against the
 closed form :meth:`ConvPattern.address_array` for every compiled pattern.
@@ -264,7 +264,7 @@ class ConvPattern:
         for c, lim in zip(coords, self.coord_lim):
             valid = valid & (c >= 0) & (c < lim)
         # the hardware adders wrap; an invalid beat's address is not read (the pattern reader
-        # reads word 0 instead and discards it), so a wrapped one never reaches the memories
+        # requests 2^24 - 1 instead, answered without a read), so a wrapped one never reaches the memories
         address = address % (1 << ADDR_BITS)
         return np.broadcast_to(address, shape), np.broadcast_to(valid, shape)
 

@@ -10,8 +10,10 @@ difference:
   went to). External requests are admitted only while fewer than ``credits`` are outstanding, and
   their responses land in a FIFO of that depth, so the port never waits for a slow consumer and
   one client's stall cannot block another's responses (no head-of-line deadlock between operands).
-  It routes by address alone: a pattern's invalid (padding) beats reach it as word 0, on chip
-  (:class:`~hw.engine.feeder.PatternReader`), so only words of the engine's tensors go to the port.
+  A pattern's invalid (padding) beats reach it as address 2^addr_bits − 1
+  (:data:`hw.engine.feeder.INVALID_ADDRESS`): it answers them in order without reading either tier
+  (an on-chip read there would wait behind the external reads in flight, the scratchpad reader
+  holding only a few), so only words of the engine's tensors go to the port.
 * :class:`TieredWriter` takes {address, word}; a scratchpad word is written at once, an external
   one goes to the port (``i.ready`` falls while the port's queue is full).
 * :class:`BurstCoalescer` merges consecutive word addresses into bursts of up to ``max_burst``;
@@ -246,28 +248,31 @@ class TieredReader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         # which tier each outstanding request went to; the scratchpad reader holds ≤ 4 of its own
-        m.submodules.tier = tier = fifo.SyncFIFO(width=1, depth=self.credits + 8)
+        # bit 0: external, bit 1: void (an invalid beat's address, answered without a read)
+        m.submodules.tier = tier = fifo.SyncFIFO(width=2, depth=self.credits + 8)
         m.submodules.ext_data = ext_data = fifo.SyncFIFOBuffered(width=self.ext_width, depth=self.credits)
         pending = Signal(range(self.credits + 1))     # external words requested and not yet taken
         req, resp, chip, ext = self.req, self.resp, self.chip, self.ext
-        is_ext = req.payload >= self.onchip_depth
+        is_void = req.payload == (1 << self.addr_bits) - 1
+        is_ext = (req.payload >= self.onchip_depth) & ~is_void
         room = tier.w_rdy
         m.d.comb += [
-            chip.req.valid.eq(req.valid & room & ~is_ext), chip.req.payload.eq(req.payload),
+            chip.req.valid.eq(req.valid & room & ~is_ext & ~is_void), chip.req.payload.eq(req.payload),
             ext.req.valid.eq(req.valid & room & is_ext & (pending != self.credits)),
             ext.req.payload.eq(req.payload - self.onchip_depth + self.ext_base),
-            req.ready.eq(room & Mux(is_ext, ext.req.ready & (pending != self.credits), chip.req.ready)),
-            tier.w_en.eq(req.valid & req.ready), tier.w_data.eq(is_ext),
+            req.ready.eq(room & Mux(is_void, 1, Mux(is_ext, ext.req.ready & (pending != self.credits),
+                                                    chip.req.ready))),
+            tier.w_en.eq(req.valid & req.ready), tier.w_data.eq(Cat(is_ext, is_void)),
             # the credit guarantees room: the port never waits on this FIFO
             ext_data.w_en.eq(ext.resp.valid), ext_data.w_data.eq(ext.resp.payload), ext.resp.ready.eq(ext_data.w_rdy),
         ]
-        head_ext = tier.r_data[0]
+        head_ext, head_void = tier.r_data[0], tier.r_data[1]
         ext_word = (ext_data.r_data[:self.width] if self.ext_convert is None
                     else self.ext_convert(ext_data.r_data))
         m.d.comb += [
-            resp.valid.eq(tier.r_rdy & Mux(head_ext, ext_data.r_rdy, chip.resp.valid)),
+            resp.valid.eq(tier.r_rdy & (head_void | Mux(head_ext, ext_data.r_rdy, chip.resp.valid))),
             resp.payload.eq(Mux(head_ext, ext_word, chip.resp.payload)),
-            chip.resp.ready.eq(resp.ready & tier.r_rdy & ~head_ext),
+            chip.resp.ready.eq(resp.ready & tier.r_rdy & ~head_ext & ~head_void),
             ext_data.r_en.eq(resp.ready & tier.r_rdy & head_ext),
             tier.r_en.eq(resp.valid & resp.ready),
         ]

@@ -7,12 +7,10 @@
   :class:`~hw.engine.conv.ConvPattern`; :class:`~hw.engine.slot.SlotGenerator`), sends one request
   per beat, and joins each response with the pattern beat's flags, kept in a FIFO meanwhile. A valid
   beat requests its address; an invalid one (padding, a batch or channel tail: its address may lie
-  anywhere, e.g. wrapped below 0 to 2^24 − k) requests word 0 instead (:data:`INVALID_ADDRESS`),
-  whose data the consumer discards (zeroes). Word 0 is an on-chip word of every memory behind the
-  reader (the scratchpads and the weight store have ≥ 1 on-chip word, and a
-  :class:`~hw.engine.extport.TieredReader` sends only addresses at or above that depth to the
-  external port), so invalid beats never reach the external port, while every beat still gets one
-  response in order. Any memory with an in-order request/response interface works: a
+  anywhere, e.g. wrapped below 0 to 2^24 − k) requests :data:`INVALID_ADDRESS` (2^24 − 1) instead,
+  whose data the consumer discards (zeroes). A :class:`~hw.engine.extport.TieredReader` answers
+  that address in order without reading either tier, so invalid beats never reach the external
+  port and never wait behind it, while every beat still gets one response in order. Any memory with an in-order request/response interface works: a
   :class:`RamReader`, or the weight store's serve port (one-word serve commands).
 * :class:`OperandFeeder` is a pattern reader whose words become array operands: invalid words are
   zero, the tile's last word carries ``last``, and a transposed operand (nr = L) goes through a
@@ -41,8 +39,10 @@ __all__ = ["RamReader", "PatternReader", "OperandFeeder", "operand_layout", "INV
 #: serve path (read latency 6 plus its 8-entry output FIFO) so that it runs at one word per cycle.
 FLAG_DEPTH = 16
 
-#: The word an invalid pattern beat requests (its response is discarded): on chip in every memory.
-INVALID_ADDRESS = 0
+#: The address an invalid pattern beat requests (its response is discarded): the top of the
+#: address space, which no memory holds; a :class:`~hw.engine.extport.TieredReader` answers it
+#: without reading anything, a plain RAM reads the word it wraps to.
+INVALID_ADDRESS = (1 << ADDR_BITS) - 1
 
 
 def operand_layout(lanes: int) -> data.StructLayout:

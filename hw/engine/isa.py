@@ -31,7 +31,8 @@ Every operand and the result path walk one pattern, ``gen_*`` below:
         valid   = (sel·L + r < lim) and (k < klim)      sel = t1, t2 or 0 (``row_sel``)
 
 An invalid address yields a zero word (the padding of edge tiles); the address itself is not read
-(the pattern reader reads on-chip word 0 in its place and discards it, :mod:`hw.engine.feeder`). The
+(the pattern reader requests the top address in its place, answered without a read, and discards
+it, :mod:`hw.engine.feeder`). The
 operand generators run the full pattern; the result generator runs (t1, t2, r) with nk = 1, one
 address per result row. A transposed operand has nr = L (L words per L reduction steps); a direct
 one nr = 1.
