@@ -41,6 +41,7 @@ from cocotb.triggers import ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_time
 
 from sim.streams import ScoreboardMismatch, read_int, sim_params, wait_reset
+from sim.tb_engine import engine_config
 
 FAULT_KINDS = ("drop", "flip", "dup", "delay")
 
@@ -358,14 +359,6 @@ class Storm:
                 self.checked["words_compared"] += 1
 
 
-def _board_config(p):
-    from golden.config import WageConfig
-    from hw.engine.config import EngineConfig
-    e = dict(p["engine"])
-    e["wage"] = WageConfig.from_json(e["wage"])
-    return EngineConfig(**e)
-
-
 def _check_clean(dut):
     assert read_int(dut.ext_fault) == 0, (f"the SDRAM model flagged violation {read_int(dut.ext_fault_code)} "
                                           f"at cycle {read_int(dut.ext_fault_cycle)}")
@@ -383,7 +376,7 @@ async def _bench(dut, p: dict) -> None:
     seed = cocotb.RANDOM_SEED
     rng = random.Random(seed)
     log = dut._log
-    config = _board_config(p)
+    config = engine_config(p)
     program = compile_network(config)
     await wait_reset(dut)
     peer = UARTPeer(dut, rng, period_ns=p["period_ns"], bit_cycles=p["bit_cycles"],
