@@ -42,6 +42,7 @@ from cocotb.utils import get_sim_time
 
 from sim.streams import ScoreboardMismatch, read_int, sim_params, wait_reset
 from sim.tb_engine import engine_config
+from boards.link_host import LinkTimeout
 
 FAULT_KINDS = ("drop", "flip", "dup", "delay")
 
@@ -67,10 +68,6 @@ class LineFaults:
         if "kinds" in d:
             d["kinds"] = tuple(d["kinds"])
         return cls(**d)
-
-
-class LinkTimeout(AssertionError):
-    pass
 
 
 @dataclass
@@ -275,9 +272,9 @@ class Storm:
     """Random commands with a reference memory: every command must complete with the right answer,
     or be refused with the status the engine must give (``checked`` counts them)."""
 
-    def __init__(self, driver, config, rng: random.Random, log):
+    def __init__(self, driver, config, rng: random.Random):
         from hw.engine.protocol import Target, item_bits
-        self.driver, self.config, self.rng, self.log = driver, config, rng, log
+        self.driver, self.config, self.rng = driver, config, rng
         self.lanes, self.kG = config.lanes, config.wage.kG
         self.act_bits = item_bits(Target.ACT, self.lanes, self.kG)
         self.ref: dict[tuple[int, int], int] = {}
@@ -388,7 +385,7 @@ async def _bench(dut, p: dict) -> None:
     log.info(f"link open at cycle {peer.cycle():.0f}")
     storm_transport = peer if p.get("mutate_reads_after") is None else _CorruptReads(peer, p["mutate_reads_after"])
     driver = EngineDriver(program, storm_transport)
-    storm = Storm(driver, config, rng, log)
+    storm = Storm(driver, config, rng)
     t0, n = peer.cycle(), 0
     while n < p["commands"] or peer.total_faults < p["min_faults"]:
         await storm.one()
