@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/engine_throughput.py [--fmax MHZ] [--nets mlp lenet5] [--lanes 8 16]
         [--memory external|sdram|simulated] [--ext-latency 20] [--ext-cycles-per-word 1]
-        [--ext-command-cycles 0] [--sdram-mhz 100] [--no-per-instruction]
+        [--ext-command-cycles 0] [--sdram-mhz 100] [--sum-words 0] [--no-per-instruction]
 
 For each network at batch 128 and each array side (``--lanes``; 8×8 = 64 MULT18X18D fits the
 LFE5U-85F's 156, 16×16 = 256 does not) the engine RTL (``hw.engine.engine.Engine``) runs one
@@ -27,6 +27,9 @@ it needs (not buildable on the 85F; the port's cost is then not in the figures);
 beyond ``--max-sim-words`` words make the Verilog conversion crawl (Amaranth writes every memory's
 zero init as one constant; a 196k-word memory kept yosys busy for more than ten minutes), so such a
 network is measured at the largest batch ``--batch``/2^k that fits, and the report says which.
+``--sum-words N`` gives the engine an N-row sum buffer (``EngineConfig.sum_words``): every error
+and gradient product whose result rows fit it runs store-then-quantise (its array pass once)
+instead of compute-twice; the report lists which, and the buffer's size in bits.
 ``--no-per-instruction`` skips the per-instruction runs (each instruction run alone), which double
 the simulation time.
 Results go to ``benchmarks/results/engine_throughput.json``.
@@ -121,6 +124,8 @@ def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "counters.json"
         name = f"engine_{config.wage.net.replace('-', '_')}_b{config.batch}_l{config.lanes}"
+        if config.sum_words:
+            name += f"_s{config.sum_words}"
         if config.external_depth and isinstance(timing, float):          # the SDRAM at this clock (MHz)
             from boards.sdram_system import EngineSDRAMSystem
             top = EngineSDRAMSystem(config, timing * 1e6)
@@ -153,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ext-latency", type=int, default=20, help="external memory: read latency in cycles")
     ap.add_argument("--ext-cycles-per-word", type=int, default=1, help="external memory: cycles per word")
     ap.add_argument("--ext-command-cycles", type=int, default=0, help="external memory: dead cycles per burst")
+    ap.add_argument("--sum-words", type=int, default=0,
+                    help="rows of the sum buffer (store-then-quantise for the products that fit; 0: compute-twice)")
     ap.add_argument("--no-per-instruction", dest="per_instruction", action="store_false",
                     help="skip running each instruction alone (per-layer figures)")
     args = ap.parse_args(argv)
@@ -180,6 +187,9 @@ def main(argv=None) -> int:
         if batch != args.batch:
             note = (note or "") + (f"; measured at batch {batch}: at batch {args.batch} the simulated memories would be too "
                      f"deep for the Verilog conversion (--max-sim-words {args.max_sim_words})")
+        config = config.replace(sum_words=args.sum_words)
+        program = compile_network(config)
+        stored = [str(ins) for ins in program.instructions if getattr(ins, "stored", 0)]
         wage = config.wage
         t = time.time()
         result = measure(config, timing, args.per_instruction)
@@ -211,6 +221,8 @@ def main(argv=None) -> int:
                  "fits_85f_dsps": dsp <= 156, "data_words": config.data_words, "weight_words": config.weight_words,
                  "cycles_per_step": cycles,
                  "cycles_by_phase": {k: c[f"{k}_cycles"] for k in ("fwd", "loss", "err", "grad")},
+                 "sum_words": config.sum_words, "sum_buffer_bits": config.sum_words * config.sum_width,
+                 "store_then_quantise": stored,
                  "array_beats": c["array_beats"], "useful_macs": macs,
                  "mac_slot_utilisation": total / (cycles * L * L),
                  "array_busy": c["array_beats"] / cycles, "layers": layers, "instructions": instructions,
@@ -230,6 +242,9 @@ def main(argv=None) -> int:
         for lay in layers:
             if lay["cycles"]:
                 print(f"    {lay['layer']}: {lay['cycles']} cycles, utilisation {100 * lay['mac_slot_utilisation']:.1f} %")
+        if stored:
+            print(f"    store-then-quantise ({config.sum_words} x {config.sum_width}-bit sum buffer, "
+                  f"{config.sum_words * config.sum_width / 1e6:.2f} Mbit): {', '.join(stored)}")
         if config.external_depth:
             print(f"    external memory ({timing}): {c['ext_read_words']} words read, {c['ext_write_words']} written "
                   f"per step ({(c['ext_read_words'] + c['ext_write_words']) / cycles:.3f} words/cycle)")

@@ -7,7 +7,7 @@ from amaranth.sim import Simulator
 
 from golden import model as golden
 from golden.config import WageConfig
-from hw.engine.compiler import array_beats, compile_network
+from hw.engine.compiler import array_beats, compile_network, two_pass_products
 from hw.engine.config import EngineConfig
 from hw.engine.driver import AmaranthTransport, EngineDriver, EngineError
 from hw.engine.engine import Engine
@@ -388,3 +388,106 @@ def test_spilled_one_wrong_bit_is_caught(conv_spill_steps):
     bad = {**want[1], "E0": want[1]["E0"].copy()}
     bad["E0"][5, 1] ^= 4
     assert conv_mismatches(got[1], bad) == ["E0"]
+
+
+# ---- store-then-quantise ---------------------------------------------------------------------------
+
+#: A 64-row sum buffer: every error and gradient product of the conv network stores its sums except
+#: conv1's gradient (72 rows), which computes twice, so both kinds run in one program.
+CONV_STORE_CONFIG = CONV_CONFIG.replace(sum_words=64)
+
+
+@pytest.fixture(scope="module")
+def conv_store_steps():
+    return run_conv_steps(CONV_STORE_CONFIG)
+
+
+def test_store_then_quantise_trains_bit_exactly_with_the_array_run_once(conv_store_steps):
+    program, got, want = conv_store_steps
+    stored = [str(ins) for ins in program.instructions if getattr(ins, "stored", 0)]
+    twice = [str(ins) for ins in program.instructions if ins.op in two_pass_products() and not ins.stored]
+    assert stored == ["ERR layer 2", "GRAD layer 2", "CONV_ERR layer 1 +unpool", "CONV_GRAD layer 0"]
+    assert twice == ["CONV_GRAD layer 1"]
+    for s in range(2):
+        assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
+    # the array ran the stored products once: the counter equals the compiler's count, which is
+    # below the compute-twice program's
+    c0, c1 = got[0]["counters"], got[1]["counters"]
+    assert c1["array_beats"] == 2 * c0["array_beats"] == 2 * array_beats(program)
+    assert array_beats(program) < array_beats(compile_network(CONV_CONFIG))
+
+
+def test_store_then_quantise_shortens_the_gradient_phase(conv_steps, conv_store_steps):
+    """conv0's gradient reduces over 108 positions per 12 result rows: reading the rows back beats
+    running the product again."""
+    twice, stored = conv_steps[1][1]["counters"], conv_store_steps[1][1]["counters"]
+    assert stored["grad_cycles"] < twice["grad_cycles"]
+    assert stored["run_cycles"] < twice["run_cycles"]
+
+
+def test_store_then_quantise_one_wrong_bit_is_caught(conv_store_steps):
+    program, got, want = conv_store_steps
+    bad = {**want[1], "weights": [w.copy() for w in want[1]["weights"]]}
+    bad["weights"][0].flat[3] += 1
+    assert conv_mismatches(got[1], bad) == ["weights 0"]
+
+
+def test_store_then_quantise_on_an_engine_without_convolution():
+    """The MLP with a 16-row sum buffer (ERR 1 and GRAD 1 store, GRAD 0's 32 rows compute twice):
+    two steps' weights equal golden's, with fewer array beats than compute-twice. (Not fewer cycles:
+    this network's products are shorter than the quantiser's turnaround between the passes.)"""
+    rng = np.random.default_rng(seed_for("engine-store-fc"))
+    batches = [(rng.integers(0, 256, size=(6, 1, 4, 4), dtype=np.uint8), rng.integers(0, 4, size=6))
+               for _ in range(2)]
+    weights = golden.init_weights(WAGE)
+    want = [weights]
+    for s, (x, y) in enumerate(batches):
+        want.append(golden.train_step(WAGE, want[-1], x, y, s, 3)[0])
+    got = {}
+    for config in (CONFIG, CONFIG.replace(sum_words=16)):
+        program = compile_network(config)
+        runs = got[config.sum_words] = {"weights": [], "cycles": [], "stored": sum(
+            getattr(ins, "stored", 0) for ins in program.instructions)}
+
+        async def bench(ctx, dut, program=program, runs=runs):
+            driver = EngineDriver(program, AmaranthTransport(ctx, dut))
+
+            async def after_step(s, cycles):
+                runs["cycles"].append(cycles)
+                runs["weights"].append(await driver.read_weights())
+                runs["beats"] = (await driver.counters())["array_beats"]
+                runs["predicted"] = 2 * array_beats(program)
+
+            await train_on_engine(driver, weights, batches, after_step)
+
+        simulate(bench, config)
+    assert got[0]["stored"] == 0 and got[16]["stored"] == 2
+    for runs in got.values():
+        for s in range(2):
+            for layer, (a, b) in enumerate(zip(runs["weights"][s], want[s + 1])):
+                np.testing.assert_array_equal(a, b, err_msg=f"step {s} layer {layer}")
+        assert runs["beats"] == runs["predicted"]
+    assert got[16]["beats"] < got[0]["beats"]
+
+
+def test_stored_record_without_room_in_the_sum_buffer_is_refused():
+    """A stored record whose rows exceed the build's sum buffer (here: none) answers BAD_INSTRUCTION
+    rather than reading rows that were never written; the engine's own program then runs."""
+    from hw.engine.encoding import encode_program
+    foreign = compile_network(CONFIG.replace(sum_words=16))
+    program = compile_network(CONFIG)
+    results = []
+
+    async def bench(ctx, dut):
+        driver = EngineDriver(program, AmaranthTransport(ctx, dut, timeout_cycles=20000))
+        await driver.write(Target.PROGRAM, 0, encode_program(foreign.instructions))
+        try:
+            await driver.run(0, 1, 3)
+            results.append("ran")
+        except EngineError as e:
+            results.append(e.status)
+        await driver.load_program()
+        results.append(await driver.run(0, 1, 3) > 0)
+
+    simulate(bench)
+    assert results == [Status.BAD_INSTRUCTION, True]

@@ -9,12 +9,18 @@ one WAGE training step (:mod:`hw.engine.isa`):
 ERR l runs before GRAD l because both read layer l's weights and GRAD l rewrites them: every
 gradient is taken from the weights before the step (as :func:`golden.model.train_step` does).
 
-Q_E and Q_G need the maximum over the whole tensor before they can emit anything. The engine
-computes twice: ERR and GRAD run their product once for the maximum and again for the values
-(LOSS reads its input twice from the scratchpad). No sum tensor is ever stored, so no 32-bit
-buffer limits the batch; the price is that error and gradient products take twice the array time
-(:mod:`benchmarks.engine_throughput` counts it). The golden model's results do not depend on the
-choice: both passes compute the same integers.
+Q_E and Q_G need the maximum over the whole tensor before they can emit anything, so ERR and
+GRAD pass their results through the quantiser twice: once for the maximum, then for the values
+(LOSS reads its input twice from the scratchpad). Per instruction the compiler chooses how pass 2
+gets its results (:func:`choose_store_then_quantise`):
+
+* *store-then-quantise* — pass 1 also writes every result row (L accumulator-width sums) to the
+  sum buffer (``EngineConfig.sum_words`` rows), and pass 2 reads them back: the array runs once.
+  Chosen whenever the instruction's result rows fit the buffer.
+* *compute-twice* — pass 2 runs the product again. No sum tensor is stored, so no buffer limits
+  the batch; the price is twice the array time (:mod:`benchmarks.engine_throughput` counts it).
+
+The golden model's results do not depend on the choice: both give the quantiser the same integers.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from .isa import ADDR_BITS, AddressPattern, Instruction, IsaError, Op, RowSel
 from .layout import MapLayout, TapMapLayout, WeightLayout
 
 __all__ = ["Program", "MemoryPlan", "FitError", "UnsupportedNetwork", "compile_network", "plan_memory",
-           "fc_forward", "fc_error", "fc_gradient", "fc_draw", "loss", "array_beats"]
+           "fc_forward", "fc_error", "fc_gradient", "fc_draw", "loss", "array_beats", "choose_store_then_quantise",
+           "result_rows", "two_pass_products"]
 
 
 class FitError(ValueError):
@@ -267,20 +274,44 @@ def compile_network(config: EngineConfig) -> Program:
                                 plan.activations[i - 1], L))
         ins.append(fc_gradient(wage, layer, plan.errors[i], plan.layer_input(i), plan.weights[i], L))
     ins.append(Instruction(Op.END))
+    ins = choose_store_then_quantise(config, ins)
     check_program_fits(config, ins)
     return Program(config, ins, plan.inputs, plan.activations, plan.errors, plan.weights, plan.usage)
+
+
+def two_pass_products() -> tuple[int, ...]:
+    """Opcodes (isa and conv) of the products whose results Q_E or Q_G quantise: two passes."""
+    from .conv import ConvOp                              # conv builds on this module
+    return (Op.ERR, Op.GRAD, ConvOp.CONV_ERR, ConvOp.CONV_GRAD)
+
+
+def result_rows(ins, lanes: int) -> int:
+    """Result rows (words of L sums) of one pass of an instruction: what store-then-quantise keeps."""
+    return ins.qcount // lanes
+
+
+def choose_store_then_quantise(config: EngineConfig, instructions: list) -> list:
+    """``instructions`` with ``stored=1`` on every error and gradient product whose result rows fit
+    the sum buffer (``config.sum_words``); the rest compute twice (module docstring)."""
+    chosen = []
+    for ins in instructions:
+        if ins.op in two_pass_products() and result_rows(ins, config.lanes) <= config.sum_words:
+            ins = dataclasses.replace(ins, stored=1)
+        chosen.append(ins)
+    return chosen
 
 
 def array_beats(program: Program) -> int:
     """Operand pairs the array takes in one training step — what the engine's ``array_beats``
     counter counts (tested equal): each product's operand pattern walked once for a forward
-    product and twice for an error or gradient product (compute-twice, :mod:`hw.engine.isa`). With
+    product or a store-then-quantise one, twice for a compute-twice error or gradient product. With
     the array busy in 98 % of a fully connected step's cycles (measured), it predicts cycles per step."""
     from .conv import ConvOp
-    once, twice = (Op.FWD, ConvOp.CONV_FWD), (Op.ERR, Op.GRAD, ConvOp.CONV_ERR, ConvOp.CONV_GRAD)
+    products = (Op.FWD, ConvOp.CONV_FWD) + two_pass_products()
     beats = 0
     for ins in program.instructions:
-        if ins.op in once + twice:
+        if ins.op in products:
             a = ins.a
-            beats += a.n1 * a.n2 * a.nk * a.nr * (2 if ins.op in twice else 1)
+            twice = ins.op in two_pass_products() and not ins.stored
+            beats += a.n1 * a.n2 * a.nk * a.nr * (2 if twice else 1)
     return beats

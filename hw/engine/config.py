@@ -65,6 +65,15 @@ class EngineConfig:
     (:attr:`weight_space`) are external words ``external_words`` … (the weights' region follows the
     data's; :mod:`hw.engine.weight_store`). The external memory holds :attr:`external_depth` words.
 
+    ``sum_words``: depth of the sum buffer (0: none), which makes error and gradient products
+    *store-then-quantise* instead of compute-twice. Q_E and Q_G need the whole tensor's maximum
+    before they can emit an element; without the buffer the engine runs such a product twice (pass 1
+    finds the maximum, pass 2 emits), which wastes half of its array time. With it, pass 1 also
+    writes every result row, L accumulator-width sums (:attr:`sum_width` bits), to the buffer, and
+    pass 2 reads them back instead of running the array again. The compiler chooses per
+    instruction (:func:`hw.engine.compiler.choose_store_then_quantise`): an instruction whose result
+    rows fit stores, the rest compute twice; the results are the same integers either way.
+
     ``target``: "generic" (simulation; data and weight memories up to 2^20 words) or "ecp5"
     (MULT18X18D and DP16KD instances; memories deeper than a DP16KD column are split into banks,
     :func:`hw.bram.bank_depths`). Either way data and weight memories hold up to 2^20 words.
@@ -78,6 +87,7 @@ class EngineConfig:
     fold_input: bool = True
     external_words: int = 0
     external_weight_words: int = 0
+    sum_words: int = 0
     target: str = "generic"
 
     def __post_init__(self):
@@ -110,6 +120,9 @@ class EngineConfig:
         if self.external_depth > 1 << ADDR_BITS:
             raise EngineConfigError(f"external_words + external_weight_words = {self.external_depth}: the external "
                                     f"memory has at most 2^{ADDR_BITS} words")
+        if not isinstance(self.sum_words, int) or isinstance(self.sum_words, bool) \
+                or not 0 <= self.sum_words <= depth:
+            raise EngineConfigError(f"sum_words={self.sum_words!r}: must be an integer in 0..{depth}")
         _positive_int("label_words", self.label_words, 1, 1 << 20)
         _positive_int("program_words", self.program_words, 1, 16384)
         if not isinstance(self.fold_input, bool):
@@ -167,6 +180,19 @@ class EngineConfig:
             k = max(k, taps * -(-channels // L) * L, taps * -(-layer.out_channels // L) * L,
                     self.batch * layer.out_positions)
         return k
+
+    @property
+    def accumulator_width(self) -> int:
+        """Signed bits of the array's accumulators and result lanes (:class:`hw.mac_array.MacArray`
+        sizes them from :attr:`max_reduction`; at least 10, what the quantiser takes)."""
+        from hw.tiling import accumulator_bits, operand_width
+        width = operand_width(self.wage)
+        return max(accumulator_bits(width, width, self.max_reduction), 10)
+
+    @property
+    def sum_width(self) -> int:
+        """Bits per sum-buffer word: one result row, L accumulator-width sums."""
+        return self.lanes * self.accumulator_width
 
     def fingerprint(self) -> int:
         """A 32-bit CRC of every field (the WAGE config included): the engine reports the one it was
@@ -230,5 +256,5 @@ class EngineConfig:
 
     def summary(self) -> str:
         return (f"EngineConfig: {self.lanes}x{self.lanes} array, {self.data_words} data words, "
-                f"{self.weight_words} weight words, {self.external_words} + {self.external_weight_words} external words, {self.label_words} labels, target {self.target}; "
+                f"{self.weight_words} weight words, {self.external_words} + {self.external_weight_words} external words, {self.sum_words} sum words, {self.label_words} labels, target {self.target}; "
                 + self.wage.summary().splitlines()[0])

@@ -79,7 +79,7 @@ and unpool stages):
 ``CONV_ERR``  D at layer l's input: rows = L input positions, cols = an input-channel block cb,
               k = (i, j, ob) with the o-lane as the transposed beat: ``a`` = E_l at
               (b, y − i + pad, x − j + pad, ob) (the flip), ``b`` = weight word (o, (i, j, cb)) direct,
-              one per beat (o = ob·L + lane, invalid for o ≥ O). Run twice (Q_E's max first) →
+              one per beat (o = ob·L + lane, invalid for o ≥ O). Two passes (Q_E's max first; ``stored``: pass 2 from the sum buffer) →
               × saturation mask (``aux`` = A_{l−1}'s masks) → Q_E → × ReLU mask → if ``unpool_dx``
               is non-zero, the unpool stage: ``out`` names the window's first product-resolution
               word; the stage writes the four words ``out``, ``out + dx``, ``out + dy``,
@@ -88,7 +88,7 @@ and unpool stages):
               pooled convolution.
 ``CONV_GRAD`` G: rows = L output channels (block t1), cols = the lanes of weight word t2 = (i, j, cb),
               k = every product position p: ``a`` = E_l word (p, ob) direct, ``b`` = X word at
-              (b, y + i − pad, x + j − pad, cb) direct (zero outside the input). Run twice → Q_G; the
+              (b, y + i − pad, x + j − pad, cb) direct (zero outside the input). Two passes as CONV_ERR → Q_G; the
               draw of lane j of a result word is ``draw + j`` (``draw`` is a pattern in step with
               ``out``: the channels-last flat index of the word's first weight) → ΔW into the weight
               store.
@@ -114,7 +114,7 @@ from golden.config import WageConfig
 from golden.prng import sr_draws
 from golden.quant import forward_weights, quantize_activation, quantize_error, quantize_gradient
 
-from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, check_program_fits, fc_error, fc_forward,
+from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, check_program_fits, choose_store_then_quantise, fc_error, fc_forward,
                        fc_gradient, loss, plan_memory)
 from .config import EngineConfig
 from .isa import (ADDR_BITS, COUNT_BITS, KCOUNT_BITS, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel,
@@ -363,6 +363,7 @@ class ConvInstruction:
     pool: int = 0
     unpool_dx: int = 0
     unpool_dy: int = 0
+    stored: int = 0
     a: Pattern = field(default_factory=AddressPattern)
     b: Pattern = field(default_factory=AddressPattern)
     out: Pattern = field(default_factory=AddressPattern)
@@ -375,7 +376,9 @@ class ConvInstruction:
                            f"{', '.join(f'{k}={v}' for k, v in ConvOp.NAMES.items())}")
         check_unsigned_fields(self, (("layer", 8), ("relu", 1), ("shift", 6), ("qcount", QCOUNT_BITS),
                                      ("pool", 1), ("unpool_dx", ADDR_BITS),
-                                     ("unpool_dy", ADDR_BITS)), "conv instruction")
+                                     ("unpool_dy", ADDR_BITS), ("stored", 1)), "conv instruction")
+        if self.stored and self.op == ConvOp.CONV_FWD:
+            raise IsaError("conv instruction stored=1 with op CONV_FWD: only CONV_ERR and CONV_GRAD store their sums")
         if self.pool and self.op != ConvOp.CONV_FWD:
             raise IsaError(f"conv instruction pool=1 with op {ConvOp.NAMES[self.op]}: pooling is a CONV_FWD stage")
         if (self.unpool_dx or self.unpool_dy) and self.op != ConvOp.CONV_ERR:
@@ -626,6 +629,7 @@ def compile_conv_network(config: EngineConfig) -> Program:
                 ins.append(fc_error(wage, layer, e, w, errors[i - 1], activations[i - 1], L))
         ins.append(fc_gradient(wage, layer, e, x, w, L))
     ins.append(Instruction(Op.END))
+    ins = choose_store_then_quantise(config, ins)
     check_program_fits(config, ins)
     usage = plan.usage
     return Program(config, ins, inputs, activations, errors, weights, usage)

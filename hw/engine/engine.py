@@ -16,6 +16,8 @@ Blocks (``L`` = ``config.lanes``)
   generators; each walks a pattern slot (:mod:`hw.engine.slot`: a plain or a convolution pattern);
 * the pool stage (:class:`~hw.engine.pool.WindowPool`, FWD with ``pool``) before the quantiser and
   the unpool stage (:class:`~hw.engine.unpool.Unpool`, ERR with ``unpool_dx``) after it;
+* the sum buffer (``config.sum_words`` > 0): :class:`hw.bram.BlockRam` of result rows (L
+  accumulator-width sums) for store-then-quantise ERR/GRAD records;
 * the program memory (``program_words`` 32-bit words; :mod:`hw.engine.encoding` records of
   MACHINE_WORDS words, shifted into the instruction register one word per cycle) and the labels.
 
@@ -23,7 +25,9 @@ One finite-state machine parses host packets and, for ``RUN``, sequences the pro
 instruction it fetches the record, loads the patterns into the generators and the command into the
 quantiser (pass 1; for GRAD also the draw pattern into its generator, whose addresses are the draw
 indices the quantiser prefetches), for the two-pass operations loads the patterns again (pass 2;
-streams keep the order, so pass 2 queues behind pass 1), and waits until the result generator's
+streams keep the order, so pass 2 queues behind pass 1) — or, for a record with ``stored``, only
+the aux and result patterns, pass 2's rows coming back from the sum buffer that pass 1 filled
+(store-then-quantise: the array runs once) — and waits until the result generator's
 last row has been written (and the unpool stage has written its four words). Memory ports are
 routed by the running operation:
 
@@ -155,6 +159,7 @@ class Engine(wiring.Component):
         m.submodules.array = array = MacArray(wage, L, L, mode="int8", max_reduction=cfg.max_reduction,
                                               target=cfg.target)
         acc_width = max(array.accumulator_width, 10)
+        assert acc_width == cfg.accumulator_width
         m.submodules.quant = quant = ShiftQuantizer(wage, lanes=L, acc_width=acc_width, draw_index="stream")
         m.submodules.feed_a = feed_a = OperandFeeder(L, conv=cfg.has_conv)
         m.submodules.feed_b = feed_b = OperandFeeder(L, conv=cfg.has_conv)
@@ -254,12 +259,41 @@ class Engine(wiring.Component):
         # registered from the instruction register (which settles in FETCH, before DECODE launches)
         m.d.sync += [feed_a.transposed.eq(slot_rows(ins.a) == L), feed_b.transposed.eq(slot_rows(ins.b) == L)]
 
+        # ---- the sum buffer (store-then-quantise) --------------------------------------------------
+        # An ERR/GRAD record with ``stored`` writes its pass-1 result rows here as they enter the
+        # quantiser; in pass 2 the rows are read back in the same order instead of running the
+        # array again (hw.engine.compiler.choose_store_then_quantise).
+        stored_on = Signal()                             # the running instruction stores its sums
+        from_sums = Signal()                             # … and is in pass 2: results from the buffer
+        sum_rd_left = Signal(32)                         # pass-2 rows still to request
+        sum_rd_addr = Signal(ADDR_BITS)
+        sum_wa = Signal(ADDR_BITS)                       # next row to write
+        arr_res = array.results
+        res = stream.Signature(arr_res.payload.shape()).create()
+        if cfg.sum_words:
+            m.submodules.sums = sums = BlockRam(cfg.sum_width, cfg.sum_words, target=cfg.target)
+            m.submodules.sum_rd = sum_rd = RamReader(cfg.sum_width)
+            m.d.comb += [sums.r_addr.eq(sum_rd.r_addr), sum_rd.r_data.eq(sums.r_data), from_sums.eq(stored_on & pass2)]
+            # rows are requested once pass 1 is over and its last write has landed (writes are registered)
+            m.d.comb += [sum_rd.req.valid.eq(from_sums & (sum_rd_left != 0) & ~sums.w_en),
+                         sum_rd.req.payload.eq(sum_rd_addr)]
+            with m.If(sum_rd.req.valid & sum_rd.req.ready):
+                m.d.sync += [sum_rd_left.eq(sum_rd_left - 1), sum_rd_addr.eq(sum_rd_addr + 1)]
+            with m.If(from_sums):
+                m.d.comb += [res.valid.eq(sum_rd.resp.valid), res.payload.data.eq(sum_rd.resp.payload),
+                             sum_rd.resp.ready.eq(res.ready)]
+            with m.Else():
+                m.d.comb += [res.valid.eq(arr_res.valid), res.payload.eq(arr_res.payload),
+                             arr_res.ready.eq(res.ready)]
+        else:
+            m.d.comb += [res.valid.eq(arr_res.valid), res.payload.eq(arr_res.payload), arr_res.ready.eq(res.ready)]
+
         # ---- results into the quantiser ----------------------------------------------------------
         # The join below feeds the quantiser through a skid buffer (registered valid, payload and
         # ready), so that neither its operand paths nor quant.i.ready meet the join's logic.
         m.submodules.quant_in = quant_in = SkidBuffer(quant.i.payload.shape())
         wiring.connect(m, quant_in.o, quant.i)
-        res, qi = array.results, quant_in.i
+        qi = quant_in.i
         # The auxiliary reader's output (a join of its FIFOs) is registered twice: once as it leaves
         # the reader, then again with the LOSS label test of each lane done between the two
         # registers (its own read port of the labels, addressed by the beat's tile counter t1):
@@ -320,6 +354,11 @@ class Engine(wiring.Component):
                                              ((op == Op.FWD) & pool_on))),
                      side.w_data.eq(Cat(push_mask, push_idx))]
         side_mask, side_idx = side.r_data[:L], side.r_data[L:]
+        if cfg.sum_words:
+            m.d.sync += [sums.w_en.eq(take_in & ~pass2 & stored_on), sums.w_addr.eq(sum_wa),
+                         sums.w_data.eq(res.payload.data)]
+            with m.If(take_in & ~pass2 & stored_on):
+                m.d.sync += sum_wa.eq(sum_wa + 1)
         with m.If(take_in & ~pass2):
             m.d.sync += p1_left.eq(p1_left - 1)
             with m.If(p1_left == 1):
@@ -695,12 +734,17 @@ class Engine(wiring.Component):
             with m.State("DECODE"):
                 m.d.comb += running.eq(1)
                 m.d.sync += [p1_left.eq(ins.qcount >> shift_l), pass2.eq((ins.qcount >> shift_l) == 0),
-                             done.eq(0), done_pending.eq(0)]
+                             done.eq(0), done_pending.eq(0), sum_wa.eq(0), sum_rd_addr.eq(0), sum_rd_left.eq(0),
+                             stored_on.eq(ins.stored if cfg.sum_words else 0)]
                 # An engine built without convolution (cfg.has_conv) has no conv address generators:
                 # a conv pattern, pooling or unpooling is refused rather than walked wrongly.
                 conv_only = ins.a.conv | ins.b.conv | ins.aux.conv | ins.out.conv | ins.draw.conv | ins.pool \
                     | (ins.unpool_dx != 0)
-                with m.If(conv_only if not cfg.has_conv else 0):
+                # A stored record needs a sum buffer that holds its rows (the compiler's choice for
+                # this build; a program for another build is refused before it gets here, by IDENT).
+                rows_fit = (ins.qcount >> shift_l) <= cfg.sum_words
+                bad_store = ins.stored & (~rows_fit | ((ins.op != Op.ERR) & (ins.op != Op.GRAD)))
+                with m.If((conv_only if not cfg.has_conv else 0) | bad_store):
                     m.d.sync += status.eq(Status.BAD_INSTRUCTION)
                     m.next = "RUN_RESPOND"
                 with m.Else():
@@ -740,9 +784,14 @@ class Engine(wiring.Component):
                         with m.Case(Op.LOSS):
                             m.d.sync += [launch["aux"].eq(1), launch["out"].eq(1)]
                         with m.Case(Op.ERR):
-                            m.d.sync += [launch[n].eq(1) for n in ("a", "b", "aux", "out")]
+                            m.d.sync += [launch[n].eq(1) for n in ("aux", "out")]
+                            m.d.sync += [launch[n].eq(~stored_on) for n in ("a", "b")]
                         with m.Case(Op.GRAD):
-                            m.d.sync += [launch[n].eq(1) for n in ("a", "b", "out")]
+                            m.d.sync += launch["out"].eq(1)
+                            m.d.sync += [launch[n].eq(~stored_on) for n in ("a", "b")]
+                    # store-then-quantise: pass 2 reads the pass-1 rows back from the sum buffer
+                    with m.If(stored_on):
+                        m.d.sync += sum_rd_left.eq(ins.qcount >> shift_l)
                     m.next = "WAIT"
             with m.State("WAIT"):
                 m.d.comb += running.eq(1)

@@ -14,10 +14,11 @@ Operations
            their ReLU and saturation masks, back into the activation scratchpad
 ``LOSS``   the SSE error of a quantised output layer: D = A_out − 2^(kA−1)·onehot(label), read
            twice from the activation scratchpad → Q_E → × saturation mask → error scratchpad
-``ERR``    error product of a layer, D = E·Wq (E through the transposer, Wq rows direct), run twice
-           (compute-twice: pass 1 finds Q_E's max, pass 2 emits) → × the producer's saturation mask
+``ERR``    error product of a layer, D = E·Wq (E through the transposer, Wq rows direct), two
+           passes through the quantiser (pass 1 finds Q_E's max, pass 2 emits; pass 2 runs the
+           product again, or with ``stored`` reads pass 1's rows back from the sum buffer) → × the producer's saturation mask
            → Q_E → × its ReLU mask → error scratchpad
-``GRAD``   gradient product, G = Eᵀ·A_in (both direct), run twice → Q_G with the draw of each
+``GRAD``   gradient product, G = Eᵀ·A_in (both direct), two passes as ERR → Q_G with the draw of each
            word keyed by the ``draw`` pattern (its first weight's flat index) → ΔW into the weight store (Ws ← clip(Ws − ΔW))
 ``END``    end of the program (one training step)
 =========  ====================================================================================
@@ -138,6 +139,7 @@ SCALAR_FIELDS: tuple[tuple[str, int], ...] = (
     ("shift", 6),           # Q_A shift r_l
     ("qcount", QCOUNT_BITS),  # elements through the quantiser per pass
     ("onehot", 16),         # LOSS: 2^(kA−1), the one-hot's code
+    ("stored", 1),          # ERR/GRAD: store-then-quantise (pass 2 reads the sum buffer)
 )
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class Instruction:
     shift: int = 0
     qcount: int = 0
     onehot: int = 0
+    stored: int = 0
     a: AddressPattern = field(default_factory=AddressPattern)
     b: AddressPattern = field(default_factory=AddressPattern)
     out: AddressPattern = field(default_factory=AddressPattern)
@@ -162,6 +165,8 @@ class Instruction:
         if self.op not in Op.NAMES:
             raise IsaError(f"op={self.op!r}: not an opcode ({', '.join(f'{k}={v}' for k, v in Op.NAMES.items())})")
         check_unsigned_fields(self, SCALAR_FIELDS, "instruction")
+        if self.stored and self.op not in (Op.ERR, Op.GRAD):
+            raise IsaError(f"instruction stored=1 with op {Op.NAMES[self.op]}: only ERR and GRAD store their sums")
 
     def __str__(self) -> str:
         return f"{Op.NAMES[self.op]} layer {self.layer}"
