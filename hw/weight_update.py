@@ -62,10 +62,13 @@ Timing (cycle 0 = the cycle a beat is accepted / a read word is issued; no stall
   back (as in training, where each word is updated once per step), and at one word per two cycles
   on one address. Loads and read words are never held.
 * A serve/readback command accepted in cycle c issues its first word in c + 1; that word is valid on
-  the output in c + 7 (``LATENCY_READ`` = 6 after issue), then one word per cycle. Each output has an
-  8-entry FIFO; a read word is only issued while fewer than 2 words were queued there one cycle
+  the output in c + 7 (``LATENCY_READ`` = 6 after issue), then one word per cycle. Each output has a
+  16-entry FIFO; a read word is only issued while fewer than 10 words were queued there one cycle
   before (a registered test, so the issue logic starts from flip-flops), so every word in flight
-  has a slot and output back-pressure never stalls the pipeline or the other operations.
+  has a slot and output back-pressure never stalls the pipeline or the other operations. (With 8
+  entries the threshold was 2 words: a consumer that paused for one cycle, as the MAC array does
+  after each tile, stopped the issue until the pipeline ran dry: 7 idle cycles every other tile of
+  LeNet-5's conv1.)
 
 Ordering and hazards: operations take effect in issue order, and every operation sees every write
 (update or load) issued before it. Read-after-write hazards (a word read while an older write to the
@@ -124,7 +127,7 @@ TARGETS = ("generic", "ecp5")
 _STAGES = 5
 #: Entries of each output FIFO; a read word is issued while fewer than OUT_FIFO_DEPTH − _STAGES − 1 were queued
 #: in the cycle before.
-OUT_FIFO_DEPTH = 8
+OUT_FIFO_DEPTH = 16
 #: Cycles from accepting an update/load beat to the end of the cycle that writes the RAM.
 LATENCY_WRITE = 5
 #: Cycles from issuing a read word to its beat being valid on ``serve``/``readback``.

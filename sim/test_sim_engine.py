@@ -14,7 +14,8 @@
   1024-word weight store: the input batch (18,432 words), E0 (4,608) and the fc1 weights (1,024)
   live in the external memory, the simulation model behind the engine's external-memory port
   (latency 24 cycles, a word every 2 cycles, 4 dead cycles per burst;
-  :class:`hw.engine.system.EngineSystem`); 3 steps, weights compared every step; its mutation
+  :class:`hw.engine.system.EngineSystem`), and a 1,152-row sum buffer with which every error and
+  gradient product runs store-then-quantise; 3 steps, weights compared every step; its mutation
   test flips a bit of an external fc1 weight word.
 
 The seed is printed by the runner; rerun with ``COCOTB_RANDOM_SEED=<seed>``.
@@ -45,13 +46,16 @@ def _params(config: EngineConfig, **kw) -> dict:
     return {"engine": engine, **kw}
 
 
-LENET_SPILL = LENET.replace(data_words=4096, external_words=32768, weight_words=1024, external_weight_words=1024)
+#: With 4,096-word scratchpads the input batch, E0 and fc1's weights spill to the external memory;
+#: a 1,152-row sum buffer (258 kbit) makes every error and gradient product store-then-quantise.
+LENET_SPILL = LENET.replace(data_words=4096, external_words=32768, weight_words=1024, external_weight_words=1024,
+                            sum_words=1152)
 SLOW_MEMORY = ExternalTiming(latency=24, cycles_per_word=2, command_cycles=4)
 
 #: name → (config, build name, steps, the [step, layer, word, bit] the mutation test flips)
 TRAINED = {"mlp": (MLP, "engine_mlp16", 20, [0, 1, 37, 5]),
            "lenet_style": (LENET, "engine_lenet8", 3, [0, 1, 17, 3]),
-           "lenet_spill": (LENET_SPILL, "engine_lenet8_spill", 3, [0, 2, 100, 2])}
+           "lenet_spill": (LENET_SPILL, "engine_lenet8_spill_sums", 3, [0, 2, 100, 2])}
 
 
 def _top(config: EngineConfig):

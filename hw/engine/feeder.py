@@ -36,7 +36,7 @@ from .slot import SlotGenerator, slot_layout
 __all__ = ["RamReader", "PatternReader", "OperandFeeder", "operand_layout", "INVALID_ADDRESS"]
 
 #: Pattern beats requested and not yet joined with their response: covers the weight store's
-#: serve path (read latency 6 plus its 8-entry output FIFO) so that it runs at one word per cycle.
+#: serve path (command skid buffer, issue, read latency 6, response skid buffers) so that it runs at one word per cycle.
 FLAG_DEPTH = 16
 
 #: The address an invalid pattern beat requests (its response is discarded): the top of the
