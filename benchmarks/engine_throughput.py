@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/engine_throughput.py [--fmax MHZ] [--nets mlp lenet5] [--lanes 8 16]
         [--memory external|sdram|simulated] [--ext-latency 20] [--ext-cycles-per-word 1]
-        [--ext-command-cycles 0] [--sdram-mhz 100] [--sum-words 0] [--no-per-instruction]
+        [--ext-command-cycles 0] [--sdram-mhz 100] [--sum-words 0] [--external-sums]
+        [--no-per-instruction]
 
 For each network at batch 128 and each array side (``--lanes``; 8×8 = 64 MULT18X18D fits the
 LFE5U-85F's 156, 16×16 = 256 does not) the engine RTL (``hw.engine.engine.Engine``) runs one
@@ -29,7 +30,9 @@ zero init as one constant; a 196k-word memory kept yosys busy for more than ten 
 network is measured at the largest batch ``--batch``/2^k that fits, and the report says which.
 ``--sum-words N`` gives the engine an N-row sum buffer (``EngineConfig.sum_words``): every error
 and gradient product whose result rows fit it runs store-then-quantise (its array pass once)
-instead of compute-twice; the report lists which, and the buffer's size in bits.
+instead of compute-twice; the report lists which, and the buffer's size in bits. With an external
+memory, ``--external-sums`` adds a region for the sums of the products whose rows do not fit the
+buffer, sized for the largest (``EngineConfig.external_sum_words``).
 ``--no-per-instruction`` skips the per-instruction runs (each instruction run alone), which double
 the simulation time.
 Results go to ``benchmarks/results/engine_throughput.json``.
@@ -51,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from golden.config import WageConfig  # noqa: E402
 from hw.engine.compiler import FitError, UnsupportedNetwork, compile_network  # noqa: E402
 from hw.engine.config import EngineConfig  # noqa: E402
+from hw.engine.isa import STORES  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "engine_throughput.json"
 #: Units inside the engine whose measured Fmax bounds the engine's clock.
@@ -78,7 +82,9 @@ def sized_config(net: str, batch: int, lanes: int, external: bool = False) -> tu
     fit in the external memory (``external``) or whose (simulated) memories are as deep as the
     network needs, with a note saying which and why."""
     wage = WageConfig(net=net, batch_size=batch)
-    config = EngineConfig(wage, lanes=lanes, data_words=16384, weight_words=16384, label_words=max(256, batch))
+    # 8,192 program words: LeNet-5's step with conv2's error product in row bands takes 22 records
+    config = EngineConfig(wage, lanes=lanes, data_words=16384, weight_words=16384, label_words=max(256, batch),
+                          program_words=8192)
     try:
         compile_network(config)
         return config, None
@@ -126,6 +132,8 @@ def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> 
         name = f"engine_{config.wage.net.replace('-', '_')}_b{config.batch}_l{config.lanes}"
         if config.sum_words:
             name += f"_s{config.sum_words}"
+        if config.external_sum_words:
+            name += f"_xs{config.external_sum_words}"
         if config.external_depth and isinstance(timing, float):          # the SDRAM at this clock (MHz)
             from boards.sdram_system import EngineSDRAMSystem
             top = EngineSDRAMSystem(config, timing * 1e6)
@@ -160,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ext-command-cycles", type=int, default=0, help="external memory: dead cycles per burst")
     ap.add_argument("--sum-words", type=int, default=0,
                     help="rows of the sum buffer (store-then-quantise for the products that fit; 0: compute-twice)")
+    ap.add_argument("--external-sums", action="store_true",
+                    help="with an external memory: sums that do not fit the buffer go through the port")
     ap.add_argument("--no-per-instruction", dest="per_instruction", action="store_false",
                     help="skip running each instruction alone (per-layer figures)")
     args = ap.parse_args(argv)
@@ -188,8 +198,13 @@ def main(argv=None) -> int:
             note = (note or "") + (f"; measured at batch {batch}: at batch {args.batch} the simulated memories would be too "
                      f"deep for the Verilog conversion (--max-sim-words {args.max_sim_words})")
         config = config.replace(sum_words=args.sum_words)
+        if args.external_sums and config.external_words:
+            from hw.engine.compiler import result_rows, two_pass_products
+            rows = max(result_rows(ins, lanes) for ins in compile_network(config).instructions
+                       if ins.op in two_pass_products())
+            config = config.replace(external_sum_words=rows * config.sum_chunks)
         program = compile_network(config)
-        stored = [str(ins) for ins in program.instructions if getattr(ins, "stored", 0)]
+        stored = [f"{ins} ({STORES[ins.stored]})" for ins in program.instructions if getattr(ins, "stored", 0)]
         wage = config.wage
         t = time.time()
         result = measure(config, timing, args.per_instruction)
@@ -222,6 +237,7 @@ def main(argv=None) -> int:
                  "cycles_per_step": cycles,
                  "cycles_by_phase": {k: c[f"{k}_cycles"] for k in ("fwd", "loss", "err", "grad")},
                  "sum_words": config.sum_words, "sum_buffer_bits": config.sum_words * config.sum_width,
+                 "external_sum_words": config.external_sum_words,
                  "store_then_quantise": stored,
                  "array_beats": c["array_beats"], "useful_macs": macs,
                  "mac_slot_utilisation": total / (cycles * L * L),
@@ -244,7 +260,8 @@ def main(argv=None) -> int:
                 print(f"    {lay['layer']}: {lay['cycles']} cycles, utilisation {100 * lay['mac_slot_utilisation']:.1f} %")
         if stored:
             print(f"    store-then-quantise ({config.sum_words} x {config.sum_width}-bit sum buffer, "
-                  f"{config.sum_words * config.sum_width / 1e6:.2f} Mbit): {', '.join(stored)}")
+                  f"{config.sum_words * config.sum_width / 1e6:.2f} Mbit; {config.external_sum_words} external "
+                  f"sum words): {', '.join(stored)}")
         if config.external_depth:
             print(f"    external memory ({timing}): {c['ext_read_words']} words read, {c['ext_write_words']} written "
                   f"per step ({(c['ext_read_words'] + c['ext_write_words']) / cycles:.3f} words/cycle)")

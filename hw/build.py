@@ -262,7 +262,7 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         over = over_capacity(_parse_utilisation_log(out / "nextpnr.log"))
         if over:
             raise BuildError(f"the design does not fit the {platform.device}: {', '.join(over)} "
-                             f"(make the configuration smaller: lanes, data_words, weight_words)") from None
+                             f"(make the configuration smaller: lanes, data_words, weight_words, sum_words)") from None
         raise BuildError(str(e)) from None
     seconds["nextpnr"] = round(time.monotonic() - t, 1)
     try:

@@ -154,14 +154,32 @@ async def throughput(dut):
     alone = []
     end = Instruction(Op.END)
     empty = await _run_program(driver, [end], eta)
-    for ins in program.instructions[:-1] if p.get("per_instruction", True) else []:
-        c = await _run_program(driver, [ins, end], eta)
-        alone.append({"instruction": str(ins), "cycles": c - empty})
-        dut._log.info(f"{ins}: {c - empty} cycles")
+    for unit in _units(program.instructions[:-1]) if p.get("per_instruction", True) else []:
+        c = await _run_program(driver, unit + [end], eta)
+        name = str(unit[-1]) if len(unit) == 1 else f"{unit[-1]} ({len(unit) - 1} parts)"
+        alone.append({"instruction": name, "cycles": c - empty})
+        dut._log.info(f"{name}: {c - empty} cycles")
     await driver.write(Target.PROGRAM, 0, encode_program(program.instructions))
     with open(p["out"], "w") as f:
         json.dump({"run_reply_cycles": cycles, "counters": delta, "end_only_cycles": empty,
                    "instructions": alone}, f)
+
+
+def _units(instructions) -> list[list]:
+    """The instructions one by one, except that a product in parts (conv.PART_FIRST … PART_FINISH)
+    is one unit: its records only run together."""
+    from hw.engine.conv import PART_FINISH, PART_WHOLE
+    units, open_ = [], []
+    for ins in instructions:
+        part = getattr(ins, "part", PART_WHOLE)
+        if part == PART_WHOLE:
+            units.append([ins])
+        else:
+            open_.append(ins)
+            if part == PART_FINISH:
+                units.append(open_)
+                open_ = []
+    return units
 
 
 async def _run_program(driver, instructions, eta: int) -> int:

@@ -15,7 +15,7 @@
   live in the external memory, the simulation model behind the engine's external-memory port
   (latency 24 cycles, a word every 2 cycles, 4 dead cycles per burst;
   :class:`hw.engine.system.EngineSystem`), and a 1,152-row sum buffer with which every error and
-  gradient product runs store-then-quantise; 3 steps, weights compared every step; its mutation
+  gradient product runs store-then-quantise (conv2's error product in 9 row bands); 3 steps, weights compared every step; its mutation
   test flips a bit of an external fc1 weight word.
 
 The seed is printed by the runner; rerun with ``COCOTB_RANDOM_SEED=<seed>``.
@@ -47,9 +47,10 @@ def _params(config: EngineConfig, **kw) -> dict:
 
 
 #: With 4,096-word scratchpads the input batch, E0 and fc1's weights spill to the external memory;
-#: a 1,152-row sum buffer (258 kbit) makes every error and gradient product store-then-quantise.
+#: a 1,152-row sum buffer (258 kbit) makes every error and gradient product store-then-quantise,
+#: and with 8,192 program words conv2's error product runs in 9 row bands.
 LENET_SPILL = LENET.replace(data_words=4096, external_words=32768, weight_words=1024, external_weight_words=1024,
-                            sum_words=1152)
+                            sum_words=1152, program_words=8192)
 SLOW_MEMORY = ExternalTiming(latency=24, cycles_per_word=2, command_cycles=4)
 
 #: name → (config, build name, steps, the [step, layer, word, bit] the mutation test flips)

@@ -203,22 +203,35 @@ def test_conv_instruction_on_an_engine_built_without_convolution_is_refused():
     assert not CONFIG.has_conv and CONV_CONFIG.has_conv
     conv_record = encode_program(compile_network(CONV_CONFIG).instructions[:1])
     assert len(conv_record) == MACHINE_WORDS
-    program = compile_network(CONFIG)
+    assert run_foreign_records(compile_network(CONFIG), conv_record) == [BAD_INSTRUCTION, True]
+
+
+def run_foreign_records(program, *word_lists, weights=None, batch=None) -> list:
+    """Write each of ``word_lists`` (records the driver would refuse) past its fingerprint check and
+    RUN it: [the error status, or "ran"] per list, then whether ``program`` (this build's) runs
+    after, then (with ``weights`` loaded first, and ``batch``) the weights after that run."""
     results = []
 
     async def bench(ctx, dut):
-        driver = EngineDriver(program, AmaranthTransport(ctx, dut, timeout_cycles=20000))
-        await driver.write(Target.PROGRAM, 0, conv_record)
-        try:
-            await driver.run(0, 1, 3)
-            results.append("ran")
-        except EngineError as e:
-            results.append(e.status)
+        driver = EngineDriver(program, AmaranthTransport(ctx, dut, timeout_cycles=200000))
+        if weights is not None:
+            await driver.load_program()
+            await driver.load_weights(weights)
+            await driver.load_batch(*batch)
+        for words in word_lists:
+            await driver.write(Target.PROGRAM, 0, words)
+            try:
+                await driver.run(0, 1, 3)
+                results.append("ran")
+            except EngineError as e:
+                results.append(e.status)
         await driver.load_program()
         results.append(await driver.run(0, 1, 3) > 0)
+        if weights is not None:
+            results.append(await driver.read_weights())
 
-    simulate(bench)
-    assert results == [BAD_INSTRUCTION, True]
+    simulate(bench, program.config)
+    return results
 
 
 def test_bad_config_is_named():
@@ -286,10 +299,11 @@ def conv_spill_steps():
 def run_conv_steps(config, timing=None):
     from hw.engine.conv import ConvEngineModel
     rng = np.random.default_rng(seed_for("engine-conv"))
-    batches = [(rng.integers(0, 256, size=(3, 1, 6, 6), dtype=np.uint8), rng.integers(0, 10, size=3))
+    wage, b = config.wage, config.batch
+    batches = [(rng.integers(0, 256, size=(b, 1, 6, 6), dtype=np.uint8), rng.integers(0, 10, size=b))
                for _ in range(2)]
     program = compile_network(config)
-    weights = golden.init_weights(CONV_WAGE)
+    weights = golden.init_weights(wage)
     model = ConvEngineModel(program)
     model.load_weights(weights)
     want, got = [], []
@@ -326,7 +340,7 @@ def run_conv_steps(config, timing=None):
     simulate(bench, config, timing)
     golden_weights = [weights]
     for s, (x, y) in enumerate(batches):
-        golden_weights.append(golden.train_step(CONV_WAGE, golden_weights[-1], x, y, s, 3)[0])
+        golden_weights.append(golden.train_step(wage, golden_weights[-1], x, y, s, 3)[0])
     for s in range(2):
         want[s]["golden weights"] = golden_weights[s + 1]
         got[s]["golden weights"] = got[s]["weights"]
@@ -475,19 +489,76 @@ def test_stored_record_without_room_in_the_sum_buffer_is_refused():
     rather than reading rows that were never written; the engine's own program then runs."""
     from hw.engine.encoding import encode_program
     foreign = compile_network(CONFIG.replace(sum_words=16))
-    program = compile_network(CONFIG)
-    results = []
+    assert run_foreign_records(compile_network(CONFIG), encode_program(foreign.instructions)) == \
+        [Status.BAD_INSTRUCTION, True]
 
-    async def bench(ctx, dut):
-        driver = EngineDriver(program, AmaranthTransport(ctx, dut, timeout_cycles=20000))
-        await driver.write(Target.PROGRAM, 0, encode_program(foreign.instructions))
-        try:
-            await driver.run(0, 1, 3)
-            results.append("ran")
-        except EngineError as e:
-            results.append(e.status)
-        await driver.load_program()
-        results.append(await driver.run(0, 1, 3) > 0)
 
-    simulate(bench)
-    assert results == [Status.BAD_INSTRUCTION, True]
+#: The spilled network with a 16-row sum buffer and external sums: ERR 2 and conv0's gradient
+#: store on chip, conv1's error product (28 rows, 2 external words each) through the port, and
+#: the two products whose beats are fewer than the words they would move compute twice.
+CONV_SPILL_STORE_CONFIG = CONV_SPILL_CONFIG.replace(sum_words=16, external_sum_words=4096)
+#: Batch 4 (batch · width a multiple of the lanes): conv1's error product runs in three row bands
+#: (kernel rows {0}, {1}, {2} valid), its sums external; on chip with a 64-row buffer.
+CONV_BANDS_EXT_CONFIG = CONV_SPILL_STORE_CONFIG.replace(wage=CONV_WAGE.replace(batch_size=4))
+CONV_BANDS_CONFIG = CONV_CONFIG.replace(wage=CONV_WAGE.replace(batch_size=4), sum_words=64)
+
+
+@pytest.fixture(scope="module")
+def conv_spill_store_steps():
+    return run_conv_steps(CONV_SPILL_STORE_CONFIG, SPILL_TIMING)
+
+
+def test_external_sums_train_bit_exactly(conv_spill_store_steps, conv_spill_steps):
+    from hw.engine.isa import STORE_CHIP, STORE_EXTERNAL
+    program, got, want = conv_spill_store_steps
+    where = {str(ins): ins.stored for ins in program.instructions if ins.op in two_pass_products()}
+    assert where == {"ERR layer 2": STORE_CHIP, "GRAD layer 2": 0, "CONV_ERR layer 1 +unpool": STORE_EXTERNAL,
+                     "CONV_GRAD layer 1": 0, "CONV_GRAD layer 0": STORE_CHIP}
+    for s in range(2):
+        assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
+    assert [got[s]["ext_fault"] for s in range(2)] == [0, 0]
+    c0, c1 = got[0]["counters"], got[1]["counters"]
+    assert c1["array_beats"] == 2 * c0["array_beats"] == 2 * array_beats(program)
+    # CONV_ERR 1's 28 rows go out as 2 words each and come back; the compute-twice run instead
+    # reads its spilled operand (E1 is on chip, but E0's writes and the input's reads are the same)
+    twice = conv_spill_steps[1]
+    sums_written = 28 * CONV_SPILL_STORE_CONFIG.sum_chunks
+    assert c0["ext_write_words"] == twice[0]["counters"]["ext_write_words"] + sums_written
+    assert c0["run_cycles"] < twice[0]["counters"]["run_cycles"]
+
+
+@pytest.mark.parametrize("config", [CONV_BANDS_CONFIG, CONV_BANDS_EXT_CONFIG], ids=["chip", "external"])
+def test_error_product_in_row_bands_trains_bit_exactly(config):
+    """A valid convolution's error product in parts (conv.compile_conv_err_bands): each band walks
+    only its valid kernel rows, the finish record quantises every part's rows from the stored sums."""
+    from hw.engine.conv import PART_FINISH, PART_FIRST, PART_NEXT
+    program, got, want = run_conv_steps(config, SPILL_TIMING if config.external_words else None)
+    parts = [ins.part for ins in program.instructions if getattr(ins, "part", 0)]
+    assert parts == [PART_FIRST, PART_NEXT, PART_NEXT, PART_FINISH]
+    for s in range(2):
+        assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
+        assert got[s].get("ext_fault", 0) == 0
+    c0, c1 = got[0]["counters"], got[1]["counters"]
+    assert c1["array_beats"] == 2 * c0["array_beats"] == 2 * array_beats(program)
+    whole = compile_network(config.replace(program_words=len(program.instructions) * 211 - 1))   # no room: whole
+    assert not any(getattr(ins, "part", 0) for ins in whole.instructions)
+    assert array_beats(program) < array_beats(whole)
+
+
+def test_parts_out_of_order_are_refused_and_the_engine_stays_exact():
+    """A next part without a first, and a first part (or a first and a next) followed by an END,
+    answer BAD_INSTRUCTION; an open product is completed with zero rows first (FLUSH), so the
+    program that then runs still trains exactly."""
+    from hw.engine.encoding import encode_program
+    config = CONV_BANDS_CONFIG
+    program = compile_network(config)
+    ins = program.instructions
+    first = next(n for n, i in enumerate(ins) if getattr(i, "part", 0) == 1)
+    bad = [[ins[first + 1], ins[-1]], [ins[first], ins[-1]], [ins[first], ins[first + 1], ins[-1]]]
+    rng = np.random.default_rng(seed_for("engine-parts-abort"))
+    x, y = rng.integers(0, 256, size=(4, 1, 6, 6), dtype=np.uint8), rng.integers(0, 10, size=4)
+    w0 = golden.init_weights(config.wage)
+    results = run_foreign_records(program, *(encode_program(r) for r in bad), weights=w0, batch=(x, y))
+    assert results[:4] == [Status.BAD_INSTRUCTION] * 3 + [True]
+    for layer, (a, b) in enumerate(zip(results[4], golden.train_step(config.wage, w0, x, y, 0, 3)[0])):
+        np.testing.assert_array_equal(a, b, err_msg=f"layer {layer}")

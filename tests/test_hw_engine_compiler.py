@@ -80,6 +80,11 @@ def test_unsupported_networks_are_named():
     (dict(external_weight_words=1 << 24), "external_weight_words=16777216: must be an integer in 0..16760832"),
     (dict(data_words=1, external_words=(1 << 24) - 1, external_weight_words=2),
      "external_words \\+ external_weight_words = 16777217: the external memory has at most 2\\^24 words"),
+    (dict(sum_words=-1), "sum_words=-1: must be an integer in 0..1048576"),
+    (dict(sum_words=True), "sum_words=True"),
+    (dict(external_sum_words=64), "external_sum_words=64: external sums need the external-memory port"),
+    (dict(external_words=16, external_sum_words=1 << 24),
+     "external_words \\+ external_weight_words \\+ external_sum_words = 16777232"),
 ])
 def test_bad_engine_parameters_are_named(kwargs, text):
     args = dict(wage=WageConfig(net="mlp")) | kwargs
@@ -151,3 +156,25 @@ def test_max_reduction_covers_every_product():
     assert EngineConfig(WageConfig(net="mlp", batch_size=1000)).max_reduction == 1000
     lenet = EngineConfig(WageConfig(net="lenet5", batch_size=128), lanes=16)
     assert lenet.max_reduction == 128 * 24 * 24         # the first conv's gradient: B·Ho·Wo
+
+
+def test_store_then_quantise_is_chosen_per_product():
+    """Rows that fit the sum buffer: on chip; else external when the product's beats outnumber the
+    words its sums would move; else compute-twice. The array beats count a stored product once."""
+    from hw.engine.compiler import array_beats, result_rows
+    from hw.engine.isa import STORE_CHIP, STORE_EXTERNAL
+    wage = WageConfig(net="mlp", batch_size=128)
+    base = EngineConfig(wage, lanes=16, data_words=1 << 14, weight_words=1 << 14)
+    twice = compile_network(base)
+    rows = {str(i): result_rows(i, 16) for i in twice.instructions if i.op in (Op.ERR, Op.GRAD)}
+    assert rows == {"ERR layer 1": 2048, "GRAD layer 1": 256, "GRAD layer 0": 12544}
+    mixed = compile_network(base.replace(sum_words=2048, external_words=16, external_sum_words=1 << 16))
+    where = {str(i): i.stored for i in mixed.instructions if i.op in (Op.ERR, Op.GRAD)}
+    # GRAD 0 reduces over 128 samples in 8 beats of 16 per row: 100,352 beats > 2 · 12,544 rows · 3 words
+    assert mixed.config.sum_chunks == 3
+    assert where == {"ERR layer 1": STORE_CHIP, "GRAD layer 1": STORE_CHIP, "GRAD layer 0": STORE_EXTERNAL}
+    # at batch 64 its 50,176 beats are fewer than the 75,264 words: it computes twice
+    small = compile_network(base.replace(wage=wage.replace(batch_size=64), sum_words=2048, external_words=16,
+                                         external_sum_words=1 << 16))
+    assert {str(i): i.stored for i in small.instructions if i.op == Op.GRAD}["GRAD layer 0"] == 0
+    assert array_beats(mixed) < array_beats(twice)

@@ -226,3 +226,75 @@ def test_coordinate_limits_stop_where_one_compare_is_exact():
     ConvPattern(coord_lim=(1 << 15, 1, 1))
     with pytest.raises(IsaError, match=r"coord_lim\[0\]=32769"):
         ConvPattern(coord_lim=((1 << 15) + 1, 1, 1))
+
+
+# ---- error products in row bands (store-then-quantise) -----------------------------------------------
+
+def compile_banded(net, batch, lanes, shape=(1, 28, 28), seed=11, sum_words=1 << 14):
+    wage = WageConfig(net=net, input_shape=shape, batch_size=batch, seed=seed)
+    config = EngineConfig(wage, lanes=lanes, data_words=1 << 16, weight_words=1 << 16, sum_words=sum_words,
+                          program_words=8192)
+    return wage, compile_conv_network(config)
+
+
+def _band_records(program):
+    from hw.engine.conv import PART_FINISH
+    return [ins for ins in program.instructions if getattr(ins, "part", 0) and ins.part != PART_FINISH]
+
+
+def test_err_bands_of_lenet5_conv2():
+    """Input rows 0..11 of a 5×5 valid convolution onto an 8-row map: kernel rows [max(0, y−7),
+    min(4, y)], the four middle rows sharing all five."""
+    from hw.engine.conv import _err_bands
+    layer = WageConfig(net="lenet5").layers[1]
+    assert _err_bands(layer, 12) == [(0, 1, 0, 1), (1, 1, 0, 2), (2, 1, 0, 3), (3, 1, 0, 4), (4, 4, 0, 5),
+                                     (8, 1, 1, 4), (9, 1, 2, 3), (10, 1, 3, 2), (11, 1, 4, 1)]
+
+
+def test_bands_walk_exactly_the_valid_taps():
+    """LeNet-5's conv2 error product in bands: the parts together walk every valid beat of the whole
+    product in 2/3 of its beats (no kernel row outside the map is walked; the columns still are)."""
+    _, banded = compile_banded("lenet5", 16, 16)
+    _, whole = compile_banded("lenet5", 16, 16, sum_words=0)
+    parts = _band_records(banded)
+    assert len(parts) == 9
+    whole_err = next(ins for ins in whole.instructions if isinstance(ins, ConvInstruction)
+                     and ins.op == ConvOp.CONV_ERR and ins.layer == 1)
+    _, whole_valid = whole_err.a.address_array(16)
+    valid = 0
+    for ins in parts:
+        _, v = ins.a.address_array(16)
+        valid += int(v.sum())
+    assert valid == int(whole_valid.sum())
+    assert sum(p.a.length for p in parts) * 3 == whole_err.a.length * 2
+
+
+def test_banded_model_matches_golden_bit_for_bit(embedded):
+    """The word-level model runs the parts and the finish record; A, E and W equal golden's."""
+    wage, program = compile_banded(LENET, 6, 4)
+    assert _band_records(program)
+    train_both(wage, program, embedded, steps=2)
+
+
+def test_banded_patterns_walk_as_their_closed_form():
+    _, program = compile_banded(LENET, 6, 4)
+    for ins in program.instructions:
+        if getattr(ins, "part", 0):
+            for name in ("a", "b", "out", "aux"):
+                p = getattr(ins, name)
+                if isinstance(p, ConvPattern):
+                    address, valid = p.address_array(4)
+                    walked = list(p.addresses(4))
+                    np.testing.assert_array_equal(np.array([a for a, _ in walked]), address.reshape(-1))
+                    np.testing.assert_array_equal(np.array([v for _, v in walked]), valid.reshape(-1))
+
+
+def test_bands_need_whole_row_tiles_and_room_for_the_records():
+    from hw.engine.encoding import MACHINE_WORDS
+    _, odd = compile_banded(LENET, 5, 8)                # 5 samples · 12 columns: not whole tiles of 8
+    assert not _band_records(odd)
+    wage = WageConfig(net=LENET, input_shape=(1, 28, 28), batch_size=6, seed=11)
+    _, banded = compile_banded(LENET, 6, 4)
+    tight = EngineConfig(wage, lanes=4, data_words=1 << 16, weight_words=1 << 16, sum_words=1 << 14,
+                         program_words=len(banded.instructions) * MACHINE_WORDS - 1)
+    assert not _band_records(compile_conv_network(tight))          # whole again, and it fits

@@ -32,3 +32,16 @@ def test_bad_pattern_fields_are_named():
         AddressPattern(n1=1 << 16)
     with pytest.raises(IsaError, match="row_sel=3"):
         AddressPattern(row_sel=3)
+
+
+def test_stored_and_parts_are_checked():
+    from hw.engine.conv import PART_FIRST, ConvInstruction, ConvOp
+    with pytest.raises(IsaError, match="stored=3: must be one of"):
+        Instruction(Op.ERR, stored=3)
+    with pytest.raises(IsaError, match="stored=1 with op FWD: only ERR and GRAD store their sums"):
+        Instruction(Op.FWD, stored=1)
+    with pytest.raises(IsaError, match="stored=2 with op CONV_FWD"):
+        ConvInstruction(ConvOp.CONV_FWD, stored=2)
+    with pytest.raises(IsaError, match="part=1 with op CONV_ERR, stored=0: only a store-then-quantise CONV_ERR"):
+        ConvInstruction(ConvOp.CONV_ERR, part=PART_FIRST)
+    assert ConvInstruction(ConvOp.CONV_ERR, stored=1, part=PART_FIRST).part == PART_FIRST

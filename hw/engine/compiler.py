@@ -16,7 +16,10 @@ gets its results (:func:`choose_store_then_quantise`):
 
 * *store-then-quantise* — pass 1 also writes every result row (L accumulator-width sums) to the
   sum buffer (``EngineConfig.sum_words`` rows), and pass 2 reads them back: the array runs once.
-  Chosen whenever the instruction's result rows fit the buffer.
+  Chosen whenever the instruction's result rows fit the buffer; else, with external sums
+  (``EngineConfig.external_sum_words``), the rows go through the external port
+  (``EngineConfig.sum_chunks`` words each) when they fit there and the product's operand beats
+  outnumber the external words written and read back.
 * *compute-twice* — pass 2 runs the product again. No sum tensor is stored, so no buffer limits
   the batch; the price is twice the array time (:mod:`benchmarks.engine_throughput` counts it).
 
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from golden.config import WageConfig
 
 from .config import EngineConfig
-from .isa import ADDR_BITS, AddressPattern, Instruction, IsaError, Op, RowSel
+from .isa import ADDR_BITS, STORE_CHIP, STORE_EXTERNAL, AddressPattern, Instruction, IsaError, Op, RowSel
 from .layout import MapLayout, TapMapLayout, WeightLayout
 
 __all__ = ["Program", "MemoryPlan", "FitError", "UnsupportedNetwork", "compile_network", "plan_memory",
@@ -291,12 +294,20 @@ def result_rows(ins, lanes: int) -> int:
 
 
 def choose_store_then_quantise(config: EngineConfig, instructions: list) -> list:
-    """``instructions`` with ``stored=1`` on every error and gradient product whose result rows fit
-    the sum buffer (``config.sum_words``); the rest compute twice (module docstring)."""
+    """``instructions`` with ``stored`` set on the error and gradient products that store their
+    sums: STORE_CHIP where the result rows fit the sum buffer (``config.sum_words``), else
+    STORE_EXTERNAL where they fit the external sums and the product's operand beats outnumber the
+    external words moved (2 · rows · ``config.sum_chunks``); the rest compute twice (module docstring)."""
     chosen = []
     for ins in instructions:
-        if ins.op in two_pass_products() and result_rows(ins, config.lanes) <= config.sum_words:
-            ins = dataclasses.replace(ins, stored=1)
+        if ins.op in two_pass_products():
+            rows = result_rows(ins, config.lanes)
+            a = ins.a
+            if rows <= config.sum_words:
+                ins = dataclasses.replace(ins, stored=STORE_CHIP)
+            elif (config.external_sum_words and rows <= config.external_sum_rows
+                  and a.n1 * a.n2 * a.nk * a.nr > 2 * rows * config.sum_chunks):
+                ins = dataclasses.replace(ins, stored=STORE_EXTERNAL)
         chosen.append(ins)
     return chosen
 
@@ -310,7 +321,7 @@ def array_beats(program: Program) -> int:
     products = (Op.FWD, ConvOp.CONV_FWD) + two_pass_products()
     beats = 0
     for ins in program.instructions:
-        if ins.op in products:
+        if ins.op in products and getattr(ins, "part", 0) != 3:       # a finish record (conv.PART_FINISH) has no product
             a = ins.a
             twice = ins.op in two_pass_products() and not ins.stored
             beats += a.n1 * a.n2 * a.nk * a.nr * (2 if twice else 1)

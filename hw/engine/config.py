@@ -73,6 +73,11 @@ class EngineConfig:
     pass 2 reads them back instead of running the array again. The compiler chooses per
     instruction (:func:`hw.engine.compiler.choose_store_then_quantise`): an instruction whose result
     rows fit stores, the rest compute twice; the results are the same integers either way.
+    ``external_sum_words``: external words for the sums of products whose rows do not fit the sum
+    buffer (the external memory's third region, after the data's and the weights'): a row takes
+    :attr:`sum_chunks` consecutive external words, so such a product stores when its rows fit
+    there and its operand beats outnumber the words moved (its sums through the port cost less
+    than its array pass).
 
     ``target``: "generic" (simulation; data and weight memories up to 2^20 words) or "ecp5"
     (MULT18X18D and DP16KD instances; memories deeper than a DP16KD column are split into banks,
@@ -88,6 +93,7 @@ class EngineConfig:
     external_words: int = 0
     external_weight_words: int = 0
     sum_words: int = 0
+    external_sum_words: int = 0
     target: str = "generic"
 
     def __post_init__(self):
@@ -117,12 +123,23 @@ class EngineConfig:
                 or not 0 <= self.external_weight_words <= room:
             raise EngineConfigError(f"external_weight_words={self.external_weight_words!r}: must be an integer in "
                                     f"0..{room} (weight_words + external_weight_words ≤ 2^{ADDR_BITS} addresses)")
-        if self.external_depth > 1 << ADDR_BITS:
-            raise EngineConfigError(f"external_words + external_weight_words = {self.external_depth}: the external "
-                                    f"memory has at most 2^{ADDR_BITS} words")
+        if self.external_words + self.external_weight_words > 1 << ADDR_BITS:
+            raise EngineConfigError(f"external_words + external_weight_words = "
+                                    f"{self.external_words + self.external_weight_words}: the external memory has at "
+                                    f"most 2^{ADDR_BITS} words")
         if not isinstance(self.sum_words, int) or isinstance(self.sum_words, bool) \
                 or not 0 <= self.sum_words <= depth:
             raise EngineConfigError(f"sum_words={self.sum_words!r}: must be an integer in 0..{depth}")
+        if not isinstance(self.external_sum_words, int) or isinstance(self.external_sum_words, bool) \
+                or not 0 <= self.external_sum_words <= 1 << ADDR_BITS:
+            raise EngineConfigError(f"external_sum_words={self.external_sum_words!r}: must be an integer in "
+                                    f"0..{1 << ADDR_BITS}")
+        if self.external_sum_words and not self.external_words:
+            raise EngineConfigError(f"external_sum_words={self.external_sum_words}: external sums need the "
+                                    f"external-memory port, which is built with external_words > 0 (0 here)")
+        if self.external_depth > 1 << ADDR_BITS:
+            raise EngineConfigError(f"external_words + external_weight_words + external_sum_words = "
+                                    f"{self.external_depth}: the external memory has at most 2^{ADDR_BITS} words")
         _positive_int("label_words", self.label_words, 1, 1 << 20)
         _positive_int("program_words", self.program_words, 1, 16384)
         if not isinstance(self.fold_input, bool):
@@ -144,8 +161,24 @@ class EngineConfig:
 
     @property
     def external_depth(self) -> int:
-        """Words of the external memory (0: the engine has no external-memory port)."""
+        """Words of the external memory (0: the engine has no external-memory port): the data's,
+        the weights' and the sums' regions, in that order."""
+        return self.external_words + self.external_weight_words + self.external_sum_words
+
+    @property
+    def external_sum_base(self) -> int:
+        """External word of the sums' region's first word."""
         return self.external_words + self.external_weight_words
+
+    @property
+    def sum_chunks(self) -> int:
+        """External words per stored result row (:attr:`sum_width` bits)."""
+        return -(-self.sum_width // self.external_width)
+
+    @property
+    def external_sum_rows(self) -> int:
+        """Result rows the external sums' region holds."""
+        return self.external_sum_words // self.sum_chunks
 
     @property
     def external_width(self) -> int:

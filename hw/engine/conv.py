@@ -93,6 +93,18 @@ and unpool stages):
               ``out``: the channels-last flat index of the word's first weight) → ΔW into the weight
               store.
 
+A CONV_ERR whose sums are stored (``stored``) may run in *parts* (:func:`compile_conv_err_bands`):
+its rows in (y, b, x) order are split into bands of input rows y whose valid kernel rows i (those
+with y + pad − i inside the product map) are the same range, and each band's record walks only
+those kernel rows, so a valid convolution's error product no longer multiplies the padding taps
+(LeNet-5's conv2: 44 % of the taps are valid, 67 % of the banded ones). The records are one
+quantiser tensor: ``part`` = :data:`PART_FIRST` starts pass 1 for ``qcount`` elements (the whole
+tensor), :data:`PART_NEXT` parts continue it, each ending when its ``part_count`` elements have
+entered the quantiser, and the :data:`PART_FINISH` record (no product) runs pass 2 from the stored
+sums with the whole tensor's ``aux`` and ``out`` patterns. The sequencer refuses parts out of this
+order (BAD_INSTRUCTION) and, if a RUN stops inside an open product, completes its quantiser
+command with zero rows first.
+
 Pool and unpool are stages of the FWD and ERR result paths (no separate memory pass, no stored
 product tensor). A step's program (:func:`compile_conv_network`)::
 
@@ -117,12 +129,12 @@ from golden.quant import forward_weights, quantize_activation, quantize_error, q
 from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, check_program_fits, choose_store_then_quantise, fc_error, fc_forward,
                        fc_gradient, loss, plan_memory)
 from .config import EngineConfig
-from .isa import (ADDR_BITS, COUNT_BITS, KCOUNT_BITS, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel,
+from .isa import (ADDR_BITS, COUNT_BITS, KCOUNT_BITS, STORES, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel,
                   check_unsigned_fields)
 from .layout import MapLayout, WeightLayout
 from .model import EngineModel
 
-__all__ = ["Drive", "ConvOp", "ConvPattern", "ConvInstruction", "compile_conv_network", "compile_conv_fwd",
+__all__ = ["PART_WHOLE", "PART_FIRST", "PART_NEXT", "PART_FINISH", "compile_conv_err_bands", "Drive", "ConvOp", "ConvPattern", "ConvInstruction", "compile_conv_network", "compile_conv_fwd",
            "compile_conv_err", "compile_conv_grad", "compile_fc_err_unpool", "ConvEngineModel", "MAX_DIGITS"]
 
 MAX_DIGITS = 6                     # digits per odometer
@@ -135,6 +147,12 @@ class Drive:
     """What drives an odometer's linear index (see the module docstring)."""
     NONE, T1R, K, T2 = 0, 1, 2, 3
     NAMES = {0: "NONE", 1: "T1R", 2: "K", 3: "T2"}
+
+
+#: ``ConvInstruction.part``: a CONV_ERR whose product runs in parts (row bands, each with only the
+#: taps valid in it), one quantiser tensor: the first part starts Q_E's pass 1 (``qcount`` = the
+#: whole tensor), the next parts continue it, the finish record runs pass 2 from the stored sums.
+PART_WHOLE, PART_FIRST, PART_NEXT, PART_FINISH = 0, 1, 2, 3
 
 
 class ConvOp:
@@ -364,6 +382,8 @@ class ConvInstruction:
     unpool_dx: int = 0
     unpool_dy: int = 0
     stored: int = 0
+    part: int = 0
+    part_count: int = 0
     a: Pattern = field(default_factory=AddressPattern)
     b: Pattern = field(default_factory=AddressPattern)
     out: Pattern = field(default_factory=AddressPattern)
@@ -376,9 +396,17 @@ class ConvInstruction:
                            f"{', '.join(f'{k}={v}' for k, v in ConvOp.NAMES.items())}")
         check_unsigned_fields(self, (("layer", 8), ("relu", 1), ("shift", 6), ("qcount", QCOUNT_BITS),
                                      ("pool", 1), ("unpool_dx", ADDR_BITS),
-                                     ("unpool_dy", ADDR_BITS), ("stored", 1)), "conv instruction")
+                                     ("unpool_dy", ADDR_BITS), ("stored", 2), ("part", 2),
+                                     ("part_count", QCOUNT_BITS)), "conv instruction")
+        if self.part and (self.op != ConvOp.CONV_ERR or not self.stored):
+            raise IsaError(f"conv instruction part={self.part} with op {ConvOp.NAMES[self.op]}, stored={self.stored}: "
+                           f"only a store-then-quantise CONV_ERR comes in parts")
+        if self.stored not in STORES:
+            raise IsaError(f"conv instruction stored={self.stored}: must be one of "
+                           f"{', '.join(f'{k} ({v})' for k, v in STORES.items())}")
         if self.stored and self.op == ConvOp.CONV_FWD:
-            raise IsaError("conv instruction stored=1 with op CONV_FWD: only CONV_ERR and CONV_GRAD store their sums")
+            raise IsaError(f"conv instruction stored={self.stored} with op CONV_FWD: only CONV_ERR and CONV_GRAD "
+                           f"store their sums")
         if self.pool and self.op != ConvOp.CONV_FWD:
             raise IsaError(f"conv instruction pool=1 with op {ConvOp.NAMES[self.op]}: pooling is a CONV_FWD stage")
         if (self.unpool_dx or self.unpool_dy) and self.op != ConvOp.CONV_ERR:
@@ -393,7 +421,8 @@ class ConvInstruction:
 
     def __str__(self) -> str:
         extra = " +pool" if self.pool else (" +unpool" if self.unpool_dx else "")
-        return f"{ConvOp.NAMES[self.op]} layer {self.layer}{extra}"
+        part = {PART_FIRST: " part 1", PART_NEXT: " part", PART_FINISH: " finish"}.get(self.part, "")
+        return f"{ConvOp.NAMES[self.op]} layer {self.layer}{extra}{part}"
 
 
 # ---- compiler ------------------------------------------------------------------------------------
@@ -513,6 +542,79 @@ def compile_conv_err(wage: WageConfig, index: int, e: MapLayout, w: WeightLayout
                            a=a_pat, b=b_pat, out=out, aux=aux)
 
 
+def _err_bands(layer, h: int) -> list[tuple[int, int, int, int]]:
+    """Row bands (y_lo, y_count, i_lo, i_count) of a convolution's error product: the input rows y
+    whose valid kernel rows i (those with y + pad − i inside the product map) are the same range."""
+    k, pad = layer.kernel, layer.padding
+    ho = layer.product_shape[1]
+    bands = []
+    for y in range(h):
+        i_lo, i_hi = max(0, y + pad - ho + 1), min(k - 1, y + pad)
+        if bands and tuple(bands[-1][2:]) == (i_lo, i_hi - i_lo + 1):
+            bands[-1][1] += 1
+        else:
+            bands.append([y, 1, i_lo, i_hi - i_lo + 1])
+    return [tuple(b) for b in bands]
+
+
+def compile_conv_err_bands(wage: WageConfig, index: int, e: MapLayout, w: WeightLayout, e_prev: MapLayout,
+                           a_prev: MapLayout, lanes: int, stored: int) -> list | None:
+    """CONV_ERR of conv layer ``index`` in parts (``stored`` sums only): rows in (y, b, x) order,
+    split into bands of input rows y with the same valid kernel rows, each part walking only those
+    taps (a valid convolution's error product wastes the others: 56 % of LeNet-5's conv2 taps), then
+    a finish record that quantises the whole tensor from the stored sums (:data:`PART_FIRST` …).
+    None when it does not apply: one band only (every tap valid everywhere), or bands that are not
+    whole row tiles (batch · width not a multiple of L)."""
+    layer = wage.layers[index]
+    L, batch = lanes, wage.batch_size
+    c, h, wd = layer.in_shape
+    o, ho, wo = layer.product_shape
+    k, pad = layer.kernel, layer.padding
+    bands = _err_bands(layer, h)
+    if len(bands) < 2 or (batch * wd) % L:
+        return None
+    ow, wpi, wpt, wpr = e.words_per_position, _cdiv(c, L), w.words_per_tap, w.words_per_row
+    n2, total_n1 = wpi, h * batch * wd // L
+    qcount = total_n1 * n2 * L * L
+    ins = []
+    for y_lo, y_n, i_lo, i_n in bands:
+        n1 = y_n * batch * wd // L
+        radix = (y_n, batch, wd)                   # rows (y, b, x), exactly the band's positions
+        a_pat = ConvPattern(
+            base=e.base + (y_lo + pad - i_lo) * wo * ow + pad * ow, n1=n1, n2=n2, nk=i_n * k * ow, nr=L,
+            pos_drive=Drive.T1R, pos_radix=radix, pos_addr=(wo * ow, ho * wo * ow, ow),
+            pos_coord=((1, 0, 0), (0, 0, 1), (0, 1, 0)),
+            tap_drive=Drive.K, tap_radix=(i_n, k, ow), tap_addr=(-wo * ow, -ow, 1),
+            tap_coord=((-1, 0, 0), (0, -1, 0), (0, 0, 0)),
+            coord_base=(y_lo + pad - i_lo, pad, 0), coord_lim=(ho, wo, batch))
+        b_pat = ConvPattern(
+            base=w.base + i_lo * k * wpt, s2=1, n1=n1, n2=n2, nk=i_n * k * ow * L, nr=1,
+            tap_drive=Drive.K, tap_radix=(i_n, k, ow * L), tap_addr=(k * wpt, wpt, wpr),
+            tap_coord=((0, 0, 0), (0, 0, 0), (1, 0, 0)), coord_lim=(o, 1, 1))
+        aux = ConvPattern(base=a_prev.base + y_lo * wd * wpi, s2=1, n1=n1, n2=n2, nr=L, pos_drive=Drive.T1R,
+                          pos_radix=radix, pos_addr=(wd * wpi, h * wd * wpi, wpi),
+                          pos_coord=((0, 0, 0), (0, 0, 1), (0, 0, 0)), coord_lim=(1, 1, batch))
+        ins.append(ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=qcount, stored=stored,
+                                   part=PART_FIRST if not ins else PART_NEXT, part_count=n1 * n2 * L * L,
+                                   a=a_pat, b=b_pat, aux=aux))
+    # the finish record: pass 2 over every row, (y, b, x) order
+    prev = wage.layers[index - 1]
+    radix = (h, batch, wd)
+    aux = ConvPattern(base=a_prev.base, s2=1, n1=total_n1, n2=n2, nr=L, pos_drive=Drive.T1R, pos_radix=radix,
+                      pos_addr=(wd * wpi, h * wd * wpi, wpi), pos_coord=((0, 0, 0), (0, 0, 1), (0, 0, 0)),
+                      coord_lim=(1, 1, batch))
+    if prev.pool:
+        hp, wp = prev.product_shape[1:]
+        addr, dx, dy = (2 * wp * wpi, hp * wp * wpi, 2 * wpi), wpi, wp * wpi      # each window's first word
+    else:
+        addr, dx, dy = (wd * wpi, h * wd * wpi, wpi), 0, 0
+    out = ConvPattern(base=e_prev.base, s2=1, n1=total_n1, n2=n2, nr=L, pos_drive=Drive.T1R, pos_radix=radix,
+                      pos_addr=addr, pos_coord=((0, 0, 0), (0, 0, 1), (0, 0, 0)), coord_lim=(1, 1, batch))
+    ins.append(ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=qcount, stored=stored, part=PART_FINISH,
+                               unpool_dx=dx, unpool_dy=dy, out=out, aux=aux))
+    return ins
+
+
 def compile_fc_err_unpool(wage: WageConfig, index: int, e: MapLayout, w: WeightLayout, e_prev: MapLayout,
                           a_prev: MapLayout, lanes: int) -> ConvInstruction:
     """ERR of fully connected layer ``index`` after a pooled convolution: the fc product (the plain
@@ -606,6 +708,7 @@ def compile_conv_network(config: EngineConfig) -> Program:
         o, ho, wo = first.product_shape
         spec[0] = dataclasses.replace(first, in_shape=(first.fan_in, ho, wo), kernel=1, padding=0)
     ins: list = []
+    err_args = {}                    # index in ins of each conv error product → its compile arguments
     for layer in layers:
         i = layer.index
         x, w, a = layer_input(i), weights[i], activations[i]
@@ -619,6 +722,7 @@ def compile_conv_network(config: EngineConfig) -> Program:
         x, w, e = layer_input(i), weights[i], errors[i]
         if layer.kind == "conv":
             if i > 0:
+                err_args[len(ins)] = (wage, i, e, w, errors[i - 1], activations[i - 1], L)
                 ins.append(compile_conv_err(wage, i, e, w, errors[i - 1], activations[i - 1], L))
             ins.append(compile_conv_grad(wage, i, e, x, w, L, spec.get(i)))
             continue
@@ -630,6 +734,15 @@ def compile_conv_network(config: EngineConfig) -> Program:
         ins.append(fc_gradient(wage, layer, e, x, w, L))
     ins.append(Instruction(Op.END))
     ins = choose_store_then_quantise(config, ins)
+    # A conv error product that stores its sums runs in row bands, each with only its valid taps,
+    # if the program memory holds the extra records (else it runs whole).
+    banded = []
+    for n, one in enumerate(ins):
+        parts = compile_conv_err_bands(*err_args[n], stored=one.stored) if n in err_args and one.stored else None
+        banded += parts or [one]
+    from .encoding import MACHINE_WORDS
+    if len(banded) * MACHINE_WORDS <= config.program_words:
+        ins = banded
     check_program_fits(config, ins)
     usage = plan.usage
     return Program(config, ins, inputs, activations, errors, weights, usage)
@@ -680,9 +793,11 @@ class ConvEngineModel(EngineModel):
         if idx is not None:
             self.act_pool[target] = idx[valid]
 
-    def _error(self, ins, wq: np.ndarray) -> None:
+    def _error(self, ins, wq: np.ndarray, d: np.ndarray | None = None) -> None:
+        """``d``: the rows of a product that ran in parts (else computed here from ``ins``)."""
         wage = self.program.config.wage
-        d = self._products(ins, self.err, wq)          # compute twice in hardware: same integers both passes
+        if d is None:
+            d = self._products(ins, self.err, wq)      # compute twice or stored: the same integers
         aux, aux_valid = self._rows(ins.aux)
         sat = np.where(aux_valid[:, None], self.act_sat[aux], False)
         relu = np.where(aux_valid[:, None], self.act_relu[aux], False)
@@ -726,6 +841,12 @@ class ConvEngineModel(EngineModel):
                 self._write_act(ins, *self._pool(p))
             else:
                 self._write_act(ins, p, None)
+        elif ins.op == ConvOp.CONV_ERR and ins.part in (PART_FIRST, PART_NEXT):
+            if ins.part == PART_FIRST:
+                self._parts = []
+            self._parts.append(self._products(ins, self.err, wq))     # pass 1 of one band: stored sums
+        elif ins.op == ConvOp.CONV_ERR and ins.part == PART_FINISH:
+            self._error(ins, wq, np.concatenate(self._parts))
         elif ins.op == ConvOp.CONV_ERR:
             self._error(ins, wq)
         elif ins.op == ConvOp.CONV_GRAD:

@@ -30,7 +30,8 @@ __all__ = ["machine_layout", "MACHINE_BITS", "MACHINE_WORDS", "encode_instructio
 SLOTS = ("a", "b", "out", "aux", "draw")
 
 _SCALARS = (("op", 4), ("layer", 8), ("relu", 1), ("shift", 6), ("qcount", QCOUNT_BITS), ("onehot", 16),
-            ("pool", 1), ("unpool_dx", ADDR_BITS), ("unpool_dy", ADDR_BITS), ("stored", 1))
+            ("pool", 1), ("unpool_dx", ADDR_BITS), ("unpool_dy", ADDR_BITS), ("stored", 2),
+            ("part", 2), ("part_count", QCOUNT_BITS))
 
 
 def _layout() -> data.StructLayout:
@@ -55,7 +56,7 @@ def encode_instruction(ins) -> int:
     """One instruction (isa or conv) as a :data:`MACHINE_BITS`-bit integer."""
     if isinstance(ins, ConvInstruction):
         value = dict(op=_MACHINE_OP[ins.op], layer=ins.layer, relu=ins.relu, shift=ins.shift, qcount=ins.qcount,
-                     stored=ins.stored, pool=ins.pool, unpool_dx=ins.unpool_dx, unpool_dy=ins.unpool_dy)
+                     stored=ins.stored, part=ins.part, part_count=ins.part_count, pool=ins.pool, unpool_dx=ins.unpool_dx, unpool_dy=ins.unpool_dy)
         pats = {name: getattr(ins, name) for name in SLOTS}
     elif isinstance(ins, Instruction):
         value = dict(op=ins.op, layer=ins.layer, relu=ins.relu, shift=ins.shift, qcount=ins.qcount,

@@ -17,7 +17,10 @@ Blocks (``L`` = ``config.lanes``)
 * the pool stage (:class:`~hw.engine.pool.WindowPool`, FWD with ``pool``) before the quantiser and
   the unpool stage (:class:`~hw.engine.unpool.Unpool`, ERR with ``unpool_dx``) after it;
 * the sum buffer (``config.sum_words`` > 0): :class:`hw.bram.BlockRam` of result rows (L
-  accumulator-width sums) for store-then-quantise ERR/GRAD records;
+  accumulator-width sums) for store-then-quantise ERR/GRAD records; with external sums
+  (``config.external_sum_words`` > 0) a row queue, a writer that sends each row as
+  ``config.sum_chunks`` external words and a reader that joins them again (one more read and one
+  more write client on the external-memory port);
 * the program memory (``program_words`` 32-bit words; :mod:`hw.engine.encoding` records of
   MACHINE_WORDS words, shifted into the instruction register one word per cycle) and the labels.
 
@@ -26,10 +29,14 @@ instruction it fetches the record, loads the patterns into the generators and th
 quantiser (pass 1; for GRAD also the draw pattern into its generator, whose addresses are the draw
 indices the quantiser prefetches), for the two-pass operations loads the patterns again (pass 2;
 streams keep the order, so pass 2 queues behind pass 1) — or, for a record with ``stored``, only
-the aux and result patterns, pass 2's rows coming back from the sum buffer that pass 1 filled
-(store-then-quantise: the array runs once) — and waits until the result generator's
-last row has been written (and the unpool stage has written its four words). Memory ports are
-routed by the running operation:
+the aux and result patterns, pass 2's rows coming back from the sum buffer or the external sums
+that pass 1 filled (store-then-quantise: the array runs once; external reads start once every
+row's words have been issued to the port, which keeps order) — and waits until the result generator's
+last row has been written (and the unpool stage has written its four words). An error product in
+parts (:mod:`hw.engine.conv`, ``part``) runs pass 1 over several records, each waiting only until
+its rows have entered the quantiser, and pass 2 in its finish record; a RUN that stops inside
+one (a bad record) first feeds the quantiser the zero rows its command still expects (FLUSH).
+Memory ports are routed by the running operation:
 
 ==========  ======================  ======================  ===================  ====================
 operation   feeder A                feeder B                auxiliary reader     results to
@@ -49,7 +56,7 @@ read as zero words).
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -63,7 +70,8 @@ from .encoding import MACHINE_BITS, MACHINE_WORDS, machine_layout
 from .extmem import ExternalMemorySignature
 from .extport import ExternalPort, TieredReader, TieredWriter
 from .feeder import OperandFeeder, PatternReader, RamReader
-from .isa import ADDR_BITS, Op
+from .conv import PART_FINISH, PART_FIRST, PART_NEXT, PART_WHOLE
+from .isa import ADDR_BITS, STORE_CHIP, STORE_EXTERNAL, Op
 from .pool import WindowPool
 from .protocol import ARGUMENTS, COUNTERS, IDENT, LABEL_BITS, Command, Status, Target, ident_values, item_bits
 from .skid import SkidBuffer
@@ -125,8 +133,9 @@ class Engine(wiring.Component):
             m.submodules.act_wr = act_wr = TieredWriter(ADDR_BITS, self.act_layout.size, ew, cfg.data_words)
             m.submodules.err_wr = err_wr = TieredWriter(ADDR_BITS, self.err_layout.size, ew, cfg.data_words)
             weights_out = cfg.external_weight_words > 0
-            m.submodules.ext_port = ext_port = ExternalPort(ADDR_BITS, ew, readers=5 if weights_out else 2,
-                                                            writers=3 if weights_out else 2)
+            sums_out = cfg.external_sum_words > 0
+            n_rd, n_wr = (5 if weights_out else 2) + sums_out, (3 if weights_out else 2) + sums_out
+            m.submodules.ext_port = ext_port = ExternalPort(ADDR_BITS, ew, readers=n_rd, writers=n_wr)
             for tier, ram_rd in ((act_rd, act_ram_rd), (err_rd, err_ram_rd)):
                 wiring.connect(m, tier.chip.req, ram_rd.req)
                 wiring.connect(m, tier.chip.resp, ram_rd.resp)
@@ -196,6 +205,11 @@ class Engine(wiring.Component):
         eta = Signal(signed(8))
         p1_left = Signal(32)                             # pass-1 beats still to enter the quantiser
         pass2 = Signal(init=1)                           # registered: p1_left == 0
+        part_left = Signal(32)                           # a part's pass-1 rows still to enter the quantiser
+        in_chain = Signal()                              # between the first and the finish record of a product in parts
+        chain_rows = Signal(32)                          # … its rows
+        flushing = Signal()                              # FLUSH: completing an aborted product in parts
+        flush_in_left, flush_out_left = Signal(32), Signal(32)
         done = Signal()                                  # the result generator's last row was written
         done_pending = Signal()                          # … taken, the unpool stage may still be writing
 
@@ -260,28 +274,81 @@ class Engine(wiring.Component):
         m.d.sync += [feed_a.transposed.eq(slot_rows(ins.a) == L), feed_b.transposed.eq(slot_rows(ins.b) == L)]
 
         # ---- the sum buffer (store-then-quantise) --------------------------------------------------
-        # An ERR/GRAD record with ``stored`` writes its pass-1 result rows here as they enter the
-        # quantiser; in pass 2 the rows are read back in the same order instead of running the
-        # array again (hw.engine.compiler.choose_store_then_quantise).
+        # An ERR/GRAD record with ``stored`` writes its pass-1 result rows, as they enter the
+        # quantiser, to the sum buffer (STORE_CHIP) or as ``sum_chunks`` words each to the external
+        # sums (STORE_EXTERNAL); in pass 2 the rows come back in the same order instead of the array
+        # running again (hw.engine.compiler.choose_store_then_quantise).
         stored_on = Signal()                             # the running instruction stores its sums
-        from_sums = Signal()                             # … and is in pass 2: results from the buffer
+        store_ext = Signal()                             # … in the external memory
+        from_sums = Signal()                             # … and is in pass 2: results from the store
         sum_rd_left = Signal(32)                         # pass-2 rows still to request
         sum_rd_addr = Signal(ADDR_BITS)
         sum_wa = Signal(ADDR_BITS)                       # next row to write
+        store_room = Signal(init=1)                      # a pass-1 row may enter the quantiser
         arr_res = array.results
         res = stream.Signature(arr_res.payload.shape()).create()
+        sums_back = stream.Signature(unsigned(cfg.sum_width)).create()     # pass-2 rows from the store
+        m.d.comb += from_sums.eq(stored_on & pass2)
         if cfg.sum_words:
             m.submodules.sums = sums = BlockRam(cfg.sum_width, cfg.sum_words, target=cfg.target)
             m.submodules.sum_rd = sum_rd = RamReader(cfg.sum_width)
-            m.d.comb += [sums.r_addr.eq(sum_rd.r_addr), sum_rd.r_data.eq(sums.r_data), from_sums.eq(stored_on & pass2)]
+            m.d.comb += [sums.r_addr.eq(sum_rd.r_addr), sum_rd.r_data.eq(sums.r_data)]
             # rows are requested once pass 1 is over and its last write has landed (writes are registered)
-            m.d.comb += [sum_rd.req.valid.eq(from_sums & (sum_rd_left != 0) & ~sums.w_en),
+            m.d.comb += [sum_rd.req.valid.eq(from_sums & ~store_ext & (sum_rd_left != 0) & ~sums.w_en),
                          sum_rd.req.payload.eq(sum_rd_addr)]
             with m.If(sum_rd.req.valid & sum_rd.req.ready):
                 m.d.sync += [sum_rd_left.eq(sum_rd_left - 1), sum_rd_addr.eq(sum_rd_addr + 1)]
+            with m.If(~store_ext):
+                m.d.comb += [sums_back.valid.eq(sum_rd.resp.valid), sums_back.payload.eq(sum_rd.resp.payload),
+                             sum_rd.resp.ready.eq(sums_back.ready)]
+        if cfg.external_sum_words:
+            n, ew = cfg.sum_chunks, cfg.external_width
+            # pass 1: rows queue here, then leave as n consecutive external words each
+            m.submodules.sum_wq = sum_wq = fifo.SyncFIFOBuffered(width=cfg.sum_width, depth=8)
+            sum_chunk = Signal(range(n))                 # chunk of the head row being written
+            sum_xw = Signal(ADDR_BITS)                   # next external word (from the region's base)
+            rows_queued = Signal(range(sum_wq.depth + 2))    # rows pushed and not yet fully written
+            sum_wr = getattr(ext_port, f"wr{n_wr - 1}").req
+            padded = Cat(sum_wq.r_data, Const(0, n * ew - cfg.sum_width))
+            m.d.comb += [sum_wr.valid.eq(sum_wq.r_rdy),
+                         sum_wr.payload.addr.eq(cfg.external_sum_base + sum_xw),
+                         sum_wr.payload.data.eq(padded.word_select(sum_chunk, ew))]
+            row_done = sum_wr.valid & sum_wr.ready & (sum_chunk == n - 1)
+            with m.If(sum_wr.valid & sum_wr.ready):
+                m.d.sync += [sum_xw.eq(sum_xw + 1), sum_chunk.eq(Mux(sum_chunk == n - 1, 0, sum_chunk + 1))]
+            m.d.comb += sum_wq.r_en.eq(row_done)
+            push = Signal()
+            m.d.sync += rows_queued.eq(rows_queued + push - row_done)
+            m.d.comb += [sum_wq.w_data.eq(res.payload.data), sum_wq.w_en.eq(push),
+                         store_room.eq(~(store_ext & ~pass2) | sum_wq.w_rdy)]
+            # pass 2: once every row's words are issued to the port (it keeps order, so the reads
+            # then see them), read them back and join each row's n words
+            m.submodules.sum_xrd = sum_xrd = TieredReader(ADDR_BITS, ew, ew, onchip_depth=0,
+                                                          ext_base=cfg.external_sum_base)
+            wiring.connect(m, sum_xrd.ext, getattr(ext_port, f"rd{n_rd - 1}"))
+            sum_go = Signal()                            # pass-1 rows all written: reads may start
+            with m.If(from_sums & store_ext & (rows_queued == 0) & ext_port.writes_idle):
+                m.d.sync += sum_go.eq(1)
+            xr_chunk = Signal(range(n))
+            m.d.comb += [sum_xrd.req.valid.eq(sum_go & (sum_rd_left != 0)),
+                         sum_xrd.req.payload.eq(sum_rd_addr)]
+            with m.If(sum_xrd.req.valid & sum_xrd.req.ready):
+                m.d.sync += [sum_rd_addr.eq(sum_rd_addr + 1), xr_chunk.eq(Mux(xr_chunk == n - 1, 0, xr_chunk + 1))]
+                with m.If(xr_chunk == n - 1):
+                    m.d.sync += sum_rd_left.eq(sum_rd_left - 1)
+            joined = Signal(n * ew)
+            have = Signal(range(n + 1))
+            m.d.comb += sum_xrd.resp.ready.eq(have != n)
+            with m.If(sum_xrd.resp.valid & sum_xrd.resp.ready):
+                m.d.sync += [joined.eq(Cat(joined[ew:], sum_xrd.resp.payload)), have.eq(have + 1)]
+            with m.If(store_ext):
+                m.d.comb += [sums_back.valid.eq(have == n), sums_back.payload.eq(joined[:cfg.sum_width])]
+                with m.If(sums_back.valid & sums_back.ready):
+                    m.d.sync += have.eq(0)
+        if cfg.sum_words or cfg.external_sum_words:
             with m.If(from_sums):
-                m.d.comb += [res.valid.eq(sum_rd.resp.valid), res.payload.data.eq(sum_rd.resp.payload),
-                             sum_rd.resp.ready.eq(res.ready)]
+                m.d.comb += [res.valid.eq(sums_back.valid), res.payload.data.eq(sums_back.payload),
+                             sums_back.ready.eq(res.ready)]
             with m.Else():
                 m.d.comb += [res.valid.eq(arr_res.valid), res.payload.eq(arr_res.payload),
                              arr_res.ready.eq(res.ready)]
@@ -293,7 +360,10 @@ class Engine(wiring.Component):
         # ready), so that neither its operand paths nor quant.i.ready meet the join's logic.
         m.submodules.quant_in = quant_in = SkidBuffer(quant.i.payload.shape())
         wiring.connect(m, quant_in.o, quant.i)
-        qi = quant_in.i
+        # pass 1 of an external store: a row enters the quantiser only with room in the row queue
+        qi = stream.Signature(quant.i.payload.shape()).create()
+        m.d.comb += [quant_in.i.valid.eq(qi.valid & store_room), quant_in.i.payload.eq(qi.payload),
+                     qi.ready.eq(quant_in.i.ready & store_room)]
         # The auxiliary reader's output (a join of its FIFOs) is registered twice: once as it leaves
         # the reader, then again with the LOSS label test of each lane done between the two
         # registers (its own read port of the labels, addressed by the beat's tile counter t1):
@@ -350,17 +420,19 @@ class Engine(wiring.Component):
                              push_mask.eq(aw.sat)]
                 for i in range(L):
                     m.d.comb += qi.payload.data[i].eq(aw.data[i] - Mux(hot[i], ins.onehot, 0))
-        m.d.comb += [side.w_en.eq(take_in & ((pass2 & ((op == Op.ERR) | (op == Op.LOSS))) |
-                                             ((op == Op.FWD) & pool_on))),
+        m.d.comb += [side.w_en.eq(take_in & ~flushing & ((pass2 & ((op == Op.ERR) | (op == Op.LOSS))) |
+                                                         ((op == Op.FWD) & pool_on))),
                      side.w_data.eq(Cat(push_mask, push_idx))]
         side_mask, side_idx = side.r_data[:L], side.r_data[L:]
         if cfg.sum_words:
-            m.d.sync += [sums.w_en.eq(take_in & ~pass2 & stored_on), sums.w_addr.eq(sum_wa),
+            m.d.sync += [sums.w_en.eq(take_in & ~pass2 & stored_on & ~store_ext), sums.w_addr.eq(sum_wa),
                          sums.w_data.eq(res.payload.data)]
             with m.If(take_in & ~pass2 & stored_on):
                 m.d.sync += sum_wa.eq(sum_wa + 1)
+        if cfg.external_sum_words:
+            m.d.comb += push.eq(take_in & ~pass2 & store_ext)
         with m.If(take_in & ~pass2):
-            m.d.sync += p1_left.eq(p1_left - 1)
+            m.d.sync += [p1_left.eq(p1_left - 1), part_left.eq(part_left - 1)]
             with m.If(p1_left == 1):
                 m.d.sync += pass2.eq(1)
 
@@ -411,6 +483,8 @@ class Engine(wiring.Component):
                 m.d.comb += [act_wv.eq(host_act_we), act_wa.eq(host_w_addr), act_wd.eq(host_act_w),
                              err_wv.eq(host_err_we), err_wa.eq(host_w_addr), err_wd.eq(host_err_w)]
         m.d.comb += [qo.ready.eq(wfire), og.ready.eq(wfire), unpool.dx.eq(ins.unpool_dx), unpool.dy.eq(ins.unpool_dy)]
+        with m.If(flushing):                             # FLUSH: zero rows in, outputs dropped
+            m.d.comb += [qi.valid.eq(~pass2 | (flush_in_left != 0)), qi.payload.eq(0), qo.ready.eq(1)]
         with m.If(wfire & og.payload.last):
             m.d.sync += done_pending.eq(1)
         with m.If(done_pending & ~unpool.o.valid & writes_idle):     # every external write issued
@@ -437,6 +511,14 @@ class Engine(wiring.Component):
         m.d.comb += [counters["ext_read_words"].eq(ext_read_words), counters["ext_write_words"].eq(ext_write_words)]
 
         # ---- host packet FSM and sequencer --------------------------------------------------------
+        def abort():
+            """End the RUN with the status set; first complete an open product in parts (FLUSH)."""
+            with m.If(in_chain):
+                m.d.sync += [flush_in_left.eq(chain_rows), flush_out_left.eq(chain_rows)]
+                m.next = "FLUSH"
+            with m.Else():
+                m.next = "RUN_RESPOND"
+
         hin, hout = self.host_in, self.host_out
         cmd, target, tag = Signal(8), Signal(8), Signal(16)
         status = Signal(8)
@@ -713,6 +795,7 @@ class Engine(wiring.Component):
             # ---- sequencer ----
             with m.State("RUN_NEXT_STEP"):
                 m.d.comb += running.eq(1)
+                m.d.sync += in_chain.eq(0)
                 with m.If(steps_left == 0):
                     m.next = "RUN_RESPOND"
                 with m.Else():
@@ -733,21 +816,44 @@ class Engine(wiring.Component):
                     m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += running.eq(1)
-                m.d.sync += [p1_left.eq(ins.qcount >> shift_l), pass2.eq((ins.qcount >> shift_l) == 0),
-                             done.eq(0), done_pending.eq(0), sum_wa.eq(0), sum_rd_addr.eq(0), sum_rd_left.eq(0),
-                             stored_on.eq(ins.stored if cfg.sum_words else 0)]
+                # A later record of a product in parts (conv.PART_NEXT, PART_FINISH) carries on the
+                # first's pass 1: its row count, the pass flag and the sum write pointers (and any
+                # record inside an open product is refused: FLUSH completes the product then).
+                keep = (ins.part >= PART_NEXT) | in_chain
+                with m.If(~keep):
+                    m.d.sync += [p1_left.eq(ins.qcount >> shift_l), pass2.eq((ins.qcount >> shift_l) == 0),
+                                 sum_wa.eq(0)]
+                    if cfg.external_sum_words:
+                        m.d.sync += [sum_xw.eq(0), sum_chunk.eq(0)]
+                m.d.sync += [done.eq(0), done_pending.eq(0), sum_rd_addr.eq(0), sum_rd_left.eq(0),
+                             part_left.eq(ins.part_count >> shift_l),
+                             stored_on.eq(((ins.stored == STORE_CHIP) & bool(cfg.sum_words))
+                                          | ((ins.stored == STORE_EXTERNAL) & bool(cfg.external_sum_words))),
+                             store_ext.eq((ins.stored == STORE_EXTERNAL) & bool(cfg.external_sum_words))]
+                if cfg.external_sum_words:           # (the previous record's rows are all read back)
+                    m.d.sync += [sum_go.eq(0), xr_chunk.eq(0), have.eq(0)]
                 # An engine built without convolution (cfg.has_conv) has no conv address generators:
                 # a conv pattern, pooling or unpooling is refused rather than walked wrongly.
                 conv_only = ins.a.conv | ins.b.conv | ins.aux.conv | ins.out.conv | ins.draw.conv | ins.pool \
                     | (ins.unpool_dx != 0)
                 # A stored record needs a sum buffer that holds its rows (the compiler's choice for
                 # this build; a program for another build is refused before it gets here, by IDENT).
-                rows_fit = (ins.qcount >> shift_l) <= cfg.sum_words
-                bad_store = ins.stored & (~rows_fit | ((ins.op != Op.ERR) & (ins.op != Op.GRAD)))
-                with m.If((conv_only if not cfg.has_conv else 0) | bad_store):
+                rows = ins.qcount >> shift_l
+                room = Mux(ins.stored == STORE_CHIP, rows <= cfg.sum_words,
+                           Mux(ins.stored == STORE_EXTERNAL, rows <= cfg.external_sum_rows if cfg.external_sum_words else 0,
+                               ins.stored == 0))
+                bad_store = ~room | ((ins.stored != 0) & (ins.op != Op.ERR) & (ins.op != Op.GRAD))
+                # parts: stored ERR records, a first, then next parts, then a finish, nothing between
+                bad_part = Mux(ins.part == PART_WHOLE, in_chain,
+                               (ins.op != Op.ERR) | (ins.stored == 0) | Mux(ins.part == PART_FIRST, in_chain, ~in_chain))
+                with m.If((conv_only if not cfg.has_conv else 0) | bad_store | bad_part):
                     m.d.sync += status.eq(Status.BAD_INSTRUCTION)
-                    m.next = "RUN_RESPOND"
+                    abort()
                 with m.Else():
+                    with m.If(ins.part == PART_FIRST):
+                        m.d.sync += [in_chain.eq(1), chain_rows.eq(ins.qcount >> shift_l)]
+                    with m.Elif(ins.part == PART_FINISH):
+                        m.d.sync += in_chain.eq(0)
                     with m.Switch(ins.op):
                         with m.Case(Op.NOP):
                             m.next = "FETCH_CHECK"
@@ -762,21 +868,46 @@ class Engine(wiring.Component):
                             m.d.sync += [op.eq(Op.LOSS)] + [launch[n].eq(1) for n in ("aux", "q")]
                             m.next = "PASS2"
                         with m.Case(Op.ERR):
-                            m.d.sync += [op.eq(Op.ERR)] + [launch[n].eq(1) for n in ("a", "b", "aux", "q")]
-                            m.next = "PASS2"
+                            m.d.sync += op.eq(Op.ERR)
+                            with m.Switch(ins.part):
+                                with m.Case(PART_WHOLE):
+                                    m.d.sync += [launch[n].eq(1) for n in ("a", "b", "aux", "q")]
+                                    m.next = "PASS2"
+                                with m.Case(PART_FIRST):
+                                    m.d.sync += [launch[n].eq(1) for n in ("a", "b", "aux", "q")]
+                                    m.next = "WAIT_PART"
+                                with m.Case(PART_NEXT):
+                                    m.d.sync += [launch[n].eq(1) for n in ("a", "b", "aux")]
+                                    m.next = "WAIT_PART"
+                                with m.Case(PART_FINISH):               # pass 2 of every part's rows
+                                    m.d.sync += [launch[n].eq(1) for n in ("aux", "out")]
+                                    m.d.sync += sum_rd_left.eq(ins.qcount >> shift_l)
+                                    m.next = "WAIT"
                         with m.Case(Op.GRAD):
                             m.d.sync += [op.eq(Op.GRAD)] + [launch[n].eq(1) for n in ("a", "b", "idx", "q")]
                             m.next = "PASS2"
                         with m.Default():
                             m.d.sync += status.eq(Status.BAD_INSTRUCTION)
-                            m.next = "RUN_RESPOND"
+                            abort()
             with m.State("FETCH_CHECK"):
                 m.d.comb += running.eq(1)
                 with m.If(pc + MACHINE_WORDS > cfg.program_words):
                     m.d.sync += status.eq(Status.BAD_INSTRUCTION)
-                    m.next = "RUN_RESPOND"
+                    abort()
                 with m.Else():
                     m.next = "FETCH"
+            with m.State("FLUSH"):
+                # A RUN stopped inside a product in parts: its quantiser command still expects the
+                # rest of pass 1 and all of pass 2. Zero rows complete it and its outputs are
+                # dropped (nothing is written), so the engine is ready for the next command.
+                m.d.comb += [running.eq(1), flushing.eq(1)]
+                with m.If(take_in & pass2):
+                    m.d.sync += flush_in_left.eq(flush_in_left - 1)
+                with m.If(qo.valid):
+                    m.d.sync += flush_out_left.eq(flush_out_left - 1)
+                with m.If((flush_out_left == 0) & (flush_in_left == 0)):
+                    m.d.sync += in_chain.eq(0)
+                    m.next = "RUN_RESPOND"
             with m.State("PASS2"):
                 m.d.comb += running.eq(1)
                 with m.If(~launching):
@@ -793,6 +924,11 @@ class Engine(wiring.Component):
                     with m.If(stored_on):
                         m.d.sync += sum_rd_left.eq(ins.qcount >> shift_l)
                     m.next = "WAIT"
+            with m.State("WAIT_PART"):
+                # a part ends when its rows have entered the quantiser (stored: its sums are kept)
+                m.d.comb += running.eq(1)
+                with m.If((part_left == 0) & ~launching):
+                    m.next = "FETCH_CHECK"
             with m.State("WAIT"):
                 m.d.comb += running.eq(1)
                 with m.If(done & ~launching):

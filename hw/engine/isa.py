@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 from amaranth.lib import data
 
-__all__ = ["Op", "RowSel", "AddressPattern", "Instruction", "GEN_FIELDS", "SCALAR_FIELDS", "pattern_layout",
+__all__ = ["STORE_NONE", "STORE_CHIP", "STORE_EXTERNAL", "STORES", "Op", "RowSel", "AddressPattern", "Instruction", "GEN_FIELDS", "SCALAR_FIELDS", "pattern_layout",
            "IsaError"]
 
 ADDR_BITS = 24          # word addresses in any memory
@@ -131,6 +131,10 @@ class AddressPattern:
                         yield self.base + t1 * self.s1 + t2 * self.s2 + k * self.sk + r * self.sr, valid
 
 
+#: ``stored`` values: where pass 2 of an error or gradient product gets its sums.
+STORE_NONE, STORE_CHIP, STORE_EXTERNAL = 0, 1, 2
+STORES = {STORE_NONE: "compute-twice", STORE_CHIP: "sum buffer", STORE_EXTERNAL: "external sums"}
+
 #: Scalar fields of an instruction, after the four patterns.
 SCALAR_FIELDS: tuple[tuple[str, int], ...] = (
     ("op", 4),
@@ -139,7 +143,7 @@ SCALAR_FIELDS: tuple[tuple[str, int], ...] = (
     ("shift", 6),           # Q_A shift r_l
     ("qcount", QCOUNT_BITS),  # elements through the quantiser per pass
     ("onehot", 16),         # LOSS: 2^(kA−1), the one-hot's code
-    ("stored", 1),          # ERR/GRAD: store-then-quantise (pass 2 reads the sum buffer)
+    ("stored", 2),          # ERR/GRAD: 0 compute-twice; store-then-quantise with the sums 1 on chip, 2 external
 )
 
 @dataclass(frozen=True)
@@ -165,8 +169,10 @@ class Instruction:
         if self.op not in Op.NAMES:
             raise IsaError(f"op={self.op!r}: not an opcode ({', '.join(f'{k}={v}' for k, v in Op.NAMES.items())})")
         check_unsigned_fields(self, SCALAR_FIELDS, "instruction")
+        if self.stored not in STORES:
+            raise IsaError(f"instruction stored={self.stored}: must be one of {', '.join(f'{k} ({v})' for k, v in STORES.items())}")
         if self.stored and self.op not in (Op.ERR, Op.GRAD):
-            raise IsaError(f"instruction stored=1 with op {Op.NAMES[self.op]}: only ERR and GRAD store their sums")
+            raise IsaError(f"instruction stored={self.stored} with op {Op.NAMES[self.op]}: only ERR and GRAD store their sums")
 
     def __str__(self) -> str:
         return f"{Op.NAMES[self.op]} layer {self.layer}"
