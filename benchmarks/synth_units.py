@@ -47,6 +47,9 @@ CONFIGS: dict[str, tuple[str, dict, float, float, str]] = {
                              "WeightUpdate, 32 lanes × 512 words (kG = 8 bits per weight)"),
     "extport_16": ("extport", {"lanes": 16}, 200.0, 200.0,
                    "ExternalPort of the engine at L = 16: 5 read and 3 write clients, 192-bit words"),
+    "extport_16_sums": ("extport", {"lanes": 16, "readers": 6, "writers": 4}, 200.0, 200.0,
+                        "with a client each for the external sums (6 read, 4 write): 73 MHz, so the engine "
+                        "shares the error reader's and writer's clients instead"),
     "mac_int8_8x8": ("mac_array", {"rows": 8, "cols": 8, "mode": "int8", "target": "ecp5"},
                      200.0, 150.0, "64 MULT18X18D"),
     "mac_ternary_32x32": ("mac_array", {"rows": 32, "cols": 32, "mode": "ternary"}, 200.0, 200.0,

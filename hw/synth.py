@@ -733,7 +733,8 @@ def _build_extport(config, a):
     from hw.engine.extport import ExternalPort
     from hw.engine.isa import ADDR_BITS
     lanes = _opt(a, "lanes", 16)
-    return ExternalPort(ADDR_BITS, 12 * lanes, readers=5, writers=3)   # the engine's, weights outside too
+    # the engine's with weights outside (5, 3); with external sums too (6, 4)
+    return ExternalPort(ADDR_BITS, 12 * lanes, readers=_opt(a, "readers", 5), writers=_opt(a, "writers", 3))
 
 
 UNITS: dict[str, Callable] = {

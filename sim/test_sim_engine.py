@@ -14,8 +14,9 @@
   1024-word weight store: the input batch (18,432 words), E0 (4,608) and the fc1 weights (1,024)
   live in the external memory, the simulation model behind the engine's external-memory port
   (latency 24 cycles, a word every 2 cycles, 4 dead cycles per burst;
-  :class:`hw.engine.system.EngineSystem`), and a 1,152-row sum buffer with which every error and
-  gradient product runs store-then-quantise (conv2's error product in 9 row bands); 3 steps, weights compared every step; its mutation
+  :class:`hw.engine.system.EngineSystem`), a 512-row sum buffer and external sums: every
+  store-then-quantise path in one program (sums on chip; conv2's error product in 9 row bands with
+  its sums external; fc1's gradient computed twice); 3 steps, weights compared every step; its mutation
   test flips a bit of an external fc1 weight word.
 
 The seed is printed by the runner; rerun with ``COCOTB_RANDOM_SEED=<seed>``.
@@ -47,10 +48,11 @@ def _params(config: EngineConfig, **kw) -> dict:
 
 
 #: With 4,096-word scratchpads the input batch, E0 and fc1's weights spill to the external memory;
-#: a 1,152-row sum buffer (258 kbit) makes every error and gradient product store-then-quantise,
-#: and with 8,192 program words conv2's error product runs in 9 row bands.
+#: a 512-row sum buffer (115 kbit) and 4,096 external sum words: the small products store their
+#: sums on chip, conv2's error product (1,152 rows, in 9 row bands with 8,192 program words) in
+#: the external memory, and fc1's gradient computes twice.
 LENET_SPILL = LENET.replace(data_words=4096, external_words=32768, weight_words=1024, external_weight_words=1024,
-                            sum_words=1152, program_words=8192)
+                            sum_words=512, external_sum_words=4096, program_words=8192)
 SLOW_MEMORY = ExternalTiming(latency=24, cycles_per_word=2, command_cycles=4)
 
 #: name → (config, build name, steps, the [step, layer, word, bit] the mutation test flips)

@@ -206,7 +206,7 @@ def test_conv_instruction_on_an_engine_built_without_convolution_is_refused():
     assert run_foreign_records(compile_network(CONFIG), conv_record) == [BAD_INSTRUCTION, True]
 
 
-def run_foreign_records(program, *word_lists, weights=None, batch=None) -> list:
+def run_foreign_records(program, *word_lists, weights=None, batch=None, timing=None) -> list:
     """Write each of ``word_lists`` (records the driver would refuse) past its fingerprint check and
     RUN it: [the error status, or "ran"] per list, then whether ``program`` (this build's) runs
     after, then (with ``weights`` loaded first, and ``batch``) the weights after that run."""
@@ -230,7 +230,7 @@ def run_foreign_records(program, *word_lists, weights=None, batch=None) -> list:
         if weights is not None:
             results.append(await driver.read_weights())
 
-    simulate(bench, program.config)
+    simulate(bench, program.config, timing)
     return results
 
 
@@ -545,12 +545,12 @@ def test_error_product_in_row_bands_trains_bit_exactly(config):
     assert array_beats(program) < array_beats(whole)
 
 
-def test_parts_out_of_order_are_refused_and_the_engine_stays_exact():
+@pytest.mark.parametrize("config", [CONV_BANDS_CONFIG, CONV_BANDS_EXT_CONFIG], ids=["chip", "external"])
+def test_parts_out_of_order_are_refused_and_the_engine_stays_exact(config):
     """A next part without a first, and a first part (or a first and a next) followed by an END,
     answer BAD_INSTRUCTION; an open product is completed with zero rows first (FLUSH), so the
     program that then runs still trains exactly."""
     from hw.engine.encoding import encode_program
-    config = CONV_BANDS_CONFIG
     program = compile_network(config)
     ins = program.instructions
     first = next(n for n, i in enumerate(ins) if getattr(i, "part", 0) == 1)
@@ -558,7 +558,8 @@ def test_parts_out_of_order_are_refused_and_the_engine_stays_exact():
     rng = np.random.default_rng(seed_for("engine-parts-abort"))
     x, y = rng.integers(0, 256, size=(4, 1, 6, 6), dtype=np.uint8), rng.integers(0, 10, size=4)
     w0 = golden.init_weights(config.wage)
-    results = run_foreign_records(program, *(encode_program(r) for r in bad), weights=w0, batch=(x, y))
+    results = run_foreign_records(program, *(encode_program(r) for r in bad), weights=w0, batch=(x, y),
+                                  timing=SPILL_TIMING if config.external_words else None)
     assert results[:4] == [Status.BAD_INSTRUCTION] * 3 + [True]
     for layer, (a, b) in enumerate(zip(results[4], golden.train_step(config.wage, w0, x, y, 0, 3)[0])):
         np.testing.assert_array_equal(a, b, err_msg=f"layer {layer}")

@@ -68,7 +68,7 @@ from hw.quantizer import Mode, ShiftQuantizer
 from .config import EngineConfig
 from .encoding import MACHINE_BITS, MACHINE_WORDS, machine_layout
 from .extmem import ExternalMemorySignature
-from .extport import ExternalPort, TieredReader, TieredWriter
+from .extport import ExternalPort, TieredReader, TieredWriter, write_client_signature
 from .feeder import OperandFeeder, PatternReader, RamReader
 from .conv import PART_FINISH, PART_FIRST, PART_NEXT, PART_WHOLE
 from .isa import ADDR_BITS, STORE_CHIP, STORE_EXTERNAL, Op
@@ -133,16 +133,18 @@ class Engine(wiring.Component):
             m.submodules.act_wr = act_wr = TieredWriter(ADDR_BITS, self.act_layout.size, ew, cfg.data_words)
             m.submodules.err_wr = err_wr = TieredWriter(ADDR_BITS, self.err_layout.size, ew, cfg.data_words)
             weights_out = cfg.external_weight_words > 0
-            sums_out = cfg.external_sum_words > 0
-            n_rd, n_wr = (5 if weights_out else 2) + sums_out, (3 if weights_out else 2) + sums_out
-            m.submodules.ext_port = ext_port = ExternalPort(ADDR_BITS, ew, readers=n_rd, writers=n_wr)
+            # External sums share the error reader's and writer's port clients (below), so the
+            # port's arbitration keeps 8 clients (10: 87 → 73 MHz placed alone on the 85F).
+            m.submodules.ext_port = ext_port = ExternalPort(ADDR_BITS, ew, readers=5 if weights_out else 2,
+                                                            writers=3 if weights_out else 2)
             for tier, ram_rd in ((act_rd, act_ram_rd), (err_rd, err_ram_rd)):
                 wiring.connect(m, tier.chip.req, ram_rd.req)
                 wiring.connect(m, tier.chip.resp, ram_rd.resp)
             wiring.connect(m, act_rd.ext, ext_port.rd0)
-            wiring.connect(m, err_rd.ext, ext_port.rd1)
             wiring.connect(m, act_wr.ext, ext_port.wr0)
-            wiring.connect(m, err_wr.ext, ext_port.wr1)
+            if not cfg.external_sum_words:
+                wiring.connect(m, err_rd.ext, ext_port.rd1)
+                wiring.connect(m, err_wr.ext, ext_port.wr1)
             if weights_out:
                 wiring.connect(m, wu.ext_serve, ext_port.rd2)
                 wiring.connect(m, wu.ext_readback, ext_port.rd3)
@@ -285,6 +287,7 @@ class Engine(wiring.Component):
         sum_rd_addr = Signal(ADDR_BITS)
         sum_wa = Signal(ADDR_BITS)                       # next row to write
         store_room = Signal(init=1)                      # a pass-1 row may enter the quantiser
+        sums_flushed = Signal(init=1)                    # no stored row waits to be written out
         arr_res = array.results
         res = stream.Signature(arr_res.payload.shape()).create()
         sums_back = stream.Signature(unsigned(cfg.sum_width)).create()     # pass-2 rows from the store
@@ -308,7 +311,7 @@ class Engine(wiring.Component):
             sum_chunk = Signal(range(n))                 # chunk of the head row being written
             sum_xw = Signal(ADDR_BITS)                   # next external word (from the region's base)
             rows_queued = Signal(range(sum_wq.depth + 2))    # rows pushed and not yet fully written
-            sum_wr = getattr(ext_port, f"wr{n_wr - 1}").req
+            sum_wr = write_client_signature(ADDR_BITS, ew).create().req
             padded = Cat(sum_wq.r_data, Const(0, n * ew - cfg.sum_width))
             m.d.comb += [sum_wr.valid.eq(sum_wq.r_rdy),
                          sum_wr.payload.addr.eq(cfg.external_sum_base + sum_xw),
@@ -319,14 +322,30 @@ class Engine(wiring.Component):
             m.d.comb += sum_wq.r_en.eq(row_done)
             push = Signal()
             m.d.sync += rows_queued.eq(rows_queued + push - row_done)
+            m.d.comb += sums_flushed.eq(rows_queued == 0)
             m.d.comb += [sum_wq.w_data.eq(res.payload.data), sum_wq.w_en.eq(push),
                          store_room.eq(~(store_ext & ~pass2) | sum_wq.w_rdy)]
             # pass 2: once every row's words are issued to the port (it keeps order, so the reads
             # then see them), read them back and join each row's n words
             m.submodules.sum_xrd = sum_xrd = TieredReader(ADDR_BITS, ew, ew, onchip_depth=0,
                                                           ext_base=cfg.external_sum_base)
-            wiring.connect(m, sum_xrd.ext, getattr(ext_port, f"rd{n_rd - 1}"))
+            # The error reader's and writer's port clients: the sums' writes use the writer's in pass 1
+            # (an ERR or GRAD writes no data then) until every row's words are issued, the sums'
+            # reads use the reader's in pass 2 (the operand reads all ended with pass 1).
+            share_rd, share_wr = Signal(), Signal()
+            port_rd, port_wr = ext_port.rd1, ext_port.wr1
+            for sel, client in ((share_rd, sum_xrd.ext), (~share_rd, err_rd.ext)):
+                with m.If(sel):
+                    m.d.comb += [port_rd.req.valid.eq(client.req.valid), port_rd.req.payload.eq(client.req.payload),
+                                 client.req.ready.eq(port_rd.req.ready),
+                                 client.resp.valid.eq(port_rd.resp.valid), client.resp.payload.eq(port_rd.resp.payload),
+                                 port_rd.resp.ready.eq(client.resp.ready)]
+            for sel, req in ((share_wr, sum_wr), (~share_wr, err_wr.ext.req)):
+                with m.If(sel):
+                    m.d.comb += [port_wr.req.valid.eq(req.valid), port_wr.req.payload.eq(req.payload),
+                                 req.ready.eq(port_wr.req.ready)]
             sum_go = Signal()                            # pass-1 rows all written: reads may start
+            m.d.comb += [share_rd.eq(from_sums & store_ext), share_wr.eq(store_ext & ~sum_go)]
             with m.If(from_sums & store_ext & (rows_queued == 0) & ext_port.writes_idle):
                 m.d.sync += sum_go.eq(1)
             xr_chunk = Signal(range(n))
@@ -822,14 +841,14 @@ class Engine(wiring.Component):
                 keep = (ins.part >= PART_NEXT) | in_chain
                 with m.If(~keep):
                     m.d.sync += [p1_left.eq(ins.qcount >> shift_l), pass2.eq((ins.qcount >> shift_l) == 0),
-                                 sum_wa.eq(0)]
+                                 sum_wa.eq(0),
+                                 stored_on.eq(((ins.stored == STORE_CHIP) & bool(cfg.sum_words))
+                                              | ((ins.stored == STORE_EXTERNAL) & bool(cfg.external_sum_words))),
+                                 store_ext.eq((ins.stored == STORE_EXTERNAL) & bool(cfg.external_sum_words))]
                     if cfg.external_sum_words:
                         m.d.sync += [sum_xw.eq(0), sum_chunk.eq(0)]
                 m.d.sync += [done.eq(0), done_pending.eq(0), sum_rd_addr.eq(0), sum_rd_left.eq(0),
-                             part_left.eq(ins.part_count >> shift_l),
-                             stored_on.eq(((ins.stored == STORE_CHIP) & bool(cfg.sum_words))
-                                          | ((ins.stored == STORE_EXTERNAL) & bool(cfg.external_sum_words))),
-                             store_ext.eq((ins.stored == STORE_EXTERNAL) & bool(cfg.external_sum_words))]
+                             part_left.eq(ins.part_count >> shift_l)]
                 if cfg.external_sum_words:           # (the previous record's rows are all read back)
                     m.d.sync += [sum_go.eq(0), xr_chunk.eq(0), have.eq(0)]
                 # An engine built without convolution (cfg.has_conv) has no conv address generators:
@@ -905,7 +924,8 @@ class Engine(wiring.Component):
                     m.d.sync += flush_in_left.eq(flush_in_left - 1)
                 with m.If(qo.valid):
                     m.d.sync += flush_out_left.eq(flush_out_left - 1)
-                with m.If((flush_out_left == 0) & (flush_in_left == 0)):
+                # (and, with external sums, the zero rows' words have left the row queue)
+                with m.If((flush_out_left == 0) & (flush_in_left == 0) & sums_flushed):
                     m.d.sync += in_chain.eq(0)
                     m.next = "RUN_RESPOND"
             with m.State("PASS2"):
