@@ -317,12 +317,13 @@ def array_beats(program: Program) -> int:
     counter counts (tested equal): each product's operand pattern walked once for a forward
     product or a store-then-quantise one, twice for a compute-twice error or gradient product. With
     the array busy in 98 % of a fully connected step's cycles (measured), it predicts cycles per step."""
-    from .conv import ConvOp
-    products = (Op.FWD, ConvOp.CONV_FWD) + two_pass_products()
+    from .conv import PART_FINISH, ConvOp
+    two_pass = two_pass_products()
+    products = (Op.FWD, ConvOp.CONV_FWD) + two_pass
     beats = 0
     for ins in program.instructions:
-        if ins.op in products and getattr(ins, "part", 0) != 3:       # a finish record (conv.PART_FINISH) has no product
+        if ins.op in products and getattr(ins, "part", 0) != PART_FINISH:     # a finish record has no product
             a = ins.a
-            twice = ins.op in two_pass_products() and not ins.stored
+            twice = ins.op in two_pass and not ins.stored
             beats += a.n1 * a.n2 * a.nk * a.nr * (2 if twice else 1)
     return beats
