@@ -576,6 +576,12 @@ def compile_conv_err_bands(wage: WageConfig, index: int, e: MapLayout, w: Weight
     ow, wpi, wpt, wpr = e.words_per_position, _cdiv(c, L), w.words_per_tap, w.words_per_row
     n2, total_n1 = wpi, h * batch * wd // L
     qcount = total_n1 * n2 * L * L
+
+    def ybx_rows(base, n1, radix, addr):
+        """A result-row pattern (aux or out): L rows (y, b, x) per tile, channel block t2."""
+        return ConvPattern(base=base, s2=1, n1=n1, n2=n2, nr=L, pos_drive=Drive.T1R, pos_radix=radix, pos_addr=addr,
+                           pos_coord=((0, 0, 0), (0, 0, 1), (0, 0, 0)), coord_lim=(1, 1, batch))
+
     ins = []
     for y_lo, y_n, i_lo, i_n in bands:
         n1 = y_n * batch * wd // L
@@ -591,25 +597,20 @@ def compile_conv_err_bands(wage: WageConfig, index: int, e: MapLayout, w: Weight
             base=w.base + i_lo * k * wpt, s2=1, n1=n1, n2=n2, nk=i_n * k * ow * L, nr=1,
             tap_drive=Drive.K, tap_radix=(i_n, k, ow * L), tap_addr=(k * wpt, wpt, wpr),
             tap_coord=((0, 0, 0), (0, 0, 0), (1, 0, 0)), coord_lim=(o, 1, 1))
-        aux = ConvPattern(base=a_prev.base + y_lo * wd * wpi, s2=1, n1=n1, n2=n2, nr=L, pos_drive=Drive.T1R,
-                          pos_radix=radix, pos_addr=(wd * wpi, h * wd * wpi, wpi),
-                          pos_coord=((0, 0, 0), (0, 0, 1), (0, 0, 0)), coord_lim=(1, 1, batch))
+        aux = ybx_rows(a_prev.base + y_lo * wd * wpi, n1, radix, (wd * wpi, h * wd * wpi, wpi))
         ins.append(ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=qcount, stored=stored,
                                    part=PART_FIRST if not ins else PART_NEXT, part_count=n1 * n2 * L * L,
                                    a=a_pat, b=b_pat, aux=aux))
     # the finish record: pass 2 over every row, (y, b, x) order
     prev = wage.layers[index - 1]
     radix = (h, batch, wd)
-    aux = ConvPattern(base=a_prev.base, s2=1, n1=total_n1, n2=n2, nr=L, pos_drive=Drive.T1R, pos_radix=radix,
-                      pos_addr=(wd * wpi, h * wd * wpi, wpi), pos_coord=((0, 0, 0), (0, 0, 1), (0, 0, 0)),
-                      coord_lim=(1, 1, batch))
+    aux = ybx_rows(a_prev.base, total_n1, radix, (wd * wpi, h * wd * wpi, wpi))
     if prev.pool:
         hp, wp = prev.product_shape[1:]
         addr, dx, dy = (2 * wp * wpi, hp * wp * wpi, 2 * wpi), wpi, wp * wpi      # each window's first word
     else:
         addr, dx, dy = (wd * wpi, h * wd * wpi, wpi), 0, 0
-    out = ConvPattern(base=e_prev.base, s2=1, n1=total_n1, n2=n2, nr=L, pos_drive=Drive.T1R, pos_radix=radix,
-                      pos_addr=addr, pos_coord=((0, 0, 0), (0, 0, 1), (0, 0, 0)), coord_lim=(1, 1, batch))
+    out = ybx_rows(e_prev.base, total_n1, radix, addr)
     ins.append(ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=qcount, stored=stored, part=PART_FINISH,
                                unpool_dx=dx, unpool_dy=dy, out=out, aux=aux))
     return ins

@@ -19,8 +19,8 @@ Blocks (``L`` = ``config.lanes``)
 * the sum buffer (``config.sum_words`` > 0): :class:`hw.bram.BlockRam` of result rows (L
   accumulator-width sums) for store-then-quantise ERR/GRAD records; with external sums
   (``config.external_sum_words`` > 0) a row queue, a writer that sends each row as
-  ``config.sum_chunks`` external words and a reader that joins them again (one more read and one
-  more write client on the external-memory port);
+  ``config.sum_chunks`` external words and a reader that joins them again (on the error writer's
+  and reader's port clients, which are idle in the passes that use them);
 * the program memory (``program_words`` 32-bit words; :mod:`hw.engine.encoding` records of
   MACHINE_WORDS words, shifted into the instruction register one word per cycle) and the labels.
 
@@ -839,12 +839,11 @@ class Engine(wiring.Component):
                 # first's pass 1: its row count, the pass flag and the sum write pointers (and any
                 # record inside an open product is refused: FLUSH completes the product then).
                 keep = (ins.part >= PART_NEXT) | in_chain
+                to_chip = (ins.stored == STORE_CHIP) & bool(cfg.sum_words)
+                to_ext = (ins.stored == STORE_EXTERNAL) & bool(cfg.external_sum_words)
                 with m.If(~keep):
                     m.d.sync += [p1_left.eq(ins.qcount >> shift_l), pass2.eq((ins.qcount >> shift_l) == 0),
-                                 sum_wa.eq(0),
-                                 stored_on.eq(((ins.stored == STORE_CHIP) & bool(cfg.sum_words))
-                                              | ((ins.stored == STORE_EXTERNAL) & bool(cfg.external_sum_words))),
-                                 store_ext.eq((ins.stored == STORE_EXTERNAL) & bool(cfg.external_sum_words))]
+                                 sum_wa.eq(0), stored_on.eq(to_chip | to_ext), store_ext.eq(to_ext)]
                     if cfg.external_sum_words:
                         m.d.sync += [sum_xw.eq(0), sum_chunk.eq(0)]
                 m.d.sync += [done.eq(0), done_pending.eq(0), sum_rd_addr.eq(0), sum_rd_left.eq(0),
