@@ -239,6 +239,7 @@ def main(argv=None) -> int:
                  "sum_words": config.sum_words, "sum_buffer_bits": config.sum_words * config.sum_width,
                  "external_sum_words": config.external_sum_words,
                  "store_then_quantise": stored,
+                 "straddled": program.straddled,
                  "array_beats": c["array_beats"], "useful_macs": macs,
                  "mac_slot_utilisation": total / (cycles * L * L),
                  "array_busy": c["array_beats"] / cycles, "layers": layers, "instructions": instructions,
@@ -265,6 +266,8 @@ def main(argv=None) -> int:
         if config.external_depth:
             print(f"    external memory ({timing}): {c['ext_read_words']} words read, {c['ext_write_words']} written "
                   f"per step ({(c['ext_read_words'] + c['ext_write_words']) / cycles:.3f} words/cycle)")
+        for name, words in program.straddled.items():
+            print(f"    {name} straddles the scratchpad boundary: {words} words on chip, the rest external")
         if note:
             print(f"    note: {note}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

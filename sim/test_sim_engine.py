@@ -11,8 +11,8 @@
   map) for 3 steps, weights compared every step;
   its mutation test flips one bit of a convolution weight word.
 * ``test_trains_bit_exact[lenet_spill]`` — the same network with 4096-word scratchpads and a
-  1024-word weight store: the input batch (18,432 words), E0 (4,608) and the fc1 weights (1,024)
-  live in the external memory, the simulation model behind the engine's external-memory port
+  1024-word weight store: the input batch (18,432 words) and the fc1 weights (1,024) live in the
+  external memory and E0 (4,608) straddles the boundary (3,024 words in the error scratchpad), the simulation model behind the engine's external-memory port
   (latency 24 cycles, a word every 2 cycles, 4 dead cycles per burst;
   :class:`hw.engine.system.EngineSystem`), a 512-row sum buffer and external sums: every
   store-then-quantise path in one program (sums on chip; conv2's error product in 9 row bands with
@@ -47,7 +47,8 @@ def _params(config: EngineConfig, **kw) -> dict:
     return {"engine": engine, **kw}
 
 
-#: With 4,096-word scratchpads the input batch, E0 and fc1's weights spill to the external memory;
+#: With 4,096-word scratchpads the input batch and fc1's weights spill to the external memory and E0
+#: straddles the boundary;
 #: a 512-row sum buffer (115 kbit) and 4,096 external sum words: the small products store their
 #: sums on chip, conv2's error product (1,152 rows, in 9 row bands with 8,192 program words) in
 #: the external memory, and fc1's gradient computes twice.

@@ -10,7 +10,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from hw.bram import BlockRam
-from hw.engine.feeder import INVALID_ADDRESS, OperandFeeder, RamReader
+from hw.engine.feeder import INVALID_ADDRESS, OperandFeeder, PatternReader, RamReader
 from hw.engine.conv import ConvPattern, Drive
 from hw.engine.isa import AddressPattern, RowSel
 from hw.engine.slot import slot_payload
@@ -129,3 +129,66 @@ def test_feeder_matches_the_pattern(lanes, transposed):
                      for _, (a, v) in zip(range(p.length), p.addresses(lanes))]
     assert requests == want_requests
     assert any(not v for p in patterns for _, (a, v) in zip(range(p.length), p.addresses(lanes)))
+
+
+class ReaderOnDelayLine(wiring.Component):
+    """A PatternReader whose memory answers every request ``latency`` cycles later (word = address),
+    as an external memory behind the port does: no back-pressure, a long round trip."""
+
+    def __init__(self, latency, outstanding):
+        from amaranth.hdl import unsigned
+        self.latency = latency
+        self.reader = PatternReader(4, unsigned(32), outstanding=outstanding)
+        super().__init__({})
+
+    def elaborate(self, platform):
+        from amaranth.hdl import Signal
+        m = Module()
+        m.submodules.reader = rd = self.reader
+        line = [(Signal(name=f"v{i}"), Signal(32, name=f"a{i}")) for i in range(self.latency)]
+        m.d.comb += [rd.req.ready.eq(1), rd.resp.valid.eq(line[-1][0]), rd.resp.payload.eq(line[-1][1])]
+        m.d.sync += [line[0][0].eq(rd.req.valid), line[0][1].eq(rd.req.payload)]
+        m.d.sync += [dst.eq(src) for (dv, da), (sv, sa) in zip(line[1:], line) for dst, src in ((dv, sv), (da, sa))]
+        return m
+
+
+@pytest.mark.parametrize("outstanding", [16, 64])
+def test_reader_streams_one_word_per_cycle_when_enough_beats_are_in_flight(outstanding):
+    """Behind a 30-cycle round trip a reader streams one word per cycle only with more beats in
+    flight than the round trip (the engine's readers behind its external port get EXT_CREDITS);
+    the default depth (16) is for the scratchpads and the weight store."""
+    beats, latency = 200, 30
+    top = ReaderOnDelayLine(latency, outstanding)
+    rd = top.reader
+    got, overrun = [], []
+
+    async def bench(ctx):
+        ctx.set(rd.o.ready, 1)
+        ctx.set(rd.cmd.payload, slot_payload(AddressPattern(base=5, sk=1, nk=beats)))
+        ctx.set(rd.cmd.valid, 1)
+        await ctx.tick().until(rd.cmd.ready)
+        ctx.set(rd.cmd.valid, 0)
+        cycles = 0
+        while len(got) < beats and cycles < 5000:
+            if ctx.get(rd.resp.valid) and not ctx.get(rd.resp.ready):
+                overrun.append(cycles)               # the delay line cannot wait: a lost word
+            if ctx.get(rd.o.valid):
+                got.append(ctx.get(rd.o.payload.word))
+            await ctx.tick()
+            cycles += 1
+        top.cycles = cycles
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == list(range(5, 5 + beats)) and not overrun
+    if outstanding > latency + 4:
+        assert top.cycles <= beats + latency + 8, top.cycles
+    else:
+        assert top.cycles >= beats * latency // outstanding, top.cycles
+
+
+def test_reader_refuses_a_bad_depth():
+    with pytest.raises(ValueError, match="outstanding=1"):
+        PatternReader(4, 8, outstanding=1)

@@ -24,6 +24,17 @@ gets its results (:func:`choose_store_then_quantise`):
   the batch; the price is twice the array time (:mod:`benchmarks.engine_throughput` counts it).
 
 The golden model's results do not depend on the choice: both give the quantiser the same integers.
+
+Tensors that do not fit their scratchpad live in the external memory (``EngineConfig.external_words``),
+read and written in place through the port. Where (:func:`choose_placement`): first fit in program
+order, or — when it is better — each scratchpad's tensors by reads per word, with the most-read
+tensor that does not fit *straddling* the boundary: its first words fill the scratchpad's free
+words and the rest are the external memory's first words, contiguous in the data address space, so
+the instructions are unchanged and those words are read from the scratchpad. Of these the placement
+with the fewest port-bound cycles (:func:`port_bound_cycles`: per instruction the larger of its
+array beats and its external reads) wins. LeNet-5 at batch 128 on 16,384-word scratchpads keeps
+12,160 of E1's 32,768 words on chip that way (E1 is read 100 times per word, by conv2's error and
+gradient products).
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ from .config import EngineConfig
 from .isa import ADDR_BITS, STORE_CHIP, STORE_EXTERNAL, AddressPattern, Instruction, IsaError, Op, RowSel
 from .layout import MapLayout, TapMapLayout, WeightLayout
 
-__all__ = ["Program", "MemoryPlan", "FitError", "UnsupportedNetwork", "compile_network", "plan_memory",
+__all__ = ["Program", "MemoryPlan", "Placement", "FitError", "choose_placement", "port_bound_cycles", "tensor_reads", "UnsupportedNetwork", "compile_network", "plan_memory",
            "fc_forward", "fc_error", "fc_gradient", "fc_draw", "loss", "array_beats", "choose_store_then_quantise",
            "result_rows", "two_pass_products"]
 
@@ -59,11 +70,14 @@ class Program:
     errors: list[MapLayout]                  # E_l in the error scratchpad
     weights: list[WeightLayout]
     usage: dict[str, tuple[int, int]] = field(default_factory=dict)   # memory → (used, capacity)
+    straddled: dict[str, int] = field(default_factory=dict)   # a tensor across the boundary → its scratchpad words
 
     def describe(self) -> str:
         lines = [self.config.summary()]
         for mem, (used, cap) in self.usage.items():
             lines.append(f"  {mem:<10} {used:>8} of {cap:>8} words ({100 * used / cap:.1f} %)")
+        for name, words in self.straddled.items():
+            lines.append(f"  {name} straddles the scratchpad boundary: {words} words on chip, the rest external")
         lines += [f"  {i:>3}: {ins}" for i, ins in enumerate(self.instructions)]
         return "\n".join(lines)
 
@@ -118,16 +132,41 @@ class MemoryPlan:
     errors: list[MapLayout]
     weights: list[WeightLayout]
     usage: dict[str, tuple[int, int]]
+    straddled: dict[str, int] = field(default_factory=dict)   # a straddling tensor → its scratchpad words
 
     def layer_input(self, i: int) -> MapLayout:
         return self.inputs if i == 0 else self.activations[i - 1]
 
+    def tensors(self, memory: str | None = None) -> list[MapLayout]:
+        """The activation ("act") or error ("err") scratchpad's tensors, or both."""
+        act = [self.inputs] + [a for a in self.activations if a is not None]
+        return {"act": act, "err": list(self.errors), None: act + list(self.errors)}[memory]
 
-def plan_memory(config: EngineConfig) -> MemoryPlan:
+    def base(self, name: str) -> int:
+        return next(t.base for t in self.tensors() if t.name == name)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How :func:`plan_memory` orders the tensors of each scratchpad: ``priority`` names them in the
+    order they claim scratchpad words (the rest keep program order after them), and ``straddle``
+    (one tensor, or None) takes the scratchpad's last free words and continues in the external
+    memory's first words: the data addresses are contiguous across the boundary (external word k
+    is data address ``data_words + k``), so its patterns do not change, and as much of it as fits
+    is read from the scratchpad."""
+    priority: tuple[str, ...] = ()
+    straddle: str | None = None
+
+
+def plan_memory(config: EngineConfig, placement: Placement | None = None) -> MemoryPlan:
     """Lay out the batch, every layer's activations and errors (map layout where a convolution
-    produces or consumes the tensor, flattened otherwise) and the weights; check that they fit."""
+    produces or consumes the tensor, flattened otherwise) and the weights; check that they fit.
+    Without ``placement`` each tensor lives whole in its scratchpad (first fit, in program order)
+    or, when it does not fit there and the engine has an external memory, whole in the external
+    memory; :func:`choose_placement` may ask for another order and one straddling tensor."""
     wage: WageConfig = config.wage
     lanes, batch, layers = config.lanes, wage.batch_size, wage.layers
+    placement = placement or Placement()
 
     def tensor(name: str, base: int, shape: tuple[int, ...], conv_map: bool) -> MapLayout:
         c, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
@@ -142,29 +181,47 @@ def plan_memory(config: EngineConfig) -> MemoryPlan:
     act_tensors = [inputs] + [tensor(f"A{layer.index}", 0, layer.out_shape, layer.kind == "conv")
                               for layer in layers]
     err_tensors = [tensor(f"E{layer.index}", 0, layer.product_shape, layer.kind == "conv") for layer in layers]
-    # Each tensor lives whole in its scratchpad (first fit, in program order) or, when it does not
-    # fit there and the engine has an external memory, whole in the external memory (one region,
-    # shared by activations and errors: addresses data_words + …).
+    # The external memory's data region is shared by activations and errors (addresses
+    # data_words + …): a straddling tensor's external part first, then the other spilled tensors.
     external = config.external_words > 0
-    ext_parts, ext_used = [], 0
+    rank = {name: k for k, name in enumerate(placement.priority)}
 
-    def place(tensors):
-        nonlocal ext_used
-        placed, chip_used, parts = [], 0, []
+    def place_chip(tensors):
+        """Scratchpad words of each tensor (priority order, first fit); the straddler takes the rest."""
+        chip, used = {}, 0
+        for t in sorted(tensors, key=lambda t: rank.get(t.name, len(rank))):
+            if t.name != placement.straddle and (used + t.words <= config.data_words or not external):
+                chip[t.name] = used
+                used += t.words
         for t in tensors:
-            if chip_used + t.words <= config.data_words or not external:
-                placed.append(dataclasses.replace(t, base=chip_used))
-                chip_used += t.words
-                parts.append((t.name, t.words))
+            if t.name == placement.straddle and external and used < config.data_words:
+                chip[t.name] = used
+                straddled[t.name] = min(t.words, config.data_words - used)
+                used += straddled[t.name]
+        return chip, used
+
+    straddled: dict[str, int] = {}
+    act_chip, act_used = place_chip(act_tensors)
+    err_chip, err_used = place_chip(err_tensors)
+    ext_used = sum(t.words - straddled[t.name] for t in act_tensors + err_tensors if t.name in straddled)
+    ext_parts = [(t.name, t.words - straddled[t.name]) for t in act_tensors + err_tensors if t.name in straddled]
+
+    def place(tensors, chip):
+        nonlocal ext_used
+        placed, parts = [], []
+        for t in tensors:
+            if t.name in chip:
+                placed.append(dataclasses.replace(t, base=chip[t.name]))
+                parts.append((t.name, straddled.get(t.name, t.words)))
             else:
                 placed.append(dataclasses.replace(t, base=config.data_words + ext_used))
                 ext_used += t.words
                 ext_parts.append((t.name, t.words))
-        return placed, chip_used, parts
+        return placed, parts
 
-    (inputs, *activations), act_used, act_parts = place(act_tensors)
-    errors, err_used, err_parts = place(err_tensors)
-    # Weights likewise: a layer's words in the weight store, or whole in the external memory's
+    (inputs, *activations), act_parts = place(act_tensors, act_chip)
+    errors, err_parts = place(err_tensors, err_chip)
+    # Weights: a layer's words in the weight store, or whole in the external memory's
     # weight region (weight addresses weight_words + …).
     w_parts, wext_parts, weights, w_used, wext_used = [], [], [], 0, 0
     for layer in layers:
@@ -189,7 +246,111 @@ def plan_memory(config: EngineConfig) -> MemoryPlan:
         usage["external"] = (ext_used, config.external_words)
     if config.external_weight_words:
         usage["external weights"] = (wext_used, config.external_weight_words)
-    return MemoryPlan(inputs, activations, errors, weights, usage)
+    return MemoryPlan(inputs, activations, errors, weights, usage, straddled)
+
+
+# ---- placement by reads (a network that spills) ---------------------------------------------------
+
+def _read_streams(ins):
+    """(pattern, memory, passes) of each read pattern of an instruction: memory "act", "err" or
+    "weights"; passes: how often the engine walks it (compute-twice walks its operands twice; ERR
+    and LOSS read their aux in both passes)."""
+    from .conv import PART_FINISH, ConvOp                    # conv builds on this module
+    op = ins.op
+    twice = op in two_pass_products() and not ins.stored
+    finish = getattr(ins, "part", 0) == PART_FINISH
+    operands = 2 if twice else (0 if finish else 1)
+    if op in (Op.FWD, ConvOp.CONV_FWD):
+        return [(ins.a, "act", 1), (ins.b, "weights", 1)]
+    if op in (Op.ERR, ConvOp.CONV_ERR):
+        return [(ins.a, "err", operands), (ins.b, "weights", operands), (ins.aux, "act", 2)]
+    if op in (Op.GRAD, ConvOp.CONV_GRAD):
+        return [(ins.a, "err", operands), (ins.b, "act", operands)]
+    if op == Op.LOSS:
+        return [(ins.aux, "act", 2)]
+    return []
+
+
+def _valid_addresses(pattern, lanes: int):
+    import numpy as np
+    address, valid = pattern.address_array(lanes)
+    return np.asarray(address)[np.asarray(valid)]
+
+
+def port_bound_cycles(config: EngineConfig, instructions: list) -> int:
+    """A lower bound on a step's cycles with its external words through a one-word-per-cycle
+    port: per instruction, the larger of its array beats and its external words read (operands,
+    masks, weights beyond the weight store); what :func:`choose_placement` minimises."""
+    total = 0
+    for ins in instructions:
+        beats, words = 0, 0
+        for k, (pattern, memory, passes) in enumerate(_read_streams(ins)):
+            if not passes or pattern.length <= 1:
+                continue
+            limit = config.weight_words if memory == "weights" else config.data_words
+            words += passes * int((_valid_addresses(pattern, config.lanes) >= limit).sum())
+            if k == 0:
+                beats = passes * pattern.length
+        total += max(beats, words)
+    return total
+
+
+def tensor_reads(plan: MemoryPlan, instructions: list, lanes: int) -> dict[str, int]:
+    """Words read per step from each activation and error tensor (every pass, any tier)."""
+    import numpy as np
+    tensors = {"act": plan.tensors("act"), "err": plan.tensors("err")}
+    reads = {t.name: 0 for t in plan.tensors()}
+    for ins in instructions:
+        for pattern, memory, passes in _read_streams(ins):
+            if memory == "weights" or not passes or pattern.length <= 1:
+                continue
+            addresses = _valid_addresses(pattern, lanes)
+            for t in tensors[memory]:
+                reads[t.name] += passes * int(((addresses >= t.base) & (addresses < t.base + t.words)).sum())
+    return reads
+
+
+def choose_placement(config: EngineConfig, emit, placement: Placement | None = None):
+    """``(plan, instructions)`` for the program ``emit(plan)`` builds, placed as ``placement`` says
+    if given (``Placement()``: first fit), else chosen: a network that spills to the
+    external memory is placed three ways — first fit in program order (:func:`plan_memory`'s
+    default), and, for each scratchpad, its tensors by reads per word with the most-read one that
+    does not fit straddling the boundary — and the one with the fewest port-bound cycles
+    (:func:`port_bound_cycles`) wins (first fit on a tie). The training step's integers are the
+    same whichever wins."""
+    if placement is not None or not config.external_words:
+        plan = plan_memory(config, placement)
+        return plan, emit(plan)
+    try:
+        plan = plan_memory(config)
+        best = (port_bound_cycles(config, emit(plan)), plan)
+    except FitError as e:                # first fit needs more external words than another placement may
+        best, refusal = None, e
+    # the reads per tensor of the first-fit program (its addresses do not depend on the external capacity)
+    room = min((1 << ADDR_BITS) - config.data_words,
+               (1 << ADDR_BITS) - config.external_weight_words - config.external_sum_words)
+    plan = plan_memory(config.replace(external_words=room))
+    if not plan.usage["external"][0]:        # nothing spills: first fit placed it all on chip
+        return best[1], emit(best[1])
+    reads = tensor_reads(plan, emit(plan), config.lanes)
+    sizes = {t.name: t.words for t in plan.tensors()}
+    by_density = tuple(sorted(reads, key=lambda n: (-reads[n] / sizes[n], n)))
+    whole = plan_memory(config.replace(external_words=room), Placement(by_density))
+    for memory in ("act", "err"):
+        names = {t.name for t in whole.tensors(memory)}
+        spilled = [n for n in by_density if n in names and whole.base(n) >= config.data_words]
+        if not spilled:
+            continue
+        try:
+            trial = plan_memory(config, Placement(by_density, straddle=spilled[0]))
+        except FitError:
+            continue
+        cost = port_bound_cycles(config, emit(trial))
+        if best is None or cost < best[0]:
+            best = (cost, trial)
+    if best is None:
+        raise refusal
+    return best[1], emit(best[1])
 
 
 # ---- instructions of fully connected layers (shared with hw.engine.conv) ------------------------
@@ -256,30 +417,34 @@ def fc_gradient(wage: WageConfig, layer, e: MapLayout, x: MapLayout, w: WeightLa
         out=out, draw=fc_draw(out, w.base, L, layer.index))
 
 
-def compile_network(config: EngineConfig) -> Program:
+def compile_network(config: EngineConfig, placement: Placement | None = None) -> Program:
     """Plan the memories and emit one training step's instructions (see the module docstring); a
-    network with convolutions goes to :func:`hw.engine.conv.compile_conv_network`."""
+    network with convolutions goes to :func:`hw.engine.conv.compile_conv_network`. ``placement``:
+    as :func:`choose_placement` (None: chosen by port-bound cycles)."""
     if any(layer.kind == "conv" for layer in config.wage.layers):
         from .conv import compile_conv_network               # conv builds on this module
-        return compile_conv_network(config)
+        return compile_conv_network(config, placement)
     _check_supported(config)
     wage, L = config.wage, config.lanes
-    plan = plan_memory(config)
-    ins: list[Instruction] = []
-    for layer in wage.layers:
-        i = layer.index
-        ins.append(fc_forward(wage, layer, plan.layer_input(i), plan.weights[i], plan.activations[i], L))
-    ins.append(loss(wage, plan.activations[-1], plan.errors[-1], L))
-    for layer in reversed(wage.layers):
-        i = layer.index
-        if i > 0:
-            ins.append(fc_error(wage, layer, plan.errors[i], plan.weights[i], plan.errors[i - 1],
-                                plan.activations[i - 1], L))
-        ins.append(fc_gradient(wage, layer, plan.errors[i], plan.layer_input(i), plan.weights[i], L))
-    ins.append(Instruction(Op.END))
-    ins = choose_store_then_quantise(config, ins)
+
+    def emit(plan: MemoryPlan) -> list:
+        ins: list[Instruction] = []
+        for layer in wage.layers:
+            i = layer.index
+            ins.append(fc_forward(wage, layer, plan.layer_input(i), plan.weights[i], plan.activations[i], L))
+        ins.append(loss(wage, plan.activations[-1], plan.errors[-1], L))
+        for layer in reversed(wage.layers):
+            i = layer.index
+            if i > 0:
+                ins.append(fc_error(wage, layer, plan.errors[i], plan.weights[i], plan.errors[i - 1],
+                                    plan.activations[i - 1], L))
+            ins.append(fc_gradient(wage, layer, plan.errors[i], plan.layer_input(i), plan.weights[i], L))
+        ins.append(Instruction(Op.END))
+        return choose_store_then_quantise(config, ins)
+
+    plan, ins = choose_placement(config, emit, placement)
     check_program_fits(config, ins)
-    return Program(config, ins, plan.inputs, plan.activations, plan.errors, plan.weights, plan.usage)
+    return Program(config, ins, plan.inputs, plan.activations, plan.errors, plan.weights, plan.usage, plan.straddled)
 
 
 def two_pass_products() -> tuple[int, ...]:

@@ -58,7 +58,8 @@ class EngineConfig:
     ``external_words``: words of external memory behind the external-memory port
     (:mod:`hw.engine.extport`; 0: no port is built). Data addresses ``data_words`` … ``data_words +
     external_words − 1`` are external words 0 …: the compiler places a tensor that does not fit its
-    scratchpad there (activations and errors share the external memory; :attr:`data_space`), and
+    scratchpad there (activations and errors share the external memory; :attr:`data_space`; one
+    tensor may straddle the boundary, :func:`hw.engine.compiler.choose_placement`), and
     the engine reads and writes it through the port, in place. An external word is
     :attr:`external_width` bits (one activation word; an error word is zero-extended).
     ``external_weight_words``: likewise for stored weights: weight addresses ``weight_words`` …

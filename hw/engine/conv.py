@@ -126,8 +126,8 @@ from golden.config import WageConfig
 from golden.prng import sr_draws
 from golden.quant import forward_weights, quantize_activation, quantize_error, quantize_gradient
 
-from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, check_program_fits, choose_store_then_quantise, fc_error, fc_forward,
-                       fc_gradient, loss, plan_memory)
+from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, check_program_fits, choose_placement,
+                       choose_store_then_quantise, fc_error, fc_forward, fc_gradient, loss)
 from .config import EngineConfig
 from .isa import (ADDR_BITS, COUNT_BITS, KCOUNT_BITS, STORES, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel,
                   check_unsigned_fields)
@@ -690,17 +690,15 @@ def _check_conv_supported(config: EngineConfig) -> None:
     check_loss_and_labels(config)
 
 
-def compile_conv_network(config: EngineConfig) -> Program:
+def compile_conv_network(config: EngineConfig, placement=None) -> Program:
     """Memory map, fit check and one training step's program for a network with convolutions
-    (any mix the golden config allows: conv [+pool] layers, then fully connected layers)."""
+    (any mix the golden config allows: conv [+pool] layers, then fully connected layers);
+    ``placement`` as :func:`hw.engine.compiler.choose_placement`."""
     _check_conv_supported(config)
     wage = config.wage
     L, batch = config.lanes, wage.batch_size
     layers = wage.layers
 
-    plan = plan_memory(config)
-    inputs, activations, errors, weights = plan.inputs, plan.activations, plan.errors, plan.weights
-    layer_input = plan.layer_input
     # A folded first layer (EngineConfig.fold_input) is a 1×1 convolution over the im2col'd input:
     # k²·C channels on the product grid. Same sums, draws and shifts (alpha stays the layer's).
     spec = {}
@@ -708,33 +706,41 @@ def compile_conv_network(config: EngineConfig) -> Program:
         first = layers[0]
         o, ho, wo = first.product_shape
         spec[0] = dataclasses.replace(first, in_shape=(first.fan_in, ho, wo), kernel=1, padding=0)
-    ins: list = []
-    err_args = {}                    # index in ins of each conv error product → its compile arguments
-    for layer in layers:
-        i = layer.index
-        x, w, a = layer_input(i), weights[i], activations[i]
-        if layer.kind == "conv":
-            ins.append(compile_conv_fwd(wage, i, x, w, a, L, spec.get(i)))
-        else:
-            ins.append(fc_forward(wage, layer, x, w, a, L))
-    ins.append(loss(wage, activations[-1], errors[-1], L))
-    for layer in reversed(layers):
-        i = layer.index
-        x, w, e = layer_input(i), weights[i], errors[i]
-        if layer.kind == "conv":
-            if i > 0:
-                err_args[len(ins)] = (wage, i, e, w, errors[i - 1], activations[i - 1], L)
-                ins.append(compile_conv_err(wage, i, e, w, errors[i - 1], activations[i - 1], L))
-            ins.append(compile_conv_grad(wage, i, e, x, w, L, spec.get(i)))
-            continue
-        if i > 0:
-            if layers[i - 1].pool:
-                ins.append(compile_fc_err_unpool(wage, i, e, w, errors[i - 1], activations[i - 1], L))
+    err_args = {}                    # index in the program of each conv error product → its compile arguments
+
+    def emit(plan) -> list:
+        activations, errors, weights, layer_input = plan.activations, plan.errors, plan.weights, plan.layer_input
+        ins: list = []
+        err_args.clear()
+        for layer in layers:
+            i = layer.index
+            x, w, a = layer_input(i), weights[i], activations[i]
+            if layer.kind == "conv":
+                ins.append(compile_conv_fwd(wage, i, x, w, a, L, spec.get(i)))
             else:
-                ins.append(fc_error(wage, layer, e, w, errors[i - 1], activations[i - 1], L))
-        ins.append(fc_gradient(wage, layer, e, x, w, L))
-    ins.append(Instruction(Op.END))
-    ins = choose_store_then_quantise(config, ins)
+                ins.append(fc_forward(wage, layer, x, w, a, L))
+        ins.append(loss(wage, activations[-1], errors[-1], L))
+        for layer in reversed(layers):
+            i = layer.index
+            x, w, e = layer_input(i), weights[i], errors[i]
+            if layer.kind == "conv":
+                if i > 0:
+                    err_args[len(ins)] = (wage, i, e, w, errors[i - 1], activations[i - 1], L)
+                    ins.append(compile_conv_err(wage, i, e, w, errors[i - 1], activations[i - 1], L))
+                ins.append(compile_conv_grad(wage, i, e, x, w, L, spec.get(i)))
+                continue
+            if i > 0:
+                if layers[i - 1].pool:
+                    ins.append(compile_fc_err_unpool(wage, i, e, w, errors[i - 1], activations[i - 1], L))
+                else:
+                    ins.append(fc_error(wage, layer, e, w, errors[i - 1], activations[i - 1], L))
+            ins.append(fc_gradient(wage, layer, e, x, w, L))
+        ins.append(Instruction(Op.END))
+        return choose_store_then_quantise(config, ins)
+
+    # (the placement is chosen on the whole products; the bands below read the same tensors)
+    plan, _ = choose_placement(config, emit, placement)
+    ins = emit(plan)                 # again, so that err_args are the chosen plan's
     # A conv error product that stores its sums runs in row bands, each with only its valid taps,
     # if the program memory holds the extra records (else it runs whole).
     banded = []
@@ -745,8 +751,7 @@ def compile_conv_network(config: EngineConfig) -> Program:
     if len(banded) * MACHINE_WORDS <= config.program_words:
         ins = banded
     check_program_fits(config, ins)
-    usage = plan.usage
-    return Program(config, ins, inputs, activations, errors, weights, usage)
+    return Program(config, ins, plan.inputs, plan.activations, plan.errors, plan.weights, plan.usage, plan.straddled)
 
 
 # ---- word-level model ----------------------------------------------------------------------------

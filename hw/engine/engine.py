@@ -68,8 +68,8 @@ from hw.quantizer import Mode, ShiftQuantizer
 from .config import EngineConfig
 from .encoding import MACHINE_BITS, MACHINE_WORDS, machine_layout
 from .extmem import ExternalMemorySignature
-from .extport import ExternalPort, TieredReader, TieredWriter, write_client_signature
-from .feeder import OperandFeeder, PatternReader, RamReader
+from .extport import EXT_CREDITS, ExternalPort, TieredReader, TieredWriter, write_client_signature
+from .feeder import FLAG_DEPTH, OperandFeeder, PatternReader, RamReader
 from .conv import PART_FINISH, PART_FIRST, PART_NEXT, PART_WHOLE
 from .isa import ADDR_BITS, STORE_CHIP, STORE_EXTERNAL, Op
 from .pool import WindowPool
@@ -172,9 +172,12 @@ class Engine(wiring.Component):
         acc_width = max(array.accumulator_width, 10)
         assert acc_width == cfg.accumulator_width
         m.submodules.quant = quant = ShiftQuantizer(wage, lanes=L, acc_width=acc_width, draw_index="stream")
-        m.submodules.feed_a = feed_a = OperandFeeder(L, conv=cfg.has_conv)
-        m.submodules.feed_b = feed_b = OperandFeeder(L, conv=cfg.has_conv)
-        m.submodules.aux = aux = PatternReader(L, self.act_layout, conv=cfg.has_conv)
+        # Readers keep as many beats in flight as the external reads need to stream (its round trip
+        # is longer than the scratchpads' and the weight store's)
+        outstanding = EXT_CREDITS if cfg.external_depth else FLAG_DEPTH
+        m.submodules.feed_a = feed_a = OperandFeeder(L, conv=cfg.has_conv, outstanding=outstanding)
+        m.submodules.feed_b = feed_b = OperandFeeder(L, conv=cfg.has_conv, outstanding=outstanding)
+        m.submodules.aux = aux = PatternReader(L, self.act_layout, conv=cfg.has_conv, outstanding=outstanding)
         m.submodules.out_gen = out_gen = SlotGenerator(L, conv=cfg.has_conv)
         m.submodules.pool = pool = WindowPool(L, array.accumulator_width)
         m.submodules.unpool = unpool = Unpool(L)

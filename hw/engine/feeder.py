@@ -35,8 +35,11 @@ from .slot import SlotGenerator, slot_layout
 
 __all__ = ["RamReader", "PatternReader", "OperandFeeder", "operand_layout", "INVALID_ADDRESS"]
 
-#: Pattern beats requested and not yet joined with their response: covers the weight store's
-#: serve path (command skid buffer, issue, read latency 6, response skid buffers) so that it runs at one word per cycle.
+#: Pattern beats requested and not yet joined with their response, by default: covers the weight
+#: store's serve path (command skid buffer, issue, read latency 6, response skid buffers) so that it
+#: runs at one word per cycle. Behind an external-memory port the round trip is longer (a read
+#: at latency 20 returns after about 28 cycles): there the engine gives its readers
+#: :data:`hw.engine.extport.EXT_CREDITS` (16 held one operand at 16/30 ≈ 0.53 words per cycle).
 FLAG_DEPTH = 16
 
 #: The address an invalid pattern beat requests (its response is discarded): the top of the
@@ -88,10 +91,14 @@ def pattern_beat_layout(word_shape) -> data.StructLayout:
 
 
 class PatternReader(wiring.Component):
-    """Reads the words of an address pattern through ``req``/``resp`` (see the module docstring)."""
+    """Reads the words of an address pattern through ``req``/``resp`` (see the module docstring);
+    at most ``outstanding`` beats requested and not yet answered."""
 
-    def __init__(self, lanes: int, word_shape, *, conv: bool = True):
-        self.lanes, self.word_shape, self.conv = lanes, word_shape, conv
+    def __init__(self, lanes: int, word_shape, *, conv: bool = True, outstanding: int = FLAG_DEPTH):
+        if not isinstance(outstanding, int) or outstanding < 2:
+            self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
+            raise ValueError(f"outstanding={outstanding!r}: must be an integer >= 2")
+        self.lanes, self.word_shape, self.conv, self.outstanding = lanes, word_shape, conv, outstanding
         super().__init__({
             "cmd": In(stream.Signature(slot_layout())),
             "req": Out(stream.Signature(unsigned(ADDR_BITS))),
@@ -104,7 +111,7 @@ class PatternReader(wiring.Component):
         m.submodules.gen = gen = SlotGenerator(self.lanes, conv=self.conv)
         flag_layout = data.StructLayout({"valid": 1, "t1": COUNT_BITS, "t2": COUNT_BITS, "tile_last": 1,
                                          "last": 1})
-        m.submodules.flags = flags = fifo.SyncFIFO(width=flag_layout.size, depth=FLAG_DEPTH)
+        m.submodules.flags = flags = fifo.SyncFIFO(width=flag_layout.size, depth=self.outstanding)
         wiring.connect(m, wiring.flipped(self.cmd), gen.cmd)
         beat = gen.o.payload
         m.d.comb += [
@@ -128,10 +135,11 @@ class PatternReader(wiring.Component):
 
 class OperandFeeder(wiring.Component):
     """Array operand words along a pattern: zero where invalid, ``last`` on a tile's final word,
-    through the transposer when ``transposed`` (held static while a pattern runs) is high."""
+    through the transposer when ``transposed`` (held static while a pattern runs) is high;
+    ``outstanding`` as :class:`PatternReader`."""
 
-    def __init__(self, lanes: int, *, conv: bool = True):
-        self.lanes, self.conv = lanes, conv
+    def __init__(self, lanes: int, *, conv: bool = True, outstanding: int = FLAG_DEPTH):
+        self.lanes, self.conv, self.outstanding = lanes, conv, outstanding
         word = data.ArrayLayout(signed(8), lanes)
         super().__init__({
             "cmd": In(stream.Signature(slot_layout())),
@@ -144,7 +152,8 @@ class OperandFeeder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         L = self.lanes
-        m.submodules.reader = reader = PatternReader(L, data.ArrayLayout(signed(8), L), conv=self.conv)
+        m.submodules.reader = reader = PatternReader(L, data.ArrayLayout(signed(8), L), conv=self.conv,
+                                                             outstanding=self.outstanding)
         m.submodules.transposer = tr = StreamTransposer(L, 8)
         wiring.connect(m, wiring.flipped(self.cmd), reader.cmd)
         m.d.comb += [
