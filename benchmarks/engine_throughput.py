@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from golden.config import WageConfig  # noqa: E402
-from hw.engine.compiler import FitError, UnsupportedNetwork, compile_network  # noqa: E402
+from hw.engine.compiler import FitError, Placement, UnsupportedNetwork, compile_network  # noqa: E402
 from hw.engine.config import EngineConfig  # noqa: E402
 from hw.engine.isa import STORES  # noqa: E402
 
@@ -94,7 +94,8 @@ def sized_config(net: str, batch: int, lanes: int, external: bool = False) -> tu
     usage = compile_network(big).usage
     if external:
         spill = config.replace(external_words=1 << 20, external_weight_words=1 << 20)
-        used = compile_network(spill).usage
+        # as many external words as first fit needs: room for any placement the compiler may choose
+        used = compile_network(spill, Placement()).usage
         config = config.replace(external_words=max(1, used["external"][0]),
                                 external_weight_words=used.get("external weights", (0,))[0])
         return config, (f"does not fit the LFE5U-85F's block RAM ({reason.split(';')[0]}); "

@@ -167,19 +167,19 @@ async def throughput(dut):
 
 def _units(instructions) -> list[list]:
     """The instructions one by one, except that a product in parts (conv.PART_FIRST … PART_FINISH)
-    is one unit: its records only run together."""
+    is one unit with the COPY records that stage its operands (before and between its parts):
+    its records only run together."""
     from hw.engine.conv import PART_FINISH, PART_WHOLE
+    from hw.engine.isa import Op
     units, open_ = [], []
     for ins in instructions:
         part = getattr(ins, "part", PART_WHOLE)
-        if part == PART_WHOLE:
-            units.append([ins])
-        else:
-            open_.append(ins)
-            if part == PART_FINISH:
-                units.append(open_)
-                open_ = []
-    return units
+        open_.append(ins)
+        if part == PART_FINISH or (part == PART_WHOLE and ins.op != Op.COPY and
+                                   all(o.op == Op.COPY for o in open_[:-1])):
+            units.append(open_)
+            open_ = []
+    return units + ([open_] if open_ else [])
 
 
 async def _run_program(driver, instructions, eta: int) -> int:

@@ -8,6 +8,7 @@ from amaranth.sim import Simulator
 from golden import model as golden
 from golden.config import WageConfig
 from hw.engine.compiler import array_beats, compile_network, two_pass_products
+from hw.engine.isa import Op
 from hw.engine.config import EngineConfig
 from hw.engine.driver import AmaranthTransport, EngineDriver, EngineError
 from hw.engine.engine import Engine
@@ -297,13 +298,13 @@ def conv_spill_steps():
     return run_conv_steps(CONV_SPILL_CONFIG, SPILL_TIMING)
 
 
-def run_conv_steps(config, timing=None):
+def run_conv_steps(config, timing=None, placement=None):
     from hw.engine.conv import ConvEngineModel
     rng = np.random.default_rng(seed_for("engine-conv"))
     wage, b = config.wage, config.batch
     batches = [(rng.integers(0, 256, size=(b, 1, 6, 6), dtype=np.uint8), rng.integers(0, 10, size=b))
                for _ in range(2)]
-    program = compile_network(config)
+    program = compile_network(config, placement)
     weights = golden.init_weights(wage)
     model = ConvEngineModel(program)
     model.load_weights(weights)
@@ -562,6 +563,67 @@ def test_parts_out_of_order_are_refused_and_the_engine_stays_exact(config):
     w0 = golden.init_weights(config.wage)
     results = run_foreign_records(program, *(encode_program(r) for r in bad), weights=w0, batch=(x, y),
                                   timing=SPILL_TIMING if config.external_words else None)
+    assert results[:4] == [Status.BAD_INSTRUCTION] * 3 + [True]
+    for layer, (a, b) in enumerate(zip(results[4], golden.train_step(config.wage, w0, x, y, 0, 3)[0])):
+        np.testing.assert_array_equal(a, b, err_msg=f"layer {layer}")
+
+
+# ---- tile staging ----------------------------------------------------------------------------------
+
+#: 113-word scratchpads, first fit: E0 fills the error scratchpad, E1 and E2 spill, and conv2's
+#: gradient product (stored sums) stages E1 block by block in the 5 free words (2 COPY records,
+#: 2 parts, a finish record) behind the slow external memory.
+CONV_STAGE_CONFIG = CONV_SPILL_STORE_CONFIG.replace(data_words=113, sum_words=128)
+
+
+@pytest.fixture(scope="module")
+def conv_stage_steps():
+    from hw.engine.compiler import Placement
+    return run_conv_steps(CONV_STAGE_CONFIG, SPILL_TIMING, Placement())
+
+
+def test_staged_gradient_operand_trains_bit_exactly(conv_stage_steps):
+    from hw.engine.conv import PART_FINISH, PART_FIRST, PART_NEXT
+    program, got, want = conv_stage_steps
+    staged = [(str(ins), getattr(ins, "part", 0)) for ins in program.instructions
+              if ins.op == Op.COPY or str(ins).startswith("CONV_GRAD layer 1")]
+    assert staged == [("COPY layer 1", 0), ("CONV_GRAD layer 1 part 1", PART_FIRST), ("COPY layer 1", 0),
+                      ("CONV_GRAD layer 1 part", PART_NEXT), ("CONV_GRAD layer 1 finish", PART_FINISH)]
+    assert program.errors[1].base >= CONV_STAGE_CONFIG.data_words          # E1 is spilled
+    for s in range(2):
+        assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
+    assert [got[s]["ext_fault"] for s in range(2)] == [0, 0]
+    c0, c1 = got[0]["counters"], got[1]["counters"]
+    assert c1["array_beats"] == 2 * c0["array_beats"] == 2 * array_beats(program)
+    # one wrong bit in conv2's updated weights is caught
+    bad = {**want[1], "weights": [w.copy() for w in want[1]["weights"]]}
+    bad["weights"][1].flat[3] = -bad["weights"][1].flat[3] or 1
+    assert conv_mismatches(got[1], bad) == ["weights 1"]
+
+
+def test_gradient_parts_out_of_order_are_refused_and_the_engine_stays_exact():
+    """Records of a staged gradient product out of order: a next part without a first; a first
+    part then END (the open product — its draw prefetch running — is completed with zero rows);
+    a first gradient part then an error product's next part (not the open product's operation).
+    Each answers BAD_INSTRUCTION and the program that then runs still trains exactly."""
+    import dataclasses
+    from hw.engine.compiler import Placement
+    from hw.engine.conv import ConvOp
+    from hw.engine.encoding import encode_program
+    config = CONV_STAGE_CONFIG
+    program = compile_network(config, Placement())
+    ins = program.instructions
+    first = next(n for n, i in enumerate(ins) if getattr(i, "part", 0) == 1 and str(i).startswith("CONV_GRAD"))
+    grad_next = ins[first + 2]
+    assert str(grad_next) == "CONV_GRAD layer 1 part"
+    err_next = dataclasses.replace(grad_next, op=ConvOp.CONV_ERR)
+    bad = [[ins[first - 1], grad_next, ins[-1]], [ins[first - 1], ins[first], ins[-1]], [ins[first], err_next, ins[-1]]]
+    rng = np.random.default_rng(seed_for("engine-grad-parts-abort"))
+    b = config.batch
+    x, y = rng.integers(0, 256, size=(b, 1, 6, 6), dtype=np.uint8), rng.integers(0, 10, size=b)
+    w0 = golden.init_weights(config.wage)
+    results = run_foreign_records(program, *(encode_program(r) for r in bad), weights=w0, batch=(x, y),
+                                  timing=SPILL_TIMING)
     assert results[:4] == [Status.BAD_INSTRUCTION] * 3 + [True]
     for layer, (a, b) in enumerate(zip(results[4], golden.train_step(config.wage, w0, x, y, 0, 3)[0])):
         np.testing.assert_array_equal(a, b, err_msg=f"layer {layer}")

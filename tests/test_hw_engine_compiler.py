@@ -208,3 +208,29 @@ def test_store_then_quantise_is_chosen_per_product():
                                          external_sum_words=1 << 16))
     assert {str(i): i.stored for i in small.instructions if i.op == Op.GRAD}["GRAD layer 0"] == 0
     assert array_beats(mixed) < array_beats(twice)
+
+
+def test_a_spilled_gradient_operand_is_staged_block_by_block():
+    """LeNet-5 at batch 128 with its sums external: conv2's gradient reads E1 (spilled) once per
+    weight word; staged — a COPY of each output-channel block's 8,192 words into the error
+    scratchpad's free words before that block's part — only A0's taps are spilled beats. That beats
+    straddling E1 (7,528,704 port-bound cycles against 8,526,336), so first fit with staging wins.
+    A program memory too small for the extra records gets the product whole."""
+    config = EngineConfig(WageConfig(net="lenet5"), data_words=16384, weight_words=16384, external_words=1 << 19,
+                          external_weight_words=1 << 16, external_sum_words=110592, program_words=8192)
+    program = compile_network(config)
+    assert not program.straddled and program.errors[1].base >= 16384
+    grad = [ins for ins in program.instructions if ins.op == Op.COPY or str(ins).startswith("CONV_GRAD layer 1")]
+    assert [getattr(ins, "part", None) for ins in grad] == [None, 1, None, 2, None, 2, None, 2, 3]
+    e1 = program.errors[1]
+    stage = program.usage["err"][0]
+    for ob, copy in enumerate(grad[0:8:2]):
+        assert (copy.aux.base, copy.aux.sk, copy.aux.n1 * copy.aux.nk) == (e1.base + ob, 4, 8192)
+        assert (copy.out.base, copy.out.sk, copy.out.n1 * copy.out.nk) == (stage, 1, 8192)
+    assert all(part.a.base == stage and part.a.n1 == 1 for part in grad[1:8:2])
+    assert port_bound_cycles(config, program.instructions) == 7_528_704
+    straddled = compile_network(config, Placement(straddle="E1"))
+    assert straddled.straddled == {"E1": 12160}
+    assert port_bound_cycles(config, straddled.instructions) == 8_526_336
+    small = compile_network(config.replace(program_words=4096))
+    assert not any(ins.op == Op.COPY for ins in small.instructions)

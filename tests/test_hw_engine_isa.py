@@ -45,3 +45,16 @@ def test_stored_and_parts_are_checked():
     with pytest.raises(IsaError, match="part=1 with op CONV_ERR, stored=0: only a store-then-quantise CONV_ERR"):
         ConvInstruction(ConvOp.CONV_ERR, part=PART_FIRST)
     assert ConvInstruction(ConvOp.CONV_ERR, stored=1, part=PART_FIRST).part == PART_FIRST
+    assert ConvInstruction(ConvOp.CONV_GRAD, stored=2, part=PART_FIRST).part == PART_FIRST
+    with pytest.raises(IsaError, match="part=1 with op CONV_FWD, stored=0: only a store-then-quantise CONV_ERR or CONV_GRAD"):
+        ConvInstruction(ConvOp.CONV_FWD, part=PART_FIRST)
+
+
+def test_copy_is_an_operation_and_encodes():
+    """COPY (tile staging): an isa operation with a source (aux) and a destination (out) pattern."""
+    from hw.engine.encoding import encode_instruction
+    copy = Instruction(Op.COPY, layer=1, aux=AddressPattern(100, sk=4, nk=8), out=AddressPattern(7, sk=1, nk=8))
+    assert str(copy) == "COPY layer 1" and Op.NAMES[Op.COPY] == "COPY"
+    assert encode_instruction(copy) & 0xF == Op.COPY                  # the record's first field
+    with pytest.raises(IsaError, match="stored=1 with op COPY"):
+        Instruction(Op.COPY, stored=1)

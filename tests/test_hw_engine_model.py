@@ -67,3 +67,20 @@ def test_spilled_tensors_train_bit_for_bit(embedded, net, shape, data_words, wei
     assert any(w.base >= weight_words for w in program.weights) and any(w.end <= weight_words for w in program.weights)
     engine = (ConvEngineModel if "C" in net.split("-")[0] else EngineModel)(program)
     assert train_model_and_golden(engine, wage, program, embedded, steps=2) == set()
+
+
+def test_staged_gradient_operands_train_bit_for_bit(embedded):
+    """A spilled error operand staged block by block (COPY records, then the gradient product in
+    parts with its sums stored, then a finish record) gives the same step as the whole product:
+    LeNet-style network at batch 6, 4 lanes, 6,000-word scratchpads, first fit: E0 (6,912 words)
+    spills and conv1's gradient stages it in two blocks of 3,456."""
+    from hw.engine.compiler import Placement
+    from hw.engine.conv import ConvEngineModel
+    wage = WageConfig(net="8C5-MP2-16C5-MP2-32FC-10", batch_size=6, seed=5, input_shape=(1, 28, 28))
+    config = EngineConfig(wage, lanes=4, data_words=6000, external_words=1 << 15, weight_words=1 << 14,
+                          sum_words=1 << 12, external_sum_words=1 << 14)
+    program = compile_network(config, Placement())
+    copies = [ins for ins in program.instructions if ins.op == Op.COPY]
+    assert copies and all(ins.aux.base >= config.data_words for ins in copies)      # a spilled source
+    assert all(ins.out.base < config.data_words for ins in copies)                   # staged on chip
+    assert train_model_and_golden(ConvEngineModel(program), wage, program, embedded, steps=2) == set()

@@ -32,9 +32,11 @@ tensor that does not fit *straddling* the boundary: its first words fill the scr
 words and the rest are the external memory's first words, contiguous in the data address space, so
 the instructions are unchanged and those words are read from the scratchpad. Of these the placement
 with the fewest port-bound cycles (:func:`port_bound_cycles`: per instruction the larger of its
-array beats and its external reads) wins. LeNet-5 at batch 128 on 16,384-word scratchpads keeps
-12,160 of E1's 32,768 words on chip that way (E1 is read 100 times per word, by conv2's error and
-gradient products).
+array beats and its external reads) wins. LeNet-5 at batch 128 on 16,384-word scratchpads, its
+sums computed twice, keeps 12,160 of E1's 32,768 words on chip that way (E1 is read 200 times per
+word, by conv2's error and gradient products); with its sums stored, first fit wins instead,
+because then conv2's gradient stages E1 block by block in the free words (tile staging,
+:mod:`hw.engine.conv`).
 """
 
 from __future__ import annotations
@@ -268,6 +270,8 @@ def _read_streams(ins):
         return [(ins.a, "err", operands), (ins.b, "act", operands)]
     if op == Op.LOSS:
         return [(ins.aux, "act", 2)]
+    if op == Op.COPY:                        # one word per beat, its beats first
+        return [(ins.aux, "err", 1)]
     return []
 
 
@@ -316,8 +320,10 @@ def choose_placement(config: EngineConfig, emit, placement: Placement | None = N
     external memory is placed three ways — first fit in program order (:func:`plan_memory`'s
     default), and, for each scratchpad, its tensors by reads per word with the most-read one that
     does not fit straddling the boundary — and the one with the fewest port-bound cycles
-    (:func:`port_bound_cycles`) wins (first fit on a tie). The training step's integers are the
-    same whichever wins."""
+    (:func:`port_bound_cycles`) wins (first fit on a tie). Each is costed on the program ``emit``
+    builds for it, which may stage a spilled gradient operand in the scratchpad words that are
+    free (:func:`hw.engine.conv.compile_conv_grad_staged`), so leaving room for staging competes
+    with straddling. The training step's integers are the same whichever wins."""
     if placement is not None or not config.external_words:
         plan = plan_memory(config, placement)
         return plan, emit(plan)

@@ -36,6 +36,10 @@ last row has been written (and the unpool stage has written its four words). An 
 parts (:mod:`hw.engine.conv`, ``part``) runs pass 1 over several records, each waiting only until
 its rows have entered the quantiser, and pass 2 in its finish record; a RUN that stops inside
 one (a bad record) first feeds the quantiser the zero rows its command still expects (FLUSH).
+A gradient product comes in parts too, one per output-channel block, each after a COPY record that
+stages its block of the spilled error operand in the error scratchpad (tile staging; COPY moves one
+word per cycle from the ``aux`` pattern's addresses to the ``out`` pattern's and may run inside an
+open product; its cycles count with the gradient phase).
 Memory ports are routed by the running operation:
 
 ==========  ======================  ======================  ===================  ====================
@@ -47,6 +51,7 @@ LOSS        —                       —                       act (A_out, sat)
 ERR         err, transposed         weights (Wq), direct    act (producer masks,  err (× relu)
                                                             pool index)           [→ unpool]
 GRAD        err, direct             act, direct             —                    weight updates
+COPY        —                       —                       err (the source)     err (the stage)
 ==========  ======================  ======================  ===================  ====================
 
 A convolution is the same operation with convolution patterns (im2col by address generation:
@@ -213,6 +218,7 @@ class Engine(wiring.Component):
         part_left = Signal(32)                           # a part's pass-1 rows still to enter the quantiser
         in_chain = Signal()                              # between the first and the finish record of a product in parts
         chain_rows = Signal(32)                          # … its rows
+        chain_op = Signal(4)                             # … and its operation (ERR or GRAD)
         flushing = Signal()                              # FLUSH: completing an aborted product in parts
         flush_in_left, flush_out_left = Signal(32), Signal(32)
         done = Signal()                                  # the result generator's last row was written
@@ -236,7 +242,7 @@ class Engine(wiring.Component):
                                      src.ready.eq(target.ready)]
         route_req(act_rd.req, [((Op.FWD,), feed_a.req), ((Op.GRAD,), feed_b.req),
                                ((Op.LOSS, Op.ERR), aux.req), ((Op.NOP,), host_act_req)])
-        route_req(err_rd.req, [((Op.ERR, Op.GRAD), feed_a.req), ((Op.NOP,), host_err_req)])
+        route_req(err_rd.req, [((Op.ERR, Op.GRAD), feed_a.req), ((Op.COPY,), aux.req), ((Op.NOP,), host_err_req)])
         # act/err responses
         with m.Switch(op):
             with m.Case(Op.FWD):
@@ -254,6 +260,9 @@ class Engine(wiring.Component):
             with m.Case(Op.ERR, Op.GRAD):
                 m.d.comb += [feed_a.resp.valid.eq(err_rd.resp.valid), feed_a.resp.payload.eq(err_rd.resp.payload),
                              err_rd.resp.ready.eq(feed_a.resp.ready)]
+            with m.Case(Op.COPY):                       # (the error word fills the act word's data lanes)
+                m.d.comb += [aux.resp.valid.eq(err_rd.resp.valid), aux.resp.payload.eq(err_rd.resp.payload),
+                             err_rd.resp.ready.eq(aux.resp.ready)]
             with m.Case(Op.NOP):
                 m.d.comb += err_rd.resp.ready.eq(host_err_resp_ready)
         # weight store serve port: feeder B in FWD and ERR (one-word serve commands, through a skid
@@ -501,6 +510,13 @@ class Engine(wiring.Component):
                              upd.payload.addr.eq(og.payload.addr),
                              wfire.eq(qo.valid & og.valid & (upd.ready | ~og.payload.valid))]
                 m.d.comb += [upd.payload.dw[i].eq(qo.payload.data[i]) for i in range(L)]
+            with m.Case(Op.COPY):
+                # tile staging: each source word (aux) to the destination the result generator names
+                can_write = aux_o.valid & og.valid
+                m.d.comb += [wfire.eq(can_write & (err_wready | ~(og.payload.valid & ab.valid))),
+                             aux_o.ready.eq(wfire),
+                             err_wv.eq(can_write & og.payload.valid & ab.valid), err_wa.eq(og.payload.addr),
+                             err_wd.eq(aw.data.as_value())]
             with m.Case(Op.NOP):
                 m.d.comb += [act_wv.eq(host_act_we), act_wa.eq(host_w_addr), act_wd.eq(host_act_w),
                              err_wv.eq(host_err_we), err_wa.eq(host_w_addr), err_wd.eq(host_err_w)]
@@ -524,9 +540,10 @@ class Engine(wiring.Component):
         run_base = Signal(32)                            # run_cycles when this RUN started
         with m.If(running):
             m.d.sync += counters["run_cycles"].eq(counters["run_cycles"] + 1)
-            for name, code in (("fwd_cycles", Op.FWD), ("loss_cycles", Op.LOSS), ("err_cycles", Op.ERR),
-                               ("grad_cycles", Op.GRAD)):
-                with m.If(op == code):
+            # (tile staging, COPY, counts with the gradient phase: the compiler stages gradient operands only)
+            for name, codes in (("fwd_cycles", (Op.FWD,)), ("loss_cycles", (Op.LOSS,)), ("err_cycles", (Op.ERR,)),
+                                ("grad_cycles", (Op.GRAD, Op.COPY))):
+                with m.If(Cat(*(op == code for code in codes)).any()):
                     m.d.sync += counters[name].eq(counters[name] + 1)
         with m.If(ops_.valid & ops_.ready):
             m.d.sync += counters["array_beats"].eq(counters["array_beats"] + 1)
@@ -864,15 +881,17 @@ class Engine(wiring.Component):
                            Mux(ins.stored == STORE_EXTERNAL, rows <= cfg.external_sum_rows if cfg.external_sum_words else 0,
                                ins.stored == 0))
                 bad_store = ~room | ((ins.stored != 0) & (ins.op != Op.ERR) & (ins.op != Op.GRAD))
-                # parts: stored ERR records, a first, then next parts, then a finish, nothing between
-                bad_part = Mux(ins.part == PART_WHOLE, in_chain,
-                               (ins.op != Op.ERR) | (ins.stored == 0) | Mux(ins.part == PART_FIRST, in_chain, ~in_chain))
+                # parts: stored ERR or GRAD records, a first, then next parts of the same operation,
+                # then a finish; only COPY records (operand staging) may run between them
+                bad_part = Mux(ins.part == PART_WHOLE, in_chain & (ins.op != Op.COPY),
+                               ((ins.op != Op.ERR) & (ins.op != Op.GRAD)) | (ins.stored == 0) |
+                               Mux(ins.part == PART_FIRST, in_chain, ~in_chain | (ins.op != chain_op)))
                 with m.If((conv_only if not cfg.has_conv else 0) | bad_store | bad_part):
                     m.d.sync += status.eq(Status.BAD_INSTRUCTION)
                     abort()
                 with m.Else():
                     with m.If(ins.part == PART_FIRST):
-                        m.d.sync += [in_chain.eq(1), chain_rows.eq(ins.qcount >> shift_l)]
+                        m.d.sync += [in_chain.eq(1), chain_rows.eq(ins.qcount >> shift_l), chain_op.eq(ins.op)]
                     with m.Elif(ins.part == PART_FINISH):
                         m.d.sync += in_chain.eq(0)
                     with m.Switch(ins.op):
@@ -905,8 +924,23 @@ class Engine(wiring.Component):
                                     m.d.sync += sum_rd_left.eq(ins.qcount >> shift_l)
                                     m.next = "WAIT"
                         with m.Case(Op.GRAD):
-                            m.d.sync += [op.eq(Op.GRAD)] + [launch[n].eq(1) for n in ("a", "b", "idx", "q")]
-                            m.next = "PASS2"
+                            m.d.sync += op.eq(Op.GRAD)
+                            with m.Switch(ins.part):
+                                with m.Case(PART_WHOLE):
+                                    m.d.sync += [launch[n].eq(1) for n in ("a", "b", "idx", "q")]
+                                    m.next = "PASS2"
+                                with m.Case(PART_FIRST):           # (the whole tensor's draw pattern)
+                                    m.d.sync += [launch[n].eq(1) for n in ("a", "b", "idx", "q")]
+                                    m.next = "WAIT_PART"
+                                with m.Case(PART_NEXT):
+                                    m.d.sync += [launch[n].eq(1) for n in ("a", "b")]
+                                    m.next = "WAIT_PART"
+                                with m.Case(PART_FINISH):               # pass 2 of every part's rows
+                                    m.d.sync += [launch["out"].eq(1), sum_rd_left.eq(ins.qcount >> shift_l)]
+                                    m.next = "WAIT"
+                        with m.Case(Op.COPY):
+                            m.d.sync += [op.eq(Op.COPY), launch["aux"].eq(1), launch["out"].eq(1)]
+                            m.next = "WAIT"
                         with m.Default():
                             m.d.sync += status.eq(Status.BAD_INSTRUCTION)
                             abort()

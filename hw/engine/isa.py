@@ -68,8 +68,10 @@ def check_unsigned_fields(obj, fields, what: str) -> None:
 
 
 class Op:
-    NOP, FWD, LOSS, ERR, GRAD, END = 0, 1, 2, 3, 4, 15
-    NAMES = {0: "NOP", 1: "FWD", 2: "LOSS", 3: "ERR", 4: "GRAD", 15: "END"}
+    """Machine operations. COPY (tile staging) copies error-scratchpad words: ``aux`` walks the
+    source, ``out`` the destination, one word per beat (invalid beats copy nothing)."""
+    NOP, FWD, LOSS, ERR, GRAD, COPY, END = 0, 1, 2, 3, 4, 8, 15
+    NAMES = {0: "NOP", 1: "FWD", 2: "LOSS", 3: "ERR", 4: "GRAD", 8: "COPY", 15: "END"}
 
 
 class RowSel:

@@ -86,6 +86,14 @@ class EngineModel:
         address, valid = pattern.address_array(self.lanes)
         return address.reshape(-1), valid.reshape(-1)
 
+    def _copy(self, ins: Instruction) -> None:
+        """COPY: error-scratchpad words from the ``aux`` pattern's addresses to the ``out``
+        pattern's, beat by beat (a beat invalid in either copies nothing)."""
+        source, source_valid = self._rows(ins.aux)
+        target, target_valid = self._rows(ins.out)
+        both = source_valid & target_valid
+        self.err[target[both]] = self.err[source[both]]
+
     def _loss(self, ins: Instruction) -> None:
         """LOSS: D = A_out − onehot·2^(kA−1) per output word (labels looked up by the row t1), Q_E, × sat."""
         L = self.lanes
@@ -133,5 +141,7 @@ class EngineModel:
                     continue
                 target = address[valid]
                 self.wmem[target] = np.clip(self.wmem[target] - dw[valid], -wage.w_clip, wage.w_clip)
+            elif ins.op == Op.COPY:
+                self._copy(ins)
             elif ins.op == Op.END:
                 break

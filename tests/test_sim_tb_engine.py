@@ -1,0 +1,20 @@
+"""The engine testbench's grouping of a program into units that run alone (per-instruction figures)."""
+
+from golden.config import WageConfig
+from hw.engine.compiler import compile_network
+from hw.engine.config import EngineConfig
+from hw.engine.isa import Op
+from sim.tb_engine import _units
+
+
+def test_units_keep_a_product_in_parts_with_its_staging_copies():
+    """LeNet-5 at batch 128 with external sums: conv2's error product in 9 bands and a finish
+    record is one unit, its gradient product (4 COPY records, 4 parts, a finish record) another;
+    every other instruction runs alone, and no record is lost or reordered."""
+    config = EngineConfig(WageConfig(net="lenet5"), data_words=16384, weight_words=16384, external_words=1 << 19,
+                          external_weight_words=1 << 16, external_sum_words=110592, program_words=8192)
+    program = compile_network(config)
+    units = _units(program.instructions)
+    assert [len(u) for u in units] == [1] * 9 + [10, 9, 1, 1]
+    assert units[10][0].op == Op.COPY and str(units[10][-1]) == "CONV_GRAD layer 1 finish"
+    assert sum(units, []) == program.instructions
