@@ -2,6 +2,7 @@
 
     python -m hw.synth --unit mac_array --rows 2 --cols 2 --mode ternary [--device 85F]
                        [--freq 200] [--seed 1] [--abc9-dff] [--out DIR]
+    python -m hw.synth --unit engine --engine-config ENGINE.json      # the whole engine
 
 A unit (any :class:`amaranth.lib.wiring.Component` clocked by the ``sync`` domain) cannot be placed
 and routed on its own: it has more ports than the package has pins, and a port that leads nowhere
@@ -725,10 +726,6 @@ def _build_threefry(config, a):
     return Threefry2x32(**kw)
 
 
-#: Unit name → builder(config, options dict). Options: rows, cols, mode, target, max_reduction,
-#: lanes, acc_width, depth, rounds_per_stage (missing or None: the builder's default — 2×2, int8,
-#: ecp5, the network's max_reduction for that mode, 1 lane, acc_width of the int8 array's
-#: gradient sums, depth 512, 1 round per stage).
 def _build_extport(config, a):
     from hw.engine.extport import ExternalPort
     from hw.engine.isa import ADDR_BITS
@@ -737,7 +734,24 @@ def _build_extport(config, a):
     return ExternalPort(ADDR_BITS, 12 * lanes, readers=_opt(a, "readers", 5), writers=_opt(a, "writers", 3))
 
 
+def _build_engine(config, a):
+    from hw.engine.config import EngineConfig
+    from hw.engine.engine import Engine
+    path = a.get("engine_config")
+    if path is None:
+        raise ValueError("unit 'engine' needs --engine-config FILE (an EngineConfig JSON, as hw.build takes)")
+    engine = EngineConfig.load(path)
+    # the engine's target follows --target (ecp5: MULT18X18D and DP16KD instances)
+    return Engine(engine.replace(target=_opt(a, "target", "ecp5")))
+
+
+#: Unit name → builder(config, options dict). Options: rows, cols, mode, target, max_reduction,
+#: lanes, acc_width, depth, rounds_per_stage, engine_config (missing or None: the builder's default — 2×2, int8,
+#: ecp5, the network's max_reduction for that mode, 1 lane, acc_width of the int8 array's
+#: gradient sums, depth 512, 1 round per stage;
+#: the engine reads everything but its target from its EngineConfig JSON).
 UNITS: dict[str, Callable] = {
+    "engine": _build_engine,
     "mac_array": _build_mac_array,
     "quantizer": _build_quantizer,
     "weight_update": _build_weight_update,
@@ -769,6 +783,7 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", type=int)
     ap.add_argument("--rounds-per-stage", type=int, help="threefry: rounds between registers")
     ap.add_argument("--config", help="WageConfig JSON file (default: WageConfig())")
+    ap.add_argument("--engine-config", help="engine: EngineConfig JSON file (hw.engine.config)")
     ap.add_argument("--device", default="LFE5U-85F", help=f"one of {', '.join(DEVICES)} or 12F..85F")
     ap.add_argument("--package", default="CABGA381")
     ap.add_argument("--speed", type=int, default=6)
@@ -776,6 +791,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--abc9-dff", action="store_true",
                     help="synth_ecp5 -dff: let abc9 see (and move logic across) flip-flops")
+    ap.add_argument("--router", choices=("router1", "router2"),
+                    help="nextpnr router (default: router2 for the engine, which router1 leaves congested "
+                         "as hw.build found; nextpnr's own default, router1, for the other units)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per tool")
     ap.add_argument("--out", default="build/synth", help="work directory (report.json goes here)")
     a = ap.parse_args(argv)
@@ -792,13 +810,14 @@ def main(argv=None) -> int:
             config = WageConfig.load(a.config)
         unit = build_unit(a.unit, config, rows=a.rows, cols=a.cols, mode=a.mode, target=a.target,
                           max_reduction=a.max_reduction, lanes=a.lanes, acc_width=a.acc_width,
-                          depth=a.depth, rounds_per_stage=a.rounds_per_stage)
-    except (ValueError, TypeError) as e:
+                          depth=a.depth, rounds_per_stage=a.rounds_per_stage, engine_config=a.engine_config)
+    except (ValueError, TypeError, OSError) as e:
         ap.error(str(e))
+    router = a.router or ("router2" if a.unit == "engine" else None)
     try:
         result = synthesize(unit, device=device, package=a.package, speed=a.speed,
                             freq_mhz=a.freq, seed=a.seed, workdir=a.out, timeout_s=a.timeout,
-                            abc9_dff=a.abc9_dff)
+                            abc9_dff=a.abc9_dff, extra_nextpnr_args=("--router", router) if router else ())
     except SynthError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

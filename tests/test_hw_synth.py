@@ -63,9 +63,54 @@ def test_unknown_device_lists_supported():
 def test_unknown_unit_lists_supported():
     with pytest.raises(ValueError, match="unit='fft'") as e:
         build_unit("fft")
-    for name in ("mac_array", "quantizer", "weight_update", "threefry", "extport"):
+    for name in ("engine", "mac_array", "quantizer", "weight_update", "threefry", "extport"):
         assert name in str(e.value)
-    assert set(UNITS) == {"mac_array", "quantizer", "weight_update", "threefry", "extport"}
+    assert set(UNITS) == {"engine", "mac_array", "quantizer", "weight_update", "threefry", "extport"}
+
+
+def test_engine_unit_reads_its_configuration(tmp_path, capsys):
+    """The whole engine is a unit: its EngineConfig JSON names everything but the target (--target,
+    ecp5 by default); a missing option or a bad file is refused before any tool runs."""
+    from golden.config import WageConfig
+    from hw.engine.config import EngineConfig
+    from hw.engine.engine import Engine
+    path = tmp_path / "engine.json"
+    EngineConfig(WageConfig(net="32FC-10", input_shape=(1, 8, 8), batch_size=4), lanes=4, data_words=64,
+                 weight_words=256, label_words=4, program_words=64).save(path)
+    engine = build_unit("engine", engine_config=str(path))
+    assert isinstance(engine, Engine) and engine.config.target == "ecp5" and engine.config.lanes == 4
+    assert build_unit("engine", engine_config=str(path), target="generic").config.target == "generic"
+    with pytest.raises(ValueError, match="--engine-config"):
+        build_unit("engine")
+    with pytest.raises(SystemExit):
+        synth.main(["--unit", "engine", "--engine-config", str(tmp_path / "missing.json")])
+    assert "missing.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, router", [
+    (["--unit", "engine"], ("--router", "router2")),              # router1 leaves the engine congested
+    (["--unit", "engine", "--router", "router1"], ("--router", "router1")),
+    (["--unit", "threefry"], ()),                                   # nextpnr's default for the units
+])
+def test_cli_router(argv, router, tmp_path, monkeypatch):
+    from golden.config import WageConfig
+    from hw.engine.config import EngineConfig
+    path = tmp_path / "engine.json"
+    EngineConfig(WageConfig(net="32FC-10", input_shape=(1, 8, 8), batch_size=4), lanes=4, data_words=64,
+                 weight_words=256, label_words=4, program_words=64).save(path)
+    seen = {}
+
+    class Result:
+        def table(self):
+            return "fake"
+
+    def fake(unit, **kw):
+        seen.update(kw)
+        return Result()
+    monkeypatch.setattr(synth, "synthesize", fake)
+    extra = ["--engine-config", str(path)] if "engine" in argv else []
+    assert synth.main(argv + extra + ["--out", str(tmp_path)]) == 0
+    assert seen["extra_nextpnr_args"] == router
 
 
 def test_cli_rejects_unknown_names(capsys):
