@@ -77,14 +77,19 @@ def useful_macs(wage: WageConfig) -> dict[str, int]:
     return {k: sum(m[k] for m in per_layer) for k in ("forward", "error", "gradient")}
 
 
-def sized_config(net: str, batch: int, lanes: int, external: bool = False) -> tuple[EngineConfig, str | None]:
+#: 16,384 program words (512 kbit): LeNet-5's b128 step with conv2's error product in 54 parts (9 row
+#: bands × 6 column groups of 2) and its staged gradient takes 75 records; 8,192 hold 38 (9 row bands)
+PROGRAM_WORDS = 16384
+
+
+def sized_config(net: str, batch: int, lanes: int, external: bool = False,
+                 program_words: int = PROGRAM_WORDS) -> tuple[EngineConfig, str | None]:
     """The 85F-sized configuration, or, if the tensors do not fit it, one that keeps what does not
     fit in the external memory (``external``) or whose (simulated) memories are as deep as the
     network needs, with a note saying which and why."""
     wage = WageConfig(net=net, batch_size=batch)
-    # 8,192 program words: LeNet-5's step with conv2's error product in row bands takes 22 records
     config = EngineConfig(wage, lanes=lanes, data_words=16384, weight_words=16384, label_words=max(256, batch),
-                          program_words=8192)
+                          program_words=program_words)
     try:
         compile_network(config)
         return config, None
@@ -167,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ext-latency", type=int, default=20, help="external memory: read latency in cycles")
     ap.add_argument("--ext-cycles-per-word", type=int, default=1, help="external memory: cycles per word")
     ap.add_argument("--ext-command-cycles", type=int, default=0, help="external memory: dead cycles per burst")
+    ap.add_argument("--program-words", type=int, default=PROGRAM_WORDS,
+                    help=f"program memory words (default {PROGRAM_WORDS}; fewer: fewer error-product parts)")
     ap.add_argument("--sum-words", type=int, default=0,
                     help="rows of the sum buffer (store-then-quantise for the products that fit; 0: compute-twice)")
     ap.add_argument("--external-sums", action="store_true",
@@ -186,7 +193,7 @@ def main(argv=None) -> int:
     for net, lanes in [(n, l) for n in args.nets for l in args.lanes]:
         key = f"{net}_l{lanes}"
         try:
-            config, note = sized_config(net, args.batch, lanes, external)
+            config, note = sized_config(net, args.batch, lanes, external, args.program_words)
         except UnsupportedNetwork as e:
             report["runs"][key] = {"status": "not run", "reason": str(e)}
             print(f"{key}: not run: {e}")
@@ -194,7 +201,7 @@ def main(argv=None) -> int:
         batch = config.batch
         while config.data_words > args.max_sim_words and batch > 1:
             batch //= 2
-            config, note = sized_config(net, batch, lanes, external)
+            config, note = sized_config(net, batch, lanes, external, args.program_words)
         if batch != args.batch:
             note = (note or "") + (f"; measured at batch {batch}: at batch {args.batch} the simulated memories would be too "
                      f"deep for the Verilog conversion (--max-sim-words {args.max_sim_words})")
@@ -235,6 +242,7 @@ def main(argv=None) -> int:
                            "mac_slot_utilisation": sum(e["useful_macs"] for e in mine) / (lc * L * L) if lc else None})
         entry = {"status": "measured", "batch": batch, "note": note, "lanes": L, "mult18x18d": dsp,
                  "fits_85f_dsps": dsp <= 156, "data_words": config.data_words, "weight_words": config.weight_words,
+                 "program_words": config.program_words,
                  "cycles_per_step": cycles,
                  "cycles_by_phase": {k: c[f"{k}_cycles"] for k in ("fwd", "loss", "err", "grad")},
                  "sum_words": config.sum_words, "sum_buffer_bits": config.sum_words * config.sum_width,

@@ -500,8 +500,9 @@ def test_stored_record_without_room_in_the_sum_buffer_is_refused():
 #: store on chip, conv1's error product (28 rows, 2 external words each) through the port, and
 #: the two products whose beats are fewer than the words they would move compute twice.
 CONV_SPILL_STORE_CONFIG = CONV_SPILL_CONFIG.replace(sum_words=16, external_sum_words=4096)
-#: Batch 4 (batch · width a multiple of the lanes): conv1's error product runs in three row bands
-#: (kernel rows {0}, {1}, {2} valid), its sums external; on chip with a 64-row buffer.
+#: Batch 4 (batch · width a multiple of the lanes): conv1's error product runs in 9 parts, three
+#: column groups (kernel columns {0}, {1}, {2} valid) of three row bands (kernel rows {0}, {1},
+#: {2}), its sums external; on chip with a 64-row buffer.
 CONV_BANDS_EXT_CONFIG = CONV_SPILL_STORE_CONFIG.replace(wage=CONV_WAGE.replace(batch_size=4))
 CONV_BANDS_CONFIG = CONV_CONFIG.replace(wage=CONV_WAGE.replace(batch_size=4), sum_words=64)
 
@@ -532,20 +533,26 @@ def test_external_sums_train_bit_exactly(conv_spill_store_steps, conv_spill_step
 
 @pytest.mark.parametrize("config", [CONV_BANDS_CONFIG, CONV_BANDS_EXT_CONFIG], ids=["chip", "external"])
 def test_error_product_in_row_bands_trains_bit_exactly(config):
-    """A valid convolution's error product in parts (conv.compile_conv_err_bands): each band walks
-    only its valid kernel rows, the finish record quantises every part's rows from the stored sums."""
+    """A valid convolution's error product in parts (conv.compile_conv_err_bands): each part walks
+    only the kernel rows valid in its row band and the kernel columns valid in its column group, the
+    finish record quantises every part's rows from the stored sums."""
     from hw.engine.conv import PART_FINISH, PART_FIRST, PART_NEXT
     program, got, want = run_conv_steps(config, SPILL_TIMING if config.external_words else None)
     parts = [ins.part for ins in program.instructions if getattr(ins, "part", 0)]
-    assert parts == [PART_FIRST, PART_NEXT, PART_NEXT, PART_FINISH]
+    assert parts == [PART_FIRST] + [PART_NEXT] * 8 + [PART_FINISH]
+    assert [ins.a.nk for ins in program.instructions if getattr(ins, "part", 0) in (PART_FIRST, PART_NEXT)] == [2] * 9
     for s in range(2):
         assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
         assert got[s].get("ext_fault", 0) == 0
     c0, c1 = got[0]["counters"], got[1]["counters"]
     assert c1["array_beats"] == 2 * c0["array_beats"] == 2 * array_beats(program)
-    whole = compile_network(config.replace(program_words=len(program.instructions) * 211 - 1))   # no room: whole
+    # no room for 9 parts: 3 row bands over whole rows; no room for those: whole
+    rows = compile_network(config.replace(program_words=len(program.instructions) * 211 - 1))
+    assert [ins.part for ins in rows.instructions if getattr(ins, "part", 0)] == \
+        [PART_FIRST, PART_NEXT, PART_NEXT, PART_FINISH]
+    whole = compile_network(config.replace(program_words=len(rows.instructions) * 211 - 1))
     assert not any(getattr(ins, "part", 0) for ins in whole.instructions)
-    assert array_beats(program) < array_beats(whole)
+    assert array_beats(program) < array_beats(rows) < array_beats(whole)
 
 
 @pytest.mark.parametrize("config", [CONV_BANDS_CONFIG, CONV_BANDS_EXT_CONFIG], ids=["chip", "external"])

@@ -230,10 +230,10 @@ def test_coordinate_limits_stop_where_one_compare_is_exact():
 
 # ---- error products in row bands (store-then-quantise) -----------------------------------------------
 
-def compile_banded(net, batch, lanes, shape=(1, 28, 28), seed=11, sum_words=1 << 14):
+def compile_banded(net, batch, lanes, shape=(1, 28, 28), seed=11, sum_words=1 << 14, program_words=8192):
     wage = WageConfig(net=net, input_shape=shape, batch_size=batch, seed=seed)
     config = EngineConfig(wage, lanes=lanes, data_words=1 << 16, weight_words=1 << 16, sum_words=sum_words,
-                          program_words=8192)
+                          program_words=program_words)
     return wage, compile_conv_network(config)
 
 
@@ -269,6 +269,57 @@ def test_bands_walk_exactly_the_valid_taps():
     assert sum(p.a.length for p in parts) * 3 == whole_err.a.length * 2
 
 
+def assert_parts_walk_as_their_closed_form(program, lanes):
+    """The incremental walk (the RTL's algorithm) of every pattern of every part equals its closed form."""
+    for ins in program.instructions:
+        if getattr(ins, "part", 0):
+            for name in ("a", "b", "out", "aux"):
+                p = getattr(ins, name)
+                if isinstance(p, ConvPattern):
+                    address, valid = p.address_array(lanes)
+                    walked = list(p.addresses(lanes))
+                    np.testing.assert_array_equal(np.array([a for a, _ in walked]), address.reshape(-1))
+                    np.testing.assert_array_equal(np.array([v for _, v in walked]), valid.reshape(-1))
+
+
+def test_column_groups_of_lenet5_conv2():
+    """Input columns 0..11 of the same convolution: groups of 4 walk kernel columns [0, 3], [0, 4],
+    [1, 4]; the sizes that save beats, fewest beats first (a group of 6 walks as many as one of 12)."""
+    from hw.engine.conv import _err_column_groups, err_column_group_sizes
+    wage = WageConfig(net="lenet5", batch_size=16)
+    assert _err_column_groups(wage.layers[1], 12, 4) == [(0, 0, 4), (4, 0, 5), (8, 1, 4)]
+    assert _err_column_groups(wage.layers[1], 12, 12) == [(0, 0, 5)]
+    assert err_column_group_sizes(wage, 1, 16) == [1, 2, 3, 4, 12]
+    # batch 6 at 16 lanes: 6·g is a multiple of 16 for no divisor g of 12, so no part is whole tiles
+    assert err_column_group_sizes(WageConfig(net="lenet5", batch_size=6), 1, 16) == []
+
+
+def test_column_groups_walk_every_valid_beat():
+    """With 16,384 program words LeNet-5's conv2 error product runs in 9 row bands × 6 column groups
+    of 2 (the smallest groups whose records fit): every valid beat of the whole product, in
+    40·44 of its 60·60 (kernel row, input row) × (kernel column, input column) pairs."""
+    _, grouped = compile_banded("lenet5", 16, 16, program_words=16384)
+    _, whole = compile_banded("lenet5", 16, 16, sum_words=0)
+    parts = _band_records(grouped)
+    assert len(parts) == 54
+    assert len(grouped.instructions) * 211 <= 16384
+    whole_err = next(ins for ins in whole.instructions if isinstance(ins, ConvInstruction)
+                     and ins.op == ConvOp.CONV_ERR and ins.layer == 1)
+    _, whole_valid = whole_err.a.address_array(16)
+    assert sum(int(p.a.address_array(16)[1].sum()) for p in parts) == int(whole_valid.sum())
+    assert sum(p.a.length for p in parts) * 60 * 60 == whole_err.a.length * 40 * 44
+
+
+def test_column_grouped_model_matches_golden_bit_for_bit(embedded):
+    """A valid 5×5 convolution's error product in 9 row bands × column groups (rows in (group, y,
+    b, x) order, the finish record's patterns over all of them): A, E and W equal golden's."""
+    wage, program = compile_banded("8C5-MP2-16C5-MP2-32FC-10", 4, 4, program_words=16384)
+    parts = _band_records(program)
+    assert len(parts) == 9 * 6                    # groups of 2 columns (groups of 1 need 122 records)
+    train_both(wage, program, embedded, steps=2)
+    assert_parts_walk_as_their_closed_form(program, 4)
+
+
 def test_banded_model_matches_golden_bit_for_bit(embedded):
     """The word-level model runs the parts and the finish record; A, E and W equal golden's."""
     wage, program = compile_banded(LENET, 6, 4)
@@ -278,15 +329,7 @@ def test_banded_model_matches_golden_bit_for_bit(embedded):
 
 def test_banded_patterns_walk_as_their_closed_form():
     _, program = compile_banded(LENET, 6, 4)
-    for ins in program.instructions:
-        if getattr(ins, "part", 0):
-            for name in ("a", "b", "out", "aux"):
-                p = getattr(ins, name)
-                if isinstance(p, ConvPattern):
-                    address, valid = p.address_array(4)
-                    walked = list(p.addresses(4))
-                    np.testing.assert_array_equal(np.array([a for a, _ in walked]), address.reshape(-1))
-                    np.testing.assert_array_equal(np.array([v for _, v in walked]), valid.reshape(-1))
+    assert_parts_walk_as_their_closed_form(program, 4)
 
 
 def test_bands_need_whole_row_tiles_and_room_for_the_records():

@@ -94,10 +94,14 @@ and unpool stages):
               store.
 
 A CONV_ERR whose sums are stored (``stored``) may run in *parts* (:func:`compile_conv_err_bands`):
-its rows in (y, b, x) order are split into bands of input rows y whose valid kernel rows i (those
-with y + pad − i inside the product map) are the same range, and each band's record walks only
-those kernel rows, so a valid convolution's error product no longer multiplies the padding taps
-(LeNet-5's conv2: 44 % of the taps are valid, 67 % of the banded ones). The records are one
+its rows are split into groups of g input columns and, in each, into bands of input rows y whose
+valid kernel rows i (those with y + pad − i inside the product map) are the same range; each part
+walks only its band's kernel rows and the kernel columns valid for some column of its group, so a
+valid convolution's error product multiplies few padding taps (LeNet-5's conv2: 44 % of the taps
+are valid, 67 % of the row-banded ones, 91 % with groups of 2 columns). Rows run in (group, y, b, x)
+order. The compiler takes the smallest groups whose records the program memory holds
+(:func:`err_column_group_sizes`; whole rows need 9 parts for LeNet-5's conv2, groups of 2
+columns 54). The records are one
 quantiser tensor: ``part`` = :data:`PART_FIRST` starts pass 1 for ``qcount`` elements (the whole
 tensor), :data:`PART_NEXT` parts continue it, each ending when its ``part_count`` elements have
 entered the quantiser, and the :data:`PART_FINISH` record (no product) runs pass 2 from the stored
@@ -144,7 +148,7 @@ from .isa import (ADDR_BITS, COUNT_BITS, KCOUNT_BITS, STORES, AddressPattern, In
 from .layout import MapLayout, WeightLayout
 from .model import EngineModel
 
-__all__ = ["PART_WHOLE", "PART_FIRST", "PART_NEXT", "PART_FINISH", "compile_conv_err_bands", "Drive", "ConvOp", "ConvPattern", "ConvInstruction", "compile_conv_network", "compile_conv_fwd",
+__all__ = ["PART_WHOLE", "PART_FIRST", "PART_NEXT", "PART_FINISH", "compile_conv_err_bands", "err_column_group_sizes", "Drive", "ConvOp", "ConvPattern", "ConvInstruction", "compile_conv_network", "compile_conv_fwd",
            "compile_conv_err", "compile_conv_grad", "compile_fc_err_unpool", "ConvEngineModel", "MAX_DIGITS"]
 
 MAX_DIGITS = 6                     # digits per odometer
@@ -552,75 +556,124 @@ def compile_conv_err(wage: WageConfig, index: int, e: MapLayout, w: WeightLayout
                            a=a_pat, b=b_pat, out=out, aux=aux)
 
 
+def _valid_taps(k: int, pad: int, out: int, v: int) -> tuple[int, int]:
+    """(first, count) of the kernel offsets i with v + pad − i inside a map of ``out`` rows: the taps
+    of input row (or column) v that an error product's flipped kernel finds in the product map."""
+    lo, hi = max(0, v + pad - out + 1), min(k - 1, v + pad)
+    return lo, hi - lo + 1
+
+
 def _err_bands(layer, h: int) -> list[tuple[int, int, int, int]]:
     """Row bands (y_lo, y_count, i_lo, i_count) of a convolution's error product: the input rows y
     whose valid kernel rows i (those with y + pad − i inside the product map) are the same range."""
-    k, pad = layer.kernel, layer.padding
-    ho = layer.product_shape[1]
     bands = []
     for y in range(h):
-        i_lo, i_hi = max(0, y + pad - ho + 1), min(k - 1, y + pad)
-        if bands and tuple(bands[-1][2:]) == (i_lo, i_hi - i_lo + 1):
+        i_lo, i_n = _valid_taps(layer.kernel, layer.padding, layer.product_shape[1], y)
+        if bands and tuple(bands[-1][2:]) == (i_lo, i_n):
             bands[-1][1] += 1
         else:
-            bands.append([y, 1, i_lo, i_hi - i_lo + 1])
+            bands.append([y, 1, i_lo, i_n])
     return [tuple(b) for b in bands]
 
 
+def _err_column_groups(layer, w: int, size: int) -> list[tuple[int, int, int]]:
+    """Groups (x_lo, j_lo, j_count) of ``size`` consecutive input columns (``size`` divides ``w``),
+    each with the kernel columns valid for any of them (a column outside its own range is walked
+    as padding beats)."""
+    groups = []
+    for x_lo in range(0, w, size):
+        ranges = [_valid_taps(layer.kernel, layer.padding, layer.product_shape[2], x) for x in range(x_lo, x_lo + size)]
+        j_lo = min(lo for lo, _ in ranges)
+        j_hi = max(lo + n - 1 for lo, n in ranges)
+        groups.append((x_lo, j_lo, j_hi - j_lo + 1))
+    return groups
+
+
+def err_column_group_sizes(wage: WageConfig, index: int, lanes: int) -> list[int]:
+    """The column-group sizes :func:`compile_conv_err_bands` can split conv layer ``index``'s error
+    product by, fewest array beats first (the whole width, one group, last among equals): each
+    divides the input width, and a band's rows (y, b, x) in a group make whole tiles of L."""
+    layer = wage.layers[index]
+    h, w = layer.in_shape[1:]
+    bands = _err_bands(layer, h)
+    cost = {}
+    for size in range(w, 0, -1):
+        if w % size or (wage.batch_size * size) % lanes:
+            continue
+        walked = sum(size * j_n for _, _, j_n in _err_column_groups(layer, w, size))
+        if walked not in cost.values():           # no fewer beats than a larger group: more records for nothing
+            cost[size] = walked
+    if len(bands) < 2 and len(cost) < 2:
+        return []
+    return sorted(cost, key=lambda size: (cost[size], -size))
+
+
 def compile_conv_err_bands(wage: WageConfig, index: int, e: MapLayout, w: WeightLayout, e_prev: MapLayout,
-                           a_prev: MapLayout, lanes: int, stored: int) -> list | None:
-    """CONV_ERR of conv layer ``index`` in parts (``stored`` sums only): rows in (y, b, x) order,
-    split into bands of input rows y with the same valid kernel rows, each part walking only those
-    taps (a valid convolution's error product wastes the others: 56 % of LeNet-5's conv2 taps), then
-    a finish record that quantises the whole tensor from the stored sums (:data:`PART_FIRST` …).
-    None when it does not apply: one band only (every tap valid everywhere), or bands that are not
-    whole row tiles (batch · width not a multiple of L)."""
+                           a_prev: MapLayout, lanes: int, stored: int, columns: int | None = None) -> list | None:
+    """CONV_ERR of conv layer ``index`` in parts (``stored`` sums only): its rows split into groups
+    of ``columns`` input columns (default: the whole width, one group) and, in each, into bands of
+    input rows y with the same valid kernel rows; each part walks only the kernel rows valid in its
+    band and the kernel columns valid in its group (a valid convolution's error product wastes the
+    others: 56 % of LeNet-5's conv2 taps). Rows run in (column group, y, b, x) order. A finish record
+    then quantises the whole tensor from the stored sums (:data:`PART_FIRST` …). None when it does
+    not apply: one part only (every tap valid everywhere), or parts that are not whole row tiles
+    (batch · ``columns`` not a multiple of L; :func:`err_column_group_sizes` lists the sizes that are)."""
     layer = wage.layers[index]
     L, batch = lanes, wage.batch_size
     c, h, wd = layer.in_shape
     o, ho, wo = layer.product_shape
     k, pad = layer.kernel, layer.padding
-    bands = _err_bands(layer, h)
-    if len(bands) < 2 or (batch * wd) % L:
+    g = wd if columns is None else columns
+    if not _is_int(g) or not 1 <= g <= wd or wd % g:
+        raise ValueError(f"columns={columns!r}: must divide the input width {wd}")
+    bands, groups = _err_bands(layer, h), _err_column_groups(layer, wd, g)
+    if len(bands) * len(groups) < 2 or (batch * g) % L:
         return None
     ow, wpi, wpt, wpr = e.words_per_position, _cdiv(c, L), w.words_per_tap, w.words_per_row
     n2, total_n1 = wpi, h * batch * wd // L
     qcount = total_n1 * n2 * L * L
 
-    def ybx_rows(base, n1, radix, addr):
-        """A result-row pattern (aux or out): L rows (y, b, x) per tile, channel block t2."""
+    def rows(base, n1, radix, addr):
+        """A result-row pattern (aux or out): L rows per tile, channel block t2; the batch digit is
+        the second but last."""
+        coord = ((0, 0, 0),) * (len(radix) - 2) + ((0, 0, 1), (0, 0, 0))
         return ConvPattern(base=base, s2=1, n1=n1, n2=n2, nr=L, pos_drive=Drive.T1R, pos_radix=radix, pos_addr=addr,
-                           pos_coord=((0, 0, 0), (0, 0, 1), (0, 0, 0)), coord_lim=(1, 1, batch))
+                           pos_coord=coord, coord_lim=(1, 1, batch))
 
     ins = []
-    for y_lo, y_n, i_lo, i_n in bands:
-        n1 = y_n * batch * wd // L
-        radix = (y_n, batch, wd)                   # rows (y, b, x), exactly the band's positions
-        a_pat = ConvPattern(
-            base=e.base + (y_lo + pad - i_lo) * wo * ow + pad * ow, n1=n1, n2=n2, nk=i_n * k * ow, nr=L,
-            pos_drive=Drive.T1R, pos_radix=radix, pos_addr=(wo * ow, ho * wo * ow, ow),
-            pos_coord=((1, 0, 0), (0, 0, 1), (0, 1, 0)),
-            tap_drive=Drive.K, tap_radix=(i_n, k, ow), tap_addr=(-wo * ow, -ow, 1),
-            tap_coord=((-1, 0, 0), (0, -1, 0), (0, 0, 0)),
-            coord_base=(y_lo + pad - i_lo, pad, 0), coord_lim=(ho, wo, batch))
-        b_pat = ConvPattern(
-            base=w.base + i_lo * k * wpt, s2=1, n1=n1, n2=n2, nk=i_n * k * ow * L, nr=1,
-            tap_drive=Drive.K, tap_radix=(i_n, k, ow * L), tap_addr=(k * wpt, wpt, wpr),
-            tap_coord=((0, 0, 0), (0, 0, 0), (1, 0, 0)), coord_lim=(o, 1, 1))
-        aux = ybx_rows(a_prev.base + y_lo * wd * wpi, n1, radix, (wd * wpi, h * wd * wpi, wpi))
-        ins.append(ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=qcount, stored=stored,
-                                   part=PART_FIRST if not ins else PART_NEXT, part_count=n1 * n2 * L * L,
-                                   a=a_pat, b=b_pat, aux=aux))
-    # the finish record: pass 2 over every row, (y, b, x) order
+    for x_lo, j_lo, j_n in groups:
+        for y_lo, y_n, i_lo, i_n in bands:
+            n1 = y_n * batch * g // L
+            radix = (y_n, batch, g)                    # rows (y, b, x), exactly the part's positions
+            a_pat = ConvPattern(
+                base=e.base + (y_lo + pad - i_lo) * wo * ow + (x_lo + pad - j_lo) * ow, n1=n1, n2=n2,
+                nk=i_n * j_n * ow, nr=L,
+                pos_drive=Drive.T1R, pos_radix=radix, pos_addr=(wo * ow, ho * wo * ow, ow),
+                pos_coord=((1, 0, 0), (0, 0, 1), (0, 1, 0)),
+                tap_drive=Drive.K, tap_radix=(i_n, j_n, ow), tap_addr=(-wo * ow, -ow, 1),
+                tap_coord=((-1, 0, 0), (0, -1, 0), (0, 0, 0)),
+                coord_base=(y_lo + pad - i_lo, x_lo + pad - j_lo, 0), coord_lim=(ho, wo, batch))
+            b_pat = ConvPattern(
+                base=w.base + i_lo * k * wpt + j_lo * wpt, s2=1, n1=n1, n2=n2, nk=i_n * j_n * ow * L, nr=1,
+                tap_drive=Drive.K, tap_radix=(i_n, j_n, ow * L), tap_addr=(k * wpt, wpt, wpr),
+                tap_coord=((0, 0, 0), (0, 0, 0), (1, 0, 0)), coord_lim=(o, 1, 1))
+            aux = rows(a_prev.base + (y_lo * wd + x_lo) * wpi, n1, radix, (wd * wpi, h * wd * wpi, wpi))
+            ins.append(ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=qcount, stored=stored,
+                                       part=PART_FIRST if not ins else PART_NEXT, part_count=n1 * n2 * L * L,
+                                       a=a_pat, b=b_pat, aux=aux))
+    # the finish record: pass 2 over every row, (column group, y, b, x) order
     prev = wage.layers[index - 1]
-    radix = (h, batch, wd)
-    aux = ybx_rows(a_prev.base, total_n1, radix, (wd * wpi, h * wd * wpi, wpi))
+    radix = (len(groups), h, batch, g)
+    aux = rows(a_prev.base, total_n1, radix, (g * wpi, wd * wpi, h * wd * wpi, wpi))
     if prev.pool:
         hp, wp = prev.product_shape[1:]
-        addr, dx, dy = (2 * wp * wpi, hp * wp * wpi, 2 * wpi), wpi, wp * wpi      # each window's first word
+        # each window's first word
+        addr, dx, dy = (2 * g * wpi, 2 * wp * wpi, hp * wp * wpi, 2 * wpi), wpi, wp * wpi
     else:
-        addr, dx, dy = (wd * wpi, h * wd * wpi, wpi), 0, 0
-    out = ybx_rows(e_prev.base, total_n1, radix, addr)
+        addr, dx, dy = (g * wpi, wd * wpi, h * wd * wpi, wpi), 0, 0
+    if len(groups) == 1:                               # (y, b, x): no group digit
+        radix, addr, aux = radix[1:], addr[1:], rows(a_prev.base, total_n1, radix[1:], (wd * wpi, h * wd * wpi, wpi))
+    out = rows(e_prev.base, total_n1, radix, addr)
     ins.append(ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=qcount, stored=stored, part=PART_FINISH,
                                unpool_dx=dx, unpool_dy=dy, out=out, aux=aux))
     return ins
@@ -747,13 +800,12 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
         first = layers[0]
         o, ho, wo = first.product_shape
         spec[0] = dataclasses.replace(first, in_shape=(first.fan_in, ho, wo), kernel=1, padding=0)
-    err_args = {}                    # index in the program of each conv error product → its compile arguments
-    staging = [True]                 # whether emit may stage gradient operands
 
-    def emit(plan) -> list:
+    def emit(plan, staging: bool) -> list:
+        """The step's instructions for ``plan``; ``staging``: whether a spilled gradient operand may
+        be staged in the error scratchpad's free words."""
         activations, errors, weights, layer_input = plan.activations, plan.errors, plan.weights, plan.layer_input
         ins: list = []
-        err_args.clear()
         grad_args = {}
         for layer in layers:
             i = layer.index
@@ -768,7 +820,6 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
             x, w, e = layer_input(i), weights[i], errors[i]
             if layer.kind == "conv":
                 if i > 0:
-                    err_args[len(ins)] = (wage, i, e, w, errors[i - 1], activations[i - 1], L)
                     ins.append(compile_conv_err(wage, i, e, w, errors[i - 1], activations[i - 1], L))
                 grad_args[len(ins)] = (wage, i, e, x, w, L, spec.get(i))
                 ins.append(compile_conv_grad(wage, i, e, x, w, L, spec.get(i)))
@@ -781,40 +832,48 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
             ins.append(fc_gradient(wage, layer, e, x, w, L))
         ins.append(Instruction(Op.END))
         ins = choose_store_then_quantise(config, ins)
+        if not staging:
+            return ins
         # A stored gradient product whose error operand is spilled (wholly or in part) and read
         # more than once per word (several weight words) stages that operand block by block in
         # the error scratchpad's free words, if they hold a block (compile_conv_grad_staged).
         stage_base = plan.usage["err"][0]
-        staged, args = [], {}
+        staged = []
         for n, one in enumerate(ins):
-            if n in grad_args and one.stored and staging[0]:
+            if n in grad_args and one.stored:
                 e, w = grad_args[n][2], grad_args[n][4]
                 o, ho, wo = (grad_args[n][6] or layers[grad_args[n][1]]).product_shape
                 if (e.end > config.data_words and w.words_per_row > 1
                         and batch * ho * wo <= config.data_words - stage_base):
                     staged += compile_conv_grad_staged(*grad_args[n], stage_base=stage_base, stored=one.stored)
                     continue
-            if n in err_args:
-                args[len(staged)] = err_args[n]
             staged.append(one)
-        err_args.clear()
-        err_args.update(args)
         return staged
 
+    def is_conv_err(one) -> bool:
+        return (isinstance(one, ConvInstruction) and one.op == ConvOp.CONV_ERR and one.part == PART_WHOLE
+                and layers[one.layer].kind == "conv")
+
     from .encoding import MACHINE_WORDS
-    for stage in (True, False):
-        staging[0] = stage
+    for staging in (True, False):
         # (the placement is chosen on the whole error products; the bands below read the same tensors)
-        plan, _ = choose_placement(config, emit, placement)
-        ins = emit(plan)             # again, so that err_args are the chosen plan's
-        # A conv error product that stores its sums runs in row bands, each with only its valid taps,
-        # if the program memory holds the extra records (else it runs whole).
-        banded = []
-        for n, one in enumerate(ins):
-            parts = compile_conv_err_bands(*err_args[n], stored=one.stored) if n in err_args and one.stored else None
-            banded += parts or [one]
-        if len(banded) * MACHINE_WORDS <= config.program_words:
-            ins = banded
+        plan, ins = choose_placement(config, lambda plan: emit(plan, staging), placement)
+        # A conv error product that stores its sums runs in parts (row bands in column groups), each
+        # with only its valid taps: the smallest groups whose records the program memory holds, else
+        # whole.
+        stored_errs = [one.layer for one in ins if is_conv_err(one) and one.stored]
+        for size in zip(*(err_column_group_sizes(wage, i, L) for i in stored_errs)) if stored_errs else ():
+            columns = dict(zip(stored_errs, size))
+            banded = []
+            for one in ins:
+                i = one.layer
+                parts = (compile_conv_err_bands(wage, i, plan.errors[i], plan.weights[i], plan.errors[i - 1],
+                                                plan.activations[i - 1], L, stored=one.stored, columns=columns[i])
+                         if is_conv_err(one) and one.stored else None)
+                banded += parts or [one]
+            if len(banded) * MACHINE_WORDS <= config.program_words:
+                ins = banded
+                break
         if len(ins) * MACHINE_WORDS <= config.program_words:
             break                    # else: again without staging (fewer records)
     check_program_fits(config, ins)
