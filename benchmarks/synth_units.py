@@ -62,6 +62,10 @@ CONFIGS: dict[str, tuple[str, dict, float, float, str]] = {
                       200.0, 150.0, "156 MULT18X18D, one array row per DSP row of the die"),
     "mac_int8_6x26": ("mac_array", {"rows": 6, "cols": 26, "mode": "int8", "target": "ecp5"},
                       200.0, 150.0, "156 MULT18X18D, two array rows per DSP row"),
+    # the whole engine (run with --router router2: router1 does not converge on it)
+    "engine_lenet5_l8": ("engine", {"engine_config": "benchmarks/configs/engine_lenet5_l8.json"}, 100.0, 50.0,
+                         "LeNet-5 b16 engine, 8 lanes (64 MULT18X18D), 8,192 data and weight words, 1,024-word "
+                         "sum buffer, external port with external sums"),
 }
 
 
@@ -150,7 +154,8 @@ def main(argv=None) -> int:
                    + (f" --router {args.router}" if args.router else ""))
         print(f"\n=== {name}: {unit_name} {options} — {note}; target {target:g} MHz", flush=True)
         try:
-            unit = build_unit(unit_name, **options)
+            unit = build_unit(unit_name, **{k: str(ROOT / v) if k == "engine_config" else v
+                                            for k, v in options.items()})
         except (ImportError, ValueError, TypeError) as e:
             print(f"{name}: cannot build the unit ({type(e).__name__}: {e}); not run")
             failures += 1
