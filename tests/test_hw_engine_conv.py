@@ -320,6 +320,27 @@ def test_column_grouped_model_matches_golden_bit_for_bit(embedded):
     assert_parts_walk_as_their_closed_form(program, 4)
 
 
+def test_several_banded_products_fall_back_one_by_one(embedded):
+    """Two stored conv error products whose size lists differ in length ([1, 2, 3, 4, 12] for a 5×5
+    kernel on 12 columns, [1, 2, 8] for a 3×3 on 8): the compiler steps through both, the shorter
+    list staying at its last size, so a program memory too small for the finer groups still gets
+    row bands (the lists once ran in lockstep and stopped at the shorter one, leaving both whole)."""
+    net = "8C5-MP2-16C5-16C3-32FC-10"
+
+    def parts(program):
+        counts = {}
+        for ins in _band_records(program):
+            counts[ins.layer] = counts.get(ins.layer, 0) + 1
+        return counts
+
+    wage, program = compile_banded(net, 4, 4, program_words=12000)
+    assert parts(program) == {1: 9 * 3, 2: 5}     # groups of 4 columns; the 3×3 in row bands only
+    assert parts(compile_banded(net, 4, 4, program_words=8192)[1]) == {1: 9, 2: 5}
+    assert parts(compile_banded(net, 4, 4, program_words=6000)[1]) == {}
+    train_both(wage, program, embedded, steps=2)
+    assert_parts_walk_as_their_closed_form(program, 4)
+
+
 def test_banded_model_matches_golden_bit_for_bit(embedded):
     """The word-level model runs the parts and the finish record; A, E and W equal golden's."""
     wage, program = compile_banded(LENET, 6, 4)

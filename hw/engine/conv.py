@@ -861,15 +861,19 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
         # A conv error product that stores its sums runs in parts (row bands in column groups), each
         # with only its valid taps: the smallest groups whose records the program memory holds, else
         # whole.
-        stored_errs = [one.layer for one in ins if is_conv_err(one) and one.stored]
-        for size in zip(*(err_column_group_sizes(wage, i, L) for i in stored_errs)) if stored_errs else ():
-            columns = dict(zip(stored_errs, size))
+        # Several such products step through their size lists together, each staying at its last
+        # (largest) size once its list runs out; a product with no list runs whole.
+        sizes = {one.layer: err_column_group_sizes(wage, one.layer, L)
+                 for one in ins if is_conv_err(one) and one.stored}
+        sizes = {i: options for i, options in sizes.items() if options}
+        for k in range(max(map(len, sizes.values()), default=0)):
+            columns = {i: options[min(k, len(options) - 1)] for i, options in sizes.items()}
             banded = []
             for one in ins:
                 i = one.layer
                 parts = (compile_conv_err_bands(wage, i, plan.errors[i], plan.weights[i], plan.errors[i - 1],
                                                 plan.activations[i - 1], L, stored=one.stored, columns=columns[i])
-                         if is_conv_err(one) and one.stored else None)
+                         if is_conv_err(one) and i in columns else None)
                 banded += parts or [one]
             if len(banded) * MACHINE_WORDS <= config.program_words:
                 ins = banded
