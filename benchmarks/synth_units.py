@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hw.synth import SynthError, build_unit, over_capacity, synthesize  # noqa: E402
+from hw.synth import SynthError, build_unit, over_capacity, stop_tools_on_sigterm, synthesize  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "synth_units.json"
 WORK = ROOT / "build" / "synth_units"
@@ -62,7 +62,12 @@ CONFIGS: dict[str, tuple[str, dict, float, float, str]] = {
                       200.0, 150.0, "156 MULT18X18D, one array row per DSP row of the die"),
     "mac_int8_6x26": ("mac_array", {"rows": 6, "cols": 26, "mode": "int8", "target": "ecp5"},
                       200.0, 150.0, "156 MULT18X18D, two array rows per DSP row"),
-    # the whole engine (run with --router router2: router1 does not converge on it)
+    "slot_8": ("slot", {"lanes": 8}, 150.0, 100.0,
+               "the engine's pattern slot (address and convolution walks, output skid buffer), 8 lanes"),
+    "feeder_8": ("feeder", {"lanes": 8}, 150.0, 100.0,
+                 "an operand feeder (slot, 64 reads ahead, words to lanes), 8 lanes, convolution walk"),
+    # the whole engine (run with --router router2: router1 does not converge on it; --place-only
+    # for the post-placement estimate when it does not route)
     "engine_lenet5_l8": ("engine", {"engine_config": "benchmarks/configs/engine_lenet5_l8.json"}, 100.0, 50.0,
                          "LeNet-5 b16 engine, 8 lanes (64 MULT18X18D), 8,192 data and weight words, 1,024-word "
                          "sum buffer, external port with external sums"),
@@ -95,6 +100,8 @@ def row(name: str, r: dict) -> str:
         return f"{used:>6} {100 * used / avail:5.1f}%" if avail else f"{'-':>6} {'':6}"
 
     ok = "ok" if r["fmax_mhz"] >= r["target_mhz"] else ("min" if r["fmax_mhz"] >= r["min_mhz"] else "LOW")
+    if r.get("routed") is False:
+        ok = "plc"                     # placed only: nextpnr's estimate
     return (f"{name:<22} {cell('TRELLIS_COMB')} {cell('TRELLIS_FF')} {cell('MULT18X18D')} "
             f"{cell('DP16KD')} {r['fmax_mhz']:8.2f} {r['target_mhz']:6.0f} {ok:>4} {r['seconds']:7.0f}")
 
@@ -130,10 +137,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--router", choices=("router1", "router2"),
                     help="nextpnr router (default: nextpnr's own default)")
+    ap.add_argument("--place-only", action="store_true",
+                    help="stop after placement: nextpnr's estimate (stored with routed: false)")
     ap.add_argument("--timeout", type=float, default=5400.0, help="seconds per tool and configuration")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--work", type=Path, default=WORK)
     args = ap.parse_args(argv)
+    stop_tools_on_sigterm()
     unknown = [n for n in args.only or () if n not in CONFIGS]
     if unknown:
         ap.error(f"unknown configuration(s) {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
@@ -151,7 +161,8 @@ def main(argv=None) -> int:
             continue
         extra = ("--router", args.router) if args.router else ()
         command = (f"python benchmarks/synth_units.py --only {name} --seed {args.seed}"
-                   + (f" --router {args.router}" if args.router else ""))
+                   + (f" --router {args.router}" if args.router else "")
+                   + (" --place-only" if args.place_only else ""))
         print(f"\n=== {name}: {unit_name} {options} — {note}; target {target:g} MHz", flush=True)
         try:
             unit = build_unit(unit_name, **{k: str(ROOT / v) if k == "engine_config" else v
@@ -175,7 +186,7 @@ def main(argv=None) -> int:
         try:
             result = synthesize(unit, device="LFE5U-85F", package="CABGA381", speed=6,
                                 freq_mhz=target, seed=args.seed, workdir=args.work / name,
-                                timeout_s=args.timeout, extra_nextpnr_args=extra)
+                                timeout_s=args.timeout, extra_nextpnr_args=extra, place_only=args.place_only)
         except SynthError as e:
             entry.update(error=str(e), seconds=round(time.monotonic() - t0, 1), **e.partial)
             over = {k: v for k, v in e.partial.get("resources", {}).items() if v[0] > v[1]}

@@ -3,6 +3,7 @@
     python -m hw.synth --unit mac_array --rows 2 --cols 2 --mode ternary [--device 85F]
                        [--freq 200] [--seed 1] [--abc9-dff] [--out DIR]
     python -m hw.synth --unit engine --engine-config ENGINE.json      # the whole engine
+    python -m hw.synth --unit slot --lanes 8 --place-only             # placed, not routed
 
 A unit (any :class:`amaranth.lib.wiring.Component` clocked by the ``sync`` domain) cannot be placed
 and routed on its own: it has more ports than the package has pins, and a port that leads nowhere
@@ -40,6 +41,9 @@ Tool notes (Yosys 0.70, nextpnr 0.11 as packaged by YoWASP):
   "available"}`` (TRELLIS_COMB = LUT4 slots incl. carry halves, TRELLIS_FF, MULT18X18D, ALU54B,
   DP16KD, TRELLIS_RAMW = LUT-RAM write ports, TRELLIS_IO, DCCA, ...); ``critical_paths`` lists
   one worst path per clock pair, including ``<async>`` pin paths, which are ignored here.
+  With ``--no-route`` (``place_only``) the report has the utilisation only: no Fmax, no paths.
+  The estimate after placement is in the log ("Max frequency for clock …"), and it is what
+  :class:`SynthResult` then carries, with ``routed=False``.
 * MULT18X18D's SRIA/SRIB inputs (shift cascade) can only be driven by a neighbouring DSP; a unit
   that ties them to a constant makes routing fail, so the flow disconnects such ties in the
   netlist (warning + ``SynthResult.netlist_fixes``).
@@ -225,7 +229,8 @@ class SynthResult:
     it reaches ``constraint_mhz``; ``resources``: nextpnr's utilisation, cell type →
     (used, available), harness included (see ``harness``); ``synth_cells``: Yosys's cell counts after
     ``synth_ecp5`` (LUT4, CCU2C, TRELLIS_FF, MULT18X18D, ...); ``critical_path``: start/end cell,
-    delays and number of logic steps of nextpnr's worst path.
+    delays and number of logic steps of nextpnr's worst path. ``routed`` False: placed only, and
+    ``fmax_mhz`` is nextpnr's estimate after placement (no critical path; routing adds delay).
     """
     fmax_mhz: float
     constraint_mhz: float
@@ -245,6 +250,7 @@ class SynthResult:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     workdir: str = ""
     netlist_fixes: dict[str, int] = field(default_factory=dict)
+    routed: bool = True
 
     @property
     def luts(self) -> int:
@@ -279,7 +285,8 @@ class SynthResult:
                          f"{self.harness.get('input_bits', 0)} input / "
                          f"{self.harness.get('output_bits', 0)} output bits)")
         state = "met" if self.met else "NOT met"
-        lines.append(f"  Fmax {self.fmax_mhz:.2f} MHz (constraint {self.constraint_mhz:.1f} MHz, "
+        what = "Fmax" if self.routed else "Fmax estimated after placement (not routed):"
+        lines.append(f"  {what} {self.fmax_mhz:.2f} MHz (constraint {self.constraint_mhz:.1f} MHz, "
                      f"{state}); {self.seconds:.1f} s")
         cp = self.critical_path
         if cp:
@@ -325,6 +332,16 @@ _HEARTBEAT_S = 30.0
 
 def _default_progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def stop_tools_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``pkill``) end this process as Ctrl-C does: through the ``finally``
+    of :func:`_run`, which stops the tool it is waiting for. The tools run in their own sessions, so
+    by default a terminated CLI left its yosys or nextpnr running (for an hour, on a large design).
+    For the command-line entry points (main thread only)."""
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def _run(cmd: list[str], *, cwd: Path, log_path: Path, timeout_s: float, label: str,
@@ -489,6 +506,23 @@ def _drop_constant_cascade_inputs(json_path: Path) -> int:
     return removed
 
 
+_PLACED_FMAX = re.compile(r"^Info: Max frequency for clock '([^']+)': ([\d.]+) MHz")
+
+
+def _parse_placed_fmax(path: Path) -> dict[str, float]:
+    """Per clock, nextpnr's last "Max frequency" estimate in its log (after placement when not routed)."""
+    by_clock: dict[str, float] = {}
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return by_clock
+    for line in lines:
+        m = _PLACED_FMAX.match(line)
+        if m:
+            by_clock[m.group(1)] = float(m.group(2))
+    return by_clock
+
+
 _UTIL_LINE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
 
 
@@ -580,7 +614,7 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
                speed: int = 6, freq_mhz: float = 200.0, seed: int = 1, workdir=None,
                timeout_s: float = 3600.0, abc9_dff: bool = False, out_pins: int = 8,
                progress: Callable[[str], None] | None = _default_progress,
-               extra_nextpnr_args: tuple[str, ...] = ()) -> SynthResult:
+               extra_nextpnr_args: tuple[str, ...] = (), place_only: bool = False) -> SynthResult:
     """Synthesise, place and route ``unit`` alone (inside a :class:`SynthHarness`) for ECP5.
 
     Files (``design.il``, ``synth.ys``, ``design.json``, ``yosys_stat.json``, ``harness.lpf``,
@@ -590,9 +624,13 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
     30 s naming the current phase and last log line (None: silent). A failing timing constraint
     is a result (``met=False``), not an error; a tool failure or timeout raises
     :class:`SynthError` with the end of its log (and ``partial`` resources: a design that does not
-    fit shows by how much).
+    fit shows by how much). ``place_only``: stop after placement (``--no-route``; a large design
+    places in a fraction of its routing time, or one that does not route still gets an estimate):
+    the result carries nextpnr's post-placement Fmax estimate and ``routed=False``.
     """
     device = normalize_device(device)
+    if not isinstance(place_only, bool):
+        raise TypeError(f"place_only={place_only!r}: must be True or False")
     if package not in PACKAGES:
         raise ValueError(f"package={package!r}: unknown; supported: {', '.join(PACKAGES)}")
     if speed not in (6, 7, 8):
@@ -638,7 +676,7 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
         DEVICES[device], "--package", package, "--speed", str(speed),
         "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--json", "design.json",
         "--lpf", "harness.lpf", "--lpf-allow-unconstrained", "--report", "report.json",
-        "--timing-allow-fail",
+        "--timing-allow-fail", *(("--no-route",) if place_only else ()),
         *extra_nextpnr_args]
     t = time.monotonic()
     try:
@@ -657,6 +695,9 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
     except (OSError, ValueError) as e:
         raise SynthError(f"nextpnr wrote no readable report.json in {workdir}: {e}") from e
     fmax, constraint, by_clock, resources, critical = _parse_report(report, freq_mhz)
+    if place_only:               # the report has utilisation only; the estimate is in the log
+        by_clock = _parse_placed_fmax(workdir / "nextpnr.log")
+        fmax = min(by_clock.values()) if by_clock else 0.0
     if not by_clock:
         raise SynthError(f"nextpnr's report has no Fmax (no clock found?); see {workdir}/nextpnr.log")
     result = SynthResult(
@@ -669,7 +710,8 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
                  "input_bits": harness.input_bits, "output_bits": harness.output_bits},
         critical_path=critical, phase_seconds=phases, workdir=str(workdir),
         netlist_fixes={**notes, **({"MULT18X18D constant SRIA/SRIB inputs disconnected": fixes}
-                                   if fixes else {})})
+                                   if fixes else {})},
+        routed=not place_only)
     (workdir / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 
@@ -734,6 +776,18 @@ def _build_extport(config, a):
     return ExternalPort(ADDR_BITS, 12 * lanes, readers=_opt(a, "readers", 5), writers=_opt(a, "writers", 3))
 
 
+def _build_slot(config, a):
+    from hw.engine.slot import SlotGenerator
+    return SlotGenerator(_opt(a, "lanes", 8), conv=True)
+
+
+def _build_feeder(config, a):
+    from hw.engine.extport import EXT_CREDITS
+    from hw.engine.feeder import OperandFeeder
+    # as the engine builds it with an external port (its deepest read-ahead)
+    return OperandFeeder(_opt(a, "lanes", 8), conv=True, outstanding=_opt(a, "depth", EXT_CREDITS))
+
+
 def _build_engine(config, a):
     from hw.engine.config import EngineConfig
     from hw.engine.engine import Engine
@@ -748,7 +802,8 @@ def _build_engine(config, a):
 #: Unit name → builder(config, options dict). Options: rows, cols, mode, target, max_reduction,
 #: lanes, acc_width, depth, rounds_per_stage, engine_config (missing or None: the builder's default — 2×2, int8,
 #: ecp5, the network's max_reduction for that mode, 1 lane, acc_width of the int8 array's
-#: gradient sums, depth 512, 1 round per stage;
+#: gradient sums, depth 512, 1 round per stage; slot and feeder: the engine's pattern slot and
+#: operand feeder with the convolution walk, 8 lanes, the feeder 64 reads ahead (``depth``);
 #: the engine reads everything but its target from its EngineConfig JSON).
 UNITS: dict[str, Callable] = {
     "engine": _build_engine,
@@ -757,6 +812,8 @@ UNITS: dict[str, Callable] = {
     "weight_update": _build_weight_update,
     "extport": _build_extport,
     "threefry": _build_threefry,
+    "slot": _build_slot,
+    "feeder": _build_feeder,
 }
 
 
@@ -794,9 +851,13 @@ def main(argv=None) -> int:
     ap.add_argument("--router", choices=("router1", "router2"),
                     help="nextpnr router (default: router2 for the engine, which router1 leaves congested "
                          "as hw.build found; nextpnr's own default, router1, for the other units)")
+    ap.add_argument("--place-only", action="store_true",
+                    help="stop after placement: nextpnr's Fmax estimate, no routing (a large engine places "
+                         "in about 20 min on 2 cores and may take far longer to route)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per tool")
     ap.add_argument("--out", default="build/synth", help="work directory (report.json goes here)")
     a = ap.parse_args(argv)
+    stop_tools_on_sigterm()
     try:
         device = normalize_device(a.device)
         if a.unit not in UNITS:
@@ -817,7 +878,8 @@ def main(argv=None) -> int:
     try:
         result = synthesize(unit, device=device, package=a.package, speed=a.speed,
                             freq_mhz=a.freq, seed=a.seed, workdir=a.out, timeout_s=a.timeout,
-                            abc9_dff=a.abc9_dff, extra_nextpnr_args=("--router", router) if router else ())
+                            abc9_dff=a.abc9_dff, extra_nextpnr_args=("--router", router) if router else (),
+                            place_only=a.place_only)
     except SynthError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

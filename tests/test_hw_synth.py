@@ -63,9 +63,24 @@ def test_unknown_device_lists_supported():
 def test_unknown_unit_lists_supported():
     with pytest.raises(ValueError, match="unit='fft'") as e:
         build_unit("fft")
-    for name in ("engine", "mac_array", "quantizer", "weight_update", "threefry", "extport"):
+    names = {"engine", "mac_array", "quantizer", "weight_update", "threefry", "extport", "slot", "feeder"}
+    for name in names:
         assert name in str(e.value)
-    assert set(UNITS) == {"engine", "mac_array", "quantizer", "weight_update", "threefry", "extport"}
+    assert set(UNITS) == names
+
+
+def test_slot_and_feeder_units_are_the_engines():
+    """The pattern slot and operand feeder as the engine builds them: the convolution walk, 8 lanes,
+    the feeder reading 64 ahead (with an external port); --lanes and --depth change them."""
+    from hw.engine.extport import EXT_CREDITS
+    from hw.engine.feeder import OperandFeeder
+    from hw.engine.slot import SlotGenerator
+    slot, feeder, default_feeder = build_unit("slot"), build_unit("feeder", lanes=4, depth=16), build_unit("feeder")
+    for unit in (slot, feeder, default_feeder):
+        unit._MustUse__silence = True             # built, not elaborated
+    assert isinstance(slot, SlotGenerator) and (slot.lanes, slot.conv) == (8, True)
+    assert isinstance(feeder, OperandFeeder) and (feeder.lanes, feeder.conv, feeder.outstanding) == (4, True, 16)
+    assert (default_feeder.lanes, default_feeder.outstanding) == (8, EXT_CREDITS)
 
 
 def test_engine_unit_reads_its_configuration(tmp_path, capsys):
@@ -110,7 +125,9 @@ def test_cli_router(argv, router, tmp_path, monkeypatch):
     monkeypatch.setattr(synth, "synthesize", fake)
     extra = ["--engine-config", str(path)] if "engine" in argv else []
     assert synth.main(argv + extra + ["--out", str(tmp_path)]) == 0
-    assert seen["extra_nextpnr_args"] == router
+    assert seen["extra_nextpnr_args"] == router and seen["place_only"] is False
+    assert synth.main(argv + extra + ["--out", str(tmp_path), "--place-only"]) == 0
+    assert seen["place_only"] is True
 
 
 def test_cli_rejects_unknown_names(capsys):
@@ -225,6 +242,17 @@ def test_parse_report():
     assert not critical["in_harness"]                 # the pin → FF <async> path is ignored
 
 
+def test_parse_placed_fmax(tmp_path):
+    """The last estimate per clock (nextpnr prints one after each placer stage)."""
+    log = tmp_path / "nextpnr.log"
+    log.write_text("Info: Max frequency for clock '$glbnet$clk': 12.50 MHz (FAIL at 100.00 MHz)\n"
+                   "Info: SA placement time 3.1s\n"
+                   "Info: Max frequency for clock '$glbnet$clk': 42.16 MHz (FAIL at 100.00 MHz)\n"
+                   "Info: Max frequency for clock 'other': 300.00 MHz (PASS at 100.00 MHz)\n")
+    assert synth._parse_placed_fmax(log) == {"$glbnet$clk": 42.16, "other": 300.0}
+    assert synth._parse_placed_fmax(tmp_path / "missing.log") == {}
+
+
 def test_drop_constant_cascade_inputs(tmp_path):
     cell = {"type": "MULT18X18D", "port_directions": {"SRIA0": "input", "SRIB3": "input",
                                                       "A0": "input", "SRIA1": "input"},
@@ -248,6 +276,31 @@ def test_tool_failure_shows_log_tail(tmp_path):
                    timeout_s=1, label="yosys", progress=None, start=0.0)
 
 
+def test_sigterm_stops_the_running_tool(tmp_path):
+    """A CLI ended by SIGTERM (kill, pkill) stops the tool it waits for: the tools run in their own
+    sessions, so without stop_tools_on_sigterm they outlived it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    pid_file = tmp_path / "tool.pid"
+    script = ("import sys; from pathlib import Path; from hw import synth; synth.stop_tools_on_sigterm(); "
+              f"synth._run(['sh', '-c', 'echo $$ > {pid_file}; exec sleep 60'], cwd=Path({str(tmp_path)!r}), "
+              f"log_path=Path({str(tmp_path / 'tool.log')!r}), timeout_s=120, label='nextpnr', progress=None, start=0.0)")
+    cli = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tool = int(pid_file.read_text())
+    cli.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=30) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):                      # (reaped by _run's wait; give the kernel a moment)
+            os.kill(tool, 0)
+            time.sleep(0.1)
+
+
 # ---- one real run ----------------------------------------------------------------------------
 
 @pytest.mark.skipif(os.environ.get("WAGE_SKIP_SYNTH") == "1", reason="WAGE_SKIP_SYNTH=1")
@@ -269,6 +322,22 @@ def test_synthesize_mac_array_1x1_int8_ecp5(tmp_path):
     assert (tmp_path / "report.json").exists() and (tmp_path / "result.json").exists()
     assert any("nextpnr" in line for line in lines) and any("yosys" in line for line in lines)
     assert "MULT18X18D" in result.table() and "Fmax" in result.table()
+    assert result.routed
+
+
+@pytest.mark.skipif(os.environ.get("WAGE_SKIP_SYNTH") == "1", reason="WAGE_SKIP_SYNTH=1")
+def test_place_only_gives_the_placement_estimate(tmp_path):
+    """place_only: no routing, the log's post-placement estimate, said so in the table."""
+    unit = build_unit("mac_array", rows=1, cols=1, mode="int8", target="ecp5")
+    result = synthesize(unit, device="85F", freq_mhz=200, workdir=tmp_path, timeout_s=600, progress=None,
+                        place_only=True)
+    assert not result.routed and result.fmax_mhz > 0 and not result.critical_path
+    assert result.fmax_mhz == min(synth._parse_placed_fmax(tmp_path / "nextpnr.log").values())
+    assert result.resources["MULT18X18D"] == (1, 156)
+    assert "not routed" in result.table()
+    assert "Routing" not in (tmp_path / "nextpnr.log").read_text()
+    with pytest.raises(TypeError, match="place_only=1"):
+        synthesize(unit, workdir=tmp_path, place_only=1)
 
 
 def test_yosys_runs_through_the_deep_stack_launcher(tmp_path):

@@ -39,8 +39,9 @@ digit with two registered flags, ``top`` (digit = radix − 1: it wraps at the n
 coordinate accumulators, and a registered *stride* (the carry strides of the digit the next step
 increments). The digit counters run one step ahead of the accumulators: the step from index n to
 n + 1 adds the registered stride to the accumulators while the digits move from n + 1 to n + 2 and
-the stride for n + 1 → n + 2 is selected from the (registered) flags of index n + 1. A step finds
-the lowest digit not at top (a 6-flag AND chain), clears the digits below it (their flags reload
+the stride for n + 1 → n + 2 is selected by a registered one-hot ``sel``: the digit the next step
+increments, the lowest digit not at top (a 6-flag AND chain), computed from the flags' *next*
+values and registered with them. A step clears the digits below that digit (their flags reload
 from precomputed ``radix = 1``/``radix = 2`` bits), increments it (``top`` ← ``ntop``, ``ntop`` ←
 ``digit = radix − 3``, a compare of registers). Every odometer register has a shadow copy: a
 T1R-driven odometer saves its state at each t1 start and restores it at every other (t2, k) start.
@@ -58,11 +59,15 @@ Longest combinational paths: a 24-bit accumulator add (register + register: ``a1
 ``acc + stride``) followed by the two-level next-state multiplexer (reset / restore / step / hold,
 its selects from registered loop flags and ``o.ready``) — yosys ``ltp`` on a generic LUT4 mapping
 reports exactly this (18 levels there, because the generic mapping ripples the adder through
-LUTs; on ECP5 the add is a CCU2C carry chain); the stride selection (registered ``top`` flags →
-6-flag carry chain → one-hot → 6:1 AND-OR of the carry strides → next-state multiplexer, about 6
-LUT levels, no carry chain); and the output stage's 24-bit add and 16-bit compares (one carry chain
-each). No two adders are chained anywhere. ``o.ready`` fans out to every register's enable (as in
-the AddressGenerator). yosys ``synth_ecp5`` (lanes=4): about 3400 LUT4, 464 CCU2C, 2750 FF (the
+LUTs; on ECP5 the add is a CCU2C carry chain); the stride selection (the ``sel`` register → 6:1
+AND-OR of the carry strides → next-state multiplexer); the next ``sel`` (loop flags and ``o.ready``
+→ step/restore → next flags → 6-flag chain); and the output stage's 24-bit add and 16-bit compares
+(one carry chain each). No two adders are chained anywhere. ``o.ready`` fans out to every
+register's enable (as in the AddressGenerator), and only to enables: the walk's actions come from
+registered loop flags. Alone on the 85F at 8 lanes (``python -m hw.synth --unit slot``) the slot
+routes at 100.1 MHz, its critical path ``o.ready`` → those enables (5 levels, mostly routing); with
+the flag chain in front of the stride multiplexer it routed at 89.0 MHz, with ``sel`` registered
+but ``o.ready`` in the multiplexers' selects at 97.9 MHz. yosys ``synth_ecp5`` (lanes=4): about 3400 LUT4, 464 CCU2C, 2750 FF (the
 payload register, two odometers with shadow copies).
 """
 
@@ -200,32 +205,41 @@ class _Odometer:
             m.d.comb += sc[q].eq(_or(terms_c[q]))
         return sa, sc
 
-    def elaborate(self, m: Module, coord_base, prep, init, step, restore, save):
-        """``prep``: derive the reset constants; ``init``: reset (and save); ``step``/``restore``: walk
-        actions (exclusive); ``save`` (with ``step``): the shadow takes the stepped state."""
+    def elaborate(self, m: Module, coord_base, prep, init, go, reset, step, restore, save):
+        """``prep``: derive the reset constants; ``init``: reset (and save); on ``go`` (the walk
+        moves), the action of this step: ``reset`` (and save), ``restore`` or ``step`` (in that
+        priority), ``save`` (with ``step``): the shadow takes the stepped state. The actions depend
+        on registered loop flags only, and ``go`` (which waits for ``o.ready``) only enables: it
+        reaches the registers' enables, not the next-state multiplexers' selects."""
         digits = self.digits
         low = self.select(m, Cat(*(d.is1 for d in digits)), "low_next")
         with m.If(prep):
             sa, sc = self.mux_strides(m, low, "rst_stride")
             m.d.sync += [self.low.eq(low), self.rst_sa.eq(sa)] + [r.eq(s) for r, s in zip(self.rst_sc, sc)]
 
-        top = Cat(*(d.last for d in digits))
-        sel = self.select(m, top, "sel")
+        # The digit the next step increments, select(top flags), is itself a register (with a
+        # shadow), loaded from the flags' next values: the flag chain no longer sits in front of
+        # the stride multiplexer, whose one-hot selects fan out to every stride bit (the slot's
+        # critical path, 89 MHz alone on the 85F, was top flags → chain → stride mux → sa).
+        sel = Signal(MAX_DIGITS, name=f"{self.name}_sel")
         step_sa, step_sc = self.mux_strides(m, sel, "stride")
-        state, nxt = [], []
 
         regs = []
 
         def reg(sig, rst_value, step_value):
             regs.append((sig, Signal.like(sig, name=f"{sig.name}_shadow"), rst_value, step_value))
 
+        rst_last, step_last = [], []
         for i, d in enumerate(digits):
             wraps = Signal(name=f"{self.name}_d{i}_wraps")  # a more significant digit steps: this one wraps
             m.d.comb += wraps.eq(sel[:i].any() if i else 0)
             low_i = self.low[i]
+            rst_last.append(Mux(low_i, d.is2, d.is1))
+            step_last.append(Mux(wraps, d.is1, Mux(sel[i], d.nlast, d.last)))
             reg(d.v, Mux(low_i, 1, 0), Mux(wraps, 0, Mux(sel[i], d.v + 1, d.v)))
-            reg(d.last, Mux(low_i, d.is2, d.is1), Mux(wraps, d.is1, Mux(sel[i], d.nlast, d.last)))
+            reg(d.last, rst_last[i], step_last[i])
             reg(d.nlast, Mux(low_i, d.is3, d.is2), Mux(wraps, d.is2, Mux(sel[i], d.v == d.rm3, d.nlast)))
+        reg(sel, self.select(m, Cat(*rst_last), "rst_sel"), self.select(m, Cat(*step_last), "step_sel"))
         reg(self.acc_a, 0, (self.acc_a + self.sa)[:ADDR_BITS])
         for q in range(COORDS):
             reg(self.acc_c[q], coord_base[q][:COORD_BITS] if self.pos else 0,
@@ -234,15 +248,16 @@ class _Odometer:
         for q in range(COORDS):
             reg(self.sc[q], self.rst_sc[q], step_sc[q])
         # next state: reset (and save) / restore / step (and save at a T1R tile start) / hold
-        with m.If(init):
+        with m.If(init | (go & reset)):
             m.d.sync += [sig.eq(rst_value) for sig, _, rst_value, _ in regs]
             m.d.sync += [shadow.eq(rst_value) for _, shadow, rst_value, _ in regs]
-        with m.Elif(restore):
-            m.d.sync += [sig.eq(shadow) for sig, shadow, _, _ in regs]
-        with m.Elif(step):
-            m.d.sync += [sig.eq(step_value) for sig, _, _, step_value in regs]
-            with m.If(save):
-                m.d.sync += [shadow.eq(step_value) for _, shadow, _, step_value in regs]
+        with m.Elif(go):
+            with m.If(restore):
+                m.d.sync += [sig.eq(shadow) for sig, shadow, _, _ in regs]
+            with m.Elif(step):
+                m.d.sync += [sig.eq(step_value) for sig, _, _, step_value in regs]
+                with m.If(save):
+                    m.d.sync += [shadow.eq(step_value) for _, shadow, _, step_value in regs]
 
 
 class ConvAddressGenerator(wiring.Component):
@@ -271,9 +286,14 @@ class ConvAddressGenerator(wiring.Component):
 
         # -- command: the pattern and its counts' flags -----------------------------------------
         m.d.comb += self.cmd.ready.eq(phase == IDLE)
+        # While idle the pattern registers follow the payload, whether or not it is valid (nothing
+        # reads them then): their 1,300 enables hang on the phase register alone, not on the
+        # handshake (the slot's and the engine's ready logic; the slot's highest-fanout net).
         with m.If(self.cmd.valid & (phase == IDLE)):
+            m.d.sync += phase.eq(PREP)
+        with m.If(phase == IDLE):
             pl = self.cmd.payload
-            m.d.sync += [p.eq(pl), phase.eq(PREP)]
+            m.d.sync += p.eq(pl)
             for n, c in loops.items():
                 m.d.sync += c.prepare(pl[{"r": "nr", "k": "nk", "t2": "n2", "t1": "n1"}[n]])
             for o in odos:
@@ -288,14 +308,16 @@ class ConvAddressGenerator(wiring.Component):
         go = Signal()
         m.d.comb += go.eq(adv & (phase == RUN))
         r_end, k_end, t2_end, t1_end = r.last, k.last, t2.last, t1.last
-        ev_r, ev_k, ev_t2, ev_t1, ev_done = (Signal(name=f"ev_{n}") for n in ("r", "k", "t2", "t1", "done"))
+        # which loop the next step advances (registered flags only), then the events (with go)
+        at_r, at_k, at_t2, at_t1, at_done = (Signal(name=f"at_{n}") for n in ("r", "k", "t2", "t1", "done"))
         m.d.comb += [
-            ev_r.eq(go & ~r_end),
-            ev_k.eq(go & r_end & ~k_end),
-            ev_t2.eq(go & r_end & k_end & ~t2_end),
-            ev_t1.eq(go & r_end & k_end & t2_end & ~t1_end),
-            ev_done.eq(go & r_end & k_end & t2_end & t1_end),
+            at_r.eq(~r_end),
+            at_k.eq(r_end & ~k_end),
+            at_t2.eq(r_end & k_end & ~t2_end),
+            at_t1.eq(r_end & k_end & t2_end & ~t1_end),
+            at_done.eq(r_end & k_end & t2_end & t1_end),
         ]
+        ev_r, ev_k, ev_t2, ev_t1, ev_done = (go & at for at in (at_r, at_k, at_t2, at_t1, at_done))
 
         with m.If(init):
             m.d.sync += [phase.eq(RUN), a1.eq(p.base[:ADDR_BITS]), a12.eq(p.base[:ADDR_BITS])]
@@ -320,12 +342,12 @@ class ConvAddressGenerator(wiring.Component):
             save = Signal(name=f"{o.name}_save")
             rst = Signal(name=f"{o.name}_reset")
             m.d.comb += [
-                step.eq((is_t1r & (ev_r | ev_t1)) | (is_k & ev_k) | (is_t2 & ev_t2)),
-                restore.eq(is_t1r & (ev_k | ev_t2)),
-                save.eq(is_t1r & ev_t1),
-                rst.eq(init | (is_k & (ev_t2 | ev_t1)) | (is_t2 & ev_t1)),
+                step.eq((is_t1r & (at_r | at_t1)) | (is_k & at_k) | (is_t2 & at_t2)),
+                restore.eq(is_t1r & (at_k | at_t2)),
+                save.eq(is_t1r & at_t1),
+                rst.eq((is_k & (at_t2 | at_t1)) | (is_t2 & at_t1)),
             ]
-            o.elaborate(m, p.coord_base, phase == PREP, rst, step, restore, save)
+            o.elaborate(m, p.coord_base, phase == PREP, init, go, rst, step, restore, save)
 
         # -- result pipeline: stage 1 (partial sums), output stage -----------------------------
         pos, tap = odos

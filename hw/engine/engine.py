@@ -22,7 +22,8 @@ Blocks (``L`` = ``config.lanes``)
   ``config.sum_chunks`` external words and a reader that joins them again (on the error writer's
   and reader's port clients, which are idle in the passes that use them);
 * the program memory (``program_words`` 32-bit words; :mod:`hw.engine.encoding` records of
-  MACHINE_WORDS words, shifted into the instruction register one word per cycle) and the labels.
+  MACHINE_WORDS words, fetched into the instruction register one word per cycle through a stage
+  of registers, MACHINE_WORDS + 2 cycles per record) and the labels.
 
 One finite-state machine parses host packets and, for ``RUN``, sequences the program: for each
 instruction it fetches the record, loads the patterns into the generators and the command into the
@@ -85,6 +86,10 @@ from .unpool import Unpool
 from .weight_store import WeightStore
 
 __all__ = ["Engine", "host_layout"]
+
+#: Staging registers between the program RAM and the instruction register (each feeds about 26
+#: of the record's 211 words).
+FETCH_GROUPS = 8
 
 
 def host_layout() -> data.StructLayout:
@@ -156,11 +161,19 @@ class Engine(wiring.Component):
                 wiring.connect(m, wu.ext_rmw, ext_port.rd4)
                 wiring.connect(m, wu.ext_write, ext_port.wr2)
             wiring.connect(m, ext_port.port, wiring.flipped(self.ext))
-            for wr, ram, v, a, d, rdy in ((act_wr, act, act_wv, act_wa, act_wd, act_wready),
-                                          (err_wr, err, err_wv, err_wa, err_wd, err_wready)):
-                m.d.comb += [wr.i.valid.eq(v), wr.i.payload.addr.eq(a), wr.i.payload.data.eq(d), rdy.eq(wr.i.ready),
-                             ram.w_en.eq(wr.chip_en), ram.w_addr.eq(wr.chip_addr), ram.w_data.eq(wr.chip_data)]
-            m.d.comb += writes_idle.eq(ext_port.writes_idle & wu.idle)
+            # Each writer behind a skid buffer, its scratchpad writes registered (as without a port):
+            # the tier compare and the port's ready no longer reach back into the quantiser's and
+            # the unpool stage's output handshakes (the 8-lane 85F engine's deepest chain). A word
+            # in a buffer counts as a write not yet issued.
+            queued = []
+            for name, wr, ram, v, a, d, rdy in (("act", act_wr, act, act_wv, act_wa, act_wd, act_wready),
+                                                ("err", err_wr, err, err_wv, err_wa, err_wd, err_wready)):
+                m.submodules[f"{name}_wq"] = wq = SkidBuffer(wr.i.payload.shape())
+                wiring.connect(m, wq.o, wr.i)
+                m.d.comb += [wq.i.valid.eq(v), wq.i.payload.addr.eq(a), wq.i.payload.data.eq(d), rdy.eq(wq.i.ready)]
+                m.d.sync += [ram.w_en.eq(wr.chip_en), ram.w_addr.eq(wr.chip_addr), ram.w_data.eq(wr.chip_data)]
+                queued.append(wq.o.valid | ~wq.i.ready)
+            m.d.comb += writes_idle.eq(ext_port.writes_idle & wu.idle & ~queued[0] & ~queued[1])
             with m.If(self.ext.r.valid & self.ext.r.ready):
                 m.d.sync += ext_read_words.eq(ext_read_words + 1)
             with m.If(self.ext.w.valid & self.ext.w.ready):
@@ -207,9 +220,18 @@ class Engine(wiring.Component):
         # configuration never reads (convolution fields without convolution) are left unloaded, so
         # synthesis drops them.
         word_sel = Signal(MACHINE_WORDS, init=1)
+        # The fetched word is staged one cycle in a register per group of record words before it
+        # lands: the program RAM's output went straight to all 211 words spread over the die (the
+        # 4-lane engine's critical path once the port's writes were registered: 5.8 ns RAM
+        # clock-to-out, 15.3 ns of routing). Each group's copy has its own enable, so synthesis
+        # keeps them apart, and each fans out to its own words only.
+        fetch_groups = [range(g * MACHINE_WORDS // FETCH_GROUPS, (g + 1) * MACHINE_WORDS // FETCH_GROUPS)
+                        for g in range(FETCH_GROUPS)]
+        staged_words = [Signal(32, name=f"fetch_stage{g}") for g in range(FETCH_GROUPS)]
+        staged_sel = Signal(MACHINE_WORDS)               # the word each staged copy fills (word_sel, a cycle later)
         ins = data.View(machine_layout(), ins_bits[:MACHINE_BITS])
         pc = Signal(range(cfg.program_words + MACHINE_WORDS + 1))     # word address of the next record
-        fetched = Signal(range(MACHINE_WORDS + 1))
+        fetched = Signal(range(MACHINE_WORDS + 2))
         step = Signal(32)
         steps_left = Signal(32)
         eta = Signal(signed(8))
@@ -841,17 +863,26 @@ class Engine(wiring.Component):
                     m.d.sync += pc.eq(0)
                     m.next = "FETCH_CHECK"
             with m.State("FETCH"):
-                # one word per cycle into the top of the instruction register; the word read in the
-                # previous cycle arrives now (read latency 1), so MACHINE_WORDS + 1 cycles per record
+                # one word per cycle: the word read in the previous cycle arrives now (read latency
+                # 1) into its group's staging register, and lands in the instruction register a
+                # cycle later, so MACHINE_WORDS + 2 cycles per record
                 m.d.comb += [running.eq(1), prog_rd.addr.eq(pc), prog_rd.en.eq(1)]
-                m.d.sync += [pc.eq(pc + 1), fetched.eq(fetched + 1)]
-                with m.If(fetched != 0):
+                m.d.sync += fetched.eq(fetched + 1)
+                with m.If(fetched < MACHINE_WORDS):
+                    m.d.sync += pc.eq(pc + 1)
+                arriving = (fetched != 0) & (fetched <= MACHINE_WORDS)
+                m.d.sync += staged_sel.eq(Mux(arriving, word_sel, 0))
+                with m.If(arriving):
                     m.d.sync += word_sel.eq(word_sel.rotate_left(1))
-                    for k in range(MACHINE_WORDS):
-                        with m.If(word_sel[k]):
-                            m.d.sync += ins_bits.word_select(k, 32).eq(prog_rd.data)
-                with m.If(fetched == MACHINE_WORDS):
-                    m.d.sync += [pc.eq(pc), fetched.eq(0)]
+                    for group, staged in zip(fetch_groups, staged_words):
+                        with m.If(word_sel[group.start:group.stop].any()):
+                            m.d.sync += staged.eq(prog_rd.data)
+                for group, staged in zip(fetch_groups, staged_words):
+                    for k in group:
+                        with m.If(staged_sel[k]):
+                            m.d.sync += ins_bits.word_select(k, 32).eq(staged)
+                with m.If(fetched == MACHINE_WORDS + 1):
+                    m.d.sync += fetched.eq(0)
                     m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += running.eq(1)
