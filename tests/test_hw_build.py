@@ -6,7 +6,7 @@ import pytest
 
 from boards.catalog import BOARDS, SDRAM_ENGINES, SDRAM_FREQ_MHZ, VARIANT_ENGINES, BoardError, get_board
 from golden.config import WageConfig
-from hw import build
+from hw import build, synth
 from hw.engine.compiler import compile_network
 from hw.engine.config import EngineConfig
 
@@ -229,7 +229,7 @@ def test_programmer_failures_are_reported_plainly(tmp_path, monkeypatch):
 def test_classic_abc_replaces_only_the_lut_mapping_step():
     script = ("read_rtlil wage_top.il\nproc\n    synth_ecp5  -top wage_top\n"
               "tee -q -o wage_top_stat.json stat -json\nwrite_json wage_top.json\n")
-    assert build._classic_abc_script(script) == (
+    assert synth.classic_abc_script(script) == (
         "read_rtlil wage_top.il\nproc\nsynth_ecp5 -top wage_top -run begin:map_luts\n"
         "techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\nsynth_ecp5 -top wage_top -run map_cells:\n"
         "tee -q -o wage_top_stat.json stat -json\nwrite_json wage_top.json\n")

@@ -1,5 +1,6 @@
 """Convolution on the engine (Python level): odometer patterns, compiler and word-level model vs golden."""
 
+import collections
 import dataclasses
 
 import numpy as np
@@ -328,10 +329,7 @@ def test_several_banded_products_fall_back_one_by_one(embedded):
     net = "8C5-MP2-16C5-16C3-32FC-10"
 
     def parts(program):
-        counts = {}
-        for ins in _band_records(program):
-            counts[ins.layer] = counts.get(ins.layer, 0) + 1
-        return counts
+        return collections.Counter(ins.layer for ins in _band_records(program))
 
     wage, program = compile_banded(net, 4, 4, program_words=12000)
     assert parts(program) == {1: 9 * 3, 2: 5}     # groups of 4 columns; the 3×3 in row bands only

@@ -71,11 +71,11 @@ def test_unknown_unit_lists_supported():
 
 def test_slot_and_feeder_units_are_the_engines():
     """The pattern slot and operand feeder as the engine builds them: the convolution walk, 8 lanes,
-    the feeder reading 64 ahead (with an external port); --lanes and --depth change them."""
+    the feeder reading 64 ahead (with an external port); --lanes and --outstanding change them."""
     from hw.engine.extport import EXT_CREDITS
     from hw.engine.feeder import OperandFeeder
     from hw.engine.slot import SlotGenerator
-    slot, feeder, default_feeder = build_unit("slot"), build_unit("feeder", lanes=4, depth=16), build_unit("feeder")
+    slot, feeder, default_feeder = build_unit("slot"), build_unit("feeder", lanes=4, outstanding=16), build_unit("feeder")
     for unit in (slot, feeder, default_feeder):
         unit._MustUse__silence = True             # built, not elaborated
     assert isinstance(slot, SlotGenerator) and (slot.lanes, slot.conv) == (8, True)
@@ -126,8 +126,11 @@ def test_cli_router(argv, router, tmp_path, monkeypatch):
     extra = ["--engine-config", str(path)] if "engine" in argv else []
     assert synth.main(argv + extra + ["--out", str(tmp_path)]) == 0
     assert seen["extra_nextpnr_args"] == router and seen["place_only"] is False
-    assert synth.main(argv + extra + ["--out", str(tmp_path), "--place-only"]) == 0
-    assert seen["place_only"] is True
+    assert seen["lut_mapper"] == "abc9"
+    assert seen["timing_paths"] is False
+    assert synth.main(argv + extra + ["--out", str(tmp_path), "--place-only", "--lut-mapper", "abc",
+                                      "--timing-paths"]) == 0
+    assert seen["place_only"] is True and seen["lut_mapper"] == "abc" and seen["timing_paths"] is True
 
 
 def test_cli_rejects_unknown_names(capsys):
@@ -145,7 +148,7 @@ def test_cli_rejects_unknown_names(capsys):
 
 @pytest.mark.parametrize("kw, name", [
     ({"package": "BGA1"}, "package"), ({"speed": 5}, "speed"), ({"freq_mhz": 0}, "freq_mhz"),
-    ({"timeout_s": 0}, "timeout_s"), ({"seed": 1.5}, "seed"),
+    ({"timeout_s": 0}, "timeout_s"), ({"seed": 1.5}, "seed"), ({"lut_mapper": "abc10"}, "lut_mapper='abc10'"),
 ])
 def test_bad_parameters(kw, name, tmp_path):
     with pytest.raises((ValueError, TypeError), match=name):
@@ -327,11 +330,21 @@ def test_synthesize_mac_array_1x1_int8_ecp5(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("WAGE_SKIP_SYNTH") == "1", reason="WAGE_SKIP_SYNTH=1")
 def test_place_only_gives_the_placement_estimate(tmp_path):
-    """place_only: no routing, the log's post-placement estimate, said so in the table."""
+    """place_only: no routing, the log's post-placement estimate, said so in the table; and LUTs
+    mapped by classic abc instead of abc9."""
     unit = build_unit("mac_array", rows=1, cols=1, mode="int8", target="ecp5")
     result = synthesize(unit, device="85F", freq_mhz=200, workdir=tmp_path, timeout_s=600, progress=None,
-                        place_only=True)
+                        place_only=True, lut_mapper="abc", timing_paths=True)
     assert not result.routed and result.fmax_mhz > 0 and not result.critical_path
+    # every path timed from the SDF: the same worst path as nextpnr's estimate
+    from hw.sdf_timing import analyse_sdf
+    timing = analyse_sdf(tmp_path / "design.sdf", 200)
+    assert timing.fmax_mhz == pytest.approx(result.fmax_mhz, abs=0.01)
+    assert (tmp_path / "timing_paths.txt").read_text() == timing.report()
+    assert len(result.path_classes) == min(len(timing.classes()), synth.PATH_CLASSES)
+    assert result.lut_mapper == "abc" and "abc -lut 4" in (tmp_path / "synth.ys").read_text()
+    assert "abc9" not in (tmp_path / "yosys.log").read_text().split("map_cells")[0].split("map_luts")[-1]
+    assert result.synth_cells.get("LUT4", 0) > 0 and ", abc\n" in result.table()
     assert result.fmax_mhz == min(synth._parse_placed_fmax(tmp_path / "nextpnr.log").values())
     assert result.resources["MULT18X18D"] == (1, 156)
     assert "not routed" in result.table()

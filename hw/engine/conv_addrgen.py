@@ -67,8 +67,8 @@ register's enable (as in the AddressGenerator), and only to enables: the walk's 
 registered loop flags. Alone on the 85F at 8 lanes (``python -m hw.synth --unit slot``) the slot
 routes at 100.1 MHz, its critical path ``o.ready`` → those enables (5 levels, mostly routing); with
 the flag chain in front of the stride multiplexer it routed at 89.0 MHz, with ``sel`` registered
-but ``o.ready`` in the multiplexers' selects at 97.9 MHz. yosys ``synth_ecp5`` (lanes=4): about 3400 LUT4, 464 CCU2C, 2750 FF (the
-payload register, two odometers with shadow copies).
+but ``o.ready`` in the multiplexers' selects at 97.9 MHz. Its flip-flops are mostly the payload
+register and the two odometers with their shadow copies.
 """
 
 from __future__ import annotations

@@ -874,10 +874,9 @@ class Engine(wiring.Component):
                 m.d.sync += staged_sel.eq(Mux(arriving, word_sel, 0))
                 with m.If(arriving):
                     m.d.sync += word_sel.eq(word_sel.rotate_left(1))
-                    for group, staged in zip(fetch_groups, staged_words):
-                        with m.If(word_sel[group.start:group.stop].any()):
-                            m.d.sync += staged.eq(prog_rd.data)
                 for group, staged in zip(fetch_groups, staged_words):
+                    with m.If(arriving & word_sel[group.start:group.stop].any()):
+                        m.d.sync += staged.eq(prog_rd.data)
                     for k in group:
                         with m.If(staged_sel[k]):
                             m.d.sync += ins_bits.word_select(k, 32).eq(staged)
