@@ -72,11 +72,12 @@ class Tiers(wiring.Component):
     """Two tiered readers and two tiered writers over two block RAMs (``chip`` words each) and one
     external-memory model: the engine's memory system in miniature."""
 
-    def __init__(self, chip, ext_words, width, ext_width, latency, cycles_per_word, command_cycles, credits):
+    def __init__(self, chip, ext_words, width, ext_width, latency, cycles_per_word, command_cycles, credits,
+                 registered=False):
         self.chip = chip
         self.rams = [BlockRam(width, chip) for _ in range(2)]
         self.readers = [TieredReader(ADDR_BITS, width, ext_width, chip, credits=credits) for _ in range(2)]
-        self.writers = [TieredWriter(ADDR_BITS, width, ext_width, chip) for _ in range(2)]
+        self.writers = [TieredWriter(ADDR_BITS, width, ext_width, chip, registered=registered) for _ in range(2)]
         self.port = ExternalPort(ADDR_BITS, ext_width, readers=2, writers=2)
         self.memory = ExternalMemoryModel(ext_words, ext_width, addr_bits=ADDR_BITS, latency=latency,
                                           cycles_per_word=cycles_per_word, command_cycles=command_cycles)
@@ -99,9 +100,9 @@ class Tiers(wiring.Component):
         return m
 
 
-@pytest.mark.parametrize("latency, cycles_per_word, command_cycles, credits", [
-    (1, 1, 0, 64), (12, 1, 2, 64), (9, 3, 4, 8), (30, 1, 0, 4)])
-def test_tiered_reads_and_writes_match_a_reference(latency, cycles_per_word, command_cycles, credits):
+@pytest.mark.parametrize("latency, cycles_per_word, command_cycles, credits, registered", [
+    (1, 1, 0, 64, False), (12, 1, 2, 64, True), (9, 3, 4, 8, False), (30, 1, 0, 4, True)])
+def test_tiered_reads_and_writes_match_a_reference(latency, cycles_per_word, command_cycles, credits, registered):
     """Both clients write their half of a shared address space (scratchpad words and external
     words, runs and scattered addresses), then read it back in random orders with random consumer
     stalls; one reader's consumer stops for a long stretch while the other goes on (its responses
@@ -110,7 +111,7 @@ def test_tiered_reads_and_writes_match_a_reference(latency, cycles_per_word, com
     would flag the address as beyond its words)."""
     rng = random.Random(seed_for(f"tiers-{latency}-{cycles_per_word}-{command_cycles}-{credits}"))
     chip, ext_words, width = 32, 256, 24
-    dut = Tiers(chip, ext_words, width, 32, latency, cycles_per_word, command_cycles, credits)
+    dut = Tiers(chip, ext_words, width, 32, latency, cycles_per_word, command_cycles, credits, registered)
     space = chip + ext_words
     halves = [list(range(0, space, 2)), list(range(1, space, 2))]       # client k owns addresses ≡ k mod 2
     ref = {}
@@ -136,7 +137,7 @@ def test_tiered_reads_and_writes_match_a_reference(latency, cycles_per_word, com
                     ctx.set(wr.i.valid, 0)
                     await ctx.tick()
             ctx.set(wr.i.valid, 0)
-            await ctx.tick().until(dut.port.writes_idle)
+            await ctx.tick().until(dut.port.writes_idle & wr.idle)      # (a registered writer's last word)
             done[k] = True
         return bench
 
@@ -200,5 +201,7 @@ def test_tiered_reader_refuses_a_narrow_external_word():
         TieredReader(ADDR_BITS, 16, 8, 32)
     with pytest.raises(ValueError, match="ext_width=8"):
         TieredWriter(ADDR_BITS, 16, 8, 32)
+    with pytest.raises(TypeError, match="registered=1: must be True or False"):
+        TieredWriter(ADDR_BITS, 16, 16, 32, registered=1)
     with pytest.raises(ValueError, match="readers=0, writers=0"):
         ExternalPort(ADDR_BITS, 16, 0, 0)

@@ -45,7 +45,7 @@ class AddressGenerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         shift = self.lanes.bit_length() - 1
-        p = Signal(pattern_layout())                 # the running pattern
+        p = Signal(pattern_layout(), reset_less=True)  # the running pattern (loaded with the command)
         busy = Signal()
         t1, t2, r = (Signal(COUNT_BITS, name=n) for n in ("t1", "t2", "r"))
         k = Signal(KCOUNT_BITS, name="k")
@@ -55,18 +55,22 @@ class AddressGenerator(wiring.Component):
             return Mux(n == 0, 0, n - 1)
 
         # each counter's last value, registered with the command (no subtraction before the compares)
-        tops = {n: Signal(len(getattr(p, n)), name=f"top_{n}") for n in ("nr", "nk", "n2", "n1")}
+        tops = {n: Signal(len(getattr(p, n)), name=f"top_{n}", reset_less=True) for n in ("nr", "nk", "n2", "n1")}
         r_end, k_end, t2_end, t1_end = r == tops["nr"], k == tops["nk"], t2 == tops["n2"], t1 == tops["n1"]
         sel = Mux(p.row_sel == RowSel.T1, t1, Mux(p.row_sel == RowSel.T2, t2, 0))
         row = Signal(COUNT_BITS + shift + 1)
         m.d.comb += row.eq((sel << shift) + r)
 
         m.d.comb += self.cmd.ready.eq(~busy)
+        # While idle the pattern registers follow the payload (nothing reads them then): their
+        # enables hang on `busy` alone, not on the handshake (in a slot, a join of both walks' states)
+        with m.If(~busy):
+            m.d.sync += p.eq(self.cmd.payload)
+            m.d.sync += [tops[n].eq(top(getattr(self.cmd.payload, n))) for n in tops]
         with m.If(self.cmd.valid & ~busy):
             base = self.cmd.payload.base
-            m.d.sync += [p.eq(self.cmd.payload), busy.eq(1), t1.eq(0), t2.eq(0), k.eq(0), r.eq(0),
+            m.d.sync += [busy.eq(1), t1.eq(0), t2.eq(0), k.eq(0), r.eq(0),
                          a1.eq(base), a2.eq(base), ak.eq(base), ar.eq(base)]
-            m.d.sync += [tops[n].eq(top(getattr(self.cmd.payload, n))) for n in tops]
 
         advance = busy & (~self.o.valid | self.o.ready)
         with m.If(advance):

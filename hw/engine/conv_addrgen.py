@@ -275,7 +275,7 @@ class ConvAddressGenerator(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p = Signal(conv_pattern_layout())            # the running pattern
+        p = Signal(conv_pattern_layout(), reset_less=True)   # the running pattern (loaded while idle)
         IDLE, PREP, INIT, RUN = range(4)
         phase = Signal(2, init=IDLE)
         loops = {n: _Counter(n, KCOUNT_BITS if n == "k" else COUNT_BITS) for n in ("r", "k", "t2", "t1")}

@@ -140,8 +140,10 @@ class Engine(wiring.Component):
             ew = cfg.external_width
             m.submodules.act_rd = act_rd = TieredReader(ADDR_BITS, self.act_layout.size, ew, cfg.data_words)
             m.submodules.err_rd = err_rd = TieredReader(ADDR_BITS, self.err_layout.size, ew, cfg.data_words)
-            m.submodules.act_wr = act_wr = TieredWriter(ADDR_BITS, self.act_layout.size, ew, cfg.data_words)
-            m.submodules.err_wr = err_wr = TieredWriter(ADDR_BITS, self.err_layout.size, ew, cfg.data_words)
+            m.submodules.act_wr = act_wr = TieredWriter(ADDR_BITS, self.act_layout.size, ew, cfg.data_words,
+                                                        registered=True)
+            m.submodules.err_wr = err_wr = TieredWriter(ADDR_BITS, self.err_layout.size, ew, cfg.data_words,
+                                                        registered=True)
             weights_out = cfg.external_weight_words > 0
             # External sums share the error reader's and writer's port clients (below), so the
             # port's arbitration keeps 8 clients (10: 87 → 73 MHz placed alone on the 85F).
@@ -161,19 +163,15 @@ class Engine(wiring.Component):
                 wiring.connect(m, wu.ext_rmw, ext_port.rd4)
                 wiring.connect(m, wu.ext_write, ext_port.wr2)
             wiring.connect(m, ext_port.port, wiring.flipped(self.ext))
-            # Each writer behind a skid buffer, its scratchpad writes registered (as without a port):
-            # the tier compare and the port's ready no longer reach back into the quantiser's and
-            # the unpool stage's output handshakes (the 8-lane 85F engine's deepest chain). A word
-            # in a buffer counts as a write not yet issued.
-            queued = []
-            for name, wr, ram, v, a, d, rdy in (("act", act_wr, act, act_wv, act_wa, act_wd, act_wready),
-                                                ("err", err_wr, err, err_wv, err_wa, err_wd, err_wready)):
-                m.submodules[f"{name}_wq"] = wq = SkidBuffer(wr.i.payload.shape())
-                wiring.connect(m, wq.o, wr.i)
-                m.d.comb += [wq.i.valid.eq(v), wq.i.payload.addr.eq(a), wq.i.payload.data.eq(d), rdy.eq(wq.i.ready)]
+            # Each writer behind its skid buffer (registered=True), its scratchpad writes registered
+            # (as without a port): the tier compare and the port's ready no longer reach back into
+            # the quantiser's and the unpool stage's output handshakes (the 8-lane 85F engine's
+            # deepest chain). A word in a buffer counts as a write not yet issued.
+            for wr, ram, v, a, d, rdy in ((act_wr, act, act_wv, act_wa, act_wd, act_wready),
+                                          (err_wr, err, err_wv, err_wa, err_wd, err_wready)):
+                m.d.comb += [wr.i.valid.eq(v), wr.i.payload.addr.eq(a), wr.i.payload.data.eq(d), rdy.eq(wr.i.ready)]
                 m.d.sync += [ram.w_en.eq(wr.chip_en), ram.w_addr.eq(wr.chip_addr), ram.w_data.eq(wr.chip_data)]
-                queued.append(wq.o.valid | ~wq.i.ready)
-            m.d.comb += writes_idle.eq(ext_port.writes_idle & wu.idle & ~queued[0] & ~queued[1])
+            m.d.comb += writes_idle.eq(ext_port.writes_idle & wu.idle & act_wr.idle & err_wr.idle)
             with m.If(self.ext.r.valid & self.ext.r.ready):
                 m.d.sync += ext_read_words.eq(ext_read_words + 1)
             with m.If(self.ext.w.valid & self.ext.w.ready):
@@ -208,12 +206,23 @@ class Engine(wiring.Component):
         m.submodules.labels, m.submodules.program = labels, program
         label_rd = labels.read_port(domain="comb")
         label_wr = labels.write_port()
+        # Label writes are registered: the labels are LUT RAM, one copy per read port, and the
+        # write's address, data and enable fan out to all of them (1,024 failing endpoints at 8
+        # lanes when the host packet FSM drove them directly). Written a cycle late, long before
+        # any LOSS reads them.
+        label_w_en = Signal()
+        label_w_addr = Signal.like(label_wr.addr, reset_less=True)
+        label_w_data = Signal.like(label_wr.data, reset_less=True)
+        m.d.sync += label_w_en.eq(0)
+        m.d.comb += [label_wr.en.eq(label_w_en), label_wr.addr.eq(label_w_addr), label_wr.data.eq(label_w_data)]
         prog_rd = program.read_port()
         prog_wr = program.write_port()
 
         # ---- sequencer state ---------------------------------------------------------------------
         op = Signal(4)                                   # running operation (Op.NOP: host mode)
-        ins_bits = Signal(32 * MACHINE_WORDS)            # the instruction register, loaded word by word
+        # the instruction register, loaded word by word (no reset: FETCH fills it before DECODE reads
+        # it, and the reset's fan-out to its 6,720 flip-flops was a failing path class of its own)
+        ins_bits = Signal(32 * MACHINE_WORDS, reset_less=True)
         # One-hot pointer to the record word the next fetched word lands in. Each 32-bit word of the
         # register has its own load enable (a shift register's one enable fanned out to all 6,720
         # flip-flops, the 4-lane 85F engine's critical path), and the words of fields a
@@ -227,8 +236,10 @@ class Engine(wiring.Component):
         # keeps them apart, and each fans out to its own words only.
         fetch_groups = [range(g * MACHINE_WORDS // FETCH_GROUPS, (g + 1) * MACHINE_WORDS // FETCH_GROUPS)
                         for g in range(FETCH_GROUPS)]
-        staged_words = [Signal(32, name=f"fetch_stage{g}") for g in range(FETCH_GROUPS)]
+        staged_words = [Signal(32, name=f"fetch_stage{g}", reset_less=True) for g in range(FETCH_GROUPS)]
         staged_sel = Signal(MACHINE_WORDS)               # the word each staged copy fills (word_sel, a cycle later)
+        arriving = Signal()                              # a fetched word arrives from the program RAM
+        staged_group = Signal(FETCH_GROUPS, init=1)      # the group of word_sel's word (one-hot)
         ins = data.View(machine_layout(), ins_bits[:MACHINE_BITS])
         pc = Signal(range(cfg.program_words + MACHINE_WORDS + 1))     # word address of the next record
         fetched = Signal(range(MACHINE_WORDS + 2))
@@ -308,6 +319,25 @@ class Engine(wiring.Component):
         ]
         # registered from the instruction register (which settles in FETCH, before DECODE launches)
         m.d.sync += [feed_a.transposed.eq(slot_rows(ins.a) == L), feed_b.transposed.eq(slot_rows(ins.b) == L)]
+        # A fetched word arrives (the cycle after its read; a register, 0 outside FETCH): it goes
+        # to its group's staging register, chosen by a registered one-hot of the groups kept with
+        # word_sel, so the staging enables are one LUT from flip-flops (they were a fetch-counter
+        # compare and a 26-bit OR away, a failing class of 512 endpoints at 4 lanes).
+        m.d.sync += [arriving.eq(0), staged_sel.eq(Mux(arriving, word_sel, 0))]
+        with m.If(arriving):
+            next_sel = word_sel.rotate_left(1)
+            m.d.sync += [word_sel.eq(next_sel),
+                         staged_group.eq(Cat(*(next_sel[g.start:g.stop].any() for g in fetch_groups)))]
+        for g, (group, staged) in enumerate(zip(fetch_groups, staged_words)):
+            with m.If(arriving & staged_group[g]):
+                m.d.sync += staged.eq(prog_rd.data)
+        # Each instruction word loads from its staged copy when its one-hot bit is set: staged_sel
+        # is zero outside FETCH, so the state register is not in the 6,720 enables (it was, the
+        # 8-lane engine's widest failing class after placement: 9,236 endpoints).
+        for group, staged in zip(fetch_groups, staged_words):
+            for k in group:
+                with m.If(staged_sel[k]):
+                    m.d.sync += ins_bits.word_select(k, 32).eq(staged)
 
         # ---- the sum buffer (store-then-quantise) --------------------------------------------------
         # An ERR/GRAD record with ``stored`` writes its pass-1 result rows, as they enter the
@@ -322,7 +352,12 @@ class Engine(wiring.Component):
         sum_wa = Signal(ADDR_BITS)                       # next row to write
         store_room = Signal(init=1)                      # a pass-1 row may enter the quantiser
         sums_flushed = Signal(init=1)                    # no stored row waits to be written out
-        arr_res = array.results
+        # The array's result rows leave through a skid buffer: their consumer's ready (the op's
+        # switch, the pool, the quantiser's and the sum store's room) reached the array's result
+        # RAM enables, 8-lane engine's worst path after placement (24.6 ns).
+        m.submodules.arr_out = arr_out = SkidBuffer(array.results.payload.shape())
+        wiring.connect(m, array.results, arr_out.i)
+        arr_res = arr_out.o
         res = stream.Signature(arr_res.payload.shape()).create()
         sums_back = stream.Signature(unsigned(cfg.sum_width)).create()     # pass-2 rows from the store
         m.d.comb += from_sums.eq(stored_on & pass2)
@@ -443,6 +478,9 @@ class Engine(wiring.Component):
         take_in = qi.valid & qi.ready
         push_mask = Signal(L)
         push_idx = Signal(2 * L)
+        # the pool sees every row's data (only its valid depends on the op): the op's decode is not
+        # in front of its compares (a failing class at 4 and 8 lanes after placement)
+        m.d.comb += [pool.i.payload.data[i].eq(res.payload.data[i]) for i in range(L)]
         with m.Switch(op):
             with m.Case(Op.FWD):
                 with m.If(pool_on):
@@ -450,7 +488,6 @@ class Engine(wiring.Component):
                     m.d.comb += [pool.i.valid.eq(res.valid), res.ready.eq(pool.i.ready),
                                  qi.valid.eq(pool.o.valid & side.w_rdy), pool.o.ready.eq(qi.ready & side.w_rdy),
                                  push_idx.eq(pool.o.payload.idx)]
-                    m.d.comb += [pool.i.payload.data[i].eq(res.payload.data[i]) for i in range(L)]
                     m.d.comb += [qi.payload.data[i].eq(pool.o.payload.data[i]) for i in range(L)]
                 with m.Else():
                     m.d.comb += [qi.valid.eq(res.valid), res.ready.eq(qi.ready)]
@@ -791,8 +828,9 @@ class Engine(wiring.Component):
                         m.d.comb += [wu.load.valid.eq(1), wu.load.payload.addr.eq(cursor),
                                      wu.load.payload.w.eq(item_bits_of(Target.WEIGHTS)), done_item.eq(wu.load.ready)]
                     with m.Case(Target.LABELS):
-                        m.d.comb += [label_wr.en.eq(1), label_wr.addr.eq(cursor),
-                                     label_wr.data.eq(item_bits_of(Target.LABELS)), done_item.eq(1)]
+                        m.d.sync += [label_w_en.eq(1), label_w_addr.eq(cursor),
+                                     label_w_data.eq(item_bits_of(Target.LABELS))]
+                        m.d.comb += done_item.eq(1)
                     with m.Case(Target.PROGRAM):
                         m.d.comb += [prog_wr.en.eq(1), prog_wr.addr.eq(cursor),
                                      prog_wr.data.eq(item_bits_of(Target.PROGRAM)), done_item.eq(1)]
@@ -869,17 +907,7 @@ class Engine(wiring.Component):
                 m.d.comb += [running.eq(1), prog_rd.addr.eq(pc), prog_rd.en.eq(1)]
                 m.d.sync += fetched.eq(fetched + 1)
                 with m.If(fetched < MACHINE_WORDS):
-                    m.d.sync += pc.eq(pc + 1)
-                arriving = (fetched != 0) & (fetched <= MACHINE_WORDS)
-                m.d.sync += staged_sel.eq(Mux(arriving, word_sel, 0))
-                with m.If(arriving):
-                    m.d.sync += word_sel.eq(word_sel.rotate_left(1))
-                for group, staged in zip(fetch_groups, staged_words):
-                    with m.If(arriving & word_sel[group.start:group.stop].any()):
-                        m.d.sync += staged.eq(prog_rd.data)
-                    for k in group:
-                        with m.If(staged_sel[k]):
-                            m.d.sync += ins_bits.word_select(k, 32).eq(staged)
+                    m.d.sync += [pc.eq(pc + 1), arriving.eq(1)]      # (the word read now arrives next cycle)
                 with m.If(fetched == MACHINE_WORDS + 1):
                     m.d.sync += fetched.eq(0)
                     m.next = "DECODE"

@@ -15,7 +15,8 @@ difference:
   (an on-chip read there would wait behind the external reads in flight, the scratchpad reader
   holding only a few), so only words of the engine's tensors go to the port.
 * :class:`TieredWriter` takes {address, word}; a scratchpad word is written at once, an external
-  one goes to the port (``i.ready`` falls while the port's queue is full).
+  one goes to the port (``i.ready`` falls while the port's queue is full); ``registered=True``
+  puts a skid buffer in front, with the tier decided as a word enters it.
 * :class:`BurstCoalescer` merges consecutive word addresses into bursts of up to ``max_burst``;
   a burst closes when the next address is not consecutive, when it is full, or when no address
   arrives in a cycle (so a pattern's last words never wait for more).
@@ -159,8 +160,11 @@ class ExternalPort(wiring.Component):
         m.d.comb += self.writes_idle.eq(Cat(*idles).all() if idles else 1)
 
         # owner FIFOs: which client each issued burst belongs to
-        m.submodules.r_owner = r_owner = fifo.SyncFIFO(width=owner_layout.size, depth=self.outstanding)
-        m.submodules.w_owner = w_owner = fifo.SyncFIFO(width=owner_layout.size, depth=self.outstanding)
+        # (buffered: their heads are registers, so the head's client compare and the routing of the
+        # read data to its client start at flip-flops, not at a LUT-RAM read; the data of a burst
+        # comes back many cycles after it was issued, so the extra cycle costs nothing)
+        m.submodules.r_owner = r_owner = fifo.SyncFIFOBuffered(width=owner_layout.size, depth=self.outstanding)
+        m.submodules.w_owner = w_owner = fifo.SyncFIFOBuffered(width=owner_layout.size, depth=self.outstanding)
 
         # round-robin choice among the bursts that could be issued now
         m.submodules.cmd = cmd = SkidBuffer(self.port.cmd.payload.shape())
@@ -285,21 +289,42 @@ class TieredReader(wiring.Component):
 class TieredWriter(wiring.Component):
     """Scratchpad-or-external writes (see the module docstring); ``chip_*`` drive a BlockRam write port."""
 
-    def __init__(self, addr_bits: int, width: int, ext_width: int, onchip_depth: int):
+    def __init__(self, addr_bits: int, width: int, ext_width: int, onchip_depth: int, *, registered: bool = False):
         if ext_width < width:
             self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
             raise ValueError(f"ext_width={ext_width}: narrower than the words it holds ({width} bits)")
+        if not isinstance(registered, bool):
+            self._MustUse__silence = True
+            raise TypeError(f"registered={registered!r}: must be True or False")
         self.addr_bits, self.width, self.ext_width, self.onchip_depth = addr_bits, width, ext_width, onchip_depth
+        self.registered = registered
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"addr": unsigned(addr_bits), "data": unsigned(width)}))),
             "chip_en": Out(1), "chip_addr": Out(addr_bits), "chip_data": Out(width),
             "ext": Out(write_client_signature(addr_bits, ext_width)),
+            "idle": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        i, ext = self.i, self.ext
-        is_ext = i.payload.addr >= self.onchip_depth
+        ext = self.ext
+        if self.registered:
+            # Words pass a skid buffer, their tier decided as they enter it: neither the port's
+            # ready nor the address compare reaches back into the producer, and the port's data
+            # FIFO write enable (LUT RAM, fanned out) starts at flip-flops. A word in the buffer
+            # is not issued yet (``idle`` low).
+            m.submodules.queue = queue = SkidBuffer(data.StructLayout({"w": self.i.payload.shape(), "ext": 1}))
+            m.d.comb += [queue.i.valid.eq(self.i.valid), queue.i.payload.w.eq(self.i.payload),
+                         queue.i.payload.ext.eq(self.i.payload.addr >= self.onchip_depth),
+                         self.i.ready.eq(queue.i.ready),
+                         self.idle.eq(~queue.o.valid & queue.i.ready)]
+            i = stream.Signature(self.i.payload.shape()).create()
+            m.d.comb += [i.valid.eq(queue.o.valid), i.payload.eq(queue.o.payload.w), queue.o.ready.eq(i.ready)]
+            is_ext = queue.o.payload.ext
+        else:
+            i = self.i
+            is_ext = i.payload.addr >= self.onchip_depth
+            m.d.comb += self.idle.eq(1)
         m.d.comb += [
             self.chip_en.eq(i.valid & ~is_ext), self.chip_addr.eq(i.payload.addr), self.chip_data.eq(i.payload.data),
             ext.req.valid.eq(i.valid & is_ext), ext.req.payload.addr.eq(i.payload.addr - self.onchip_depth),

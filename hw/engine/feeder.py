@@ -17,7 +17,9 @@
   :class:`hw.transpose.StreamTransposer` so that L words, one per array row, become L beats.
   Its response input and its output are :class:`~hw.engine.skid.SkidBuffer` s (registered valid,
   payload and ready), so neither the engine's routing of memory responses nor its join of the two
-  operand streams reaches into the reader, the transposer or the memories.
+  operand streams reaches into the reader, the transposer or the memories; so are a
+  :class:`PatternReader`'s request output (the memory's ready stops there) and the transposer's
+  input (its shift enable fans out to every cell).
 """
 
 from __future__ import annotations
@@ -113,12 +115,17 @@ class PatternReader(wiring.Component):
                                          "last": 1})
         m.submodules.flags = flags = fifo.SyncFIFO(width=flag_layout.size, depth=self.outstanding)
         wiring.connect(m, wiring.flipped(self.cmd), gen.cmd)
+        # Requests leave through a skid buffer: the memory's ready (a TieredReader's address
+        # compares, the external port's credits) no longer reaches the flag FIFO's write enable
+        # and the generator (the 8-lane engine's worst class into LUT RAM after placement).
+        m.submodules.req_out = req_out = SkidBuffer(unsigned(ADDR_BITS))
+        wiring.connect(m, req_out.o, wiring.flipped(self.req))
         beat = gen.o.payload
         m.d.comb += [
-            self.req.valid.eq(gen.o.valid & flags.w_rdy),
-            self.req.payload.eq(Mux(beat.valid, beat.addr, INVALID_ADDRESS)),    # see the module docstring
-            gen.o.ready.eq(self.req.ready & flags.w_rdy),
-            flags.w_en.eq(self.req.valid & self.req.ready),
+            req_out.i.valid.eq(gen.o.valid & flags.w_rdy),
+            req_out.i.payload.eq(Mux(beat.valid, beat.addr, INVALID_ADDRESS)),    # see the module docstring
+            gen.o.ready.eq(req_out.i.ready & flags.w_rdy),
+            flags.w_en.eq(req_out.i.valid & req_out.i.ready),
             flags.w_data.eq(Cat(beat.valid, beat.t1, beat.t2, beat.tile_last, beat.last)),   # flag_layout order
         ]
         f = data.View(flag_layout, flags.r_data)
@@ -167,10 +174,15 @@ class OperandFeeder(wiring.Component):
         word = Mux(beat.valid, beat.word.as_value(), 0)
         m.submodules.out = out = SkidBuffer(operand_layout(L))
         wiring.connect(m, out.o, wiring.flipped(self.o))
+        # The transposer takes its words from a skid buffer: its shift enable fans out to all
+        # L·L·8 cells, and the reader's join (response valid, flag FIFO level, the mode) in front
+        # of it was a failing class of 1,024 endpoints at 8 lanes.
+        m.submodules.tr_in = tr_in = SkidBuffer(tr.i.payload.shape())
+        wiring.connect(m, tr_in.o, tr.i)
         with m.If(self.transposed):
             m.d.comb += [
-                tr.i.valid.eq(reader.o.valid), tr.i.payload.data.eq(word), tr.i.payload.last.eq(beat.tile_last),
-                reader.o.ready.eq(tr.i.ready),
+                tr_in.i.valid.eq(reader.o.valid), tr_in.i.payload.data.eq(word),
+                tr_in.i.payload.last.eq(beat.tile_last), reader.o.ready.eq(tr_in.i.ready),
                 out.i.valid.eq(tr.o.valid), out.i.payload.data.eq(tr.o.payload.data),
                 out.i.payload.last.eq(tr.o.payload.last), tr.o.ready.eq(out.i.ready),
             ]

@@ -30,14 +30,17 @@ class SkidBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        skid = Signal.like(self.o.payload, name="skid")
+        # The payload registers have no reset (only the valid flags do): nothing reads them while
+        # their flag is low, and a reset fanned out to every payload bit is a timing path of its own.
+        skid = Signal.like(self.o.payload, name="skid", reset_less=True)
+        out = Signal.like(self.o.payload, name="out", reset_less=True)
         skid_valid = Signal()
-        m.d.comb += self.i.ready.eq(~skid_valid)
+        m.d.comb += [self.i.ready.eq(~skid_valid), self.o.payload.eq(out)]
         with m.If(~self.o.valid | self.o.ready):           # the output register is free this cycle
             with m.If(skid_valid):
-                m.d.sync += [self.o.payload.eq(skid), skid_valid.eq(0)]   # o.valid stays 1
+                m.d.sync += [out.eq(skid), skid_valid.eq(0)]   # o.valid stays 1
             with m.Else():
-                m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
+                m.d.sync += [self.o.valid.eq(self.i.valid), out.eq(self.i.payload)]
         with m.Elif(self.i.valid & ~skid_valid):             # output stalled: the beat waits in the slot
             m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
         return m
