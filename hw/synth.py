@@ -744,11 +744,12 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
         except SdfError as e:
             raise SynthError(str(e)) from None
         (workdir / "timing_paths.txt").write_text(timing.report())
-        classes = [{k: v for k, v in c.items() if k != "example"} for c in timing.classes()[:PATH_CLASSES]]
+        all_classes = timing.classes()
+        classes = [{k: v for k, v in c.items() if k != "example"} for c in all_classes[:PATH_CLASSES]]
         phases["timing_paths"] = round(time.monotonic() - t, 2)
         if progress is not None:
             progress(f"[{time.monotonic() - start:7.1f}s] timing: {len(timing.failing())} failing endpoints "
-                     f"in {len(timing.classes())} path classes -> {workdir / 'timing_paths.txt'}")
+                     f"in {len(all_classes)} path classes -> {workdir / 'timing_paths.txt'}")
     result = SynthResult(
         fmax_mhz=round(fmax, 2), constraint_mhz=constraint, met=fmax >= constraint,
         resources=resources, seconds=round(time.monotonic() - start, 1),

@@ -34,7 +34,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .extmem import MAX_BURST, ExternalMemorySignature
-from .skid import SkidBuffer
+from .skid import SkidBuffer, tagged_skid
 
 __all__ = ["BurstCoalescer", "ExternalPort", "TieredReader", "TieredWriter", "read_client_signature",
            "write_client_signature", "EXT_CREDITS"]
@@ -313,14 +313,8 @@ class TieredWriter(wiring.Component):
             # ready nor the address compare reaches back into the producer, and the port's data
             # FIFO write enable (LUT RAM, fanned out) starts at flip-flops. A word in the buffer
             # is not issued yet (``idle`` low).
-            m.submodules.queue = queue = SkidBuffer(data.StructLayout({"w": self.i.payload.shape(), "ext": 1}))
-            m.d.comb += [queue.i.valid.eq(self.i.valid), queue.i.payload.w.eq(self.i.payload),
-                         queue.i.payload.ext.eq(self.i.payload.addr >= self.onchip_depth),
-                         self.i.ready.eq(queue.i.ready),
-                         self.idle.eq(~queue.o.valid & queue.i.ready)]
-            i = stream.Signature(self.i.payload.shape()).create()
-            m.d.comb += [i.valid.eq(queue.o.valid), i.payload.eq(queue.o.payload.w), queue.o.ready.eq(i.ready)]
-            is_ext = queue.o.payload.ext
+            i, is_ext, queue = tagged_skid(m, "queue", self.i, self.i.payload.addr >= self.onchip_depth)
+            m.d.comb += self.idle.eq(queue.empty)
         else:
             i = self.i
             is_ext = i.payload.addr >= self.onchip_depth

@@ -14,10 +14,10 @@ taken, and beats leave in the order they came.
 from __future__ import annotations
 
 from amaranth.hdl import Module, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["SkidBuffer"]
+__all__ = ["SkidBuffer", "tagged_skid"]
 
 
 class SkidBuffer(wiring.Component):
@@ -27,6 +27,11 @@ class SkidBuffer(wiring.Component):
             "i": In(stream.Signature(shape)),
             "o": Out(stream.Signature(shape)),
         })
+
+    @property
+    def empty(self):
+        """High while the buffer holds no beat."""
+        return ~self.o.valid & self.i.ready
 
     def elaborate(self, platform):
         m = Module()
@@ -44,3 +49,16 @@ class SkidBuffer(wiring.Component):
         with m.Elif(self.i.valid & ~skid_valid):             # output stalled: the beat waits in the slot
             m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
         return m
+
+
+def tagged_skid(m: Module, name: str, source, tag):
+    """``source`` (a stream the caller receives) through a :class:`SkidBuffer` added to ``m`` as
+    ``name``, with the 1-bit ``tag`` (a function of the beat entering, e.g. an address compare)
+    registered beside it, so that what the tag decides starts at flip-flops. Returns the stream
+    out, its head beat's tag and the buffer (for :attr:`SkidBuffer.empty`)."""
+    buf = m.submodules[name] = SkidBuffer(data.StructLayout({"beat": source.payload.shape(), "tag": 1}))
+    m.d.comb += [buf.i.valid.eq(source.valid), buf.i.payload.beat.eq(source.payload), buf.i.payload.tag.eq(tag),
+                 source.ready.eq(buf.i.ready)]
+    out = stream.Signature(source.payload.shape()).create()
+    m.d.comb += [out.valid.eq(buf.o.valid), out.payload.eq(buf.o.payload.beat), buf.o.ready.eq(out.ready)]
+    return out, buf.o.payload.tag, buf

@@ -28,7 +28,7 @@ from hw.weight_update import WeightUpdate
 from .config import EngineConfig
 from .extport import EXT_CREDITS, TieredReader, read_client_signature, write_client_signature
 from .isa import ADDR_BITS
-from .skid import SkidBuffer
+from .skid import tagged_skid
 
 __all__ = ["WeightStore"]
 
@@ -108,13 +108,7 @@ class WeightStore(wiring.Component):
         # (LUT RAM, fanned out) and the port's request start at flip-flops, not at a 24-bit compare
         # (a failing class of 512 endpoints at 8 lanes after placement)
         load = self.load
-        m.submodules.update_in = update_in = SkidBuffer(data.StructLayout({"u": self.update_layout, "ext": 1}))
-        m.d.comb += [update_in.i.valid.eq(self.update.valid), update_in.i.payload.u.eq(self.update.payload),
-                     update_in.i.payload.ext.eq(self.update.payload.addr >= D), self.update.ready.eq(update_in.i.ready)]
-        upd = stream.Signature(self.update_layout).create()
-        m.d.comb += [upd.valid.eq(update_in.o.valid), upd.payload.eq(update_in.o.payload.u),
-                     update_in.o.ready.eq(upd.ready)]
-        upd_ext = update_in.o.payload.ext
+        upd, upd_ext, update_in = tagged_skid(m, "update_in", self.update, self.update.payload.addr >= D)
         # rmw_q holds every update accepted whose write is not yet handed to the port, so its room is
         # the read credit (rmw_data, as deep, always has room for the data of the reads in flight)
         m.submodules.rmw_q = rmw_q = fifo.SyncFIFO(width=self.update_layout.size, depth=EXT_CREDITS)
@@ -150,5 +144,5 @@ class WeightStore(wiring.Component):
             m.d.comb += [wr.req.valid.eq(load.valid & load_ext), wr.req.payload.addr.eq(load.payload.addr - D + base),
                          wr.req.payload.data.eq(loaded),
                          load.ready.eq(Mux(load_ext, wr.req.ready, unit.load.ready))]
-        m.d.comb += self.idle.eq(~rmw_q.r_rdy & ~update_in.o.valid & update_in.i.ready)
+        m.d.comb += self.idle.eq(~rmw_q.r_rdy & update_in.empty)
         return m
