@@ -278,6 +278,7 @@ class ConvAddressGenerator(wiring.Component):
         p = Signal(conv_pattern_layout(), reset_less=True)   # the running pattern (loaded while idle)
         IDLE, PREP, INIT, RUN = range(4)
         phase = Signal(2, init=IDLE)
+        idle = Signal(init=1)                        # phase == IDLE, as a flip-flop of its own
         loops = {n: _Counter(n, KCOUNT_BITS if n == "k" else COUNT_BITS) for n in ("r", "k", "t2", "t1")}
         r, k, t2, t1 = (loops[n] for n in ("r", "k", "t2", "t1"))
         odos = [_Odometer(m, "pos", p, pos=True), _Odometer(m, "tap", p, pos=False)]
@@ -285,13 +286,14 @@ class ConvAddressGenerator(wiring.Component):
         a12 = Signal(ADDR_BITS)                      # base + s1·t1 + s2·t2
 
         # -- command: the pattern and its counts' flags -----------------------------------------
-        m.d.comb += self.cmd.ready.eq(phase == IDLE)
+        m.d.comb += self.cmd.ready.eq(idle)
         # While idle the pattern registers follow the payload, whether or not it is valid (nothing
-        # reads them then): their 1,300 enables hang on the phase register alone, not on the
-        # handshake (the slot's and the engine's ready logic; the slot's highest-fanout net).
-        with m.If(self.cmd.valid & (phase == IDLE)):
-            m.d.sync += phase.eq(PREP)
-        with m.If(phase == IDLE):
+        # reads them then): their 1,300 enables hang on the idle flip-flop alone, not on the
+        # handshake (the slot's and the engine's ready logic; the slot's highest-fanout net), nor
+        # on a compare of the phase (a LUT in front of the fan-out: −3.4 ns at 8 lanes, placed).
+        with m.If(self.cmd.valid & idle):
+            m.d.sync += [phase.eq(PREP), idle.eq(0)]
+        with m.If(idle):
             pl = self.cmd.payload
             m.d.sync += p.eq(pl)
             for n, c in loops.items():
@@ -333,7 +335,7 @@ class ConvAddressGenerator(wiring.Component):
             a1n = (a1 + p.s1[:ADDR_BITS])[:ADDR_BITS]
             m.d.sync += r.clear() + k.clear() + t2.clear() + t1.inc() + [a1.eq(a1n), a12.eq(a1n)]
         with m.If(ev_done):
-            m.d.sync += phase.eq(IDLE)
+            m.d.sync += [phase.eq(IDLE), idle.eq(1)]
 
         for o in odos:
             is_t1r, is_k, is_t2 = (o.drive == Drive.T1R), (o.drive == Drive.K), (o.drive == Drive.T2)

@@ -23,7 +23,7 @@ Blocks (``L`` = ``config.lanes``)
   and reader's port clients, which are idle in the passes that use them);
 * the program memory (``program_words`` 32-bit words; :mod:`hw.engine.encoding` records of
   MACHINE_WORDS words, fetched into the instruction register one word per cycle through a stage
-  of registers, MACHINE_WORDS + 2 cycles per record) and the labels.
+  of registers, MACHINE_WORDS + 3 cycles per record) and the labels.
 
 One finite-state machine parses host packets and, for ``RUN``, sequences the program: for each
 instruction it fetches the record, loads the patterns into the generators and the command into the
@@ -74,7 +74,7 @@ from hw.quantizer import Mode, ShiftQuantizer
 from .config import EngineConfig
 from .encoding import MACHINE_BITS, MACHINE_WORDS, machine_layout
 from .extmem import ExternalMemorySignature
-from .extport import EXT_CREDITS, ExternalPort, TieredReader, TieredWriter, write_client_signature
+from .extport import EXT_CREDITS, ExternalPort, TieredReader, TieredWriter
 from .feeder import FLAG_DEPTH, OperandFeeder, PatternReader, RamReader
 from .conv import PART_FINISH, PART_FIRST, PART_NEXT, PART_WHOLE
 from .isa import ADDR_BITS, STORE_CHIP, STORE_EXTERNAL, Op
@@ -94,6 +94,16 @@ FETCH_GROUPS = 8
 
 def host_layout() -> data.StructLayout:
     return data.StructLayout({"data": 32, "last": 1})
+
+
+def registered_write(m: Module, ram: BlockRam, en, addr, data_) -> None:
+    """Drive ``ram``'s write port from registers loaded with ``en``, ``addr`` and ``data_`` (a write
+    lands a cycle later). Only the enable has a reset: the reset net reaches every register that
+    has one (a failing class of its own at 8 lanes), and address and data mean nothing without it."""
+    w_addr = Signal.like(ram.w_addr, reset_less=True)
+    w_data = Signal.like(ram.w_data, reset_less=True)
+    m.d.sync += [ram.w_en.eq(en), w_addr.eq(addr), w_data.eq(data_)]
+    m.d.comb += [ram.w_addr.eq(w_addr), ram.w_data.eq(w_data)]
 
 
 class Engine(wiring.Component):
@@ -170,7 +180,7 @@ class Engine(wiring.Component):
             for wr, ram, v, a, d, rdy in ((act_wr, act, act_wv, act_wa, act_wd, act_wready),
                                           (err_wr, err, err_wv, err_wa, err_wd, err_wready)):
                 m.d.comb += [wr.i.valid.eq(v), wr.i.payload.addr.eq(a), wr.i.payload.data.eq(d), rdy.eq(wr.i.ready)]
-                m.d.sync += [ram.w_en.eq(wr.chip_en), ram.w_addr.eq(wr.chip_addr), ram.w_data.eq(wr.chip_data)]
+                registered_write(m, ram, wr.chip_en, wr.chip_addr, wr.chip_data)
             m.d.comb += writes_idle.eq(ext_port.writes_idle & wu.idle & act_wr.idle & err_wr.idle)
             with m.If(self.ext.r.valid & self.ext.r.ready):
                 m.d.sync += ext_read_words.eq(ext_read_words + 1)
@@ -182,7 +192,7 @@ class Engine(wiring.Component):
             # select → DP16KD write enable) was the 8-lane 85F engine's critical path (16.1 ns). A
             # word now lands one cycle later; nothing reads a word in the cycle after its write.
             for ram, v, a, d in ((act, act_wv, act_wa, act_wd), (err, err_wv, err_wa, err_wd)):
-                m.d.sync += [ram.w_en.eq(v), ram.w_addr.eq(a), ram.w_data.eq(d)]
+                registered_write(m, ram, v, a, d)
         m.submodules.array = array = MacArray(wage, L, L, mode="int8", max_reduction=cfg.max_reduction,
                                               target=cfg.target)
         acc_width = max(array.accumulator_width, 10)
@@ -237,12 +247,18 @@ class Engine(wiring.Component):
         fetch_groups = [range(g * MACHINE_WORDS // FETCH_GROUPS, (g + 1) * MACHINE_WORDS // FETCH_GROUPS)
                         for g in range(FETCH_GROUPS)]
         staged_words = [Signal(32, name=f"fetch_stage{g}", reset_less=True) for g in range(FETCH_GROUPS)]
-        staged_sel = Signal(MACHINE_WORDS)               # the word each staged copy fills (word_sel, a cycle later)
+        # the word each staged copy fills (word_sel, a cycle later); no reset (arriving_q has one, so
+        # it is zero from the first cycle after reset, and a stray load before FETCH is overwritten)
+        staged_sel = Signal(MACHINE_WORDS, reset_less=True)
         arriving = Signal()                              # a fetched word arrives from the program RAM
+        # … and is registered once, beside its flag, before the staging registers: the RAM's
+        # clock-to-out (5.8 ns, no output register) was in front of the 26 groups' routing
+        arriving_q = Signal()
+        fetched_word = Signal(32, reset_less=True)
         staged_group = Signal(FETCH_GROUPS, init=1)      # the group of word_sel's word (one-hot)
         ins = data.View(machine_layout(), ins_bits[:MACHINE_BITS])
         pc = Signal(range(cfg.program_words + MACHINE_WORDS + 1))     # word address of the next record
-        fetched = Signal(range(MACHINE_WORDS + 2))
+        fetched = Signal(range(MACHINE_WORDS + 3))
         step = Signal(32)
         steps_left = Signal(32)
         eta = Signal(signed(8))
@@ -259,8 +275,12 @@ class Engine(wiring.Component):
 
         # ---- memory routing ----------------------------------------------------------------------
         # act read port: FWD → feeder A, GRAD → feeder B, LOSS/ERR → aux, else the host.
-        host_act_req = stream.Signature(unsigned(ADDR_BITS)).create()
-        host_err_req = stream.Signature(unsigned(ADDR_BITS)).create()
+        # The host's read requests enter through skid buffers, so that the readers' request readies
+        # (through the port's client selects) stop at a register short of the host's counters'
+        # enables (cursor, remaining: on the 8-lane engine's worst path after placement).
+        m.submodules.host_act_q = host_act_q = SkidBuffer(unsigned(ADDR_BITS))
+        m.submodules.host_err_q = host_err_q = SkidBuffer(unsigned(ADDR_BITS))
+        host_act_req, host_err_req = host_act_q.i, host_err_q.i
         host_act_resp_ready = Signal()
         host_err_resp_ready = Signal()
         act_word = data.View(self.act_layout, act_rd.resp.payload)
@@ -274,8 +294,8 @@ class Engine(wiring.Component):
                         m.d.comb += [target.valid.eq(src.valid), target.payload.eq(src.payload),
                                      src.ready.eq(target.ready)]
         route_req(act_rd.req, [((Op.FWD,), feed_a.req), ((Op.GRAD,), feed_b.req),
-                               ((Op.LOSS, Op.ERR), aux.req), ((Op.NOP,), host_act_req)])
-        route_req(err_rd.req, [((Op.ERR, Op.GRAD), feed_a.req), ((Op.COPY,), aux.req), ((Op.NOP,), host_err_req)])
+                               ((Op.LOSS, Op.ERR), aux.req), ((Op.NOP,), host_act_q.o)])
+        route_req(err_rd.req, [((Op.ERR, Op.GRAD), feed_a.req), ((Op.COPY,), aux.req), ((Op.NOP,), host_err_q.o)])
         # act/err responses
         with m.Switch(op):
             with m.Case(Op.FWD):
@@ -319,18 +339,20 @@ class Engine(wiring.Component):
         ]
         # registered from the instruction register (which settles in FETCH, before DECODE launches)
         m.d.sync += [feed_a.transposed.eq(slot_rows(ins.a) == L), feed_b.transposed.eq(slot_rows(ins.b) == L)]
-        # A fetched word arrives (the cycle after its read; a register, 0 outside FETCH): it goes
+        # A fetched word arrives (the cycle after its read; a register, 0 outside FETCH), is
+        # registered with its flag (arriving_q), and goes
         # to its group's staging register, chosen by a registered one-hot of the groups kept with
         # word_sel, so the staging enables are one LUT from flip-flops (they were a fetch-counter
         # compare and a 26-bit OR away, a failing class of 512 endpoints at 4 lanes).
-        m.d.sync += [arriving.eq(0), staged_sel.eq(Mux(arriving, word_sel, 0))]
-        with m.If(arriving):
+        m.d.sync += [arriving.eq(0), arriving_q.eq(arriving), fetched_word.eq(prog_rd.data),
+                     staged_sel.eq(Mux(arriving_q, word_sel, 0))]
+        with m.If(arriving_q):
             next_sel = word_sel.rotate_left(1)
             m.d.sync += [word_sel.eq(next_sel),
                          staged_group.eq(Cat(*(next_sel[g.start:g.stop].any() for g in fetch_groups)))]
         for g, (group, staged) in enumerate(zip(fetch_groups, staged_words)):
-            with m.If(arriving & staged_group[g]):
-                m.d.sync += staged.eq(prog_rd.data)
+            with m.If(arriving_q & staged_group[g]):
+                m.d.sync += staged.eq(fetched_word)
         # Each instruction word loads from its staged copy when its one-hot bit is set: staged_sel
         # is zero outside FETCH, so the state register is not in the 6,720 enables (it was, the
         # 8-lane engine's widest failing class after placement: 9,236 endpoints).
@@ -346,7 +368,10 @@ class Engine(wiring.Component):
         # running again (hw.engine.compiler.choose_store_then_quantise).
         stored_on = Signal()                             # the running instruction stores its sums
         store_ext = Signal()                             # … in the external memory
-        from_sums = Signal()                             # … and is in pass 2: results from the store
+        # … and is in pass 2: results from the store. A flip-flop of its own, set wherever pass2 or
+        # stored_on is (it selects hundreds of result bits: as a LUT of the two it was the start of
+        # the 8-lane engine's worst paths, 27.1 ns after placement).
+        from_sums = Signal()
         sum_rd_left = Signal(32)                         # pass-2 rows still to request
         sum_rd_addr = Signal(ADDR_BITS)
         sum_wa = Signal(ADDR_BITS)                       # next row to write
@@ -360,7 +385,6 @@ class Engine(wiring.Component):
         arr_res = arr_out.o
         res = stream.Signature(arr_res.payload.shape()).create()
         sums_back = stream.Signature(unsigned(cfg.sum_width)).create()     # pass-2 rows from the store
-        m.d.comb += from_sums.eq(stored_on & pass2)
         if cfg.sum_words:
             m.submodules.sums = sums = BlockRam(cfg.sum_width, cfg.sum_words, target=cfg.target)
             m.submodules.sum_rd = sum_rd = RamReader(cfg.sum_width)
@@ -380,7 +404,10 @@ class Engine(wiring.Component):
             sum_chunk = Signal(range(n))                 # chunk of the head row being written
             sum_xw = Signal(ADDR_BITS)                   # next external word (from the region's base)
             rows_queued = Signal(range(sum_wq.depth + 2))    # rows pushed and not yet fully written
-            sum_wr = write_client_signature(ADDR_BITS, ew).create().req
+            # the words leave through a skid buffer: the queue's read enable and the chunk counters
+            # wait on its registered room, not on the port's arbitration
+            m.submodules.sum_wr_q = sum_wr_q = SkidBuffer(err_wr.ext.req.payload.shape())
+            sum_wr = sum_wr_q.i
             padded = Cat(sum_wq.r_data, Const(0, n * ew - cfg.sum_width))
             m.d.comb += [sum_wr.valid.eq(sum_wq.r_rdy),
                          sum_wr.payload.addr.eq(cfg.external_sum_base + sum_xw),
@@ -401,6 +428,8 @@ class Engine(wiring.Component):
             # The error reader's and writer's port clients: the sums' writes use the writer's in pass 1
             # (an ERR or GRAD writes no data then) until every row's words are issued, the sums'
             # reads use the reader's in pass 2 (the operand reads all ended with pass 1).
+            # Both selects are flip-flops (share_rd = from_sums & store_ext, share_wr = store_ext &
+            # ~sum_go), set beside the registers they mirror: they switch hundreds of port bits.
             share_rd, share_wr = Signal(), Signal()
             port_rd, port_wr = ext_port.rd1, ext_port.wr1
             for sel, client in ((share_rd, sum_xrd.ext), (~share_rd, err_rd.ext)):
@@ -409,14 +438,13 @@ class Engine(wiring.Component):
                                  client.req.ready.eq(port_rd.req.ready),
                                  client.resp.valid.eq(port_rd.resp.valid), client.resp.payload.eq(port_rd.resp.payload),
                                  port_rd.resp.ready.eq(client.resp.ready)]
-            for sel, req in ((share_wr, sum_wr), (~share_wr, err_wr.ext.req)):
+            for sel, req in ((share_wr, sum_wr_q.o), (~share_wr, err_wr.ext.req)):
                 with m.If(sel):
                     m.d.comb += [port_wr.req.valid.eq(req.valid), port_wr.req.payload.eq(req.payload),
                                  req.ready.eq(port_wr.req.ready)]
             sum_go = Signal()                            # pass-1 rows all written: reads may start
-            m.d.comb += [share_rd.eq(from_sums & store_ext), share_wr.eq(store_ext & ~sum_go)]
-            with m.If(from_sums & store_ext & (rows_queued == 0) & ext_port.writes_idle):
-                m.d.sync += sum_go.eq(1)
+            with m.If(share_rd & (rows_queued == 0) & sum_wr_q.empty & ext_port.writes_idle):
+                m.d.sync += [sum_go.eq(1), share_wr.eq(0)]
             xr_chunk = Signal(range(n))
             m.d.comb += [sum_xrd.req.valid.eq(sum_go & (sum_rd_left != 0)),
                          sum_xrd.req.payload.eq(sum_rd_addr)]
@@ -424,22 +452,32 @@ class Engine(wiring.Component):
                 m.d.sync += [sum_rd_addr.eq(sum_rd_addr + 1), xr_chunk.eq(Mux(xr_chunk == n - 1, 0, xr_chunk + 1))]
                 with m.If(xr_chunk == n - 1):
                     m.d.sync += sum_rd_left.eq(sum_rd_left - 1)
-            joined = Signal(n * ew)
+            # the words reach the join through a skid buffer: its shift enable (n·ew bits) started
+            # at the reader's tier logic (−4.3 ns at 8 lanes, placed)
+            m.submodules.sum_xr_resp = xr_resp = SkidBuffer(unsigned(ew))
+            wiring.connect(m, sum_xrd.resp, xr_resp.i)
+            joined = Signal(n * ew, reset_less=True)
             have = Signal(range(n + 1))
-            m.d.comb += sum_xrd.resp.ready.eq(have != n)
-            with m.If(sum_xrd.resp.valid & sum_xrd.resp.ready):
-                m.d.sync += [joined.eq(Cat(joined[ew:], sum_xrd.resp.payload)), have.eq(have + 1)]
+            m.d.comb += xr_resp.o.ready.eq(have != n)
+            with m.If(xr_resp.o.valid & xr_resp.o.ready):
+                m.d.sync += [joined.eq(Cat(joined[ew:], xr_resp.o.payload)), have.eq(have + 1)]
             with m.If(store_ext):
                 m.d.comb += [sums_back.valid.eq(have == n), sums_back.payload.eq(joined[:cfg.sum_width])]
                 with m.If(sums_back.valid & sums_back.ready):
                     m.d.sync += have.eq(0)
         if cfg.sum_words or cfg.external_sum_words:
+            # The select (array or store) feeds a skid buffer: the pool's compares, the quantiser's
+            # input and the sum writes start at its registers, and their readies stop there (the
+            # select and its readies were on the 8-lane engine's worst paths after placement).
+            m.submodules.res_q = res_q = SkidBuffer(arr_res.payload.shape())
+            sel = res_q.i
             with m.If(from_sums):
-                m.d.comb += [res.valid.eq(sums_back.valid), res.payload.data.eq(sums_back.payload),
-                             sums_back.ready.eq(res.ready)]
+                m.d.comb += [sel.valid.eq(sums_back.valid), sel.payload.data.eq(sums_back.payload),
+                             sums_back.ready.eq(sel.ready)]
             with m.Else():
-                m.d.comb += [res.valid.eq(arr_res.valid), res.payload.eq(arr_res.payload),
-                             arr_res.ready.eq(res.ready)]
+                m.d.comb += [sel.valid.eq(arr_res.valid), sel.payload.eq(arr_res.payload),
+                             arr_res.ready.eq(sel.ready)]
+            m.d.comb += [res.valid.eq(res_q.o.valid), res.payload.eq(res_q.o.payload), res_q.o.ready.eq(res.ready)]
         else:
             m.d.comb += [res.valid.eq(arr_res.valid), res.payload.eq(arr_res.payload), arr_res.ready.eq(res.ready)]
 
@@ -515,8 +553,7 @@ class Engine(wiring.Component):
                      side.w_data.eq(Cat(push_mask, push_idx))]
         side_mask, side_idx = side.r_data[:L], side.r_data[L:]
         if cfg.sum_words:
-            m.d.sync += [sums.w_en.eq(take_in & ~pass2 & stored_on & ~store_ext), sums.w_addr.eq(sum_wa),
-                         sums.w_data.eq(res.payload.data)]
+            registered_write(m, sums, take_in & ~pass2 & stored_on & ~store_ext, sum_wa, res.payload.data)
             with m.If(take_in & ~pass2 & stored_on):
                 m.d.sync += sum_wa.eq(sum_wa + 1)
         if cfg.external_sum_words:
@@ -524,7 +561,9 @@ class Engine(wiring.Component):
         with m.If(take_in & ~pass2):
             m.d.sync += [p1_left.eq(p1_left - 1), part_left.eq(part_left - 1)]
             with m.If(p1_left == 1):
-                m.d.sync += pass2.eq(1)
+                m.d.sync += [pass2.eq(1), from_sums.eq(stored_on)]
+                if cfg.external_sum_words:
+                    m.d.sync += share_rd.eq(store_ext)
 
         # ---- quantiser output → scratchpads / weight updates ---------------------------------------
         m.submodules.update = update = SkidBuffer(wu.update.payload.shape())     # (the store's arbiter is deep)
@@ -902,13 +941,13 @@ class Engine(wiring.Component):
                     m.next = "FETCH_CHECK"
             with m.State("FETCH"):
                 # one word per cycle: the word read in the previous cycle arrives now (read latency
-                # 1) into its group's staging register, and lands in the instruction register a
-                # cycle later, so MACHINE_WORDS + 2 cycles per record
+                # 1), is registered, goes into its group's staging register and lands in the
+                # instruction register a cycle later, so MACHINE_WORDS + 3 cycles per record
                 m.d.comb += [running.eq(1), prog_rd.addr.eq(pc), prog_rd.en.eq(1)]
                 m.d.sync += fetched.eq(fetched + 1)
                 with m.If(fetched < MACHINE_WORDS):
                     m.d.sync += [pc.eq(pc + 1), arriving.eq(1)]      # (the word read now arrives next cycle)
-                with m.If(fetched == MACHINE_WORDS + 1):
+                with m.If(fetched == MACHINE_WORDS + 2):
                     m.d.sync += fetched.eq(0)
                     m.next = "DECODE"
             with m.State("DECODE"):
@@ -919,15 +958,18 @@ class Engine(wiring.Component):
                 keep = (ins.part >= PART_NEXT) | in_chain
                 to_chip = (ins.stored == STORE_CHIP) & bool(cfg.sum_words)
                 to_ext = (ins.stored == STORE_EXTERNAL) & bool(cfg.external_sum_words)
+                no_pass1 = (ins.qcount >> shift_l) == 0
                 with m.If(~keep):
-                    m.d.sync += [p1_left.eq(ins.qcount >> shift_l), pass2.eq((ins.qcount >> shift_l) == 0),
-                                 sum_wa.eq(0), stored_on.eq(to_chip | to_ext), store_ext.eq(to_ext)]
+                    m.d.sync += [p1_left.eq(ins.qcount >> shift_l), pass2.eq(no_pass1),
+                                 sum_wa.eq(0), stored_on.eq(to_chip | to_ext), store_ext.eq(to_ext),
+                                 from_sums.eq(no_pass1 & (to_chip | to_ext))]
                     if cfg.external_sum_words:
-                        m.d.sync += [sum_xw.eq(0), sum_chunk.eq(0)]
+                        m.d.sync += [sum_xw.eq(0), sum_chunk.eq(0), share_rd.eq(no_pass1 & to_ext)]
                 m.d.sync += [done.eq(0), done_pending.eq(0), sum_rd_addr.eq(0), sum_rd_left.eq(0),
                              part_left.eq(ins.part_count >> shift_l)]
                 if cfg.external_sum_words:           # (the previous record's rows are all read back)
-                    m.d.sync += [sum_go.eq(0), xr_chunk.eq(0), have.eq(0)]
+                    m.d.sync += [sum_go.eq(0), xr_chunk.eq(0), have.eq(0),
+                                 share_wr.eq(Mux(keep, store_ext, to_ext))]
                 # An engine built without convolution (cfg.has_conv) has no conv address generators:
                 # a conv pattern, pooling or unpooling is refused rather than walked wrongly.
                 conv_only = ins.a.conv | ins.b.conv | ins.aux.conv | ins.out.conv | ins.draw.conv | ins.pool \

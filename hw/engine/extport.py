@@ -71,10 +71,13 @@ class BurstCoalescer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # only the valid flags have a reset (the reset net's fan-out was a failing class at 8 lanes)
         open_valid = Signal()
-        open_addr = Signal(self.addr_bits)
-        open_next = Signal(self.addr_bits)            # open_addr + open_count, kept as a register
-        open_count = Signal(range(self.max_burst + 1))
+        open_addr = Signal(self.addr_bits, reset_less=True)
+        open_next = Signal(self.addr_bits, reset_less=True)     # open_addr + open_count, kept as a register
+        open_count = Signal(range(self.max_burst + 1), reset_less=True)
+        out = Signal.like(self.o.payload, reset_less=True)
+        m.d.comb += self.o.payload.eq(out)
         out_free = ~self.o.valid | self.o.ready
         extend = open_valid & (self.i.payload == open_next) & (open_count != self.max_burst)
         m.d.comb += [self.i.ready.eq(~open_valid | extend | out_free),
@@ -89,12 +92,12 @@ class BurstCoalescer(wiring.Component):
             m.d.sync += [open_valid.eq(1), open_addr.eq(self.i.payload), open_next.eq(self.i.payload + 1),
                          open_count.eq(1)]
             with m.If(open_valid):
-                m.d.sync += [self.o.valid.eq(1), self.o.payload.addr.eq(open_addr),
-                             self.o.payload.count.eq(open_count)]
+                m.d.sync += [self.o.valid.eq(1), out.addr.eq(open_addr),
+                             out.count.eq(open_count)]
         with m.Elif(open_valid & out_free):
             # no address this cycle: close the burst rather than wait for more
-            m.d.sync += [open_valid.eq(0), self.o.valid.eq(1), self.o.payload.addr.eq(open_addr),
-                         self.o.payload.count.eq(open_count)]
+            m.d.sync += [open_valid.eq(0), self.o.valid.eq(1), out.addr.eq(open_addr),
+                         out.count.eq(open_count)]
         return m
 
 

@@ -179,12 +179,16 @@ class OperandFeeder(wiring.Component):
         # of it was a failing class of 1,024 endpoints at 8 lanes.
         m.submodules.tr_in = tr_in = SkidBuffer(tr.i.payload.shape())
         wiring.connect(m, tr_in.o, tr.i)
+        # The transposer's ready is the output buffer's room whatever the mode, so its shift enable
+        # (fanned out to L·L·8 cells) starts at flip-flops of its own: it holds no word when not
+        # transposing (`transposed` is static while a pattern runs and every block drains).
+        m.d.comb += tr.o.ready.eq(out.i.ready)
         with m.If(self.transposed):
             m.d.comb += [
                 tr_in.i.valid.eq(reader.o.valid), tr_in.i.payload.data.eq(word),
                 tr_in.i.payload.last.eq(beat.tile_last), reader.o.ready.eq(tr_in.i.ready),
                 out.i.valid.eq(tr.o.valid), out.i.payload.data.eq(tr.o.payload.data),
-                out.i.payload.last.eq(tr.o.payload.last), tr.o.ready.eq(out.i.ready),
+                out.i.payload.last.eq(tr.o.payload.last),
             ]
         with m.Else():
             m.d.comb += [

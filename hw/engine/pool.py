@@ -35,8 +35,12 @@ class WindowPool(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         L = self.lanes
-        best = Signal(data.ArrayLayout(signed(self.width), L))
-        best_idx = Signal(data.ArrayLayout(2, L))
+        # data registers without reset (only the valid flag and the row counter have one): the
+        # reset net fans out to every register that has one, a failing class at 8 lanes
+        best = Signal(data.ArrayLayout(signed(self.width), L), reset_less=True)
+        best_idx = Signal(data.ArrayLayout(2, L), reset_less=True)
+        out = Signal.like(self.o.payload, reset_less=True)
+        m.d.comb += self.o.payload.eq(out)
         pos = Signal(2)                                  # row of the window being taken
         take = self.i.valid & self.i.ready
         m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
@@ -50,7 +54,7 @@ class WindowPool(wiring.Component):
                 new, new_idx = Mux(better, x, best[j]), Mux(better, pos, best_idx[j])
                 m.d.sync += [best[j].eq(new), best_idx[j].eq(new_idx)]
                 with m.If(pos == 3):
-                    m.d.sync += [self.o.payload.data[j].eq(new), self.o.payload.idx[j].eq(new_idx)]
+                    m.d.sync += [out.data[j].eq(new), out.idx[j].eq(new_idx)]
             with m.If(pos == 3):
                 m.d.sync += self.o.valid.eq(1)
         return m

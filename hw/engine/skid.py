@@ -41,13 +41,19 @@ class SkidBuffer(wiring.Component):
         out = Signal.like(self.o.payload, name="out", reset_less=True)
         skid_valid = Signal()
         m.d.comb += [self.i.ready.eq(~skid_valid), self.o.payload.eq(out)]
+        # The payload registers load whatever is offered, valid or not, whenever their slot is free:
+        # their enables are then one flag each (~skid_valid; the output's free), and neither the
+        # producer's valid nor the consumer's ready reaches the slot's hundreds of enables. A slot
+        # loaded without a beat is never read: its valid flag stays low.
+        with m.If(~skid_valid):
+            m.d.sync += skid.eq(self.i.payload)
         with m.If(~self.o.valid | self.o.ready):           # the output register is free this cycle
             with m.If(skid_valid):
                 m.d.sync += [out.eq(skid), skid_valid.eq(0)]   # o.valid stays 1
             with m.Else():
                 m.d.sync += [self.o.valid.eq(self.i.valid), out.eq(self.i.payload)]
         with m.Elif(self.i.valid & ~skid_valid):             # output stalled: the beat waits in the slot
-            m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
+            m.d.sync += skid_valid.eq(1)
         return m
 
 

@@ -28,7 +28,7 @@ from hw.weight_update import WeightUpdate
 from .config import EngineConfig
 from .extport import EXT_CREDITS, TieredReader, read_client_signature, write_client_signature
 from .isa import ADDR_BITS
-from .skid import tagged_skid
+from .skid import SkidBuffer, tagged_skid
 
 __all__ = ["WeightStore"]
 
@@ -114,12 +114,18 @@ class WeightStore(wiring.Component):
         m.submodules.rmw_q = rmw_q = fifo.SyncFIFO(width=self.update_layout.size, depth=EXT_CREDITS)
         m.submodules.rmw_data = rmw_data = fifo.SyncFIFOBuffered(width=cfg.external_width, depth=EXT_CREDITS)
         rd = self.ext_rmw
-        ext_ok = rmw_q.w_rdy & rd.req.ready
+        # The reads go out through a skid buffer, so the queue's write enable (64 words of LUT RAM)
+        # waits on its registered room, not on the port's arbitration (−6.0 ns at 8 lanes, placed).
+        # The queue still bounds the reads in flight: each read has its entry from the cycle it is
+        # asked for.
+        m.submodules.rmw_req = rmw_req = SkidBuffer(unsigned(ADDR_BITS))
+        wiring.connect(m, rmw_req.o, wiring.flipped(rd.req))
+        ext_ok = rmw_q.w_rdy & rmw_req.i.ready
         m.d.comb += [
             unit.update.valid.eq(upd.valid & ~upd_ext), unit.update.payload.addr.eq(upd.payload.addr),
             unit.update.payload.dw.eq(upd.payload.dw),
-            rd.req.valid.eq(upd.valid & upd_ext & rmw_q.w_rdy),
-            rd.req.payload.eq(upd.payload.addr - D + base),
+            rmw_req.i.valid.eq(upd.valid & upd_ext & rmw_q.w_rdy),
+            rmw_req.i.payload.eq(upd.payload.addr - D + base),
             rmw_q.w_en.eq(upd.valid & upd_ext & ext_ok), rmw_q.w_data.eq(upd.payload.as_value()),
             upd.ready.eq(Mux(upd_ext, ext_ok, unit.update.ready)),
             rmw_data.w_en.eq(rd.resp.valid), rmw_data.w_data.eq(rd.resp.payload), rd.resp.ready.eq(rmw_data.w_rdy),
@@ -127,7 +133,12 @@ class WeightStore(wiring.Component):
         head = data.View(self.update_layout, rmw_q.r_data)
         ws = lanes_of(rmw_data.r_data)
         new = Cat(*(unit.clip(w - dw) for w, dw in zip(ws, head.dw)))
-        wr = self.ext_write
+        # The writes leave through a skid buffer: the read-modify-write (the queue's LUT-RAM read,
+        # the subtract and clip of every lane) ends at its registers, not in the port's write
+        # FIFO (−9.0 ns at 8 lanes, placed), and the queue's read enable waits on its room alone.
+        m.submodules.wr_q = wr_q = SkidBuffer(self.ext_write.req.payload.shape())
+        wiring.connect(m, wr_q.o, wiring.flipped(self.ext_write.req))
+        wr = wr_q.i
         rmw_valid = rmw_q.r_rdy & rmw_data.r_rdy
         load_ext = load.payload.addr >= D
         loaded = Cat(*(unit.clip(w) for w in lanes_of(load.payload.w.as_value())))
@@ -137,12 +148,12 @@ class WeightStore(wiring.Component):
         ]
         # one write client: read-modify-write results first (loads come from the host, between runs)
         with m.If(rmw_valid):
-            m.d.comb += [wr.req.valid.eq(1), wr.req.payload.addr.eq(head.addr - D + base), wr.req.payload.data.eq(new),
-                         rmw_q.r_en.eq(wr.req.ready), rmw_data.r_en.eq(wr.req.ready),
+            m.d.comb += [wr.valid.eq(1), wr.payload.addr.eq(head.addr - D + base), wr.payload.data.eq(new),
+                         rmw_q.r_en.eq(wr.ready), rmw_data.r_en.eq(wr.ready),
                          load.ready.eq(~load_ext & unit.load.ready)]
         with m.Else():
-            m.d.comb += [wr.req.valid.eq(load.valid & load_ext), wr.req.payload.addr.eq(load.payload.addr - D + base),
-                         wr.req.payload.data.eq(loaded),
-                         load.ready.eq(Mux(load_ext, wr.req.ready, unit.load.ready))]
-        m.d.comb += self.idle.eq(~rmw_q.r_rdy & update_in.empty)
+            m.d.comb += [wr.valid.eq(load.valid & load_ext), wr.payload.addr.eq(load.payload.addr - D + base),
+                         wr.payload.data.eq(loaded),
+                         load.ready.eq(Mux(load_ext, wr.ready, unit.load.ready))]
+        m.d.comb += self.idle.eq(~rmw_q.r_rdy & update_in.empty & wr_q.empty)    # (rmw_req empties before rmw_q)
         return m
