@@ -21,17 +21,21 @@ Interface (as :class:`~hw.engine.addrgen.AddressGenerator`)
          ``tile_last``  k = nk − 1 and r = nr − 1 (the last beat of a (t1, t2) tile's reduction)
          ``last``       the pattern's final beat
 
-``cmd.ready`` is high while no pattern is being walked (the two result registers may still hold
-the previous pattern's last beats: every beat carries what its output stage needs). ``o`` follows
-the stream rules: ``o.valid`` never waits for ``o.ready`` and the payload is registered and holds
-until taken.
+``drained`` Out(1): no pattern is being walked and no beat is left to leave on ``o``.
 
-Throughput and latency: one beat per cycle while ``o.ready`` is held high (a global-enable
-pipeline; a stall freezes every stage; tested). After the command's handshake edge come PREP
-(per-digit flags of the radices, the first step's stride), INIT (the walk's reset state), stage 1
-and the output stage: ``o.valid`` rises at the 4th clock edge after the handshake edge. A new
-command is taken the cycle after the previous pattern's last beat left the walk, so back-to-back
-patterns leave 3 idle cycles on ``o``.
+``cmd.ready`` is high while no pattern is being walked (the result stages and the output FIFO may
+still hold the previous pattern's last beats: every beat carries what its output stage needs). ``o``
+follows the stream rules: ``o.valid`` never waits for ``o.ready`` and the payload is registered and
+holds until taken.
+
+Throughput and latency: one beat per cycle while ``o.ready`` is held high (tested). The walk runs
+ahead of the consumer: its beats pass stage 1 and the output stage, which move every cycle, into
+a FIFO of :data:`OUT_DEPTH` beats, and the walk steps only while the beats in flight leave room
+(a registered count), so a stalled consumer stops the walk without reaching its enables. After the
+command's handshake edge come PREP (per-digit flags of the radices, the first step's stride), INIT
+(the walk's reset state), stage 1, the output stage and the FIFO (write, output register):
+``o.valid`` rises at the 6th clock edge after the handshake edge. A new command is taken the cycle
+after the previous pattern's last step, so back-to-back patterns leave 3 idle cycles on ``o``.
 
 Hardware (no multipliers, no dividers): each odometer (``pos``, ``tap``) is a 16-bit counter per
 digit with two registered flags, ``top`` (digit = radix − 1: it wraps at the next carry) and
@@ -57,24 +61,26 @@ Result pipeline: stage 1 registers ``loop part``, ``pos.addr + tap.addr`` and th
 
 Longest combinational paths: a 24-bit accumulator add (register + register: ``a12 + s2``,
 ``acc + stride``) followed by the two-level next-state multiplexer (reset / restore / step / hold,
-its selects from registered loop flags and ``o.ready``) — yosys ``ltp`` on a generic LUT4 mapping
+its selects from registered loop flags) — yosys ``ltp`` on a generic LUT4 mapping
 reports exactly this (18 levels there, because the generic mapping ripples the adder through
 LUTs; on ECP5 the add is a CCU2C carry chain); the stride selection (the ``sel`` register → 6:1
-AND-OR of the carry strides → next-state multiplexer); the next ``sel`` (loop flags and ``o.ready``
-→ step/restore → next flags → 6-flag chain); and the output stage's 24-bit add and 16-bit compares
-(one carry chain each). No two adders are chained anywhere. ``o.ready`` fans out to every
-register's enable (as in the AddressGenerator), and only to enables: the walk's actions come from
-registered loop flags. Alone on the 85F at 8 lanes (``python -m hw.synth --unit slot``) the slot
-routes at 100.1 MHz, its critical path ``o.ready`` → those enables (5 levels, mostly routing); with
-the flag chain in front of the stride multiplexer it routed at 89.0 MHz, with ``sel`` registered
-but ``o.ready`` in the multiplexers' selects at 97.9 MHz. Its flip-flops are mostly the payload
+AND-OR of the carry strides → next-state multiplexer); the next ``sel`` (loop flags and the step
+enable → step/restore → next flags → 6-flag chain); and the output stage's 24-bit add and 16-bit
+compares (one carry chain each). No two adders are chained anywhere. The step enable (``running
+& room``, two flip-flops) fans out to every walk register's enable, and only to enables: the walk's
+actions come from registered loop flags. Alone on the 85F at 8 lanes (``python -m hw.synth --unit
+slot``) the slot routed at 100.1 MHz when ``o.ready`` was that enable (its critical path then,
+5 levels, mostly routing); with the flag chain in front of the stride multiplexer it routed at
+89.0 MHz, with ``sel`` registered but ``o.ready`` in the multiplexers' selects at 97.9 MHz. In the
+8-lane engine, placed, ``o.valid``/``o.ready`` → step logic → the odometers' enables became the
+worst path (27.3 ns), hence the FIFO and its count. Its flip-flops are mostly the payload
 register and the two odometers with their shadow copies.
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .conv import COORD_BITS, COORDS, MAX_DIGITS, ConvPattern, Drive
@@ -97,6 +103,11 @@ def conv_pattern_layout() -> data.StructLayout:
     fields["coord_base"] = data.ArrayLayout(signed(COORD_BITS), COORDS)
     fields["coord_lim"] = data.ArrayLayout(COORD_BITS, COORDS)
     return data.StructLayout(fields)
+
+
+#: Beats the walk may have in flight (stage 1, the output stage and the output FIFO): enough for one
+#: beat per cycle with the count registered (tested).
+OUT_DEPTH = 6
 
 
 def conv_beat_layout() -> data.StructLayout:
@@ -271,6 +282,7 @@ class ConvAddressGenerator(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(conv_pattern_layout())),
             "o": Out(stream.Signature(conv_beat_layout())),
+            "drained": Out(1),                 # no pattern walked and no beat left to leave on ``o``
         })
 
     def elaborate(self, platform):
@@ -306,9 +318,21 @@ class ConvAddressGenerator(wiring.Component):
         init = phase == INIT
 
         # -- the walk -----------------------------------------------------------------------------
-        adv = ~self.o.valid | self.o.ready           # the pipeline moves
+        # The walk runs ahead of its consumer into a FIFO and counts the beats in flight (stage 1,
+        # the output stage, the FIFO): it steps while they leave room, so its step enable is two
+        # flip-flops (running, room), and the output handshake stays out of the walk's enables
+        # (o.valid/o.ready → step logic → the odometers' enables was the 8-lane engine's worst
+        # path after placement, 27.3 ns). The consumer's ready reaches only the count and the FIFO.
+        running = Signal()                           # phase == RUN, as a flip-flop of its own
+        room = Signal(init=1)                        # a step now cannot overfill the FIFO
+        in_flight = Signal(range(OUT_DEPTH + 1))
         go = Signal()
-        m.d.comb += go.eq(adv & (phase == RUN))
+        m.d.comb += go.eq(running & room)
+        pop = self.o.valid & self.o.ready
+        after = Signal(range(OUT_DEPTH + 2))
+        m.d.comb += after.eq(in_flight + go - pop)
+        m.d.sync += [in_flight.eq(after), room.eq(after < OUT_DEPTH)]
+        m.d.comb += self.drained.eq(idle & (in_flight == 0))
         r_end, k_end, t2_end, t1_end = r.last, k.last, t2.last, t1.last
         # which loop the next step advances (registered flags only), then the events (with go)
         at_r, at_k, at_t2, at_t1, at_done = (Signal(name=f"at_{n}") for n in ("r", "k", "t2", "t1", "done"))
@@ -322,7 +346,7 @@ class ConvAddressGenerator(wiring.Component):
         ev_r, ev_k, ev_t2, ev_t1, ev_done = (go & at for at in (at_r, at_k, at_t2, at_t1, at_done))
 
         with m.If(init):
-            m.d.sync += [phase.eq(RUN), a1.eq(p.base[:ADDR_BITS]), a12.eq(p.base[:ADDR_BITS])]
+            m.d.sync += [phase.eq(RUN), running.eq(1), a1.eq(p.base[:ADDR_BITS]), a12.eq(p.base[:ADDR_BITS])]
             for c in loops.values():
                 m.d.sync += c.clear()
         with m.If(ev_r):
@@ -335,7 +359,7 @@ class ConvAddressGenerator(wiring.Component):
             a1n = (a1 + p.s1[:ADDR_BITS])[:ADDR_BITS]
             m.d.sync += r.clear() + k.clear() + t2.clear() + t1.inc() + [a1.eq(a1n), a12.eq(a1n)]
         with m.If(ev_done):
-            m.d.sync += [phase.eq(IDLE), idle.eq(1)]
+            m.d.sync += [phase.eq(IDLE), idle.eq(1), running.eq(0)]
 
         for o in odos:
             is_t1r, is_k, is_t2 = (o.drive == Drive.T1R), (o.drive == Drive.K), (o.drive == Drive.T2)
@@ -351,30 +375,35 @@ class ConvAddressGenerator(wiring.Component):
             ]
             o.elaborate(m, p.coord_base, phase == PREP, init, go, rst, step, restore, save)
 
-        # -- result pipeline: stage 1 (partial sums), output stage -----------------------------
+        # -- result pipeline: stage 1 (partial sums), output stage, FIFO ----------------------------
+        # The stages move every cycle (the FIFO has room for every beat in flight), so their data
+        # registers load unconditionally; a beat is where its valid flag says.
         pos, tap = odos
         s1_valid = Signal()
-        s1_loop = Signal(ADDR_BITS)
-        s1_odo = Signal(ADDR_BITS)
-        s1_c = [Signal(COORD_BITS, name=f"s1_c{q}") for q in range(COORDS)]
-        s1_lim = [Signal(COORD_BITS, name=f"s1_lim{q}") for q in range(COORDS)]
-        s1_t1, s1_t2 = Signal(COUNT_BITS), Signal(COUNT_BITS)
-        s1_tile_last, s1_last = Signal(), Signal()
-        o = self.o.payload
-        with m.If(adv):
-            m.d.sync += [
-                s1_valid.eq(phase == RUN),
-                s1_loop.eq(a12),
-                s1_odo.eq(pos.acc_a + tap.acc_a),
-                s1_t1.eq(t1.v), s1_t2.eq(t2.v),
-                s1_tile_last.eq(r_end & k_end), s1_last.eq(r_end & k_end & t2_end & t1_end),
-            ]
-            for q in range(COORDS):
-                m.d.sync += [s1_c[q].eq(pos.acc_c[q] + tap.acc_c[q]), s1_lim[q].eq(p.coord_lim[q])]
-            m.d.sync += [
-                self.o.valid.eq(s1_valid),
-                o.addr.eq(s1_loop + s1_odo),
-                o.valid.eq((s1_c[0] < s1_lim[0]) & (s1_c[1] < s1_lim[1]) & (s1_c[2] < s1_lim[2])),
-                o.t1.eq(s1_t1), o.t2.eq(s1_t2), o.tile_last.eq(s1_tile_last), o.last.eq(s1_last),
-            ]
+        s1_loop = Signal(ADDR_BITS, reset_less=True)
+        s1_odo = Signal(ADDR_BITS, reset_less=True)
+        s1_c = [Signal(COORD_BITS, name=f"s1_c{q}", reset_less=True) for q in range(COORDS)]
+        s1_lim = [Signal(COORD_BITS, name=f"s1_lim{q}", reset_less=True) for q in range(COORDS)]
+        s1_t1, s1_t2 = Signal(COUNT_BITS, reset_less=True), Signal(COUNT_BITS, reset_less=True)
+        s1_tile_last, s1_last = Signal(reset_less=True), Signal(reset_less=True)
+        m.d.sync += [
+            s1_valid.eq(go),
+            s1_loop.eq(a12),
+            s1_odo.eq(pos.acc_a + tap.acc_a),
+            s1_t1.eq(t1.v), s1_t2.eq(t2.v),
+            s1_tile_last.eq(r_end & k_end), s1_last.eq(r_end & k_end & t2_end & t1_end),
+        ]
+        for q in range(COORDS):
+            m.d.sync += [s1_c[q].eq(pos.acc_c[q] + tap.acc_c[q]), s1_lim[q].eq(p.coord_lim[q])]
+        s2_valid = Signal()
+        s2 = Signal(conv_beat_layout(), reset_less=True)
+        m.d.sync += [
+            s2_valid.eq(s1_valid),
+            s2.addr.eq(s1_loop + s1_odo),
+            s2.valid.eq((s1_c[0] < s1_lim[0]) & (s1_c[1] < s1_lim[1]) & (s1_c[2] < s1_lim[2])),
+            s2.t1.eq(s1_t1), s2.t2.eq(s1_t2), s2.tile_last.eq(s1_tile_last), s2.last.eq(s1_last),
+        ]
+        m.submodules.out = out = fifo.SyncFIFOBuffered(width=conv_beat_layout().size, depth=OUT_DEPTH)
+        m.d.comb += [out.w_en.eq(s2_valid), out.w_data.eq(s2.as_value()),
+                     self.o.valid.eq(out.r_rdy), self.o.payload.eq(out.r_data), out.r_en.eq(self.o.ready)]
         return m

@@ -9,7 +9,9 @@ layers) or a convolution :class:`~hw.engine.conv.ConvPattern` (im2col by address
 :class:`SlotGenerator` holds an :class:`~hw.engine.addrgen.AddressGenerator` and a
 :class:`~hw.engine.conv_addrgen.ConvAddressGenerator`, hands each command to the one its ``conv``
 bit names, and merges their beat streams (the layouts are the same). A command is taken only while
-both generators are idle and neither holds a beat, so beats of consecutive patterns never mix.
+its generator takes commands and the other has nothing left to send (the convolution walk's
+``drained``: it runs ahead into a FIFO), so beats of consecutive patterns never mix; a convolution
+command may follow another at once, as may a plain one (each generator keeps its own order).
 With ``conv=False`` (an engine whose network has no convolution) the convolution generator is not
 built — it is most of a slot's logic — and the engine refuses conv instructions before they reach
 a slot (``BAD_INSTRUCTION``). The merged stream leaves through a :class:`~hw.engine.skid.SkidBuffer`, so that the consumer's
@@ -74,13 +76,16 @@ class SlotGenerator(wiring.Component):
             m.d.comb += [simple.cmd.valid.eq(self.cmd.valid), self.cmd.ready.eq(simple.cmd.ready)]
             return m
         m.submodules.conv = conv = ConvAddressGenerator(self.lanes)
-        idle = simple.cmd.ready & conv.cmd.ready & ~simple.o.valid & ~conv.o.valid
+        # A command goes to its generator once the other has nothing left to send (the conv walk
+        # runs ahead into its FIFO: `drained`); a conv command may follow a conv command at once.
+        simple_drained = simple.cmd.ready & ~simple.o.valid
         pl = self.cmd.payload
+        ready = Mux(pl.conv, conv.cmd.ready & simple_drained, simple.cmd.ready & conv.drained)
         m.d.comb += [
             simple.cmd.payload.eq(pl.p.simple), conv.cmd.payload.eq(pl.p.conv),
-            simple.cmd.valid.eq(self.cmd.valid & idle & ~pl.conv),
-            conv.cmd.valid.eq(self.cmd.valid & idle & pl.conv),
-            self.cmd.ready.eq(idle),
+            simple.cmd.valid.eq(self.cmd.valid & ready & ~pl.conv),
+            conv.cmd.valid.eq(self.cmd.valid & ready & pl.conv),
+            self.cmd.ready.eq(ready),
             # at most one generator holds a beat (commands wait for both to drain)
             out.i.valid.eq(simple.o.valid | conv.o.valid),
             out.i.payload.eq(Mux(conv.o.valid, conv.o.payload.as_value(), simple.o.payload.as_value())),
