@@ -681,6 +681,8 @@ class Engine(wiring.Component):
         addr, count = args[0], args[1]
         cursor = Signal(32)                 # next item address
         remaining = Signal(32)              # items still to write / to request
+        more = Signal()                     # remaining != 0, a flip-flop of its own (the compare was
+                                            # in front of the host read requests, the worst path placed)
         to_send = Signal(32)                # items still to send (READ)
         word_i = Signal(range(max(max_words, len(COUNTERS), len(IDENT)) + 1))
         saw_last = Signal()
@@ -703,24 +705,30 @@ class Engine(wiring.Component):
         m.submodules.readback_cmd = readback_cmd = SkidBuffer(wu.readback_cmd.payload.shape())
         wiring.connect(m, readback_cmd.o, wu.readback_cmd)
         rb_cmd = readback_cmd.i                          # (the store's arbiter sees registers only)
+        # Host weight loads enter the store through a skid buffer too: its load admission (the
+        # tier compare, the update sequencer's select) reached the host counters' enables (cursor,
+        # remaining: the 8-lane engine's worst path after placement, 23.0 ns). RESPOND waits for
+        # it to empty, so a load is in the store before the host hears the write is done.
+        m.submodules.load_q = load_q = SkidBuffer(wu.load.payload.shape())
+        wiring.connect(m, load_q.o, wu.load)
         prog_rd_pending = Signal()
         label_host = Signal(LABEL_BITS)
         with m.Switch(target):
             with m.Case(Target.ACT):
-                m.d.comb += [host_act_req.valid.eq(host_read_active & (remaining != 0)),
+                m.d.comb += [host_act_req.valid.eq(host_read_active & more),
                              rd_resp_valid.eq(act_rd.resp.valid), rd_resp_data.eq(act_rd.resp.payload),
                              host_act_resp_ready.eq(rd_resp_ready)]
             with m.Case(Target.ERR):
-                m.d.comb += [host_err_req.valid.eq(host_read_active & (remaining != 0)),
+                m.d.comb += [host_err_req.valid.eq(host_read_active & more),
                              rd_resp_valid.eq(err_rd.resp.valid), rd_resp_data.eq(err_rd.resp.payload),
                              host_err_resp_ready.eq(rd_resp_ready)]
             with m.Case(Target.WEIGHTS):
-                m.d.comb += [rb_cmd.valid.eq(host_read_active & (remaining != 0)),
+                m.d.comb += [rb_cmd.valid.eq(host_read_active & more),
                              rb_cmd.payload.start.eq(cursor), rb_cmd.payload.count.eq(1),
                              rd_resp_valid.eq(wu.readback.valid), rd_resp_data.eq(wu.readback.payload.w),
                              wu.readback.ready.eq(rd_resp_ready)]
             with m.Case(Target.LABELS):
-                m.d.comb += [rd_resp_valid.eq(host_read_active & (remaining != 0)), rd_resp_data.eq(label_rd.data)]
+                m.d.comb += [rd_resp_valid.eq(host_read_active & more), rd_resp_data.eq(label_rd.data)]
             with m.Case(Target.PROGRAM):
                 m.d.comb += [rd_resp_valid.eq(prog_rd_pending), rd_resp_data.eq(prog_rd.data)]
         with m.If(op == Op.NOP):
@@ -736,7 +744,7 @@ class Engine(wiring.Component):
             with m.Case(Target.LABELS):
                 m.d.comb += req_taken.eq(rd_resp_valid & rd_resp_ready)
             with m.Case(Target.PROGRAM):
-                m.d.comb += req_taken.eq(host_read_active & (remaining != 0) & ~prog_rd_pending)
+                m.d.comb += req_taken.eq(host_read_active & more & ~prog_rd_pending)
 
         prog_issue = Signal()
         m.d.comb += prog_issue.eq(host_read_active & (target == Target.PROGRAM) & req_taken)
@@ -805,7 +813,7 @@ class Engine(wiring.Component):
                     with m.If(argi == 0):
                         m.d.sync += [a0_ok.eq(hin.payload.data <= depth_of), a0_room.eq(depth_of - hin.payload.data)]
                     in_range = a0_ok & (a1 <= a0_room)
-                    m.d.sync += [cursor.eq(a0), remaining.eq(a1), to_send.eq(a1), word_i.eq(0)]
+                    m.d.sync += [cursor.eq(a0), remaining.eq(a1), more.eq(a1 != 0), to_send.eq(a1), word_i.eq(0)]
                     with m.If(~final):
                         with m.If(last):
                             m.d.sync += status.eq(Status.TRUNCATED)
@@ -864,8 +872,8 @@ class Engine(wiring.Component):
                         m.d.comb += [host_err_we.eq(1), host_w_addr.eq(cursor), host_err_w.eq(item_bits_of(Target.ERR)),
                                      done_item.eq(err_wready)]
                     with m.Case(Target.WEIGHTS):
-                        m.d.comb += [wu.load.valid.eq(1), wu.load.payload.addr.eq(cursor),
-                                     wu.load.payload.w.eq(item_bits_of(Target.WEIGHTS)), done_item.eq(wu.load.ready)]
+                        m.d.comb += [load_q.i.valid.eq(1), load_q.i.payload.addr.eq(cursor),
+                                     load_q.i.payload.w.eq(item_bits_of(Target.WEIGHTS)), done_item.eq(load_q.i.ready)]
                     with m.Case(Target.LABELS):
                         m.d.sync += [label_w_en.eq(1), label_w_addr.eq(cursor),
                                      label_w_data.eq(item_bits_of(Target.LABELS))]
@@ -874,7 +882,7 @@ class Engine(wiring.Component):
                         m.d.comb += [prog_wr.en.eq(1), prog_wr.addr.eq(cursor),
                                      prog_wr.data.eq(item_bits_of(Target.PROGRAM)), done_item.eq(1)]
                 with m.If(done_item):
-                    m.d.sync += [cursor.eq(cursor + 1), remaining.eq(remaining - 1)]
+                    m.d.sync += [cursor.eq(cursor + 1), remaining.eq(remaining - 1), more.eq(remaining != 1)]
                     with m.If(remaining == 1):                   # the final item
                         with m.If(saw_last):
                             m.next = "RESPOND"
@@ -896,7 +904,7 @@ class Engine(wiring.Component):
             with m.State("READ_DATA"):
                 m.d.comb += [host_read_active.eq(1), prog_rd.addr.eq(cursor), prog_rd.en.eq(prog_issue)]
                 with m.If(req_taken):
-                    m.d.sync += [cursor.eq(cursor + 1), remaining.eq(remaining - 1)]
+                    m.d.sync += [cursor.eq(cursor + 1), remaining.eq(remaining - 1), more.eq(remaining != 1)]
                 m.d.comb += rd_resp_ready.eq(send_words == 0)
                 with m.If(rd_resp_valid & rd_resp_ready):
                     m.d.sync += [resp_payload.eq(rd_resp_data), send_words.eq(item_words)]
@@ -911,8 +919,8 @@ class Engine(wiring.Component):
                             with m.If(to_send == 1):
                                 m.next = "IDLE"
             with m.State("RESPOND"):
-                m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(hdr), hout.payload.last.eq(1)]
-                with m.If(hout.ready):
+                m.d.comb += [hout.valid.eq(load_q.empty), hout.payload.data.eq(hdr), hout.payload.last.eq(1)]
+                with m.If(hout.ready & load_q.empty):
                     m.next = "IDLE"
             with m.State("SEND_COUNTERS_HDR"):
                 m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(hdr)]
