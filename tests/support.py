@@ -1,5 +1,5 @@
-"""Helpers shared by the hardware tests: logged seeds, two's-complement lane packing and a stalling
-stream producer."""
+"""Helpers shared by the hardware tests: logged seeds, two's-complement lane packing, running
+testbenches on Amaranth's simulator, and training an engine model beside golden."""
 
 from __future__ import annotations
 
@@ -14,6 +14,16 @@ def seed_for(tag: str) -> int:
     seed = (BASE_SEED * 1000003 + sum(ord(c) * 31 ** i for i, c in enumerate(tag))) % 2**32
     print(f"[{tag}] seed {seed} (WAGE_TEST_SEED={BASE_SEED})")
     return seed
+
+
+def run_benches(dut, *benches, period: float = 1e-6) -> None:
+    """Simulate ``dut`` with one clock of ``period`` seconds until every testbench has returned."""
+    from amaranth.sim import Simulator
+    sim = Simulator(dut)
+    sim.add_clock(period)
+    for bench in benches:
+        sim.add_testbench(bench)
+    sim.run()
 
 
 def pack(values, width: int) -> int:

@@ -3,11 +3,10 @@
 import random
 
 import pytest
-from amaranth.sim import Simulator
 
 from hw.engine.addrgen import AddressGenerator
 from hw.engine.isa import AddressPattern, RowSel
-from tests.support import seed_for
+from tests.support import run_benches, seed_for
 
 
 def random_pattern(rng, lanes):
@@ -62,11 +61,7 @@ def run(patterns, lanes, stall_seed, stall=0.3):
             await ctx.tick()
             assert not ctx.get(dut.o.valid)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(feed)
-    sim.add_testbench(drain)
-    sim.run()
+    run_benches(dut, feed, drain)
     return got, expected
 
 

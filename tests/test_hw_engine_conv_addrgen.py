@@ -6,13 +6,12 @@ import random
 
 import pytest
 from amaranth.hdl import ResetInserter, Signal
-from amaranth.sim import Simulator
 
 from golden.config import WageConfig
 from hw.engine.config import EngineConfig
 from hw.engine.conv import ConvInstruction, ConvPattern, Drive, compile_conv_network
 from hw.engine.conv_addrgen import ConvAddressGenerator, conv_pattern_payload
-from tests.support import seed_for
+from tests.support import run_benches, seed_for
 
 LANES = 4
 TRUNCATE = 700           # beats checked per long compiled pattern (the prefix of its walk)
@@ -84,10 +83,7 @@ def run(jobs, stall_seed, stall=0.3):
             assert not ctx.get(dut.o.valid)
         assert ctx.get(dut.drained)
 
-    sim = Simulator(top)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    run_benches(top, bench)
     return got, expected, taken_at
 
 

@@ -13,7 +13,7 @@ from hw.engine.extmem_model import ExternalMemoryModel
 from hw.engine.extport import BurstCoalescer, ExternalPort, TieredReader, TieredWriter
 from hw.engine.feeder import INVALID_ADDRESS
 from hw.engine.feeder import RamReader
-from tests.support import seed_for
+from tests.support import run_benches, seed_for
 
 from hw.engine.isa import ADDR_BITS  # noqa: E402  (the engine's; RamReader takes it)
 
@@ -56,11 +56,7 @@ def test_coalescer_merges_consecutive_addresses_into_bursts():
             await ctx.tick()
         assert ctx.get(dut.idle)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run()
+    run_benches(dut, producer, consumer, period=1e-8)
     flat = [a + k for a, c in bursts for k in range(c)]
     assert flat == addresses
     assert all(1 <= c <= 4 for _, c in bursts)

@@ -14,7 +14,7 @@ from hw.engine.feeder import INVALID_ADDRESS, OperandFeeder, PatternReader, RamR
 from hw.engine.conv import ConvPattern, Drive
 from hw.engine.isa import AddressPattern, RowSel
 from hw.engine.slot import slot_payload
-from tests.support import pack, seed_for
+from tests.support import pack, run_benches, seed_for
 
 
 class FeederOnRam(wiring.Component):
@@ -178,10 +178,7 @@ def test_reader_streams_one_word_per_cycle_when_enough_beats_are_in_flight(outst
             cycles += 1
         top.cycles = cycles
 
-    sim = Simulator(top)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    run_benches(top, bench)
     assert got == list(range(5, 5 + beats)) and not overrun
     if outstanding > latency + 4:
         assert top.cycles <= beats + latency + 8, top.cycles

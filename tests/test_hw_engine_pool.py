@@ -4,11 +4,10 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from golden.ops import maxpool2
 from hw.engine.pool import WindowPool
-from tests.support import seed_for
+from tests.support import run_benches, seed_for
 
 
 def run(rows, lanes, width, seed, stall=0.3):
@@ -36,11 +35,7 @@ def run(rows, lanes, width, seed, stall=0.3):
             if ready and valid:
                 got.append(([int(d[j]) for j in range(lanes)], [int(idx[j]) for j in range(lanes)]))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(feed)
-    sim.add_testbench(drain)
-    sim.run()
+    run_benches(dut, feed, drain)
     return got
 
 

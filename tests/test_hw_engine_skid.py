@@ -8,17 +8,17 @@ import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.sim import Simulator
 
 from hw.engine.skid import SkidBuffer, tagged_skid
-from tests.support import seed_for
+from tests.support import run_benches, seed_for
 
 WIDTH = 12
 
 
-def run(dut, beats, seed, in_stall, out_stall, source=None, sink=None, cycles_out=None):
+def run(dut, beats, seed, in_stall, out_stall, source=None, sink=None, cycles_out=None, empty=None):
     """Offer ``beats`` on ``source`` (junk on the payload while idle), drain ``sink`` with random
-    ready; returns the beats taken (with ``sink.payload`` as read)."""
+    ready; returns the beats taken (with ``sink.payload`` as read). ``empty``, if given, must be
+    low while a beat is offered on ``sink`` and high once everything has left."""
     source = dut.i if source is None else source
     sink = dut.o if sink is None else sink
     rng = random.Random(seed)
@@ -42,8 +42,10 @@ def run(dut, beats, seed, in_stall, out_stall, source=None, sink=None, cycles_ou
         while len(got) < len(beats):
             ready = rng.random() >= out_stall
             ctx.set(sink.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(sink.valid, sink.payload)
+            _, _, valid, payload, is_empty = await ctx.tick().sample(
+                sink.valid, sink.payload, sink.valid if empty is None else empty)
             cycles += 1
+            assert empty is None or not (valid and is_empty), "empty high while a beat is offered"
             if ready and valid:
                 got.append(payload)
         if cycles_out is not None:
@@ -52,12 +54,9 @@ def run(dut, beats, seed, in_stall, out_stall, source=None, sink=None, cycles_ou
             ctx.set(sink.ready, 1)
             _, _, valid = await ctx.tick().sample(sink.valid)
             assert not valid
+        assert empty is None or ctx.get(empty), "empty low after every beat left"
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(feed)
-    sim.add_testbench(drain)
-    sim.run()
+    run_benches(dut, feed, drain)
     return got
 
 
@@ -94,10 +93,7 @@ def test_no_path_from_consumer_ready_to_producer_ready():
             ctx.set(dut.o.ready, cycle >= 6)
             await ctx.tick()
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    run_benches(dut, bench)
     assert all(b == h == lo for b, h, lo in seen), seen
     assert {s[0] for s in seen} == {0, 1}             # i.ready did fall (the buffer filled) and rise
 
@@ -105,13 +101,13 @@ def test_no_path_from_consumer_ready_to_producer_ready():
 class TaggedHarness(wiring.Component):
     i: In(stream.Signature(WIDTH))
     o: Out(stream.Signature(WIDTH + 1))              # beat with its tag on top
+    empty: Out(1)                                    # the buffer's ``empty``
 
     def elaborate(self, platform):
         m = Module()
         src = stream.Signature(WIDTH).create()
         m.d.comb += [src.valid.eq(self.i.valid), src.payload.eq(self.i.payload), self.i.ready.eq(src.ready)]
         out, tag, buf = tagged_skid(m, "buf", src, self.i.payload[0] ^ self.i.payload[5])
-        self.empty = Signal()
         m.d.comb += [self.o.valid.eq(out.valid), self.o.payload.eq(out.payload | (tag << WIDTH)),
                      out.ready.eq(self.o.ready), self.empty.eq(buf.empty)]
         return m
@@ -120,5 +116,6 @@ class TaggedHarness(wiring.Component):
 def test_tagged_skid_keeps_each_beats_tag():
     rng = random.Random(seed_for("tagged-skid"))
     beats = [rng.randrange(1 << WIDTH) for _ in range(200)]
-    got = run(TaggedHarness(), beats, rng.randrange(1 << 30), 0.3, 0.4)
+    dut = TaggedHarness()
+    got = run(dut, beats, rng.randrange(1 << 30), 0.3, 0.4, empty=dut.empty)
     assert got == [b | (((b ^ (b >> 5)) & 1) << WIDTH) for b in beats]

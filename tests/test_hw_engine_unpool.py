@@ -4,11 +4,10 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from golden.ops import maxpool2_backward
 from hw.engine.unpool import Unpool
-from tests.support import seed_for
+from tests.support import run_benches, seed_for
 
 
 def expected_writes(words, lanes, dx, dy):
@@ -58,11 +57,7 @@ def test_unpool_scatters_like_golden(lanes):
             if len(got) == len(want):
                 break
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(feed)
-    sim.add_testbench(drain)
-    sim.run()
+    run_benches(dut, feed, drain)
     assert got == want
     bad = list(want)
     bad[2] = (bad[2][0], bad[2][1] ^ 1)

@@ -23,12 +23,42 @@ from amaranth.lib.wiring import In, Out
 
 from .isa import ADDR_BITS, COUNT_BITS, KCOUNT_BITS, RowSel, pattern_layout
 
-__all__ = ["AddressGenerator", "address_beat_layout"]
+__all__ = ["AddressGenerator", "FlaggedCounter", "address_beat_layout"]
 
 
 def address_beat_layout() -> data.StructLayout:
     return data.StructLayout({"addr": ADDR_BITS, "valid": 1, "t1": COUNT_BITS, "t2": COUNT_BITS,
                               "tile_last": 1, "last": 1})
+
+
+class FlaggedCounter:
+    """A loop counter with registered ``last`` (value = n − 1) and ``nlast`` (value = n − 2) flags,
+    so that a walk's decisions test flip-flops, not a compare of the count (a count of 0 counts as
+    1). The constants ``is1`` (n ≤ 1), ``is2`` (n = 2), ``is3`` (n = 3) and ``rm3`` (n − 3) are
+    registered from the command (:meth:`prepare`); :meth:`clear` restarts the counter from them,
+    :meth:`start` from the count itself (in the cycle the constants are loaded)."""
+
+    def __init__(self, name: str, width: int = COUNT_BITS):
+        self.v = Signal(width, name=f"{name}")
+        self.last = Signal(name=f"{name}_last")
+        self.nlast = Signal(name=f"{name}_nlast")
+        self.is1 = Signal(name=f"{name}_is1")
+        self.is2 = Signal(name=f"{name}_is2")
+        self.is3 = Signal(name=f"{name}_is3")
+        self.rm3 = Signal(width, name=f"{name}_rm3")
+
+    def prepare(self, n):
+        """Registered constants from the count (loaded with the command)."""
+        return [self.is1.eq(n <= 1), self.is2.eq(n == 2), self.is3.eq(n == 3), self.rm3.eq(n - 3)]
+
+    def start(self, n):
+        return [self.v.eq(0), self.last.eq(n <= 1), self.nlast.eq(n == 2)]
+
+    def clear(self):
+        return [self.v.eq(0), self.last.eq(self.is1), self.nlast.eq(self.is2)]
+
+    def inc(self):
+        return [self.v.eq(self.v + 1), self.last.eq(self.nlast), self.nlast.eq(self.v == self.rm3)]
 
 
 class AddressGenerator(wiring.Component):
@@ -47,51 +77,50 @@ class AddressGenerator(wiring.Component):
         shift = self.lanes.bit_length() - 1
         p = Signal(pattern_layout(), reset_less=True)  # the running pattern (loaded with the command)
         busy = Signal()
-        t1, t2, r = (Signal(COUNT_BITS, name=n) for n in ("t1", "t2", "r"))
-        k = Signal(KCOUNT_BITS, name="k")
+        fields = {"r": "nr", "k": "nk", "t2": "n2", "t1": "n1"}
+        loops = {n: FlaggedCounter(n, KCOUNT_BITS if n == "k" else COUNT_BITS) for n in fields}
+        r, k, t2, t1 = (loops[n] for n in ("r", "k", "t2", "t1"))
         a1, a2, ak, ar = (Signal(ADDR_BITS, name=n) for n in ("a1", "a2", "ak", "ar"))
 
-        def top(n):
-            return Mux(n == 0, 0, n - 1)
-
-        # each counter's last value, registered with the command (no subtraction before the compares)
-        tops = {n: Signal(len(getattr(p, n)), name=f"top_{n}", reset_less=True) for n in ("nr", "nk", "n2", "n1")}
-        r_end, k_end, t2_end, t1_end = r == tops["nr"], k == tops["nk"], t2 == tops["n2"], t1 == tops["n1"]
-        sel = Mux(p.row_sel == RowSel.T1, t1, Mux(p.row_sel == RowSel.T2, t2, 0))
+        # each loop's end is a registered flag (the 16-bit compares of the counts sat in front of
+        # the address accumulators' multiplexers: busy → … → a1, −10.9 ns in the 8-lane engine)
+        sel = Mux(p.row_sel == RowSel.T1, t1.v, Mux(p.row_sel == RowSel.T2, t2.v, 0))
         row = Signal(COUNT_BITS + shift + 1)
-        m.d.comb += row.eq((sel << shift) + r)
+        m.d.comb += row.eq((sel << shift) + r.v)
 
         m.d.comb += self.cmd.ready.eq(~busy)
         # While idle the pattern registers follow the payload (nothing reads them then): their
         # enables hang on `busy` alone, not on the handshake (in a slot, a join of both walks' states)
         with m.If(~busy):
             m.d.sync += p.eq(self.cmd.payload)
-            m.d.sync += [tops[n].eq(top(getattr(self.cmd.payload, n))) for n in tops]
+            for n, c in loops.items():
+                m.d.sync += c.prepare(self.cmd.payload[fields[n]])
         with m.If(self.cmd.valid & ~busy):
             base = self.cmd.payload.base
-            m.d.sync += [busy.eq(1), t1.eq(0), t2.eq(0), k.eq(0), r.eq(0),
-                         a1.eq(base), a2.eq(base), ak.eq(base), ar.eq(base)]
+            m.d.sync += [busy.eq(1), a1.eq(base), a2.eq(base), ak.eq(base), ar.eq(base)]
+            for n, c in loops.items():
+                m.d.sync += c.start(self.cmd.payload[fields[n]])
 
         advance = busy & (~self.o.valid | self.o.ready)
         with m.If(advance):
             m.d.sync += [
                 self.o.valid.eq(1),
                 self.o.payload.addr.eq(ar),
-                self.o.payload.valid.eq((row < p.lim) & (k < p.klim)),
-                self.o.payload.t1.eq(t1), self.o.payload.t2.eq(t2),
-                self.o.payload.tile_last.eq(k_end & r_end),
-                self.o.payload.last.eq(t1_end & t2_end & k_end & r_end),
+                self.o.payload.valid.eq((row < p.lim) & (k.v < p.klim)),
+                self.o.payload.t1.eq(t1.v), self.o.payload.t2.eq(t2.v),
+                self.o.payload.tile_last.eq(k.last & r.last),
+                self.o.payload.last.eq(t1.last & t2.last & k.last & r.last),
             ]
-            with m.If(~r_end):
-                m.d.sync += [r.eq(r + 1), ar.eq(ar + p.sr)]
-            with m.Elif(~k_end):
-                m.d.sync += [r.eq(0), k.eq(k + 1), ak.eq(ak + p.sk), ar.eq(ak + p.sk)]
-            with m.Elif(~t2_end):
-                m.d.sync += [r.eq(0), k.eq(0), t2.eq(t2 + 1), a2.eq(a2 + p.s2), ak.eq(a2 + p.s2),
-                             ar.eq(a2 + p.s2)]
-            with m.Elif(~t1_end):
-                m.d.sync += [r.eq(0), k.eq(0), t2.eq(0), t1.eq(t1 + 1), a1.eq(a1 + p.s1), a2.eq(a1 + p.s1),
-                             ak.eq(a1 + p.s1), ar.eq(a1 + p.s1)]
+            with m.If(~r.last):
+                m.d.sync += r.inc() + [ar.eq(ar + p.sr)]
+            with m.Elif(~k.last):
+                m.d.sync += r.clear() + k.inc() + [ak.eq(ak + p.sk), ar.eq(ak + p.sk)]
+            with m.Elif(~t2.last):
+                m.d.sync += r.clear() + k.clear() + t2.inc() + [a2.eq(a2 + p.s2), ak.eq(a2 + p.s2),
+                                                                 ar.eq(a2 + p.s2)]
+            with m.Elif(~t1.last):
+                m.d.sync += (r.clear() + k.clear() + t2.clear() + t1.inc()
+                             + [a1.eq(a1 + p.s1), a2.eq(a1 + p.s1), ak.eq(a1 + p.s1), ar.eq(a1 + p.s1)])
             with m.Else():
                 m.d.sync += busy.eq(0)
         with m.Elif(self.o.ready):

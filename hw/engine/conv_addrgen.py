@@ -68,7 +68,11 @@ AND-OR of the carry strides → next-state multiplexer); the next ``sel`` (loop 
 enable → step/restore → next flags → 6-flag chain); and the output stage's 24-bit add and 16-bit
 compares (one carry chain each). No two adders are chained anywhere. The step enable (``running
 & room``, two flip-flops) fans out to every walk register's enable, and only to enables: the walk's
-actions come from registered loop flags. Alone on the 85F at 8 lanes (``python -m hw.synth --unit
+actions (which loop the step advances; each odometer's reset, restore, step and save) are
+flip-flops computed a cycle ahead from the loop flags' next values, so every enable is one LUT of
+four flip-flops and every next-state select a flip-flop (with the actions decoded from the loop
+flags, the step enable ran five LUTs deep to the odometers' shadow enables: 27 ns, the 8-lane
+engine's worst path placed, 24 ns of it routing). Alone on the 85F at 8 lanes (``python -m hw.synth --unit
 slot``) the slot routed at 100.1 MHz when ``o.ready`` was that enable (its critical path then,
 5 levels, mostly routing); with the flag chain in front of the stride multiplexer it routed at
 89.0 MHz, with ``sel`` registered but ``o.ready`` in the multiplexers' selects at 97.9 MHz. In the
@@ -84,6 +88,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .conv import COORD_BITS, COORDS, MAX_DIGITS, ConvPattern, Drive
+from .addrgen import FlaggedCounter
 from .isa import ADDR_BITS, COUNT_BITS, KCOUNT_BITS
 
 __all__ = ["ConvAddressGenerator", "conv_pattern_layout", "conv_pattern_payload", "conv_beat_layout"]
@@ -150,30 +155,6 @@ def _or(terms):
     return out
 
 
-class _Counter:
-    """A counter with registered ``last`` (value = n − 1) and ``nlast`` (value = n − 2) flags; the
-    constants ``is1`` (n ≤ 1), ``is2`` (n = 2) and ``rm3`` (n − 3) are registered at the command."""
-
-    def __init__(self, name: str, width: int = COUNT_BITS):
-        self.v = Signal(width, name=f"{name}")
-        self.last = Signal(name=f"{name}_last")
-        self.nlast = Signal(name=f"{name}_nlast")
-        self.is1 = Signal(name=f"{name}_is1")
-        self.is2 = Signal(name=f"{name}_is2")
-        self.is3 = Signal(name=f"{name}_is3")
-        self.rm3 = Signal(width, name=f"{name}_rm3")
-
-    def prepare(self, n):
-        """Registered constants from the count (on the command handshake)."""
-        return [self.is1.eq(n <= 1), self.is2.eq(n == 2), self.is3.eq(n == 3), self.rm3.eq(n - 3)]
-
-    def clear(self):
-        return [self.v.eq(0), self.last.eq(self.is1), self.nlast.eq(self.is2)]
-
-    def inc(self):
-        return [self.v.eq(self.v + 1), self.last.eq(self.nlast), self.nlast.eq(self.v == self.rm3)]
-
-
 class _Odometer:
     def __init__(self, m: Module, name: str, p, pos: bool):
         self.name, self.pos = name, pos
@@ -181,7 +162,7 @@ class _Odometer:
         self.carry_addr = p[f"{name}_carry_addr"]
         self.carry_coord = p[f"{name}_carry_coord"]
         self.drive = p[f"{name}_drive"]
-        self.digits = [_Counter(f"{name}_d{i}") for i in range(MAX_DIGITS)]
+        self.digits = [FlaggedCounter(f"{name}_d{i}") for i in range(MAX_DIGITS)]
         # registered at PREP from the digits' is1 flags
         self.low = Signal(MAX_DIGITS, name=f"{name}_low")               # one-hot: the first step's digit
         self.rst_sa = Signal(ADDR_BITS, name=f"{name}_rst_sa")
@@ -216,12 +197,13 @@ class _Odometer:
             m.d.comb += sc[q].eq(_or(terms_c[q]))
         return sa, sc
 
-    def elaborate(self, m: Module, coord_base, prep, init, go, reset, step, restore, save):
+    def elaborate(self, m: Module, coord_base, prep, init, go, act: "_Actions"):
         """``prep``: derive the reset constants; ``init``: reset (and save); on ``go`` (the walk
-        moves), the action of this step: ``reset`` (and save), ``restore`` or ``step`` (in that
-        priority), ``save`` (with ``step``): the shadow takes the stepped state. The actions depend
-        on registered loop flags only, and ``go`` (which waits for ``o.ready``) only enables: it
-        reaches the registers' enables, not the next-state multiplexers' selects."""
+        moves), the action ``act`` holds for this step: reset (and save), restore or step (in that
+        priority), save (with step: the shadow takes the stepped state). ``act``'s flags are
+        flip-flops computed a cycle ahead, so every enable here is one LUT of four flip-flops
+        (``init``, the walk's ``running`` and ``room``, an action flag) and every next-state
+        multiplexer's select is a flip-flop."""
         digits = self.digits
         low = self.select(m, Cat(*(d.is1 for d in digits)), "low_next")
         with m.If(prep):
@@ -259,16 +241,40 @@ class _Odometer:
         for q in range(COORDS):
             reg(self.sc[q], self.rst_sc[q], step_sc[q])
         # next state: reset (and save) / restore / step (and save at a T1R tile start) / hold
-        with m.If(init | (go & reset)):
-            m.d.sync += [sig.eq(rst_value) for sig, _, rst_value, _ in regs]
-            m.d.sync += [shadow.eq(rst_value) for _, shadow, rst_value, _ in regs]
-        with m.Elif(go):
-            with m.If(restore):
-                m.d.sync += [sig.eq(shadow) for sig, shadow, _, _ in regs]
-            with m.Elif(step):
-                m.d.sync += [sig.eq(step_value) for sig, _, _, step_value in regs]
-                with m.If(save):
-                    m.d.sync += [shadow.eq(step_value) for _, shadow, _, step_value in regs]
+        with m.If(init | (go & act.moves)):
+            for sig, shadow, rst_value, step_value in regs:
+                m.d.sync += sig.eq(Mux(act.reset, rst_value, Mux(act.restore, shadow, step_value)))
+        with m.If(init | (go & act.saves)):
+            for sig, shadow, rst_value, step_value in regs:
+                m.d.sync += shadow.eq(Mux(act.reset, rst_value, step_value))
+
+
+class _Actions:
+    """An odometer's action for the walk's next step, as flip-flops computed a cycle ahead from
+    the loop flags' next values: ``reset`` (also high during INIT), ``restore``, ``moves`` (the
+    walk registers change: reset, restore or step) and ``saves`` (the shadow changes: reset, or
+    step with save and no restore)."""
+
+    def __init__(self, name: str):
+        self.reset = Signal(name=f"{name}_act_reset")
+        self.restore = Signal(name=f"{name}_act_restore")
+        self.moves = Signal(name=f"{name}_act_moves")
+        self.saves = Signal(name=f"{name}_act_saves")
+
+    def update(self, m: Module, drive, at, to_init):
+        """Register the action for the loop position ``at`` (a dict of next-step flags); during
+        ``to_init`` (the cycle before INIT) the action is a reset."""
+        is_t1r, is_k, is_t2 = (drive == Drive.T1R), (drive == Drive.K), (drive == Drive.T2)
+        step = (is_t1r & (at["r"] | at["t1"])) | (is_k & at["k"]) | (is_t2 & at["t2"])
+        restore = is_t1r & (at["k"] | at["t2"])
+        save = is_t1r & at["t1"]
+        rst = (is_k & (at["t2"] | at["t1"])) | (is_t2 & at["t1"])
+        m.d.sync += [
+            self.reset.eq(to_init | rst),
+            self.restore.eq(restore),
+            self.moves.eq(rst | restore | step),
+            self.saves.eq(rst | (~restore & step & save)),
+        ]
 
 
 class ConvAddressGenerator(wiring.Component):
@@ -291,7 +297,7 @@ class ConvAddressGenerator(wiring.Component):
         IDLE, PREP, INIT, RUN = range(4)
         phase = Signal(2, init=IDLE)
         idle = Signal(init=1)                        # phase == IDLE, as a flip-flop of its own
-        loops = {n: _Counter(n, KCOUNT_BITS if n == "k" else COUNT_BITS) for n in ("r", "k", "t2", "t1")}
+        loops = {n: FlaggedCounter(n, KCOUNT_BITS if n == "k" else COUNT_BITS) for n in ("r", "k", "t2", "t1")}
         r, k, t2, t1 = (loops[n] for n in ("r", "k", "t2", "t1"))
         odos = [_Odometer(m, "pos", p, pos=True), _Odometer(m, "tap", p, pos=False)]
         a1 = Signal(ADDR_BITS)                       # base + s1·t1
@@ -313,9 +319,11 @@ class ConvAddressGenerator(wiring.Component):
             for o in odos:
                 for i, d in enumerate(o.digits):
                     m.d.sync += d.prepare(pl[f"{o.name}_radix"][i])
+        init = Signal()                              # phase == INIT, as a flip-flop of its own
         with m.If(phase == PREP):
-            m.d.sync += phase.eq(INIT)
-        init = phase == INIT
+            m.d.sync += [phase.eq(INIT), init.eq(1)]
+        with m.If(init):
+            m.d.sync += init.eq(0)
 
         # -- the walk -----------------------------------------------------------------------------
         # The walk runs ahead of its consumer into a FIFO and counts the beats in flight (stage 1,
@@ -334,46 +342,44 @@ class ConvAddressGenerator(wiring.Component):
         m.d.sync += [in_flight.eq(after), room.eq(after < OUT_DEPTH)]
         m.d.comb += self.drained.eq(idle & (in_flight == 0))
         r_end, k_end, t2_end, t1_end = r.last, k.last, t2.last, t1.last
-        # which loop the next step advances (registered flags only), then the events (with go)
-        at_r, at_k, at_t2, at_t1, at_done = (Signal(name=f"at_{n}") for n in ("r", "k", "t2", "t1", "done"))
-        m.d.comb += [
-            at_r.eq(~r_end),
-            at_k.eq(r_end & ~k_end),
-            at_t2.eq(r_end & k_end & ~t2_end),
-            at_t1.eq(r_end & k_end & t2_end & ~t1_end),
-            at_done.eq(r_end & k_end & t2_end & t1_end),
-        ]
-        ev_r, ev_k, ev_t2, ev_t1, ev_done = (go & at for at in (at_r, at_k, at_t2, at_t1, at_done))
+        # Which loop the next step advances: flip-flops, kept a cycle ahead from the loop flags'
+        # next values (below), so that the events and the odometers' actions start at registers.
+        # (With them computed from the loop flags, room → step logic → the odometers' enables
+        # ran five LUTs deep, 24 of its 27 ns routing: the 8-lane engine's worst path, placed.)
+        at = {n: Signal(name=f"at_{n}") for n in ("r", "k", "t2", "t1", "done")}
+        ev = {n: go & at[n] for n in at}
 
         with m.If(init):
             m.d.sync += [phase.eq(RUN), running.eq(1), a1.eq(p.base[:ADDR_BITS]), a12.eq(p.base[:ADDR_BITS])]
             for c in loops.values():
                 m.d.sync += c.clear()
-        with m.If(ev_r):
+        with m.If(ev["r"]):
             m.d.sync += r.inc()
-        with m.If(ev_k):
+        with m.If(ev["k"]):
             m.d.sync += r.clear() + k.inc()
-        with m.If(ev_t2):
+        with m.If(ev["t2"]):
             m.d.sync += r.clear() + k.clear() + t2.inc() + [a12.eq(a12 + p.s2[:ADDR_BITS])]
-        with m.If(ev_t1):
+        with m.If(ev["t1"]):
             a1n = (a1 + p.s1[:ADDR_BITS])[:ADDR_BITS]
             m.d.sync += r.clear() + k.clear() + t2.clear() + t1.inc() + [a1.eq(a1n), a12.eq(a1n)]
-        with m.If(ev_done):
+        with m.If(ev["done"]):
             m.d.sync += [phase.eq(IDLE), idle.eq(1), running.eq(0)]
 
+        # the loop flags' next values (as the counters' clear/inc above), then the next step's loop
+        def next_last(c, inc, clear):
+            return Mux(init | clear, c.is1, Mux(inc, c.nlast, c.last))
+        r_n = next_last(r, ev["r"], ev["k"] | ev["t2"] | ev["t1"])
+        k_n = next_last(k, ev["k"], ev["t2"] | ev["t1"])
+        t2_n = next_last(t2, ev["t2"], ev["t1"])
+        t1_n = next_last(t1, ev["t1"], 0)
+        at_next = {"r": ~r_n, "k": r_n & ~k_n, "t2": r_n & k_n & ~t2_n, "t1": r_n & k_n & t2_n & ~t1_n,
+                   "done": r_n & k_n & t2_n & t1_n}
+        m.d.sync += [at[n].eq(at_next[n]) for n in at]
+
         for o in odos:
-            is_t1r, is_k, is_t2 = (o.drive == Drive.T1R), (o.drive == Drive.K), (o.drive == Drive.T2)
-            step = Signal(name=f"{o.name}_step")
-            restore = Signal(name=f"{o.name}_restore")
-            save = Signal(name=f"{o.name}_save")
-            rst = Signal(name=f"{o.name}_reset")
-            m.d.comb += [
-                step.eq((is_t1r & (at_r | at_t1)) | (is_k & at_k) | (is_t2 & at_t2)),
-                restore.eq(is_t1r & (at_k | at_t2)),
-                save.eq(is_t1r & at_t1),
-                rst.eq((is_k & (at_t2 | at_t1)) | (is_t2 & at_t1)),
-            ]
-            o.elaborate(m, p.coord_base, phase == PREP, init, go, rst, step, restore, save)
+            act = _Actions(o.name)
+            act.update(m, o.drive, at_next, phase == PREP)
+            o.elaborate(m, p.coord_base, phase == PREP, init, go, act)
 
         # -- result pipeline: stage 1 (partial sums), output stage, FIFO ----------------------------
         # The stages move every cycle (the FIFO has room for every beat in flight), so their data
