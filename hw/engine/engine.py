@@ -148,8 +148,12 @@ class Engine(wiring.Component):
         ext_read_words, ext_write_words = Signal(32), Signal(32)
         if cfg.external_depth:
             ew = cfg.external_width
-            m.submodules.act_rd = act_rd = TieredReader(ADDR_BITS, self.act_layout.size, ew, cfg.data_words)
-            m.submodules.err_rd = err_rd = TieredReader(ADDR_BITS, self.err_layout.size, ew, cfg.data_words)
+            # registered: requests and responses pass skid buffers, the tier decided as a request
+            # enters (the routed requests' select and the responses' consumers stop at registers)
+            m.submodules.act_rd = act_rd = TieredReader(ADDR_BITS, self.act_layout.size, ew, cfg.data_words,
+                                                        registered=True)
+            m.submodules.err_rd = err_rd = TieredReader(ADDR_BITS, self.err_layout.size, ew, cfg.data_words,
+                                                        registered=True)
             m.submodules.act_wr = act_wr = TieredWriter(ADDR_BITS, self.act_layout.size, ew, cfg.data_words,
                                                         registered=True)
             m.submodules.err_wr = err_wr = TieredWriter(ADDR_BITS, self.err_layout.size, ew, cfg.data_words,
@@ -307,18 +311,23 @@ class Engine(wiring.Component):
                     with m.Case(*op_case(*ops)):
                         m.d.comb += [target.valid.eq(src.valid), target.payload.eq(src.payload),
                                      src.ready.eq(target.ready)]
-        # The routed requests pass skid buffers: the operation's select ends at their registers,
-        # not at the block RAMs' address pins nor (through the tiered readers' offset add and the
-        # port's burst compare) at the port's arbitration (op → … → DP16KD ADB, −12.2 ns, and
-        # op → … → the external sum reader's tier FIFO, −15.5 ns, in the 8-lane engine, placed).
-        # The readers keep many requests in flight, so a cycle more of latency costs no beats.
-        m.submodules.act_req_q = act_req_q = SkidBuffer(unsigned(ADDR_BITS))
-        m.submodules.err_req_q = err_req_q = SkidBuffer(unsigned(ADDR_BITS))
-        wiring.connect(m, act_req_q.o, act_rd.req)
-        wiring.connect(m, err_req_q.o, err_rd.req)
-        route_req(act_req_q.i, [((Op.FWD,), feed_a.req), ((Op.GRAD,), feed_b.req),
-                                ((Op.LOSS, Op.ERR), aux.req), ((Op.NOP,), host_act_q.o)])
-        route_req(err_req_q.i, [((Op.ERR, Op.GRAD), feed_a.req), ((Op.COPY,), aux.req), ((Op.NOP,), host_err_q.o)])
+        # The routed requests pass skid buffers (the tiered readers' own, or one here): the
+        # operation's select ends at their registers, not at the block RAMs' address pins nor
+        # (through the tiered readers' offset add and the port's burst compare) at the port's
+        # arbitration (op → … → DP16KD ADB, −12.2 ns, and op → … → the external sum reader's tier
+        # FIFO, −15.5 ns, in the 8-lane engine, placed). The readers keep many requests in
+        # flight, so a cycle more of latency costs no beats.
+        if cfg.external_depth:
+            act_req, err_req = act_rd.req, err_rd.req
+        else:
+            m.submodules.act_req_q = act_req_q = SkidBuffer(unsigned(ADDR_BITS))
+            m.submodules.err_req_q = err_req_q = SkidBuffer(unsigned(ADDR_BITS))
+            wiring.connect(m, act_req_q.o, act_rd.req)
+            wiring.connect(m, err_req_q.o, err_rd.req)
+            act_req, err_req = act_req_q.i, err_req_q.i
+        route_req(act_req, [((Op.FWD,), feed_a.req), ((Op.GRAD,), feed_b.req),
+                            ((Op.LOSS, Op.ERR), aux.req), ((Op.NOP,), host_act_q.o)])
+        route_req(err_req, [((Op.ERR, Op.GRAD), feed_a.req), ((Op.COPY,), aux.req), ((Op.NOP,), host_err_q.o)])
         # act/err responses
         with m.Switch(op_hot):
             with m.Case(*op_case(Op.FWD)):
@@ -440,7 +449,9 @@ class Engine(wiring.Component):
                 m.d.sync += [sum_xw.eq(sum_xw + 1), sum_chunk.eq(Mux(sum_chunk == n - 1, 0, sum_chunk + 1))]
             m.d.comb += sum_wq.r_en.eq(row_done)
             push = Signal()
-            m.d.sync += rows_queued.eq(rows_queued + push - row_done)
+            queued_next = rows_queued + push - row_done
+            queue_room = Signal(init=1)                  # rows_queued < depth − 1, as a flip-flop
+            m.d.sync += [rows_queued.eq(queued_next), queue_room.eq(queued_next < sum_wq.depth - 1)]
             m.d.comb += sums_flushed.eq(rows_queued == 0)
             # A row enters the queue a cycle after it is taken, from registers: the take (the op's
             # join of the result, auxiliary and quantiser streams) reached the queue's LUT-RAM
@@ -451,7 +462,7 @@ class Engine(wiring.Component):
             push_row = Signal(cfg.sum_width, reset_less=True)
             m.d.sync += [push_q.eq(push), push_row.eq(res.payload.data)]
             m.d.comb += [sum_wq.w_data.eq(push_row), sum_wq.w_en.eq(push_q),
-                         store_room.eq(~(store_ext & ~pass2) | (rows_queued < sum_wq.depth - 1))]
+                         store_room.eq(~(store_ext & ~pass2) | queue_room)]
             # pass 2: once every row's words are issued to the port (it keeps order, so the reads
             # then see them), read them back and join each row's n words
             m.submodules.sum_xrd = sum_xrd = TieredReader(ADDR_BITS, ew, ew, onchip_depth=0,
@@ -687,7 +698,15 @@ class Engine(wiring.Component):
             with m.Else():
                 m.next = "RUN_RESPOND"
 
-        hin, hout = self.host_in, self.host_out
+        # The host streams pass skid buffers at the engine's edge: the packet parser's decodes
+        # (header compares, argument range tests) start at registers beside it, and so does the
+        # sender's ready, wherever the link's FIFOs are placed (the harness's inputs → header
+        # compare → status was −10.1 ns in the 8-lane engine, placed).
+        m.submodules.host_in_q = host_in_q = SkidBuffer(host_layout())
+        m.submodules.host_out_q = host_out_q = SkidBuffer(host_layout())
+        wiring.connect(m, wiring.flipped(self.host_in), host_in_q.i)
+        wiring.connect(m, host_out_q.o, wiring.flipped(self.host_out))
+        hin, hout = host_in_q.o, host_out_q.i
         cmd, target, tag = Signal(8), Signal(8), Signal(16)
         # The packet's target also as a one-hot register, set with it: the host parser's selects
         # (item size, depth, request routing, the counters' enables) test one flip-flop each, not
@@ -782,12 +801,15 @@ class Engine(wiring.Component):
             with m.Case(is_target(Target.WEIGHTS)):
                 m.d.comb += req_taken.eq(rb_cmd.valid & rb_cmd.ready)
             with m.Case(is_target(Target.LABELS)):
-                m.d.comb += req_taken.eq(rd_resp_valid & rd_resp_ready)
+                # (rd_resp_valid's own LABELS case, not rd_resp_valid: the multiplexer would put
+                # every target's response valid, a LUT-RAM read among them, in front of the
+                # counters' enables and the program RAM's read enable, −13.2 ns placed)
+                m.d.comb += req_taken.eq(host_read_active & more & rd_resp_ready)
             with m.Case(is_target(Target.PROGRAM)):
                 m.d.comb += req_taken.eq(host_read_active & more & ~prog_rd_pending)
 
         prog_issue = Signal()
-        m.d.comb += prog_issue.eq(host_read_active & target_hot[Target.PROGRAM] & req_taken)
+        m.d.comb += prog_issue.eq(host_read_active & target_hot[Target.PROGRAM] & more & ~prog_rd_pending)
         with m.If(prog_issue):
             m.d.sync += prog_rd_pending.eq(1)
         with m.Elif(rd_resp_valid & rd_resp_ready & target_hot[Target.PROGRAM]):
@@ -960,8 +982,9 @@ class Engine(wiring.Component):
                             with m.If(to_send == 1):
                                 m.next = "IDLE"
             with m.State("RESPOND"):
-                m.d.comb += [hout.valid.eq(load_q.empty), hout.payload.data.eq(hdr), hout.payload.last.eq(1)]
-                with m.If(hout.ready & load_q.empty):
+                loads_in = load_q.empty & wu.idle                # (the store's own input buffers too)
+                m.d.comb += [hout.valid.eq(loads_in), hout.payload.data.eq(hdr), hout.payload.last.eq(1)]
+                with m.If(hout.ready & loads_in):
                     m.next = "IDLE"
             with m.State("SEND_COUNTERS_HDR"):
                 m.d.comb += [hout.valid.eq(1), hout.payload.data.eq(hdr)]

@@ -13,7 +13,7 @@ taken, and beats leave in the order they came.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -59,10 +59,11 @@ class SkidBuffer(wiring.Component):
 
 def tagged_skid(m: Module, name: str, source, tag):
     """``source`` (a stream the caller receives) through a :class:`SkidBuffer` added to ``m`` as
-    ``name``, with the 1-bit ``tag`` (a function of the beat entering, e.g. an address compare)
-    registered beside it, so that what the tag decides starts at flip-flops. Returns the stream
-    out, its head beat's tag and the buffer (for :attr:`SkidBuffer.empty`)."""
-    buf = m.submodules[name] = SkidBuffer(data.StructLayout({"beat": source.payload.shape(), "tag": 1}))
+    ``name``, with ``tag`` (a value computed from the beat entering, e.g. an address compare; any
+    width) registered beside it, so that what the tag decides starts at flip-flops. Returns the
+    stream out, its head beat's tag and the buffer (for :attr:`SkidBuffer.empty`)."""
+    tag = Value.cast(tag)
+    buf = m.submodules[name] = SkidBuffer(data.StructLayout({"beat": source.payload.shape(), "tag": len(tag)}))
     m.d.comb += [buf.i.valid.eq(source.valid), buf.i.payload.beat.eq(source.payload), buf.i.payload.tag.eq(tag),
                  source.ready.eq(buf.i.ready)]
     out = stream.Signature(source.payload.shape()).create()
