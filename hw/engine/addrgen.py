@@ -12,7 +12,8 @@
 Addresses are formed by adding strides to registered partial sums (base + t1·s1, + t2·s2, + k·sk),
 so there is no multiplier; L is a power of two, so sel·L is a shift. A count of 0 counts as 1.
 ``cmd.ready`` is high while no pattern is running; a new pattern's first beat follows its command
-by two cycles (the cycle after the handshake restarts the walk from registers). ``o`` follows the stream rules (the payload is registered and holds until taken).
+by two cycles (the cycle after the handshake restarts the walk from registers). ``o`` follows the
+stream rules (the payload is registered and holds until taken).
 """
 
 from __future__ import annotations
