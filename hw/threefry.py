@@ -238,7 +238,7 @@ class Threefry2x32(wiring.Component):
         # once for a static key), so no injection or precomputed constant chains an XOR with an add
         carry_k2 = self.split_rounds
         if carry_k2 and self.static_key:
-            rk2 = Signal(32, name="static_k2")
+            rk2 = Signal(32, name="static_k2", reset_less=True)
             m.d.sync += rk2.eq(k2)
             k2 = rk2
         side = p.side if self.sideband is not None else None
@@ -250,7 +250,7 @@ class Threefry2x32(wiring.Component):
             for ops in self.schedule[1:]:
                 if ops[0][0] == "I":
                     i = int(ops[0][1:])
-                    r = Signal(32, name=f"kinj{i}")
+                    r = Signal(32, name=f"kinj{i}", reset_less=True)
                     m.d.sync += r.eq((self._key_schedule(k0, k1)[(i + 1) % 3] + i)[:32])
                     static_kinj[i] = r
         last = self.latency - 1
@@ -281,29 +281,32 @@ class Threefry2x32(wiring.Component):
                 if side is not None:
                     m.d.comb += w.side.eq(side)
                 return m
-            rx0, rx1 = Signal(32, name=f"s{g}_x0"), Signal(32, name=f"s{g}_x1")
+            # Only the valid flags have a reset: a data register is read only beside a set flag.
+            # (The quantiser's three hashers put 5,500 flip-flops on the 8-lane engine's reset
+            # net, 17,764 in all, whose far ends failed by up to 10 ns after placement.)
+            rx0, rx1 = Signal(32, name=f"s{g}_x0", reset_less=True), Signal(32, name=f"s{g}_x1", reset_less=True)
             rv = Signal(name=f"s{g}_valid")
             with m.If(en):
                 m.d.sync += [rx0.eq(x0), rx1.eq(x1), rv.eq(valid)]
             next_kinj = None
             if not self.static_key and g + 1 < self.latency and self.schedule[g + 1][0][0] == "I":
                 i = int(self.schedule[g + 1][0][1:])  # precompute ks_b + i for the next stage
-                next_kinj = Signal(32, name=f"s{g}_kinj")
+                next_kinj = Signal(32, name=f"s{g}_kinj", reset_less=True)
                 with m.If(en):
                     ks = (k0, k1, k2) if carry_k2 else self._key_schedule(k0, k1)
                     m.d.sync += next_kinj.eq((ks[(i + 1) % 3] + i)[:32])
             if g < last_key_use and not self.static_key:   # the key is needed by a later stage
-                rk0, rk1 = Signal(32, name=f"s{g}_k0"), Signal(32, name=f"s{g}_k1")
+                rk0, rk1 = Signal(32, name=f"s{g}_k0", reset_less=True), Signal(32, name=f"s{g}_k1", reset_less=True)
                 with m.If(en):
                     m.d.sync += [rk0.eq(k0), rk1.eq(k1)]
                 k0, k1 = rk0, rk1
                 if carry_k2:
-                    rk2 = Signal(32, name=f"s{g}_k2")
+                    rk2 = Signal(32, name=f"s{g}_k2", reset_less=True)
                     with m.If(en):
                         m.d.sync += rk2.eq(k2)
                     k2 = rk2
             if side is not None:
-                rside = Signal(self.sideband, name=f"s{g}_side")
+                rside = Signal(self.sideband, name=f"s{g}_side", reset_less=True)
                 with m.If(en):
                     m.d.sync += rside.eq(side)
                 side = rside

@@ -1,4 +1,4 @@
-"""SkidBuffer and tagged_skid: every beat once and in order under random stalls on both sides, junk
+"""SkidBuffer, PingPongBuffer and tagged_skid: every beat once and in order under random stalls on both sides, junk
 offered while valid is low never leaks out, one beat per cycle when unstalled, and no
 combinational path from the consumer's ready to the producer's."""
 
@@ -9,7 +9,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.engine.skid import SkidBuffer, tagged_skid
+from hw.engine.skid import PingPongBuffer, SkidBuffer, tagged_skid
 from tests.support import run_benches, seed_for
 
 WIDTH = 12
@@ -45,6 +45,7 @@ def run(dut, beats, seed, in_stall, out_stall, source=None, sink=None, cycles_ou
             _, _, valid, payload, is_empty = await ctx.tick().sample(
                 sink.valid, sink.payload, sink.valid if empty is None else empty)
             cycles += 1
+            assert cycles <= 50 * len(beats) + 100, f"only {len(got)} of {len(beats)} beats came out"
             assert empty is None or not (valid and is_empty), "empty high while a beat is offered"
             if ready and valid:
                 got.append(payload)
@@ -60,25 +61,32 @@ def run(dut, beats, seed, in_stall, out_stall, source=None, sink=None, cycles_ou
     return got
 
 
+BUFFERS = pytest.mark.parametrize("buffer", [SkidBuffer, PingPongBuffer], ids=lambda b: b.__name__)
+
+
+@BUFFERS
 @pytest.mark.parametrize("in_stall, out_stall", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.5), (0.4, 0.4), (0.1, 0.8)])
-def test_every_beat_once_in_order(in_stall, out_stall):
+def test_every_beat_once_in_order(buffer, in_stall, out_stall):
     rng = random.Random(seed_for(f"skid-{in_stall}-{out_stall}"))
     beats = [rng.randrange(1 << WIDTH) for _ in range(300)]
-    got = run(SkidBuffer(WIDTH), beats, rng.randrange(1 << 30), in_stall, out_stall)
+    dut = buffer(WIDTH)
+    got = run(dut, beats, rng.randrange(1 << 30), in_stall, out_stall, empty=dut.empty)
     assert got == beats
     assert got[:-1] + [got[-1] ^ 1] != beats          # the comparison sees one flipped bit
 
 
-def test_full_rate_with_one_cycle_latency():
+@BUFFERS
+def test_full_rate_with_one_cycle_latency(buffer):
     beats = list(range(100))
     cycles = []
-    got = run(SkidBuffer(WIDTH), beats, 0, 0.0, 0.0, cycles_out=cycles)
+    got = run(buffer(WIDTH), beats, 0, 0.0, 0.0, cycles_out=cycles)
     assert got == beats
     assert cycles == [len(beats) + 1]                 # one beat per cycle after one cycle of latency
 
 
-def test_no_path_from_consumer_ready_to_producer_ready():
-    dut = SkidBuffer(WIDTH)
+@BUFFERS
+def test_no_path_from_consumer_ready_to_producer_ready(buffer):
+    dut = buffer(WIDTH)
     seen = []
 
     async def bench(ctx):

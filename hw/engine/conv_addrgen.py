@@ -164,14 +164,15 @@ class _Odometer:
         self.drive = p[f"{name}_drive"]
         self.digits = [FlaggedCounter(f"{name}_d{i}") for i in range(MAX_DIGITS)]
         # registered at PREP from the digits' is1 flags
-        self.low = Signal(MAX_DIGITS, name=f"{name}_low")               # one-hot: the first step's digit
-        self.rst_sa = Signal(ADDR_BITS, name=f"{name}_rst_sa")
-        self.rst_sc = [Signal(COORD_BITS, name=f"{name}_rst_sc{q}") for q in range(COORDS)]
+        # (no resets here: PREP and INIT load every one of these before the walk reads it)
+        self.low = Signal(MAX_DIGITS, name=f"{name}_low", reset_less=True)   # one-hot: the first step's digit
+        self.rst_sa = Signal(ADDR_BITS, name=f"{name}_rst_sa", reset_less=True)
+        self.rst_sc = [Signal(COORD_BITS, name=f"{name}_rst_sc{q}", reset_less=True) for q in range(COORDS)]
         # the walk state (digits one step ahead of the accumulators) and its shadow
-        self.acc_a = Signal(ADDR_BITS, name=f"{name}_acc_a")
-        self.acc_c = [Signal(COORD_BITS, name=f"{name}_acc_c{q}") for q in range(COORDS)]
-        self.sa = Signal(ADDR_BITS, name=f"{name}_sa")
-        self.sc = [Signal(COORD_BITS, name=f"{name}_sc{q}") for q in range(COORDS)]
+        self.acc_a = Signal(ADDR_BITS, name=f"{name}_acc_a", reset_less=True)
+        self.acc_c = [Signal(COORD_BITS, name=f"{name}_acc_c{q}", reset_less=True) for q in range(COORDS)]
+        self.sa = Signal(ADDR_BITS, name=f"{name}_sa", reset_less=True)
+        self.sc = [Signal(COORD_BITS, name=f"{name}_sc{q}", reset_less=True) for q in range(COORDS)]
 
     def select(self, m: Module, top_bits, name: str):
         """One-hot of the digit a step increments, given the ``top`` flags (digit 0 never wraps)."""
@@ -214,7 +215,7 @@ class _Odometer:
         # shadow), loaded from the flags' next values: the flag chain no longer sits in front of
         # the stride multiplexer, whose one-hot selects fan out to every stride bit (the slot's
         # critical path, 89 MHz alone on the 85F, was top flags → chain → stride mux → sa).
-        sel = Signal(MAX_DIGITS, name=f"{self.name}_sel")
+        sel = Signal(MAX_DIGITS, name=f"{self.name}_sel", reset_less=True)
         step_sa, step_sc = self.mux_strides(m, sel, "stride")
 
         regs = []
@@ -300,8 +301,8 @@ class ConvAddressGenerator(wiring.Component):
         loops = {n: FlaggedCounter(n, KCOUNT_BITS if n == "k" else COUNT_BITS) for n in ("r", "k", "t2", "t1")}
         r, k, t2, t1 = (loops[n] for n in ("r", "k", "t2", "t1"))
         odos = [_Odometer(m, "pos", p, pos=True), _Odometer(m, "tap", p, pos=False)]
-        a1 = Signal(ADDR_BITS)                       # base + s1·t1
-        a12 = Signal(ADDR_BITS)                      # base + s1·t1 + s2·t2
+        a1 = Signal(ADDR_BITS, reset_less=True)      # base + s1·t1 (loaded at INIT, as the loops)
+        a12 = Signal(ADDR_BITS, reset_less=True)     # base + s1·t1 + s2·t2
 
         # -- command: the pattern and its counts' flags -----------------------------------------
         m.d.comb += self.cmd.ready.eq(idle)

@@ -23,7 +23,7 @@ Blocks (``L`` = ``config.lanes``)
   and reader's port clients, which are idle in the passes that use them);
 * the program memory (``program_words`` 32-bit words; :mod:`hw.engine.encoding` records of
   MACHINE_WORDS words, fetched into the instruction register one word per cycle through a stage
-  of registers, MACHINE_WORDS + 3 cycles per record) and the labels.
+  of registers, MACHINE_WORDS + 4 cycles per record) and the labels.
 
 One finite-state machine parses host packets and, for ``RUN``, sequences the program: for each
 instruction it fetches the record, loads the patterns into the generators and the command into the
@@ -69,6 +69,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.bram import BlockRam
 from hw.mac_array import MacArray
+from hw.netlist import kept
 from hw.quantizer import Mode, ShiftQuantizer
 
 from .config import EngineConfig
@@ -80,7 +81,7 @@ from .conv import PART_FINISH, PART_FIRST, PART_NEXT, PART_WHOLE
 from .isa import ADDR_BITS, STORE_CHIP, STORE_EXTERNAL, Op
 from .pool import WindowPool
 from .protocol import ARGUMENTS, COUNTERS, IDENT, LABEL_BITS, Command, Status, Target, ident_values, item_bits
-from .skid import SkidBuffer
+from .skid import PingPongBuffer, SkidBuffer
 from .slot import SlotGenerator, slot_rows
 from .unpool import Unpool
 from .weight_store import WeightStore
@@ -104,6 +105,13 @@ def registered_write(m: Module, ram: BlockRam, en, addr, data_) -> None:
     w_data = Signal.like(ram.w_data, reset_less=True)
     m.d.sync += [ram.w_en.eq(en), w_addr.eq(addr), w_data.eq(data_)]
     m.d.comb += [ram.w_addr.eq(w_addr), ram.w_data.eq(w_data)]
+
+
+def onehot_cases(order, *values) -> tuple[str, ...]:
+    """``Case`` patterns, one per value in ``values``, of ``Cat`` of one flag per element of
+    ``order`` (the first element is the lowest bit): each pattern tests its own flag alone."""
+    n = len(order)
+    return tuple("-" * (n - 1 - order.index(v)) + "1" + "-" * order.index(v) for v in values)
 
 
 class Engine(wiring.Component):
@@ -240,14 +248,20 @@ class Engine(wiring.Component):
         op_codes = (Op.NOP, Op.FWD, Op.LOSS, Op.ERR, Op.GRAD, Op.COPY)
         op_is = {c: Signal(name=f"op_is_{Op.NAMES[c].lower()}", init=int(c == Op.NOP)) for c in op_codes}
         op_hot = Cat(*(op_is[c] for c in op_codes))
+        # The quantiser's input join and the result writes have copies of their own, kept apart in
+        # synthesis (hw.netlist.kept), placed beside them: the shared flags' routing to them was the
+        # first 3 ns of the 8-lane engine's worst paths (op_is_grad → join → …, placed).
+        op_copies = {tag: {c: Signal(name=kept(f"op_{tag}_{Op.NAMES[c].lower()}"), init=int(c == Op.NOP))
+                           for c in op_codes} for tag in ("join", "write")}
+        op_join_hot, op_write_hot = (Cat(*(op_copies[tag][c] for c in op_codes)) for tag in ("join", "write"))
+        op_join = op_copies["join"]
 
         def set_op(code):
-            return [op_is[c].eq(c == code) for c in op_codes]
+            return [flags[c].eq(c == code) for flags in (op_is, *op_copies.values()) for c in op_codes]
 
         def op_case(*codes):
             """``Case`` patterns of ``op_hot`` for the operations ``codes``."""
-            n = len(op_codes)
-            return tuple("-" * (n - 1 - op_codes.index(c)) + "1" + "-" * op_codes.index(c) for c in codes)
+            return onehot_cases(op_codes, *codes)
         # the instruction register, loaded word by word (no reset: FETCH fills it before DECODE reads
         # it, and the reset's fan-out to its 6,720 flip-flops was a failing path class of its own)
         ins_bits = Signal(32 * MACHINE_WORDS, reset_less=True)
@@ -276,20 +290,23 @@ class Engine(wiring.Component):
         staged_group = Signal(FETCH_GROUPS, init=1)      # the group of word_sel's word (one-hot)
         ins = data.View(machine_layout(), ins_bits[:MACHINE_BITS])
         pc = Signal(range(cfg.program_words + MACHINE_WORDS + 1))     # word address of the next record
-        fetched = Signal(range(MACHINE_WORDS + 3))
+        fetched = Signal(range(MACHINE_WORDS + 4))
         step = Signal(32)
         steps_left = Signal(32)
         eta = Signal(signed(8))
-        p1_left = Signal(32)                             # pass-1 beats still to enter the quantiser
-        pass2 = Signal(init=1)                           # registered: p1_left == 0
-        part_left = Signal(32)                           # a part's pass-1 rows still to enter the quantiser
+        # (p1_left, part_left and done_pending have no reset: DECODE loads them before a record
+        # reads them, and the reset reached their enables through a shared LUT, -10.0 ns, placed)
+        p1_left = Signal(32, reset_less=True)            # pass-1 beats still to enter the quantiser …
+        p1_took = Signal()                               # … less this: a pass-1 beat entered last cycle
+        pass2 = Signal(init=1)                           # registered: every pass-1 beat has entered
+        part_left = Signal(32, reset_less=True)          # a part's pass-1 rows still to enter (less p1_took)
         in_chain = Signal()                              # between the first and the finish record of a product in parts
         chain_rows = Signal(32)                          # … its rows
         chain_op = Signal(4)                             # … and its operation (ERR or GRAD)
         flushing = Signal()                              # FLUSH: completing an aborted product in parts
         flush_in_left, flush_out_left = Signal(32), Signal(32)
         done = Signal()                                  # the result generator's last row was written
-        done_pending = Signal()                          # … taken, the unpool stage may still be writing
+        done_pending = Signal(reset_less=True)           # … taken, the unpool stage may still be writing
 
         # ---- memory routing ----------------------------------------------------------------------
         # act read port: FWD → feeder A, GRAD → feeder B, LOSS/ERR → aux, else the host.
@@ -411,8 +428,11 @@ class Engine(wiring.Component):
         sums_flushed = Signal(init=1)                    # no stored row waits to be written out
         # The array's result rows leave through a skid buffer: their consumer's ready (the op's
         # switch, the pool, the quantiser's and the sum store's room) reached the array's result
-        # RAM enables, 8-lane engine's worst path after placement (24.6 ns).
-        m.submodules.arr_out = arr_out = SkidBuffer(array.results.payload.shape())
+        # RAM enables, 8-lane engine's worst path after placement (24.6 ns). Without a sum buffer
+        # that consumer reads it directly: a ping-pong buffer keeps the consumer's ready (the
+        # join below) off the payload registers' enables.
+        has_sums = bool(cfg.sum_words or cfg.external_sum_words)
+        m.submodules.arr_out = arr_out = (SkidBuffer if has_sums else PingPongBuffer)(array.results.payload.shape())
         wiring.connect(m, array.results, arr_out.i)
         arr_res = arr_out.o
         res = stream.Signature(arr_res.payload.shape()).create()
@@ -505,11 +525,12 @@ class Engine(wiring.Component):
                 m.d.comb += [sums_back.valid.eq(have == n), sums_back.payload.eq(joined[:cfg.sum_width])]
                 with m.If(sums_back.valid & sums_back.ready):
                     m.d.sync += have.eq(0)
-        if cfg.sum_words or cfg.external_sum_words:
-            # The select (array or store) feeds a skid buffer: the pool's compares, the quantiser's
+        if has_sums:
+            # The select (array or store) feeds a buffer: the pool's compares, the quantiser's
             # input and the sum writes start at its registers, and their readies stop there (the
             # select and its readies were on the 8-lane engine's worst paths after placement).
-            m.submodules.res_q = res_q = SkidBuffer(arr_res.payload.shape())
+            # Ping-pong: the quantiser-input join's ready reaches its pointers, not its payload.
+            m.submodules.res_q = res_q = PingPongBuffer(arr_res.payload.shape())
             sel = res_q.i
             with m.If(from_sums):
                 m.d.comb += [sel.valid.eq(sums_back.valid), sel.payload.data.eq(sums_back.payload),
@@ -537,7 +558,8 @@ class Engine(wiring.Component):
         # the test were one path, the 85F engine's critical one (15.2 ns).
         m.submodules.aux_pre = aux_pre = SkidBuffer(aux.o.payload.shape())
         wiring.connect(m, aux.o, aux_pre.i)
-        m.submodules.aux_out = aux_out = SkidBuffer(data.StructLayout({"beat": aux.o.payload.shape(), "hot": L}))
+        # (ping-pong: the join's ready reached this buffer's 208 payload enables, -9.6 ns, placed)
+        m.submodules.aux_out = aux_out = PingPongBuffer(data.StructLayout({"beat": aux.o.payload.shape(), "hot": L}))
         loss_label = labels.read_port(domain="comb")
         pre = aux_pre.o.payload
         m.d.comb += [aux_out.i.valid.eq(aux_pre.o.valid), aux_pre.o.ready.eq(aux_out.i.ready),
@@ -547,10 +569,14 @@ class Engine(wiring.Component):
         aux_o = aux_out.o
         ab, hot = aux_o.payload.beat, aux_o.payload.hot
         # the pool/unpool switches of the running instruction as flip-flops of their own (the
-        # instruction register settles in FETCH; results arrive many cycles after DECODE)
+        # instruction register settles in FETCH; results arrive many cycles after DECODE), in two
+        # stages, one near the instruction register and one near the joins and writes that read
+        # them (unpool_on → the write join was 5.2 ns of routing, then -8.7 ns, placed)
         pool_on, unpool_on = Signal(), Signal()
+        pool_pre, unpool_pre = Signal(), Signal()
         if cfg.has_conv:
-            m.d.sync += [pool_on.eq(ins.pool), unpool_on.eq(ins.unpool_dx != 0)]
+            m.d.sync += [pool_pre.eq(ins.pool), unpool_pre.eq(ins.unpool_dx != 0),
+                         pool_on.eq(pool_pre), unpool_on.eq(unpool_pre)]
         # else both stay 0 (DECODE refuses a record with pooling), and synthesis drops the two stages
         aw = data.View(self.act_layout, ab.word)
         take_in = qi.valid & qi.ready
@@ -559,7 +585,7 @@ class Engine(wiring.Component):
         # the pool sees every row's data (only its valid depends on the op): the op's decode is not
         # in front of its compares (a failing class at 4 and 8 lanes after placement)
         m.d.comb += [pool.i.payload.data[i].eq(res.payload.data[i]) for i in range(L)]
-        with m.Switch(op_hot):
+        with m.Switch(op_join_hot):
             with m.Case(*op_case(Op.FWD)):
                 with m.If(pool_on):
                     # 2×2 max-pool of the result rows (window-major) before Q_A; the indices wait in `side`
@@ -588,8 +614,8 @@ class Engine(wiring.Component):
                              push_mask.eq(aw.sat)]
                 for i in range(L):
                     m.d.comb += qi.payload.data[i].eq(aw.data[i] - Mux(hot[i], ins.onehot, 0))
-        m.d.comb += [side.w_en.eq(take_in & ~flushing & ((pass2 & (op_is[Op.ERR] | op_is[Op.LOSS])) |
-                                                         (op_is[Op.FWD] & pool_on))),
+        m.d.comb += [side.w_en.eq(take_in & ~flushing & ((pass2 & (op_join[Op.ERR] | op_join[Op.LOSS])) |
+                                                         (op_join[Op.FWD] & pool_on))),
                      side.w_data.eq(Cat(push_mask, push_idx))]
         side_mask, side_idx = side.r_data[:L], side.r_data[L:]
         if cfg.sum_words:
@@ -598,9 +624,15 @@ class Engine(wiring.Component):
                 m.d.sync += sum_wa.eq(sum_wa + 1)
         if cfg.external_sum_words:
             m.d.comb += push.eq(take_in & ~pass2 & store_ext)
-        with m.If(take_in & ~pass2):
+        # The pass-1 counts drop a cycle after the take, from p1_took: the take (the join of the
+        # quantiser's input, deep) reaches only p1_took and pass2, not the counts' 64 enables
+        # (op_is_grad → join → part_left's enables was the 8-lane engine's worst path, -10.0 ns,
+        # placed). The beat taken now is pass 1's last when p1_left − p1_took = 1.
+        m.d.sync += p1_took.eq(take_in & ~pass2)
+        with m.If(p1_took):
             m.d.sync += [p1_left.eq(p1_left - 1), part_left.eq(part_left - 1)]
-            with m.If(p1_left == 1):
+        with m.If(take_in & ~pass2):
+            with m.If(Mux(p1_took, p1_left == 2, p1_left == 1)):
                 m.d.sync += [pass2.eq(1), from_sums.eq(stored_on)]
                 if cfg.external_sum_words:
                     m.d.sync += share_rd.eq(store_ext)
@@ -616,7 +648,7 @@ class Engine(wiring.Component):
         act_w = Signal(self.act_layout)
         err_w = Signal(self.err_layout)
         wfire = Signal()
-        with m.Switch(op_hot):
+        with m.Switch(op_write_hot):
             with m.Case(*op_case(Op.FWD)):
                 can_write = qo.valid & og.valid & (side.r_rdy | ~pool_on)
                 m.d.comb += [wfire.eq(can_write & (act_wready | ~og.payload.valid)),
@@ -713,7 +745,8 @@ class Engine(wiring.Component):
         # in between.
         writes_idle_q = Signal(init=1)
         m.d.sync += writes_idle_q.eq(writes_idle)
-        cmd, target, tag = Signal(8), Signal(8), Signal(16)
+        cmd, tag = Signal(8), Signal(16)
+        target_ok = Signal()                             # the packet's target is known
         # The packet's target also as a one-hot register, set with it: the host parser's selects
         # (item size, depth, request routing, the counters' enables) test one flip-flop each, not
         # an 8-bit compare (target → depth_of → … → cursor/remaining enables: −12.3 ns, placed).
@@ -721,8 +754,7 @@ class Engine(wiring.Component):
 
         def is_target(t):
             """A ``Case`` pattern of ``target_hot`` for target ``t``."""
-            n = len(Target)
-            return "-" * (n - 1 - int(t)) + "1" + "-" * int(t)
+            return onehot_cases(tuple(Target), t)[0]
         status = Signal(8)
         args = Array(Signal(32, name=f"arg{i}") for i in range(3))
         argi = Signal(2)
@@ -731,7 +763,7 @@ class Engine(wiring.Component):
                                  Mux(cmd == Command.COUNTERS, ARGUMENTS[Command.COUNTERS], ARGUMENTS[Command.READ])))
         widths = {t: item_bits(t, L, wage.kG) for t in Target}
         max_words = max(-(-w // 32) for w in widths.values())
-        item = Signal(32 * max_words)
+        item = Signal(32 * max_words, reset_less=True)  # (no reset: a write takes a whole item's words first)
         item_words = Signal(range(max_words + 1))
         depth_of = Signal(32)
         with m.Switch(target_hot):
@@ -741,7 +773,6 @@ class Engine(wiring.Component):
                     m.d.comb += depth_of.eq({Target.PROGRAM: cfg.program_words, Target.ACT: cfg.data_space,
                                              Target.ERR: cfg.data_space, Target.WEIGHTS: cfg.weight_space,
                                              Target.LABELS: cfg.label_words}[t])
-        target_ok = target <= max(Target)
         a0_ok, a0_room = Signal(), Signal(32)           # address argument <= depth, depth − address
         addr, count = args[0], args[1]
         cursor = Signal(32)                 # next item address
@@ -758,7 +789,7 @@ class Engine(wiring.Component):
             words = -(-widths[t] // 32)
             return item[32 * (max_words - words):][:widths[t]]
 
-        resp_payload = Signal(32 * max_words)          # READ: the item being sent, low word first
+        resp_payload = Signal(32 * max_words, reset_less=True)   # READ: the item being sent, low word first
         send_words = Signal(range(max_words + 1))
 
         # host read requests (READ of act/err/weights/labels/program)
@@ -841,6 +872,48 @@ class Engine(wiring.Component):
             m.d.sync += launch["q"].eq(0)
         launching = Cat(*launch.values()).any()
 
+        # DECODE's tests of the record, registered from the instruction register in every cycle:
+        # FETCH lasts a cycle longer than the record takes to land, so they have settled when
+        # DECODE acts on them (the record's bits → the tests → the op flags' and the step
+        # counters' enables was -9.1 ns in the 8-lane engine, placed). in_chain and chain_op
+        # change only in DECODE, FLUSH and RUN_NEXT_STEP, a whole FETCH before the next DECODE.
+        dec = {n: Signal(name=f"dec_{n}") for n in ("keep", "to_chip", "to_ext", "no_pass1", "first", "finish", "bad")}
+        dec_codes = tuple(Op.NAMES)
+        dec_op = {c: Signal(name=f"dec_op_{Op.NAMES[c].lower()}") for c in dec_codes}
+        dec_op_hot = Cat(*(dec_op[c] for c in dec_codes))
+
+        def dec_case(code):
+            """``Case`` patterns of ``dec_op_hot`` for the record's operation ``code``."""
+            return onehot_cases(dec_codes, code)
+        # A later record of a product in parts (conv.PART_NEXT, PART_FINISH) carries on the first's
+        # pass 1: its row count, the pass flag and the sum write pointers (and any record inside
+        # an open product is refused: FLUSH completes the product then).
+        rows = ins.qcount >> shift_l
+        # An engine built without convolution (cfg.has_conv) has no conv address generators: a
+        # conv pattern, pooling or unpooling is refused rather than walked wrongly.
+        conv_only = ins.a.conv | ins.b.conv | ins.aux.conv | ins.out.conv | ins.draw.conv | ins.pool \
+            | (ins.unpool_dx != 0)
+        # A stored record needs a sum buffer that holds its rows (the compiler's choice for this
+        # build; a program for another build is refused before it gets here, by IDENT).
+        room = Mux(ins.stored == STORE_CHIP, rows <= cfg.sum_words,
+                   Mux(ins.stored == STORE_EXTERNAL, rows <= cfg.external_sum_rows if cfg.external_sum_words else 0,
+                       ins.stored == 0))
+        bad_store = ~room | ((ins.stored != 0) & (ins.op != Op.ERR) & (ins.op != Op.GRAD))
+        # parts: stored ERR or GRAD records, a first, then next parts of the same operation, then a
+        # finish; only COPY records (operand staging) may run between them
+        bad_part = Mux(ins.part == PART_WHOLE, in_chain & (ins.op != Op.COPY),
+                       ((ins.op != Op.ERR) & (ins.op != Op.GRAD)) | (ins.stored == 0) |
+                       Mux(ins.part == PART_FIRST, in_chain, ~in_chain | (ins.op != chain_op)))
+        m.d.sync += [
+            dec["keep"].eq((ins.part >= PART_NEXT) | in_chain),
+            dec["to_chip"].eq((ins.stored == STORE_CHIP) & bool(cfg.sum_words)),
+            dec["to_ext"].eq((ins.stored == STORE_EXTERNAL) & bool(cfg.external_sum_words)),
+            dec["no_pass1"].eq(rows == 0),
+            dec["first"].eq(ins.part == PART_FIRST),
+            dec["finish"].eq(ins.part == PART_FINISH),
+            dec["bad"].eq((conv_only if not cfg.has_conv else 0) | bad_store | bad_part),
+        ] + [dec_op[c].eq(ins.op == c) for c in dec_codes]
+
         with m.FSM():
             with m.State("IDLE"):
                 # a packet starts once the previous one's external writes are issued (ordered before it)
@@ -848,7 +921,7 @@ class Engine(wiring.Component):
                 m.d.sync += set_op(Op.NOP) + [argi.eq(0), status.eq(Status.OK)]
                 with m.If(hin.valid & writes_idle_q):
                     h = hin.payload.data
-                    m.d.sync += [cmd.eq(h[0:8]), target.eq(h[8:16]), tag.eq(h[16:32])]
+                    m.d.sync += [cmd.eq(h[0:8]), tag.eq(h[16:32]), target_ok.eq(h[8:16] <= max(Target))]
                     m.d.sync += [target_hot[t].eq(h[8:16] == t) for t in Target]
                     known = (h[0:8] >= Command.WRITE) & (h[0:8] <= max(Command))
                     with m.If(~known):
@@ -1020,23 +1093,18 @@ class Engine(wiring.Component):
             with m.State("FETCH"):
                 # one word per cycle: the word read in the previous cycle arrives now (read latency
                 # 1), is registered, goes into its group's staging register and lands in the
-                # instruction register a cycle later, so MACHINE_WORDS + 3 cycles per record
+                # instruction register a cycle later; DECODE's tests are registered from it once
+                # more, so MACHINE_WORDS + 4 cycles per record
                 m.d.comb += [running.eq(1), prog_rd.addr.eq(pc), prog_rd.en.eq(1)]
                 m.d.sync += fetched.eq(fetched + 1)
                 with m.If(fetched < MACHINE_WORDS):
                     m.d.sync += [pc.eq(pc + 1), arriving.eq(1)]      # (the word read now arrives next cycle)
-                with m.If(fetched == MACHINE_WORDS + 2):
+                with m.If(fetched == MACHINE_WORDS + 3):
                     m.d.sync += fetched.eq(0)
                     m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += running.eq(1)
-                # A later record of a product in parts (conv.PART_NEXT, PART_FINISH) carries on the
-                # first's pass 1: its row count, the pass flag and the sum write pointers (and any
-                # record inside an open product is refused: FLUSH completes the product then).
-                keep = (ins.part >= PART_NEXT) | in_chain
-                to_chip = (ins.stored == STORE_CHIP) & bool(cfg.sum_words)
-                to_ext = (ins.stored == STORE_EXTERNAL) & bool(cfg.external_sum_words)
-                no_pass1 = (ins.qcount >> shift_l) == 0
+                keep, to_chip, to_ext, no_pass1 = dec["keep"], dec["to_chip"], dec["to_ext"], dec["no_pass1"]
                 with m.If(~keep):
                     m.d.sync += [p1_left.eq(ins.qcount >> shift_l), pass2.eq(no_pass1),
                                  sum_wa.eq(0), stored_on.eq(to_chip | to_ext), store_ext.eq(to_ext),
@@ -1048,44 +1116,28 @@ class Engine(wiring.Component):
                 if cfg.external_sum_words:           # (the previous record's rows are all read back)
                     m.d.sync += [sum_go.eq(0), xr_chunk.eq(0), have.eq(0),
                                  share_wr.eq(Mux(keep, store_ext, to_ext))]
-                # An engine built without convolution (cfg.has_conv) has no conv address generators:
-                # a conv pattern, pooling or unpooling is refused rather than walked wrongly.
-                conv_only = ins.a.conv | ins.b.conv | ins.aux.conv | ins.out.conv | ins.draw.conv | ins.pool \
-                    | (ins.unpool_dx != 0)
-                # A stored record needs a sum buffer that holds its rows (the compiler's choice for
-                # this build; a program for another build is refused before it gets here, by IDENT).
-                rows = ins.qcount >> shift_l
-                room = Mux(ins.stored == STORE_CHIP, rows <= cfg.sum_words,
-                           Mux(ins.stored == STORE_EXTERNAL, rows <= cfg.external_sum_rows if cfg.external_sum_words else 0,
-                               ins.stored == 0))
-                bad_store = ~room | ((ins.stored != 0) & (ins.op != Op.ERR) & (ins.op != Op.GRAD))
-                # parts: stored ERR or GRAD records, a first, then next parts of the same operation,
-                # then a finish; only COPY records (operand staging) may run between them
-                bad_part = Mux(ins.part == PART_WHOLE, in_chain & (ins.op != Op.COPY),
-                               ((ins.op != Op.ERR) & (ins.op != Op.GRAD)) | (ins.stored == 0) |
-                               Mux(ins.part == PART_FIRST, in_chain, ~in_chain | (ins.op != chain_op)))
-                with m.If((conv_only if not cfg.has_conv else 0) | bad_store | bad_part):
+                with m.If(dec["bad"]):
                     m.d.sync += status.eq(Status.BAD_INSTRUCTION)
                     abort()
                 with m.Else():
-                    with m.If(ins.part == PART_FIRST):
+                    with m.If(dec["first"]):
                         m.d.sync += [in_chain.eq(1), chain_rows.eq(ins.qcount >> shift_l), chain_op.eq(ins.op)]
-                    with m.Elif(ins.part == PART_FINISH):
+                    with m.Elif(dec["finish"]):
                         m.d.sync += in_chain.eq(0)
-                    with m.Switch(ins.op):
-                        with m.Case(Op.NOP):
+                    with m.Switch(dec_op_hot):
+                        with m.Case(*dec_case(Op.NOP)):
                             m.next = "FETCH_CHECK"
-                        with m.Case(Op.END):
+                        with m.Case(*dec_case(Op.END)):
                             m.d.sync += [step.eq(step + 1), steps_left.eq(steps_left - 1),
                                          counters["steps"].eq(counters["steps"] + 1)]
                             m.next = "RUN_NEXT_STEP"
-                        with m.Case(Op.FWD):
+                        with m.Case(*dec_case(Op.FWD)):
                             m.d.sync += set_op(Op.FWD) + [launch[n].eq(1) for n in ("a", "b", "out", "q")]
                             m.next = "WAIT"
-                        with m.Case(Op.LOSS):
+                        with m.Case(*dec_case(Op.LOSS)):
                             m.d.sync += set_op(Op.LOSS) + [launch[n].eq(1) for n in ("aux", "q")]
                             m.next = "PASS2"
-                        with m.Case(Op.ERR):
+                        with m.Case(*dec_case(Op.ERR)):
                             m.d.sync += set_op(Op.ERR)
                             with m.Switch(ins.part):
                                 with m.Case(PART_WHOLE):
@@ -1101,7 +1153,7 @@ class Engine(wiring.Component):
                                     m.d.sync += [launch[n].eq(1) for n in ("aux", "out")]
                                     m.d.sync += sum_rd_left.eq(ins.qcount >> shift_l)
                                     m.next = "WAIT"
-                        with m.Case(Op.GRAD):
+                        with m.Case(*dec_case(Op.GRAD)):
                             m.d.sync += set_op(Op.GRAD)
                             with m.Switch(ins.part):
                                 with m.Case(PART_WHOLE):
@@ -1116,7 +1168,7 @@ class Engine(wiring.Component):
                                 with m.Case(PART_FINISH):               # pass 2 of every part's rows
                                     m.d.sync += [launch["out"].eq(1), sum_rd_left.eq(ins.qcount >> shift_l)]
                                     m.next = "WAIT"
-                        with m.Case(Op.COPY):
+                        with m.Case(*dec_case(Op.COPY)):
                             m.d.sync += set_op(Op.COPY) + [launch["aux"].eq(1), launch["out"].eq(1)]
                             m.next = "WAIT"
                         with m.Default():

@@ -7,17 +7,22 @@ path runs from the consumer's ``ready`` back into the producer, nor from the pro
 or payload forward into the consumer. Throughput is one beat per cycle (the second entry, the
 skid slot, absorbs the beat accepted in the cycle the consumer stalls); latency is one cycle.
 
+:class:`PingPongBuffer` has the same ports, timing and registered ``o.valid``/``i.ready``, but
+keeps its two beats in slots that only the write side loads: the consumer's ``ready`` reaches a
+pointer and two flags instead of a payload register's every bit. It suits a consumer whose ready
+is deep logic; its payload comes out through a 2:1 multiplexer.
+
 Stream rules: ``o.valid`` never depends on ``o.ready`` (it is a register), the payload holds until
 taken, and beats leave in the order they came.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, Value
+from amaranth.hdl import Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["SkidBuffer", "tagged_skid"]
+__all__ = ["SkidBuffer", "PingPongBuffer", "tagged_skid"]
 
 
 class SkidBuffer(wiring.Component):
@@ -54,6 +59,52 @@ class SkidBuffer(wiring.Component):
                 m.d.sync += [self.o.valid.eq(self.i.valid), out.eq(self.i.payload)]
         with m.Elif(self.i.valid & ~skid_valid):             # output stalled: the beat waits in the slot
             m.d.sync += skid_valid.eq(1)
+        return m
+
+
+class PingPongBuffer(wiring.Component):
+    """A two-entry FIFO with the ports of :class:`SkidBuffer`, for a consumer whose ``ready`` is
+    deep logic (a join of several streams): that ``ready`` reaches only the read pointer and two
+    flags, never the payload registers' enables, which hang on write-side flip-flops alone (a
+    :class:`SkidBuffer`'s output register loads on the consumer's ready: the join's logic fanned
+    out to all of its bits). ``o.valid`` and ``i.ready`` are registers; the payload leaves through
+    a 2:1 multiplexer whose select is a flip-flop. One beat per cycle, one cycle of latency."""
+
+    def __init__(self, shape):
+        self.shape = shape
+        super().__init__({
+            "i": In(stream.Signature(shape)),
+            "o": Out(stream.Signature(shape)),
+        })
+
+    @property
+    def empty(self):
+        """High while the buffer holds no beat."""
+        return ~self.o.valid
+
+    def elaborate(self, platform):
+        m = Module()
+        slots = [Signal.like(self.o.payload, name=f"slot{k}", reset_less=True) for k in range(2)]
+        w_ptr, r_ptr = Signal(), Signal()
+        full = Signal()                                    # two beats held
+        m.d.comb += [self.i.ready.eq(~full), self.o.payload.eq(Mux(r_ptr, slots[1], slots[0]))]
+        # The slot the write pointer names is free unless the buffer is full: it loads whatever is
+        # offered (valid or not), so its enable is two flip-flops; a slot loaded without a beat is
+        # never read, as the pointer only moves with a beat.
+        for k in range(2):
+            with m.If((w_ptr == k) & ~full):
+                m.d.sync += slots[k].eq(self.i.payload)
+        put = self.i.valid & ~full
+        take = self.o.valid & self.o.ready
+        with m.If(put):
+            m.d.sync += w_ptr.eq(~w_ptr)
+        with m.If(take):
+            m.d.sync += r_ptr.eq(~r_ptr)
+        # held beats: 0 (~o.valid), 1 (o.valid & ~full) or 2 (full)
+        with m.If(put & ~take):
+            m.d.sync += [self.o.valid.eq(1), full.eq(self.o.valid)]
+        with m.Elif(take & ~put):
+            m.d.sync += [full.eq(0), self.o.valid.eq(full)]
         return m
 
 
