@@ -142,6 +142,34 @@ def test_protocol_errors_leave_the_engine_ready():
     assert results[9] == "READ: the engine answered OUT_OF_RANGE"
 
 
+def test_program_reads_back_as_written():
+    """The host's program reads answer from the fetch register a cycle after the RAM: every word
+    comes back, in order, for reads of one word and of many, with the host stalling, and after a
+    RUN used the same register."""
+    program = compile_network(CONFIG)
+    rng = np.random.default_rng(seed_for("engine-program-read"))
+    words = [int(w) for w in rng.integers(0, 1 << 32, size=48, dtype=np.uint64)]
+    results = {}
+
+    async def bench(ctx, dut):
+        # (the host stalls half of the response cycles: a word waits in the register until taken)
+        t = AmaranthTransport(ctx, dut, timeout_cycles=4000, out_stall=0.5, seed=seed_for("engine-program-stall"))
+        driver = EngineDriver(program, t)
+        await driver.write(Target.PROGRAM, 5, words)
+        results["all"] = await driver.read(Target.PROGRAM, 5, len(words))
+        results["one"] = [await driver.read(Target.PROGRAM, 5 + k, 1) for k in (0, 17, 47)]
+        await driver.load_program()
+        await driver.run(1)
+        results["after_run"] = await driver.read(Target.PROGRAM, 0, 4)
+
+    simulate(bench)
+    assert results["all"] == words
+    assert results["all"][:-1] + [results["all"][-1] ^ 1] != words      # a flipped bit would show
+    assert results["one"] == [[words[0]], [words[17]], [words[47]]]
+    from hw.engine.encoding import encode_program
+    assert results["after_run"] == encode_program(program.instructions)[:4]
+
+
 def test_ident_names_the_build_and_a_foreign_program_is_refused():
     from hw.engine.driver import EngineMismatch
     from hw.engine.protocol import MAGIC, ident_values

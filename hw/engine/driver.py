@@ -16,6 +16,8 @@ later a serial port on a board, all behind the same driver API::
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 
 from golden.model import input_codes
@@ -215,18 +217,24 @@ class EngineDriver:
 
 class AmaranthTransport:
     """Exchanges packets with an :class:`hw.engine.engine.Engine` inside an Amaranth testbench
-    (``ctx`` of ``Simulator.add_testbench``); for small configurations only (≈ 2 k cycles/s)."""
+    (``ctx`` of ``Simulator.add_testbench``); for small configurations only (≈ 2 k cycles/s).
+    ``out_stall``: the probability that the host is not ready for a response word in a cycle
+    (seeded by ``seed``), so that tests see the engine hold its responses."""
 
-    def __init__(self, ctx, engine, timeout_cycles: int = 2_000_000):
+    def __init__(self, ctx, engine, timeout_cycles: int = 2_000_000, *, out_stall: float = 0.0, seed: int = 0):
+        if not 0 <= out_stall < 1:
+            raise ValueError(f"out_stall={out_stall!r}: must be at least 0 and below 1")
         self.ctx, self.engine, self.timeout = ctx, engine, timeout_cycles
+        self.out_stall, self.rng = out_stall, random.Random(seed)
         self.cycles = 0
 
     async def exchange(self, words: list[int]) -> list[int]:
         ctx, hin, hout = self.ctx, self.engine.host_in, self.engine.host_out
         reply: list[int] = []
         i, n = 0, 0
-        ctx.set(hout.ready, 1)
         while True:
+            ready = not self.out_stall or self.rng.random() >= self.out_stall
+            ctx.set(hout.ready, ready)
             if i < len(words):
                 ctx.set(hin.valid, 1)
                 ctx.set(hin.payload, {"data": words[i], "last": int(i == len(words) - 1)})
@@ -240,7 +248,7 @@ class AmaranthTransport:
             n += 1
             if taken_in:
                 i += 1
-            if out_valid:
+            if out_valid and ready:
                 reply.append(out.data)
                 if out.last:
                     ctx.set(hin.valid, 0)

@@ -393,7 +393,7 @@ class Engine(wiring.Component):
         # to its group's staging register, chosen by a registered one-hot of the groups kept with
         # word_sel, so the staging enables are one LUT from flip-flops (they were a fetch-counter
         # compare and a 26-bit OR away, a failing class of 512 endpoints at 4 lanes).
-        m.d.sync += [arriving.eq(0), arriving_q.eq(arriving), fetched_word.eq(prog_rd.data),
+        m.d.sync += [arriving.eq(0), arriving_q.eq(arriving),
                      staged_sel.eq(Mux(arriving_q, word_sel, 0))]
         with m.If(arriving_q):
             next_sel = word_sel.rotate_left(1)
@@ -807,7 +807,8 @@ class Engine(wiring.Component):
         # it to empty, so a load is in the store before the host hears the write is done.
         m.submodules.load_q = load_q = SkidBuffer(wu.load.payload.shape())
         wiring.connect(m, load_q.o, wu.load)
-        prog_rd_pending = Signal()
+        prog_rd_pending = Signal()                       # the program RAM reads for the host …
+        prog_rd_landed = Signal()                        # … and fetched_word holds that word
         label_host = Signal(LABEL_BITS)
         with m.Switch(target_hot):
             with m.Case(is_target(Target.ACT)):
@@ -826,7 +827,7 @@ class Engine(wiring.Component):
             with m.Case(is_target(Target.LABELS)):
                 m.d.comb += [rd_resp_valid.eq(host_read_active & more), rd_resp_data.eq(label_rd.data)]
             with m.Case(is_target(Target.PROGRAM)):
-                m.d.comb += [rd_resp_valid.eq(prog_rd_pending), rd_resp_data.eq(prog_rd.data)]
+                m.d.comb += [rd_resp_valid.eq(prog_rd_landed), rd_resp_data.eq(fetched_word)]
         with m.If(op_is[Op.NOP]):
             m.d.comb += label_rd.addr.eq(cursor)
         req_taken = Signal()
@@ -847,10 +848,20 @@ class Engine(wiring.Component):
 
         prog_issue = Signal()
         m.d.comb += prog_issue.eq(host_read_active & target_hot[Target.PROGRAM] & more & ~prog_rd_pending)
+        # A host read of the program answers from fetched_word, the RAM output's register (which
+        # FETCH uses too), a cycle after the word arrives, and the register holds it until it is
+        # taken: the RAM's clock-to-out no longer reaches the response register (-7.9 ns, 8-lane
+        # engine, placed). The RAM reads in every cycle (its enable was the host state's logic,
+        # -7.4 ns), so only fetched_word's enable, a flip-flop, holds a word.
+        prog_taken = prog_rd_landed & rd_resp_ready      # (landed is only set with target PROGRAM)
         with m.If(prog_issue):
             m.d.sync += prog_rd_pending.eq(1)
-        with m.Elif(rd_resp_valid & rd_resp_ready & target_hot[Target.PROGRAM]):
+        with m.Elif(prog_taken):
             m.d.sync += prog_rd_pending.eq(0)
+        m.d.sync += prog_rd_landed.eq(prog_rd_pending & ~prog_taken)
+        with m.If(~prog_rd_landed):
+            m.d.sync += fetched_word.eq(prog_rd.data)
+        m.d.comb += prog_rd.en.eq(1)
 
         # pattern launches
         launch = {name: Signal(name=f"launch_{name}") for name in ("a", "b", "aux", "out", "q", "idx")}
@@ -1044,7 +1055,7 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.next = "READ_DATA"
             with m.State("READ_DATA"):
-                m.d.comb += [host_read_active.eq(1), prog_rd.addr.eq(cursor), prog_rd.en.eq(prog_issue)]
+                m.d.comb += [host_read_active.eq(1), prog_rd.addr.eq(cursor)]
                 with m.If(req_taken):
                     m.d.sync += [cursor.eq(cursor + 1), remaining.eq(remaining - 1), more.eq(remaining != 1)]
                 m.d.comb += rd_resp_ready.eq(send_words == 0)
@@ -1095,7 +1106,7 @@ class Engine(wiring.Component):
                 # 1), is registered, goes into its group's staging register and lands in the
                 # instruction register a cycle later; DECODE's tests are registered from it once
                 # more, so MACHINE_WORDS + 4 cycles per record
-                m.d.comb += [running.eq(1), prog_rd.addr.eq(pc), prog_rd.en.eq(1)]
+                m.d.comb += [running.eq(1), prog_rd.addr.eq(pc)]
                 m.d.sync += fetched.eq(fetched + 1)
                 with m.If(fetched < MACHINE_WORDS):
                     m.d.sync += [pc.eq(pc + 1), arriving.eq(1)]      # (the word read now arrives next cycle)

@@ -25,7 +25,9 @@ from amaranth.lib.wiring import In, Out
 __all__ = ["SkidBuffer", "PingPongBuffer", "tagged_skid"]
 
 
-class SkidBuffer(wiring.Component):
+class _StreamBuffer(wiring.Component):
+    """Ports of a one-cycle stream buffer: ``i`` in, ``o`` out, both of ``shape``."""
+
     def __init__(self, shape):
         self.shape = shape
         super().__init__({
@@ -33,6 +35,8 @@ class SkidBuffer(wiring.Component):
             "o": Out(stream.Signature(shape)),
         })
 
+
+class SkidBuffer(_StreamBuffer):
     @property
     def empty(self):
         """High while the buffer holds no beat."""
@@ -62,20 +66,13 @@ class SkidBuffer(wiring.Component):
         return m
 
 
-class PingPongBuffer(wiring.Component):
+class PingPongBuffer(_StreamBuffer):
     """A two-entry FIFO with the ports of :class:`SkidBuffer`, for a consumer whose ``ready`` is
     deep logic (a join of several streams): that ``ready`` reaches only the read pointer and two
     flags, never the payload registers' enables, which hang on write-side flip-flops alone (a
     :class:`SkidBuffer`'s output register loads on the consumer's ready: the join's logic fanned
     out to all of its bits). ``o.valid`` and ``i.ready`` are registers; the payload leaves through
     a 2:1 multiplexer whose select is a flip-flop. One beat per cycle, one cycle of latency."""
-
-    def __init__(self, shape):
-        self.shape = shape
-        super().__init__({
-            "i": In(stream.Signature(shape)),
-            "o": Out(stream.Signature(shape)),
-        })
 
     @property
     def empty(self):
