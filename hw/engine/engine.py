@@ -69,7 +69,6 @@ from amaranth.lib.wiring import In, Out
 
 from hw.bram import BlockRam
 from hw.mac_array import MacArray
-from hw.netlist import kept
 from hw.quantizer import Mode, ShiftQuantizer
 
 from .config import EngineConfig
@@ -248,16 +247,9 @@ class Engine(wiring.Component):
         op_codes = (Op.NOP, Op.FWD, Op.LOSS, Op.ERR, Op.GRAD, Op.COPY)
         op_is = {c: Signal(name=f"op_is_{Op.NAMES[c].lower()}", init=int(c == Op.NOP)) for c in op_codes}
         op_hot = Cat(*(op_is[c] for c in op_codes))
-        # The quantiser's input join and the result writes have copies of their own, kept apart in
-        # synthesis (hw.netlist.kept), placed beside them: the shared flags' routing to them was the
-        # first 3 ns of the 8-lane engine's worst paths (op_is_grad → join → …, placed).
-        op_copies = {tag: {c: Signal(name=kept(f"op_{tag}_{Op.NAMES[c].lower()}"), init=int(c == Op.NOP))
-                           for c in op_codes} for tag in ("join", "write")}
-        op_join_hot, op_write_hot = (Cat(*(op_copies[tag][c] for c in op_codes)) for tag in ("join", "write"))
-        op_join = op_copies["join"]
 
         def set_op(code):
-            return [flags[c].eq(c == code) for flags in (op_is, *op_copies.values()) for c in op_codes]
+            return [op_is[c].eq(c == code) for c in op_codes]
 
         def op_case(*codes):
             """``Case`` patterns of ``op_hot`` for the operations ``codes``."""
@@ -585,7 +577,7 @@ class Engine(wiring.Component):
         # the pool sees every row's data (only its valid depends on the op): the op's decode is not
         # in front of its compares (a failing class at 4 and 8 lanes after placement)
         m.d.comb += [pool.i.payload.data[i].eq(res.payload.data[i]) for i in range(L)]
-        with m.Switch(op_join_hot):
+        with m.Switch(op_hot):
             with m.Case(*op_case(Op.FWD)):
                 with m.If(pool_on):
                     # 2×2 max-pool of the result rows (window-major) before Q_A; the indices wait in `side`
@@ -614,8 +606,8 @@ class Engine(wiring.Component):
                              push_mask.eq(aw.sat)]
                 for i in range(L):
                     m.d.comb += qi.payload.data[i].eq(aw.data[i] - Mux(hot[i], ins.onehot, 0))
-        m.d.comb += [side.w_en.eq(take_in & ~flushing & ((pass2 & (op_join[Op.ERR] | op_join[Op.LOSS])) |
-                                                         (op_join[Op.FWD] & pool_on))),
+        m.d.comb += [side.w_en.eq(take_in & ~flushing & ((pass2 & (op_is[Op.ERR] | op_is[Op.LOSS])) |
+                                                         (op_is[Op.FWD] & pool_on))),
                      side.w_data.eq(Cat(push_mask, push_idx))]
         side_mask, side_idx = side.r_data[:L], side.r_data[L:]
         if cfg.sum_words:
@@ -648,7 +640,7 @@ class Engine(wiring.Component):
         act_w = Signal(self.act_layout)
         err_w = Signal(self.err_layout)
         wfire = Signal()
-        with m.Switch(op_write_hot):
+        with m.Switch(op_hot):
             with m.Case(*op_case(Op.FWD)):
                 can_write = qo.valid & og.valid & (side.r_rdy | ~pool_on)
                 m.d.comb += [wfire.eq(can_write & (act_wready | ~og.payload.valid)),
