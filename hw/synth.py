@@ -4,6 +4,7 @@
                        [--freq 200] [--seed 1] [--abc9-dff | --lut-mapper abc] [--out DIR]
     python -m hw.synth --unit engine --engine-config ENGINE.json      # the whole engine
     python -m hw.synth --unit slot --lanes 8 --place-only             # placed, not routed
+    python -m hw.synth --unit engine --engine-config E.json --placer static   # nextpnr's static placer
 
 A unit (any :class:`amaranth.lib.wiring.Component` clocked by the ``sync`` domain) cannot be placed
 and routed on its own: it has more ports than the package has pins, and a port that leads nowhere
@@ -79,6 +80,9 @@ __all__ = [
     "DEVICES", "PACKAGES", "UNITS", "SynthError", "abc_crashed", "over_capacity", "run_yosys_retrying_abc", "SynthHarness", "SynthResult",
     "build_unit", "normalize_device", "synthesize", "main",
 ]
+
+#: nextpnr's placers for ECP5 (``--placer``); heap is its default.
+PLACERS = ("heap", "static")
 
 #: Device name → nextpnr-ecp5 device flag.
 DEVICES: dict[str, str] = {
@@ -649,7 +653,9 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
     :class:`SynthError` with the end of its log (and ``partial`` resources: a design that does not
     fit shows by how much). ``place_only``: stop after placement (``--no-route``; a large design
     places in a fraction of its routing time, or one that does not route still gets an estimate):
-    the result carries nextpnr's post-placement Fmax estimate and ``routed=False``. ``lut_mapper``:
+    the result carries nextpnr's post-placement Fmax estimate and ``routed=False``, and the placed
+    netlist is written to ``placed.json`` (each cell's ``NEXTPNR_BEL``; :mod:`hw.congestion` maps
+    its wiring demand). ``lut_mapper``:
     one of :data:`LUT_MAPPERS` (``abc``: classic ``abc -lut 4``, for designs abc9 does not finish;
     ``abc9_dff`` then has no effect). ``timing_paths``: nextpnr also writes ``design.sdf``, and
     :mod:`hw.sdf_timing` times every path in it (routed, or placed only): ``timing_paths.txt``
@@ -676,7 +682,8 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
 
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="synth-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    for stale in ("design.json", "yosys_stat.json", "report.json", "result.json", "design.sdf", "timing_paths.txt"):
+    for stale in ("design.json", "yosys_stat.json", "report.json", "result.json", "design.sdf", "timing_paths.txt",
+                  "placed.json"):
         (workdir / stale).unlink(missing_ok=True)
     start = time.monotonic()
     phases: dict[str, float] = {}
@@ -710,7 +717,7 @@ def synthesize(unit: wiring.Component, *, device: str = "LFE5U-85F", package: st
         DEVICES[device], "--package", package, "--speed", str(speed),
         "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--json", "design.json",
         "--lpf", "harness.lpf", "--lpf-allow-unconstrained", "--report", "report.json",
-        "--timing-allow-fail", *(("--no-route",) if place_only else ()),
+        "--timing-allow-fail", *(("--no-route", "--write", "placed.json") if place_only else ()),
         *(("--sdf", "design.sdf") if timing_paths else ()),
         *extra_nextpnr_args]
     t = time.monotonic()
@@ -905,6 +912,9 @@ def main(argv=None) -> int:
     ap.add_argument("--router", choices=("router1", "router2"),
                     help="nextpnr router (default: router2 for the engine, which router1 leaves congested "
                          "as hw.build found; nextpnr's own default, router1, for the other units)")
+    ap.add_argument("--placer", choices=PLACERS,
+                    help="nextpnr placer (default heap, nextpnr's; static, its electrostatic placer, "
+                         "spreads the 8-lane engine with far less wire)")
     ap.add_argument("--place-only", action="store_true",
                     help="stop after placement: nextpnr's Fmax estimate, no routing (a large engine places "
                          "in about 20 min on 2 cores and may take far longer to route)")
@@ -932,10 +942,11 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, OSError) as e:
         ap.error(str(e))
     router = a.router or ("router2" if a.unit == "engine" else None)
+    nextpnr_args = (("--router", router) if router else ()) + (("--placer", a.placer) if a.placer else ())
     try:
         result = synthesize(unit, device=device, package=a.package, speed=a.speed,
                             freq_mhz=a.freq, seed=a.seed, workdir=a.out, timeout_s=a.timeout,
-                            abc9_dff=a.abc9_dff, extra_nextpnr_args=("--router", router) if router else (),
+                            abc9_dff=a.abc9_dff, extra_nextpnr_args=nextpnr_args,
                             place_only=a.place_only, lut_mapper=a.lut_mapper, timing_paths=a.timing_paths)
     except SynthError as e:
         print(f"error: {e}", file=sys.stderr)

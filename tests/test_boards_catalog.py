@@ -33,3 +33,15 @@ def test_a_board_without_sdram_has_no_sdram_engine():
 def test_a_part_without_an_sdram_engine_names_the_parts_with_one():
     with pytest.raises(BoardError, match=r"memory='sdram': the ulx3s 45F has no SDRAM engine; parts with one: 85F$"):
         get_board("ulx3s").default_config("45F", "sdram")
+
+
+def test_the_shipped_convolutional_configuration_trains_its_network_on_chip():
+    """boards/configs/ulx3s_85f_conv.json (built and routed with --placer static, README): an engine
+    with convolution, every tensor on chip, whose network fits its memories."""
+    from pathlib import Path
+
+    from hw.engine.config import EngineConfig
+    config = EngineConfig.load(Path(__file__).parent.parent / "boards" / "configs" / "ulx3s_85f_conv.json")
+    assert config.has_conv and config.target == "ecp5" and config.external_depth == 0
+    assert (config.lanes, config.wage.net, config.batch) == (8, "8C5-MP2-16C5-MP2-32FC-10", 4)
+    compile_network(config)

@@ -238,6 +238,30 @@ def test_classic_abc_replaces_only_the_lut_mapping_step():
         build.build_bitstream("ulx3s", None, SMALL, lut_mapper="abc10", progress=None)
 
 
+def test_placer_reaches_nextpnr(tmp_path, monkeypatch):
+    """--placer static goes to nextpnr and into the report; an unknown placer is refused first."""
+    seen = []
+
+    def tools(cmd, **kw):
+        if kw["label"] == "yosys":
+            (kw["cwd"] / "wage_top.json").write_text('{"modules": {}}')
+        elif kw["label"] == "nextpnr":
+            seen.append(cmd)
+            (kw["cwd"] / "nextpnr_report.json").write_text(json.dumps(
+                {"fmax": {"$glbnet$core.clk": {"achieved": 80.0, "constraint": 25.0}}, "utilization": {},
+                 "critical_paths": []}))
+        else:
+            (kw["cwd"] / "wage_top.bit").write_bytes(b"bit")
+
+    monkeypatch.setattr(build, "_run", tools)
+    result = build.build_bitstream("ulx3s", "85F", SMALL, freq_mhz=25, placer="static", out_dir=tmp_path,
+                                   progress=None)
+    assert seen[0][seen[0].index("--placer") + 1] == "static" and result.placer == "static"
+    assert json.loads((tmp_path / "report.json").read_text())["placer"] == "static"
+    with pytest.raises(build.BuildError, match="placer='sa': must be one of heap, static"):
+        build.build_bitstream("ulx3s", "85F", SMALL, placer="sa", out_dir=tmp_path, progress=None)
+
+
 def test_silent_abc_crash_is_retried_with_dff(tmp_path, monkeypatch):
     """YoWASP's ABC can exit silently inside abc9: the build retries synth_ecp5 with -dff once.
     (The tools are stood in for: this checks the flow's decisions, not the tools.)"""
@@ -262,6 +286,7 @@ def test_silent_abc_crash_is_retried_with_dff(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "_run", flaky_tools)
     result = build.build_bitstream("ulx3s", "85F", SMALL, freq_mhz=25, out_dir=tmp_path, progress=None)
     assert calls == ["yosys", "yosys", "nextpnr", "ecppack"] and result.timing_met and result.fmax_mhz == 80.0
+    assert result.placer == "heap" and "placer heap" in result.summary()
     assert result.memory == "bram" and json.loads((tmp_path / "report.json").read_text())["memory"] == "bram"
     assert (tmp_path / "yosys_abc_crash.log").exists()
     # a yosys error that is not the silent ABC exit is not retried

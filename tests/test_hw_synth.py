@@ -106,6 +106,8 @@ def test_engine_unit_reads_its_configuration(tmp_path, capsys):
     (["--unit", "engine"], ("--router", "router2")),              # router1 leaves the engine congested
     (["--unit", "engine", "--router", "router1"], ("--router", "router1")),
     (["--unit", "threefry"], ()),                                   # nextpnr's default for the units
+    (["--unit", "threefry", "--placer", "static"], ("--placer", "static")),
+    (["--unit", "engine", "--placer", "heap"], ("--router", "router2", "--placer", "heap")),
 ])
 def test_cli_router(argv, router, tmp_path, monkeypatch):
     from golden.config import WageConfig
@@ -349,6 +351,11 @@ def test_place_only_gives_the_placement_estimate(tmp_path):
     assert result.resources["MULT18X18D"] == (1, 156)
     assert "not routed" in result.table()
     assert "Routing" not in (tmp_path / "nextpnr.log").read_text()
+    # the placed netlist, for hw.congestion: the one multiplier is among the placed cells
+    from hw.congestion import Placement, analyse
+    placement = Placement.load(tmp_path / "placed.json")
+    assert placement.cells > 0 and any("mac_array.py" in net.src for net in placement.nets)
+    assert analyse(placement, window=4).summary()["peak"] > 0
     with pytest.raises(TypeError, match="place_only=1"):
         synthesize(unit, workdir=tmp_path, place_only=1)
 
