@@ -1,6 +1,7 @@
 """Training throughput of the engine, from its own cycle counters on Verilator.
 
     .venv/bin/python benchmarks/engine_throughput.py [--fmax MHZ] [--nets mlp lenet5] [--lanes 8 16]
+        [--config ENGINE.json ...]
         [--memory external|sdram|simulated] [--ext-latency 20] [--ext-cycles-per-word 1]
         [--ext-command-cycles 0] [--sdram-mhz 100] [--sum-words 0] [--external-sums]
         [--no-per-instruction]
@@ -33,6 +34,9 @@ and gradient product whose result rows fit it runs store-then-quantise (its arra
 instead of compute-twice; the report lists which, and the buffer's size in bits. With an external
 memory, ``--external-sums`` adds a region for the sums of the products whose rows do not fit the
 buffer, sized for the largest (``EngineConfig.external_sum_words``).
+``--config FILE ...`` measures the given :class:`~hw.engine.config.EngineConfig` files as they are
+(a board build's configuration, e.g. ``boards/configs/ulx3s_85f_conv.json``) instead of ``--nets``
+at ``--batch`` on ``--lanes``; the sizing options then do not apply.
 ``--no-per-instruction`` skips the per-instruction runs (each instruction run alone), which double
 the simulation time.
 Results go to ``benchmarks/results/engine_throughput.json``.
@@ -149,15 +153,56 @@ def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> 
             name += f"_ext{timing.latency}_{timing.cycles_per_word}_{timing.command_cycles}"
         else:
             top = Engine(config)
+        build_args = ()
+        if config.target == "ecp5":            # DP16KD and MULT18X18D instances: their models
+            from sim.ecp5_models import ecp5_model_files
+            build_args = ecp5_model_files()
+            name += "_ecp5"
         run_cocotb(top, name=name, test_module="sim.tb_engine", testcase="throughput",
                    parameters={"engine": engine, "out": str(out), "per_instruction": per_instruction},
-                   timeout_s=4 * 3600)
+                   timeout_s=4 * 3600, build_args=build_args)
         return json.loads(out.read_text())
+
+
+def sized_configs(args, external: bool):
+    """(key, config, note) per --nets × --lanes: the network at --batch (halved until its simulated
+    memories fit --max-sim-words) with the options' memories; config None (note: why) when the
+    engine cannot run the network."""
+    for net, lanes in [(n, l) for n in args.nets for l in args.lanes]:
+        key = f"{net}_l{lanes}"
+        try:
+            config, note = sized_config(net, args.batch, lanes, external, args.program_words)
+        except UnsupportedNetwork as e:
+            yield key, None, str(e)
+            continue
+        batch = config.batch
+        while config.data_words > args.max_sim_words and batch > 1:
+            batch //= 2
+            config, note = sized_config(net, batch, lanes, external, args.program_words)
+        if batch != args.batch:
+            note = (note or "") + (f"; measured at batch {batch}: at batch {args.batch} the simulated memories would be too "
+                     f"deep for the Verilog conversion (--max-sim-words {args.max_sim_words})")
+        config = config.replace(sum_words=args.sum_words)
+        if args.external_sums and config.external_words:
+            from hw.engine.compiler import result_rows, two_pass_products
+            rows = max(result_rows(ins, lanes) for ins in compile_network(config).instructions
+                       if ins.op in two_pass_products())
+            config = config.replace(external_sum_words=rows * config.sum_chunks)
+        yield key, config, note
+
+
+def given_configs(paths) -> list:
+    """(key, config, note) per --config file, the configuration as it is (key: the file's stem);
+    all read before anything runs, so a bad file stops the benchmark at once."""
+    return [(path.stem, EngineConfig.load(path), f"--config {path}") for path in paths]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", nargs="+", default=["mlp", "lenet5"])
+    ap.add_argument("--config", type=Path, nargs="+", default=[],
+                    help="measure these EngineConfig JSON files as they are (network, batch, lanes and "
+                         "memories; e.g. a board build's), instead of --nets at --batch on --lanes")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lanes", type=int, nargs="+", default=[8, 16],
                     help="array sides to measure (8: 64 MULT18X18D, fits the LFE5U-85F's 156; 16 needs 256)")
@@ -190,28 +235,22 @@ def main(argv=None) -> int:
         fmax, fmax_note = timing, f"the SDRAM clock (--sdram-mhz {timing:g}), shared by the engine"
     report = {"fmax_mhz": fmax, "fmax_source": fmax_note, "batch": args.batch,
               "date": time.strftime("%Y-%m-%d %H:%M"), "runs": {}}
-    for net, lanes in [(n, l) for n in args.nets for l in args.lanes]:
-        key = f"{net}_l{lanes}"
-        try:
-            config, note = sized_config(net, args.batch, lanes, external, args.program_words)
-        except UnsupportedNetwork as e:
-            report["runs"][key] = {"status": "not run", "reason": str(e)}
-            print(f"{key}: not run: {e}")
+    try:
+        jobs = given_configs(args.config) if args.config else sized_configs(args, external)
+    except (OSError, ValueError) as e:
+        print(f"error: --config: {e}", file=sys.stderr)
+        return 2
+    for key, config, note in jobs:
+        if config is None:
+            report["runs"][key] = {"status": "not run", "reason": note}
+            print(f"{key}: not run: {note}")
             continue
-        batch = config.batch
-        while config.data_words > args.max_sim_words and batch > 1:
-            batch //= 2
-            config, note = sized_config(net, batch, lanes, external, args.program_words)
-        if batch != args.batch:
-            note = (note or "") + (f"; measured at batch {batch}: at batch {args.batch} the simulated memories would be too "
-                     f"deep for the Verilog conversion (--max-sim-words {args.max_sim_words})")
-        config = config.replace(sum_words=args.sum_words)
-        if args.external_sums and config.external_words:
-            from hw.engine.compiler import result_rows, two_pass_products
-            rows = max(result_rows(ins, lanes) for ins in compile_network(config).instructions
-                       if ins.op in two_pass_products())
-            config = config.replace(external_sum_words=rows * config.sum_chunks)
-        program = compile_network(config)
+        batch, lanes = config.batch, config.lanes
+        try:
+            program = compile_network(config)
+        except (FitError, UnsupportedNetwork) as e:
+            print(f"error: {key}: {e}", file=sys.stderr)
+            return 2
         stored = [f"{ins} ({STORES[ins.stored]})" for ins in program.instructions if getattr(ins, "stored", 0)]
         wage = config.wage
         t = time.time()

@@ -4,7 +4,7 @@
                        [--freq MHZ] [--baud 3000000] [--seed 1] [--lut-mapper abc9|abc]
                        [--placer heap|static] [--out DIR] [--program | --flash]
     python -m hw.build --export-verilog DIR [--config FILE | --board B --variant V [--memory bram|sdram]]
-    python -m hw.build --sweep [--board B --variant V] [--lanes 4 8] [--freqs 50 75 100] [--jobs N]
+    python -m hw.build --sweep [--board B --variant V] [--lanes 4 8] [--freqs 50 75 100] [--jobs N] [--placer P]
     python -m hw.build --list
 
 A build elaborates the engine sized for the chosen part (its default configuration, or ``--config
@@ -399,7 +399,7 @@ def main(argv=None) -> int:
             base = config if config is not None else board.default_config(variant)
             run_sweep(board.name, variant, base, args.lanes, args.freqs,
                       args.out or Path("build") / f"sweep-{board.name}-{variant}", jobs=args.jobs, seed=args.seed,
-                      timeout_s=args.timeout, force=args.force)
+                      timeout_s=args.timeout, force=args.force, placer=args.placer)
             return 0
         if args.board is None:
             ap.error(f"--board is required (one of: {', '.join(BOARDS)}), or --export-verilog DIR, or --list")

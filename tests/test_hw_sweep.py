@@ -16,11 +16,13 @@ from hw.sweep import ARRAY_BUSY, SweepError, SweepPoint, point_config, predicted
 BASE = EngineConfig(WageConfig(net="8FC-10", input_shape=(1, 8, 8), batch_size=4), lanes=4, data_words=256,
                     weight_words=256, label_words=4, program_words=2048, target="ecp5")
 CALLS = []
+PLACED = []
 
 
-def fake_build(board, variant, config_dict, point, out_dir, seed, timeout_s):
+def fake_build(board, variant, config_dict, point, out_dir, seed, timeout_s, placer):
     """Fmax falls with the array size; the 8-lane point misses a 100 MHz target."""
     CALLS.append(point.key)
+    PLACED.append(placer)
     config = EngineConfig.from_dict(config_dict)
     assert config.lanes == point.lanes and (board, variant, seed) == ("ulx3s", "85F", 1)
     fmax = 120.0 - 5 * point.lanes
@@ -75,7 +77,7 @@ def test_sweep_resumes_tabulates_and_plots(tmp_path):
 
 
 def test_failed_points_are_recorded_and_retried(tmp_path):
-    def failing(board, variant, config_dict, point, out_dir, seed, timeout_s):
+    def failing(board, variant, config_dict, point, out_dir, seed, timeout_s, placer):
         return {"status": "failed", "error": "the design does not fit the LFE5U-85F: TRELLIS_COMB 90000/83640"}
 
     results = run_sweep("ulx3s", "85F", BASE, [4], [50], tmp_path, jobs=1, build_point=failing, progress=lambda m: None)
@@ -85,6 +87,13 @@ def test_failed_points_are_recorded_and_retried(tmp_path):
     CALLS.clear()
     run_sweep("ulx3s", "85F", BASE, [4], [50], tmp_path, jobs=1, build_point=fake_build, progress=lambda m: None)
     assert CALLS == ["L4-f50"]
+
+
+def test_the_placer_reaches_every_build(tmp_path):
+    PLACED.clear()
+    run_sweep("ulx3s", "85F", BASE, [4, 8], [50], tmp_path, jobs=1, placer="static", build_point=fake_build,
+              progress=lambda m: None)
+    assert PLACED == ["static", "static"]
 
 
 def test_parallel_workers_fill_the_same_results(tmp_path):
@@ -98,13 +107,14 @@ def test_parallel_workers_fill_the_same_results(tmp_path):
     (dict(lanes=[]), "lanes: at least one value"),
     (dict(freqs=[1000]), "freq=1000"),
     (dict(jobs=0), "jobs=0"),
+    (dict(placer="sa"), "placer='sa': must be one of heap, static"),
 ])
 def test_bad_parameters_are_named(tmp_path, kwargs, message):
-    args = dict(lanes=[4], freqs=[50], jobs=1)
+    args = dict(lanes=[4], freqs=[50], jobs=1, placer="heap")
     args.update(kwargs)
     with pytest.raises(SweepError, match=message):
         run_sweep("ulx3s", "85F", BASE, args["lanes"], args["freqs"], tmp_path, jobs=args["jobs"],
-                  build_point=fake_build, progress=lambda m: None)
+                  placer=args["placer"], build_point=fake_build, progress=lambda m: None)
 
 
 def test_another_boards_results_are_not_mixed_in(tmp_path):
