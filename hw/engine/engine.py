@@ -416,7 +416,7 @@ class Engine(wiring.Component):
         sum_rd_left = Signal(32)                         # pass-2 rows still to request
         sum_rd_addr = Signal(ADDR_BITS)
         sum_wa = Signal(ADDR_BITS)                       # next row to write
-        store_room = Signal(init=1)                      # a pass-1 row may enter the quantiser (1 unless external sums drive it)
+        store_room = Signal(init=1)                      # a pass-1 row may enter (driven with external sums)
         sums_flushed = Signal(init=1)                    # no stored row waits to be written out
         # The array's result rows leave through a skid buffer: their consumer's ready (the op's
         # switch, the pool, the quantiser's and the sum store's room) reached the array's result
