@@ -235,6 +235,30 @@ def test_conv_instruction_on_an_engine_built_without_convolution_is_refused():
     assert run_foreign_records(compile_network(CONFIG), conv_record) == [BAD_INSTRUCTION, True]
 
 
+def test_conv_pattern_deeper_than_its_walk_is_refused():
+    """Each slot's convolution walk has only the odometer digits its network's patterns use
+    (EngineConfig.slot_digits): a record whose pattern moves one more digit answers BAD_INSTRUCTION,
+    the same record as compiled runs, and the engine's own program runs after."""
+    from hw.engine.conv import MAX_DIGITS
+    from hw.engine.conv_addrgen import conv_pattern_layout
+    from hw.engine.encoding import MACHINE_WORDS, encode_instruction, machine_layout
+    from hw.engine.isa import COUNT_BITS, Instruction
+    from hw.engine.slot import slot_layout
+    program = compile_network(CONV_CONFIG)
+    first = program.instructions[0]
+    built = CONV_CONFIG.slot_digits["a"][0]
+    assert first.a.__class__.__name__ == "ConvPattern" and len(first.a.pos_radix) <= built < MAX_DIGITS
+    radix_at = (machine_layout()["a"].offset + slot_layout()["p"].offset
+                + conv_pattern_layout()["pos_radix"].offset + built * COUNT_BITS)
+    record, end = encode_instruction(first), encode_instruction(Instruction(Op.END))
+    deeper = record | (2 << radix_at)                               # digit `built` gets radix 2
+
+    def words(*records):
+        return [(r >> (32 * i)) & 0xFFFFFFFF for r in records for i in range(MACHINE_WORDS)]
+    assert run_foreign_records(program, words(deeper, end), words(record, end)) == \
+        [Status.BAD_INSTRUCTION, "ran", True]
+
+
 def run_foreign_records(program, *word_lists, weights=None, batch=None, timing=None) -> list:
     """Write each of ``word_lists`` (records the driver would refuse) past its fingerprint check and
     RUN it: [the error status, or "ran"] per list, then whether ``program`` (this build's) runs
@@ -662,5 +686,3 @@ def test_staged_gradient_operand_trains_bit_exactly(conv_stage_steps):
     bad = {**want[1], "weights": [w.copy() for w in want[1]["weights"]]}
     bad["weights"][1].flat[3] = -bad["weights"][1].flat[3] or 1
     assert conv_mismatches(got[1], bad) == ["weights 1"]
-
-

@@ -30,14 +30,19 @@ def expected_beats(p, lanes):
     return beats
 
 
-def run(patterns, lanes, stall_seed, stall=0.3):
-    dut = AddressGenerator(lanes)
+def run(patterns, lanes, stall_seed, stall=0.3, payload_held=False, hold=None):
+    """The beats of ``patterns`` walked in turn. The next payload is put on ``cmd`` right after the
+    handshake, unless ``hold`` (by default ``payload_held``) keeps it until ``cmd.ready`` rises again."""
+    hold = payload_held if hold is None else hold
+    dut = AddressGenerator(lanes, payload_held=payload_held)
     rng = random.Random(stall_seed)
     got = []
     expected = sum((expected_beats(p, lanes) for p in patterns), [])
 
     async def feed(ctx):
         for p in patterns:
+            while hold and not ctx.get(dut.cmd.ready):
+                await ctx.tick()
             ctx.set(dut.cmd.payload, {name: getattr(p, name) for name in
                                       ("base", "s1", "s2", "sk", "sr", "n1", "n2", "nk", "nr", "lim", "klim", "row_sel")})
             ctx.set(dut.cmd.valid, 1)
@@ -85,3 +90,27 @@ def test_full_rate_and_a_wrong_expectation_is_caught():
 def test_bad_lanes_are_named():
     with pytest.raises(ValueError, match="lanes=12"):
         AddressGenerator(12)
+
+
+def test_held_payload_walks_the_same_beats():
+    rng = random.Random(seed_for("addrgen-held"))
+    patterns = [random_pattern(rng, 4) for _ in range(12)]
+    got, expected = run(patterns, 4, rng.randrange(1 << 30), payload_held=True)
+    assert got == expected
+
+
+def test_held_payload_is_read_during_the_walk():
+    """Without the hold, the next payload reaches a running walk of a payload_held generator (it
+    keeps no copy); a copying generator ignores it."""
+    p = AddressPattern(base=7, s1=100, sk=1, sr=10, n1=2, nk=3, nr=4, lim=6, row_sel=RowSel.T1)
+    q = AddressPattern(base=900, s1=3, sk=50, sr=1, n1=1, nk=2, nr=4, lim=16)
+    got, expected = run([p, q], 4, 0, payload_held=True, hold=False)
+    assert got != expected
+    got, expected = run([p, q], 4, 0, payload_held=False, hold=False)
+    assert got == expected
+
+
+@pytest.mark.parametrize("flag", [1, None, "yes"])
+def test_bad_payload_held_is_named(flag):
+    with pytest.raises(TypeError, match=f"payload_held={flag!r}"):
+        AddressGenerator(4, payload_held=flag)

@@ -39,3 +39,20 @@ def test_unreadable_file_names_it(tmp_path):
     (tmp_path / "bad.json").write_text('{"lanes": 5}')
     with pytest.raises(EngineConfigError, match=r"bad.json: lanes=5"):
         EngineConfig.load(tmp_path / "bad.json")
+
+
+def test_slot_digits_are_what_the_compiled_patterns_use():
+    """Each slot's convolution walk gets the most (pos, tap) digits any compiled pattern in it has."""
+    from hw.engine.compiler import compile_network
+    from hw.engine.conv import ConvPattern
+    from hw.engine.encoding import SLOTS
+    config = EngineConfig.load("benchmarks/configs/engine_lenet5_l8.json")
+    assert config.slot_digits == {"a": (5, 3), "b": (3, 3), "out": (3, 3), "aux": (3, 1), "draw": (1, 2)}
+    for ins in compile_network(config).instructions:
+        for name in SLOTS:
+            p = getattr(ins, name)
+            if isinstance(p, ConvPattern):
+                assert len(p.pos_radix) <= config.slot_digits[name][0]
+                assert len(p.tap_radix) <= config.slot_digits[name][1]
+    mlp = EngineConfig(WageConfig(net="mlp", input_shape=(1, 28, 28)))
+    assert not mlp.has_conv and set(mlp.slot_digits.values()) == {(1, 1)}

@@ -3,13 +3,14 @@
 import itertools
 import math
 import random
+import re
 
 import pytest
 from amaranth.hdl import ResetInserter, Signal
 
 from golden.config import WageConfig
 from hw.engine.config import EngineConfig
-from hw.engine.conv import ConvInstruction, ConvPattern, Drive, compile_conv_network
+from hw.engine.conv import MAX_DIGITS, ConvInstruction, ConvPattern, Drive, compile_conv_network
 from hw.engine.conv_addrgen import ConvAddressGenerator, conv_pattern_payload
 from tests.support import run_benches, seed_for
 
@@ -28,12 +29,15 @@ def expected_beats(p: ConvPattern, limit: int | None = None):
     return beats
 
 
-def run(jobs, stall_seed, stall=0.3):
+def run(jobs, stall_seed, stall=0.3, payload_held=False, hold=None, digits=(MAX_DIGITS, MAX_DIGITS)):
     """``jobs``: (pattern, beats to check). A truncated job is aborted by a one-cycle reset once its
     prefix is taken (the next command waits for it); a whole job's successor is offered as soon as
     the generator takes commands again, so a command lands while earlier beats still drain.
+    The next payload is put on ``cmd`` while the previous pattern walks, unless ``hold`` (by default
+    ``payload_held``, the generator's option) keeps it until the generator takes commands again.
     Returns (got, expected, cycle of each taken beat)."""
-    dut = ConvAddressGenerator(LANES)
+    hold = payload_held if hold is None else hold
+    dut = ConvAddressGenerator(LANES, payload_held=payload_held, digits=digits)
     rst = Signal()
     top = ResetInserter({"sync": rst})(dut)
     rng = random.Random(stall_seed)
@@ -48,6 +52,7 @@ def run(jobs, stall_seed, stall=0.3):
             while len(got) < end:
                 # the next command is offered once every truncated job before it has been aborted
                 offer = sent < len(jobs) and (sent <= j or all(q.length == k for q, k in jobs[j:sent]))
+                offer = offer and (not hold or ctx.get(dut.cmd.ready))
                 if offer:
                     ctx.set(dut.cmd.payload, payloads[sent])
                 ctx.set(dut.cmd.valid, offer)
@@ -241,7 +246,65 @@ def test_bad_lanes_are_named(lanes):
         ConvAddressGenerator(lanes)
 
 
+# ---- (6) payload_held: the walk reads the held payload, no copy ------------------------------------
+
+def test_held_payload_walks_the_same_beats():
+    rng = random.Random(seed_for("conv-addrgen-held"))
+    patterns = [random_pattern(rng) for _ in range(30)] + full_rate_patterns()
+    got, expected, _ = run([(p, p.length) for p in patterns], rng.randrange(1 << 30), payload_held=True)
+    assert got == expected
+
+
+def test_held_payload_is_read_during_the_walk():
+    """Without the hold, the next pattern's payload reaches a running walk of a payload_held
+    generator (it keeps no copy), and a copying generator ignores it."""
+    pats = full_rate_patterns()
+    jobs = [(p, p.length) for p in pats]
+    got, expected, _ = run(jobs, 3, payload_held=True, hold=False)
+    assert got != expected
+    got, expected, _ = run(jobs, 3, payload_held=False, hold=False)
+    assert got == expected
+
+
+@pytest.mark.parametrize("flag", [1, None, "yes"])
+def test_bad_payload_held_is_named(flag):
+    with pytest.raises(TypeError, match=f"payload_held={flag!r}"):
+        ConvAddressGenerator(LANES, payload_held=flag)
+
+
 def test_payload_helper_rejects_a_plain_address_pattern():
     from hw.engine.isa import AddressPattern
     with pytest.raises(TypeError, match="pattern=AddressPattern"):
         conv_pattern_payload(AddressPattern())
+
+
+# ---- (7) digits: odometers built with only the digits the patterns use -------------------------------
+
+def needed_digits(patterns):
+    return (max(len(p.pos_radix) for p in patterns), max(len(p.tap_radix) for p in patterns))
+
+
+def test_fewer_digits_walk_the_same_beats():
+    rng = random.Random(seed_for("conv-addrgen-digits"))
+    digits = (4, 3)
+    shallow = (p for p in iter(lambda: random_pattern(rng), None) if all(n <= d for n, d in zip(needed_digits([p]), digits)))
+    patterns = [next(shallow) for _ in range(30)] + full_rate_patterns()
+    assert needed_digits(patterns) == digits
+    got, expected, _ = run([(p, p.length) for p in patterns], rng.randrange(1 << 30), digits=digits,
+                           payload_held=True)
+    assert got == expected
+
+
+def test_a_pattern_deeper_than_the_odometer_walks_wrongly():
+    """The digits are really left out: a pattern that moves one more digit than built walks other
+    beats (the engine refuses such a record before it reaches a slot)."""
+    pats = full_rate_patterns()
+    pos, tap = needed_digits(pats)
+    got, expected, _ = run([(p, p.length) for p in pats], 1, digits=(pos - 1, tap))
+    assert got != expected
+
+
+@pytest.mark.parametrize("digits", [(0, 2), (2, MAX_DIGITS + 1), (3,), [2, 2], (2, True)])
+def test_bad_digits_are_named(digits):
+    with pytest.raises(ValueError, match=f"digits={re.escape(repr(digits))}"):
+        ConvAddressGenerator(LANES, digits=digits)

@@ -14,6 +14,10 @@ so there is no multiplier; L is a power of two, so sel·L is a shift. A count of
 ``cmd.ready`` is high while no pattern is running; a new pattern's first beat follows its command
 by two cycles (the cycle after the handshake restarts the walk from registers). ``o`` follows the
 stream rules (the payload is registered and holds until taken).
+
+With ``payload_held=True`` the sender promises to hold ``cmd.payload`` unchanged from the handshake
+until ``cmd.ready`` rises again (the walk's last step), and the walk reads the payload itself: the
+generator keeps no copy of the pattern (the engine's instruction register is that copy).
 """
 
 from __future__ import annotations
@@ -62,11 +66,14 @@ class FlaggedCounter:
 
 
 class AddressGenerator(wiring.Component):
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, *, payload_held: bool = False):
         if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1 or lanes & (lanes - 1):
             self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
             raise ValueError(f"lanes={lanes!r}: must be a positive power of two")
-        self.lanes = lanes
+        if not isinstance(payload_held, bool):
+            self._MustUse__silence = True
+            raise TypeError(f"payload_held={payload_held!r}: must be True or False")
+        self.lanes, self.payload_held = lanes, payload_held
         super().__init__({
             "cmd": In(stream.Signature(pattern_layout())),
             "o": Out(stream.Signature(address_beat_layout())),
@@ -75,8 +82,13 @@ class AddressGenerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         shift = self.lanes.bit_length() - 1
-        p = Signal(pattern_layout(), reset_less=True)  # the running pattern (loaded with the command)
         busy = Signal()
+        if self.payload_held:
+            p = self.cmd.payload                       # (the sender holds it while the walk runs)
+        else:
+            p = Signal(pattern_layout(), reset_less=True)    # the running pattern
+            with m.If(~busy):
+                m.d.sync += p.eq(self.cmd.payload)
         fields = {"r": "nr", "k": "nk", "t2": "n2", "t1": "n1"}
         loops = {n: FlaggedCounter(n, KCOUNT_BITS if n == "k" else COUNT_BITS) for n in fields}
         r, k, t2, t1 = (loops[n] for n in ("r", "k", "t2", "t1"))
@@ -92,7 +104,6 @@ class AddressGenerator(wiring.Component):
         # While idle the pattern registers follow the payload (nothing reads them then): their
         # enables hang on `busy` alone, not on the handshake (in a slot, a join of both walks' states)
         with m.If(~busy):
-            m.d.sync += p.eq(self.cmd.payload)
             for n, c in loops.items():
                 m.d.sync += c.prepare(self.cmd.payload[fields[n]])
         # The handshake only loads the pattern and its counts' constants; the walk restarts in the

@@ -8,6 +8,7 @@ the driver and the tests all read the same object, so a size is never decided tw
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import zlib
 from dataclasses import dataclass
@@ -191,6 +192,32 @@ class EngineConfig:
         """Whether the network has a convolution: without one the engine leaves its convolution
         address generators out (:class:`~hw.engine.slot.SlotGenerator`) and refuses conv instructions."""
         return any(layer.kind == "conv" for layer in self.wage.layers)
+
+    @functools.cached_property
+    def slot_digits(self) -> dict[str, tuple[int, int]]:
+        """Per pattern slot (:data:`hw.engine.encoding.SLOTS`), the (pos, tap) odometer digits its
+        convolution walk is built with: the most any instruction of the compiled training step uses
+        (first fit and the compiler's own placement), at least 1. The walks' odometers were 40 % of
+        the 8-lane LeNet-5 engine's logic at the full :data:`~hw.engine.conv.MAX_DIGITS` each, most
+        of it never used. A network that does not compile gets MAX_DIGITS everywhere. The engine
+        refuses a record whose pattern needs more (``BAD_INSTRUCTION``)."""
+        from .compiler import FitError, Placement, UnsupportedNetwork, compile_network
+        from .conv import MAX_DIGITS, ConvPattern
+        from .encoding import SLOTS
+        if not self.has_conv:
+            return {name: (1, 1) for name in SLOTS}
+        try:
+            programs = [compile_network(self), compile_network(self, Placement())]
+        except (FitError, UnsupportedNetwork):
+            return {name: (MAX_DIGITS, MAX_DIGITS) for name in SLOTS}
+        digits = {name: [1, 1] for name in SLOTS}
+        for ins in (i for program in programs for i in program.instructions):
+            for name in SLOTS:
+                pattern = getattr(ins, name)
+                if isinstance(pattern, ConvPattern):
+                    d = digits[name]
+                    d[0], d[1] = max(d[0], len(pattern.pos_radix)), max(d[1], len(pattern.tap_radix))
+        return {name: tuple(d) for name, d in digits.items()}
 
     @property
     def folds_input(self) -> bool:

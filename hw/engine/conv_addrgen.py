@@ -28,6 +28,17 @@ still hold the previous pattern's last beats: every beat carries what its output
 follows the stream rules: ``o.valid`` never waits for ``o.ready`` and the payload is registered and
 holds until taken.
 
+``digits=(pos, tap)``: the odometers are built with that many digits (of :data:`~hw.engine.conv.MAX_DIGITS`);
+a pattern's later digits must have radix 1 (they never move, so leaving them out changes no beat).
+The engine builds each slot with the most digits any instruction of its compiled program uses
+(:attr:`hw.engine.config.EngineConfig.slot_digits`) and refuses a record that needs more.
+
+``payload_held=True``: the sender holds ``cmd.payload`` unchanged from the handshake until
+``cmd.ready`` rises again, and the walk reads it there; the generator keeps no copy of the pattern
+(in the engine the instruction register is the one copy: two copies of each slot's pattern were
+over 6,000 flip-flops of the 8-lane LeNet-5 engine, and their 1,300-pin load enables and buses
+were wire the router could not find).
+
 Throughput and latency: one beat per cycle while ``o.ready`` is held high (tested). The walk runs
 ahead of the consumer: its beats pass stage 1 and the output stage, which move every cycle, into
 a FIFO of :data:`OUT_DEPTH` beats, and the walk steps only while the beats in flight leave room
@@ -78,7 +89,7 @@ slot``) the slot routed at 100.1 MHz when ``o.ready`` was that enable (its criti
 89.0 MHz, with ``sel`` registered but ``o.ready`` in the multiplexers' selects at 97.9 MHz. In the
 8-lane engine, placed, ``o.valid``/``o.ready`` → step logic → the odometers' enables became the
 worst path (27.3 ns), hence the FIFO and its count. Its flip-flops are mostly the payload
-register and the two odometers with their shadow copies.
+register (none with ``payload_held``) and the two odometers with their shadow copies.
 """
 
 from __future__ import annotations
@@ -156,16 +167,16 @@ def _or(terms):
 
 
 class _Odometer:
-    def __init__(self, m: Module, name: str, p, pos: bool):
-        self.name, self.pos = name, pos
+    def __init__(self, m: Module, name: str, p, pos: bool, n_digits: int):
+        self.name, self.pos, self.n = name, pos, n_digits
         self.radix = p[f"{name}_radix"]
         self.carry_addr = p[f"{name}_carry_addr"]
         self.carry_coord = p[f"{name}_carry_coord"]
         self.drive = p[f"{name}_drive"]
-        self.digits = [FlaggedCounter(f"{name}_d{i}") for i in range(MAX_DIGITS)]
+        self.digits = [FlaggedCounter(f"{name}_d{i}") for i in range(n_digits)]
         # registered at PREP from the digits' is1 flags
         # (no resets here: PREP and INIT load every one of these before the walk reads it)
-        self.low = Signal(MAX_DIGITS, name=f"{name}_low", reset_less=True)   # one-hot: the first step's digit
+        self.low = Signal(n_digits, name=f"{name}_low", reset_less=True)   # one-hot: the first step's digit
         self.rst_sa = Signal(ADDR_BITS, name=f"{name}_rst_sa", reset_less=True)
         self.rst_sc = [Signal(COORD_BITS, name=f"{name}_rst_sc{q}", reset_less=True) for q in range(COORDS)]
         # the walk state (digits one step ahead of the accumulators) and its shadow
@@ -176,9 +187,9 @@ class _Odometer:
 
     def select(self, m: Module, top_bits, name: str):
         """One-hot of the digit a step increments, given the ``top`` flags (digit 0 never wraps)."""
-        sel = Signal(MAX_DIGITS, name=f"{self.name}_{name}")
+        sel = Signal(self.n, name=f"{self.name}_{name}")
         carry = Const(1)
-        for i in reversed(range(MAX_DIGITS)):
+        for i in reversed(range(self.n)):
             m.d.comb += sel[i].eq(carry if i == 0 else carry & ~top_bits[i])
             carry = carry & top_bits[i]
         return sel
@@ -188,7 +199,7 @@ class _Odometer:
         sa = Signal(ADDR_BITS, name=f"{self.name}_{name}_a")
         sc = [Signal(COORD_BITS, name=f"{self.name}_{name}_c{q}") for q in range(COORDS)]
         terms_a, terms_c = [], [[] for _ in range(COORDS)]
-        for i in range(MAX_DIGITS):
+        for i in range(self.n):
             en = onehot[i].replicate(ADDR_BITS)
             terms_a.append(self.carry_addr[i][:ADDR_BITS] & en)
             for q in range(COORDS):
@@ -215,7 +226,7 @@ class _Odometer:
         # shadow), loaded from the flags' next values: the flag chain no longer sits in front of
         # the stride multiplexer, whose one-hot selects fan out to every stride bit (the slot's
         # critical path, 89 MHz alone on the 85F, was top flags → chain → stride mux → sa).
-        sel = Signal(MAX_DIGITS, name=f"{self.name}_sel", reset_less=True)
+        sel = Signal(self.n, name=f"{self.name}_sel", reset_less=True)
         step_sa, step_sc = self.mux_strides(m, sel, "stride")
 
         regs = []
@@ -281,11 +292,19 @@ class _Actions:
 class ConvAddressGenerator(wiring.Component):
     """RTL walk of a :class:`~hw.engine.conv.ConvPattern` (see the module docstring)."""
 
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, *, payload_held: bool = False, digits: tuple = (MAX_DIGITS, MAX_DIGITS)):
         if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1 or lanes & (lanes - 1):
             self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
             raise ValueError(f"lanes={lanes!r}: must be a positive power of two")
+        if not isinstance(payload_held, bool):
+            self._MustUse__silence = True
+            raise TypeError(f"payload_held={payload_held!r}: must be True or False")
+        if (not isinstance(digits, tuple) or len(digits) != 2
+                or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIGITS for d in digits)):
+            self._MustUse__silence = True
+            raise ValueError(f"digits={digits!r}: must be (pos, tap) digit counts, each 1 to {MAX_DIGITS}")
         self.lanes = lanes                     # rows are explicit digits: the walk does not use it
+        self.payload_held, self.digits = payload_held, digits
         super().__init__({
             "cmd": In(stream.Signature(conv_pattern_layout())),
             "o": Out(stream.Signature(conv_beat_layout())),
@@ -294,13 +313,17 @@ class ConvAddressGenerator(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p = Signal(conv_pattern_layout(), reset_less=True)   # the running pattern (loaded while idle)
         IDLE, PREP, INIT, RUN = range(4)
         phase = Signal(2, init=IDLE)
         idle = Signal(init=1)                        # phase == IDLE, as a flip-flop of its own
+        if self.payload_held:
+            p = self.cmd.payload                     # (the sender holds it while the walk runs)
+        else:
+            p = Signal(conv_pattern_layout(), reset_less=True)   # the running pattern (loaded while idle)
         loops = {n: FlaggedCounter(n, KCOUNT_BITS if n == "k" else COUNT_BITS) for n in ("r", "k", "t2", "t1")}
         r, k, t2, t1 = (loops[n] for n in ("r", "k", "t2", "t1"))
-        odos = [_Odometer(m, "pos", p, pos=True), _Odometer(m, "tap", p, pos=False)]
+        odos = [_Odometer(m, "pos", p, pos=True, n_digits=self.digits[0]),
+                _Odometer(m, "tap", p, pos=False, n_digits=self.digits[1])]
         a1 = Signal(ADDR_BITS, reset_less=True)      # base + s1·t1 (loaded at INIT, as the loops)
         a12 = Signal(ADDR_BITS, reset_less=True)     # base + s1·t1 + s2·t2
 
@@ -314,7 +337,8 @@ class ConvAddressGenerator(wiring.Component):
             m.d.sync += [phase.eq(PREP), idle.eq(0)]
         with m.If(idle):
             pl = self.cmd.payload
-            m.d.sync += p.eq(pl)
+            if not self.payload_held:
+                m.d.sync += p.eq(pl)
             for n, c in loops.items():
                 m.d.sync += c.prepare(pl[{"r": "nr", "k": "nk", "t2": "n2", "t1": "n1"}[n]])
             for o in odos:

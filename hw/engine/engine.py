@@ -13,7 +13,8 @@ Blocks (``L`` = ``config.lanes``)
 * :class:`hw.mac_array.MacArray` L×L int8 (``config.target``: MULT18X18D on ECP5), accumulators
   sized from ``config.max_reduction``; :class:`hw.quantizer.ShiftQuantizer` with L lanes;
 * operand feeders A and B and the auxiliary reader (:mod:`hw.engine.feeder`), the result and draw
-  generators; each walks a pattern slot (:mod:`hw.engine.slot`: a plain or a convolution pattern);
+  generators; each walks a pattern slot (:mod:`hw.engine.slot`: a plain or a convolution pattern)
+  where it stands in the instruction register (all but the draw generator keep no copy);
 * the pool stage (:class:`~hw.engine.pool.WindowPool`, FWD with ``pool``) before the quantiser and
   the unpool stage (:class:`~hw.engine.unpool.Unpool`, ERR with ``unpool_dx``) after it;
 * the sum buffer (``config.sum_words`` > 0): :class:`hw.bram.BlockRam` of result rows (L
@@ -72,7 +73,7 @@ from hw.mac_array import MacArray
 from hw.quantizer import Mode, ShiftQuantizer
 
 from .config import EngineConfig
-from .encoding import MACHINE_BITS, MACHINE_WORDS, machine_layout
+from .encoding import MACHINE_BITS, MACHINE_WORDS, SLOTS, machine_layout
 from .extmem import ExternalMemorySignature
 from .extport import EXT_CREDITS, ExternalPort, TieredReader, TieredWriter
 from .feeder import FLAG_DEPTH, OperandFeeder, PatternReader, RamReader
@@ -212,10 +213,18 @@ class Engine(wiring.Component):
         # Readers keep as many beats in flight as the external reads need to stream (its round trip
         # is longer than the scratchpads' and the weight store's)
         outstanding = EXT_CREDITS if cfg.external_depth else FLAG_DEPTH
-        m.submodules.feed_a = feed_a = OperandFeeder(L, conv=cfg.has_conv, outstanding=outstanding)
-        m.submodules.feed_b = feed_b = OperandFeeder(L, conv=cfg.has_conv, outstanding=outstanding)
-        m.submodules.aux = aux = PatternReader(L, self.act_layout, conv=cfg.has_conv, outstanding=outstanding)
-        m.submodules.out_gen = out_gen = SlotGenerator(L, conv=cfg.has_conv)
+        # The instruction register holds the running record until its walks end (FETCH follows
+        # WAIT and WAIT_PART, by which time every walk launched by the record has ended), so these
+        # generators walk its pattern slots as they stand (payload_held) and keep no copy. The draw
+        # index walk may still wait for its pass 2 while later parts are fetched: it keeps one.
+        # Each convolution walk has the odometer digits its slot's patterns use (cfg.slot_digits).
+        held = dict(conv=cfg.has_conv, payload_held=True)
+        digits = cfg.slot_digits
+        m.submodules.feed_a = feed_a = OperandFeeder(L, outstanding=outstanding, digits=digits["a"], **held)
+        m.submodules.feed_b = feed_b = OperandFeeder(L, outstanding=outstanding, digits=digits["b"], **held)
+        m.submodules.aux = aux = PatternReader(L, self.act_layout, outstanding=outstanding, digits=digits["aux"],
+                                               **held)
+        m.submodules.out_gen = out_gen = SlotGenerator(L, digits=digits["out"], **held)
         m.submodules.pool = pool = WindowPool(L, array.accumulator_width)
         m.submodules.unpool = unpool = Unpool(L)
         # Per result row, what the quantiser's output needs besides the value: the mask (ReLU for ERR,
@@ -692,7 +701,7 @@ class Engine(wiring.Component):
 
         # GRAD: a second generator walks the draw pattern, in step with the result rows and ahead of
         # the data: the flat (channels-last) index of each result word's first weight.
-        m.submodules.index_gen = index_gen = SlotGenerator(L, conv=cfg.has_conv)
+        m.submodules.index_gen = index_gen = SlotGenerator(L, conv=cfg.has_conv, digits=cfg.slot_digits["draw"])
         m.d.comb += [quant.index.valid.eq(index_gen.o.valid), quant.index.payload.eq(index_gen.o.payload.addr),
                      index_gen.o.ready.eq(quant.index.ready)]
 
@@ -896,6 +905,11 @@ class Engine(wiring.Component):
         # conv pattern, pooling or unpooling is refused rather than walked wrongly.
         conv_only = ins.a.conv | ins.b.conv | ins.aux.conv | ins.out.conv | ins.draw.conv | ins.pool \
             | (ins.unpool_dx != 0)
+        # … and a conv pattern that moves a digit its slot's walk was not built with is refused too
+        too_deep = [getattr(ins, name).conv & (radix > 1)
+                    for name in SLOTS for odo, built in zip(("pos", "tap"), cfg.slot_digits[name])
+                    for radix in list(getattr(ins, name).p.conv[f"{odo}_radix"])[built:]]
+        conv_bad = Cat(*too_deep).any() if too_deep else 0
         # A stored record needs a sum buffer that holds its rows (the compiler's choice for this
         # build; a program for another build is refused before it gets here, by IDENT).
         room = Mux(ins.stored == STORE_CHIP, rows <= cfg.sum_words,
@@ -914,7 +928,7 @@ class Engine(wiring.Component):
             dec["no_pass1"].eq(rows == 0),
             dec["first"].eq(ins.part == PART_FIRST),
             dec["finish"].eq(ins.part == PART_FINISH),
-            dec["bad"].eq((conv_only if not cfg.has_conv else 0) | bad_store | bad_part),
+            dec["bad"].eq((conv_only if not cfg.has_conv else conv_bad) | bad_store | bad_part),
         ] + [dec_op[c].eq(ins.op == c) for c in dec_codes]
 
         with m.FSM():

@@ -31,6 +31,7 @@ from amaranth.lib.wiring import In, Out
 from hw.bram import READ_LATENCY
 from hw.transpose import StreamTransposer
 
+from .conv import MAX_DIGITS
 from .isa import ADDR_BITS, COUNT_BITS
 from .skid import SkidBuffer
 from .slot import SlotGenerator, slot_layout
@@ -94,13 +95,16 @@ def pattern_beat_layout(word_shape) -> data.StructLayout:
 
 class PatternReader(wiring.Component):
     """Reads the words of an address pattern through ``req``/``resp`` (see the module docstring);
-    at most ``outstanding`` beats requested and not yet answered."""
+    at most ``outstanding`` beats requested and not yet answered; ``payload_held`` and ``digits``
+    as :class:`~hw.engine.slot.SlotGenerator`."""
 
-    def __init__(self, lanes: int, word_shape, *, conv: bool = True, outstanding: int = FLAG_DEPTH):
+    def __init__(self, lanes: int, word_shape, *, conv: bool = True, outstanding: int = FLAG_DEPTH,
+                 payload_held: bool = False, digits: tuple = (MAX_DIGITS, MAX_DIGITS)):
         if not isinstance(outstanding, int) or outstanding < 2:
             self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
             raise ValueError(f"outstanding={outstanding!r}: must be an integer >= 2")
         self.lanes, self.word_shape, self.conv, self.outstanding = lanes, word_shape, conv, outstanding
+        self.payload_held, self.digits = payload_held, digits
         super().__init__({
             "cmd": In(stream.Signature(slot_layout())),
             "req": Out(stream.Signature(unsigned(ADDR_BITS))),
@@ -110,7 +114,8 @@ class PatternReader(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.gen = gen = SlotGenerator(self.lanes, conv=self.conv)
+        m.submodules.gen = gen = SlotGenerator(self.lanes, conv=self.conv, payload_held=self.payload_held,
+                                               digits=self.digits)
         flag_layout = data.StructLayout({"valid": 1, "t1": COUNT_BITS, "t2": COUNT_BITS, "tile_last": 1,
                                          "last": 1})
         m.submodules.flags = flags = fifo.SyncFIFO(width=flag_layout.size, depth=self.outstanding)
@@ -143,10 +148,12 @@ class PatternReader(wiring.Component):
 class OperandFeeder(wiring.Component):
     """Array operand words along a pattern: zero where invalid, ``last`` on a tile's final word,
     through the transposer when ``transposed`` (held static while a pattern runs) is high;
-    ``outstanding`` as :class:`PatternReader`."""
+    ``outstanding``, ``payload_held`` and ``digits`` as :class:`PatternReader`."""
 
-    def __init__(self, lanes: int, *, conv: bool = True, outstanding: int = FLAG_DEPTH):
-        self.lanes, self.conv, self.outstanding = lanes, conv, outstanding
+    def __init__(self, lanes: int, *, conv: bool = True, outstanding: int = FLAG_DEPTH, payload_held: bool = False,
+                 digits: tuple = (MAX_DIGITS, MAX_DIGITS)):
+        self.lanes, self.conv, self.outstanding, self.payload_held = lanes, conv, outstanding, payload_held
+        self.digits = digits
         word = data.ArrayLayout(signed(8), lanes)
         super().__init__({
             "cmd": In(stream.Signature(slot_layout())),
@@ -160,7 +167,8 @@ class OperandFeeder(wiring.Component):
         m = Module()
         L = self.lanes
         m.submodules.reader = reader = PatternReader(L, data.ArrayLayout(signed(8), L), conv=self.conv,
-                                                             outstanding=self.outstanding)
+                                                     outstanding=self.outstanding, payload_held=self.payload_held,
+                                                     digits=self.digits)
         m.submodules.transposer = tr = StreamTransposer(L, 8)
         wiring.connect(m, wiring.flipped(self.cmd), reader.cmd)
         m.d.comb += [

@@ -17,6 +17,10 @@ built — it is most of a slot's logic — and the engine refuses conv instructi
 a slot (``BAD_INSTRUCTION``). The merged stream leaves through a :class:`~hw.engine.skid.SkidBuffer`, so that the consumer's
 ``ready`` (often a join of several streams in the engine) reaches the generators' counters only
 as a flip-flop: one cycle more from a command to its first beat, still one beat per cycle.
+``digits`` sizes the convolution generator's odometers (see
+:class:`~hw.engine.conv_addrgen.ConvAddressGenerator`). With ``payload_held=True`` both generators read the held payload instead of a copy (see
+:class:`~hw.engine.conv_addrgen.ConvAddressGenerator`): the sender holds ``cmd.payload`` from the
+handshake until ``cmd.ready`` rises again.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .addrgen import AddressGenerator, address_beat_layout
-from .conv import ConvPattern
+from .conv import MAX_DIGITS, ConvPattern
 from .conv_addrgen import ConvAddressGenerator, conv_pattern_layout, conv_pattern_payload
 from .isa import GEN_FIELDS, AddressPattern, pattern_layout
 from .skid import SkidBuffer
@@ -56,10 +60,12 @@ def slot_rows(slot) -> "Value":
 class SlotGenerator(wiring.Component):
     """Walks the pattern of a slot (see the module docstring)."""
 
-    def __init__(self, lanes: int, *, conv: bool = True):
-        if not isinstance(conv, bool):
-            raise TypeError(f"conv={conv!r}: must be True or False")
-        self.lanes, self.conv = lanes, conv
+    def __init__(self, lanes: int, *, conv: bool = True, payload_held: bool = False,
+                 digits: tuple = (MAX_DIGITS, MAX_DIGITS)):
+        for name, flag in (("conv", conv), ("payload_held", payload_held)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name}={flag!r}: must be True or False")
+        self.lanes, self.conv, self.payload_held, self.digits = lanes, conv, payload_held, digits
         super().__init__({
             "cmd": In(stream.Signature(slot_layout())),
             "o": Out(stream.Signature(address_beat_layout())),
@@ -67,7 +73,7 @@ class SlotGenerator(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.simple = simple = AddressGenerator(self.lanes)
+        m.submodules.simple = simple = AddressGenerator(self.lanes, payload_held=self.payload_held)
         m.submodules.out = out = SkidBuffer(address_beat_layout())
         wiring.connect(m, out.o, wiring.flipped(self.o))
         if not self.conv:
@@ -75,7 +81,8 @@ class SlotGenerator(wiring.Component):
             wiring.connect(m, simple.o, out.i)
             m.d.comb += [simple.cmd.valid.eq(self.cmd.valid), self.cmd.ready.eq(simple.cmd.ready)]
             return m
-        m.submodules.conv = conv = ConvAddressGenerator(self.lanes)
+        m.submodules.conv = conv = ConvAddressGenerator(self.lanes, payload_held=self.payload_held,
+                                                        digits=self.digits)
         # A command goes to its generator once the other has nothing left to send (the conv walk
         # runs ahead into its FIFO: `drained`); a conv command may follow a conv command at once.
         simple_drained = simple.cmd.ready & ~simple.o.valid
