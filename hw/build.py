@@ -2,7 +2,7 @@
 
     python -m hw.build --board ulx3s [--variant 12F|25F|45F|85F] [--memory bram|sdram | --config FILE]
                        [--freq MHZ] [--baud 3000000] [--seed 1] [--lut-mapper abc9|abc]
-                       [--placer heap|static] [--out DIR] [--program | --flash]
+                       [--placer heap|static] [--no-timing-driven] [--out DIR] [--program | --flash]
     python -m hw.build --export-verilog DIR [--config FILE | --board B --variant V [--memory bram|sdram]]
     python -m hw.build --sweep [--board B --variant V] [--lanes 4 8] [--freqs 50 75 100] [--jobs N] [--placer P]
     python -m hw.build --list
@@ -119,13 +119,15 @@ class BuildReport:
     command: str = ""
     out_dir: str = ""
     placer: str = "heap"
+    timing_driven: bool = True
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
     def summary(self) -> str:
         lines = [f"{self.board} {self.variant} ({self.device} {self.package} speed {self.speed}), "
-                 f"memory {self.memory}, seed {self.seed}, LUT mapper {self.lut_mapper}, placer {self.placer}"]
+                 f"memory {self.memory}, seed {self.seed}, LUT mapper {self.lut_mapper}, placer {self.placer}"
+                 + ("" if self.timing_driven else ", not timing-driven")]
         for name, r in sorted(self.resources.items()):
             if r["used"]:
                 lines.append(f"  {name:<14} {r['used']:>7} / {r['available']:<7} {r['percent']:6.2f} %")
@@ -172,7 +174,7 @@ def _clock_mhz(platform, resource: str) -> float:
 
 def build_bitstream(board: str | Board, variant: str | None = None, config: EngineConfig | None = None, *,
                     memory: str | None = None, freq_mhz: float | None = None, baud: int = 3_000_000, seed: int = 1,
-                    lut_mapper: str | None = None, placer: str = "heap", out_dir=None,
+                    lut_mapper: str | None = None, placer: str = "heap", timing_driven: bool = True, out_dir=None,
                     timeout_s: float = 4 * 3600.0, progress: Callable[[str], None] | None = _progress, command: str = "") -> BuildReport:
     """Build the engine for ``board``/``variant`` (see the module docstring); returns the report (also
     written to ``out_dir/report.json``), raises :class:`BuildError` when a tool fails or timing is
@@ -186,6 +188,8 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         raise BuildError(f"lut_mapper={lut_mapper!r}: must be one of {', '.join(LUT_MAPPERS)}")
     if placer not in PLACERS:
         raise BuildError(f"placer={placer!r}: must be one of {', '.join(PLACERS)}")
+    if not isinstance(timing_driven, bool):
+        raise BuildError(f"timing_driven={timing_driven!r}: must be True or False")
     if not isinstance(baud, int) or isinstance(baud, bool) or not 0 < baud <= board.max_baud:
         raise BuildError(f"baud={baud!r}: must be an integer in 1..{board.max_baud} for {board.name}")
     config = resolve_config(board, variant, config, memory)
@@ -246,7 +250,8 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         platform._nextpnr_device_options[platform.device],
         "--package", platform._nextpnr_package_options[platform.package].upper(), "--speed", str(platform.speed),
         "--json", f"{DESIGN}.json", "--lpf", f"{DESIGN}.lpf", "--textcfg", f"{DESIGN}.config",
-        "--seed", str(seed), "--placer", placer, "--router", NEXTPNR_ROUTER, "--report", "nextpnr_report.json", "--timing-allow-fail"]
+        "--seed", str(seed), "--placer", placer, "--router", NEXTPNR_ROUTER, "--report", "nextpnr_report.json", "--timing-allow-fail",
+        *(() if timing_driven else ("--no-tmdriv",))]
     try:
         _run(nextpnr, cwd=out, log_path=out / "nextpnr.log", timeout_s=timeout_s, label="nextpnr",
              progress=progress, start=start)
@@ -284,7 +289,7 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
         fmax_mhz=round(fmax, 2), timing_met=met, fmax_by_clock={k: round(v, 2) for k, v in by_clock.items()},
         resources={k: {"used": u, "available": a, "percent": round(100.0 * u / a, 2) if a else 0.0}
                    for k, (u, a) in resources.items()},
-        bitstream=bitstream, seed=seed, lut_mapper=lut_mapper, placer=placer,
+        bitstream=bitstream, seed=seed, lut_mapper=lut_mapper, placer=placer, timing_driven=timing_driven,
         pll={"f_in_mhz": pll.f_in_mhz, "clki_div": pll.clki_div, "clkfb_div": pll.clkfb_div,
              "clkop_div": pll.clkop_div, "f_vco_mhz": round(pll.f_vco_mhz, 3)},
         baud=baud, config=config.to_dict(), fingerprint=config.fingerprint(), seconds=seconds,
@@ -355,6 +360,9 @@ def main(argv=None) -> int:
     ap.add_argument("--placer", choices=PLACERS, default="heap",
                     help="nextpnr placer (default heap; static, its electrostatic placer, spreads a large "
                          "engine with less wire)")
+    ap.add_argument("--no-timing-driven", dest="timing_driven", action="store_false",
+                    help="nextpnr --no-tmdriv: place and route for wire alone (the 8-lane LeNet-5 engine "
+                         "routes this way, not timing-driven); the clock is still checked after routing")
     ap.add_argument("--out", type=Path, help="build directory (default build/BOARD-VARIANT)")
     ap.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds per tool (default 14400)")
     group = ap.add_mutually_exclusive_group()
@@ -405,7 +413,8 @@ def main(argv=None) -> int:
             ap.error(f"--board is required (one of: {', '.join(BOARDS)}), or --export-verilog DIR, or --list")
         board = get_board(args.board)
         report = build_bitstream(board, args.variant, config, memory=args.memory, freq_mhz=args.freq, baud=args.baud,
-                                 seed=args.seed, lut_mapper=args.lut_mapper, placer=args.placer, out_dir=args.out,
+                                 seed=args.seed, lut_mapper=args.lut_mapper, placer=args.placer,
+                                 timing_driven=args.timing_driven, out_dir=args.out,
                                  timeout_s=args.timeout, command=command)
         print(report.summary())
         if args.program or args.flash:

@@ -5,6 +5,7 @@
     python -m hw.synth --unit engine --engine-config ENGINE.json      # the whole engine
     python -m hw.synth --unit slot --lanes 8 --place-only             # placed, not routed
     python -m hw.synth --unit engine --engine-config E.json --placer static   # nextpnr's static placer
+    python -m hw.synth --unit engine --engine-config E.json --placer static --no-timing-driven --seed 3
 
 A unit (any :class:`amaranth.lib.wiring.Component` clocked by the ``sync`` domain) cannot be placed
 and routed on its own: it has more ports than the package has pins, and a port that leads nowhere
@@ -915,6 +916,9 @@ def main(argv=None) -> int:
     ap.add_argument("--placer", choices=PLACERS,
                     help="nextpnr placer (default heap, nextpnr's; static, its electrostatic placer, "
                          "spreads the 8-lane engine with far less wire)")
+    ap.add_argument("--no-timing-driven", dest="timing_driven", action="store_false",
+                    help="nextpnr --no-tmdriv: place and route for wire alone (the 8-lane LeNet-5 engine "
+                         "routes this way with --placer static; timing-driven, router2 diverges)")
     ap.add_argument("--place-only", action="store_true",
                     help="stop after placement: nextpnr's Fmax estimate, no routing (a large engine places "
                          "in about 20 min on 2 cores and may take far longer to route)")
@@ -942,7 +946,8 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, OSError) as e:
         ap.error(str(e))
     router = a.router or ("router2" if a.unit == "engine" else None)
-    nextpnr_args = (("--router", router) if router else ()) + (("--placer", a.placer) if a.placer else ())
+    nextpnr_args = ((("--router", router) if router else ()) + (("--placer", a.placer) if a.placer else ())
+                    + (() if a.timing_driven else ("--no-tmdriv",)))
     try:
         result = synthesize(unit, device=device, package=a.package, speed=a.speed,
                             freq_mhz=a.freq, seed=a.seed, workdir=a.out, timeout_s=a.timeout,

@@ -258,8 +258,17 @@ def test_placer_reaches_nextpnr(tmp_path, monkeypatch):
                                    progress=None)
     assert seen[0][seen[0].index("--placer") + 1] == "static" and result.placer == "static"
     assert json.loads((tmp_path / "report.json").read_text())["placer"] == "static"
+    assert "--no-tmdriv" not in seen[0] and result.timing_driven and "timing-driven" not in result.summary()
     with pytest.raises(build.BuildError, match="placer='sa': must be one of heap, static"):
         build.build_bitstream("ulx3s", "85F", SMALL, placer="sa", out_dir=tmp_path, progress=None)
+    # --no-timing-driven: nextpnr's --no-tmdriv, in the report and its summary
+    assert build.main(["--board", "ulx3s", "--variant", "85F", "--freq", "25", "--no-timing-driven",
+                       "--out", str(tmp_path)]) == 0
+    assert "--no-tmdriv" in seen[-1]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["timing_driven"] is False
+    with pytest.raises(build.BuildError, match="timing_driven='no': must be True or False"):
+        build.build_bitstream("ulx3s", "85F", SMALL, timing_driven="no", out_dir=tmp_path, progress=None)
 
 
 def test_silent_abc_crash_is_retried_with_dff(tmp_path, monkeypatch):

@@ -108,6 +108,8 @@ def test_engine_unit_reads_its_configuration(tmp_path, capsys):
     (["--unit", "threefry"], ()),                                   # nextpnr's default for the units
     (["--unit", "threefry", "--placer", "static"], ("--placer", "static")),
     (["--unit", "engine", "--placer", "heap"], ("--router", "router2", "--placer", "heap")),
+    (["--unit", "engine", "--placer", "static", "--no-timing-driven"],
+     ("--router", "router2", "--placer", "static", "--no-tmdriv")),
 ])
 def test_cli_router(argv, router, tmp_path, monkeypatch):
     from golden.config import WageConfig
