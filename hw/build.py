@@ -5,6 +5,7 @@
                        [--placer heap|static] [--no-timing-driven] [--out DIR] [--program | --flash]
     python -m hw.build --export-verilog DIR [--config FILE | --board B --variant V [--memory bram|sdram]]
     python -m hw.build --sweep [--board B --variant V] [--lanes 4 8] [--freqs 50 75 100] [--jobs N] [--placer P]
+                       [--no-timing-driven]
     python -m hw.build --list
 
 A build elaborates the engine sized for the chosen part (its default configuration, or ``--config
@@ -407,7 +408,8 @@ def main(argv=None) -> int:
             base = config if config is not None else board.default_config(variant)
             run_sweep(board.name, variant, base, args.lanes, args.freqs,
                       args.out or Path("build") / f"sweep-{board.name}-{variant}", jobs=args.jobs, seed=args.seed,
-                      timeout_s=args.timeout, force=args.force, placer=args.placer)
+                      timeout_s=args.timeout, force=args.force, placer=args.placer,
+                      timing_driven=args.timing_driven)
             return 0
         if args.board is None:
             ap.error(f"--board is required (one of: {', '.join(BOARDS)}), or --export-verilog DIR, or --list")

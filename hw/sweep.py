@@ -73,7 +73,7 @@ def predicted_images_per_s(config: EngineConfig, clock_mhz: float) -> float:
 
 
 def _build_point(board_name: str, variant: str, config_dict: dict, point: SweepPoint, out_dir: str, seed: int,
-                 timeout_s: float, placer: str) -> dict:
+                 timeout_s: float, placer: str, timing_driven: bool = True) -> dict:
     """One point in a worker process: the build, its log in out_dir/build.log; a result dict."""
     from hw.build import BuildError, build_bitstream
     from hw.synth import SynthError
@@ -87,7 +87,8 @@ def _build_point(board_name: str, variant: str, config_dict: dict, point: SweepP
             log.flush()
         try:
             report = build_bitstream(board_name, variant, config, freq_mhz=point.freq_mhz, seed=seed, out_dir=out,
-                                     placer=placer, timeout_s=timeout_s, progress=progress).to_dict()
+                                     placer=placer, timing_driven=timing_driven, timeout_s=timeout_s,
+                                     progress=progress).to_dict()
             status = "met"
         except (BuildError, SynthError) as e:
             log.write(f"error: {e}\n")
@@ -102,7 +103,8 @@ def _build_point(board_name: str, variant: str, config_dict: dict, point: SweepP
 
 def run_sweep(board_name: str, variant: str, base: EngineConfig, lanes: list[int], freqs: list[float], out_dir, *,
               jobs: int | None = None, seed: int = 1, timeout_s: float = 4 * 3600.0, force: bool = False,
-              placer: str = "heap", progress: Callable[[str], None] = print, build_point: Callable = _build_point) -> dict:
+              placer: str = "heap", timing_driven: bool = True, progress: Callable[[str], None] = print,
+              build_point: Callable = _build_point) -> dict:
     """Run the sweep (see the module docstring); returns the contents of ``sweep.json``."""
     for name, values in (("lanes", lanes), ("freqs", freqs)):
         if not values:
@@ -116,6 +118,8 @@ def run_sweep(board_name: str, variant: str, base: EngineConfig, lanes: list[int
     from hw.synth import PLACERS
     if placer not in PLACERS:
         raise SweepError(f"placer={placer!r}: must be one of {', '.join(PLACERS)}")
+    if not isinstance(timing_driven, bool):
+        raise SweepError(f"timing_driven={timing_driven!r}: must be True or False")
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     if not isinstance(jobs, int) or jobs < 1:
         raise SweepError(f"jobs={jobs!r}: must be a positive integer")
@@ -159,12 +163,13 @@ def run_sweep(board_name: str, variant: str, base: EngineConfig, lanes: list[int
     if jobs == 1:
         for p, c in todo:
             progress(f"  {p.key}: building ...")
-            store(p, c, build_point(board_name, variant, c.to_dict(), p, str(out / p.key), seed, timeout_s, placer))
+            store(p, c, build_point(board_name, variant, c.to_dict(), p, str(out / p.key), seed, timeout_s, placer,
+                                    timing_driven))
             progress(f"  {p.key}: {results['points'][p.key]['status']}")
     else:
         with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(build_point, board_name, variant, c.to_dict(), p, str(out / p.key), seed,
-                                   timeout_s, placer): (p, c) for p, c in todo}
+                                   timeout_s, placer, timing_driven): (p, c) for p, c in todo}
             for fut in concurrent.futures.as_completed(futures):
                 p, c = futures[fut]
                 try:

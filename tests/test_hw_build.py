@@ -310,3 +310,13 @@ def test_silent_abc_crash_is_retried_with_dff(tmp_path, monkeypatch):
     with pytest.raises(build.SynthError):
         build.build_bitstream("ulx3s", "85F", SMALL, freq_mhz=25, out_dir=tmp_path / "b", progress=None)
     assert calls == ["yosys"]
+
+
+def test_sweep_cli_passes_the_nextpnr_options(tmp_path, monkeypatch):
+    """--sweep --placer static --no-timing-driven reach every build's options (run_sweep)."""
+    import hw.sweep
+    seen = {}
+    monkeypatch.setattr(hw.sweep, "run_sweep", lambda *a, **kw: seen.update(kw))
+    assert build.main(["--sweep", "--lanes", "4", "--freqs", "50", "--placer", "static", "--no-timing-driven",
+                       "--out", str(tmp_path)]) == 0
+    assert (seen["placer"], seen["timing_driven"]) == ("static", False)

@@ -19,10 +19,10 @@ CALLS = []
 PLACED = []
 
 
-def fake_build(board, variant, config_dict, point, out_dir, seed, timeout_s, placer):
+def fake_build(board, variant, config_dict, point, out_dir, seed, timeout_s, placer, timing_driven):
     """Fmax falls with the array size; the 8-lane point misses a 100 MHz target."""
     CALLS.append(point.key)
-    PLACED.append(placer)
+    PLACED.append((placer, timing_driven))
     config = EngineConfig.from_dict(config_dict)
     assert config.lanes == point.lanes and (board, variant, seed) == ("ulx3s", "85F", 1)
     fmax = 120.0 - 5 * point.lanes
@@ -77,7 +77,7 @@ def test_sweep_resumes_tabulates_and_plots(tmp_path):
 
 
 def test_failed_points_are_recorded_and_retried(tmp_path):
-    def failing(board, variant, config_dict, point, out_dir, seed, timeout_s, placer):
+    def failing(board, variant, config_dict, point, out_dir, seed, timeout_s, placer, timing_driven):
         return {"status": "failed", "error": "the design does not fit the LFE5U-85F: TRELLIS_COMB 90000/83640"}
 
     results = run_sweep("ulx3s", "85F", BASE, [4], [50], tmp_path, jobs=1, build_point=failing, progress=lambda m: None)
@@ -93,7 +93,11 @@ def test_the_placer_reaches_every_build(tmp_path):
     PLACED.clear()
     run_sweep("ulx3s", "85F", BASE, [4, 8], [50], tmp_path, jobs=1, placer="static", build_point=fake_build,
               progress=lambda m: None)
-    assert PLACED == ["static", "static"]
+    assert PLACED == [("static", True), ("static", True)]
+    PLACED.clear()
+    run_sweep("ulx3s", "85F", BASE, [4, 8], [50], tmp_path / "wire", jobs=1, placer="static", timing_driven=False,
+              build_point=fake_build, progress=lambda m: None)
+    assert PLACED == [("static", False), ("static", False)]
 
 
 def test_parallel_workers_fill_the_same_results(tmp_path):
@@ -108,13 +112,15 @@ def test_parallel_workers_fill_the_same_results(tmp_path):
     (dict(freqs=[1000]), "freq=1000"),
     (dict(jobs=0), "jobs=0"),
     (dict(placer="sa"), "placer='sa': must be one of heap, static"),
+    (dict(timing_driven=0), "timing_driven=0: must be True or False"),
 ])
 def test_bad_parameters_are_named(tmp_path, kwargs, message):
-    args = dict(lanes=[4], freqs=[50], jobs=1, placer="heap")
+    args = dict(lanes=[4], freqs=[50], jobs=1, placer="heap", timing_driven=True)
     args.update(kwargs)
     with pytest.raises(SweepError, match=message):
         run_sweep("ulx3s", "85F", BASE, args["lanes"], args["freqs"], tmp_path, jobs=args["jobs"],
-                  placer=args["placer"], build_point=fake_build, progress=lambda m: None)
+                  placer=args["placer"], timing_driven=args["timing_driven"], build_point=fake_build,
+                  progress=lambda m: None)
 
 
 def test_another_boards_results_are_not_mixed_in(tmp_path):

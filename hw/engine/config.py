@@ -197,10 +197,11 @@ class EngineConfig:
     def slot_digits(self) -> dict[str, tuple[int, int]]:
         """Per pattern slot (:data:`hw.engine.encoding.SLOTS`), the (pos, tap) odometer digits its
         convolution walk is built with: the most any instruction of the compiled training step uses
-        (first fit and the compiler's own placement), at least 1. The walks' odometers were 40 % of
-        the 8-lane LeNet-5 engine's logic at the full :data:`~hw.engine.conv.MAX_DIGITS` each, most
-        of it never used. A network that does not compile gets MAX_DIGITS everywhere. The engine
-        refuses a record whose pattern needs more (``BAD_INSTRUCTION``)."""
+        (first fit and the compiler's own placement), at least 1. With the full
+        :data:`~hw.engine.conv.MAX_DIGITS` each, the five slots were 40 % of the 8-lane LeNet-5
+        engine's LUTs; the unused digits alone were 6.6k of them. A network that does not compile
+        gets MAX_DIGITS everywhere. The engine refuses a record whose pattern needs more
+        (``BAD_INSTRUCTION``)."""
         from .compiler import FitError, Placement, UnsupportedNetwork, compile_network
         from .conv import MAX_DIGITS, ConvPattern
         from .encoding import SLOTS

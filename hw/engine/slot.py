@@ -17,10 +17,9 @@ built — it is most of a slot's logic — and the engine refuses conv instructi
 a slot (``BAD_INSTRUCTION``). The merged stream leaves through a :class:`~hw.engine.skid.SkidBuffer`, so that the consumer's
 ``ready`` (often a join of several streams in the engine) reaches the generators' counters only
 as a flip-flop: one cycle more from a command to its first beat, still one beat per cycle.
-``digits`` sizes the convolution generator's odometers (see
-:class:`~hw.engine.conv_addrgen.ConvAddressGenerator`). With ``payload_held=True`` both generators read the held payload instead of a copy (see
-:class:`~hw.engine.conv_addrgen.ConvAddressGenerator`): the sender holds ``cmd.payload`` from the
-handshake until ``cmd.ready`` rises again.
+``digits`` sizes the convolution generator's odometers; with ``payload_held=True`` both generators
+read the held payload instead of a copy, the sender holding ``cmd.payload`` from the handshake
+until ``cmd.ready`` rises again (both: :class:`~hw.engine.conv_addrgen.ConvAddressGenerator`).
 """
 
 from __future__ import annotations
