@@ -306,5 +306,10 @@ def test_a_pattern_deeper_than_the_odometer_walks_wrongly():
 
 @pytest.mark.parametrize("digits", [(0, 2), (2, MAX_DIGITS + 1), (3,), [2, 2], (2, True)])
 def test_bad_digits_are_named(digits):
-    with pytest.raises(ValueError, match=f"digits={re.escape(repr(digits))}"):
-        ConvAddressGenerator(LANES, digits=digits)
+    """… by the generator, and when the slot and the readers around it are made (not at elaboration)."""
+    from hw.engine.feeder import OperandFeeder, PatternReader
+    from hw.engine.slot import SlotGenerator
+    for make in (lambda: ConvAddressGenerator(LANES, digits=digits), lambda: SlotGenerator(LANES, digits=digits),
+                 lambda: PatternReader(LANES, 8, digits=digits), lambda: OperandFeeder(LANES, digits=digits)):
+        with pytest.raises(ValueError, match=f"digits={re.escape(repr(digits))}"):
+            make()

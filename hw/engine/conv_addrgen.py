@@ -102,7 +102,7 @@ from .conv import COORD_BITS, COORDS, MAX_DIGITS, ConvPattern, Drive
 from .addrgen import FlaggedCounter
 from .isa import ADDR_BITS, COUNT_BITS, KCOUNT_BITS
 
-__all__ = ["ConvAddressGenerator", "conv_pattern_layout", "conv_pattern_payload", "conv_beat_layout"]
+__all__ = ["ConvAddressGenerator", "conv_pattern_layout", "conv_pattern_payload", "conv_beat_layout", "check_digits"]
 
 _ODOS = ("pos", "tap")
 
@@ -157,6 +157,13 @@ def conv_pattern_payload(p: ConvPattern) -> dict:
         out[f"{odo}_carry_coord"] = ([[_wrap(c, COORD_BITS, COORD_BITS) for c in cc] for _, cc in carry]
                                      + [[0] * COORDS] * pad)
     return out
+
+
+def check_digits(digits) -> None:
+    """Refuse a ``digits`` option that is not (pos, tap) counts of 1 … MAX_DIGITS (ValueError)."""
+    if (not isinstance(digits, tuple) or len(digits) != 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIGITS for d in digits)):
+        raise ValueError(f"digits={digits!r}: must be (pos, tap) digit counts, each 1 to {MAX_DIGITS}")
 
 
 def _or(terms):
@@ -299,10 +306,11 @@ class ConvAddressGenerator(wiring.Component):
         if not isinstance(payload_held, bool):
             self._MustUse__silence = True
             raise TypeError(f"payload_held={payload_held!r}: must be True or False")
-        if (not isinstance(digits, tuple) or len(digits) != 2
-                or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIGITS for d in digits)):
+        try:
+            check_digits(digits)
+        except ValueError:
             self._MustUse__silence = True
-            raise ValueError(f"digits={digits!r}: must be (pos, tap) digit counts, each 1 to {MAX_DIGITS}")
+            raise
         self.lanes = lanes                     # rows are explicit digits: the walk does not use it
         self.payload_held, self.digits = payload_held, digits
         super().__init__({

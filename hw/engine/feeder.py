@@ -32,6 +32,7 @@ from hw.bram import READ_LATENCY
 from hw.transpose import StreamTransposer
 
 from .conv import MAX_DIGITS
+from .conv_addrgen import check_digits
 from .isa import ADDR_BITS, COUNT_BITS
 from .skid import SkidBuffer
 from .slot import SlotGenerator, slot_layout
@@ -103,6 +104,11 @@ class PatternReader(wiring.Component):
         if not isinstance(outstanding, int) or outstanding < 2:
             self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
             raise ValueError(f"outstanding={outstanding!r}: must be an integer >= 2")
+        try:
+            check_digits(digits)
+        except ValueError:
+            self._MustUse__silence = True
+            raise
         self.lanes, self.word_shape, self.conv, self.outstanding = lanes, word_shape, conv, outstanding
         self.payload_held, self.digits = payload_held, digits
         super().__init__({
@@ -152,6 +158,11 @@ class OperandFeeder(wiring.Component):
 
     def __init__(self, lanes: int, *, conv: bool = True, outstanding: int = FLAG_DEPTH, payload_held: bool = False,
                  digits: tuple = (MAX_DIGITS, MAX_DIGITS)):
+        try:
+            check_digits(digits)
+        except ValueError:
+            self._MustUse__silence = True
+            raise
         self.lanes, self.conv, self.outstanding, self.payload_held = lanes, conv, outstanding, payload_held
         self.digits = digits
         word = data.ArrayLayout(signed(8), lanes)

@@ -30,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 
 from .addrgen import AddressGenerator, address_beat_layout
 from .conv import MAX_DIGITS, ConvPattern
-from .conv_addrgen import ConvAddressGenerator, conv_pattern_layout, conv_pattern_payload
+from .conv_addrgen import ConvAddressGenerator, check_digits, conv_pattern_layout, conv_pattern_payload
 from .isa import GEN_FIELDS, AddressPattern, pattern_layout
 from .skid import SkidBuffer
 
@@ -61,9 +61,14 @@ class SlotGenerator(wiring.Component):
 
     def __init__(self, lanes: int, *, conv: bool = True, payload_held: bool = False,
                  digits: tuple = (MAX_DIGITS, MAX_DIGITS)):
-        for name, flag in (("conv", conv), ("payload_held", payload_held)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name}={flag!r}: must be True or False")
+        try:
+            for name, flag in (("conv", conv), ("payload_held", payload_held)):
+                if not isinstance(flag, bool):
+                    raise TypeError(f"{name}={flag!r}: must be True or False")
+            check_digits(digits)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True          # a rejected slot is not an "unused elaboratable"
+            raise
         self.lanes, self.conv, self.payload_held, self.digits = lanes, conv, payload_held, digits
         super().__init__({
             "cmd": In(stream.Signature(slot_layout())),
