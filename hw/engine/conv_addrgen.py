@@ -159,10 +159,13 @@ def conv_pattern_payload(p: ConvPattern) -> dict:
     return out
 
 
-def check_digits(digits) -> None:
-    """Refuse a ``digits`` option that is not (pos, tap) counts of 1 … MAX_DIGITS (ValueError)."""
+def check_digits(digits, owner=None) -> None:
+    """Refuse a ``digits`` option that is not (pos, tap) counts of 1 … MAX_DIGITS (ValueError);
+    ``owner``, the component being made, is then not reported as an unused elaboratable."""
     if (not isinstance(digits, tuple) or len(digits) != 2
             or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIGITS for d in digits)):
+        if owner is not None:
+            owner._MustUse__silence = True
         raise ValueError(f"digits={digits!r}: must be (pos, tap) digit counts, each 1 to {MAX_DIGITS}")
 
 
@@ -306,11 +309,7 @@ class ConvAddressGenerator(wiring.Component):
         if not isinstance(payload_held, bool):
             self._MustUse__silence = True
             raise TypeError(f"payload_held={payload_held!r}: must be True or False")
-        try:
-            check_digits(digits)
-        except ValueError:
-            self._MustUse__silence = True
-            raise
+        check_digits(digits, self)
         self.lanes = lanes                     # rows are explicit digits: the walk does not use it
         self.payload_held, self.digits = payload_held, digits
         super().__init__({

@@ -104,11 +104,7 @@ class PatternReader(wiring.Component):
         if not isinstance(outstanding, int) or outstanding < 2:
             self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
             raise ValueError(f"outstanding={outstanding!r}: must be an integer >= 2")
-        try:
-            check_digits(digits)
-        except ValueError:
-            self._MustUse__silence = True
-            raise
+        check_digits(digits, self)
         self.lanes, self.word_shape, self.conv, self.outstanding = lanes, word_shape, conv, outstanding
         self.payload_held, self.digits = payload_held, digits
         super().__init__({
@@ -158,11 +154,7 @@ class OperandFeeder(wiring.Component):
 
     def __init__(self, lanes: int, *, conv: bool = True, outstanding: int = FLAG_DEPTH, payload_held: bool = False,
                  digits: tuple = (MAX_DIGITS, MAX_DIGITS)):
-        try:
-            check_digits(digits)
-        except ValueError:
-            self._MustUse__silence = True
-            raise
+        check_digits(digits, self)
         self.lanes, self.conv, self.outstanding, self.payload_held = lanes, conv, outstanding, payload_held
         self.digits = digits
         word = data.ArrayLayout(signed(8), lanes)

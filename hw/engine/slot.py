@@ -61,14 +61,11 @@ class SlotGenerator(wiring.Component):
 
     def __init__(self, lanes: int, *, conv: bool = True, payload_held: bool = False,
                  digits: tuple = (MAX_DIGITS, MAX_DIGITS)):
-        try:
-            for name, flag in (("conv", conv), ("payload_held", payload_held)):
-                if not isinstance(flag, bool):
-                    raise TypeError(f"{name}={flag!r}: must be True or False")
-            check_digits(digits)
-        except (TypeError, ValueError):
-            self._MustUse__silence = True          # a rejected slot is not an "unused elaboratable"
-            raise
+        for name, flag in (("conv", conv), ("payload_held", payload_held)):
+            if not isinstance(flag, bool):
+                self._MustUse__silence = True      # a rejected slot is not an "unused elaboratable"
+                raise TypeError(f"{name}={flag!r}: must be True or False")
+        check_digits(digits, self)
         self.lanes, self.conv, self.payload_held, self.digits = lanes, conv, payload_held, digits
         super().__init__({
             "cmd": In(stream.Signature(slot_layout())),
