@@ -1,5 +1,7 @@
 """EngineConfig: its JSON round trip (what ``python -m hw.build --config FILE`` reads)."""
 
+from pathlib import Path
+
 import pytest
 
 from golden.config import WageConfig
@@ -56,3 +58,44 @@ def test_slot_digits_are_what_the_compiled_patterns_use():
                 assert len(p.tap_radix) <= config.slot_digits[name][1]
     mlp = EngineConfig(WageConfig(net="mlp", input_shape=(1, 28, 28)))
     assert not mlp.has_conv and set(mlp.slot_digits.values()) == {(1, 1)}
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "benchmarks" / "configs").glob("*.json")),
+                         ids=lambda p: p.stem)
+def test_benchmark_configs_fit_and_compile(path):
+    """Every configuration the benchmarks and the README name still fits its memories."""
+    from hw.engine.compiler import compile_network
+    config = EngineConfig.load(path)
+    assert compile_network(config).instructions
+
+
+def test_lenet5_batch_128_config_stores_the_large_two_pass_products():
+    """The 85F batch-128 configuration is sized so that no large error or gradient product computes
+    twice (its external sums hold conv2's error product's rows): the point of its
+    external_sum_words. (fc2's small error product computes twice, the compiler's choice.)"""
+    from hw.engine.compiler import array_beats, compile_network, two_pass_products
+    config = EngineConfig.load(Path(__file__).parent.parent / "benchmarks" / "configs" / "engine_lenet5_l8_b128.json")
+    program = compile_network(config)
+    large = [ins for ins in program.instructions if ins.op in two_pass_products() and ins.layer <= 2]
+    assert len(large) >= 4 and all(ins.stored for ins in large)       # conv1, conv2 and fc1
+    short = config.replace(external_sum_words=config.external_sum_words // 2)
+    assert array_beats(compile_network(short)) > array_beats(program)
+
+
+def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
+    """On 8,192-word scratchpads E2 (fc1's error, 8,192 words) fills the error scratchpad and E1
+    (65,536 words) spills, so no free words hold one of E1's 8,192-word output-channel blocks; but
+    E2 is read for the last time before conv2's gradient, so that product stages E1 block by block
+    over E2's words: 8 COPY records, 8 parts. The port-bound estimate falls from 34,898,432 cycles
+    (both operands through the port, measured before staging over consumed tensors) to 29,016,576."""
+    from hw.engine.compiler import compile_network, port_bound_cycles
+    from hw.engine.isa import Op
+    config = EngineConfig.load(Path(__file__).parent.parent / "benchmarks" / "configs" / "engine_lenet5_l8_b128.json")
+    program = compile_network(config)
+    e0, e1, e2, e3 = program.errors
+    assert (e2.base, e2.end) == (0, config.data_words) and e1.base >= config.data_words
+    copies = [ins for ins in program.instructions if ins.op == Op.COPY]
+    assert [(c.aux.base, c.out.base, c.out.n1 * c.out.nk) for c in copies] == \
+        [(e1.base + ob, 0, 8192) for ob in range(8)]
+    assert program.overwritten == ("E2",)
+    assert port_bound_cycles(config, program.instructions) == 29_016_576

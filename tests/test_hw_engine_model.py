@@ -84,3 +84,46 @@ def test_staged_gradient_operands_train_bit_for_bit(embedded):
     assert copies and all(ins.aux.base >= config.data_words for ins in copies)      # a spilled source
     assert all(ins.out.base < config.data_words for ins in copies)                   # staged on chip
     assert train_model_and_golden(ConvEngineModel(program), wage, program, embedded, steps=2) == set()
+
+
+def test_a_gradient_operand_is_staged_over_errors_already_consumed(embedded):
+    """No free block in the error scratchpad (E2, E3 and E0's straddling first 214 words fill its
+    1,000 words), but when conv2's gradient runs E2 and E3 have been read for the last time, so E1
+    is staged over E2's words and the step is unchanged. Staged over E0's on-chip words instead
+    (E0 is written by conv2's error product and read by conv1's gradient after it), the weights
+    come out wrong: the liveness rule is what keeps the step exact."""
+    from hw.engine.compiler import Placement
+    from hw.engine.conv import PART_FIRST, PART_NEXT, ConvEngineModel
+    wage = WageConfig(net="8C5-MP2-16C5-MP2-512FC-10", batch_size=6, seed=5, input_shape=(1, 28, 28))
+    config = EngineConfig(wage, lanes=4, data_words=1000, external_words=1 << 16, weight_words=1 << 16,
+                          sum_words=1 << 12, external_sum_words=1 << 14, program_words=16384)
+    program = compile_network(config, Placement(straddle="E0"))
+    e0, e1, e2, e3 = program.errors
+    assert program.straddled == {"E0": 214} and (e2.base, e2.end, e3.end, e0.base) == (0, 768, 786, 786)
+    assert program.usage["err"][0] == config.data_words and e1.base >= config.data_words
+    copies = [ins for ins in program.instructions if ins.op == Op.COPY]
+    assert [(c.out.base, c.out.n1 * c.out.nk) for c in copies] == [(0, 384)] * 4      # E2's words
+    assert program.overwritten == ("E2",) and "E2 is overwritten by tile staging" in program.describe()
+    assert train_model_and_golden(ConvEngineModel(program), wage, program, embedded, steps=2) == set()
+
+    def moved(ins, base=616):            # [616, 1000): over E0's on-chip words, which are live
+        if ins.op == Op.COPY:
+            return dataclasses.replace(ins, out=dataclasses.replace(ins.out, base=base))
+        if str(ins).startswith("CONV_GRAD layer 1") and ins.part in (PART_FIRST, PART_NEXT):
+            return dataclasses.replace(ins, a=dataclasses.replace(ins.a, base=base))
+        return ins
+    clobbered = dataclasses.replace(program, instructions=[moved(ins) for ins in program.instructions])
+    assert sum(ins.a.base == 616 for ins in clobbered.instructions if str(ins).startswith("CONV_GRAD layer 1")) == 4
+    assert "W0" in train_model_and_golden(ConvEngineModel(clobbered), wage, clobbered, embedded, steps=2, check=False)
+
+    # the driver refuses to read E2 back as E2 (its words hold E1's last staged block), before it
+    # sends anything
+    import asyncio
+
+    from hw.engine.driver import EngineDriver
+
+    class Unreachable:
+        async def exchange(self, words):
+            raise AssertionError(f"sent {words[:1]}")
+    with pytest.raises(ValueError, match=r"E2: the step's tile staging overwrites its words .* read\(Target.ERR, 0, 768\)"):
+        asyncio.run(EngineDriver(program, Unreachable()).read_err(e2))

@@ -73,6 +73,9 @@ class Program:
     weights: list[WeightLayout]
     usage: dict[str, tuple[int, int]] = field(default_factory=dict)   # memory → (used, capacity)
     straddled: dict[str, int] = field(default_factory=dict)   # a tensor across the boundary → its scratchpad words
+    # error tensors whose words tile staging overwrites after their last read in the step (a
+    # read-back after the step holds the staged operand there, not the tensor)
+    overwritten: tuple[str, ...] = ()
 
     def describe(self) -> str:
         lines = [self.config.summary()]
@@ -80,6 +83,8 @@ class Program:
             lines.append(f"  {mem:<10} {used:>8} of {cap:>8} words ({100 * used / cap:.1f} %)")
         for name, words in self.straddled.items():
             lines.append(f"  {name} straddles the scratchpad boundary: {words} words on chip, the rest external")
+        for name in self.overwritten:
+            lines.append(f"  {name} is overwritten by tile staging after its last read (not readable after a step)")
         lines += [f"  {i:>3}: {ins}" for i, ins in enumerate(self.instructions)]
         return "\n".join(lines)
 

@@ -836,19 +836,33 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
             return ins
         # A stored gradient product whose error operand is spilled (wholly or in part) and read
         # more than once per word (several weight words) stages that operand block by block in
-        # the error scratchpad's free words, if they hold a block (compile_conv_grad_staged).
-        stage_base = plan.usage["err"][0]
+        # the error scratchpad, if it holds a block (compile_conv_grad_staged).
         staged = []
         for n, one in enumerate(ins):
             if n in grad_args and one.stored:
-                e, w = grad_args[n][2], grad_args[n][4]
-                o, ho, wo = (grad_args[n][6] or layers[grad_args[n][1]]).product_shape
-                if (e.end > config.data_words and w.words_per_row > 1
-                        and batch * ho * wo <= config.data_words - stage_base):
-                    staged += compile_conv_grad_staged(*grad_args[n], stage_base=stage_base, stored=one.stored)
+                i, e, w = grad_args[n][1], grad_args[n][2], grad_args[n][4]
+                o, ho, wo = (grad_args[n][6] or layers[i]).product_shape
+                base = stage_base(plan, i, batch * ho * wo)
+                if e.end > config.data_words and w.words_per_row > 1 and base is not None:
+                    staged += compile_conv_grad_staged(*grad_args[n], stage_base=base, stored=one.stored)
                     continue
             staged.append(one)
         return staged
+
+    def stage_base(plan, i: int, block: int) -> int | None:
+        """Where layer i's gradient product can stage ``block`` words of its error operand: the
+        error scratchpad's free words if they hold a block, else the lowest words that the step no
+        longer needs. Backward runs from the last layer down, each layer's error product before its
+        gradient product, so when layer i's gradient runs every E_j with j > i has been read for the
+        last time; E_i (the operand) and E_(i−1) (written by layer i's error product) are live."""
+        chip = config.data_words
+        if block <= chip - plan.usage["err"][0]:
+            return plan.usage["err"][0]
+        live = sorted((t.base, min(t.end, chip)) for t in plan.errors[max(i - 1, 0):i + 1] if t.base < chip)
+        for base in [0] + [end for _, end in live]:
+            if base + block <= chip and all(end <= base or base + block <= start for start, end in live):
+                return base
+        return None
 
     def is_conv_err(one) -> bool:
         return (isinstance(one, ConvInstruction) and one.op == ConvOp.CONV_ERR and one.part == PART_WHOLE
@@ -881,7 +895,11 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
         if len(ins) * MACHINE_WORDS <= config.program_words:
             break                    # else: again without staging (fewer records)
     check_program_fits(config, ins)
-    return Program(config, ins, plan.inputs, plan.activations, plan.errors, plan.weights, plan.usage, plan.straddled)
+    staged_words = [(one.out.base, one.out.base + one.out.n1 * one.out.nk) for one in ins if one.op == Op.COPY]
+    overwritten = tuple(e.name for e in plan.errors
+                        if any(start < min(e.end, config.data_words) and e.base < end for start, end in staged_words))
+    return Program(config, ins, plan.inputs, plan.activations, plan.errors, plan.weights, plan.usage, plan.straddled,
+                   overwritten)
 
 
 # ---- word-level model ----------------------------------------------------------------------------

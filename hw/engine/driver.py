@@ -207,6 +207,12 @@ class EngineDriver:
         return act_fields(await self.read(Target.ACT, layout.base, layout.words), self.lanes)
 
     async def read_err(self, layout) -> np.ndarray:
+        """The int8 codes of ``layout``'s error words, (n, L); refused for a tensor that tile
+        staging overwrites after its last read (``Program.overwritten``)."""
+        if layout.name in self.program.overwritten:
+            raise ValueError(f"{layout.name}: the step's tile staging overwrites its words after their last "
+                             f"read (Program.overwritten), so they do not hold {layout.name} after a step; "
+                             f"read(Target.ERR, {layout.base}, {layout.words}) gives the raw words")
         values = await self.read(Target.ERR, layout.base, layout.words)
         return int_to_lanes(values, 8, self.lanes)
 
