@@ -8,6 +8,10 @@ from golden.config import WageConfig
 from hw.engine.config import EngineConfig, EngineConfigError
 
 
+#: the configurations the benchmarks and the README name
+BENCHMARK_CONFIGS = Path(__file__).parent.parent / "benchmarks" / "configs"
+
+
 def test_json_round_trip(tmp_path):
     config = EngineConfig(WageConfig(net="mlp", batch_size=16, seed=3), lanes=8, data_words=2048,
                           weight_words=8192, external_words=100, target="ecp5")
@@ -60,7 +64,7 @@ def test_slot_digits_are_what_the_compiled_patterns_use():
     assert not mlp.has_conv and set(mlp.slot_digits.values()) == {(1, 1)}
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "benchmarks" / "configs").glob("*.json")),
+@pytest.mark.parametrize("path", sorted((BENCHMARK_CONFIGS).glob("*.json")),
                          ids=lambda p: p.stem)
 def test_benchmark_configs_fit_and_compile(path):
     """Every configuration the benchmarks and the README name still fits its memories."""
@@ -74,7 +78,7 @@ def test_lenet5_batch_128_config_stores_the_large_two_pass_products():
     twice (its external sums hold conv2's error product's rows): the point of its
     external_sum_words. (fc2's small error product computes twice, the compiler's choice.)"""
     from hw.engine.compiler import array_beats, compile_network, two_pass_products
-    config = EngineConfig.load(Path(__file__).parent.parent / "benchmarks" / "configs" / "engine_lenet5_l8_b128.json")
+    config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
     program = compile_network(config)
     large = [ins for ins in program.instructions if ins.op in two_pass_products() and ins.layer <= 2]
     assert len(large) >= 4 and all(ins.stored for ins in large)       # conv1, conv2 and fc1
@@ -90,7 +94,7 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
     (both operands through the port, measured before staging over consumed tensors) to 29,016,576."""
     from hw.engine.compiler import compile_network, port_bound_cycles
     from hw.engine.isa import Op
-    config = EngineConfig.load(Path(__file__).parent.parent / "benchmarks" / "configs" / "engine_lenet5_l8_b128.json")
+    config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
     program = compile_network(config)
     e0, e1, e2, e3 = program.errors
     assert (e2.base, e2.end) == (0, config.data_words) and e1.base >= config.data_words
