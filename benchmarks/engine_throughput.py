@@ -63,6 +63,8 @@ from hw.engine.isa import STORES  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "engine_throughput.json"
 #: Units inside the engine whose measured Fmax bounds the engine's clock.
 ENGINE_UNITS = ("threefry", "quantizer_1", "weight_update_32x512", "mac_int8_8x8")
+#: The issue's rate target in GOPS (an 8-bit trainer on a Zynq-7045 with 900 DSPs).
+GOPS_TARGET = 64.6
 
 
 def layer_macs(wage: WageConfig) -> list[dict[str, int]]:
@@ -131,6 +133,39 @@ def unit_fmax() -> tuple[float | None, str]:
     return known[unit], f"lowest unit Fmax ({unit}, {known[unit]:.1f} MHz; engine not routed yet)"
 
 
+def sim_name(config: EngineConfig, timing=None) -> str:
+    """The simulation's name (its build directory's prefix; a plain Verilog identifier): network,
+    batch, lanes, sum memories, the external memory's timing (``timing``: an ExternalTiming, or
+    the SDRAM clock in MHz) and the target."""
+    name = f"engine_{config.wage.net.replace('-', '_')}_b{config.batch}_l{config.lanes}"
+    if config.sum_words:
+        name += f"_s{config.sum_words}"
+    if config.external_sum_words:
+        name += f"_xs{config.external_sum_words}"
+    if config.external_depth and isinstance(timing, float):
+        name += f"_sdram{timing:g}".replace(".", "p")           # 42.14 MHz → sdram42p14
+    elif config.external_depth:
+        name += f"_ext{timing.latency}_{timing.cycles_per_word}_{timing.command_cycles}"
+    if config.target == "ecp5":
+        name += "_ecp5"
+    return name
+
+
+def traffic_ceiling(macs: int, ext_words: int, fmax_mhz: float | None) -> dict:
+    """What the external traffic allows: useful MACs per external word (read or written) and, at
+    one word per cycle (the port's peak) and ``fmax_mhz``, the GOPS no schedule of this program
+    can pass, with the words per cycle a ``GOPS_TARGET`` rate would need at that clock."""
+    if not ext_words:
+        return {}
+    out = {"macs_per_external_word": macs / ext_words}
+    if fmax_mhz:
+        seconds_at_one_word = ext_words / (fmax_mhz * 1e6)
+        out["gops_ceiling_at_one_word_per_cycle"] = 2 * macs / seconds_at_one_word / 1e9
+        out["gops_target"] = GOPS_TARGET
+        out["words_per_cycle_for_the_target"] = GOPS_TARGET / out["gops_ceiling_at_one_word_per_cycle"]
+    return out
+
+
 def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> dict:
     from hw.engine.engine import Engine
     from hw.engine.system import EngineSystem
@@ -139,25 +174,18 @@ def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> 
     engine["wage"] = config.wage.to_json(indent=None)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "counters.json"
-        name = f"engine_{config.wage.net.replace('-', '_')}_b{config.batch}_l{config.lanes}"
-        if config.sum_words:
-            name += f"_s{config.sum_words}"
-        if config.external_sum_words:
-            name += f"_xs{config.external_sum_words}"
+        name = sim_name(config, timing)
         if config.external_depth and isinstance(timing, float):          # the SDRAM at this clock (MHz)
             from boards.sdram_system import EngineSDRAMSystem
             top = EngineSDRAMSystem(config, timing * 1e6)
-            name += f"_sdram{timing:g}"
         elif config.external_depth:
             top = EngineSystem(config, timing)
-            name += f"_ext{timing.latency}_{timing.cycles_per_word}_{timing.command_cycles}"
         else:
             top = Engine(config)
         build_args = ()
         if config.target == "ecp5":            # DP16KD and MULT18X18D instances: their models
             from sim.ecp5_models import ecp5_model_files
             build_args = ecp5_model_files()
-            name += "_ecp5"
         run_cocotb(top, name=name, test_module="sim.tb_engine", testcase="throughput",
                    parameters={"engine": engine, "out": str(out), "per_instruction": per_instruction},
                    timeout_s=4 * 3600, build_args=build_args)
@@ -232,6 +260,9 @@ def main(argv=None) -> int:
     fmax, fmax_note = (args.fmax, "given on the command line") if args.fmax else unit_fmax()
     if args.memory == "sdram":
         timing = float(args.sdram_mhz)
+        if not 0 < timing <= 1000:
+            print(f"error: --sdram-mhz {args.sdram_mhz:g}: must be a clock in MHz above 0 (at most 1000)", file=sys.stderr)
+            return 2
         fmax, fmax_note = timing, f"the SDRAM clock (--sdram-mhz {timing:g}), shared by the engine"
     report = {"fmax_mhz": fmax, "fmax_source": fmax_note, "batch": args.batch,
               "date": time.strftime("%Y-%m-%d %H:%M"), "runs": {}}
@@ -300,6 +331,7 @@ def main(argv=None) -> int:
             seconds = cycles / (fmax * 1e6)
             entry["images_per_s"] = wage.batch_size / seconds
             entry["gops"] = 2 * total / seconds / 1e9
+        entry.update(traffic_ceiling(total, c["ext_read_words"] + c["ext_write_words"], fmax))
         report["runs"][key] = entry
         print(f"{key} (batch {batch}): {cycles} cycles/step {entry['cycles_by_phase']}, utilisation "
               f"{100 * entry['mac_slot_utilisation']:.1f} %"
@@ -314,6 +346,11 @@ def main(argv=None) -> int:
         if config.external_depth:
             print(f"    external memory ({timing}): {c['ext_read_words']} words read, {c['ext_write_words']} written "
                   f"per step ({(c['ext_read_words'] + c['ext_write_words']) / cycles:.3f} words/cycle)")
+            if "gops_ceiling_at_one_word_per_cycle" in entry:
+                print(f"    {entry['macs_per_external_word']:.1f} useful MACs per external word: at most "
+                      f"{entry['gops_ceiling_at_one_word_per_cycle']:.2f} GOPS at one word per cycle at {fmax:.1f} MHz; "
+                      f"{GOPS_TARGET:g} GOPS would need "
+                      f"{entry['words_per_cycle_for_the_target']:.1f} words per cycle")
         for name, words in program.straddled.items():
             print(f"    {name} straddles the scratchpad boundary: {words} words on chip, the rest external")
         if note:

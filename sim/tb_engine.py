@@ -168,15 +168,18 @@ async def throughput(dut):
 def _units(instructions) -> list[list]:
     """The instructions one by one, except that a product in parts (conv.PART_FIRST … PART_FINISH)
     is one unit with the COPY records that stage its operands (before and between its parts):
-    its records only run together."""
+    its records only run together; and a forward product in staged batch bands (COPY_ACT, CONV_FWD,
+    COPY_ACT, …) is one unit, so that each unit is one whole product."""
     from hw.engine.conv import PART_FINISH, PART_WHOLE
     from hw.engine.isa import Op
     units, open_ = [], []
     for ins in instructions:
         part = getattr(ins, "part", PART_WHOLE)
+        if (ins.op == Op.COPY_ACT and not open_ and units and units[-1][0].op == Op.COPY_ACT
+                and units[-1][-1].layer == ins.layer):
+            open_ = units.pop()                  # the next band of the same forward product
         open_.append(ins)
-        if part == PART_FINISH or (part == PART_WHOLE and ins.op != Op.COPY and
-                                   all(o.op == Op.COPY for o in open_[:-1])):
+        if part == PART_FINISH or (part == PART_WHOLE and ins.op not in Op.COPIES):
             units.append(open_)
             open_ = []
     return units + ([open_] if open_ else [])

@@ -686,3 +686,35 @@ def test_staged_gradient_operand_trains_bit_exactly(conv_stage_steps):
     bad = {**want[1], "weights": [w.copy() for w in want[1]["weights"]]}
     bad["weights"][1].flat[3] = -bad["weights"][1].flat[3] or 1
     assert conv_mismatches(got[1], bad) == ["weights 1"]
+
+
+#: A 20-word activation scratchpad: A0 (27 words) spills, and conv2's forward product stages it
+#: one image (9 words) at a time over A2's words, which it has not written yet.
+CONV_FWD_STAGE_CONFIG = CONV_SPILL_CONFIG.replace(data_words=20)
+
+
+@pytest.fixture(scope="module")
+def conv_fwd_stage_steps():
+    return run_conv_steps(CONV_FWD_STAGE_CONFIG, SPILL_TIMING)
+
+
+def test_staged_forward_bands_train_bit_exactly(conv_fwd_stage_steps):
+    """Three COPY_ACT records move A0's images from the external memory to the activation
+    scratchpad (values, masks and pool indices: conv1's pool indices are read by conv2's error
+    product after the step's forward bands) and three CONV_FWD bands read them there; both steps
+    match the model and golden, the external memory saw no fault, and one wrong bit is caught."""
+    program, got, want = conv_fwd_stage_steps
+    a0, a1 = program.activations[:2]
+    assert a0.base >= CONV_FWD_STAGE_CONFIG.data_words                       # A0 is spilled
+    staged = [ins for ins in program.instructions if ins.op == Op.COPY_ACT or str(ins).startswith("CONV_FWD layer 1")]
+    assert [str(ins) for ins in staged] == ["COPY_ACT layer 1", "CONV_FWD layer 1"] * 3
+    assert [(c.aux.base, c.out.base, c.out.nk) for c in staged[::2]] == [(a0.base + 9 * b, 6, 9) for b in range(3)]
+    assert [f.out.base for f in staged[1::2]] == [a1.base + 2 * b for b in range(3)]
+    for s in range(2):
+        assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
+    assert [got[s]["ext_fault"] for s in range(2)] == [0, 0]
+    c0, c1 = got[0]["counters"], got[1]["counters"]
+    assert c1["array_beats"] - c0["array_beats"] == array_beats(program) <= c0["array_beats"]
+    bad = {**want[1], "A1": {**want[1]["A1"], "data": want[1]["A1"]["data"].copy()}}
+    bad["A1"]["data"].flat[5] ^= 1
+    assert conv_mismatches(got[1], bad) == ["A1.data"]

@@ -103,6 +103,7 @@ def test_unsupported_networks_are_named():
     (dict(lanes=12), "lanes=12: must be a power of two"), (dict(lanes=2), "lanes=2"),
     (dict(data_words=0), "data_words=0"), (dict(target="xilinx"), "target='xilinx'"),
     (dict(program_words=0), "program_words=0"),
+    (dict(program_words=(1 << 16) + 1), "program_words=65537: must be an integer in 1..65536"),
     (dict(data_words=(1 << 20) + 1), r"data_words=1048577: must be an integer in 1..1048576"),
     (dict(weight_words=(1 << 20) + 1), "weight_words=1048577: must be an integer in 1..1048576"),
     (dict(wage="mlp"), "wage='mlp'"),

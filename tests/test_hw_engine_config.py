@@ -103,3 +103,34 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
         [(e1.base + ob, 0, 8192) for ob in range(8)]
     assert program.overwritten == ("E2",)
     assert port_bound_cycles(config, program.instructions) == 29_016_576
+
+
+def test_lenet5_batch_128_with_22k_program_words_also_stages_conv2s_input():
+    """With 22,528 program words the b128 step holds conv2's error product in 54 parts and conv2's
+    forward product in 10 batch bands: A0 (73,728 words, 576 per image) is staged 14 images at a
+    time in the activation scratchpad, which A2 fills but which conv2's forward product runs
+    before A2 is written. The forward products read A0 once (73,728 words) instead of 6,553,600
+    times; the port-bound estimate rises by the copies' 73,728 cycles (a port of a word per cycle
+    kept up with the whole product). With fewer program words the bands would cost the error
+    product's finest parts, so those programs have none."""
+    from hw.engine.compiler import MemoryPlan, compile_network, port_bound_cycles, tensor_reads
+    from hw.engine.isa import Op
+    config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_staged.json")
+    assert config == EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json").replace(program_words=22528)
+    program = compile_network(config)
+    a0, a1, a2 = program.activations[:3]
+    copies = [ins for ins in program.instructions if ins.op == Op.COPY_ACT]
+    assert [(c.aux.base - a0.base, c.out.base, c.out.nk) for c in copies] == \
+        [(8064 * b, 0, 8064) for b in range(9)] + [(72576, 0, 1152)]
+    assert (a2.base, a2.end) == (0, config.data_words)
+    assert sum(str(ins).startswith("CONV_ERR layer 1") for ins in program.instructions) == 55
+    assert port_bound_cycles(config, program.instructions) == 28_410_368 + 73_728
+    unstaged = compile_network(config.replace(program_words=18432))
+    assert not any(ins.op == Op.COPY_ACT for ins in unstaged.instructions)
+    assert port_bound_cycles(config, unstaged.instructions) == 28_410_368
+
+    def forward_reads_of_a0(program):
+        plan = MemoryPlan(program.inputs, program.activations, program.errors, program.weights, program.usage)
+        loss = next(n for n, ins in enumerate(program.instructions) if ins.op == Op.LOSS)
+        return tensor_reads(plan, program.instructions[:loss], config.lanes)["A0"]
+    assert (forward_reads_of_a0(program), forward_reads_of_a0(unstaged)) == (73_728, 6_553_600)

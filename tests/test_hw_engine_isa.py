@@ -19,7 +19,7 @@ def test_pattern_order_and_validity():
 
 
 @pytest.mark.parametrize("kwargs, text", [
-    (dict(op=9), "op=9"), (dict(op=Op.FWD, shift=64), "shift=64"), (dict(op=Op.FWD, layer=-1), "layer=-1"),
+    (dict(op=10), "op=10"), (dict(op=Op.FWD, shift=64), "shift=64"), (dict(op=Op.FWD, layer=-1), "layer=-1"),
     (dict(op=Op.FWD, qcount=1 << 32), "qcount=4294967296"),
 ])
 def test_bad_instruction_fields_are_named(kwargs, text):

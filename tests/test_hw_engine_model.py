@@ -127,3 +127,38 @@ def test_a_gradient_operand_is_staged_over_errors_already_consumed(embedded):
             raise AssertionError(f"sent {words[:1]}")
     with pytest.raises(ValueError, match=r"E2: the step's tile staging overwrites its words .* read\(Target.ERR, 0, 768\)"):
         asyncio.run(EngineDriver(program, Unreachable()).read_err(e2))
+
+
+def test_a_spilled_input_map_is_staged_in_batch_bands(embedded):
+    """conv2's input A0 (8C5 + pool at batch 6 and 4 lanes: 1,728 words, 288 per image) does not
+    fit the 1,200-word activation scratchpad. While conv2's forward product runs, A2 (768 words at
+    384) is not yet written, so its words and the free ones hold two images: three bands, each a
+    COPY_ACT and a CONV_FWD over the staged words. The port reads A0 once per word instead of once
+    per tap and output-channel block, and the step equals golden's. Staged over A1's words instead
+    (written by the bands themselves), the weights come out wrong."""
+    from hw.engine.compiler import MemoryPlan, tensor_reads
+    from hw.engine.conv import ConvEngineModel, compile_conv_fwd
+    wage = WageConfig(net="8C5-MP2-16C5-MP2-512FC-10", batch_size=6, seed=5, input_shape=(1, 28, 28))
+    config = EngineConfig(wage, lanes=4, data_words=1200, external_words=1 << 16, weight_words=1 << 16,
+                          sum_words=1 << 12, external_sum_words=1 << 14, program_words=1 << 15)
+    program = compile_network(config)
+    a0, a1, a2 = program.activations[:3]
+    assert a0.base >= config.data_words and a0.words == 1728 and (a1.base, a1.end, a2.base) == (0, 384, 384)
+    copies = [ins for ins in program.instructions if ins.op == Op.COPY_ACT]
+    assert [(c.aux.base - a0.base, c.out.base, c.out.nk) for c in copies] == [(576 * b, 384, 576) for b in range(3)]
+    whole = compile_conv_fwd(wage, 1, a0, program.weights[1], a1, 4)
+    address, valid = whole.a.address_array(4)
+    spilled_reads = int(((address >= a0.base) & (address < a0.end) & valid).sum())
+    plan = MemoryPlan(program.inputs, program.activations, program.errors, program.weights, program.usage)
+    forward = program.instructions[:next(n for n, ins in enumerate(program.instructions) if ins.op == Op.LOSS)]
+    assert tensor_reads(plan, forward, 4)["A0"] == a0.words and spilled_reads == 76800      # 44 per word
+    assert train_model_and_golden(ConvEngineModel(program), wage, program, embedded, steps=2) == set()
+
+    def moved(ins, base=0):              # over A1, which the bands write
+        if ins.op == Op.COPY_ACT:
+            return dataclasses.replace(ins, out=dataclasses.replace(ins.out, base=base))
+        if str(ins).startswith("CONV_FWD layer 1"):
+            return dataclasses.replace(ins, a=dataclasses.replace(ins.a, base=ins.a.base - 384 + base))
+        return ins
+    clobbered = dataclasses.replace(program, instructions=[moved(ins) for ins in program.instructions])
+    assert "W1" in train_model_and_golden(ConvEngineModel(clobbered), wage, clobbered, embedded, steps=2, check=False)

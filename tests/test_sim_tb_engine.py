@@ -18,3 +18,16 @@ def test_units_keep_a_product_in_parts_with_its_staging_copies():
     assert [len(u) for u in units] == [1] * 9 + [10, 9, 1, 1]
     assert units[10][0].op == Op.COPY and str(units[10][-1]) == "CONV_GRAD layer 1 finish"
     assert sum(units, []) == program.instructions
+
+
+def test_units_keep_a_forward_product_in_bands_together():
+    """The b128 step with 22,528 program words: conv2's forward product in 10 batch bands (a
+    COPY_ACT and a CONV_FWD each) is one unit, so its per-instruction figure is the whole product's."""
+    from pathlib import Path
+    config = EngineConfig.load(Path(__file__).parent.parent / "benchmarks" / "configs"
+                               / "engine_lenet5_l8_b128_staged.json")
+    program = compile_network(config)
+    units = _units(program.instructions)
+    assert [len(u) for u in units[:4]] == [1, 20, 1, 1]
+    assert [str(ins) for ins in units[1]] == ["COPY_ACT layer 1", "CONV_FWD layer 1 +pool"] * 10
+    assert sum(units, []) == program.instructions

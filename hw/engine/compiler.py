@@ -275,8 +275,8 @@ def _read_streams(ins):
         return [(ins.a, "err", operands), (ins.b, "act", operands)]
     if op == Op.LOSS:
         return [(ins.aux, "act", 2)]
-    if op == Op.COPY:                        # one word per beat, its beats first
-        return [(ins.aux, "err", 1)]
+    if op in Op.COPIES:                      # one word per beat, its beats first
+        return [(ins.aux, "err" if op == Op.COPY else "act", 1)]
     return []
 
 

@@ -143,7 +143,7 @@ class EngineConfig:
             raise EngineConfigError(f"external_words + external_weight_words + external_sum_words = "
                                     f"{self.external_depth}: the external memory has at most 2^{ADDR_BITS} words")
         _positive_int("label_words", self.label_words, 1, 1 << 20)
-        _positive_int("program_words", self.program_words, 1, 16384)
+        _positive_int("program_words", self.program_words, 1, 1 << 16)
         if not isinstance(self.fold_input, bool):
             raise EngineConfigError(f"fold_input={self.fold_input!r}: must be True or False")
 

@@ -119,6 +119,14 @@ carries the draw pattern (the quantiser's draw prefetch starts with pass 1), the
 program memory the extra records, and :func:`hw.engine.compiler.choose_placement` weighs it
 against keeping part of a tensor on chip instead.
 
+A CONV_FWD whose input map is spilled and read more than once per word may be staged too
+(:func:`compile_conv_fwd_staged`): it runs in batch bands, each after an isa COPY_ACT record that
+copies the band's input words (whole activation words) into activation-scratchpad words that no
+live tensor holds — the words of activations the step has not written yet count as free — and
+the band's CONV_FWD reads them there. Q_A is a fixed shift, so the bands are independent
+products. It saves port words, not array beats, so the compiler stages only when the error
+products still fit in parts as fine as without it (the program memory holds both).
+
 Pool and unpool are stages of the FWD and ERR result paths (no separate memory pass, no stored
 product tensor). A step's program (:func:`compile_conv_network`)::
 
@@ -472,11 +480,12 @@ def _pos_digits(h: int, w: int, total: int, map_hw: tuple[int, int], wpp: int, w
 
 
 def compile_conv_fwd(wage: WageConfig, index: int, x: MapLayout, w: WeightLayout, a: MapLayout,
-                     lanes: int, layer=None) -> ConvInstruction:
+                     lanes: int, layer=None, batch: int | None = None) -> ConvInstruction:
     """CONV_FWD of conv layer ``index``: X (map layout ``x``) ∗ W → [pool] → Q_A → ``a``
-    (``layer``: a stand-in LayerSpec, the folded first layer)."""
+    (``layer``: a stand-in LayerSpec, the folded first layer; ``batch``: the images ``x`` and ``a``
+    hold, the whole batch by default)."""
     layer = layer or wage.layers[index]
-    L, batch = lanes, wage.batch_size
+    L, batch = lanes, batch or wage.batch_size
     c, h, wd = layer.in_shape
     o, ho, wo = layer.product_shape
     k, pad = layer.kernel, layer.padding
@@ -507,6 +516,35 @@ def compile_conv_fwd(wage: WageConfig, index: int, x: MapLayout, w: WeightLayout
         qcount = n1 * ow * L * L
     return ConvInstruction(ConvOp.CONV_FWD, layer=index, relu=int(not layer.last), shift=wage.act_shift(layer),
                            qcount=qcount, pool=int(layer.pool), a=a_pat, b=b_pat, out=out)
+
+
+#: Most batch bands a staged forward product runs in: each band is two records of the program
+#: memory (a COPY_ACT and a CONV_FWD).
+MAX_FORWARD_BANDS = 16
+
+
+def compile_conv_fwd_staged(wage: WageConfig, index: int, x: MapLayout, w: WeightLayout, a: MapLayout,
+                            lanes: int, layer=None, *, stage_base: int, images: int) -> list:
+    """CONV_FWD of conv layer ``index`` in batch bands of ``images`` images (the last band may be
+    smaller), each after a COPY_ACT of the band's input words (whole activation words, images
+    being the map's outermost dimension) to ``stage_base`` in the activation scratchpad; the
+    band's CONV_FWD reads them there and writes the band's images of ``a``. The whole product reads
+    each input word once per tap and output-channel block; staged, a spilled input map goes
+    through the port once (LeNet-5's conv2 at batch 128: 73,728 words instead of 6.55 million).
+    Forward products have no global maximum (Q_A is a fixed shift), so the bands are independent
+    products with the whole product's results."""
+    batch = wage.batch_size
+    in_image, out_image = x.words // batch, a.words // batch
+    records = []
+    for first in range(0, batch, images):
+        n = min(images, batch - first)
+        records.append(Instruction(Op.COPY_ACT, layer=index,
+                                   aux=AddressPattern(x.base + first * in_image, sk=1, nk=n * in_image),
+                                   out=AddressPattern(stage_base, sk=1, nk=n * in_image)))
+        records.append(compile_conv_fwd(wage, index, dataclasses.replace(x, base=stage_base, batch=n), w,
+                                        dataclasses.replace(a, base=a.base + first * out_image, batch=n),
+                                        lanes, layer, batch=n))
+    return records
 
 
 def _err_out(wage: WageConfig, index: int, e_prev: MapLayout, a_prev: MapLayout, lanes: int, n1: int, n2: int):
@@ -801,9 +839,11 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
         o, ho, wo = first.product_shape
         spec[0] = dataclasses.replace(first, in_shape=(first.fan_in, ho, wo), kernel=1, padding=0)
 
-    def emit(plan, staging: bool) -> list:
-        """The step's instructions for ``plan``; ``staging``: whether a spilled gradient operand may
-        be staged in the error scratchpad's free words."""
+    def emit(plan, staging: tuple[str, ...]) -> list:
+        """The step's instructions for ``plan``; ``staging``: which spilled operands may be staged
+        in scratchpad words the step does not need at the time: "forward" (a convolution's input
+        map, in batch bands) and "gradient" (a gradient product's error operand, by output-channel
+        block)."""
         activations, errors, weights, layer_input = plan.activations, plan.errors, plan.weights, plan.layer_input
         ins: list = []
         grad_args = {}
@@ -811,7 +851,10 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
             i = layer.index
             x, w, a = layer_input(i), weights[i], activations[i]
             if layer.kind == "conv":
-                ins.append(compile_conv_fwd(wage, i, x, w, a, L, spec.get(i)))
+                whole = compile_conv_fwd(wage, i, x, w, a, L, spec.get(i))
+                bands = forward_bands(plan, i, x, whole) if "forward" in staging else None
+                ins += (compile_conv_fwd_staged(wage, i, x, w, a, L, spec.get(i), stage_base=bands[0], images=bands[1])
+                        if bands else [whole])
             else:
                 ins.append(fc_forward(wage, layer, x, w, a, L))
         ins.append(loss(wage, activations[-1], errors[-1], L))
@@ -832,7 +875,7 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
             ins.append(fc_gradient(wage, layer, e, x, w, L))
         ins.append(Instruction(Op.END))
         ins = choose_store_then_quantise(config, ins)
-        if not staging:
+        if "gradient" not in staging:
             return ins
         # A stored gradient product whose error operand is spilled (wholly or in part) and read
         # more than once per word (several weight words) stages that operand block by block in
@@ -864,12 +907,38 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
                 return base
         return None
 
+    def forward_bands(plan, i: int, x: MapLayout, whole: ConvInstruction) -> tuple[int, int] | None:
+        """(stage base, images per band) for layer i's forward product, or None: its input map is
+        on chip, read once per word, or too large a band count. Forward runs from the first layer
+        up, so while layer i's runs the input batch and A_0 … A_i are live (read later in the step,
+        or being written) and every A_j with j > i is not yet written: the band goes in the largest
+        run of activation-scratchpad words outside the live tensors' on-chip words."""
+        chip = config.data_words
+        if x.end <= chip or whole.a.length <= x.words:
+            return None
+        live = sorted((t.base, min(t.end, chip)) for t in [plan.inputs, *plan.activations[:i + 1]]
+                      if t is not None and t.base < chip)
+        gaps, start = [], 0
+        for lo, hi in live + [(chip, chip)]:
+            if lo > start:
+                gaps.append((lo - start, -start))
+            start = max(start, hi)
+        if not gaps:
+            return None
+        size, base = max(gaps)
+        images = min(batch, size // (x.words // batch))
+        if images < 1 or -(-batch // images) > MAX_FORWARD_BANDS:
+            return None
+        return -base, images
+
     def is_conv_err(one) -> bool:
         return (isinstance(one, ConvInstruction) and one.op == ConvOp.CONV_ERR and one.part == PART_WHOLE
                 and layers[one.layer].kind == "conv")
 
     from .encoding import MACHINE_WORDS
-    for staging in (True, False):
+
+    def build(staging: tuple[str, ...]):
+        """(finest error-part size index that fits, or inf; plan; instructions) with ``staging``."""
         # (the placement is chosen on the whole error products; the bands below read the same tensors)
         plan, ins = choose_placement(config, lambda plan: emit(plan, staging), placement)
         # A conv error product that stores its sums runs in parts (row bands in column groups), each
@@ -890,12 +959,25 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
                          if is_conv_err(one) and i in columns else None)
                 banded += parts or [one]
             if len(banded) * MACHINE_WORDS <= config.program_words:
-                ins = banded
-                break
-        if len(ins) * MACHINE_WORDS <= config.program_words:
-            break                    # else: again without staging (fewer records)
+                return k, plan, banded
+        fits = len(ins) * MACHINE_WORDS <= config.program_words
+        return (max(map(len, sizes.values()), default=0) if fits else math.inf), plan, ins
+
+    # Staging costs program words (a COPY record per block or band, and a product record each).
+    # Gradient staging saves array beats where the port is the bound, so it comes first, as long as
+    # the program fits; forward staging saves only port words (it pays where the memory is slower
+    # than a word per cycle), so it is taken only if the error products still fit in parts as fine.
+    best = build(("gradient",))
+    if best[0] == math.inf:
+        best = build(())
+    if any(one.op == Op.COPY_ACT for one in emit(best[1], ("forward",))):
+        both = build(("forward", "gradient") if any(one.op == Op.COPY for one in best[2]) else ("forward",))
+        if both[0] <= best[0] and both[0] != math.inf:
+            best = both
+    _, plan, ins = best
     check_program_fits(config, ins)
     staged_words = [(one.out.base, one.out.base + one.out.n1 * one.out.nk) for one in ins if one.op == Op.COPY]
+    # (COPY_ACT stages only in words of activations not yet written: none is overwritten)
     overwritten = tuple(e.name for e in plan.errors
                         if any(start < min(e.end, config.data_words) and e.base < end for start, end in staged_words))
     return Program(config, ins, plan.inputs, plan.activations, plan.errors, plan.weights, plan.usage, plan.straddled,
@@ -931,10 +1013,13 @@ class ConvEngineModel(EngineModel):
                 self._error(ins, wq)
             elif ins.op == Op.GRAD:
                 self._gradient(ins, step, eta_log2)
-            elif ins.op == Op.COPY:
+            elif ins.op in Op.COPIES:
                 self._copy(ins)
             elif ins.op == Op.END:
                 break
+
+    def _act_arrays(self) -> list:
+        return super()._act_arrays() + [self.act_pool]
 
     def _write_act(self, ins, p: np.ndarray, idx: np.ndarray | None) -> None:
         wage = self.program.config.wage
@@ -946,8 +1031,8 @@ class ConvEngineModel(EngineModel):
         self.act[target] = a[valid]
         self.act_relu[target] = relu[valid]
         self.act_sat[target] = sat[valid]
-        if idx is not None:
-            self.act_pool[target] = idx[valid]
+        # (an unpooled product writes pool index 0, as the RTL does: the word may hold a staged one)
+        self.act_pool[target] = 0 if idx is None else idx[valid]
 
     def _error(self, ins, wq: np.ndarray, d: np.ndarray | None = None) -> None:
         """``d``: the rows of a product that ran in parts (else computed here from ``ins``)."""

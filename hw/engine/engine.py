@@ -41,7 +41,10 @@ one (a bad record) first feeds the quantiser the zero rows its command still exp
 A gradient product comes in parts too, one per output-channel block, each after a COPY record that
 stages its block of the spilled error operand in the error scratchpad (tile staging; COPY moves one
 word per cycle from the ``aux`` pattern's addresses to the ``out`` pattern's and may run inside an
-open product; its cycles count with the gradient phase).
+open product; its cycles count with the gradient phase). A forward product whose input map is spilled
+runs in batch bands, each after a COPY_ACT record that stages the band's input words (whole
+activation words: values, masks, pool indices) in the activation scratchpad (its cycles count
+with the forward phase).
 Memory ports are routed by the running operation:
 
 ==========  ======================  ======================  ===================  ====================
@@ -54,6 +57,7 @@ ERR         err, transposed         weights (Wq), direct    act (producer masks,
                                                             pool index)           [→ unpool]
 GRAD        err, direct             act, direct             —                    weight updates
 COPY        —                       —                       err (the source)     err (the stage)
+COPY_ACT    —                       —                       act (the source)     act (the stage)
 ==========  ======================  ======================  ===================  ====================
 
 A convolution is the same operation with convolution patterns (im2col by address generation:
@@ -253,7 +257,7 @@ class Engine(wiring.Component):
         # (request and response routing, the quantiser's input join, the writes) test one
         # flip-flop each, not a compare of a 4-bit code (which fanned out to 7,590 failing
         # endpoints of the 8-lane engine, placed).
-        op_codes = (Op.NOP, Op.FWD, Op.LOSS, Op.ERR, Op.GRAD, Op.COPY)
+        op_codes = (Op.NOP, Op.FWD, Op.LOSS, Op.ERR, Op.GRAD, Op.COPY, Op.COPY_ACT)
         op_is = {c: Signal(name=f"op_is_{Op.NAMES[c].lower()}", init=int(c == Op.NOP)) for c in op_codes}
         op_hot = Cat(*(op_is[c] for c in op_codes))
 
@@ -344,7 +348,7 @@ class Engine(wiring.Component):
             wiring.connect(m, err_req_q.o, err_rd.req)
             act_req, err_req = act_req_q.i, err_req_q.i
         route_req(act_req, [((Op.FWD,), feed_a.req), ((Op.GRAD,), feed_b.req),
-                            ((Op.LOSS, Op.ERR), aux.req), ((Op.NOP,), host_act_q.o)])
+                            ((Op.LOSS, Op.ERR, Op.COPY_ACT), aux.req), ((Op.NOP,), host_act_q.o)])
         route_req(err_req, [((Op.ERR, Op.GRAD), feed_a.req), ((Op.COPY,), aux.req), ((Op.NOP,), host_err_q.o)])
         # act/err responses
         with m.Switch(op_hot):
@@ -354,7 +358,7 @@ class Engine(wiring.Component):
             with m.Case(*op_case(Op.GRAD)):
                 m.d.comb += [feed_b.resp.valid.eq(act_rd.resp.valid), feed_b.resp.payload.eq(act_lanes),
                              act_rd.resp.ready.eq(feed_b.resp.ready)]
-            with m.Case(*op_case(Op.LOSS, Op.ERR)):
+            with m.Case(*op_case(Op.LOSS, Op.ERR, Op.COPY_ACT)):
                 m.d.comb += [aux.resp.valid.eq(act_rd.resp.valid), aux.resp.payload.eq(act_rd.resp.payload),
                              act_rd.resp.ready.eq(aux.resp.ready)]
             with m.Case(*op_case(Op.NOP)):
@@ -688,6 +692,13 @@ class Engine(wiring.Component):
                              aux_o.ready.eq(wfire),
                              err_wv.eq(can_write & og.payload.valid & ab.valid), err_wa.eq(og.payload.addr),
                              err_wd.eq(aw.data.as_value())]
+            with m.Case(*op_case(Op.COPY_ACT)):
+                # the same with activation words: values, masks and pool indices
+                can_write = aux_o.valid & og.valid
+                m.d.comb += [wfire.eq(can_write & (act_wready | ~(og.payload.valid & ab.valid))),
+                             aux_o.ready.eq(wfire),
+                             act_wv.eq(can_write & og.payload.valid & ab.valid), act_wa.eq(og.payload.addr),
+                             act_wd.eq(ab.word)]
             with m.Case(*op_case(Op.NOP)):
                 m.d.comb += [act_wv.eq(host_act_we), act_wa.eq(host_w_addr), act_wd.eq(host_act_w),
                              err_wv.eq(host_err_we), err_wa.eq(host_w_addr), err_wd.eq(host_err_w)]
@@ -711,8 +722,8 @@ class Engine(wiring.Component):
         run_base = Signal(32)                            # run_cycles when this RUN started
         with m.If(running):
             m.d.sync += counters["run_cycles"].eq(counters["run_cycles"] + 1)
-            # (tile staging, COPY, counts with the gradient phase: the compiler stages gradient operands only)
-            for name, codes in (("fwd_cycles", (Op.FWD,)), ("loss_cycles", (Op.LOSS,)), ("err_cycles", (Op.ERR,)),
+            # (tile staging counts with the phase it stages for: COPY_ACT forward operands, COPY gradient ones)
+            for name, codes in (("fwd_cycles", (Op.FWD, Op.COPY_ACT)), ("loss_cycles", (Op.LOSS,)), ("err_cycles", (Op.ERR,)),
                                 ("grad_cycles", (Op.GRAD, Op.COPY))):
                 with m.If(Cat(*(op_is[code] for code in codes)).any()):
                     m.d.sync += counters[name].eq(counters[name] + 1)
@@ -1187,6 +1198,9 @@ class Engine(wiring.Component):
                                     m.next = "WAIT"
                         with m.Case(*dec_case(Op.COPY)):
                             m.d.sync += set_op(Op.COPY) + [launch["aux"].eq(1), launch["out"].eq(1)]
+                            m.next = "WAIT"
+                        with m.Case(*dec_case(Op.COPY_ACT)):
+                            m.d.sync += set_op(Op.COPY_ACT) + [launch["aux"].eq(1), launch["out"].eq(1)]
                             m.next = "WAIT"
                         with m.Default():
                             m.d.sync += status.eq(Status.BAD_INSTRUCTION)

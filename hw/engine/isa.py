@@ -69,9 +69,11 @@ def check_unsigned_fields(obj, fields, what: str) -> None:
 
 class Op:
     """Machine operations. COPY (tile staging) copies error-scratchpad words: ``aux`` walks the
-    source, ``out`` the destination, one word per beat (invalid beats copy nothing)."""
-    NOP, FWD, LOSS, ERR, GRAD, COPY, END = 0, 1, 2, 3, 4, 8, 15
-    NAMES = {0: "NOP", 1: "FWD", 2: "LOSS", 3: "ERR", 4: "GRAD", 8: "COPY", 15: "END"}
+    source, ``out`` the destination, one word per beat (invalid beats copy nothing). COPY_ACT does
+    the same with activation words (values, masks and pool indices)."""
+    NOP, FWD, LOSS, ERR, GRAD, COPY, COPY_ACT, END = 0, 1, 2, 3, 4, 8, 9, 15
+    NAMES = {0: "NOP", 1: "FWD", 2: "LOSS", 3: "ERR", 4: "GRAD", 8: "COPY", 9: "COPY_ACT", 15: "END"}
+    COPIES = (8, 9)                     # tile staging
 
 
 class RowSel:

@@ -88,11 +88,17 @@ class EngineModel:
 
     def _copy(self, ins: Instruction) -> None:
         """COPY: error-scratchpad words from the ``aux`` pattern's addresses to the ``out``
-        pattern's, beat by beat (a beat invalid in either copies nothing)."""
+        pattern's, beat by beat (a beat invalid in either copies nothing); COPY_ACT: activation
+        words, every array that makes one (:meth:`_act_arrays`)."""
         source, source_valid = self._rows(ins.aux)
         target, target_valid = self._rows(ins.out)
         both = source_valid & target_valid
-        self.err[target[both]] = self.err[source[both]]
+        for memory in ([self.err] if ins.op == Op.COPY else self._act_arrays()):
+            memory[target[both]] = memory[source[both]]
+
+    def _act_arrays(self) -> list:
+        """The arrays an activation word is made of: values, ReLU and saturation masks."""
+        return [self.act, self.act_relu, self.act_sat]
 
     def _loss(self, ins: Instruction) -> None:
         """LOSS: D = A_out − onehot·2^(kA−1) per output word (labels looked up by the row t1), Q_E, × sat."""
@@ -141,7 +147,7 @@ class EngineModel:
                     continue
                 target = address[valid]
                 self.wmem[target] = np.clip(self.wmem[target] - dw[valid], -wage.w_clip, wage.w_clip)
-            elif ins.op == Op.COPY:
+            elif ins.op in Op.COPIES:
                 self._copy(ins)
             elif ins.op == Op.END:
                 break

@@ -1,0 +1,58 @@
+"""benchmarks/engine_throughput.py: the pieces that run without a simulation (names, checks, the
+traffic ceiling); the measurements themselves are the benchmark's."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from golden.config import WageConfig
+from hw.engine.config import EngineConfig
+from hw.engine.system import ExternalTiming
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("engine_throughput", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CONFIG = EngineConfig(WageConfig(net="lenet5", batch_size=16), lanes=8, data_words=8192, weight_words=8192,
+                      external_words=65536, external_weight_words=65536, sum_words=1024, target="ecp5")
+
+
+@pytest.mark.parametrize("timing, suffix", [
+    (42.14, "_sdram42p14_ecp5"), (100.0, "_sdram100_ecp5"),
+    (ExternalTiming(20, 1, 0), "_ext20_1_0_ecp5")])
+def test_simulation_names_are_verilog_identifiers(bench, timing, suffix):
+    """A fractional SDRAM clock once put a dot in the name, which the runner refuses."""
+    name = bench.sim_name(CONFIG, timing)
+    assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) and name == "engine_lenet5_b16_l8_s1024" + suffix
+
+
+def test_names_differ_where_the_builds_differ(bench):
+    on_chip = CONFIG.replace(external_words=0, external_weight_words=0, target="generic")
+    assert bench.sim_name(on_chip) == "engine_lenet5_b16_l8_s1024"
+    assert bench.sim_name(CONFIG, 42.14) != bench.sim_name(CONFIG, 42.0)
+
+
+@pytest.mark.parametrize("mhz", ["0", "-5", "1e6"])
+def test_a_bad_sdram_clock_is_named(bench, capsys, mhz):
+    assert bench.main(["--memory", "sdram", "--sdram-mhz", mhz, "--nets", "mlp"]) == 2
+    assert f"--sdram-mhz {float(mhz):g}: must be a clock in MHz above 0" in capsys.readouterr().err
+
+
+def test_traffic_ceiling(bench):
+    """1.58 G MACs over 29.24 M words (the 8-lane LeNet-5 step at batch 128): 54 MACs per word;
+    at one word per cycle at 42.14 MHz at most 4.55 GOPS, so 64.6 GOPS needs 14.2 words per cycle."""
+    figures = bench.traffic_ceiling(1_579_548_672, 29_243_904, 42.14)
+    assert figures["macs_per_external_word"] == pytest.approx(54.013, abs=1e-3)
+    assert figures["gops_ceiling_at_one_word_per_cycle"] == pytest.approx(2 * 54.013 * 42.14e6 / 1e9, rel=1e-4)
+    assert figures["words_per_cycle_for_the_target"] == pytest.approx(64.6 / figures["gops_ceiling_at_one_word_per_cycle"])
+    assert bench.traffic_ceiling(1000, 0, 42.14) == {}                  # on chip: no port, no ceiling
+    assert set(bench.traffic_ceiling(1000, 10, None)) == {"macs_per_external_word"}
