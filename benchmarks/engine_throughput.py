@@ -21,7 +21,9 @@ A network whose tensors need more keeps them, with ``--memory external`` (the de
 external memory behind the engine's port (:class:`hw.engine.system.EngineSystem`: the simulation
 model with ``--ext-latency`` cycles of read latency, one word per ``--ext-cycles-per-word`` cycles
 and ``--ext-command-cycles`` dead cycles per burst), and the report gives the external words read
-and written per step. ``--memory sdram`` puts the board's SDRAM there instead
+and written per step, the useful MACs per external word, and the traffic ceiling: the GOPS the
+program cannot pass with the port moving a word per cycle at ``--fmax`` (and the words per cycle
+the issue's 64.6 GOPS would need). ``--memory sdram`` puts the board's SDRAM there instead
 (:class:`boards.sdram_system.EngineSDRAMSystem`: the SDRAM controller and the checking chip model,
 its timing in cycles at ``--sdram-mhz``, which is then also the clock of the images/s: the engine and
 the SDRAM share it). With ``--memory simulated`` it runs instead with on-chip memories as deep as
