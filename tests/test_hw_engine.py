@@ -700,9 +700,9 @@ def conv_fwd_stage_steps():
 
 def test_staged_forward_bands_train_bit_exactly(conv_fwd_stage_steps):
     """Three COPY_ACT records move A0's images from the external memory to the activation
-    scratchpad (values, masks and pool indices: conv1's pool indices are read by conv2's error
-    product after the step's forward bands) and three CONV_FWD bands read them there; both steps
-    match the model and golden, the external memory saw no fault, and one wrong bit is caught."""
+    scratchpad (whole words: values, masks and pool indices, over A2's words, which fc1's forward
+    product then writes, pool indices included) and three CONV_FWD bands read them there; both
+    steps match the model and golden, the external memory saw no fault, and one wrong bit is caught."""
     program, got, want = conv_fwd_stage_steps
     a0, a1 = program.activations[:2]
     assert a0.base >= CONV_FWD_STAGE_CONFIG.data_words                       # A0 is spilled
