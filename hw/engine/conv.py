@@ -802,6 +802,18 @@ def compile_conv_grad_staged(wage: WageConfig, index: int, e: MapLayout, x: MapL
     return records
 
 
+def free_runs(live, chip: int) -> list[tuple[int, int]]:
+    """(start, words) of each run of scratchpad words below ``chip`` that none of the ``live``
+    tensors (layouts, or None) holds on chip, lowest first: where tile staging may write."""
+    held = sorted((t.base, min(t.end, chip)) for t in live if t is not None and t.base < chip)
+    runs, start = [], 0
+    for lo, hi in held + [(chip, chip)]:
+        if lo > start:
+            runs.append((start, lo - start))
+        start = max(start, hi)
+    return runs
+
+
 def _check_conv_supported(config: EngineConfig) -> None:
     wage, L = config.wage, config.lanes
     for layer in wage.layers:
@@ -901,11 +913,8 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
         chip = config.data_words
         if block <= chip - plan.usage["err"][0]:
             return plan.usage["err"][0]
-        live = sorted((t.base, min(t.end, chip)) for t in plan.errors[max(i - 1, 0):i + 1] if t.base < chip)
-        for base in [0] + [end for _, end in live]:
-            if base + block <= chip and all(end <= base or base + block <= start for start, end in live):
-                return base
-        return None
+        return next((start for start, size in free_runs(plan.errors[max(i - 1, 0):i + 1], chip) if size >= block),
+                    None)
 
     def forward_bands(plan, i: int, x: MapLayout, whole: ConvInstruction) -> tuple[int, int] | None:
         """(stage base, images per band) for layer i's forward product, or None: its input map is
@@ -916,20 +925,14 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
         chip = config.data_words
         if x.end <= chip or whole.a.length <= x.words:
             return None
-        live = sorted((t.base, min(t.end, chip)) for t in [plan.inputs, *plan.activations[:i + 1]]
-                      if t is not None and t.base < chip)
-        gaps, start = [], 0
-        for lo, hi in live + [(chip, chip)]:
-            if lo > start:
-                gaps.append((lo - start, -start))
-            start = max(start, hi)
-        if not gaps:
+        runs = free_runs([plan.inputs, *plan.activations[:i + 1]], chip)
+        if not runs:
             return None
-        size, base = max(gaps)
+        base, size = max(runs, key=lambda run: (run[1], -run[0]))         # the largest, the lowest of equals
         images = min(batch, size // (x.words // batch))
         if images < 1 or -(-batch // images) > MAX_FORWARD_BANDS:
             return None
-        return -base, images
+        return base, images
 
     def is_conv_err(one) -> bool:
         return (isinstance(one, ConvInstruction) and one.op == ConvOp.CONV_ERR and one.part == PART_WHOLE

@@ -685,20 +685,15 @@ class Engine(wiring.Component):
                              upd.payload.addr.eq(og.payload.addr),
                              wfire.eq(qo.valid & og.valid & (upd.ready | ~og.payload.valid))]
                 m.d.comb += [upd.payload.dw[i].eq(qo.payload.data[i]) for i in range(L)]
-            with m.Case(*op_case(Op.COPY)):
-                # tile staging: each source word (aux) to the destination the result generator names
-                can_write = aux_o.valid & og.valid
-                m.d.comb += [wfire.eq(can_write & (err_wready | ~(og.payload.valid & ab.valid))),
-                             aux_o.ready.eq(wfire),
-                             err_wv.eq(can_write & og.payload.valid & ab.valid), err_wa.eq(og.payload.addr),
-                             err_wd.eq(aw.data.as_value())]
-            with m.Case(*op_case(Op.COPY_ACT)):
-                # the same with activation words: values, masks and pool indices
-                can_write = aux_o.valid & og.valid
-                m.d.comb += [wfire.eq(can_write & (act_wready | ~(og.payload.valid & ab.valid))),
-                             aux_o.ready.eq(wfire),
-                             act_wv.eq(can_write & og.payload.valid & ab.valid), act_wa.eq(og.payload.addr),
-                             act_wd.eq(ab.word)]
+            # tile staging: each source word (aux) to the destination the result generator names;
+            # COPY error words (the aux word's data lanes), COPY_ACT whole activation words
+            for code, wready, wv, wa, wd, word in ((Op.COPY, err_wready, err_wv, err_wa, err_wd, aw.data.as_value()),
+                                                   (Op.COPY_ACT, act_wready, act_wv, act_wa, act_wd, ab.word)):
+                with m.Case(*op_case(code)):
+                    can_write = aux_o.valid & og.valid
+                    m.d.comb += [wfire.eq(can_write & (wready | ~(og.payload.valid & ab.valid))),
+                                 aux_o.ready.eq(wfire),
+                                 wv.eq(can_write & og.payload.valid & ab.valid), wa.eq(og.payload.addr), wd.eq(word)]
             with m.Case(*op_case(Op.NOP)):
                 m.d.comb += [act_wv.eq(host_act_we), act_wa.eq(host_w_addr), act_wd.eq(host_act_w),
                              err_wv.eq(host_err_we), err_wa.eq(host_w_addr), err_wd.eq(host_err_w)]
