@@ -265,8 +265,25 @@ class Engine(wiring.Component):
             return [op_is[c].eq(c == code) for c in op_codes]
 
         def op_case(*codes):
-            """``Case`` patterns of ``op_hot`` for the operations ``codes``."""
+            """``Case`` patterns of ``op_hot`` (or a copy of it) for the operations ``codes``."""
             return onehot_cases(op_codes, *codes)
+        # Two lagging copies of the one-hot: ``mem_hot`` (a cycle behind) selects the memory
+        # requests' and responses' routes, ``res_hot`` (two cycles behind) the result path's joins
+        # and writes. One set of flip-flops fanned out to all of them across the die (op_is_grad →
+        # the activation reader's request register, 23.4 ns of routing, and op_is_err → aux_pre,
+        # 24.2 ns, were the 8-lane b128 engine's worst paths, placed). Each copy lags its source,
+        # so synthesis cannot merge them (identical flip-flops are merged). The lag is safe: the
+        # operation changes only in DECODE, after every walk of the previous record has ended
+        # (WAIT/WAIT_PART, then a fetch of the whole record), and the first request of a launched
+        # walk reaches the routing two cycles after the launch handshake at the earliest (the
+        # walk's first step, then the pattern reader's request skid buffer); its results follow
+        # many cycles later. Back in host mode, a host request or write comes three cycles or more
+        # after RUN_RESPOND set NOP (RUN_CYCLES, IDLE, then the packet, through host_*_q).
+        mem_is = {c: Signal(name=f"mem_is_{Op.NAMES[c].lower()}", init=int(c == Op.NOP)) for c in op_codes}
+        res_is = {c: Signal(name=f"res_is_{Op.NAMES[c].lower()}", init=int(c == Op.NOP)) for c in op_codes}
+        m.d.sync += [mem_is[c].eq(op_is[c]) for c in op_codes] + [res_is[c].eq(mem_is[c]) for c in op_codes]
+        mem_hot = Cat(*(mem_is[c] for c in op_codes))
+        res_hot = Cat(*(res_is[c] for c in op_codes))
         # the instruction register, loaded word by word (no reset: FETCH fills it before DECODE reads
         # it, and the reset's fan-out to its 6,720 flip-flops was a failing path class of its own)
         ins_bits = Signal(32 * MACHINE_WORDS, reset_less=True)
@@ -328,7 +345,7 @@ class Engine(wiring.Component):
 
         def route_req(target, sources):
             """Drive ``target`` (a req stream) from the source whose condition holds."""
-            with m.Switch(op_hot):
+            with m.Switch(mem_hot):
                 for ops, src in sources:
                     with m.Case(*op_case(*ops)):
                         m.d.comb += [target.valid.eq(src.valid), target.payload.eq(src.payload),
@@ -351,7 +368,7 @@ class Engine(wiring.Component):
                             ((Op.LOSS, Op.ERR, Op.COPY_ACT), aux.req), ((Op.NOP,), host_act_q.o)])
         route_req(err_req, [((Op.ERR, Op.GRAD), feed_a.req), ((Op.COPY,), aux.req), ((Op.NOP,), host_err_q.o)])
         # act/err responses
-        with m.Switch(op_hot):
+        with m.Switch(mem_hot):
             with m.Case(*op_case(Op.FWD)):
                 m.d.comb += [feed_a.resp.valid.eq(act_rd.resp.valid), feed_a.resp.payload.eq(act_lanes),
                              act_rd.resp.ready.eq(feed_a.resp.ready)]
@@ -363,7 +380,7 @@ class Engine(wiring.Component):
                              act_rd.resp.ready.eq(aux.resp.ready)]
             with m.Case(*op_case(Op.NOP)):
                 m.d.comb += act_rd.resp.ready.eq(host_act_resp_ready)
-        with m.Switch(op_hot):
+        with m.Switch(mem_hot):
             with m.Case(*op_case(Op.ERR, Op.GRAD)):
                 m.d.comb += [feed_a.resp.valid.eq(err_rd.resp.valid), feed_a.resp.payload.eq(err_rd.resp.payload),
                              err_rd.resp.ready.eq(feed_a.resp.ready)]
@@ -376,7 +393,7 @@ class Engine(wiring.Component):
         # buffer: the store's command admission logic is deep)
         m.submodules.serve_cmd = serve_cmd = SkidBuffer(wu.serve_cmd.payload.shape())
         wiring.connect(m, serve_cmd.o, wu.serve_cmd)
-        with m.If(op_is[Op.FWD] | op_is[Op.ERR]):
+        with m.If(mem_is[Op.FWD] | mem_is[Op.ERR]):
             m.d.comb += [serve_cmd.i.valid.eq(feed_b.req.valid), serve_cmd.i.payload.start.eq(feed_b.req.payload),
                          serve_cmd.i.payload.count.eq(1), feed_b.req.ready.eq(serve_cmd.i.ready),
                          feed_b.resp.valid.eq(wu.serve.valid), wu.serve.ready.eq(feed_b.resp.ready)]
@@ -590,7 +607,7 @@ class Engine(wiring.Component):
         # the pool sees every row's data (only its valid depends on the op): the op's decode is not
         # in front of its compares (a failing class at 4 and 8 lanes after placement)
         m.d.comb += [pool.i.payload.data[i].eq(res.payload.data[i]) for i in range(L)]
-        with m.Switch(op_hot):
+        with m.Switch(res_hot):
             with m.Case(*op_case(Op.FWD)):
                 with m.If(pool_on):
                     # 2×2 max-pool of the result rows (window-major) before Q_A; the indices wait in `side`
@@ -619,8 +636,8 @@ class Engine(wiring.Component):
                              push_mask.eq(aw.sat)]
                 for i in range(L):
                     m.d.comb += qi.payload.data[i].eq(aw.data[i] - Mux(hot[i], ins.onehot, 0))
-        m.d.comb += [side.w_en.eq(take_in & ~flushing & ((pass2 & (op_is[Op.ERR] | op_is[Op.LOSS])) |
-                                                         (op_is[Op.FWD] & pool_on))),
+        m.d.comb += [side.w_en.eq(take_in & ~flushing & ((pass2 & (res_is[Op.ERR] | res_is[Op.LOSS])) |
+                                                         (res_is[Op.FWD] & pool_on))),
                      side.w_data.eq(Cat(push_mask, push_idx))]
         side_mask, side_idx = side.r_data[:L], side.r_data[L:]
         if cfg.sum_words:
@@ -653,7 +670,7 @@ class Engine(wiring.Component):
         act_w = Signal(self.act_layout)
         err_w = Signal(self.err_layout)
         wfire = Signal()
-        with m.Switch(op_hot):
+        with m.Switch(res_hot):
             with m.Case(*op_case(Op.FWD)):
                 can_write = qo.valid & og.valid & (side.r_rdy | ~pool_on)
                 m.d.comb += [wfire.eq(can_write & (act_wready | ~og.payload.valid)),
