@@ -85,8 +85,10 @@ def useful_macs(wage: WageConfig) -> dict[str, int]:
     return {k: sum(m[k] for m in per_layer) for k in ("forward", "error", "gradient")}
 
 
-#: 16,384 program words (512 kbit): LeNet-5's b128 step with conv2's error product in 54 parts (9 row
-#: bands × 6 column groups of 2) and its staged gradient takes 75 records; 8,192 hold 38 (9 row bands)
+#: 16,384 program words (512 kbit): LeNet-5's b128 step on 8 lanes (engine_lenet5_l8_b128.json), with
+#: conv2's error product in 108 parts (9 row bands × 12 column groups of 1), its staged gradient and
+#: its forward product in 10 batch bands, takes 156 records, 4,770 words as delta records
+#: (:mod:`hw.engine.encoding`)
 PROGRAM_WORDS = 16384
 
 

@@ -198,19 +198,38 @@ def test_ident_names_the_build_and_a_foreign_program_is_refused():
 
 
 def test_bad_programs_answer_bad_instruction_and_leave_the_engine_ready():
-    """A record with an unknown operation, and a program that runs off the end of the program memory
-    (no END: here the never-written, all-NOP memory), answer BAD_INSTRUCTION; a real program then runs."""
+    """Malformed programs answer BAD_INSTRUCTION and leave the engine ready (the real program runs
+    before and after each): a first record that does not carry every word (here: none, after a
+    run left END in the instruction register), a record with an unknown operation, a program that
+    runs off the end of the program memory (no END: a whole NOP record, then empty masks, NOP
+    repeated), mask bits past the record, and a record whose words run past the memory's end (its
+    one word would be read at address 512, that is 0 of this 512-word memory: the mask's
+    0xFFFFFFFF, END)."""
     BAD_INSTRUCTION = Status.BAD_INSTRUCTION
-    from hw.engine.encoding import MACHINE_WORDS
-    config = CONFIG.replace(wage=WAGE.replace(net="4"), program_words=4 * MACHINE_WORDS)   # FWD LOSS GRAD END
+    from hw.engine.encoding import MACHINE_WORDS, MASK_WORDS, ProgramImageError, decode_program, encode_records
+    config = CONFIG.replace(wage=WAGE.replace(net="4"), program_words=512)                # FWD LOSS GRAD END
     program = compile_network(config)
+    nop = encode_records([0])                                         # a whole record of op NOP (0)
+    empty = [0] * MASK_WORDS                                          # a record that carries no word
+    past = nop[:MASK_WORDS - 1] + [nop[MASK_WORDS - 1] | 1 << (MACHINE_WORDS % 32)] + nop[MASK_WORDS:]
+    pad = (config.program_words - len(nop) - MASK_WORDS) // MASK_WORDS
+    cut = nop + empty * pad + [0] * (config.program_words - len(nop) - (pad + 1) * MASK_WORDS)
+    cut += [1] + [0] * (MASK_WORDS - 1)                               # … ends the memory: it carries word 0
+    assert len(cut) == config.program_words
+    no_end = nop + [0] * (config.program_words - len(nop))
+    images = [empty, encode_records([0x7]), no_end, past, cut]        # op 7: not an operation
+    decode_program(images[1]), decode_program(no_end)                 # the host-side decoder agrees
+    for image in (empty, past, cut):
+        with pytest.raises(ProgramImageError):
+            decode_program(image)
     results = []
 
     async def bench(ctx, dut):
-        driver = EngineDriver(program, AmaranthTransport(ctx, dut, timeout_cycles=20000))
-        for image in (None, [0x7] + [0] * (MACHINE_WORDS - 1)):       # op 7: not an operation
-            if image is not None:
-                await driver.write(Target.PROGRAM, 0, image)
+        driver = EngineDriver(program, AmaranthTransport(ctx, dut, timeout_cycles=200000))
+        for image in images:
+            await driver.load_program()
+            results.append(await driver.run(0, 1, 3) > 0)
+            await driver.write(Target.PROGRAM, 0, image)
             try:
                 await driver.run(0, 1, 3)
                 results.append("ran")
@@ -221,17 +240,17 @@ def test_bad_programs_answer_bad_instruction_and_leave_the_engine_ready():
         results.append(await driver.run(0, 1, 3) > 0)
 
     simulate(bench, config)
-    assert results == [BAD_INSTRUCTION, BAD_INSTRUCTION, 0, True]
+    assert results == [True, BAD_INSTRUCTION] * len(images) + [len(images), True]
 
 
 def test_conv_instruction_on_an_engine_built_without_convolution_is_refused():
     """An MLP engine has no convolution address generators (EngineConfig.has_conv): a conv record
     written past the driver's fingerprint check answers BAD_INSTRUCTION; the MLP program then runs."""
     BAD_INSTRUCTION = Status.BAD_INSTRUCTION
-    from hw.engine.encoding import MACHINE_WORDS, encode_program
+    from hw.engine.encoding import MACHINE_WORDS, MASK_WORDS, encode_program
     assert not CONFIG.has_conv and CONV_CONFIG.has_conv
     conv_record = encode_program(compile_network(CONV_CONFIG).instructions[:1])
-    assert len(conv_record) == MACHINE_WORDS
+    assert len(conv_record) == MASK_WORDS + MACHINE_WORDS
     assert run_foreign_records(compile_network(CONFIG), conv_record) == [BAD_INSTRUCTION, True]
 
 
@@ -241,7 +260,7 @@ def test_conv_pattern_deeper_than_its_walk_is_refused():
     the same record as compiled runs, and the engine's own program runs after."""
     from hw.engine.conv import MAX_DIGITS
     from hw.engine.conv_addrgen import conv_pattern_layout
-    from hw.engine.encoding import MACHINE_WORDS, encode_instruction, machine_layout
+    from hw.engine.encoding import encode_instruction, encode_records, machine_layout
     from hw.engine.isa import COUNT_BITS, Instruction
     from hw.engine.slot import slot_layout
     program = compile_network(CONV_CONFIG)
@@ -254,7 +273,7 @@ def test_conv_pattern_deeper_than_its_walk_is_refused():
     deeper = record | (2 << radix_at)                               # digit `built` gets radix 2
 
     def words(*records):
-        return [(r >> (32 * i)) & 0xFFFFFFFF for r in records for i in range(MACHINE_WORDS)]
+        return encode_records(records)
     assert run_foreign_records(program, words(deeper, end), words(record, end)) == \
         [Status.BAD_INSTRUCTION, "ran", True]
 
@@ -630,10 +649,11 @@ def test_error_product_in_row_bands_trains_bit_exactly(config):
     # (the refused records' beats count in the first step's counters)
     assert c1["array_beats"] - c0["array_beats"] == array_beats(program) <= c0["array_beats"]
     # no room for 9 parts: 3 row bands over whole rows; no room for those: whole
-    rows = compile_network(config.replace(program_words=len(program.instructions) * 211 - 1))
+    from hw.engine.encoding import encode_program
+    rows = compile_network(config.replace(program_words=len(encode_program(program.instructions)) - 1))
     assert [ins.part for ins in rows.instructions if getattr(ins, "part", 0)] == \
         [PART_FIRST, PART_NEXT, PART_NEXT, PART_FINISH]
-    whole = compile_network(config.replace(program_words=len(rows.instructions) * 211 - 1))
+    whole = compile_network(config.replace(program_words=len(encode_program(rows.instructions)) - 1))
     assert not any(getattr(ins, "part", 0) for ins in whole.instructions)
     assert array_beats(program) < array_beats(rows) < array_beats(whole)
 

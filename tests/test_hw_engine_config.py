@@ -53,7 +53,7 @@ def test_slot_digits_are_what_the_compiled_patterns_use():
     from hw.engine.conv import ConvPattern
     from hw.engine.encoding import SLOTS
     config = EngineConfig.load("benchmarks/configs/engine_lenet5_l8.json")
-    assert config.slot_digits == {"a": (5, 3), "b": (3, 3), "out": (3, 3), "aux": (3, 1), "draw": (1, 2)}
+    assert config.slot_digits == {"a": (5, 3), "b": (3, 3), "out": (4, 3), "aux": (4, 1), "draw": (1, 2)}
     for ins in compile_network(config).instructions:
         for name in SLOTS:
             p = getattr(ins, name)
@@ -91,7 +91,9 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
     (65,536 words) spills, so no free words hold one of E1's 8,192-word output-channel blocks; but
     E2 is read for the last time before conv2's gradient, so that product stages E1 block by block
     over E2's words: 8 COPY records, 8 parts. The port-bound estimate falls from 34,898,432 cycles
-    (both operands through the port, measured before staging over consumed tensors) to 29,016,576."""
+    (both operands through the port, measured before staging over consumed tensors) to 29,016,576
+    (with conv2's error product in 54 parts, what 16,384 words held as whole records), and to
+    27,927,040 with delta records: 108 parts and conv2's forward product in bands (below)."""
     from hw.engine.compiler import compile_network, port_bound_cycles
     from hw.engine.isa import Op
     config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
@@ -102,32 +104,38 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
     assert [(c.aux.base, c.out.base, c.out.n1 * c.out.nk) for c in copies] == \
         [(e1.base + ob, 0, 8192) for ob in range(8)]
     assert program.overwritten == ("E2",)
-    assert port_bound_cycles(config, program.instructions) == 29_016_576
+    assert port_bound_cycles(config, program.instructions) == 27_927_040
+    assert port_bound_cycles(config, compile_network(config.replace(program_words=3072)).instructions) == 28_410_368
 
 
-def test_lenet5_batch_128_with_22k_program_words_also_stages_conv2s_input():
-    """With 22,528 program words the b128 step holds conv2's error product in 54 parts and conv2's
-    forward product in 10 batch bands: A0 (73,728 words, 576 per image) is staged 14 images at a
-    time in the activation scratchpad, which A2 fills but which conv2's forward product runs
-    before A2 is written. The forward products read A0 once (73,728 words) instead of 6,553,600
-    times; the port-bound estimate rises by the copies' 73,728 cycles (a port of a word per cycle
-    kept up with the whole product). With fewer program words the bands would cost the error
-    product's finest parts, so those programs have none."""
+def test_lenet5_batch_128_also_stages_conv2s_input():
+    """The b128 step (16,384 program words; 4,770 words of delta records) holds conv2's error
+    product in its finest parts (108, groups of one column) and conv2's forward product in 10 batch
+    bands: A0 (73,728 words, 576 per image) is staged 14 images at a time in the activation
+    scratchpad, which A2 fills but which conv2's forward product runs before A2 is written. The
+    forward products read A0 once (73,728 words) instead of 6,553,600 times; the port-bound
+    estimate rises by the copies' 73,728 cycles (a port of a word per cycle kept up with the whole
+    product). With fewer program words (4,608) the bands would cost the error product's finest
+    parts, so that program has none. The 22,528-word configuration, which whole records needed
+    for 10 bands and 54 parts, compiles to the same program."""
     from hw.engine.compiler import MemoryPlan, compile_network, port_bound_cycles, tensor_reads
     from hw.engine.isa import Op
-    config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_staged.json")
-    assert config == EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json").replace(program_words=22528)
+    config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
+    staged = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_staged.json")
+    assert staged == config.replace(program_words=22528)
     program = compile_network(config)
+    assert compile_network(staged).instructions == program.instructions
     a0, a1, a2 = program.activations[:3]
     copies = [ins for ins in program.instructions if ins.op == Op.COPY_ACT]
     assert [(c.aux.base - a0.base, c.out.base, c.out.nk) for c in copies] == \
         [(8064 * b, 0, 8064) for b in range(9)] + [(72576, 0, 1152)]
     assert (a2.base, a2.end) == (0, config.data_words)
-    assert sum(str(ins).startswith("CONV_ERR layer 1") for ins in program.instructions) == 55
-    assert port_bound_cycles(config, program.instructions) == 28_410_368 + 73_728
-    unstaged = compile_network(config.replace(program_words=18432))
+    assert sum(str(ins).startswith("CONV_ERR layer 1") for ins in program.instructions) == 109
+    assert port_bound_cycles(config, program.instructions) == 27_853_312 + 73_728
+    unstaged = compile_network(config.replace(program_words=4608))
     assert not any(ins.op == Op.COPY_ACT for ins in unstaged.instructions)
-    assert port_bound_cycles(config, unstaged.instructions) == 28_410_368
+    assert sum(str(ins).startswith("CONV_ERR layer 1") for ins in unstaged.instructions) == 109
+    assert port_bound_cycles(config, unstaged.instructions) == 27_853_312
 
     def forward_reads_of_a0(program):
         plan = MemoryPlan(program.inputs, program.activations, program.errors, program.weights, program.usage)

@@ -352,11 +352,11 @@ def test_banded_patterns_walk_as_their_closed_form():
 
 
 def test_bands_need_whole_row_tiles_and_room_for_the_records():
-    from hw.engine.encoding import MACHINE_WORDS
+    from hw.engine.encoding import encode_program
     _, odd = compile_banded(LENET, 5, 8)                # 5 samples · 12 columns: not whole tiles of 8
     assert not _band_records(odd)
     wage = WageConfig(net=LENET, input_shape=(1, 28, 28), batch_size=6, seed=11)
     _, banded = compile_banded(LENET, 6, 4)
     tight = EngineConfig(wage, lanes=4, data_words=1 << 16, weight_words=1 << 16, sum_words=1 << 14,
-                         program_words=len(banded.instructions) * MACHINE_WORDS - 1)
+                         program_words=len(encode_program(banded.instructions)) - 1)
     assert not _band_records(compile_conv_network(tight))          # whole again, and it fits

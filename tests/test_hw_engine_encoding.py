@@ -1,5 +1,6 @@
 """Machine encoding: every compiled instruction's record decodes, through the Amaranth layout the
-sequencer uses, to the instruction's fields and pattern slots."""
+sequencer uses, to the instruction's fields and pattern slots; the program image (delta records)
+decodes to those records and names what is malformed."""
 
 import pytest
 from amaranth.lib import data
@@ -8,8 +9,8 @@ from golden.config import WageConfig
 from hw.engine.compiler import compile_network
 from hw.engine.config import EngineConfig
 from hw.engine.conv import ConvInstruction, ConvOp
-from hw.engine.encoding import (MACHINE_BITS, MACHINE_WORDS, SLOTS, encode_instruction, encode_program,
-                                machine_layout)
+from hw.engine.encoding import (MACHINE_BITS, MACHINE_WORDS, MASK_WORDS, SLOTS, ProgramImageError,
+                                decode_program, encode_instruction, encode_program, encode_records, machine_layout)
 from hw.engine.isa import AddressPattern, IsaError, Op
 from hw.engine.slot import slot_layout, slot_payload
 
@@ -30,10 +31,11 @@ def test_records_decode_to_the_instruction(name):
     program = compile_network(config)
     L = config.lanes
     words = encode_program(program.instructions)
-    assert len(words) == MACHINE_WORDS * len(program.instructions)
+    assert MASK_WORDS + MACHINE_WORDS <= len(words) < (MASK_WORDS + MACHINE_WORDS) * len(program.instructions)
     assert all(0 <= w < 1 << 32 for w in words)
-    for n, ins in enumerate(program.instructions):
-        value = sum(w << (32 * i) for i, w in enumerate(words[n * MACHINE_WORDS:(n + 1) * MACHINE_WORDS]))
+    records = decode_program(words)
+    assert len(records) == len(program.instructions)
+    for ins, value in zip(program.instructions, records):
         assert value < 1 << MACHINE_BITS
         view = data.Const(machine_layout(), value)
         if isinstance(ins, ConvInstruction):
@@ -80,9 +82,34 @@ def test_not_an_instruction_is_named():
 
 def test_a_program_too_long_for_the_program_memory_is_named():
     from hw.engine.compiler import FitError
-    config = PROGRAMS["mlp"].replace(program_words=MACHINE_WORDS * 3)
-    need = 7 * MACHINE_WORDS
-    with pytest.raises(FitError, match=rf"program_words: the program needs {need} words \(7 instructions of "
-                                       rf"{MACHINE_WORDS} words\), the engine has {3 * MACHINE_WORDS} "
-                                       rf"\({need - 3 * MACHINE_WORDS} words short\)"):
+    need = len(encode_program(compile_network(PROGRAMS["mlp"]).instructions))
+    config = PROGRAMS["mlp"].replace(program_words=need - 1)
+    with pytest.raises(FitError, match=rf"program_words: the program needs {need} words \(7 instructions as "
+                                       rf"delta records\), the engine has {need - 1} \(1 words short\)"):
         compile_network(config)
+    compile_network(PROGRAMS["mlp"].replace(program_words=need))
+
+
+def test_delta_records_carry_only_the_words_that_change():
+    """The first record carries every word; a later one its mask and the words that differ (none for
+    a repeat); decoding gives the records back."""
+    a, b = 0x5 | 0x3 << (32 * 7), 0x5 | 0x9 << (32 * 7) | 0x1 << (32 * 200)
+    image = encode_records([a, b, b])
+    assert len(image) == (MASK_WORDS + MACHINE_WORDS) + (MASK_WORDS + 2) + MASK_WORDS
+    second = image[MASK_WORDS + MACHINE_WORDS:]
+    assert second[:MASK_WORDS] == [1 << 7, 0, 0, 0, 0, 0, 1 << (200 - 192)] and second[MASK_WORDS:MASK_WORDS + 2] == [9, 1]
+    assert decode_program(image) == [a, b, b]
+
+
+@pytest.mark.parametrize("image, message", [
+    ([0] * MASK_WORDS, r"program word 0: the first record carries 0 of its 211 words \(it must carry all\)"),
+    (encode_records([0])[:-1], r"program word 0: the record carries 211 words, 210 remain"),
+    (encode_records([0]) + [0] * (MASK_WORDS - 1), rf"program word {MASK_WORDS + MACHINE_WORDS}: a record's mask needs "
+                                                  rf"{MASK_WORDS} words, {MASK_WORDS - 1} remain"),
+    (encode_records([0]) + [0] * (MASK_WORDS - 1) + [1 << 19],
+     rf"program word {MASK_WORDS + MACHINE_WORDS}: mask bits past the record's 211 words \(0x1 << 211\)"),
+])
+def test_a_malformed_image_is_named(image, message):
+    assert MACHINE_WORDS == 211            # (the messages name it)
+    with pytest.raises(ProgramImageError, match=message):
+        decode_program(image)

@@ -8,11 +8,11 @@ from sim.tb_engine import _units
 
 
 def test_units_keep_a_product_in_parts_with_its_staging_copies():
-    """LeNet-5 at batch 128 with external sums: conv2's error product in 9 bands and a finish
-    record is one unit, its gradient product (4 COPY records, 4 parts, a finish record) another;
-    every other instruction runs alone, and no record is lost or reordered."""
+    """LeNet-5 at batch 128 with external sums (1,536 program words): conv2's error product in 9
+    bands and a finish record is one unit, its gradient product (4 COPY records, 4 parts, a finish
+    record) another; every other instruction runs alone, and no record is lost or reordered."""
     config = EngineConfig(WageConfig(net="lenet5"), data_words=16384, weight_words=16384, external_words=1 << 19,
-                          external_weight_words=1 << 16, external_sum_words=110592, program_words=8192)
+                          external_weight_words=1 << 16, external_sum_words=110592, program_words=1536)
     program = compile_network(config)
     units = _units(program.instructions)
     assert [len(u) for u in units] == [1] * 9 + [10, 9, 1, 1]
@@ -21,11 +21,11 @@ def test_units_keep_a_product_in_parts_with_its_staging_copies():
 
 
 def test_units_keep_a_forward_product_in_bands_together():
-    """The b128 step with 22,528 program words: conv2's forward product in 10 batch bands (a
-    COPY_ACT and a CONV_FWD each) is one unit, so its per-instruction figure is the whole product's."""
+    """The b128 step: conv2's forward product in 10 batch bands (a COPY_ACT and a CONV_FWD each) is
+    one unit, so its per-instruction figure is the whole product's."""
     from pathlib import Path
     config = EngineConfig.load(Path(__file__).parent.parent / "benchmarks" / "configs"
-                               / "engine_lenet5_l8_b128_staged.json")
+                               / "engine_lenet5_l8_b128.json")
     program = compile_network(config)
     units = _units(program.instructions)
     assert [len(u) for u in units[:4]] == [1, 20, 1, 1]

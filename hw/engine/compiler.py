@@ -112,11 +112,11 @@ def check_loss_and_labels(config: EngineConfig) -> None:
 
 def check_program_fits(config: EngineConfig, instructions: list) -> None:
     """The program image (:func:`hw.engine.encoding.encode_program`) must fit the program memory."""
-    from .encoding import MACHINE_WORDS                      # encoding imports the conv compiler
-    used = len(instructions) * MACHINE_WORDS
+    from .encoding import encode_program                     # encoding imports the conv compiler
+    used = len(encode_program(instructions))
     if used > config.program_words:
-        raise FitError(f"program_words: the program needs {used} words ({len(instructions)} instructions of "
-                       f"{MACHINE_WORDS} words), the engine has {config.program_words} "
+        raise FitError(f"program_words: the program needs {used} words ({len(instructions)} instructions as "
+                       f"delta records), the engine has {config.program_words} "
                        f"({used - config.program_words} words short); raise EngineConfig.program_words")
 
 

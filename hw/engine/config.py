@@ -45,7 +45,7 @@ class EngineConfig:
     ``data_words``: depth of the data scratchpad (activations with their ReLU/saturation masks and
     pool indices, errors, the input batch). ``weight_words``: depth of the weight store (L stored
     weights per word). ``label_words``: labels held on chip (one per sample). ``program_words``:
-    32-bit words of program memory (:data:`hw.engine.encoding.MACHINE_WORDS` per instruction). A network whose
+    32-bit words of program memory (delta records, :func:`hw.engine.encoding.encode_program`). A network whose
     tensors do not fit is refused by :func:`hw.engine.compiler.compile_network` with the buffer and
     the shortfall named.
 

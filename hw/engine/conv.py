@@ -101,7 +101,8 @@ valid convolution's error product multiplies few padding taps (LeNet-5's conv2: 
 are valid, 67 % of the row-banded ones, 91 % with groups of 2 columns). Rows run in (group, y, b, x)
 order. The compiler takes the smallest groups whose records the program memory holds
 (:func:`err_column_group_sizes`; whole rows need 9 parts for LeNet-5's conv2, groups of 2
-columns 54). The records are one
+columns 54, of 1 column 108: as delta records, :mod:`hw.engine.encoding`, those fit in 16,384
+program words with room to spare). The records are one
 quantiser tensor: ``part`` = :data:`PART_FIRST` starts pass 1 for ``qcount`` elements (the whole
 tensor), :data:`PART_NEXT` parts continue it, each ending when its ``part_count`` elements have
 entered the quantiser, and the :data:`PART_FINISH` record (no product) runs pass 2 from the stored
@@ -938,7 +939,7 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
         return (isinstance(one, ConvInstruction) and one.op == ConvOp.CONV_ERR and one.part == PART_WHOLE
                 and layers[one.layer].kind == "conv")
 
-    from .encoding import MACHINE_WORDS
+    from .encoding import encode_program
 
     def build(staging: tuple[str, ...]):
         """(finest error-part size index that fits, or inf; plan; instructions) with ``staging``."""
@@ -961,9 +962,9 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
                                                 plan.activations[i - 1], L, stored=one.stored, columns=columns[i])
                          if is_conv_err(one) and i in columns else None)
                 banded += parts or [one]
-            if len(banded) * MACHINE_WORDS <= config.program_words:
+            if len(encode_program(banded)) <= config.program_words:
                 return k, plan, banded
-        fits = len(ins) * MACHINE_WORDS <= config.program_words
+        fits = len(encode_program(ins)) <= config.program_words
         return (max(map(len, sizes.values()), default=0) if fits else math.inf), plan, ins
 
     # Staging costs program words (a COPY record per block or band, and a product record each).

@@ -23,8 +23,10 @@ Blocks (``L`` = ``config.lanes``)
   ``config.sum_chunks`` external words and a reader that joins them again (on the error writer's
   and reader's port clients, which are idle in the passes that use them);
 * the program memory (``program_words`` 32-bit words; :mod:`hw.engine.encoding` records of
-  MACHINE_WORDS words, fetched into the instruction register one word per cycle through a stage
-  of registers, MACHINE_WORDS + 4 cycles per record) and the labels.
+  delta records: a mask of MASK_WORDS words, then the record words that differ from the previous
+  record's; the fetch reads the mask, then visits every record word in turn, one per cycle,
+  loading those the mask names through a stage of registers and keeping the others,
+  MASK_WORDS + MACHINE_WORDS + 6 cycles per record) and the labels.
 
 One finite-state machine parses host packets and, for ``RUN``, sequences the program: for each
 instruction it fetches the record, loads the patterns into the generators and the command into the
@@ -77,7 +79,7 @@ from hw.mac_array import MacArray
 from hw.quantizer import Mode, ShiftQuantizer
 
 from .config import EngineConfig
-from .encoding import MACHINE_BITS, MACHINE_WORDS, SLOTS, machine_layout
+from .encoding import MACHINE_BITS, MACHINE_WORDS, MASK_WORDS, SLOTS, machine_layout
 from .extmem import ExternalMemorySignature
 from .extport import EXT_CREDITS, ExternalPort, TieredReader, TieredWriter
 from .feeder import FLAG_DEPTH, OperandFeeder, PatternReader, RamReader
@@ -304,15 +306,22 @@ class Engine(wiring.Component):
         # the word each staged copy fills (word_sel, a cycle later); no reset (arriving_q has one, so
         # it is zero from the first cycle after reset, and a stray load before FETCH is overwritten)
         staged_sel = Signal(MACHINE_WORDS, reset_less=True)
-        arriving = Signal()                              # a fetched word arrives from the program RAM
-        # … and is registered once, beside its flag, before the staging registers: the RAM's
+        arriving = Signal()                              # word_sel's record word comes up from the program RAM …
+        carried = Signal()                               # … and the record carries it (else it keeps its value)
+        # … both registered once, beside the word, before the staging registers: the RAM's
         # clock-to-out (5.8 ns, no output register) was in front of the 26 groups' routing
-        arriving_q = Signal()
+        arriving_q, carried_q = Signal(), Signal()
+        # the record's delta mask (encoding: bit k set, record word k follows), shifted in a word at
+        # a time as its words arrive, then out a bit per record word; no reset (FETCH fills it)
+        mask = Signal(32 * MASK_WORDS, reset_less=True)
+        mask_arriving, mask_arriving_q = Signal(), Signal()
+        first_record = Signal()                          # the record at word 0: it must carry every word
+        fetch_bad = Signal()                             # the record is malformed or runs past the program
         fetched_word = Signal(32, reset_less=True)
         staged_group = Signal(FETCH_GROUPS, init=1)      # the group of word_sel's word (one-hot)
         ins = data.View(machine_layout(), ins_bits[:MACHINE_BITS])
-        pc = Signal(range(cfg.program_words + MACHINE_WORDS + 1))     # word address of the next record
-        fetched = Signal(range(MACHINE_WORDS + 4))
+        pc = Signal(range(cfg.program_words + MACHINE_WORDS + MASK_WORDS + 1))    # the next program word
+        fetched = Signal(range(MASK_WORDS + MACHINE_WORDS + 6))
         step = Signal(32)
         steps_left = Signal(32)
         eta = Signal(signed(8))
@@ -415,15 +424,21 @@ class Engine(wiring.Component):
         # to its group's staging register, chosen by a registered one-hot of the groups kept with
         # word_sel, so the staging enables are one LUT from flip-flops (they were a fetch-counter
         # compare and a 26-bit OR away, a failing class of 512 endpoints at 4 lanes).
-        m.d.sync += [arriving.eq(0), arriving_q.eq(arriving),
-                     staged_sel.eq(Mux(arriving_q, word_sel, 0))]
+        # word_sel visits every record word, carried or not (so it is back at word 0 after each
+        # record); only a carried word is staged and loaded.
+        m.d.sync += [arriving.eq(0), carried.eq(0), arriving_q.eq(arriving), carried_q.eq(carried),
+                     staged_sel.eq(Mux(arriving_q & carried_q, word_sel, 0))]
         with m.If(arriving_q):
             next_sel = word_sel.rotate_left(1)
             m.d.sync += [word_sel.eq(next_sel),
                          staged_group.eq(Cat(*(next_sel[g.start:g.stop].any() for g in fetch_groups)))]
         for g, (group, staged) in enumerate(zip(fetch_groups, staged_words)):
-            with m.If(arriving_q & staged_group[g]):
+            with m.If(arriving_q & carried_q & staged_group[g]):
                 m.d.sync += staged.eq(fetched_word)
+        # the mask's words arrive the same way, and shift in from the top
+        m.d.sync += [mask_arriving.eq(0), mask_arriving_q.eq(mask_arriving)]
+        with m.If(mask_arriving_q):
+            m.d.sync += mask.eq(Cat(mask[32:], fetched_word))
         # Each instruction word loads from its staged copy when its one-hot bit is set: staged_sel
         # is zero outside FETCH, so the state register is not in the 6,720 enables (it was, the
         # 8-lane engine's widest failing class after placement: 9,236 endpoints).
@@ -443,6 +458,11 @@ class Engine(wiring.Component):
         # stored_on is (it selects hundreds of result bits: as a LUT of the two it was the start of
         # the 8-lane engine's worst paths, 27.1 ns after placement).
         from_sums = Signal()
+        # … from the sum buffer (from_sums & ~store_ext), a flip-flop set beside from_sums: the
+        # sum reads' request valid and their count's enables started at store_ext, a flip-flop of
+        # wide fan-out (store_ext → sum_rd_left, 24.0 ns of routing, the b128 engine's worst path
+        # once the operation's copies had taken the op flip-flops off it, placed)
+        from_chip_sums = Signal()
         sum_rd_left = Signal(32)                         # pass-2 rows still to request
         sum_rd_addr = Signal(ADDR_BITS)
         sum_wa = Signal(ADDR_BITS)                       # next row to write
@@ -464,7 +484,7 @@ class Engine(wiring.Component):
             m.submodules.sum_rd = sum_rd = RamReader(cfg.sum_width)
             m.d.comb += [sums.r_addr.eq(sum_rd.r_addr), sum_rd.r_data.eq(sums.r_data)]
             # rows are requested once pass 1 is over and its last write has landed (writes are registered)
-            m.d.comb += [sum_rd.req.valid.eq(from_sums & ~store_ext & (sum_rd_left != 0) & ~sums.w_en),
+            m.d.comb += [sum_rd.req.valid.eq(from_chip_sums & (sum_rd_left != 0) & ~sums.w_en),
                          sum_rd.req.payload.eq(sum_rd_addr)]
             with m.If(sum_rd.req.valid & sum_rd.req.ready):
                 m.d.sync += [sum_rd_left.eq(sum_rd_left - 1), sum_rd_addr.eq(sum_rd_addr + 1)]
@@ -655,7 +675,7 @@ class Engine(wiring.Component):
             m.d.sync += [p1_left.eq(p1_left - 1), part_left.eq(part_left - 1)]
         with m.If(take_in & ~pass2):
             with m.If(Mux(p1_took, p1_left == 2, p1_left == 1)):
-                m.d.sync += [pass2.eq(1), from_sums.eq(stored_on)]
+                m.d.sync += [pass2.eq(1), from_sums.eq(stored_on), from_chip_sums.eq(stored_on & ~store_ext)]
                 if cfg.external_sum_words:
                     m.d.sync += share_rd.eq(store_ext)
 
@@ -1003,8 +1023,7 @@ class Engine(wiring.Component):
                     with m.Elif(cmd == Command.RUN):
                         with m.If(last):
                             m.d.sync += [step.eq(args[0]), steps_left.eq(args[1]), eta.eq(hin.payload.data),
-                                         run_base.eq(counters["run_cycles"]),
-                                         pc.eq(0)]
+                                         run_base.eq(counters["run_cycles"])]
                             m.next = "RUN_NEXT_STEP"
                         with m.Else():
                             m.d.sync += status.eq(Status.TOO_LONG)
@@ -1128,27 +1147,43 @@ class Engine(wiring.Component):
                 with m.If(steps_left == 0):
                     m.next = "RUN_RESPOND"
                 with m.Else():
-                    m.d.sync += pc.eq(0)
+                    m.d.sync += [pc.eq(0), first_record.eq(1)]
                     m.next = "FETCH_CHECK"
             with m.State("FETCH"):
                 # one word per cycle: the word read in the previous cycle arrives now (read latency
                 # 1), is registered, goes into its group's staging register and lands in the
                 # instruction register a cycle later; DECODE's tests are registered from it once
-                # more, so MACHINE_WORDS + 4 cycles per record
+                # more. First the mask's words (MASK_WORDS cycles, then 2 for the last to land),
+                # then one cycle per record word: MASK_WORDS + MACHINE_WORDS + 6 cycles per record.
+                body = MASK_WORDS + 2
                 m.d.comb += [running.eq(1), prog_rd.addr.eq(pc)]
                 m.d.sync += fetched.eq(fetched + 1)
-                with m.If(fetched < MACHINE_WORDS):
-                    m.d.sync += [pc.eq(pc + 1), arriving.eq(1)]      # (the word read now arrives next cycle)
-                with m.If(fetched == MACHINE_WORDS + 3):
-                    m.d.sync += fetched.eq(0)
-                    m.next = "DECODE"
+                with m.If(fetched < MASK_WORDS):
+                    m.d.sync += [pc.eq(pc + 1), mask_arriving.eq(1)]
+                with m.If(fetched == body):
+                    # (mask bits past the record would shift the rest of the program out of step)
+                    m.d.sync += fetch_bad.eq(mask[MACHINE_WORDS:].any() |
+                                             (first_record & ~mask[:MACHINE_WORDS].all()))
+                with m.If((fetched >= body) & (fetched < body + MACHINE_WORDS)):
+                    m.d.sync += [mask.eq(mask >> 1), arriving.eq(1)]
+                    with m.If(mask[0]):
+                        m.d.sync += [pc.eq(pc + 1), carried.eq(1)]       # (the word read now arrives next cycle)
+                        with m.If(pc >= cfg.program_words):
+                            m.d.sync += fetch_bad.eq(1)
+                with m.If(fetched == body + MACHINE_WORDS + 3):
+                    m.d.sync += [fetched.eq(0), first_record.eq(0)]
+                    with m.If(fetch_bad):
+                        m.d.sync += status.eq(Status.BAD_INSTRUCTION)
+                        abort()
+                    with m.Else():
+                        m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += running.eq(1)
                 keep, to_chip, to_ext, no_pass1 = dec["keep"], dec["to_chip"], dec["to_ext"], dec["no_pass1"]
                 with m.If(~keep):
                     m.d.sync += [p1_left.eq(ins.qcount >> shift_l), pass2.eq(no_pass1),
                                  sum_wa.eq(0), stored_on.eq(to_chip | to_ext), store_ext.eq(to_ext),
-                                 from_sums.eq(no_pass1 & (to_chip | to_ext))]
+                                 from_sums.eq(no_pass1 & (to_chip | to_ext)), from_chip_sums.eq(no_pass1 & to_chip)]
                     if cfg.external_sum_words:
                         m.d.sync += [sum_xw.eq(0), sum_chunk.eq(0), share_rd.eq(no_pass1 & to_ext)]
                 m.d.sync += [done.eq(0), done_pending.eq(0), sum_rd_addr.eq(0), sum_rd_left.eq(0),
@@ -1219,7 +1254,8 @@ class Engine(wiring.Component):
                             abort()
             with m.State("FETCH_CHECK"):
                 m.d.comb += running.eq(1)
-                with m.If(pc + MACHINE_WORDS > cfg.program_words):
+                m.d.sync += fetch_bad.eq(0)
+                with m.If(pc + MASK_WORDS > cfg.program_words):
                     m.d.sync += status.eq(Status.BAD_INSTRUCTION)
                     abort()
                 with m.Else():

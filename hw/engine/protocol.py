@@ -32,7 +32,7 @@ Targets and their items (bits; ``L`` = lanes):
 
 ============  ==  ============================================================================
 ``PROGRAM``   0   one 32-bit word of the program image (:func:`hw.engine.encoding.encode_program`:
-                  :data:`~hw.engine.encoding.MACHINE_WORDS` words per instruction)
+                  per instruction a delta record, a mask and the words that changed)
 ``ACT``       1   activation word: L × int8 data, then L ReLU-mask bits, then L saturation-mask bits,
                   then L 2-bit pool indices (which position of its 2×2 window a pooled value came from)
 ``ERR``       2   error word: L × int8
@@ -96,7 +96,7 @@ COUNTERS = ("run_cycles", "fwd_cycles", "loss_cycles", "err_cycles", "grad_cycle
 IDENT = ("magic", "format_version", "fingerprint", "lanes", "data_words", "weight_words", "label_words",
          "program_words", "machine_words", "external_words", "external_weight_words")
 MAGIC = 0x45474157                  # "WAGE", little-endian
-FORMAT_VERSION = 4                  # 4: the COPY_ACT operation; 3: IDENT external_words, COUNTERS ext words; 2: 32-bit program words
+FORMAT_VERSION = 5                  # 5: delta records in the program image; 4: the COPY_ACT operation; 3: IDENT external_words, COUNTERS ext words; 2: 32-bit program words
 
 LABEL_BITS = 16
 ARGUMENTS = {Command.WRITE: 2, Command.READ: 2, Command.RUN: 3, Command.COUNTERS: 0, Command.IDENT: 0}
