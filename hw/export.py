@@ -61,7 +61,9 @@ JSON keys (``"format": 1``; a key is never dropped, absent things are ``null`` o
                       rebuilds the config), ``"fingerprint"`` (:meth:`EngineConfig.fingerprint`,
                       the IDENT word), ``"derived": {"lanes", "batch", "external_width",
                       "data_space", "weight_space", "external_depth", "max_reduction",
-                      "folds_input", "addr_bits", "machine_words"}}``.
+                      "folds_input", "addr_bits", "machine_words", "mask_words"}}`` (a
+                      program image is delta records: ``mask_words`` of mask, then the carried
+                      words of the ``machine_words``-word record, :mod:`hw.engine.encoding`).
 ``memory_map``        protocol target name -> ``{"code"`` (the target's number), ``"range": [0,
                       n)`` (valid WRITE/READ addresses, in items), ``"item_bits"``,
                       ``"item_words"`` (32-bit words per item on the host stream, least
@@ -92,7 +94,7 @@ from amaranth.lib.wiring import In
 
 from hw.engine import protocol
 from hw.engine.config import EngineConfig
-from hw.engine.encoding import MACHINE_WORDS
+from hw.engine.encoding import MACHINE_WORDS, MASK_WORDS
 from hw.engine.engine import Engine
 from hw.engine.extmem import ExternalMemorySignature
 from hw.engine.isa import ADDR_BITS
@@ -360,7 +362,7 @@ def describe(engine: Engine, text: str, name: str) -> dict:
                         "data_space": config.data_space, "weight_space": config.weight_space,
                         "external_depth": config.external_depth, "max_reduction": config.max_reduction,
                         "folds_input": config.folds_input, "addr_bits": ADDR_BITS,
-                        "machine_words": MACHINE_WORDS},
+                        "machine_words": MACHINE_WORDS, "mask_words": MASK_WORDS},
         },
         "memory_map": _memory_map(config),
     }

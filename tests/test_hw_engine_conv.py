@@ -254,8 +254,9 @@ def test_err_bands_of_lenet5_conv2():
 
 def test_bands_walk_exactly_the_valid_taps():
     """LeNet-5's conv2 error product in bands: the parts together walk every valid beat of the whole
-    product in 2/3 of its beats (no kernel row outside the map is walked; the columns still are)."""
-    _, banded = compile_banded("lenet5", 16, 16)
+    product in 2/3 of its beats (no kernel row outside the map is walked; the columns still are).
+    (1,024 program words hold the 9 row bands' records, not the column groups'.)"""
+    _, banded = compile_banded("lenet5", 16, 16, program_words=1024)
     _, whole = compile_banded("lenet5", 16, 16, sum_words=0)
     parts = _band_records(banded)
     assert len(parts) == 9
@@ -296,14 +297,15 @@ def test_column_groups_of_lenet5_conv2():
 
 
 def test_column_groups_walk_every_valid_beat():
-    """With 16,384 program words LeNet-5's conv2 error product runs in 9 row bands × 6 column groups
-    of 2 (the smallest groups whose records fit): every valid beat of the whole product, in
+    """With 1,792 program words LeNet-5's conv2 error product runs in 9 row bands × 6 column groups
+    of 2 (the smallest groups whose delta records fit): every valid beat of the whole product, in
     40·44 of its 60·60 (kernel row, input row) × (kernel column, input column) pairs."""
-    _, grouped = compile_banded("lenet5", 16, 16, program_words=16384)
+    from hw.engine.encoding import encode_program
+    _, grouped = compile_banded("lenet5", 16, 16, program_words=1792)
     _, whole = compile_banded("lenet5", 16, 16, sum_words=0)
     parts = _band_records(grouped)
     assert len(parts) == 54
-    assert len(grouped.instructions) * 211 <= 16384
+    assert len(encode_program(grouped.instructions)) <= 1792
     whole_err = next(ins for ins in whole.instructions if isinstance(ins, ConvInstruction)
                      and ins.op == ConvOp.CONV_ERR and ins.layer == 1)
     _, whole_valid = whole_err.a.address_array(16)
@@ -314,9 +316,9 @@ def test_column_groups_walk_every_valid_beat():
 def test_column_grouped_model_matches_golden_bit_for_bit(embedded):
     """A valid 5×5 convolution's error product in 9 row bands × column groups (rows in (group, y,
     b, x) order, the finish record's patterns over all of them): A, E and W equal golden's."""
-    wage, program = compile_banded("8C5-MP2-16C5-MP2-32FC-10", 4, 4, program_words=16384)
+    wage, program = compile_banded("8C5-MP2-16C5-MP2-32FC-10", 4, 4, program_words=1792)
     parts = _band_records(program)
-    assert len(parts) == 9 * 6                    # groups of 2 columns (groups of 1 need 122 records)
+    assert len(parts) == 9 * 6                    # groups of 2 columns (groups of 1 need over 2,560 words)
     train_both(wage, program, embedded, steps=2)
     assert_parts_walk_as_their_closed_form(program, 4)
 
@@ -331,10 +333,10 @@ def test_several_banded_products_fall_back_one_by_one(embedded):
     def parts(program):
         return collections.Counter(ins.layer for ins in _band_records(program))
 
-    wage, program = compile_banded(net, 4, 4, program_words=12000)
+    wage, program = compile_banded(net, 4, 4, program_words=1792)
     assert parts(program) == {1: 9 * 3, 2: 5}     # groups of 4 columns; the 3×3 in row bands only
-    assert parts(compile_banded(net, 4, 4, program_words=8192)[1]) == {1: 9, 2: 5}
-    assert parts(compile_banded(net, 4, 4, program_words=6000)[1]) == {}
+    assert parts(compile_banded(net, 4, 4, program_words=1408)[1]) == {1: 9, 2: 5}
+    assert parts(compile_banded(net, 4, 4, program_words=1152)[1]) == {}
     train_both(wage, program, embedded, steps=2)
     assert_parts_walk_as_their_closed_form(program, 4)
 

@@ -99,7 +99,8 @@ def test_json_round_trips_to_the_config(exported):
         "lanes": config.lanes, "batch": config.batch, "external_width": config.external_width,
         "data_space": config.data_space, "weight_space": config.weight_space,
         "external_depth": config.external_depth, "max_reduction": config.max_reduction,
-        "folds_input": config.folds_input, "addr_bits": ADDR_BITS, "machine_words": params["derived"]["machine_words"]}
+        "folds_input": config.folds_input, "addr_bits": ADDR_BITS, "machine_words": params["derived"]["machine_words"],
+        "mask_words": -(-params["derived"]["machine_words"] // 32)}
     proto = desc["protocol"]
     assert proto["commands"] == {c.name: int(c) for c in protocol.Command}
     assert proto["targets"] == {t.name: int(t) for t in protocol.Target}
