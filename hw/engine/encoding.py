@@ -11,8 +11,8 @@ The program image stores each record as a *delta* of the one before it (:func:`e
 :data:`MASK_WORDS` words of mask (bit i of mask word j set: record word 32·j + i follows), then the
 record words the mask names, lowest first. A word not named keeps the previous record's value in
 the instruction register. The first record names every word (the register holds anything when a
-RUN starts; the engine refuses a first record that does not: ``BAD_INSTRUCTION``), as do mask bits
-past the record. Consecutive records differ in a few fields (the parts of a product in their
+RUN starts). The engine answers ``BAD_INSTRUCTION`` for a first record that does not, for mask bits
+past the record and for a record cut off by the memory's end (:func:`decode_program` names them). Consecutive records differ in a few fields (the parts of a product in their
 patterns' bases and limits), so LeNet-5's programs take about a fifth of the words that whole
 records did, and the program memory holds that many more parts and staging records.
 
@@ -68,21 +68,23 @@ def machine_layout() -> data.StructLayout:
 _MACHINE_OP = {ConvOp.CONV_FWD: Op.FWD, ConvOp.CONV_ERR: Op.ERR, ConvOp.CONV_GRAD: Op.GRAD}
 
 
-@functools.lru_cache(maxsize=4096)
 def encode_instruction(ins) -> int:
-    """One instruction (isa or conv) as a :data:`MACHINE_BITS`-bit integer (cached: the compilers
-    size many candidate programs that share their instructions)."""
+    """One instruction (isa or conv) as a :data:`MACHINE_BITS`-bit integer."""
+    if not isinstance(ins, (ConvInstruction, Instruction)):
+        raise TypeError(f"instruction={ins!r}: must be a hw.engine.isa.Instruction or a hw.engine.conv.ConvInstruction")
+    return _encode(ins)
+
+
+@functools.lru_cache(maxsize=4096)
+def _encode(ins) -> int:
+    # (cached: the compilers size many candidate programs that share their instructions)
     if isinstance(ins, ConvInstruction):
         value = dict(op=_MACHINE_OP[ins.op], layer=ins.layer, relu=ins.relu, shift=ins.shift, qcount=ins.qcount,
                      stored=ins.stored, part=ins.part, part_count=ins.part_count, pool=ins.pool, unpool_dx=ins.unpool_dx, unpool_dy=ins.unpool_dy)
-        pats = {name: getattr(ins, name) for name in SLOTS}
-    elif isinstance(ins, Instruction):
+    else:
         value = dict(op=ins.op, layer=ins.layer, relu=ins.relu, shift=ins.shift, qcount=ins.qcount,
                      onehot=ins.onehot, stored=ins.stored)
-        pats = {name: getattr(ins, name) for name in SLOTS}
-    else:
-        raise TypeError(f"instruction={ins!r}: must be a hw.engine.isa.Instruction or a hw.engine.conv.ConvInstruction")
-    value.update({name: slot_payload(p) for name, p in pats.items()})
+    value.update({name: slot_payload(getattr(ins, name)) for name in SLOTS})
     return machine_layout().const(value).as_bits()
 
 
