@@ -78,6 +78,8 @@ def test_a_draw_pattern_that_does_not_fit_is_named():
 def test_not_an_instruction_is_named():
     with pytest.raises(TypeError, match="instruction='FWD'"):
         encode_instruction("FWD")
+    with pytest.raises(TypeError, match=r"instruction=\{'op': 1\}: must be"):     # (unhashable: not cached)
+        encode_instruction({"op": 1})
 
 
 def test_a_program_too_long_for_the_program_memory_is_named():
