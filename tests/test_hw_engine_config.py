@@ -108,6 +108,33 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
     assert port_bound_cycles(config, compile_network(config.replace(program_words=3072)).instructions) == 28_410_368
 
 
+def test_lenet5_batch_128_on_the_sdram_stages_conv2s_error_operand():
+    """The b128 configuration for the ULX3S's SDRAM (external_cycles_per_word = 7): conv2's error
+    product reads E1 (65,536 words) from 8 COPY records of 16 images into E2's dead words instead of
+    once per valid tap through the port (6,553,600 words), in 8 bands × 54 parts (the 108-part
+    records of 8 bands would not fit 16,384 program words). The port-bound estimate at 7 cycles a
+    word falls from 156,069,376 to 116,829,696 cycles; at a word per cycle the finer unstaged parts
+    are better (27,927,040 against 28,500,480), which is what the word-per-cycle configuration
+    compiles to. The finish record's band digit gives the out and aux walks a fifth digit."""
+    from hw.engine.compiler import compile_network, port_bound_cycles
+    from hw.engine.isa import Op
+    config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
+    sdram = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_sdram.json")
+    assert sdram == config.replace(external_cycles_per_word=7)
+    program, unstaged = compile_network(sdram), compile_network(config)
+    e1 = program.errors[1]
+    copies = [ins for ins in program.instructions if ins.op == Op.COPY]
+    assert [(c.aux.base, c.aux.nk, c.out.base) for c in copies[:8]] == [(e1.base + 8192 * n, 8192, 0) for n in range(8)]
+    assert len(copies) == 16 and program.overwritten == ("E2",)             # and conv2's gradient blocks
+    assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in program.instructions) == 8 * 54
+    assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in unstaged.instructions) == 108
+    assert [port_bound_cycles(sdram, p.instructions) for p in (program, unstaged)] == [116_829_696, 156_069_376]
+    assert [port_bound_cycles(config, p.instructions) for p in (program, unstaged)] == [28_500_480, 27_927_040]
+    assert (sdram.slot_digits["out"], sdram.slot_digits["aux"]) == ((5, 3), (5, 1))
+    with pytest.raises(EngineConfigError, match=r"external_cycles_per_word=0: must be an integer in 1\.\.1024"):
+        config.replace(external_cycles_per_word=0)
+
+
 def test_lenet5_batch_128_also_stages_conv2s_input():
     """The b128 step (16,384 program words; 4,770 words of delta records) holds conv2's error
     product in its finest parts (108, groups of one column) and conv2's forward product in 10 batch
@@ -116,15 +143,19 @@ def test_lenet5_batch_128_also_stages_conv2s_input():
     forward products read A0 once (73,728 words) instead of 6,553,600 times; the port-bound
     estimate rises by the copies' 73,728 cycles (a port of a word per cycle kept up with the whole
     product). With fewer program words (4,608) the bands would cost the error product's finest
-    parts, so that program has none. The 22,528-word configuration, which whole records needed
-    for 10 bands and 54 parts, compiles to the same program."""
+    parts, so that program has none. The 22,528-word configuration (whole records needed it for 10
+    bands and 54 parts) now also holds conv2's error product staged in 8 batch bands of 108 parts
+    each (17,920 words): the same array beats with E1 read once, 81,920 fewer port-bound cycles."""
     from hw.engine.compiler import MemoryPlan, compile_network, port_bound_cycles, tensor_reads
     from hw.engine.isa import Op
     config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
     staged = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_staged.json")
     assert staged == config.replace(program_words=22528)
     program = compile_network(config)
-    assert compile_network(staged).instructions == program.instructions
+    finest = compile_network(staged)
+    assert sum(ins.op == Op.COPY for ins in finest.instructions) == 8 + 8
+    assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in finest.instructions) == 8 * 108
+    assert port_bound_cycles(config, finest.instructions) == 27_853_312 + 73_728 - 81_920
     a0, a1, a2 = program.activations[:3]
     copies = [ins for ins in program.instructions if ins.op == Op.COPY_ACT]
     assert [(c.aux.base - a0.base, c.out.base, c.out.nk) for c in copies] == \

@@ -362,3 +362,51 @@ def test_bands_need_whole_row_tiles_and_room_for_the_records():
     tight = EngineConfig(wage, lanes=4, data_words=1 << 16, weight_words=1 << 16, sum_words=1 << 14,
                          program_words=len(encode_program(banded.instructions)) - 1)
     assert not _band_records(compile_conv_network(tight))          # whole again, and it fits
+
+
+# ---- error products staged in batch bands ----------------------------------------------------------
+
+def compile_err_staged(data_words=32, rate=1, program_words=4096):
+    """4C3p-MP2-8C3-10 on 8×8 crops at batch 8, 4 lanes: E1 (64 words, 8 per image) spills past
+    ``data_words``."""
+    wage = WageConfig(net="4C3p-MP2-8C3-10", input_shape=(1, 8, 8), batch_size=8, seed=7)
+    config = EngineConfig(wage, lanes=4, data_words=data_words, weight_words=40, label_words=8, external_words=4096,
+                          external_weight_words=256, sum_words=16, external_sum_words=4096,
+                          external_cycles_per_word=rate, program_words=program_words)
+    return wage, compile_conv_network(config)
+
+
+def cropped(embedded):
+    """The embedded images' middle 8×8 (the corners of a 28×28 digit are blank)."""
+    import types
+    return types.SimpleNamespace(train_images=embedded.train_images[:, :, 10:18, 10:18],
+                                 train_labels=embedded.train_labels)
+
+
+def test_staged_error_bands_model_matches_golden_bit_for_bit(embedded):
+    """Conv2's error product with E1 staged in 2 bands of 4 images over E2's dead words: a COPY and
+    16 parts per band, the finish record walking (band, group, y, b, x); A, E and W equal golden's,
+    and the finish record's band stride one image off is caught."""
+    wage, program = compile_err_staged()
+    names = [str(ins) for ins in program.instructions]
+    first = names.index("CONV_ERR layer 1 part 1") - 1
+    assert names[first:first + 35] == ["COPY layer 1", "CONV_ERR layer 1 part 1", *["CONV_ERR layer 1 part"] * 15,
+                                       "COPY layer 1", *["CONV_ERR layer 1 part"] * 16, "CONV_ERR layer 1 +unpool finish"]
+    assert program.overwritten == ("E2",)
+    finish = program.instructions[first + 34]
+    assert finish.out.pos_radix == (2, 4, 4, 4, 1) and finish.out.pos_addr[0] == 4 * 16 * 2 * 2
+    train_both(wage, program, cropped(embedded), steps=3)
+    assert_parts_walk_as_their_closed_form(program, 4)
+    off = dataclasses.replace(finish.out, pos_addr=(finish.out.pos_addr[0] - 64, *finish.out.pos_addr[1:]))
+    program.instructions[first + 34] = dataclasses.replace(finish, out=off)
+    assert "E0" in train_both(wage, program, cropped(embedded), steps=1, check=False)
+
+
+def test_error_staging_needs_a_spilled_operand():
+    """Two COPY records stage E1 for the error product (and two its blocks for the gradient
+    product) while it spills; with E1 on chip neither product stages."""
+    from hw.engine.isa import Op
+    _, staged = compile_err_staged()
+    assert sum(ins.op == Op.COPY for ins in staged.instructions) == 2 + 2
+    _, on_chip = compile_err_staged(data_words=128)
+    assert on_chip.errors[1].end <= 128 and not any(ins.op == Op.COPY for ins in on_chip.instructions)

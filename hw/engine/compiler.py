@@ -42,6 +42,7 @@ because then conv2's gradient stages E1 block by block in the free words (tile s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 from golden.config import WageConfig
@@ -286,10 +287,18 @@ def _valid_addresses(pattern, lanes: int):
     return np.asarray(address)[np.asarray(valid)]
 
 
+@functools.lru_cache(maxsize=8192)
+def _external_reads(pattern, lanes: int, limit: int) -> int:
+    """Valid beats of ``pattern`` at addresses ≥ ``limit`` (cached: the compilers cost many
+    candidate programs that share their patterns)."""
+    return int((_valid_addresses(pattern, lanes) >= limit).sum())
+
+
 def port_bound_cycles(config: EngineConfig, instructions: list) -> int:
-    """A lower bound on a step's cycles with its external words through a one-word-per-cycle
-    port: per instruction, the larger of its array beats and its external words read (operands,
-    masks, weights beyond the weight store); what :func:`choose_placement` minimises."""
+    """A lower bound on a step's cycles with its external words through a port that moves one
+    word per ``config.external_cycles_per_word`` cycles: per instruction, the larger of its array
+    beats and the cycles of its external words read (operands, masks, weights beyond the weight
+    store); what :func:`choose_placement` and the convolution compiler's staging choices minimise."""
     total = 0
     for ins in instructions:
         beats, words = 0, 0
@@ -297,10 +306,10 @@ def port_bound_cycles(config: EngineConfig, instructions: list) -> int:
             if not passes or pattern.length <= 1:
                 continue
             limit = config.weight_words if memory == "weights" else config.data_words
-            words += passes * int((_valid_addresses(pattern, config.lanes) >= limit).sum())
+            words += passes * _external_reads(pattern, config.lanes, limit)
             if k == 0:
                 beats = passes * pattern.length
-        total += max(beats, words)
+        total += max(beats, words * config.external_cycles_per_word)
     return total
 
 

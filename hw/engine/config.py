@@ -81,6 +81,14 @@ class EngineConfig:
     there and its operand beats outnumber the words moved (its sums through the port cost less
     than its array pass).
 
+    ``external_cycles_per_word``: the cycles per word the memory behind the port sustains, for the
+    compiler's cost model only (:func:`hw.engine.compiler.port_bound_cycles`): 1 for a memory that
+    keeps up with the port, 7 for the ULX3S's 16-bit SDRAM at 8 lanes (a 96-bit word is 6 column
+    cycles, plus row changes and refresh: LeNet-5's b128 gradient phase took 71.4 M cycles for
+    10.0 M words read). Where the array's beats outrun the memory it
+    weighs staging a spilled operand on chip (more program records, coarser parts) against reading
+    it through the port; the hardware is the same either way.
+
     ``target``: "generic" (simulation; data and weight memories up to 2^20 words) or "ecp5"
     (MULT18X18D and DP16KD instances; memories deeper than a DP16KD column are split into banks,
     :func:`hw.bram.bank_depths`). Either way data and weight memories hold up to 2^20 words.
@@ -96,6 +104,7 @@ class EngineConfig:
     external_weight_words: int = 0
     sum_words: int = 0
     external_sum_words: int = 0
+    external_cycles_per_word: int = 1
     target: str = "generic"
 
     def __post_init__(self):
@@ -142,6 +151,7 @@ class EngineConfig:
         if self.external_depth > 1 << ADDR_BITS:
             raise EngineConfigError(f"external_words + external_weight_words + external_sum_words = "
                                     f"{self.external_depth}: the external memory has at most 2^{ADDR_BITS} words")
+        _positive_int("external_cycles_per_word", self.external_cycles_per_word, 1, 1024)
         _positive_int("label_words", self.label_words, 1, 1 << 20)
         _positive_int("program_words", self.program_words, 1, 1 << 16)
         if not isinstance(self.fold_input, bool):

@@ -120,6 +120,16 @@ carries the draw pattern (the quantiser's draw prefetch starts with pass 1), the
 program memory the extra records, and :func:`hw.engine.compiler.choose_placement` weighs it
 against keeping part of a tensor on chip instead.
 
+A stored CONV_ERR in parts whose operand E_l is spilled may be staged as well
+(:func:`compile_conv_err_bands` with ``stage``): in batch bands, each after a COPY of the band's
+E_l words (images are the map's outermost dimension) into error-scratchpad words the step no
+longer needs, the band's parts reading them there; the rows then run in (band, group, y, b, x)
+order, which the finish record walks. The bands multiply the parts' records, so in the same
+program memory staging comes with coarser parts (more array beats) and the compiler takes it when
+the port-bound estimate at the memory's rate (``EngineConfig.external_cycles_per_word``) is lower:
+LeNet-5's b128 conv2 on the ULX3S's SDRAM reads E1 once (65,536 words) instead of 6.55 million
+times, in 8 bands × 54 parts; with a port of a word per cycle the 108 unstaged parts win.
+
 A CONV_FWD whose input map is spilled and read more than once per word may be staged too
 (:func:`compile_conv_fwd_staged`): it runs in batch bands, each after an isa COPY_ACT record that
 copies the band's input words (whole activation words) into activation-scratchpad words that no
@@ -150,7 +160,7 @@ from golden.prng import sr_draws
 from golden.quant import forward_weights, quantize_activation, quantize_error, quantize_gradient
 
 from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, check_program_fits, choose_placement,
-                       choose_store_then_quantise, fc_error, fc_forward, fc_gradient, loss)
+                       choose_store_then_quantise, fc_error, fc_forward, fc_gradient, loss, port_bound_cycles)
 from .config import EngineConfig
 from .isa import (ADDR_BITS, COUNT_BITS, KCOUNT_BITS, STORES, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel,
                   check_unsigned_fields)
@@ -648,7 +658,8 @@ def err_column_group_sizes(wage: WageConfig, index: int, lanes: int) -> list[int
 
 
 def compile_conv_err_bands(wage: WageConfig, index: int, e: MapLayout, w: WeightLayout, e_prev: MapLayout,
-                           a_prev: MapLayout, lanes: int, stored: int, columns: int | None = None) -> list | None:
+                           a_prev: MapLayout, lanes: int, stored: int, columns: int | None = None,
+                           stage: tuple[int, int] | None = None) -> list | None:
     """CONV_ERR of conv layer ``index`` in parts (``stored`` sums only): its rows split into groups
     of ``columns`` input columns (default: the whole width, one group) and, in each, into bands of
     input rows y with the same valid kernel rows; each part walks only the kernel rows valid in its
@@ -656,7 +667,15 @@ def compile_conv_err_bands(wage: WageConfig, index: int, e: MapLayout, w: Weight
     others: 56 % of LeNet-5's conv2 taps). Rows run in (column group, y, b, x) order. A finish record
     then quantises the whole tensor from the stored sums (:data:`PART_FIRST` …). None when it does
     not apply: one part only (every tap valid everywhere), or parts that are not whole row tiles
-    (batch · ``columns`` not a multiple of L; :func:`err_column_group_sizes` lists the sizes that are)."""
+    (batch · ``columns`` not a multiple of L; :func:`err_column_group_sizes` lists the sizes that are).
+
+    ``stage`` = (stage base, images): ``e`` is staged in batch bands of ``images`` images (a divisor
+    of the batch): before each band's parts a COPY record copies the band's E_l words (images are
+    the map's outermost dimension) to the stage base in the error scratchpad, and the parts read
+    them there. The parts alone read every E_l word once per valid tap and weight word; staged, a
+    spilled E_l goes through the port once (LeNet-5's conv2 at batch 128: 65,536 words instead of
+    6.55 million). Rows then run in (band, column group, y, b, x) order, which the finish record walks;
+    the bands' rows are disjoint, so the parts are the same sums in another order."""
     layer = wage.layers[index]
     L, batch = lanes, wage.batch_size
     c, h, wd = layer.in_shape
@@ -671,50 +690,65 @@ def compile_conv_err_bands(wage: WageConfig, index: int, e: MapLayout, w: Weight
     ow, wpi, wpt, wpr = e.words_per_position, _cdiv(c, L), w.words_per_tap, w.words_per_row
     n2, total_n1 = wpi, h * batch * wd // L
     qcount = total_n1 * n2 * L * L
+    image, prev_image = ho * wo * ow, h * wd * wpi             # words per image of E_l and of A_(l-1)
+    nb = batch if stage is None else stage[1]
+    if not _is_int(nb) or not 1 <= nb <= batch or batch % nb:
+        raise ValueError(f"stage={stage!r}: the images per band must divide the batch {batch}")
+    if (nb * g) % L:
+        return None
 
-    def rows(base, n1, radix, addr):
-        """A result-row pattern (aux or out): L rows per tile, channel block t2; the batch digit is
-        the second but last."""
+    def rows(base, n1, radix, addr, images):
+        """A result-row pattern (aux or out): L rows per tile, channel block t2; the batch digit
+        (``images`` in it) is the second but last."""
         coord = ((0, 0, 0),) * (len(radix) - 2) + ((0, 0, 1), (0, 0, 0))
         return ConvPattern(base=base, s2=1, n1=n1, n2=n2, nr=L, pos_drive=Drive.T1R, pos_radix=radix, pos_addr=addr,
-                           pos_coord=coord, coord_lim=(1, 1, batch))
+                           pos_coord=coord, coord_lim=(1, 1, images))
 
     ins = []
-    for x_lo, j_lo, j_n in groups:
-        for y_lo, y_n, i_lo, i_n in bands:
-            n1 = y_n * batch * g // L
-            radix = (y_n, batch, g)                    # rows (y, b, x), exactly the part's positions
-            a_pat = ConvPattern(
-                base=e.base + (y_lo + pad - i_lo) * wo * ow + (x_lo + pad - j_lo) * ow, n1=n1, n2=n2,
-                nk=i_n * j_n * ow, nr=L,
-                pos_drive=Drive.T1R, pos_radix=radix, pos_addr=(wo * ow, ho * wo * ow, ow),
-                pos_coord=((1, 0, 0), (0, 0, 1), (0, 1, 0)),
-                tap_drive=Drive.K, tap_radix=(i_n, j_n, ow), tap_addr=(-wo * ow, -ow, 1),
-                tap_coord=((-1, 0, 0), (0, -1, 0), (0, 0, 0)),
-                coord_base=(y_lo + pad - i_lo, x_lo + pad - j_lo, 0), coord_lim=(ho, wo, batch))
-            b_pat = ConvPattern(
-                base=w.base + i_lo * k * wpt + j_lo * wpt, s2=1, n1=n1, n2=n2, nk=i_n * j_n * ow * L, nr=1,
-                tap_drive=Drive.K, tap_radix=(i_n, j_n, ow * L), tap_addr=(k * wpt, wpt, wpr),
-                tap_coord=((0, 0, 0), (0, 0, 0), (1, 0, 0)), coord_lim=(o, 1, 1))
-            aux = rows(a_prev.base + (y_lo * wd + x_lo) * wpi, n1, radix, (wd * wpi, h * wd * wpi, wpi))
-            ins.append(ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=qcount, stored=stored,
-                                       part=PART_FIRST if not ins else PART_NEXT, part_count=n1 * n2 * L * L,
-                                       a=a_pat, b=b_pat, aux=aux))
-    # the finish record: pass 2 over every row, (column group, y, b, x) order
+    for first in range(0, batch, nb):
+        e_base = e.base + first * image
+        if stage is not None:
+            e_base = stage[0]
+            ins.append(Instruction(Op.COPY, layer=index, aux=AddressPattern(e.base + first * image, sk=1, nk=nb * image),
+                                   out=AddressPattern(stage[0], sk=1, nk=nb * image)))
+        for x_lo, j_lo, j_n in groups:
+            for y_lo, y_n, i_lo, i_n in bands:
+                n1 = y_n * nb * g // L
+                radix = (y_n, nb, g)                       # rows (y, b, x), exactly the part's positions
+                a_pat = ConvPattern(
+                    base=e_base + (y_lo + pad - i_lo) * wo * ow + (x_lo + pad - j_lo) * ow, n1=n1, n2=n2,
+                    nk=i_n * j_n * ow, nr=L,
+                    pos_drive=Drive.T1R, pos_radix=radix, pos_addr=(wo * ow, image, ow),
+                    pos_coord=((1, 0, 0), (0, 0, 1), (0, 1, 0)),
+                    tap_drive=Drive.K, tap_radix=(i_n, j_n, ow), tap_addr=(-wo * ow, -ow, 1),
+                    tap_coord=((-1, 0, 0), (0, -1, 0), (0, 0, 0)),
+                    coord_base=(y_lo + pad - i_lo, x_lo + pad - j_lo, 0), coord_lim=(ho, wo, nb))
+                b_pat = ConvPattern(
+                    base=w.base + i_lo * k * wpt + j_lo * wpt, s2=1, n1=n1, n2=n2, nk=i_n * j_n * ow * L, nr=1,
+                    tap_drive=Drive.K, tap_radix=(i_n, j_n, ow * L), tap_addr=(k * wpt, wpt, wpr),
+                    tap_coord=((0, 0, 0), (0, 0, 0), (1, 0, 0)), coord_lim=(o, 1, 1))
+                aux = rows(a_prev.base + first * prev_image + (y_lo * wd + x_lo) * wpi, n1, radix,
+                           (wd * wpi, prev_image, wpi), nb)
+                opened = any(isinstance(one, ConvInstruction) for one in ins)
+                ins.append(ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=qcount, stored=stored,
+                                           part=PART_NEXT if opened else PART_FIRST, part_count=n1 * n2 * L * L,
+                                           a=a_pat, b=b_pat, aux=aux))
+    # the finish record: pass 2 over every row, (band, column group, y, b, x) order, digits of one
+    # value left out
     prev = wage.layers[index - 1]
-    radix = (len(groups), h, batch, g)
-    aux = rows(a_prev.base, total_n1, radix, (g * wpi, wd * wpi, h * wd * wpi, wpi))
     if prev.pool:
         hp, wp = prev.product_shape[1:]
         # each window's first word
-        addr, dx, dy = (2 * g * wpi, 2 * wp * wpi, hp * wp * wpi, 2 * wpi), wpi, wp * wpi
+        out_image, out_addr, dx, dy = hp * wp * wpi, (2 * g * wpi, 2 * wp * wpi, hp * wp * wpi, 2 * wpi), wpi, wp * wpi
     else:
-        addr, dx, dy = (g * wpi, wd * wpi, h * wd * wpi, wpi), 0, 0
-    if len(groups) == 1:                               # (y, b, x): no group digit
-        radix, addr, aux = radix[1:], addr[1:], rows(a_prev.base, total_n1, radix[1:], (wd * wpi, h * wd * wpi, wpi))
-    out = rows(e_prev.base, total_n1, radix, addr)
+        out_image, out_addr, dx, dy = prev_image, (g * wpi, wd * wpi, prev_image, wpi), 0, 0
+    digits = [(batch // nb, nb * prev_image, nb * out_image), (len(groups), g * wpi, out_addr[0]),
+              (h, wd * wpi, out_addr[1]), (nb, prev_image, out_addr[2]), (g, wpi, out_addr[3])]
+    digits = [d for n, d in enumerate(digits) if n >= 2 or d[0] > 1]
+    radix, aux_addr, out_addr = (tuple(d[m] for d in digits) for m in range(3))
     ins.append(ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=qcount, stored=stored, part=PART_FINISH,
-                               unpool_dx=dx, unpool_dy=dy, out=out, aux=aux))
+                               unpool_dx=dx, unpool_dy=dy, out=rows(e_prev.base, total_n1, radix, out_addr, nb),
+                               aux=rows(a_prev.base, total_n1, radix, aux_addr, nb)))
     return ins
 
 
@@ -935,16 +969,36 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
             return None
         return base, images
 
+    def error_stage(plan, i: int, columns: int | None) -> tuple[int, int] | None:
+        """(stage base, images per band) for layer i's error product in parts of ``columns``
+        columns, or None: its operand E_i is on chip, or no band (the most images dividing the
+        batch, whose rows make whole tiles) fits the error scratchpad (:func:`stage_base`; at
+        layer i's error product the same tensors are live as at its gradient product)."""
+        e = plan.errors[i]
+        if e.end <= config.data_words:
+            return None
+        image, g = e.words // batch, columns or layers[i].in_shape[2]
+        for images in (n for n in range(batch, 0, -1) if batch % n == 0 and (n * g) % L == 0):
+            base = stage_base(plan, i, images * image)
+            if base is not None:
+                return base, images
+        return None
+
     def is_conv_err(one) -> bool:
         return (isinstance(one, ConvInstruction) and one.op == ConvOp.CONV_ERR and one.part == PART_WHOLE
                 and layers[one.layer].kind == "conv")
 
     from .encoding import encode_program
 
-    def build(staging: tuple[str, ...]):
-        """(finest error-part size index that fits, or inf; plan; instructions) with ``staging``."""
-        # (the placement is chosen on the whole error products; the bands below read the same tensors)
-        plan, ins = choose_placement(config, lambda plan: emit(plan, staging), placement)
+    def build(staging: tuple[str, ...], plan=None):
+        """(finest error-part size index that fits, or inf; plan; instructions) with ``staging``
+        and ``plan`` (default: chosen for it)."""
+        # (the placement is chosen on the whole error products; the bands below read the same
+        # tensors, and error staging changes only them)
+        if plan is None:
+            plan, ins = choose_placement(config, lambda plan: emit(plan, staging), placement)
+        else:
+            ins = emit(plan, staging)
         # A conv error product that stores its sums runs in parts (row bands in column groups), each
         # with only its valid taps: the smallest groups whose records the program memory holds, else
         # whole.
@@ -958,9 +1012,12 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
             banded = []
             for one in ins:
                 i = one.layer
-                parts = (compile_conv_err_bands(wage, i, plan.errors[i], plan.weights[i], plan.errors[i - 1],
-                                                plan.activations[i - 1], L, stored=one.stored, columns=columns[i])
-                         if is_conv_err(one) and i in columns else None)
+                parts = None
+                if is_conv_err(one) and i in columns:
+                    stage = error_stage(plan, i, columns[i]) if "error" in staging else None
+                    parts = compile_conv_err_bands(wage, i, plan.errors[i], plan.weights[i], plan.errors[i - 1],
+                                                   plan.activations[i - 1], L, stored=one.stored, columns=columns[i],
+                                                   stage=stage)
                 banded += parts or [one]
             if len(encode_program(banded)) <= config.program_words:
                 return k, plan, banded
@@ -971,13 +1028,23 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
     # Gradient staging saves array beats where the port is the bound, so it comes first, as long as
     # the program fits; forward staging saves only port words (it pays where the memory is slower
     # than a word per cycle), so it is taken only if the error products still fit in parts as fine.
-    best = build(("gradient",))
+    best, staging = build(("gradient",)), ("gradient",)
     if best[0] == math.inf:
-        best = build(())
+        best, staging = build(()), ()
     if any(one.op == Op.COPY_ACT for one in emit(best[1], ("forward",))):
-        both = build(("forward", "gradient") if any(one.op == Op.COPY for one in best[2]) else ("forward",))
-        if both[0] <= best[0] and both[0] != math.inf:
-            best = both
+        both = ("forward", "gradient") if any(one.op == Op.COPY for one in best[2]) else ("forward",)
+        candidate = build(both)
+        if candidate[0] <= best[0] and candidate[0] != math.inf:
+            best, staging = candidate, both
+    # Error staging (a stored error product's spilled operand in batch bands, each band's parts
+    # reading it on chip) multiplies the parts' records by the bands, so in the same program memory
+    # it comes with coarser parts (more array beats): taken when the port-bound estimate at the
+    # memory's rate (EngineConfig.external_cycles_per_word) is lower.
+    if any(is_conv_err(one) and one.stored and error_stage(best[1], one.layer, None) for one in emit(best[1], staging)):
+        candidate = build(staging + ("error",), best[1])
+        if candidate[0] != math.inf and \
+                port_bound_cycles(config, candidate[2]) < port_bound_cycles(config, best[2]):
+            best = candidate
     _, plan, ins = best
     check_program_fits(config, ins)
     staged_words = [(one.out.base, one.out.base + one.out.n1 * one.out.nk) for one in ins if one.op == Op.COPY]
