@@ -286,6 +286,10 @@ def main(argv=None) -> int:
         except (FitError, UnsupportedNetwork) as e:
             print(f"error: {key}: {e}", file=sys.stderr)
             return 2
+        if args.memory == "sdram" and config.external_depth and config.external_cycles_per_word == 1:
+            print(f"note: {key} was compiled for a memory of a word per cycle (external_cycles_per_word = 1); the "
+                  f"SDRAM takes several cycles per word, and a configuration that says so gets spilled operands "
+                  f"staged (EngineConfig.external_cycles_per_word; benchmarks/configs/engine_lenet5_l8_b128_sdram.json)")
         stored = [f"{ins} ({STORES[ins.stored]})" for ins in program.instructions if getattr(ins, "stored", 0)]
         wage = config.wage
         t = time.time()
@@ -329,6 +333,8 @@ def main(argv=None) -> int:
                  "external_words": config.external_words, "external_weight_words": config.external_weight_words,
                  "external_timing": (None if not config.external_depth else
                                      {"sdram_mhz": timing} if isinstance(timing, float) else dataclasses.asdict(timing)),
+                 "external_cycles_per_word": config.external_cycles_per_word,
+                 "program_records": len(program.instructions),
                  "ext_read_words_per_step": c["ext_read_words"], "ext_write_words_per_step": c["ext_write_words"],
                  "sim_wall_s": round(time.time() - t, 1)}
         if fmax:

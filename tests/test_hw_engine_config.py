@@ -93,7 +93,8 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
     over E2's words: 8 COPY records, 8 parts. The port-bound estimate falls from 34,898,432 cycles
     (both operands through the port, measured before staging over consumed tensors) to 29,016,576
     (with conv2's error product in 54 parts, what 16,384 words held as whole records), and to
-    27,927,040 with delta records: 108 parts and conv2's forward product in bands (below)."""
+    27,853,312 with delta records (108 parts; at a word per cycle the forward products run whole,
+    below)."""
     from hw.engine.compiler import compile_network, port_bound_cycles
     from hw.engine.isa import Op
     config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
@@ -104,72 +105,60 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
     assert [(c.aux.base, c.out.base, c.out.n1 * c.out.nk) for c in copies] == \
         [(e1.base + ob, 0, 8192) for ob in range(8)]
     assert program.overwritten == ("E2",)
-    assert port_bound_cycles(config, program.instructions) == 27_927_040
+    assert port_bound_cycles(config, program.instructions) == 27_853_312
     assert port_bound_cycles(config, compile_network(config.replace(program_words=3072)).instructions) == 28_410_368
 
 
-def test_lenet5_batch_128_on_the_sdram_stages_conv2s_error_operand():
-    """The b128 configuration for the ULX3S's SDRAM (external_cycles_per_word = 7): conv2's error
-    product reads E1 (65,536 words) from 8 COPY records of 16 images into E2's dead words instead of
-    once per valid tap through the port (6,553,600 words), in 8 bands × 54 parts (the 108-part
-    records of 8 bands would not fit 16,384 program words). The port-bound estimate at 7 cycles a
-    word falls from 156,069,376 to 116,829,696 cycles; at a word per cycle the finer unstaged parts
-    are better (27,927,040 against 28,500,480), which is what the word-per-cycle configuration
-    compiles to. The finish record's band digit gives the out and aux walks a fifth digit."""
-    from hw.engine.compiler import compile_network, port_bound_cycles
+def test_lenet5_batch_128_stages_by_the_memory_rate():
+    """The b128 configuration at a word per cycle and its twin for the ULX3S's SDRAM
+    (external_cycles_per_word = 7) compile to different programs, each the lower port-bound
+    estimate at its rate.
+
+    On the SDRAM every spilled operand a product re-reads is staged: conv1's forward product reads
+    the input batch (294,912 words, 2,304 per image) once, in 43 bands of 3 images, instead of once
+    per output-channel block (1,179,648); conv2's forward product A0 (73,728 words) in 10 bands of
+    14 images instead of 6,553,600 words; conv2's error product E1 (65,536 words) from 8 COPY
+    records of 16 images into E2's dead words, in 8 bands × 54 parts (8 × 108 would not fit 16,384
+    words), instead of once per valid tap. The estimate at 7 cycles a word falls from 194,874,880
+    to 111,816,192; at a word per cycle the staged program would cost 28,795,392 against the whole
+    products' 27,853,312 (a port of a word per cycle keeps up with one spilled operand per beat,
+    and the copies and coarser parts cost). The 22,528-word configuration (whole records needed it
+    for 10 forward bands and 54 parts) takes conv2's error product staged in 8 bands of its finest
+    108 parts: the same array beats with E1 read once, 27,771,392. The finish record's band digit
+    gives the out and aux walks a fifth digit."""
+    from hw.engine.compiler import MemoryPlan, compile_network, port_bound_cycles, tensor_reads
     from hw.engine.isa import Op
     config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
     sdram = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_sdram.json")
     assert sdram == config.replace(external_cycles_per_word=7)
-    program, unstaged = compile_network(sdram), compile_network(config)
-    e1 = program.errors[1]
+    program, whole = compile_network(sdram), compile_network(config)
+    assert [port_bound_cycles(sdram, p.instructions) for p in (program, whole)] == [111_816_192, 194_874_880]
+    assert [port_bound_cycles(config, p.instructions) for p in (program, whole)] == [28_795_392, 27_853_312]
+    assert not any(ins.op in (Op.COPY_ACT,) for ins in whole.instructions)
+    assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in whole.instructions) == 108
+
+    x, a0, e1 = program.inputs, program.activations[0], program.errors[1]
+    bands = [ins for ins in program.instructions if ins.op == Op.COPY_ACT]
+    assert [(c.layer, c.aux.base, c.out.base, c.out.nk) for c in bands] == \
+        [(0, x.base + 6912 * n, 0, 6912) for n in range(42)] + [(0, x.base + 6912 * 42, 0, 4608)] + \
+        [(1, a0.base + 8064 * n, 0, 8064) for n in range(9)] + [(1, a0.base + 72576, 0, 1152)]
     copies = [ins for ins in program.instructions if ins.op == Op.COPY]
     assert [(c.aux.base, c.aux.nk, c.out.base) for c in copies[:8]] == [(e1.base + 8192 * n, 8192, 0) for n in range(8)]
     assert len(copies) == 16 and program.overwritten == ("E2",)             # and conv2's gradient blocks
     assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in program.instructions) == 8 * 54
-    assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in unstaged.instructions) == 108
-    assert [port_bound_cycles(sdram, p.instructions) for p in (program, unstaged)] == [116_829_696, 156_069_376]
-    assert [port_bound_cycles(config, p.instructions) for p in (program, unstaged)] == [28_500_480, 27_927_040]
+
+    def forward_reads(program, name):
+        plan = MemoryPlan(program.inputs, program.activations, program.errors, program.weights, program.usage)
+        loss = next(n for n, ins in enumerate(program.instructions) if ins.op == Op.LOSS)
+        return tensor_reads(plan, program.instructions[:loss], config.lanes)[name]
+    assert [forward_reads(p, "inputs") for p in (program, whole)] == [294_912, 1_179_648]
+    assert [forward_reads(p, "A0") for p in (program, whole)] == [73_728, 6_553_600]
+
+    finest = compile_network(EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_staged.json"))
+    assert finest.config == config.replace(program_words=22528)
+    assert sum(ins.op == Op.COPY for ins in finest.instructions) == 8 + 8
+    assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in finest.instructions) == 8 * 108
+    assert port_bound_cycles(config, finest.instructions) == 27_771_392
     assert (sdram.slot_digits["out"], sdram.slot_digits["aux"]) == ((5, 3), (5, 1))
     with pytest.raises(EngineConfigError, match=r"external_cycles_per_word=0: must be an integer in 1\.\.1024"):
         config.replace(external_cycles_per_word=0)
-
-
-def test_lenet5_batch_128_also_stages_conv2s_input():
-    """The b128 step (16,384 program words; 4,770 words of delta records) holds conv2's error
-    product in its finest parts (108, groups of one column) and conv2's forward product in 10 batch
-    bands: A0 (73,728 words, 576 per image) is staged 14 images at a time in the activation
-    scratchpad, which A2 fills but which conv2's forward product runs before A2 is written. The
-    forward products read A0 once (73,728 words) instead of 6,553,600 times; the port-bound
-    estimate rises by the copies' 73,728 cycles (a port of a word per cycle kept up with the whole
-    product). With fewer program words (4,608) the bands would cost the error product's finest
-    parts, so that program has none. The 22,528-word configuration (whole records needed it for 10
-    bands and 54 parts) now also holds conv2's error product staged in 8 batch bands of 108 parts
-    each (17,920 words): the same array beats with E1 read once, 81,920 fewer port-bound cycles."""
-    from hw.engine.compiler import MemoryPlan, compile_network, port_bound_cycles, tensor_reads
-    from hw.engine.isa import Op
-    config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
-    staged = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_staged.json")
-    assert staged == config.replace(program_words=22528)
-    program = compile_network(config)
-    finest = compile_network(staged)
-    assert sum(ins.op == Op.COPY for ins in finest.instructions) == 8 + 8
-    assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in finest.instructions) == 8 * 108
-    assert port_bound_cycles(config, finest.instructions) == 27_853_312 + 73_728 - 81_920
-    a0, a1, a2 = program.activations[:3]
-    copies = [ins for ins in program.instructions if ins.op == Op.COPY_ACT]
-    assert [(c.aux.base - a0.base, c.out.base, c.out.nk) for c in copies] == \
-        [(8064 * b, 0, 8064) for b in range(9)] + [(72576, 0, 1152)]
-    assert (a2.base, a2.end) == (0, config.data_words)
-    assert sum(str(ins).startswith("CONV_ERR layer 1") for ins in program.instructions) == 109
-    assert port_bound_cycles(config, program.instructions) == 27_853_312 + 73_728
-    unstaged = compile_network(config.replace(program_words=4608))
-    assert not any(ins.op == Op.COPY_ACT for ins in unstaged.instructions)
-    assert sum(str(ins).startswith("CONV_ERR layer 1") for ins in unstaged.instructions) == 109
-    assert port_bound_cycles(config, unstaged.instructions) == 27_853_312
-
-    def forward_reads_of_a0(program):
-        plan = MemoryPlan(program.inputs, program.activations, program.errors, program.weights, program.usage)
-        loss = next(n for n, ins in enumerate(program.instructions) if ins.op == Op.LOSS)
-        return tensor_reads(plan, program.instructions[:loss], config.lanes)["A0"]
-    assert (forward_reads_of_a0(program), forward_reads_of_a0(unstaged)) == (73_728, 6_553_600)

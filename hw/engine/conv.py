@@ -135,8 +135,9 @@ A CONV_FWD whose input map is spilled and read more than once per word may be st
 copies the band's input words (whole activation words) into activation-scratchpad words that no
 live tensor holds — the words of activations the step has not written yet count as free — and
 the band's CONV_FWD reads them there. Q_A is a fixed shift, so the bands are independent
-products. It saves port words, not array beats, so the compiler stages only when the error
-products still fit in parts as fine as without it (the program memory holds both).
+products. It saves port words, not array beats (a band's rows are whole tiles, so small maps
+even cost beats), and its records may leave room only for coarser error parts: the compiler
+stages where the port-bound estimate at the memory's rate is lower (see error staging above).
 
 Pool and unpool are stages of the FWD and ERR result paths (no separate memory pass, no stored
 product tensor). A step's program (:func:`compile_conv_network`)::
@@ -531,7 +532,7 @@ def compile_conv_fwd(wage: WageConfig, index: int, x: MapLayout, w: WeightLayout
 
 #: Most batch bands a staged forward product runs in: each band is two records of the program
 #: memory (a COPY_ACT and a CONV_FWD).
-MAX_FORWARD_BANDS = 16
+MAX_FORWARD_BANDS = 64
 
 
 def compile_conv_fwd_staged(wage: WageConfig, index: int, x: MapLayout, w: WeightLayout, a: MapLayout,
@@ -1026,25 +1027,23 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
 
     # Staging costs program words (a COPY record per block or band, and a product record each).
     # Gradient staging saves array beats where the port is the bound, so it comes first, as long as
-    # the program fits; forward staging saves only port words (it pays where the memory is slower
-    # than a word per cycle), so it is taken only if the error products still fit in parts as fine.
+    # the program fits. Forward staging (a convolution's spilled input map in batch bands) and error
+    # staging (a stored error product's spilled operand in batch bands, which multiplies its parts'
+    # records) save port words at the price of records, and so of coarser error parts: each is
+    # taken where the port-bound estimate at the memory's rate (EngineConfig.external_cycles_per_word)
+    # is lower; on a tie the fewer records win.
     best, staging = build(("gradient",)), ("gradient",)
     if best[0] == math.inf:
         best, staging = build(()), ()
+    candidates = [best]
     if any(one.op == Op.COPY_ACT for one in emit(best[1], ("forward",))):
-        both = ("forward", "gradient") if any(one.op == Op.COPY for one in best[2]) else ("forward",)
-        candidate = build(both)
-        if candidate[0] <= best[0] and candidate[0] != math.inf:
-            best, staging = candidate, both
-    # Error staging (a stored error product's spilled operand in batch bands, each band's parts
-    # reading it on chip) multiplies the parts' records by the bands, so in the same program memory
-    # it comes with coarser parts (more array beats): taken when the port-bound estimate at the
-    # memory's rate (EngineConfig.external_cycles_per_word) is lower.
-    if any(is_conv_err(one) and one.stored and error_stage(best[1], one.layer, None) for one in emit(best[1], staging)):
-        candidate = build(staging + ("error",), best[1])
-        if candidate[0] != math.inf and \
-                port_bound_cycles(config, candidate[2]) < port_bound_cycles(config, best[2]):
-            best = candidate
+        candidates.append(build(staging + ("forward",)))
+    for option, (k, plan, _) in zip((staging, staging + ("forward",)), list(candidates)):
+        if k != math.inf and any(is_conv_err(one) and one.stored and error_stage(plan, one.layer, None)
+                                 for one in emit(plan, option)):
+            candidates.append(build(option + ("error",), plan))
+    best = min((c for c in candidates if c[0] != math.inf), default=best,
+               key=lambda c: (port_bound_cycles(config, c[2]), len(c[2])))
     _, plan, ins = best
     check_program_fits(config, ins)
     staged_words = [(one.out.base, one.out.base + one.out.n1 * one.out.nk) for one in ins if one.op == Op.COPY]
