@@ -135,13 +135,17 @@ def test_a_spilled_input_map_is_staged_in_batch_bands(embedded):
     384) is not yet written, so its words and the free ones hold two images: three bands, each a
     COPY_ACT and a CONV_FWD over the staged words. The port reads A0 once per word instead of once
     per tap and output-channel block, and the step equals golden's. Staged over A1's words instead
-    (written by the bands themselves), the weights come out wrong."""
+    (written by the bands themselves), the weights come out wrong. The memory is slow (4 cycles a
+    word): at a word per cycle the port keeps up with the whole product, and the compiler does not
+    stage (EngineConfig.external_cycles_per_word)."""
     from hw.engine.compiler import MemoryPlan, tensor_reads
     from hw.engine.conv import ConvEngineModel, compile_conv_fwd
     wage = WageConfig(net="8C5-MP2-16C5-MP2-512FC-10", batch_size=6, seed=5, input_shape=(1, 28, 28))
     config = EngineConfig(wage, lanes=4, data_words=1200, external_words=1 << 16, weight_words=1 << 16,
-                          sum_words=1 << 12, external_sum_words=1 << 14, program_words=1 << 15)
+                          sum_words=1 << 12, external_sum_words=1 << 14, program_words=1 << 15,
+                          external_cycles_per_word=4)
     program = compile_network(config)
+    assert not any(ins.op == Op.COPY_ACT for ins in compile_network(config.replace(external_cycles_per_word=1)).instructions)
     a0, a1, a2 = program.activations[:3]
     assert a0.base >= config.data_words and a0.words == 1728 and (a1.base, a1.end, a2.base) == (0, 384, 384)
     copies = [ins for ins in program.instructions if ins.op == Op.COPY_ACT]
