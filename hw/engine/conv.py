@@ -730,10 +730,9 @@ def compile_conv_err_bands(wage: WageConfig, index: int, e: MapLayout, w: Weight
                     tap_coord=((0, 0, 0), (0, 0, 0), (1, 0, 0)), coord_lim=(o, 1, 1))
                 aux = rows(a_prev.base + first * prev_image + (y_lo * wd + x_lo) * wpi, n1, radix,
                            (wd * wpi, prev_image, wpi), nb)
-                opened = any(isinstance(one, ConvInstruction) for one in ins)
                 ins.append(ConvInstruction(ConvOp.CONV_ERR, layer=index, qcount=qcount, stored=stored,
-                                           part=PART_NEXT if opened else PART_FIRST, part_count=n1 * n2 * L * L,
-                                           a=a_pat, b=b_pat, aux=aux))
+                                           part=PART_NEXT if first or x_lo or y_lo else PART_FIRST,
+                                           part_count=n1 * n2 * L * L, a=a_pat, b=b_pat, aux=aux))
     # the finish record: pass 2 over every row, (band, column group, y, b, x) order, digits of one
     # value left out
     prev = wage.layers[index - 1]
