@@ -62,7 +62,7 @@ def train_model_and_golden(engine, wage, program, embedded, steps, eta_log2=3, c
         engine.load_batch(x, y)
         engine.run_step(s, eta_log2)
         pairs = [(f"A{i}", a.unpack(engine.act[a.base:a.end]), trace[f"s{s}/l{i}/A"])
-                 for i, a in enumerate(program.activations)]
+                 for i, a in enumerate(program.activations) if a.name not in program.overwritten]
         pairs += [(f"E{i}", e.unpack(engine.err[e.base:e.end]), trace[f"s{s}/l{i}/E"])
                   for i, e in enumerate(program.errors) if e.name not in program.overwritten]
         pairs += [(f"W{i}", got, want) for i, (got, want) in enumerate(zip(engine.read_weights(), weights))]

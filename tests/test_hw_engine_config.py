@@ -90,11 +90,12 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
     """On 8,192-word scratchpads E2 (fc1's error, 8,192 words) fills the error scratchpad and E1
     (65,536 words) spills, so no free words hold one of E1's 8,192-word output-channel blocks; but
     E2 is read for the last time before conv2's gradient, so that product stages E1 block by block
-    over E2's words: 8 COPY records, 8 parts. The port-bound estimate falls from 34,898,432 cycles
-    (both operands through the port, measured before staging over consumed tensors) to 29,016,576
-    (with conv2's error product in 54 parts, what 16,384 words held as whole records), and to
-    27,853,312 with delta records (108 parts; at a word per cycle the forward products run whole,
-    below)."""
+    over E2's words: 8 COPY records, 8 parts. Conv1's gradient product, both of whose operands
+    spill (E0 and the input batch, 294,912 words each), runs in 43 batch bands of 3 images with
+    both staged (E0's band over E2, the input's over A2, both dead by then) and its sums
+    accumulated. The port-bound estimate falls from 34,898,432 cycles (both operands through the
+    port, before staging over consumed tensors) to 29,016,576 (conv2's error product in 54 parts),
+    27,853,312 (108 parts, delta records) and 27,263,488 with conv1's gradient bands."""
     from hw.engine.compiler import compile_network, port_bound_cycles
     from hw.engine.isa import Op
     config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
@@ -102,10 +103,15 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
     e0, e1, e2, e3 = program.errors
     assert (e2.base, e2.end) == (0, config.data_words) and e1.base >= config.data_words
     copies = [ins for ins in program.instructions if ins.op == Op.COPY]
-    assert [(c.aux.base, c.out.base, c.out.n1 * c.out.nk) for c in copies] == \
+    assert [(c.aux.base, c.out.base, c.out.n1 * c.out.nk) for c in copies[:8]] == \
         [(e1.base + ob, 0, 8192) for ob in range(8)]
-    assert program.overwritten == ("E2",)
-    assert port_bound_cycles(config, program.instructions) == 27_853_312
+    assert [(c.aux.base, c.out.base, c.aux.nk) for c in copies[8:]] == \
+        [(e0.base + 6912 * n, 0, 6912) for n in range(42)] + [(e0.base + 6912 * 42, 0, 4608)]
+    parts = [ins for ins in program.instructions if str(ins).startswith("CONV_GRAD layer 0 part")]
+    assert [(p.sum_add, p.sum_hold) for p in parts] == [(0, 1)] + [(1, 1)] * 41 + [(1, 0)]
+    assert sum(str(ins).startswith("CONV_GRAD layer 1 part") for ins in program.instructions) == 8   # not banded
+    assert program.overwritten == ("E2", "A2")
+    assert port_bound_cycles(config, program.instructions) == 27_263_488
     assert port_bound_cycles(config, compile_network(config.replace(program_words=3072)).instructions) == 28_410_368
 
 
@@ -118,47 +124,60 @@ def test_lenet5_batch_128_stages_by_the_memory_rate():
     the input batch (294,912 words, 2,304 per image) once, in 43 bands of 3 images, instead of once
     per output-channel block (1,179,648); conv2's forward product A0 (73,728 words) in 10 bands of
     14 images instead of 6,553,600 words; conv2's error product E1 (65,536 words) from 8 COPY
-    records of 16 images into E2's dead words, in 8 bands × 54 parts (8 × 108 would not fit 16,384
-    words), instead of once per valid tap. The estimate at 7 cycles a word falls from 194,874,880
-    to 111,816,192; at a word per cycle the staged program would cost 28,795,392 against the whole
-    products' 27,853,312 (a port of a word per cycle keeps up with one spilled operand per beat,
-    and the copies and coarser parts cost). The 22,528-word configuration (whole records needed it
-    for 10 forward bands and 54 parts) takes conv2's error product staged in 8 bands of its finest
-    108 parts: the same array beats with E1 read once, 27,771,392. The finish record's band digit
-    gives the out and aux walks a fifth digit."""
+    records of 16 images into E2's dead words, instead of once per valid tap. Both gradient
+    products run in batch bands with accumulated sums: conv2's in 10 bands of 14 images (A0 read
+    once instead of 6.55 million words, E1 once more), conv1's in 43 of 3. With those records the
+    error product's bands take 9 parts each (8 × 9), not 54. The estimate at 7 cycles a word falls
+    from 183,668,224 (the word-per-cycle program) to 64,591,872 (111,816,192 before the gradient
+    bands); at a word per cycle the SDRAM program would cost 30,900,736 against 27,263,488. The
+    22,528-word configuration takes conv2's error product staged in 8 bands of its finest 108 parts."""
     from hw.engine.compiler import MemoryPlan, compile_network, port_bound_cycles, tensor_reads
     from hw.engine.isa import Op
     config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
     sdram = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_sdram.json")
     assert sdram == config.replace(external_cycles_per_word=7)
     program, whole = compile_network(sdram), compile_network(config)
-    assert [port_bound_cycles(sdram, p.instructions) for p in (program, whole)] == [111_816_192, 194_874_880]
-    assert [port_bound_cycles(config, p.instructions) for p in (program, whole)] == [28_795_392, 27_853_312]
-    assert not any(ins.op in (Op.COPY_ACT,) for ins in whole.instructions)
+    assert [port_bound_cycles(sdram, p.instructions) for p in (program, whole)] == [64_591_872, 183_668_224]
+    assert [port_bound_cycles(config, p.instructions) for p in (program, whole)] == [30_900_736, 27_263_488]
+    assert not any(ins.op == Op.COPY_ACT and ins.layer == 1 for ins in whole.instructions)
     assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in whole.instructions) == 108
 
-    x, a0, e1 = program.inputs, program.activations[0], program.errors[1]
+    x, a0, e0, e1 = program.inputs, program.activations[0], program.errors[0], program.errors[1]
+    loss = next(n for n, ins in enumerate(program.instructions) if ins.op == Op.LOSS)
     bands = [ins for ins in program.instructions if ins.op == Op.COPY_ACT]
-    assert [(c.layer, c.aux.base, c.out.base, c.out.nk) for c in bands] == \
-        [(0, x.base + 6912 * n, 0, 6912) for n in range(42)] + [(0, x.base + 6912 * 42, 0, 4608)] + \
-        [(1, a0.base + 8064 * n, 0, 8064) for n in range(9)] + [(1, a0.base + 72576, 0, 1152)]
-    copies = [ins for ins in program.instructions if ins.op == Op.COPY]
-    assert [(c.aux.base, c.aux.nk, c.out.base) for c in copies[:8]] == [(e1.base + 8192 * n, 8192, 0) for n in range(8)]
-    assert len(copies) == 16 and program.overwritten == ("E2",)             # and conv2's gradient blocks
-    assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in program.instructions) == 8 * 54
+    forward = [(c.layer, c.aux.base, c.out.base, c.out.nk) for c in bands[:sum(
+        ins.op == Op.COPY_ACT for ins in program.instructions[:loss])]]
+    a0_bands = [(1, a0.base + 8064 * n, 0, 8064) for n in range(9)] + [(1, a0.base + 72576, 0, 1152)]
+    x_bands = [(0, x.base + 6912 * n, 0, 6912) for n in range(42)] + [(0, x.base + 6912 * 42, 0, 4608)]
+    assert forward == x_bands + a0_bands
+    assert [(c.layer, c.aux.base, c.out.base, c.out.nk) for c in bands[len(forward):]] == a0_bands + x_bands
+    copies = [(c.layer, c.aux.base, c.aux.nk) for c in program.instructions if c.op == Op.COPY]
+    assert copies == [(1, e1.base + 8192 * n, 8192) for n in range(8)] + \
+        [(1, e1.base + 7168 * n, 7168) for n in range(9)] + [(1, e1.base + 64512, 1024)] + \
+        [(0, e0.base + 6912 * n, 6912) for n in range(42)] + [(0, e0.base + 6912 * 42, 4608)]
+    assert program.overwritten == ("E2", "A2")
+    assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in program.instructions) == 8 * 9
+    for layer, bands in ((1, 10), (0, 43)):
+        parts = [ins for ins in program.instructions if str(ins).startswith(f"CONV_GRAD layer {layer} part")]
+        assert [(p.sum_add, p.sum_hold) for p in parts] == [(0, 1)] + [(1, 1)] * (bands - 2) + [(1, 0)]
 
-    def forward_reads(program, name):
+    def reads(program, name, backward=False):
         plan = MemoryPlan(program.inputs, program.activations, program.errors, program.weights, program.usage)
         loss = next(n for n, ins in enumerate(program.instructions) if ins.op == Op.LOSS)
-        return tensor_reads(plan, program.instructions[:loss], config.lanes)[name]
-    assert [forward_reads(p, "inputs") for p in (program, whole)] == [294_912, 1_179_648]
-    assert [forward_reads(p, "A0") for p in (program, whole)] == [73_728, 6_553_600]
+        part = program.instructions[loss:] if backward else program.instructions[:loss]
+        return tensor_reads(plan, part, config.lanes)[name]
+    assert [reads(p, "inputs") for p in (program, whole)] == [294_912, 1_179_648]
+    assert [reads(p, "A0") for p in (program, whole)] == [73_728, 6_553_600]
+    # backward: A0 (its masks for conv2's error product, then the gradient bands) and E1 (the error
+    # bands, then the gradient bands)
+    assert [reads(p, "A0", True) for p in (program, whole)] == [368_640, 6_848_512]
+    assert [reads(p, "E1", True) for p in (program, whole)] == [131_072, 6_619_136]
 
     finest = compile_network(EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_staged.json"))
     assert finest.config == config.replace(program_words=22528)
-    assert sum(ins.op == Op.COPY for ins in finest.instructions) == 8 + 8
+    assert sum(ins.op == Op.COPY for ins in finest.instructions) == 8 + 8 + 43
     assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in finest.instructions) == 8 * 108
-    assert port_bound_cycles(config, finest.instructions) == 27_771_392
-    assert (sdram.slot_digits["out"], sdram.slot_digits["aux"]) == ((5, 3), (5, 1))
+    assert port_bound_cycles(config, finest.instructions) == 27_181_568
+    assert (finest.config.slot_digits["out"], finest.config.slot_digits["aux"]) == ((5, 3), (5, 1))
     with pytest.raises(EngineConfigError, match=r"external_cycles_per_word=0: must be an integer in 1\.\.1024"):
         config.replace(external_cycles_per_word=0)

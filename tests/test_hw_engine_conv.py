@@ -255,8 +255,8 @@ def test_err_bands_of_lenet5_conv2():
 def test_bands_walk_exactly_the_valid_taps():
     """LeNet-5's conv2 error product in bands: the parts together walk every valid beat of the whole
     product in 2/3 of its beats (no kernel row outside the map is walked; the columns still are).
-    (1,024 program words hold the 9 row bands' records, not the column groups'.)"""
-    _, banded = compile_banded("lenet5", 16, 16, program_words=1024)
+    (1,040 program words hold the 9 row bands' records, 1,032 words, not the column groups'.)"""
+    _, banded = compile_banded("lenet5", 16, 16, program_words=1040)
     _, whole = compile_banded("lenet5", 16, 16, sum_words=0)
     parts = _band_records(banded)
     assert len(parts) == 9

@@ -148,13 +148,14 @@ def test_a_spilled_input_map_is_staged_in_batch_bands(embedded):
     assert not any(ins.op == Op.COPY_ACT for ins in compile_network(config.replace(external_cycles_per_word=1)).instructions)
     a0, a1, a2 = program.activations[:3]
     assert a0.base >= config.data_words and a0.words == 1728 and (a1.base, a1.end, a2.base) == (0, 384, 384)
-    copies = [ins for ins in program.instructions if ins.op == Op.COPY_ACT]
+    loss = next(n for n, ins in enumerate(program.instructions) if ins.op == Op.LOSS)
+    copies = [ins for ins in program.instructions[:loss] if ins.op == Op.COPY_ACT]
     assert [(c.aux.base - a0.base, c.out.base, c.out.nk) for c in copies] == [(576 * b, 384, 576) for b in range(3)]
     whole = compile_conv_fwd(wage, 1, a0, program.weights[1], a1, 4)
     address, valid = whole.a.address_array(4)
     spilled_reads = int(((address >= a0.base) & (address < a0.end) & valid).sum())
     plan = MemoryPlan(program.inputs, program.activations, program.errors, program.weights, program.usage)
-    forward = program.instructions[:next(n for n, ins in enumerate(program.instructions) if ins.op == Op.LOSS)]
+    forward = program.instructions[:loss]
     assert tensor_reads(plan, forward, 4)["A0"] == a0.words and spilled_reads == 76800      # 44 per word
     assert train_model_and_golden(ConvEngineModel(program), wage, program, embedded, steps=2) == set()
 
@@ -164,5 +165,39 @@ def test_a_spilled_input_map_is_staged_in_batch_bands(embedded):
         if str(ins).startswith("CONV_FWD layer 1"):
             return dataclasses.replace(ins, a=dataclasses.replace(ins.a, base=ins.a.base - 384 + base))
         return ins
-    clobbered = dataclasses.replace(program, instructions=[moved(ins) for ins in program.instructions])
+    clobbered = dataclasses.replace(program, instructions=[moved(ins) for ins in forward] + program.instructions[loss:])
     assert "W1" in train_model_and_golden(ConvEngineModel(clobbered), wage, clobbered, embedded, steps=2, check=False)
+
+
+def test_gradient_bands_accumulate_the_whole_products_sums(embedded):
+    """The same network's conv2 gradient product (A0 and E1 both spilled) runs in 2 batch bands of
+    3 images, each staging its E1 and A0 words, the second adding its rows to the first's stored
+    sums; only the second's (the finished sums) enter the quantiser. Two steps equal golden's.
+    The model refuses a program whose flags are wrong instead of computing other numbers: a last
+    part that holds its rows (none enter the quantiser), or a second part that does not add (its
+    rows follow the first's)."""
+    from hw.engine.conv import ConvEngineModel, PART_FIRST, PART_NEXT
+    from hw.engine.model import ModelError
+    wage = WageConfig(net="8C5-MP2-16C5-MP2-512FC-10", batch_size=6, seed=5, input_shape=(1, 28, 28))
+    config = EngineConfig(wage, lanes=4, data_words=1200, external_words=1 << 16, weight_words=1 << 16,
+                          sum_words=1 << 12, external_sum_words=1 << 14, program_words=1 << 15,
+                          external_cycles_per_word=4)
+    program = compile_network(config)
+    a0, e1 = program.activations[0], program.errors[1]
+    assert a0.base >= config.data_words and e1.end > config.data_words
+    parts = [n for n, ins in enumerate(program.instructions) if str(ins).startswith("CONV_GRAD layer 1 part")]
+    assert [(program.instructions[n].part, program.instructions[n].sum_add, program.instructions[n].sum_hold)
+            for n in parts] == [(PART_FIRST, 0, 1), (PART_NEXT, 1, 0)]
+    assert [program.instructions[n].a.pos_radix for n in parts] == [(3, 8, 8)] * 2
+    staged = [(str(ins), ins.aux.base, ins.aux.nk) for ins in program.instructions[parts[0] - 2:parts[1]]
+              if ins.op in Op.COPIES]
+    assert staged == [("COPY layer 1", e1.base, 768), ("COPY_ACT layer 1", a0.base, 864),
+                      ("COPY layer 1", e1.base + 768, 768), ("COPY_ACT layer 1", a0.base + 864, 864)]
+    assert train_model_and_golden(ConvEngineModel(program), wage, program, embedded, steps=2) == set()
+
+    for n, field in ((parts[1], "sum_hold"), (parts[1], "sum_add")):
+        flipped = list(program.instructions)
+        flipped[n] = dataclasses.replace(flipped[n], **{field: 1 - getattr(flipped[n], field)})
+        wrong = dataclasses.replace(program, instructions=flipped)
+        with pytest.raises(ModelError, match=r"CONV_GRAD layer 1 finish: the rows that entered the quantiser"):
+            train_model_and_golden(ConvEngineModel(wrong), wage, wrong, embedded, steps=1, check=False)

@@ -298,7 +298,8 @@ def port_bound_cycles(config: EngineConfig, instructions: list) -> int:
     """A lower bound on a step's cycles with its external words through a port that moves one
     word per ``config.external_cycles_per_word`` cycles: per instruction, the larger of its array
     beats and the cycles of its external words read (operands, masks, weights beyond the weight
-    store); what :func:`choose_placement` and the convolution compiler's staging choices minimise."""
+    store; a part that accumulates external sums also reads and writes its rows); what
+    :func:`choose_placement` and the convolution compiler's staging choices minimise."""
     total = 0
     for ins in instructions:
         beats, words = 0, 0
@@ -309,6 +310,9 @@ def port_bound_cycles(config: EngineConfig, instructions: list) -> int:
             words += passes * _external_reads(pattern, config.lanes, limit)
             if k == 0:
                 beats = passes * pattern.length
+        if getattr(ins, "sum_add", 0) and ins.stored == STORE_EXTERNAL:
+            # a part that adds to external sums reads and writes each row once more than a whole product
+            words += 2 * (ins.part_count // config.lanes) * config.sum_chunks
         total += max(beats, words * config.external_cycles_per_word)
     return total
 

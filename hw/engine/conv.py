@@ -120,6 +120,24 @@ carries the draw pattern (the quantiser's draw prefetch starts with pass 1), the
 program memory the extra records, and :func:`hw.engine.compiler.choose_placement` weighs it
 against keeping part of a tensor on chip instead.
 
+A stored CONV_GRAD whose input map X is spilled may run in *batch bands* with *accumulated sums*
+(:func:`compile_conv_grad_bands`): neither operand need fit on chip whole. Before each band a COPY
+stages the band's E_l words and a COPY_ACT its X words in words the step no longer needs; then one
+part runs every output-channel block and weight word over the band's positions only. Its sum over
+those positions is a partial sum, so the parts accumulate: the first band's part stores its rows
+with ``sum_hold`` (they do not enter the quantiser: a partial sum must not reach Q_G's maximum);
+each later part has ``sum_add`` (the sequencer reads the stored rows from row 0, ahead of the
+array, adds each to the array's row, lane-wise at the accumulator width, and stores the sum back
+in its place) and ``sum_hold`` but the last, whose finished sums enter pass 1. The finish record
+quantises from the stored sums as for any product in parts. Integer addition is associative, so
+the sums, the maximum and every draw are the whole product's. The whole product reads X once per
+weight word and output block; banded, X and E_l go through the port once each, and the external
+sums once per band each way (LeNet-5's conv2 at batch 128: A0's 6.55 million words become
+73,728). While an adding part runs, the external sums' reader has the error reader's port client
+(as in pass 2), so the part's ``a`` must read staged words; the compiler only emits it so. The
+compiler bands a product where its port-bound estimate, sum traffic included, is lower than the
+product's other forms.
+
 A stored CONV_ERR in parts whose operand E_l is spilled may be staged as well
 (:func:`compile_conv_err_bands` with ``stage``): in batch bands, each after a COPY of the band's
 E_l words (images are the map's outermost dimension) into error-scratchpad words the step no
@@ -166,7 +184,7 @@ from .config import EngineConfig
 from .isa import (ADDR_BITS, COUNT_BITS, KCOUNT_BITS, STORES, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel,
                   check_unsigned_fields)
 from .layout import MapLayout, WeightLayout
-from .model import EngineModel
+from .model import EngineModel, ModelError
 
 __all__ = ["PART_WHOLE", "PART_FIRST", "PART_NEXT", "PART_FINISH", "compile_conv_err_bands", "err_column_group_sizes", "Drive", "ConvOp", "ConvPattern", "ConvInstruction", "compile_conv_network", "compile_conv_fwd",
            "compile_conv_err", "compile_conv_grad", "compile_fc_err_unpool", "ConvEngineModel", "MAX_DIGITS"]
@@ -418,6 +436,8 @@ class ConvInstruction:
     stored: int = 0
     part: int = 0
     part_count: int = 0
+    sum_add: int = 0
+    sum_hold: int = 0
     a: Pattern = field(default_factory=AddressPattern)
     b: Pattern = field(default_factory=AddressPattern)
     out: Pattern = field(default_factory=AddressPattern)
@@ -431,10 +451,16 @@ class ConvInstruction:
         check_unsigned_fields(self, (("layer", 8), ("relu", 1), ("shift", 6), ("qcount", QCOUNT_BITS),
                                      ("pool", 1), ("unpool_dx", ADDR_BITS),
                                      ("unpool_dy", ADDR_BITS), ("stored", 2), ("part", 2),
-                                     ("part_count", QCOUNT_BITS)), "conv instruction")
+                                     ("part_count", QCOUNT_BITS), ("sum_add", 1), ("sum_hold", 1)), "conv instruction")
         if self.part and (self.op == ConvOp.CONV_FWD or not self.stored):
             raise IsaError(f"conv instruction part={self.part} with op {ConvOp.NAMES[self.op]}, stored={self.stored}: "
                            f"only a store-then-quantise CONV_ERR or CONV_GRAD comes in parts")
+        if (self.sum_add or self.sum_hold) and (self.op != ConvOp.CONV_GRAD or self.part not in (PART_FIRST, PART_NEXT)):
+            raise IsaError(f"conv instruction sum_add={self.sum_add}, sum_hold={self.sum_hold} with op "
+                           f"{ConvOp.NAMES[self.op]}, part={self.part}: only a first or next part of a CONV_GRAD "
+                           f"accumulates its sums")
+        if self.sum_add and self.part == PART_FIRST:
+            raise IsaError("conv instruction sum_add=1 with part=PART_FIRST: the first part has no stored sums to add to")
         if self.stored not in STORES:
             raise IsaError(f"conv instruction stored={self.stored}: must be one of "
                            f"{', '.join(f'{k} ({v})' for k, v in STORES.items())}")
@@ -456,7 +482,8 @@ class ConvInstruction:
     def __str__(self) -> str:
         extra = " +pool" if self.pool else (" +unpool" if self.unpool_dx else "")
         part = {PART_FIRST: " part 1", PART_NEXT: " part", PART_FINISH: " finish"}.get(self.part, "")
-        return f"{ConvOp.NAMES[self.op]} layer {self.layer}{extra}{part}"
+        acc = (" +add" if self.sum_add else "") + (" hold" if self.sum_hold else "")
+        return f"{ConvOp.NAMES[self.op]} layer {self.layer}{extra}{part}{acc}"
 
 
 # ---- compiler ------------------------------------------------------------------------------------
@@ -533,6 +560,8 @@ def compile_conv_fwd(wage: WageConfig, index: int, x: MapLayout, w: WeightLayout
 #: Most batch bands a staged forward product runs in: each band is two records of the program
 #: memory (a COPY_ACT and a CONV_FWD).
 MAX_FORWARD_BANDS = 64
+#: at most this many batch bands for a gradient product with accumulated sums (3 records each)
+MAX_GRADIENT_BANDS = 128
 
 
 def compile_conv_fwd_staged(wage: WageConfig, index: int, x: MapLayout, w: WeightLayout, a: MapLayout,
@@ -837,6 +866,48 @@ def compile_conv_grad_staged(wage: WageConfig, index: int, e: MapLayout, x: MapL
     return records
 
 
+def compile_conv_grad_bands(wage: WageConfig, index: int, e: MapLayout, x: MapLayout, w: WeightLayout,
+                            lanes: int, layer=None, *, e_base: int, x_base: int, images: int, stored: int) -> list:
+    """CONV_GRAD of conv layer ``index`` in batch bands of ``images`` images (the last may be
+    smaller), both operands staged: before each band a COPY of the band's E_l words to ``e_base``
+    in the error scratchpad and a COPY_ACT of its input words to ``x_base`` in the activation
+    scratchpad, then one part over the band's product positions, every output-channel block and
+    weight word (the whole product's rows, in its order). The parts accumulate the stored sums:
+    the first band's part stores its rows (``sum_hold``: partial sums do not enter the quantiser),
+    each later band's part adds its rows to the stored ones (``sum_add``) and stores them back,
+    and only the last band's rows, the finished sums, enter Q_G's pass 1; the finish record
+    quantises from the stored sums. The whole product reads X once per weight word and output
+    block; banded, a spilled X and E_l each go through the port once, and the sums once per band
+    each way (LeNet-5's conv2 at batch 128: 6.55 million words of A0 become 73,728)."""
+    whole = compile_conv_grad(wage, index, e, x, w, lanes, layer)
+    layer = layer or wage.layers[index]
+    batch = wage.batch_size
+    c, h, wd = layer.in_shape
+    _, ho, wo = layer.product_shape
+    pad, wpi = layer.padding, x.words_per_position
+    e_image, x_image = e.words // batch, x.words // batch
+    records = []
+    starts = range(0, batch, images)
+    for band, first in enumerate(starts):
+        n = min(images, batch - first)
+        records.append(Instruction(Op.COPY, layer=index, aux=AddressPattern(e.base + first * e_image, sk=1, nk=n * e_image),
+                                   out=AddressPattern(e_base, sk=1, nk=n * e_image)))
+        records.append(Instruction(Op.COPY_ACT, layer=index,
+                                   aux=AddressPattern(x.base + first * x_image, sk=1, nk=n * x_image),
+                                   out=AddressPattern(x_base, sk=1, nk=n * x_image)))
+        radix = (n, ho, wo)
+        a = dataclasses.replace(whole.a, base=e_base, nk=n * ho * wo, pos_radix=radix)
+        b = dataclasses.replace(whole.b, base=x_base - pad * wd * wpi - pad * wpi, nk=n * ho * wo, pos_radix=radix)
+        last = band == len(starts) - 1
+        records.append(ConvInstruction(ConvOp.CONV_GRAD, layer=index, qcount=whole.qcount, stored=stored,
+                                       part=PART_NEXT if band else PART_FIRST, part_count=whole.qcount,
+                                       sum_add=int(band > 0), sum_hold=int(not last), a=a, b=b,
+                                       draw=AddressPattern() if band else whole.draw))
+    records.append(ConvInstruction(ConvOp.CONV_GRAD, layer=index, qcount=whole.qcount, stored=stored,
+                                   part=PART_FINISH, out=whole.out))
+    return records
+
+
 def free_runs(live, chip: int) -> list[tuple[int, int]]:
     """(start, words) of each run of scratchpad words below ``chip`` that none of the ``live``
     tensors (layouts, or None) holds on chip, lowest first: where tile staging may write."""
@@ -922,22 +993,55 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
             ins.append(fc_gradient(wage, layer, e, x, w, L))
         ins.append(Instruction(Op.END))
         ins = choose_store_then_quantise(config, ins)
-        if "gradient" not in staging:
+        if "gradient" not in staging and "grad_bands" not in staging:
             return ins
-        # A stored gradient product whose error operand is spilled (wholly or in part) and read
-        # more than once per word (several weight words) stages that operand block by block in
-        # the error scratchpad, if it holds a block (compile_conv_grad_staged).
+        # A stored gradient product whose input map is spilled may run in batch bands with both
+        # operands staged, accumulating its stored sums (compile_conv_grad_bands). One whose error
+        # operand is spilled (wholly or in part) and read more than once per word (several weight
+        # words) stages that operand block by block in the error scratchpad, if it holds a block
+        # (compile_conv_grad_staged).
         staged = []
         for n, one in enumerate(ins):
             if n in grad_args and one.stored:
-                i, e, w = grad_args[n][1], grad_args[n][2], grad_args[n][4]
+                i, e, x, w = grad_args[n][1], grad_args[n][2], grad_args[n][3], grad_args[n][4]
                 o, ho, wo = (grad_args[n][6] or layers[i]).product_shape
                 base = stage_base(plan, i, batch * ho * wo)
-                if e.end > config.data_words and w.words_per_row > 1 and base is not None:
-                    staged += compile_conv_grad_staged(*grad_args[n], stage_base=base, stored=one.stored)
-                    continue
+                choice = [one]
+                if "gradient" in staging and e.end > config.data_words and w.words_per_row > 1 and base is not None:
+                    choice = compile_conv_grad_staged(*grad_args[n], stage_base=base, stored=one.stored)
+                bands = grad_bands(plan, i, e, x) if "grad_bands" in staging else None
+                if bands:
+                    # (each product's own choice: bands cost copies and sum traffic that a product
+                    # reading little through the port does not win back)
+                    banded = compile_conv_grad_bands(*grad_args[n], e_base=bands[0], x_base=bands[1],
+                                                     images=bands[2], stored=one.stored)
+                    if port_bound_cycles(config, banded) < port_bound_cycles(config, choice):
+                        choice = banded
+                staged += choice
+                continue
             staged.append(one)
         return staged
+
+    def grad_bands(plan, i: int, e: MapLayout, x: MapLayout) -> tuple[int, int, int] | None:
+        """(error stage base, input stage base, images per band) for layer i's gradient product in
+        batch bands, or None: its input map is on chip, or a band of one image does not fit. At
+        layer i's gradient product the input batch and A_0 … A_(i−1) are live in the activation
+        scratchpad (A_(i−1) is the operand; the error products below read the masks of those under
+        it) and E_(i−1), E_i in the error scratchpad (see stage_base); each band goes in the largest
+        run of words outside them."""
+        chip = config.data_words
+        if x.end <= chip:
+            return None
+        act_runs = free_runs([plan.inputs, *plan.activations[:i]], chip)
+        err_runs = free_runs(plan.errors[max(i - 1, 0):i + 1], chip)
+        if not act_runs or not err_runs:
+            return None
+        x_base, x_room = max(act_runs, key=lambda run: (run[1], -run[0]))
+        e_base, e_room = max(err_runs, key=lambda run: (run[1], -run[0]))
+        images = min(batch, x_room // (x.words // batch), e_room // (e.words // batch))
+        if images < 1 or -(-batch // images) > MAX_GRADIENT_BANDS:
+            return None
+        return e_base, x_base, images
 
     def stage_base(plan, i: int, block: int) -> int | None:
         """Where layer i's gradient product can stage ``block`` words of its error operand: the
@@ -1034,21 +1138,31 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
     best, staging = build(("gradient",)), ("gradient",)
     if best[0] == math.inf:
         best, staging = build(()), ()
-    candidates = [best]
+    candidates = [(staging, best)]
     if any(one.op == Op.COPY_ACT for one in emit(best[1], ("forward",))):
-        candidates.append(build(staging + ("forward",)))
-    for option, (k, plan, _) in zip((staging, staging + ("forward",)), list(candidates)):
+        candidates.append((staging + ("forward",), build(staging + ("forward",))))
+    for option, (k, plan, _) in list(candidates):
         if k != math.inf and any(is_conv_err(one) and one.stored and error_stage(plan, one.layer, None)
                                  for one in emit(plan, option)):
-            candidates.append(build(option + ("error",), plan))
-    best = min((c for c in candidates if c[0] != math.inf), default=best,
+            candidates.append((option + ("error",), build(option + ("error",), plan)))
+    # gradient bands (accumulated sums) on each of those, on its placement, where some product has them
+    for option, (k, plan, _) in list(candidates):
+        if k != math.inf and any(getattr(one, "sum_hold", 0) for one in emit(plan, option + ("grad_bands",))):
+            candidates.append((option + ("grad_bands",), build(option + ("grad_bands",), plan)))
+    best = min((c for _, c in candidates if c[0] != math.inf), default=best,
                key=lambda c: (port_bound_cycles(config, c[2]), len(c[2])))
     _, plan, ins = best
     check_program_fits(config, ins)
     staged_words = [(one.out.base, one.out.base + one.out.n1 * one.out.nk) for one in ins if one.op == Op.COPY]
-    # (COPY_ACT stages only in words of activations not yet written: none is overwritten)
     overwritten = tuple(e.name for e in plan.errors
                         if any(start < min(e.end, config.data_words) and e.base < end for start, end in staged_words))
+    # A forward COPY_ACT stages only in words of activations not yet written; a backward one (a
+    # gradient band, after LOSS) may overwrite activations whose last read has passed.
+    loss_at = next(n for n, one in enumerate(ins) if one.op == Op.LOSS)
+    act_staged = [(one.out.base, one.out.base + one.out.n1 * one.out.nk) for one in ins[loss_at:] if one.op == Op.COPY_ACT]
+    overwritten += tuple(a.name for a in plan.activations
+                         if a is not None and any(start < min(a.end, config.data_words) and a.base < end
+                                                  for start, end in act_staged))
     return Program(config, ins, plan.inputs, plan.activations, plan.errors, plan.weights, plan.usage, plan.straddled,
                    overwritten)
 
@@ -1155,14 +1269,33 @@ class ConvEngineModel(EngineModel):
             else:
                 self._write_act(ins, p, None)
         elif ins.part in (PART_FIRST, PART_NEXT):
+            # pass 1 of one part: its rows are stored at the write pointer (an adding part's from
+            # row 0, each added to the row stored there); those not held enter the quantiser
             if ins.part == PART_FIRST:
-                self._parts, self._draw = [], ins.draw
+                self._sums, self._entered, self._draw = np.zeros((0, self.lanes), np.int64), [], ins.draw
             b_mem = wq if ins.op == ConvOp.CONV_ERR else self.act
-            self._parts.append(self._products(ins, self.err, b_mem))  # pass 1 of one part: stored sums
-        elif ins.op == ConvOp.CONV_ERR and ins.part == PART_FINISH:
-            self._error(ins, wq, np.concatenate(self._parts))
-        elif ins.op == ConvOp.CONV_GRAD and ins.part == PART_FINISH:
-            self._gradient(ins, step, eta_log2, np.concatenate(self._parts), self._draw)
+            rows = self._products(ins, self.err, b_mem)
+            if ins.sum_add:
+                if len(rows) > len(self._sums):
+                    raise ModelError(f"{ins}: adds {len(rows)} rows to {len(self._sums)} stored ones")
+                rows = rows + self._sums[:len(rows)]
+                self._sums = np.concatenate([rows, self._sums[len(rows):]])
+            else:
+                self._sums = np.concatenate([self._sums, rows])
+            if not ins.sum_hold:
+                self._entered.append(rows)
+        elif ins.part == PART_FINISH:
+            # pass 2 quantises the stored rows; the quantiser's maximum came from the rows that
+            # entered it in pass 1, so a program whose entered rows are not the stored ones is refused
+            entered = np.concatenate(self._entered) if self._entered else self._sums[:0]
+            stored = self._sums[:ins.qcount // self.lanes]
+            if entered.shape != stored.shape or not np.array_equal(entered, stored):
+                raise ModelError(f"{ins}: the rows that entered the quantiser in pass 1 are not the stored sums "
+                                 f"({len(entered)} entered, {len(stored)} stored)")
+            if ins.op == ConvOp.CONV_ERR:
+                self._error(ins, wq, stored)
+            else:
+                self._gradient(ins, step, eta_log2, stored, self._draw)
         elif ins.op == ConvOp.CONV_ERR:
             self._error(ins, wq)
         elif ins.op == ConvOp.CONV_GRAD:

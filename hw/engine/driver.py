@@ -202,17 +202,23 @@ class EngineDriver:
         """The int8 codes of ``layout``'s activation words, (n, L)."""
         return (await self.read_act_fields(layout))["data"]
 
+    def _check_readable(self, layout, target: Target) -> None:
+        """Refuse a tensor that tile staging overwrites after its last read (``Program.overwritten``)."""
+        if layout.name in self.program.overwritten:
+            raise ValueError(f"{layout.name}: the step's tile staging overwrites its words after their last "
+                             f"read (Program.overwritten), so they do not hold {layout.name} after a step; "
+                             f"read(Target.{target.name}, {layout.base}, {layout.words}) gives the raw words")
+
     async def read_act_fields(self, layout) -> dict[str, np.ndarray]:
-        """The whole activation words of ``layout`` (:func:`act_fields`)."""
+        """The whole activation words of ``layout`` (:func:`act_fields`); refused for a tensor that
+        tile staging overwrites after its last read (``Program.overwritten``)."""
+        self._check_readable(layout, Target.ACT)
         return act_fields(await self.read(Target.ACT, layout.base, layout.words), self.lanes)
 
     async def read_err(self, layout) -> np.ndarray:
         """The int8 codes of ``layout``'s error words, (n, L); refused for a tensor that tile
         staging overwrites after its last read (``Program.overwritten``)."""
-        if layout.name in self.program.overwritten:
-            raise ValueError(f"{layout.name}: the step's tile staging overwrites its words after their last "
-                             f"read (Program.overwritten), so they do not hold {layout.name} after a step; "
-                             f"read(Target.ERR, {layout.base}, {layout.words}) gives the raw words")
+        self._check_readable(layout, Target.ERR)
         values = await self.read(Target.ERR, layout.base, layout.words)
         return int_to_lanes(values, 8, self.lanes)
 

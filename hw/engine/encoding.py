@@ -42,7 +42,7 @@ SLOTS = ("a", "b", "out", "aux", "draw")
 
 _SCALARS = (("op", 4), ("layer", 8), ("relu", 1), ("shift", 6), ("qcount", QCOUNT_BITS), ("onehot", 16),
             ("pool", 1), ("unpool_dx", ADDR_BITS), ("unpool_dy", ADDR_BITS), ("stored", 2),
-            ("part", 2), ("part_count", QCOUNT_BITS))
+            ("part", 2), ("part_count", QCOUNT_BITS), ("sum_add", 1), ("sum_hold", 1))
 
 
 @functools.cache
@@ -109,7 +109,8 @@ def _encode(ins) -> int:
     # (cached: the compilers size many candidate programs that share their instructions)
     if isinstance(ins, ConvInstruction):
         value = dict(op=_MACHINE_OP[ins.op], layer=ins.layer, relu=ins.relu, shift=ins.shift, qcount=ins.qcount,
-                     stored=ins.stored, part=ins.part, part_count=ins.part_count, pool=ins.pool, unpool_dx=ins.unpool_dx, unpool_dy=ins.unpool_dy)
+                     stored=ins.stored, part=ins.part, part_count=ins.part_count, pool=ins.pool, unpool_dx=ins.unpool_dx, unpool_dy=ins.unpool_dy,
+                     sum_add=ins.sum_add, sum_hold=ins.sum_hold)
     else:
         value = dict(op=ins.op, layer=ins.layer, relu=ins.relu, shift=ins.shift, qcount=ins.qcount,
                      onehot=ins.onehot, stored=ins.stored)

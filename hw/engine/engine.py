@@ -46,7 +46,10 @@ word per cycle from the ``aux`` pattern's addresses to the ``out`` pattern's and
 open product; its cycles count with the gradient phase). A forward product whose input map is spilled
 runs in batch bands, each after a COPY_ACT record that stages the band's input words (whole
 activation words: values, masks, pool indices) in the activation scratchpad (its cycles count
-with the forward phase).
+with the forward phase; after the step's LOSS, with the gradient phase). A gradient product in
+batch bands accumulates its stored sums across its parts: a part with ``sum_add`` joins each
+array row with the stored row it replaces (read ahead from row 0) and stores the sum; a part with
+``sum_hold`` stores its rows without the quantiser, which sees only the last band's finished sums.
 Memory ports are routed by the running operation:
 
 ==========  ======================  ======================  ===================  ====================
@@ -338,6 +341,7 @@ class Engine(wiring.Component):
         flush_in_left, flush_out_left = Signal(32), Signal(32)
         done = Signal()                                  # the result generator's last row was written
         done_pending = Signal(reset_less=True)           # … taken, the unpool stage may still be writing
+        backward = Signal()                              # the step's LOSS has been decoded (until its END)
 
         # ---- memory routing ----------------------------------------------------------------------
         # act read port: FWD → feeder A, GRAD → feeder B, LOSS/ERR → aux, else the host.
@@ -463,6 +467,12 @@ class Engine(wiring.Component):
         # wide fan-out (store_ext → sum_rd_left, 24.0 ns of routing, the b128 engine's worst path
         # once the operation's copies had taken the op flip-flops off it, placed)
         from_chip_sums = Signal()
+        # A gradient part in batch bands (conv.compile_conv_grad_bands) accumulates the stored sums:
+        # with ``sum_add`` each pass-1 row is the array's row plus the stored row it replaces (read
+        # ahead from row 0, as pass 2 reads), with ``sum_hold`` the rows are stored but do not enter
+        # the quantiser (partial sums must not reach Q_G's maximum). Flip-flops set in DECODE.
+        add_on = Signal()
+        hold_on = Signal()
         sum_rd_left = Signal(32)                         # pass-2 rows still to request
         sum_rd_addr = Signal(ADDR_BITS)
         sum_wa = Signal(ADDR_BITS)                       # next row to write
@@ -484,6 +494,7 @@ class Engine(wiring.Component):
             m.submodules.sum_rd = sum_rd = RamReader(cfg.sum_width)
             m.d.comb += [sums.r_addr.eq(sum_rd.r_addr), sum_rd.r_data.eq(sums.r_data)]
             # rows are requested once pass 1 is over and its last write has landed (writes are registered)
+            # (an adding part reads row r before it writes row r: its reads run ahead of its writes)
             m.d.comb += [sum_rd.req.valid.eq(from_chip_sums & (sum_rd_left != 0) & ~sums.w_en),
                          sum_rd.req.payload.eq(sum_rd_addr)]
             with m.If(sum_rd.req.valid & sum_rd.req.ready):
@@ -545,8 +556,9 @@ class Engine(wiring.Component):
                     m.d.comb += [port_wr.req.valid.eq(req.valid), port_wr.req.payload.eq(req.payload),
                                  req.ready.eq(port_wr.req.ready)]
             sum_go = Signal()                            # pass-1 rows all written: reads may start
+            # (an adding part keeps the writer's client: it writes each row back as it reads the next)
             with m.If(share_rd & (rows_queued == 0) & sum_wr_q.empty & ext_port.writes_idle):
-                m.d.sync += [sum_go.eq(1), share_wr.eq(0)]
+                m.d.sync += [sum_go.eq(1), share_wr.eq(add_on)]
             xr_chunk = Signal(range(n))
             m.d.comb += [sum_xrd.req.valid.eq(sum_go & (sum_rd_left != 0)),
                          sum_xrd.req.payload.eq(sum_rd_addr)]
@@ -577,6 +589,13 @@ class Engine(wiring.Component):
             with m.If(from_sums):
                 m.d.comb += [sel.valid.eq(sums_back.valid), sel.payload.data.eq(sums_back.payload),
                              sums_back.ready.eq(sel.ready)]
+            with m.Elif(add_on):
+                # the array's row plus the stored row (lane-wise, wrapping at the accumulator width
+                # as the array's own sums do: the finished sums are the whole product's)
+                back = data.View(arr_res.payload.data.shape(), sums_back.payload)
+                m.d.comb += [sel.valid.eq(arr_res.valid & sums_back.valid), sel.payload.eq(arr_res.payload),
+                             arr_res.ready.eq(sel.ready & sums_back.valid), sums_back.ready.eq(sel.ready & arr_res.valid)]
+                m.d.comb += [sel.payload.data[i].eq(arr_res.payload.data[i] + back[i]) for i in range(L)]
             with m.Else():
                 m.d.comb += [sel.valid.eq(arr_res.valid), sel.payload.eq(arr_res.payload),
                              arr_res.ready.eq(sel.ready)]
@@ -591,8 +610,9 @@ class Engine(wiring.Component):
         wiring.connect(m, quant_in.o, quant.i)
         # pass 1 of an external store: a row enters the quantiser only with room in the row queue
         qi = stream.Signature(quant.i.payload.shape()).create()
-        m.d.comb += [quant_in.i.valid.eq(qi.valid & store_room), quant_in.i.payload.eq(qi.payload),
-                     qi.ready.eq(quant_in.i.ready & store_room)]
+        # (a held row is only stored: it is taken with room in the store, without the quantiser)
+        m.d.comb += [quant_in.i.valid.eq(qi.valid & store_room & ~hold_on), quant_in.i.payload.eq(qi.payload),
+                     qi.ready.eq((quant_in.i.ready | hold_on) & store_room)]
         # The auxiliary reader's output (a join of its FIFOs) is registered twice: once as it leaves
         # the reader, then again with the LOSS label test of each lane done between the two
         # registers (its own read port of the labels, addressed by the beat's tile counter t1):
@@ -670,10 +690,14 @@ class Engine(wiring.Component):
         # quantiser's input, deep) reaches only p1_took and pass2, not the counts' 64 enables
         # (op_is_grad → join → part_left's enables was the 8-lane engine's worst path, -10.0 ns,
         # placed). The beat taken now is pass 1's last when p1_left − p1_took = 1.
-        m.d.sync += p1_took.eq(take_in & ~pass2)
+        # A held row counts for its part, not for the quantiser's pass 1.
+        part_took = Signal()
+        m.d.sync += [p1_took.eq(take_in & ~pass2 & ~hold_on), part_took.eq(take_in & ~pass2)]
         with m.If(p1_took):
-            m.d.sync += [p1_left.eq(p1_left - 1), part_left.eq(part_left - 1)]
-        with m.If(take_in & ~pass2):
+            m.d.sync += p1_left.eq(p1_left - 1)
+        with m.If(part_took):
+            m.d.sync += part_left.eq(part_left - 1)
+        with m.If(take_in & ~pass2 & ~hold_on):
             with m.If(Mux(p1_took, p1_left == 2, p1_left == 1)):
                 m.d.sync += [pass2.eq(1), from_sums.eq(stored_on), from_chip_sums.eq(stored_on & ~store_ext)]
                 if cfg.external_sum_words:
@@ -754,10 +778,12 @@ class Engine(wiring.Component):
         run_base = Signal(32)                            # run_cycles when this RUN started
         with m.If(running):
             m.d.sync += counters["run_cycles"].eq(counters["run_cycles"] + 1)
-            # (tile staging counts with the phase it stages for: COPY_ACT forward operands, COPY gradient ones)
-            for name, codes in (("fwd_cycles", (Op.FWD, Op.COPY_ACT)), ("loss_cycles", (Op.LOSS,)), ("err_cycles", (Op.ERR,)),
-                                ("grad_cycles", (Op.GRAD, Op.COPY))):
-                with m.If(Cat(*(op_is[code] for code in codes)).any()):
+            # (tile staging counts with the phase it stages for: COPY_ACT forward operands before the
+            # loss and gradient bands' after it, COPY gradient ones)
+            for name, active in (("fwd_cycles", op_is[Op.FWD] | (op_is[Op.COPY_ACT] & ~backward)),
+                                 ("loss_cycles", op_is[Op.LOSS]), ("err_cycles", op_is[Op.ERR]),
+                                 ("grad_cycles", op_is[Op.GRAD] | op_is[Op.COPY] | (op_is[Op.COPY_ACT] & backward))):
+                with m.If(active):
                     m.d.sync += counters[name].eq(counters[name] + 1)
         with m.If(ops_.valid & ops_.ready):
             m.d.sync += counters["array_beats"].eq(counters["array_beats"] + 1)
@@ -766,6 +792,7 @@ class Engine(wiring.Component):
         # ---- host packet FSM and sequencer --------------------------------------------------------
         def abort():
             """End the RUN with the status set; first complete an open product in parts (FLUSH)."""
+            m.d.sync += [add_on.eq(0), hold_on.eq(0), backward.eq(0)]     # (FLUSH's zero rows enter the quantiser)
             with m.If(in_chain):
                 m.d.sync += [flush_in_left.eq(chain_rows), flush_out_left.eq(chain_rows)]
                 m.next = "FLUSH"
@@ -932,7 +959,8 @@ class Engine(wiring.Component):
         # DECODE acts on them (the record's bits → the tests → the op flags' and the step
         # counters' enables was -9.1 ns in the 8-lane engine, placed). in_chain and chain_op
         # change only in DECODE, FLUSH and RUN_NEXT_STEP, a whole FETCH before the next DECODE.
-        dec = {n: Signal(name=f"dec_{n}") for n in ("keep", "to_chip", "to_ext", "no_pass1", "first", "finish", "bad")}
+        dec = {n: Signal(name=f"dec_{n}") for n in ("keep", "to_chip", "to_ext", "no_pass1", "first", "finish", "bad",
+                                                    "add", "hold")}
         dec_codes = tuple(Op.NAMES)
         dec_op = {c: Signal(name=f"dec_op_{Op.NAMES[c].lower()}") for c in dec_codes}
         dec_op_hot = Cat(*(dec_op[c] for c in dec_codes))
@@ -960,10 +988,14 @@ class Engine(wiring.Component):
                        ins.stored == 0))
         bad_store = ~room | ((ins.stored != 0) & (ins.op != Op.ERR) & (ins.op != Op.GRAD))
         # parts: stored ERR or GRAD records, a first, then next parts of the same operation, then a
-        # finish; only COPY records (operand staging) may run between them
-        bad_part = Mux(ins.part == PART_WHOLE, in_chain & (ins.op != Op.COPY),
+        # finish; only COPY and COPY_ACT records (operand staging) may run between them
+        bad_part = Mux(ins.part == PART_WHOLE, in_chain & (ins.op != Op.COPY) & (ins.op != Op.COPY_ACT),
                        ((ins.op != Op.ERR) & (ins.op != Op.GRAD)) | (ins.stored == 0) |
                        Mux(ins.part == PART_FIRST, in_chain, ~in_chain | (ins.op != chain_op)))
+        # accumulating parts: a first or next part of a stored GRAD; a first part has nothing to add to
+        bad_acc = (((ins.sum_add | ins.sum_hold) & ((ins.op != Op.GRAD) | (ins.part == PART_WHOLE) |
+                                                    (ins.part == PART_FINISH))) |
+                   (ins.sum_add & (ins.part == PART_FIRST)))
         m.d.sync += [
             dec["keep"].eq((ins.part >= PART_NEXT) | in_chain),
             dec["to_chip"].eq((ins.stored == STORE_CHIP) & bool(cfg.sum_words)),
@@ -971,7 +1003,9 @@ class Engine(wiring.Component):
             dec["no_pass1"].eq(rows == 0),
             dec["first"].eq(ins.part == PART_FIRST),
             dec["finish"].eq(ins.part == PART_FINISH),
-            dec["bad"].eq((conv_only if not cfg.has_conv else conv_bad) | bad_store | bad_part),
+            dec["add"].eq(ins.sum_add),
+            dec["hold"].eq(ins.sum_hold),
+            dec["bad"].eq((conv_only if not cfg.has_conv else conv_bad) | bad_store | bad_part | bad_acc),
         ] + [dec_op[c].eq(ins.op == c) for c in dec_codes]
 
         with m.FSM():
@@ -1186,8 +1220,14 @@ class Engine(wiring.Component):
                                  from_sums.eq(no_pass1 & (to_chip | to_ext)), from_chip_sums.eq(no_pass1 & to_chip)]
                     if cfg.external_sum_words:
                         m.d.sync += [sum_xw.eq(0), sum_chunk.eq(0), share_rd.eq(no_pass1 & to_ext)]
+                if cfg.external_sum_words:
+                    # inside a product in parts the error reader has the port's client, except in an
+                    # adding part (its operands are staged) and once every pass-1 row has entered (the
+                    # finish record): a staging COPY between parts reads E_l through it
+                    with m.If(keep):
+                        m.d.sync += share_rd.eq(((dec["add"] & ~dec["bad"]) | pass2) & store_ext)
                 m.d.sync += [done.eq(0), done_pending.eq(0), sum_rd_addr.eq(0), sum_rd_left.eq(0),
-                             part_left.eq(ins.part_count >> shift_l)]
+                             part_left.eq(ins.part_count >> shift_l), add_on.eq(dec["add"]), hold_on.eq(dec["hold"])]
                 if cfg.external_sum_words:           # (the previous record's rows are all read back)
                     m.d.sync += [sum_go.eq(0), xr_chunk.eq(0), have.eq(0),
                                  share_wr.eq(Mux(keep, store_ext, to_ext))]
@@ -1195,6 +1235,14 @@ class Engine(wiring.Component):
                     m.d.sync += status.eq(Status.BAD_INSTRUCTION)
                     abort()
                 with m.Else():
+                    with m.If(dec["add"]):
+                        # an adding part rewrites the stored rows from row 0, reading each ahead of its
+                        # write (the part before it held until its rows were all written out). Not
+                        # for a refused record: its reads would wait in the reader for the next pass 2.
+                        m.d.sync += [sum_wa.eq(0), sum_rd_left.eq(ins.part_count >> shift_l),
+                                     from_chip_sums.eq(~store_ext)]
+                        if cfg.external_sum_words:
+                            m.d.sync += [sum_xw.eq(0), sum_chunk.eq(0)]
                     with m.If(dec["first"]):
                         m.d.sync += [in_chain.eq(1), chain_rows.eq(ins.qcount >> shift_l), chain_op.eq(ins.op)]
                     with m.Elif(dec["finish"]):
@@ -1204,13 +1252,13 @@ class Engine(wiring.Component):
                             m.next = "FETCH_CHECK"
                         with m.Case(*dec_case(Op.END)):
                             m.d.sync += [step.eq(step + 1), steps_left.eq(steps_left - 1),
-                                         counters["steps"].eq(counters["steps"] + 1)]
+                                         counters["steps"].eq(counters["steps"] + 1), backward.eq(0)]
                             m.next = "RUN_NEXT_STEP"
                         with m.Case(*dec_case(Op.FWD)):
                             m.d.sync += set_op(Op.FWD) + [launch[n].eq(1) for n in ("a", "b", "out", "q")]
                             m.next = "WAIT"
                         with m.Case(*dec_case(Op.LOSS)):
-                            m.d.sync += set_op(Op.LOSS) + [launch[n].eq(1) for n in ("aux", "q")]
+                            m.d.sync += set_op(Op.LOSS) + [launch[n].eq(1) for n in ("aux", "q")] + [backward.eq(1)]
                             m.next = "PASS2"
                         with m.Case(*dec_case(Op.ERR)):
                             m.d.sync += set_op(Op.ERR)
@@ -1292,7 +1340,8 @@ class Engine(wiring.Component):
             with m.State("WAIT_PART"):
                 # a part ends when its rows have entered the quantiser (stored: its sums are kept)
                 m.d.comb += running.eq(1)
-                with m.If((part_left == 0) & ~launching):
+                # (a held part also waits for its rows to be written out: the next part rewinds)
+                with m.If((part_left == 0) & ~launching & (sums_flushed | ~hold_on)):
                     m.next = "FETCH_CHECK"
             with m.State("WAIT"):
                 m.d.comb += running.eq(1)

@@ -20,7 +20,11 @@ from golden.quant import forward_weights, quantize_activation, quantize_error, q
 from .compiler import Program
 from .isa import AddressPattern, Instruction, Op
 
-__all__ = ["EngineModel"]
+__all__ = ["EngineModel", "ModelError"]
+
+
+class ModelError(RuntimeError):
+    """A program the model cannot run as the engine would (the message names the record)."""
 
 
 class EngineModel:

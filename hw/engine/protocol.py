@@ -96,7 +96,7 @@ COUNTERS = ("run_cycles", "fwd_cycles", "loss_cycles", "err_cycles", "grad_cycle
 IDENT = ("magic", "format_version", "fingerprint", "lanes", "data_words", "weight_words", "label_words",
          "program_words", "machine_words", "external_words", "external_weight_words")
 MAGIC = 0x45474157                  # "WAGE", little-endian
-FORMAT_VERSION = 5                  # 5: delta records in the program image; 4: the COPY_ACT operation; 3: IDENT external_words, COUNTERS ext words; 2: 32-bit program words
+FORMAT_VERSION = 6                  # 6: accumulated gradient parts (sum_add, sum_hold); 5: delta records in the program image; 4: the COPY_ACT operation; 3: IDENT external_words, COUNTERS ext words; 2: 32-bit program words
 
 LABEL_BITS = 16
 ARGUMENTS = {Command.WRITE: 2, Command.READ: 2, Command.RUN: 3, Command.COUNTERS: 0, Command.IDENT: 0}
