@@ -169,14 +169,15 @@ def _units(instructions) -> list[list]:
     """The instructions one by one, except that a product in parts (conv.PART_FIRST … PART_FINISH)
     is one unit with the COPY records that stage its operands (before and between its parts):
     its records only run together; and a forward product in staged batch bands (COPY_ACT, CONV_FWD,
-    COPY_ACT, …) is one unit, so that each unit is one whole product."""
+    COPY_ACT, …, and a fully connected product's last band that reads its input where it lives) is
+    one unit, so that each unit is one whole product."""
     from hw.engine.conv import PART_FINISH, PART_WHOLE
     from hw.engine.isa import Op
     units, open_ = [], []
     for ins in instructions:
         part = getattr(ins, "part", PART_WHOLE)
-        if (ins.op == Op.COPY_ACT and not open_ and units and units[-1][0].op == Op.COPY_ACT
-                and units[-1][-1].layer == ins.layer):
+        banded = not open_ and units and units[-1][0].op == Op.COPY_ACT and units[-1][-1].layer == ins.layer
+        if banded and (ins.op == Op.COPY_ACT or ins.op == units[-1][-1].op):
             open_ = units.pop()                  # the next band of the same forward product
         open_.append(ins)
         if part == PART_FINISH or (part == PART_WHOLE and ins.op not in Op.COPIES):

@@ -691,7 +691,9 @@ def gradient_parts_out_of_order(program) -> list[list]:
 
 #: The staged network with 64 scratchpad words and a memory of 4 cycles a word: conv2's gradient
 #: product runs in 3 batch bands (3, 3, 2 images), E1 and A0 staged for each, its sums accumulated
-#: in the external sums; with a 256-row sum buffer instead (and 32 words), in 4 bands on chip.
+#: in the external sums; with a 256-row sum buffer instead (and 32 words), in 8 bands of one image
+#: on chip (A0 straddles: 8 words on chip), and the fully connected layer's gradient product stages
+#: its spilled input (A1) in 3 column blocks.
 CONV_GRAD_BANDS_CONFIG = CONV_STAGE_CONFIG.replace(data_words=64, external_cycles_per_word=4)
 CONV_GRAD_BANDS_CHIP_CONFIG = CONV_STAGE_CONFIG.replace(external_sum_words=0, sum_words=256,
                                                         external_cycles_per_word=4)
@@ -714,19 +716,23 @@ def gradient_band_faults(program) -> list[list]:
     return [[*ins[first - 2:first], adds, ins[-1]], [err_first, ins[-1]]]
 
 
-@pytest.mark.parametrize("config, bands", [(CONV_GRAD_BANDS_CONFIG, 3), (CONV_GRAD_BANDS_CHIP_CONFIG, 4)],
+@pytest.mark.parametrize("config, bands", [(CONV_GRAD_BANDS_CONFIG, 3), (CONV_GRAD_BANDS_CHIP_CONFIG, 8)],
                          ids=["external-sums", "sum-buffer"])
 def test_gradient_bands_accumulate_bit_exactly(config, bands):
     """Conv2's gradient product in batch bands: each band's part adds its rows to the stored sums
     and only the last band's rows enter Q_G's pass 1. Both steps match the model and golden in
     every tensor, the external memory saw no fault, the array beats are as predicted, the two
-    malformed accumulating records were refused, and one wrong weight bit is caught."""
+    malformed accumulating records were refused, and one wrong weight bit is caught (in conv2's
+    weights, and in the fully connected layer's, which the sum-buffer build stages in column blocks)."""
+    from hw.engine.conv import PART_FINISH, PART_FIRST, PART_NEXT
     from hw.engine.isa import STORE_CHIP, STORE_EXTERNAL
     program, got, want = run_conv_steps(config, SPILL_TIMING, refused=gradient_band_faults)
     parts = [ins for ins in program.instructions if str(ins).startswith("CONV_GRAD layer 1 part")]
     assert [(p.sum_add, p.sum_hold) for p in parts] == [(0, 1)] + [(1, 1)] * (bands - 2) + [(1, 0)]
     assert {p.stored for p in parts} == {STORE_EXTERNAL if config.external_sum_words else STORE_CHIP}
-    assert program.activations[0].base >= config.data_words                # A0 is spilled
+    assert program.activations[0].end > config.data_words                  # A0 spills (wholly or in part)
+    fc_parts = [ins.part for ins in program.instructions if str(ins).startswith("CONV_GRAD layer 2")]
+    assert fc_parts == ([] if config.external_sum_words else [PART_FIRST, PART_NEXT, PART_NEXT, PART_FINISH])
     for s in range(2):
         assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
     assert [got[s].get("ext_fault", 0) for s in range(2)] == [0, 0]
@@ -736,6 +742,9 @@ def test_gradient_bands_accumulate_bit_exactly(config, bands):
     bad = {**want[1], "weights": [w.copy() for w in want[1]["weights"]]}
     bad["weights"][1].flat[5] = -bad["weights"][1].flat[5] or 1
     assert conv_mismatches(got[1], bad) == ["weights 1"]
+    bad["weights"][1], bad["weights"][2] = want[1]["weights"][1], want[1]["weights"][2].copy()
+    bad["weights"][2].flat[-1] = -bad["weights"][2].flat[-1] or 1
+    assert conv_mismatches(got[1], bad) == ["weights 2"]
 
 
 @pytest.fixture(scope="module")
@@ -814,3 +823,30 @@ def test_staged_forward_bands_train_bit_exactly(conv_stage_steps):
     bad = {**want[1], "A1": {**want[1]["A1"], "data": want[1]["A1"]["data"].copy()}}
     bad["A1"]["data"].flat[5] ^= 1
     assert conv_mismatches(got[1], bad) == ["A1.data"]
+
+
+def test_fully_connected_bands_and_blocks_train_bit_exactly():
+    """Fully connected products whose operands spill, on the RTL (``FC_BANDS_CONFIG`` of
+    tests/test_hw_engine_model.py): both forward products in 2 staged batch bands — fc2's second
+    band stages in words of its on-chip output A2 that the first band has not written — and fc2's
+    gradient product in 2 column blocks of A1 (conv.compile_fc_fwd_staged, compile_fc_grad_staged).
+    Both steps match the model and golden in every tensor, the external memory saw no fault, the
+    array beats are as predicted, and one wrong bit of A1 and of fc2's weights is each caught."""
+    from tests.test_hw_engine_model import FC_BANDS_CONFIG
+    program, got, want = run_conv_steps(FC_BANDS_CONFIG, SPILL_TIMING)
+    names = [str(ins) for ins in program.instructions]
+    assert names.count("COPY_ACT layer 1") == 2 and names.count("FWD layer 1") == 2
+    assert names.count("COPY_ACT layer 2") == 4 and names.count("FWD layer 2") == 2
+    assert [n for n in names if n.startswith("CONV_GRAD layer 2")] == \
+        ["CONV_GRAD layer 2 part 1", "CONV_GRAD layer 2 part", "CONV_GRAD layer 2 finish"]
+    for s in range(2):
+        assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
+    assert [got[s].get("ext_fault", 0) for s in range(2)] == [0, 0]
+    c0, c1 = got[0]["counters"], got[1]["counters"]
+    assert c1["array_beats"] - c0["array_beats"] == array_beats(program) == c0["array_beats"]
+    bad = {**want[1], "A1": {**want[1]["A1"], "data": want[1]["A1"]["data"].copy()}}
+    bad["A1"]["data"][-1, 0] ^= 1
+    assert conv_mismatches(got[1], bad) == ["A1.data"]
+    bad = {**want[1], "weights": [w.copy() for w in want[1]["weights"]]}
+    bad["weights"][2].flat[-1] = -bad["weights"][2].flat[-1] or 1
+    assert conv_mismatches(got[1], bad) == ["weights 2"]

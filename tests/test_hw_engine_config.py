@@ -93,9 +93,12 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
     over E2's words: 8 COPY records, 8 parts. Conv1's gradient product, both of whose operands
     spill (E0 and the input batch, 294,912 words each), runs in 43 batch bands of 3 images with
     both staged (E0's band over E2, the input's over A2, both dead by then) and its sums
-    accumulated. The port-bound estimate falls from 34,898,432 cycles (both operands through the
-    port, before staging over consumed tensors) to 29,016,576 (conv2's error product in 54 parts),
-    27,853,312 (108 parts, delta records) and 27,263,488 with conv1's gradient bands."""
+    accumulated. Fc1's forward product stages its input A1 in 6 batch bands (40, 24, 16, 16, 8 and
+    8 images, each in words of A2 that the bands before have not written; the last 16 images read
+    where they live). The port-bound estimate falls from 34,898,432 cycles (both operands through
+    the port, before staging over consumed tensors) to 29,016,576 (conv2's error product in 54
+    parts), 27,853,312 (108 parts, delta records), 27,263,488 with conv1's gradient bands and
+    26,360,320 with fc1's forward bands."""
     from hw.engine.compiler import compile_network, port_bound_cycles
     from hw.engine.isa import Op
     config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
@@ -111,8 +114,15 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
     assert [(p.sum_add, p.sum_hold) for p in parts] == [(0, 1)] + [(1, 1)] * 41 + [(1, 0)]
     assert sum(str(ins).startswith("CONV_GRAD layer 1 part") for ins in program.instructions) == 8   # not banded
     assert program.overwritten == ("E2", "A2")
-    assert port_bound_cycles(config, program.instructions) == 27_263_488
-    assert port_bound_cycles(config, compile_network(config.replace(program_words=3072)).instructions) == 28_410_368
+    a1 = program.activations[1]
+    bands = [(ins.aux.base - a1.base, ins.out.base, ins.out.nk) for ins in program.instructions
+             if ins.op == Op.COPY_ACT and ins.layer == 2]
+    assert bands == [(0, 2560, 5120), (5120, 4096, 3072), (8192, 5120, 2048), (10240, 6144, 2048),
+                     (12288, 6656, 1024), (13312, 7168, 1024)]                   # 40, 24, 16, 16, 8, 8 images
+    assert [ins.a.lim for ins in program.instructions if str(ins) == "FWD layer 2"] == [40, 24, 16, 16, 8, 8, 16]
+    assert not any(str(ins).startswith("CONV_GRAD layer 2") for ins in program.instructions)   # (beats = words)
+    assert port_bound_cycles(config, program.instructions) == 26_360_320
+    assert port_bound_cycles(config, compile_network(config.replace(program_words=3072)).instructions) == 28_113_408
 
 
 def test_lenet5_batch_128_stages_by_the_memory_rate():
@@ -126,19 +136,24 @@ def test_lenet5_batch_128_stages_by_the_memory_rate():
     14 images instead of 6,553,600 words; conv2's error product E1 (65,536 words) from 8 COPY
     records of 16 images into E2's dead words, instead of once per valid tap. Both gradient
     products run in batch bands with accumulated sums: conv2's in 10 bands of 14 images (A0 read
-    once instead of 6.55 million words, E1 once more), conv1's in 43 of 3. With those records the
-    error product's bands take 9 parts each (8 × 9), not 54. The estimate at 7 cycles a word falls
-    from 183,668,224 (the word-per-cycle program) to 64,591,872 (111,816,192 before the gradient
-    bands); at a word per cycle the SDRAM program would cost 30,900,736 against 27,263,488. The
-    22,528-word configuration takes conv2's error product staged in 8 bands of its finest 108 parts."""
+    once instead of 6.55 million words, E1 once more), conv1's in 43 of 3. Fc1's gradient product
+    stages A1 (16,384 words) in 2 column blocks of 64 input words over A2's dead words, instead of
+    reading it once per output block (1,048,576). With those records the error product's bands take
+    9 parts each (8 × 9), not 54. Fc1's forward product stages A1 in batch bands as at a word per
+    cycle (see above). The estimate at 7 cycles a word falls from 177,346,048 (the word-per-cycle
+    program) to 52,092,928 (58,415,104 before fc1's forward bands, 64,591,872 before its gradient
+    blocks, 111,816,192 before the gradient bands); at a word per cycle the SDRAM program would cost
+    30,013,952 against 26,360,320. The
+    22,528-word configuration takes conv2's error product staged in 8 bands of its finest 108 parts
+    (and fc1's forward bands)."""
     from hw.engine.compiler import MemoryPlan, compile_network, port_bound_cycles, tensor_reads
     from hw.engine.isa import Op
     config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
     sdram = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_sdram.json")
     assert sdram == config.replace(external_cycles_per_word=7)
     program, whole = compile_network(sdram), compile_network(config)
-    assert [port_bound_cycles(sdram, p.instructions) for p in (program, whole)] == [64_591_872, 183_668_224]
-    assert [port_bound_cycles(config, p.instructions) for p in (program, whole)] == [30_900_736, 27_263_488]
+    assert [port_bound_cycles(sdram, p.instructions) for p in (program, whole)] == [52_092_928, 177_346_048]
+    assert [port_bound_cycles(config, p.instructions) for p in (program, whole)] == [30_013_952, 26_360_320]
     assert not any(ins.op == Op.COPY_ACT and ins.layer == 1 for ins in whole.instructions)
     assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in whole.instructions) == 108
 
@@ -149,8 +164,13 @@ def test_lenet5_batch_128_stages_by_the_memory_rate():
         ins.op == Op.COPY_ACT for ins in program.instructions[:loss])]]
     a0_bands = [(1, a0.base + 8064 * n, 0, 8064) for n in range(9)] + [(1, a0.base + 72576, 0, 1152)]
     x_bands = [(0, x.base + 6912 * n, 0, 6912) for n in range(42)] + [(0, x.base + 6912 * 42, 0, 4608)]
-    assert forward == x_bands + a0_bands
-    assert [(c.layer, c.aux.base, c.out.base, c.out.nk) for c in bands[len(forward):]] == a0_bands + x_bands
+    a1 = program.activations[1].base
+    a1_bands = [(2, a1 + offset, base, words) for offset, base, words in
+                ((0, 2560, 5120), (5120, 4096, 3072), (8192, 5120, 2048), (10240, 6144, 2048), (12288, 6656, 1024),
+                 (13312, 7168, 1024))]
+    assert forward == x_bands + a0_bands + a1_bands
+    a1_blocks = [(2, program.activations[1].base + 64 * n, 0, 64) for n in range(2)]
+    assert [(c.layer, c.aux.base, c.out.base, c.out.nk) for c in bands[len(forward):]] == a1_blocks + a0_bands + x_bands
     copies = [(c.layer, c.aux.base, c.aux.nk) for c in program.instructions if c.op == Op.COPY]
     assert copies == [(1, e1.base + 8192 * n, 8192) for n in range(8)] + \
         [(1, e1.base + 7168 * n, 7168) for n in range(9)] + [(1, e1.base + 64512, 1024)] + \
@@ -172,12 +192,16 @@ def test_lenet5_batch_128_stages_by_the_memory_rate():
     # bands, then the gradient bands)
     assert [reads(p, "A0", True) for p in (program, whole)] == [368_640, 6_848_512]
     assert [reads(p, "E1", True) for p in (program, whole)] == [131_072, 6_619_136]
+    # A1: fc1's gradient blocks (once) and conv2's error product's pool indices (twice)
+    assert [reads(p, "A1", True) for p in (program, whole)] == [49_152, 1_081_344]
+    # forward, both programs: fc1's bands copy 112 images (14,336 words), the last 16 read per output block
+    assert [reads(p, "A1") for p in (program, whole)] == [145_408, 145_408]
 
     finest = compile_network(EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_staged.json"))
     assert finest.config == config.replace(program_words=22528)
     assert sum(ins.op == Op.COPY for ins in finest.instructions) == 8 + 8 + 43
     assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in finest.instructions) == 8 * 108
-    assert port_bound_cycles(config, finest.instructions) == 27_181_568
+    assert port_bound_cycles(config, finest.instructions) == 26_278_400
     assert (finest.config.slot_digits["out"], finest.config.slot_digits["aux"]) == ((5, 3), (5, 1))
     with pytest.raises(EngineConfigError, match=r"external_cycles_per_word=0: must be an integer in 1\.\.1024"):
         config.replace(external_cycles_per_word=0)

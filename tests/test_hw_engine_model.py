@@ -201,3 +201,87 @@ def test_gradient_bands_accumulate_the_whole_products_sums(embedded):
         wrong = dataclasses.replace(program, instructions=flipped)
         with pytest.raises(ModelError, match=r"CONV_GRAD layer 1 finish: the rows that entered the quantiser"):
             train_model_and_golden(ConvEngineModel(wrong), wage, wrong, embedded, steps=1, check=False)
+
+
+def test_fc_gradient_stages_its_spilled_input_in_column_blocks(embedded):
+    """A fully connected gradient product whose input (A2, 768 words) spills runs in 4 parts, each
+    after a COPY_ACT of up to 36 input words of every image into the 216 scratchpad words above A1
+    (A3's, read for the last time by LOSS, and the free ones); the tiles run input word first, so every part's rows are whole sums and the finish
+    record walks them in the whole product's order. Two steps equal golden's; a part whose staged
+    operand is read one word off is caught; with A2 on chip the product runs whole."""
+    from hw.engine.conv import PART_FINISH, PART_FIRST, PART_NEXT, ConvEngineModel
+    wage = WageConfig(net="8C5-MP2-16C5-MP2-512FC-10", batch_size=6, seed=5, input_shape=(1, 28, 28))
+    config = EngineConfig(wage, lanes=4, data_words=600, external_words=1 << 16, weight_words=1 << 16,
+                          sum_words=1 << 12, external_sum_words=1 << 14, program_words=1 << 15,
+                          external_cycles_per_word=4)
+    program = compile_network(config)
+    a2 = program.activations[2]
+    assert a2.base >= config.data_words
+    grad = [(n, ins) for n, ins in enumerate(program.instructions) if "GRAD layer 3" in str(ins)]
+    assert [ins.part for _, ins in grad] == [PART_FIRST] + [PART_NEXT] * 3 + [PART_FINISH]
+    copies = [program.instructions[n - 1] for n, ins in grad[:-1]]
+    assert [(ins.op, ins.aux.base, ins.aux.n1, ins.aux.nk, ins.out.base) for ins in copies] == \
+        [(Op.COPY_ACT, a2.base + 36 * k, 6, n, 384) for k, n in enumerate((36, 36, 36, 20))]
+    assert [ins.part_count for _, ins in grad[:-1]] == [n * 3 * 16 for n in (36, 36, 36, 20)]
+    assert "A3" in program.overwritten
+    assert train_model_and_golden(ConvEngineModel(program), wage, program, embedded, steps=2) == set()
+
+    n, part = grad[1]
+    off = list(program.instructions)
+    off[n] = dataclasses.replace(part, b=dataclasses.replace(part.b, base=part.b.base + 1))
+    wrong = dataclasses.replace(program, instructions=off)
+    assert "W3" in train_model_and_golden(ConvEngineModel(wrong), wage, wrong, embedded, steps=1, check=False)
+
+    on_chip = compile_network(config.replace(data_words=1200))
+    assert on_chip.activations[2].end <= 1200
+    assert [str(ins) for ins in on_chip.instructions if "GRAD layer 3" in str(ins)] == ["GRAD layer 3"]
+
+
+#: 8×8 inputs, batch 8, 56-word scratchpads and a memory of 4 cycles a word: fc1's input A0 (72
+#: words) and its output A1 (64) spill, fc2's output A2 (24) is on chip. Both forward products
+#: run in 2 staged batch bands of 4 images; fc2's bands stage over A2's words of the images not yet
+#: written (the second band in the 12 words above the first band's rows). Fc2's gradient product
+#: stages A1 in 2 column blocks (7 input words and 1) over A2, read for the last time by LOSS.
+FC_BANDS_WAGE = WageConfig(net="4C3-MP2-32FC-10", input_shape=(1, 8, 8), batch_size=8, seed=7)
+FC_BANDS_CONFIG = EngineConfig(FC_BANDS_WAGE, lanes=4, data_words=56, weight_words=64, label_words=8,
+                               external_words=4096, external_weight_words=1024, sum_words=256,
+                               external_sum_words=4096, external_cycles_per_word=4)
+
+
+def test_fc_forward_bands_stage_in_words_the_output_has_not_reached(embedded):
+    """Fully connected forward products in batch bands (conv.compile_fc_fwd_staged): each band a
+    COPY_ACT of its images' input words, then a FWD over those images reading them there. Fc2's
+    output A2 is on chip, so its second band stages in the words of A2's images the first band
+    did not write. Two steps equal golden's; a band that writes its rows one image too low (over
+    the first band's) is caught."""
+    from hw.engine.conv import ConvEngineModel
+    program = compile_network(FC_BANDS_CONFIG)
+    a0, a1, a2 = program.activations
+    loss = next(n for n, ins in enumerate(program.instructions) if ins.op == Op.LOSS)
+    forward = [ins for ins in program.instructions[:loss] if ins.layer > 0]
+    assert [(str(ins), ins.aux.base, ins.out.base) if ins.op == Op.COPY_ACT else (str(ins), ins.a.base, ins.out.base, ins.a.lim)
+            for ins in forward] == [
+        ("COPY_ACT layer 1", a0.base, 0), ("FWD layer 1", 0, a1.base, 4),
+        ("COPY_ACT layer 1", a0.base + 36, 0), ("FWD layer 1", 0, a1.base + 32, 4),
+        ("COPY_ACT layer 2", a1.base, 12), ("FWD layer 2", 12, a2.base, 4),
+        ("COPY_ACT layer 2", a1.base + 32, 24), ("FWD layer 2", 24, a2.base + 12, 4)]
+    assert a2.base == 0 and a1.base >= FC_BANDS_CONFIG.data_words and a0.base >= FC_BANDS_CONFIG.data_words
+    blocks = [(ins.aux.base, ins.aux.nk, ins.out.base) for ins in program.instructions[loss:]
+              if ins.op == Op.COPY_ACT and ins.layer == 2]
+    assert blocks == [(a1.base, 7, 0), (a1.base + 7, 1, 0)]
+    images = cropped(embedded)
+    assert train_model_and_golden(ConvEngineModel(program), FC_BANDS_WAGE, program, images, steps=2) == set()
+
+    n = next(n for n, ins in enumerate(program.instructions) if ins is forward[-1])
+    low = list(program.instructions)
+    low[n] = dataclasses.replace(forward[-1], out=dataclasses.replace(forward[-1].out, base=forward[-1].out.base - 3))
+    wrong = dataclasses.replace(program, instructions=low)
+    assert {"E2", "W2"} <= train_model_and_golden(ConvEngineModel(wrong), FC_BANDS_WAGE, wrong, images, steps=1,
+                                                check=False)
+
+
+def cropped(embedded):
+    """The embedded images' middle 8×8."""
+    import types
+    return types.SimpleNamespace(train_images=embedded.train_images[:, :, 10:18, 10:18],
+                                 train_labels=embedded.train_labels)

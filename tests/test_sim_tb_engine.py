@@ -22,14 +22,16 @@ def test_units_keep_a_product_in_parts_with_its_staging_copies():
 
 def test_units_keep_a_forward_product_in_bands_together():
     """The b128 step for the SDRAM: conv1's forward product in 43 batch bands and conv2's in 10 (a
-    COPY_ACT and a CONV_FWD each) are one unit each, so their per-instruction figures are the
-    whole products'."""
+    COPY_ACT and a CONV_FWD each), and fc1's in 6 staged bands and a last one that reads A1 where it
+    lives, are one unit each, so their per-instruction figures are the whole products'."""
     from pathlib import Path
     config = EngineConfig.load(Path(__file__).parent.parent / "benchmarks" / "configs"
                                / "engine_lenet5_l8_b128_sdram.json")
     program = compile_network(config)
     units = _units(program.instructions)
-    assert [len(u) for u in units[:4]] == [86, 20, 1, 1]
+    assert [len(u) for u in units[:4]] == [86, 20, 13, 1]
+    assert [str(ins) for ins in units[2]] == ["COPY_ACT layer 2", "FWD layer 2"] * 6 + ["FWD layer 2"]
+    assert str(units[3][0]) == "FWD layer 3"
     assert [str(ins) for ins in units[0]] == ["COPY_ACT layer 0", "CONV_FWD layer 0 +pool"] * 43
     assert [str(ins) for ins in units[1]] == ["COPY_ACT layer 1", "CONV_FWD layer 1 +pool"] * 10
     assert sum(units, []) == program.instructions

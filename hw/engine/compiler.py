@@ -51,7 +51,7 @@ from .config import EngineConfig
 from .isa import ADDR_BITS, STORE_CHIP, STORE_EXTERNAL, AddressPattern, Instruction, IsaError, Op, RowSel
 from .layout import MapLayout, TapMapLayout, WeightLayout
 
-__all__ = ["Program", "MemoryPlan", "Placement", "FitError", "choose_placement", "port_bound_cycles", "tensor_reads", "UnsupportedNetwork", "compile_network", "plan_memory",
+__all__ = ["Program", "MemoryPlan", "Placement", "FitError", "ProgramError", "check_program", "choose_placement", "port_bound_cycles", "tensor_reads", "UnsupportedNetwork", "compile_network", "plan_memory",
            "fc_forward", "fc_error", "fc_gradient", "fc_draw", "loss", "array_beats", "choose_store_then_quantise",
            "result_rows", "two_pass_products"]
 
@@ -62,6 +62,10 @@ class FitError(ValueError):
 
 class UnsupportedNetwork(ValueError):
     """The network uses something this engine build cannot execute; the message names it."""
+
+
+class ProgramError(ValueError):
+    """A program breaks a rule the engine relies on without checking it; the message names the record."""
 
 
 @dataclass
@@ -317,6 +321,21 @@ def port_bound_cycles(config: EngineConfig, instructions: list) -> int:
     return total
 
 
+def check_program(config: EngineConfig, instructions: list) -> None:
+    """Rules the engine relies on but does not check (the compilers keep them; a program made by
+    hand may not): while a gradient part adds to external sums, the sums' reader has the error
+    reader's port client (:mod:`hw.engine.engine`), so the part's ``a`` must read only on-chip
+    error words; one external read would wait for the port forever. Raises :class:`ProgramError`."""
+    for n, ins in enumerate(instructions):
+        if getattr(ins, "sum_add", 0) and ins.stored == STORE_EXTERNAL and config.external_sum_words:
+            external = _external_reads(ins.a, config.lanes, config.data_words)
+            if external:
+                raise ProgramError(
+                    f"record {n} ({ins}): a part that adds to external sums reads {external} of its a words "
+                    f"from the external memory (addresses >= data_words={config.data_words}); the sums' "
+                    f"reader has the error reader's port client then, so the operand must be staged on chip")
+
+
 def tensor_reads(plan: MemoryPlan, instructions: list, lanes: int) -> dict[str, int]:
     """Words read per step from each activation and error tensor (every pass, any tier)."""
     import numpy as np
@@ -379,9 +398,11 @@ def choose_placement(config: EngineConfig, emit, placement: Placement | None = N
 
 # ---- instructions of fully connected layers (shared with hw.engine.conv) ------------------------
 
-def fc_forward(wage: WageConfig, layer, x: MapLayout, w: WeightLayout, a: MapLayout, lanes: int) -> Instruction:
-    """FWD: tiles (sample block t1, output block t2), reduction over the input words, both transposed."""
-    L, batch = lanes, wage.batch_size
+def fc_forward(wage: WageConfig, layer, x: MapLayout, w: WeightLayout, a: MapLayout, lanes: int,
+               batch: int | None = None) -> Instruction:
+    """FWD: tiles (sample block t1, output block t2), reduction over the input words, both transposed;
+    ``batch`` images from ``x.base`` and ``a.base`` (default: the whole batch)."""
+    L, batch = lanes, batch or wage.batch_size
     bt, wpr, ow = -(-batch // L), w.words_per_row, -(-layer.out_channels // L)
     return Instruction(
         Op.FWD, layer=layer.index, relu=int(not layer.last), shift=wage.act_shift(layer), qcount=bt * ow * L * L,

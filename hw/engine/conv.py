@@ -134,7 +134,8 @@ the sums, the maximum and every draw are the whole product's. The whole product 
 weight word and output block; banded, X and E_l go through the port once each, and the external
 sums once per band each way (LeNet-5's conv2 at batch 128: A0's 6.55 million words become
 73,728). While an adding part runs, the external sums' reader has the error reader's port client
-(as in pass 2), so the part's ``a`` must read staged words; the compiler only emits it so. The
+(as in pass 2), so the part's ``a`` must read staged words: the compiler only emits it so, and
+:func:`~hw.engine.compiler.check_program` refuses on the host a program that does not. The
 compiler bands a product where its port-bound estimate, sum traffic included, is lower than the
 product's other forms.
 
@@ -157,6 +158,19 @@ products. It saves port words, not array beats (a band's rows are whole tiles, s
 even cost beats), and its records may leave room only for coarser error parts: the compiler
 stages where the port-bound estimate at the memory's rate is lower (see error staging above).
 
+The fully connected layers of such a network stage their spilled inputs too. A FWD whose input X
+spills runs in batch bands (:func:`compile_fc_fwd_staged`): a COPY_ACT of the band's input words,
+then a FWD over the band's images. As for a convolution the input batch and A_0 … A_(i−1) are
+live; A_i, the product's output, is live only where the bands before have written it, so a band
+may stage in the words of A_i's later images (LeNet-5's fc1 at batch 128, A2 on chip: bands of
+40, 24, 16, 16, 8 and 8 images, the last 16 images read where they live). A stored GRAD whose
+input X spills runs in column blocks (:func:`compile_fc_grad_staged`): its tiles run input word
+first, so each block of input words (a COPY_ACT of those words of every image, then one part) has
+a contiguous run of the product's rows, whole sums, and the finish record and the draws walk the
+whole product's order. The whole products read X once per output block; staged, once. Each product
+stages only where its own port-bound estimate is lower (at a word per cycle a copy costs as much
+as the reads it saves unless X is read more often than the array's beats need).
+
 Pool and unpool are stages of the FWD and ERR result paths (no separate memory pass, no stored
 product tensor). A step's program (:func:`compile_conv_network`)::
 
@@ -178,15 +192,16 @@ from golden.config import WageConfig
 from golden.prng import sr_draws
 from golden.quant import forward_weights, quantize_activation, quantize_error, quantize_gradient
 
-from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, check_program_fits, choose_placement,
-                       choose_store_then_quantise, fc_error, fc_forward, fc_gradient, loss, port_bound_cycles)
+from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, check_program, check_program_fits,
+                       choose_placement, choose_store_then_quantise, fc_draw, fc_error, fc_forward, fc_gradient,
+                       loss, port_bound_cycles)
 from .config import EngineConfig
 from .isa import (ADDR_BITS, COUNT_BITS, KCOUNT_BITS, STORES, AddressPattern, Instruction, IsaError, Op, QCOUNT_BITS, RowSel,
                   check_unsigned_fields)
 from .layout import MapLayout, WeightLayout
 from .model import EngineModel, ModelError
 
-__all__ = ["PART_WHOLE", "PART_FIRST", "PART_NEXT", "PART_FINISH", "compile_conv_err_bands", "err_column_group_sizes", "Drive", "ConvOp", "ConvPattern", "ConvInstruction", "compile_conv_network", "compile_conv_fwd",
+__all__ = ["PART_WHOLE", "PART_FIRST", "PART_NEXT", "PART_FINISH", "compile_conv_err_bands", "err_column_group_sizes", "compile_fc_fwd_staged", "compile_fc_grad_staged", "Drive", "ConvOp", "ConvPattern", "ConvInstruction", "compile_conv_network", "compile_conv_fwd",
            "compile_conv_err", "compile_conv_grad", "compile_fc_err_unpool", "ConvEngineModel", "MAX_DIGITS"]
 
 MAX_DIGITS = 6                     # digits per odometer
@@ -908,6 +923,74 @@ def compile_conv_grad_bands(wage: WageConfig, index: int, e: MapLayout, x: MapLa
     return records
 
 
+def compile_fc_fwd_staged(wage: WageConfig, index: int, x: MapLayout, w: WeightLayout, a: MapLayout, lanes: int,
+                          bands: list[tuple[int, int, int | None]]) -> list:
+    """FWD of fully connected layer ``index`` in batch bands: ``bands`` lists (first image, images,
+    stage base or None) in batch order. A staged band is a COPY_ACT of its images' input words
+    (whole activation words) to the stage base, then a FWD over those images reading them there
+    and writing their rows of A; a band without a base reads X where it lives. Q_A is a fixed
+    shift, so the bands are independent products with the whole product's rows. The whole product
+    reads every X word once per output block (LeNet-5's fc1 at batch 128: A1's 16,384 words
+    1,048,576 times over); a staged band goes through the port once."""
+    layer = wage.layers[index]
+    xi, ai = x.words // wage.batch_size, a.words // wage.batch_size
+    records = []
+    for first, images, base in bands:
+        src = x.base + first * xi
+        if base is not None:
+            records.append(Instruction(Op.COPY_ACT, layer=index, aux=AddressPattern(src, sk=1, nk=images * xi),
+                                       out=AddressPattern(base, sk=1, nk=images * xi)))
+        records.append(fc_forward(wage, layer, dataclasses.replace(x, base=src if base is None else base), w,
+                                  dataclasses.replace(a, base=a.base + first * ai), lanes, batch=images))
+    return records
+
+
+def compile_fc_grad_staged(wage: WageConfig, index: int, e: MapLayout, x: MapLayout, w: WeightLayout,
+                           lanes: int, *, stage_base: int, words: int, stored: int) -> list:
+    """GRAD of fully connected layer ``index`` with its input X staged in column blocks of
+    ``words`` input words (the last may be smaller): before each block a COPY_ACT of those words
+    of every image to ``stage_base`` in the activation scratchpad, then one part over the block's
+    input words and every output block, its ``b`` reading the staged words; a finish record
+    quantises the whole tensor from the stored sums. The whole product
+    (:func:`~hw.engine.compiler.fc_gradient`) reads every X word once per output block; staged, a
+    spilled X goes through the port once (LeNet-5's fc1 at batch 128: 1,048,576 words of A1
+    become 16,384). The tiles run input word first, output block second (t1 = j, t2 = ob), so
+    each block's rows are a contiguous run of the whole product's rows: a block's sums are whole
+    sums (no accumulation), and the finish record's ``out`` and the first part's ``draw`` are the
+    whole product's patterns in that order."""
+    layer = wage.layers[index]
+    L, batch = lanes, wage.batch_size
+    wpr, ow = w.words_per_row, e.words_per_position
+    if not 1 <= words <= wpr:
+        raise ValueError(f"GRAD layer {index}: words={words} per block must be in 1..{wpr} (the input words)")
+    out = AddressPattern(w.base, s1=1, s2=L * wpr, sr=wpr, n1=wpr, n2=ow, nr=L, lim=layer.out_channels,
+                         row_sel=RowSel.T2)
+    draw = fc_draw(out, w.base, L, index)
+    qcount = ow * wpr * L * L
+    records = []
+    for j in range(0, wpr, words):
+        n = min(words, wpr - j)
+        records.append(Instruction(Op.COPY_ACT, layer=index,
+                                   aux=AddressPattern(x.base + j, s1=wpr, sk=1, n1=batch, nk=n),
+                                   out=AddressPattern(stage_base, s1=n, sk=1, n1=batch, nk=n)))
+        records.append(ConvInstruction(
+            ConvOp.CONV_GRAD, layer=index, qcount=qcount, stored=stored, part=PART_NEXT if j else PART_FIRST,
+            part_count=n * ow * L * L,
+            a=AddressPattern(e.base, s2=1, sk=ow, n1=n, n2=ow, nk=batch),
+            b=AddressPattern(stage_base, s1=1, sk=n, n1=n, n2=ow, nk=batch),
+            draw=AddressPattern() if j else draw))
+    records.append(ConvInstruction(ConvOp.CONV_GRAD, layer=index, qcount=qcount, stored=stored, part=PART_FINISH,
+                                   out=out))
+    return records
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Scratchpad words [base, end) that hold something live (for :func:`free_runs`)."""
+    base: int
+    end: int
+
+
 def free_runs(live, chip: int) -> list[tuple[int, int]]:
     """(start, words) of each run of scratchpad words below ``chip`` that none of the ``live``
     tensors (layouts, or None) holds on chip, lowest first: where tile staging may write."""
@@ -959,22 +1042,29 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
 
     def emit(plan, staging: tuple[str, ...]) -> list:
         """The step's instructions for ``plan``; ``staging``: which spilled operands may be staged
-        in scratchpad words the step does not need at the time: "forward" (a convolution's input
-        map, in batch bands) and "gradient" (a gradient product's error operand, by output-channel
-        block)."""
+        in scratchpad words the step does not need at the time: "forward" (a layer's input, in
+        batch bands), "gradient" (a convolution gradient product's error operand by output-channel
+        block, a fully connected one's input by column block) and "grad_bands" (a convolution
+        gradient product in batch bands with accumulated sums); each product where its own estimate
+        is lower."""
         activations, errors, weights, layer_input = plan.activations, plan.errors, plan.weights, plan.layer_input
         ins: list = []
-        grad_args = {}
+        grad_args, fc_grad_args = {}, {}
         for layer in layers:
             i = layer.index
             x, w, a = layer_input(i), weights[i], activations[i]
             if layer.kind == "conv":
                 whole = compile_conv_fwd(wage, i, x, w, a, L, spec.get(i))
                 bands = forward_bands(plan, i, x, whole) if "forward" in staging else None
-                ins += (compile_conv_fwd_staged(wage, i, x, w, a, L, spec.get(i), stage_base=bands[0], images=bands[1])
-                        if bands else [whole])
+                staged = (compile_conv_fwd_staged(wage, i, x, w, a, L, spec.get(i), stage_base=bands[0],
+                                                  images=bands[1]) if bands else None)
             else:
-                ins.append(fc_forward(wage, layer, x, w, a, L))
+                whole = fc_forward(wage, layer, x, w, a, L)
+                bands = fc_forward_bands(plan, i, x, a, whole) if "forward" in staging else None
+                staged = compile_fc_fwd_staged(wage, i, x, w, a, L, bands) if bands else None
+            # (each product's own choice: at a fast port the copies may cost more than they save)
+            ins += staged if staged and port_bound_cycles(config, staged) < port_bound_cycles(config, [whole]) \
+                else [whole]
         ins.append(loss(wage, activations[-1], errors[-1], L))
         for layer in reversed(layers):
             i = layer.index
@@ -990,6 +1080,7 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
                     ins.append(compile_fc_err_unpool(wage, i, e, w, errors[i - 1], activations[i - 1], L))
                 else:
                     ins.append(fc_error(wage, layer, e, w, errors[i - 1], activations[i - 1], L))
+            fc_grad_args[len(ins)] = (i, e, x, w)
             ins.append(fc_gradient(wage, layer, e, x, w, L))
         ins.append(Instruction(Op.END))
         ins = choose_store_then_quantise(config, ins)
@@ -1019,8 +1110,33 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
                         choice = banded
                 staged += choice
                 continue
+            if n in fc_grad_args and one.stored and "gradient" in staging:
+                block = fc_grad_block(plan, *fc_grad_args[n])
+                if block:
+                    blocks = compile_fc_grad_staged(wage, *fc_grad_args[n], L, stage_base=block[0], words=block[1],
+                                                    stored=one.stored)
+                    if port_bound_cycles(config, blocks) < port_bound_cycles(config, [one]):
+                        staged += blocks
+                        continue
             staged.append(one)
         return staged
+
+    def fc_grad_block(plan, i: int, e: MapLayout, x: MapLayout, w: WeightLayout) -> tuple[int, int] | None:
+        """(stage base, input words per block) for fully connected layer i's gradient product with
+        its input X staged in column blocks, or None: X is on chip, or no block of one input word
+        of every image fits. Live at that product, as at a convolution's (:func:`grad_bands`): the
+        input batch and A_0 … A_(i−1); the block goes in the largest run of words outside them."""
+        chip = config.data_words
+        if x.end <= chip:
+            return None
+        runs = free_runs([plan.inputs, *plan.activations[:i]], chip)
+        if not runs:
+            return None
+        base, size = max(runs, key=lambda run: (run[1], -run[0]))
+        words = min(w.words_per_row, size // batch)
+        if words < 1 or -(-w.words_per_row // words) > MAX_GRADIENT_BANDS:
+            return None
+        return base, words
 
     def grad_bands(plan, i: int, e: MapLayout, x: MapLayout) -> tuple[int, int, int] | None:
         """(error stage base, input stage base, images per band) for layer i's gradient product in
@@ -1072,6 +1188,40 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
         if images < 1 or -(-batch // images) > MAX_FORWARD_BANDS:
             return None
         return base, images
+
+    def fc_forward_bands(plan, i: int, x: MapLayout, a: MapLayout, whole) -> list | None:
+        """Batch bands (first image, images, stage base or None) for fully connected layer i's
+        forward product, or None: its input is on chip, read once per word, or no band is staged.
+        As for a convolution (forward_bands) the input batch and A_0 … A_(i−1) are live, and so are
+        the words of A_i that the bands before have written: a band may stage in the words of A_i's
+        later images, so the free room shrinks as the bands go. Each band takes the most images
+        (whole tiles of L) whose input words fit a free run, the lowest that holds them; images left
+        when no tile fits are read where they live, in one last band."""
+        chip = config.data_words
+        if x.end <= chip or whole.a.length <= x.words:
+            return None
+        xi, ai = x.words // batch, a.words // batch
+        live = [plan.inputs, *plan.activations[:i]]
+        bands, first = [], 0
+        while first < batch and len(bands) < MAX_FORWARD_BANDS:
+            taken = None
+            for images in range(batch - first, 0, -1):
+                if images % L and first + images < batch:
+                    continue
+                done = _Span(a.base, a.base + (first + images) * ai) if a.base < chip else None
+                runs = [run for run in free_runs(live + [done], chip) if run[1] >= images * xi]
+                if runs:
+                    taken = (images, min(runs)[0])
+                    break
+            if taken is None:
+                break
+            bands.append((first, taken[0], taken[1]))
+            first += taken[0]
+        if not bands:
+            return None
+        if first < batch:
+            bands.append((first, batch - first, None))
+        return bands
 
     def error_stage(plan, i: int, columns: int | None) -> tuple[int, int] | None:
         """(stage base, images per band) for layer i's error product in parts of ``columns``
@@ -1130,7 +1280,7 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
 
     # Staging costs program words (a COPY record per block or band, and a product record each).
     # Gradient staging saves array beats where the port is the bound, so it comes first, as long as
-    # the program fits. Forward staging (a convolution's spilled input map in batch bands) and error
+    # the program fits. Forward staging (a layer's spilled input in batch bands) and error
     # staging (a stored error product's spilled operand in batch bands, which multiplies its parts'
     # records) save port words at the price of records, and so of coarser error parts: each is
     # taken where the port-bound estimate at the memory's rate (EngineConfig.external_cycles_per_word)
@@ -1153,6 +1303,7 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
                key=lambda c: (port_bound_cycles(config, c[2]), len(c[2])))
     _, plan, ins = best
     check_program_fits(config, ins)
+    check_program(config, ins)
     staged_words = [(one.out.base, one.out.base + one.out.n1 * one.out.nk) for one in ins if one.op == Op.COPY]
     overwritten = tuple(e.name for e in plan.errors
                         if any(start < min(e.end, config.data_words) and e.base < end for start, end in staged_words))
