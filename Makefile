@@ -25,8 +25,11 @@ system-packages:
 	  && echo "installed: $$missing"; \
 	else echo "not installed (no apt or not root): $$missing — the embedded data set and VCD waveforms serve"; fi
 
+# one pytest worker per core, tests handed out one by one (a module fixture that is a long RTL
+# simulation may then run on both workers; --dist loadfile left one worker idle for most of the
+# run, and loadgroup does not group with pytest 9.2: pytest-dev/pytest-xdist#1386)
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist load
 
 train: $(VENV)/.installed
 	$(PY) -m golden.train --net lenet5 --dataset embedded --epochs 3 --out runs/lenet5

@@ -170,6 +170,16 @@ def traffic_ceiling(macs: int, ext_words: int, fmax_mhz: float | None) -> dict:
     return out
 
 
+def estimate_check(config: EngineConfig, instructions: list, cycles: int) -> dict:
+    """The compiler's port-bound estimate of the step (:func:`hw.engine.compiler.port_bound_cycles`,
+    what its staging choices minimise) beside the measured cycles: a ratio far above 1 says the
+    estimate misses a cost that the choices should weigh (it counts reads only, at
+    ``external_cycles_per_word``)."""
+    from hw.engine.compiler import port_bound_cycles
+    estimate = port_bound_cycles(config, instructions)
+    return {"port_bound_estimate": estimate, "measured_over_estimate": cycles / estimate if estimate else None}
+
+
 def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> dict:
     from hw.engine.engine import Engine
     from hw.engine.system import EngineSystem
@@ -342,6 +352,7 @@ def main(argv=None) -> int:
             entry["images_per_s"] = wage.batch_size / seconds
             entry["gops"] = 2 * total / seconds / 1e9
         entry.update(traffic_ceiling(total, c["ext_read_words"] + c["ext_write_words"], fmax))
+        entry.update(estimate_check(config, program.instructions, cycles))
         report["runs"][key] = entry
         print(f"{key} (batch {batch}): {cycles} cycles/step {entry['cycles_by_phase']}, utilisation "
               f"{100 * entry['mac_slot_utilisation']:.1f} %"
@@ -361,6 +372,8 @@ def main(argv=None) -> int:
                       f"{entry['gops_ceiling_at_one_word_per_cycle']:.2f} GOPS at one word per cycle at {fmax:.1f} MHz; "
                       f"{GOPS_TARGET:g} GOPS would need "
                       f"{entry['words_per_cycle_for_the_target']:.1f} words per cycle")
+        print(f"    the compiler's port-bound estimate: {entry['port_bound_estimate']} cycles "
+              f"(measured / estimate = {entry['measured_over_estimate']:.3f})")
         for name, words in program.straddled.items():
             print(f"    {name} straddles the scratchpad boundary: {words} words on chip, the rest external")
         if note:

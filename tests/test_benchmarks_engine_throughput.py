@@ -56,3 +56,12 @@ def test_traffic_ceiling(bench):
     assert figures["words_per_cycle_for_the_target"] == pytest.approx(64.6 / figures["gops_ceiling_at_one_word_per_cycle"])
     assert bench.traffic_ceiling(1000, 0, 42.14) == {}                  # on chip: no port, no ceiling
     assert set(bench.traffic_ceiling(1000, 10, None)) == {"macs_per_external_word"}
+
+
+def test_estimate_check(bench):
+    """The b128 SDRAM program: the compiler's estimate 52,092,928 cycles beside the 65,441,144 the
+    SDRAM model measured (session 25) is a ratio of 1.256."""
+    from hw.engine.compiler import compile_network
+    config = EngineConfig.load(PATH.parent / "configs" / "engine_lenet5_l8_b128_sdram.json")
+    figures = bench.estimate_check(config, compile_network(config).instructions, 65_441_144)
+    assert figures == {"port_bound_estimate": 52_092_928, "measured_over_estimate": pytest.approx(1.2562, abs=1e-4)}

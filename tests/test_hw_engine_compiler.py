@@ -248,7 +248,7 @@ def test_an_adding_part_that_reads_external_errors_is_refused_on_the_host():
 
     from hw.engine.compiler import ProgramError, check_program
     from hw.engine.driver import EngineDriver
-    from tests.test_hw_engine import CONV_GRAD_BANDS_CONFIG as config
+    from tests.test_hw_engine_staging import CONV_GRAD_BANDS_CONFIG as config
     program = compile_network(config)
     check_program(config, program.instructions)                   # the compiler's program passes
     n = next(n for n, ins in enumerate(program.instructions) if getattr(ins, "sum_add", 0))
