@@ -180,6 +180,34 @@ def estimate_check(config: EngineConfig, instructions: list, cycles: int) -> dic
     return {"port_bound_estimate": estimate, "measured_over_estimate": cycles / estimate if estimate else None}
 
 
+def unit_estimates(config: EngineConfig, instructions: list) -> list[int]:
+    """The port-bound estimate of each unit the testbench times alone (:func:`sim.tb_engine._units`:
+    one instruction, or a product in parts or bands with the copies that stage it), in its order:
+    beside each unit's measured cycles it shows which products the estimate misses."""
+    from hw.engine.compiler import port_bound_cycles
+    from sim.tb_engine import _units
+    return [port_bound_cycles(config, unit) for unit in _units(instructions[:-1])]
+
+
+def conv_utilisation(wage: WageConfig, layers: list, lanes: int) -> float | None:
+    """MAC-slot utilisation of the convolution layers together (the issue's target is on them):
+    their useful MACs over their measured cycles' slots."""
+    per_layer = layer_macs(wage)
+    conv = [i for i, layer in enumerate(wage.layers) if layer.kind == "conv" and layers[i]["cycles"]]
+    cycles = sum(layers[i]["cycles"] for i in conv)
+    if not cycles:
+        return None
+    useful = sum(per_layer[i]["forward"] + per_layer[i]["error"] + per_layer[i]["gradient"] for i in conv)
+    return useful / (cycles * lanes * lanes)
+
+
+def array_ceiling(lanes: int, fmax_mhz: float) -> dict:
+    """What the clock allows whatever the memory does: the L×L array's peak GOPS (every slot
+    useful) and the multiply-accumulates per cycle ``GOPS_TARGET`` would need at this clock."""
+    return {"array_peak_gops": 2 * lanes * lanes * fmax_mhz / 1e3,
+            "macs_per_cycle_for_the_target": GOPS_TARGET * 1e3 / (2 * fmax_mhz)}
+
+
 def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> dict:
     from hw.engine.engine import Engine
     from hw.engine.system import EngineSystem
@@ -314,9 +342,10 @@ def main(argv=None) -> int:
         kinds = {"FWD": "forward", "CONV_FWD": "forward", "ERR": "error", "CONV_ERR": "error",
                  "GRAD": "gradient", "CONV_GRAD": "gradient"}
         instructions = []
-        for item in result["instructions"]:
+        estimates = unit_estimates(config, program.instructions) if result["instructions"] else []
+        for item, estimate in zip(result["instructions"], estimates):
             op, _, layer = item["instruction"].split()[:3]
-            entry = {"instruction": item["instruction"], "cycles": item["cycles"]}
+            entry = {"instruction": item["instruction"], "cycles": item["cycles"], "port_bound_estimate": estimate}
             if op in kinds:
                 useful = per_layer[int(layer)][kinds[op]]
                 entry["useful_macs"] = useful
@@ -339,7 +368,8 @@ def main(argv=None) -> int:
                  "straddled": program.straddled,
                  "array_beats": c["array_beats"], "useful_macs": macs,
                  "mac_slot_utilisation": total / (cycles * L * L),
-                 "array_busy": c["array_beats"] / cycles, "layers": layers, "instructions": instructions,
+                 "array_busy": c["array_beats"] / cycles, "layers": layers,
+                 "conv_layers_mac_slot_utilisation": conv_utilisation(wage, layers, L), "instructions": instructions,
                  "external_words": config.external_words, "external_weight_words": config.external_weight_words,
                  "external_timing": (None if not config.external_depth else
                                      {"sdram_mhz": timing} if isinstance(timing, float) else dataclasses.asdict(timing)),
@@ -351,6 +381,7 @@ def main(argv=None) -> int:
             seconds = cycles / (fmax * 1e6)
             entry["images_per_s"] = wage.batch_size / seconds
             entry["gops"] = 2 * total / seconds / 1e9
+            entry.update(array_ceiling(L, fmax))
         entry.update(traffic_ceiling(total, c["ext_read_words"] + c["ext_write_words"], fmax))
         entry.update(estimate_check(config, program.instructions, cycles))
         report["runs"][key] = entry
@@ -360,6 +391,15 @@ def main(argv=None) -> int:
         for lay in layers:
             if lay["cycles"]:
                 print(f"    {lay['layer']}: {lay['cycles']} cycles, utilisation {100 * lay['mac_slot_utilisation']:.1f} %")
+        if entry["conv_layers_mac_slot_utilisation"] is not None:
+            print(f"    the convolution layers together: utilisation {100 * entry['conv_layers_mac_slot_utilisation']:.1f} %")
+        for item in instructions:
+            if item["port_bound_estimate"]:
+                print(f"    {item['instruction']}: {item['cycles']} cycles, estimate {item['port_bound_estimate']} "
+                      f"(x{item['cycles'] / item['port_bound_estimate']:.2f})")
+        if fmax:
+            print(f"    the {L}x{L} array peaks at {entry['array_peak_gops']:.2f} GOPS at {fmax:.1f} MHz; {GOPS_TARGET:g} GOPS "
+                  f"would need {entry['macs_per_cycle_for_the_target']:.0f} useful MACs per cycle at this clock")
         if stored:
             print(f"    store-then-quantise ({config.sum_words} x {config.sum_width}-bit sum buffer, "
                   f"{config.sum_words * config.sum_width / 1e6:.2f} Mbit; {config.external_sum_words} external "

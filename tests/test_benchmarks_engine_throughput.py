@@ -65,3 +65,35 @@ def test_estimate_check(bench):
     config = EngineConfig.load(PATH.parent / "configs" / "engine_lenet5_l8_b128_sdram.json")
     figures = bench.estimate_check(config, compile_network(config).instructions, 65_441_144)
     assert figures == {"port_bound_estimate": 52_092_928, "measured_over_estimate": pytest.approx(1.2562, abs=1e-4)}
+
+
+def test_unit_estimates_cover_the_step_once(bench):
+    """One estimate per unit the testbench times alone, and together they are the step's estimate:
+    no record is left out or counted twice (the END record costs nothing)."""
+    from hw.engine.compiler import compile_network, port_bound_cycles
+    from sim.tb_engine import _units
+    config = EngineConfig.load(PATH.parent / "configs" / "engine_lenet5_l8_b128_sdram.json")
+    instructions = compile_network(config).instructions
+    estimates = bench.unit_estimates(config, instructions)
+    assert len(estimates) == len(_units(instructions[:-1]))
+    assert sum(estimates) == port_bound_cycles(config, instructions) == 52_092_928
+
+
+def test_conv_utilisation_counts_only_the_convolution_layers(bench):
+    """LeNet-5 at batch 2: conv1's two products and conv2's three over their cycles; the fully
+    connected layers' cycles stay out, and without per-layer cycles there is no figure."""
+    wage = WageConfig(net="lenet5", batch_size=2)
+    macs = bench.layer_macs(wage)
+    layers = [{"cycles": 1000}, {"cycles": 3000}, {"cycles": 500}, {"cycles": 7}]
+    useful = sum(macs[0].values()) + sum(macs[1].values())
+    assert macs[0]["error"] == 0 and [layer.kind for layer in wage.layers] == ["conv", "conv", "fc", "fc"]
+    assert bench.conv_utilisation(wage, layers, 8) == pytest.approx(useful / (4000 * 64))
+    assert bench.conv_utilisation(wage, [{"cycles": 0}] * 4, 8) is None
+
+
+def test_array_ceiling(bench):
+    """8×8 slots at the routed engine's 46.03 MHz peak at 5.89 GOPS; 64.6 GOPS at that clock needs
+    702 useful MACs per cycle, 4.5 times the 85F's 156 MULT18X18D."""
+    figures = bench.array_ceiling(8, 46.03)
+    assert figures["array_peak_gops"] == pytest.approx(5.892, abs=1e-3)
+    assert figures["macs_per_cycle_for_the_target"] == pytest.approx(701.7, abs=0.1)
