@@ -343,7 +343,7 @@ def main(argv=None) -> int:
                  "GRAD": "gradient", "CONV_GRAD": "gradient"}
         instructions = []
         estimates = unit_estimates(config, program.instructions) if result["instructions"] else []
-        for item, estimate in zip(result["instructions"], estimates):
+        for item, estimate in zip(result["instructions"], estimates, strict=True):   # (a unit missed is an error)
             op, _, layer = item["instruction"].split()[:3]
             entry = {"instruction": item["instruction"], "cycles": item["cycles"], "port_bound_estimate": estimate}
             if op in kinds:
