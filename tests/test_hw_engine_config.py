@@ -92,13 +92,14 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
     E2 is read for the last time before conv2's gradient, so that product stages E1 block by block
     over E2's words: 8 COPY records, 8 parts. Conv1's gradient product, both of whose operands
     spill (E0 and the input batch, 294,912 words each), runs in 43 batch bands of 3 images with
-    both staged (E0's band over E2, the input's over A2, both dead by then) and its sums
-    accumulated. Fc1's forward product stages its input A1 in 6 batch bands (40, 24, 16, 16, 8 and
+    E0's band staged over E2 (dead by then) and its sums accumulated; the input is read where it
+    lives (at a word per cycle the port keeps up with one spilled operand per beat, so its copy
+    would cost 294,912 cycles and save none). Fc1's forward product stages its input A1 in 6 batch bands (40, 24, 16, 16, 8 and
     8 images, each in words of A2 that the bands before have not written; the last 16 images read
     where they live). The port-bound estimate falls from 34,898,432 cycles (both operands through
     the port, before staging over consumed tensors) to 29,016,576 (conv2's error product in 54
-    parts), 27,853,312 (108 parts, delta records), 27,263,488 with conv1's gradient bands and
-    26,360,320 with fc1's forward bands."""
+    parts), 27,853,312 (108 parts, delta records), 27,263,488 with conv1's gradient bands,
+    26,360,320 with fc1's forward bands and 26,065,408 with the input not staged in conv1's."""
     from hw.engine.compiler import compile_network, port_bound_cycles
     from hw.engine.isa import Op
     config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
@@ -113,7 +114,10 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
     parts = [ins for ins in program.instructions if str(ins).startswith("CONV_GRAD layer 0 part")]
     assert [(p.sum_add, p.sum_hold) for p in parts] == [(0, 1)] + [(1, 1)] * 41 + [(1, 0)]
     assert sum(str(ins).startswith("CONV_GRAD layer 1 part") for ins in program.instructions) == 8   # not banded
-    assert program.overwritten == ("E2", "A2")
+    x = program.inputs
+    assert [p.b.base for p in parts] == [x.base + 3 * 576 * x.words_per_position * n for n in range(43)]   # (folded: pad 0)
+    assert not any(ins.op == Op.COPY_ACT and ins.layer == 0 for ins in program.instructions)
+    assert program.overwritten == ("E2",)
     a1 = program.activations[1]
     bands = [(ins.aux.base - a1.base, ins.out.base, ins.out.nk) for ins in program.instructions
              if ins.op == Op.COPY_ACT and ins.layer == 2]
@@ -121,7 +125,7 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
                      (12288, 6656, 1024), (13312, 7168, 1024)]                   # 40, 24, 16, 16, 8, 8 images
     assert [ins.a.lim for ins in program.instructions if str(ins) == "FWD layer 2"] == [40, 24, 16, 16, 8, 8, 16]
     assert not any(str(ins).startswith("CONV_GRAD layer 2") for ins in program.instructions)   # (beats = words)
-    assert port_bound_cycles(config, program.instructions) == 26_360_320
+    assert port_bound_cycles(config, program.instructions) == 26_065_408
     assert port_bound_cycles(config, compile_network(config.replace(program_words=3072)).instructions) == 28_113_408
 
 
@@ -140,10 +144,10 @@ def test_lenet5_batch_128_stages_by_the_memory_rate():
     stages A1 (16,384 words) in 2 column blocks of 64 input words over A2's dead words, instead of
     reading it once per output block (1,048,576). With those records the error product's bands take
     9 parts each (8 × 9), not 54. Fc1's forward product stages A1 in batch bands as at a word per
-    cycle (see above). The estimate at 7 cycles a word falls from 177,346,048 (the word-per-cycle
-    program) to 52,092,928 (58,415,104 before fc1's forward bands, 64,591,872 before its gradient
+    cycle (see above). The estimate at 7 cycles a word falls from 182,359,552 (the word-per-cycle
+    program, which reads conv1's input in place in its gradient bands) to 52,092,928 (58,415,104 before fc1's forward bands, 64,591,872 before its gradient
     blocks, 111,816,192 before the gradient bands); at a word per cycle the SDRAM program would cost
-    30,013,952 against 26,360,320. The
+    30,013,952 against 26,065,408. The
     22,528-word configuration takes conv2's error product staged in 8 bands of its finest 108 parts
     (and fc1's forward bands)."""
     from hw.engine.compiler import MemoryPlan, compile_network, port_bound_cycles, tensor_reads
@@ -152,8 +156,8 @@ def test_lenet5_batch_128_stages_by_the_memory_rate():
     sdram = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_sdram.json")
     assert sdram == config.replace(external_cycles_per_word=7)
     program, whole = compile_network(sdram), compile_network(config)
-    assert [port_bound_cycles(sdram, p.instructions) for p in (program, whole)] == [52_092_928, 177_346_048]
-    assert [port_bound_cycles(config, p.instructions) for p in (program, whole)] == [30_013_952, 26_360_320]
+    assert [port_bound_cycles(sdram, p.instructions) for p in (program, whole)] == [52_092_928, 182_359_552]
+    assert [port_bound_cycles(config, p.instructions) for p in (program, whole)] == [30_013_952, 26_065_408]
     assert not any(ins.op == Op.COPY_ACT and ins.layer == 1 for ins in whole.instructions)
     assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in whole.instructions) == 108
 
@@ -201,7 +205,7 @@ def test_lenet5_batch_128_stages_by_the_memory_rate():
     assert finest.config == config.replace(program_words=22528)
     assert sum(ins.op == Op.COPY for ins in finest.instructions) == 8 + 8 + 43
     assert sum(str(ins).startswith("CONV_ERR layer 1 part") for ins in finest.instructions) == 8 * 108
-    assert port_bound_cycles(config, finest.instructions) == 26_278_400
+    assert port_bound_cycles(config, finest.instructions) == 25_983_488
     assert (finest.config.slot_digits["out"], finest.config.slot_digits["aux"]) == ((5, 3), (5, 1))
     with pytest.raises(EngineConfigError, match=r"external_cycles_per_word=0: must be an integer in 1\.\.1024"):
         config.replace(external_cycles_per_word=0)

@@ -404,9 +404,12 @@ def test_staged_error_bands_model_matches_golden_bit_for_bit(embedded):
 
 def test_error_staging_needs_a_spilled_operand():
     """Two COPY records stage E1 for the error product (and two its blocks for the gradient
-    product) while it spills; with E1 on chip neither product stages."""
+    product) while it spills; with E1 on chip neither product stages it (conv1's gradient product
+    then stages its spilled E0 in batch bands, reading the spilled input in place)."""
     from hw.engine.isa import Op
     _, staged = compile_err_staged()
     assert sum(ins.op == Op.COPY for ins in staged.instructions) == 2 + 2
     _, on_chip = compile_err_staged(data_words=128)
-    assert on_chip.errors[1].end <= 128 and not any(ins.op == Op.COPY for ins in on_chip.instructions)
+    assert on_chip.errors[1].end <= 128 and not any(ins.op == Op.COPY and ins.layer == 1 for ins in on_chip.instructions)
+    assert on_chip.errors[0].end > 128 and sum(ins.op == Op.COPY and ins.layer == 0 for ins in on_chip.instructions) == 8
+    assert not any(ins.op == Op.COPY_ACT for ins in on_chip.instructions)

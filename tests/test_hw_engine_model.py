@@ -276,7 +276,9 @@ def test_fc_forward_bands_stage_in_words_the_output_has_not_reached(embedded):
     low = list(program.instructions)
     low[n] = dataclasses.replace(forward[-1], out=dataclasses.replace(forward[-1].out, base=forward[-1].out.base - 3))
     wrong = dataclasses.replace(program, instructions=low)
-    assert {"E2", "W2"} <= train_model_and_golden(ConvEngineModel(wrong), FC_BANDS_WAGE, wrong, images, steps=1,
+    # (E2 is not compared: conv1's gradient bands stage E0 over it)
+    assert "E2" in program.overwritten
+    assert {"W2"} <= train_model_and_golden(ConvEngineModel(wrong), FC_BANDS_WAGE, wrong, images, steps=1,
                                                 check=False)
 
 

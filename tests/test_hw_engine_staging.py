@@ -38,7 +38,8 @@ def gradient_parts_out_of_order(program) -> list[list]:
 
 #: The staged network with 64 scratchpad words and a memory of 4 cycles a word: conv2's gradient
 #: product runs in 3 batch bands (3, 3, 2 images), E1 and A0 staged for each, its sums accumulated
-#: in the external sums; with a 256-row sum buffer instead (and 32 words), in 8 bands of one image
+#: in the external sums (conv1's in 8 bands of one image that stage E0 and read the spilled input
+#: batch in place); with a 256-row sum buffer instead (and 32 words), in 8 bands of one image
 #: on chip (A0 straddles: 8 words on chip), and the fully connected layer's gradient product stages
 #: its spilled input (A1) in 3 column blocks.
 CONV_GRAD_BANDS_CONFIG = CONV_STAGE_CONFIG.replace(data_words=64, external_cycles_per_word=4)
@@ -78,6 +79,14 @@ def test_gradient_bands_accumulate_bit_exactly(config, bands):
     assert [(p.sum_add, p.sum_hold) for p in parts] == [(0, 1)] + [(1, 1)] * (bands - 2) + [(1, 0)]
     assert {p.stored for p in parts} == {STORE_EXTERNAL if config.external_sum_words else STORE_CHIP}
     assert program.activations[0].end > config.data_words                  # A0 spills (wholly or in part)
+    # conv1's gradient product: with external sums, 8 bands of one image that stage E0 and read the
+    # input batch where it lives (its copies would cost more port time than they save)
+    layer0 = [str(ins) for ins in program.instructions if str(ins).startswith(("COPY", "CONV_GRAD layer 0"))
+              and ins.layer == 0]
+    assert layer0 == (["COPY layer 0", "CONV_GRAD layer 0 part 1 hold"]
+                      + ["COPY layer 0", "CONV_GRAD layer 0 part +add hold"] * 6
+                      + ["COPY layer 0", "CONV_GRAD layer 0 part +add", "CONV_GRAD layer 0 finish"]
+                      if config.external_sum_words else ["CONV_GRAD layer 0"])
     fc_parts = [ins.part for ins in program.instructions if str(ins).startswith("CONV_GRAD layer 2")]
     assert fc_parts == ([] if config.external_sum_words else [PART_FIRST, PART_NEXT, PART_NEXT, PART_FINISH])
     for s in range(2):

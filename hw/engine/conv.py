@@ -882,12 +882,17 @@ def compile_conv_grad_staged(wage: WageConfig, index: int, e: MapLayout, x: MapL
 
 
 def compile_conv_grad_bands(wage: WageConfig, index: int, e: MapLayout, x: MapLayout, w: WeightLayout,
-                            lanes: int, layer=None, *, e_base: int, x_base: int, images: int, stored: int) -> list:
+                            lanes: int, layer=None, *, e_base: int, x_base: int | None, images: int,
+                            stored: int) -> list:
     """CONV_GRAD of conv layer ``index`` in batch bands of ``images`` images (the last may be
     smaller), both operands staged: before each band a COPY of the band's E_l words to ``e_base``
     in the error scratchpad and a COPY_ACT of its input words to ``x_base`` in the activation
     scratchpad, then one part over the band's product positions, every output-channel block and
-    weight word (the whole product's rows, in its order). The parts accumulate the stored sums:
+    weight word (the whole product's rows, in its order). With ``x_base`` None only E_l is staged
+    and the parts read the band's input words where they live: a port that keeps up with one
+    spilled operand per beat then saves the input's copy (the adding parts' ``a`` must be on chip,
+    their ``b`` need not: the external sums take the error reader's port client, not the
+    activation reader's). The parts accumulate the stored sums:
     the first band's part stores its rows (``sum_hold``: partial sums do not enter the quantiser),
     each later band's part adds its rows to the stored ones (``sum_add``) and stores them back,
     and only the last band's rows, the finished sums, enter Q_G's pass 1; the finish record
@@ -907,12 +912,14 @@ def compile_conv_grad_bands(wage: WageConfig, index: int, e: MapLayout, x: MapLa
         n = min(images, batch - first)
         records.append(Instruction(Op.COPY, layer=index, aux=AddressPattern(e.base + first * e_image, sk=1, nk=n * e_image),
                                    out=AddressPattern(e_base, sk=1, nk=n * e_image)))
-        records.append(Instruction(Op.COPY_ACT, layer=index,
-                                   aux=AddressPattern(x.base + first * x_image, sk=1, nk=n * x_image),
-                                   out=AddressPattern(x_base, sk=1, nk=n * x_image)))
+        if x_base is not None:
+            records.append(Instruction(Op.COPY_ACT, layer=index,
+                                       aux=AddressPattern(x.base + first * x_image, sk=1, nk=n * x_image),
+                                       out=AddressPattern(x_base, sk=1, nk=n * x_image)))
+        band_x = x_base if x_base is not None else x.base + first * x_image
         radix = (n, ho, wo)
         a = dataclasses.replace(whole.a, base=e_base, nk=n * ho * wo, pos_radix=radix)
-        b = dataclasses.replace(whole.b, base=x_base - pad * wd * wpi - pad * wpi, nk=n * ho * wo, pos_radix=radix)
+        b = dataclasses.replace(whole.b, base=band_x - pad * wd * wpi - pad * wpi, nk=n * ho * wo, pos_radix=radix)
         last = band == len(starts) - 1
         records.append(ConvInstruction(ConvOp.CONV_GRAD, layer=index, qcount=whole.qcount, stored=stored,
                                        part=PART_NEXT if band else PART_FIRST, part_count=whole.qcount,
@@ -1100,14 +1107,16 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
                 choice = [one]
                 if "gradient" in staging and e.end > config.data_words and w.words_per_row > 1 and base is not None:
                     choice = compile_conv_grad_staged(*grad_args[n], stage_base=base, stored=one.stored)
-                bands = grad_bands(plan, i, e, x) if "grad_bands" in staging else None
-                if bands:
-                    # (each product's own choice: bands cost copies and sum traffic that a product
-                    # reading little through the port does not win back)
-                    banded = compile_conv_grad_bands(*grad_args[n], e_base=bands[0], x_base=bands[1],
-                                                     images=bands[2], stored=one.stored)
-                    if port_bound_cycles(config, banded) < port_bound_cycles(config, choice):
-                        choice = banded
+                # (each product's own choice: bands cost copies and sum traffic that a product
+                # reading little through the port does not win back; staging the input too saves
+                # its reads only where the port cannot keep up with one spilled operand per beat)
+                for stage_x in (True, False):
+                    bands = grad_bands(plan, i, e, x, stage_x) if "grad_bands" in staging else None
+                    if bands:
+                        banded = compile_conv_grad_bands(*grad_args[n], e_base=bands[0], x_base=bands[1],
+                                                         images=bands[2], stored=one.stored)
+                        if port_bound_cycles(config, banded) < port_bound_cycles(config, choice):
+                            choice = banded
                 staged += choice
                 continue
             if n in fc_grad_args and one.stored and "gradient" in staging:
@@ -1138,9 +1147,11 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
             return None
         return base, words
 
-    def grad_bands(plan, i: int, e: MapLayout, x: MapLayout) -> tuple[int, int, int] | None:
+    def grad_bands(plan, i: int, e: MapLayout, x: MapLayout, stage_x: bool = True) -> tuple | None:
         """(error stage base, input stage base, images per band) for layer i's gradient product in
-        batch bands, or None: its input map is on chip, or a band of one image does not fit. At
+        batch bands, or None: its input map is on chip, or a band of one image does not fit; with
+        ``stage_x`` False the input is read in place (input stage base None) and only the error
+        operand's room limits the bands. At
         layer i's gradient product the input batch and A_0 … A_(i−1) are live in the activation
         scratchpad (A_(i−1) is the operand; the error products below read the masks of those under
         it) and E_(i−1), E_i in the error scratchpad (see stage_base); each band goes in the largest
@@ -1150,11 +1161,13 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
             return None
         act_runs = free_runs([plan.inputs, *plan.activations[:i]], chip)
         err_runs = free_runs(plan.errors[max(i - 1, 0):i + 1], chip)
-        if not act_runs or not err_runs:
+        if (stage_x and not act_runs) or not err_runs:
             return None
-        x_base, x_room = max(act_runs, key=lambda run: (run[1], -run[0]))
+        x_base, x_room = max(act_runs, key=lambda run: (run[1], -run[0])) if stage_x else (None, None)
         e_base, e_room = max(err_runs, key=lambda run: (run[1], -run[0]))
-        images = min(batch, x_room // (x.words // batch), e_room // (e.words // batch))
+        images = min(batch, e_room // (e.words // batch))
+        if stage_x:
+            images = min(images, x_room // (x.words // batch))
         if images < 1 or -(-batch // images) > MAX_GRADIENT_BANDS:
             return None
         return e_base, x_base, images
