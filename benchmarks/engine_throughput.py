@@ -1,20 +1,26 @@
 """Training throughput of the engine, from its own cycle counters on Verilator.
 
-    .venv/bin/python benchmarks/engine_throughput.py [--fmax MHZ] [--nets mlp lenet5] [--lanes 8 16]
-        [--config ENGINE.json ...]
+    .venv/bin/python benchmarks/engine_throughput.py [--config ENGINE.json ...] [--fmax MHZ]
+        [--nets mlp lenet5] [--lanes 8 16]
         [--memory external|sdram|simulated] [--ext-latency 20] [--ext-cycles-per-word 1]
         [--ext-command-cycles 0] [--sdram-mhz 100] [--sum-words 0] [--external-sums]
         [--no-per-instruction]
 
-For each network at batch 128 and each array side (``--lanes``; 8×8 = 64 MULT18X18D fits the
-LFE5U-85F's 156, 16×16 = 256 does not) the engine RTL (``hw.engine.engine.Engine``) runs one
-training step in Verilator (``sim/tb_engine.py::throughput``, build cached in ``sim_build/``), then
-each instruction of the step alone, and reports its counters: cycles per step by phase and per
-instruction, array beats, MAC-slot utilisation (useful multiply-accumulates — forward, error and
-gradient products, each counted once — over cycles × L² slots) for the step and per layer, and
-images/s and GOPS (2 operations per useful MAC) at ``--fmax``. Without ``--fmax`` the clock is
-the lowest post-route Fmax among the units the engine is built from, as measured by
-``benchmarks/synth_units.py`` (the engine itself has not been routed), and the report says so.
+By default it measures the issue's two networks at batch 128 on the LFE5U-85F-sized 8-lane
+engine (:data:`DEFAULT_CONFIGS`: 64 MULT18X18D of the 85F's 156, its block RAM, the rest of the
+tensors behind the external-memory port): for each, the engine RTL (``hw.engine.engine.Engine``)
+runs one training step in Verilator (``sim/tb_engine.py::throughput``, build cached in
+``sim_build/``; the step's weights must equal golden's), then each instruction of the step alone,
+and reports its counters: cycles per step by phase and per instruction, array beats, MAC-slot
+utilisation (useful multiply-accumulates — forward, error and gradient products, each counted
+once — over cycles × L² slots) for the step and per layer, and images/s and GOPS (2 operations
+per useful MAC) at the clock. The clock is ``--fmax`` if given, else the clock this configuration
+was routed at (:func:`routed_fmax`: the best post-route Fmax among the engine reports of
+``hw.synth`` and the board builds in ``benchmarks/results/``), else, for a configuration never
+routed, the lowest post-route Fmax among the units the engine is built from
+(``benchmarks/synth_units.py``), an upper bound the report names as such. ``--nets`` and
+``--lanes`` measure the networks on configurations sized here instead (8×8 fits the 85F's
+multipliers, 16×16 = 256 does not).
 
 Memories: 16 384 data and 16 384 weight words (one DP16KD bank each, what the LFE5U-85F holds).
 A network whose tensors need more keeps them, with ``--memory external`` (the default), in the
@@ -22,7 +28,7 @@ external memory behind the engine's port (:class:`hw.engine.system.EngineSystem`
 model with ``--ext-latency`` cycles of read latency, one word per ``--ext-cycles-per-word`` cycles
 and ``--ext-command-cycles`` dead cycles per burst), and the report gives the external words read
 and written per step, the useful MACs per external word, and the traffic ceiling: the GOPS the
-program cannot pass with the port moving a word per cycle at ``--fmax`` (and the words per cycle
+program cannot pass with the port moving a word per cycle at the clock (and the words per cycle
 the issue's 64.6 GOPS would need). ``--memory sdram`` puts the board's SDRAM there instead
 (:class:`boards.sdram_system.EngineSDRAMSystem`: the SDRAM controller and the checking chip model,
 its timing in cycles at ``--sdram-mhz``, which is then also the clock of the images/s: the engine and
@@ -63,6 +69,11 @@ from hw.engine.config import EngineConfig  # noqa: E402
 from hw.engine.isa import STORES  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "engine_throughput.json"
+#: What a plain run measures: the MLP and the WAGE LeNet-5 at batch 128 on the same 85F-sized
+#: 8-lane engine (8,192 data and weight words, a 1,024-row sum buffer, the external memory at a
+#: word per cycle behind the port).
+DEFAULT_CONFIGS = (ROOT / "benchmarks" / "configs" / "engine_mlp_l8_b128.json",
+                   ROOT / "benchmarks" / "configs" / "engine_lenet5_l8_b128.json")
 #: Units inside the engine whose measured Fmax bounds the engine's clock.
 ENGINE_UNITS = ("threefry", "quantizer_1", "weight_update_32x512", "mac_int8_8x8")
 #: The issue's rate target in GOPS (an 8-bit trainer on a Zynq-7045 with 900 DSPs).
@@ -134,7 +145,38 @@ def unit_fmax() -> tuple[float | None, str]:
     if not known:
         return None, "no synthesis results"
     unit = min(known, key=known.get)
-    return known[unit], f"lowest unit Fmax ({unit}, {known[unit]:.1f} MHz; engine not routed yet)"
+    return known[unit], (f"not routed: the lowest unit Fmax ({unit}, {known[unit]:.1f} MHz), an upper bound "
+                         f"(a routed engine runs far slower)")
+
+
+def routed_fmax(config: EngineConfig, results: Path = ROOT / "benchmarks" / "results") -> tuple[float, str] | None:
+    """The best clock ``config`` has been routed at, and where that figure comes from: the highest
+    post-route Fmax among ``hw.synth``'s engine reports (``synth_engine_*.json``, whose
+    ``engine_config`` file holds this configuration) and the board builds (``board_builds.json``,
+    whose ``config`` is it); None if it was never routed. Runs of older RTL count too (the files
+    say which RTL each routed), so the source names the file and how many runs there were."""
+    found = []
+    for path in sorted(results.glob("synth_engine_*.json")):
+        try:
+            report = json.loads(path.read_text())
+            if report.get("fmax_mhz") and EngineConfig.load(ROOT / report["engine_config"]) == config:
+                found.append((float(report["fmax_mhz"]), path.name))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue                            # not an engine report, or its configuration is gone
+    try:
+        builds = json.loads((results / "board_builds.json").read_text())
+    except (OSError, ValueError):
+        builds = {}
+    for key, build in builds.items():
+        try:
+            if build.get("fmax_mhz") and EngineConfig.from_dict(build["config"]) == config:
+                found.append((float(build["fmax_mhz"]), f"board_builds.json: {key}"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    if not found:
+        return None
+    fmax, source = max(found)
+    return fmax, f"routed at {fmax:.2f} MHz ({source}; the best of {len(found)} routed run(s) of this configuration)"
 
 
 def sim_name(config: EngineConfig, timing=None) -> str:
@@ -261,6 +303,16 @@ def sized_configs(args, external: bool):
         yield key, config, note
 
 
+def run_clock(config: EngineConfig, fmax: float | None, sdram_mhz: float | None) -> tuple[float | None, str]:
+    """The clock a run's images/s are reckoned at, and why: ``--fmax``; the SDRAM's clock, which
+    the engine shares; the configuration's routed Fmax; or, never routed, the units' bound."""
+    if fmax:
+        return fmax, "given on the command line"
+    if sdram_mhz:
+        return sdram_mhz, f"the SDRAM clock (--sdram-mhz {sdram_mhz:g}), shared by the engine"
+    return routed_fmax(config) or unit_fmax()
+
+
 def given_configs(paths) -> list:
     """(key, config, note) per --config file, the configuration as it is (key: the file's stem);
     all read before anything runs, so a bad file stops the benchmark at once."""
@@ -269,14 +321,18 @@ def given_configs(paths) -> list:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nets", nargs="+", default=["mlp", "lenet5"])
+    ap.add_argument("--nets", nargs="+", default=None,
+                    help="measure these networks on configurations sized here (with --batch, --lanes) "
+                         "instead of the default configuration files")
     ap.add_argument("--config", type=Path, nargs="+", default=[],
                     help="measure these EngineConfig JSON files as they are (network, batch, lanes and "
-                         "memories; e.g. a board build's), instead of --nets at --batch on --lanes")
+                         "memories; e.g. a board build's); default: "
+                         + ", ".join(str(p.relative_to(ROOT)) for p in DEFAULT_CONFIGS))
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lanes", type=int, nargs="+", default=[8, 16],
                     help="array sides to measure (8: 64 MULT18X18D, fits the LFE5U-85F's 156; 16 needs 256)")
-    ap.add_argument("--fmax", type=float, default=None, help="clock in MHz (default: lowest unit Fmax)")
+    ap.add_argument("--fmax", type=float, default=None,
+                    help="clock in MHz (default: the configuration's routed Fmax, else the lowest unit Fmax)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON report goes")
     ap.add_argument("--max-sim-words", type=int, default=40000,
                     help="deepest simulated data memory (else the batch is halved until it fits)")
@@ -299,7 +355,7 @@ def main(argv=None) -> int:
     from hw.engine.system import ExternalTiming
     timing = ExternalTiming(args.ext_latency, args.ext_cycles_per_word, args.ext_command_cycles)
     external = args.memory in ("external", "sdram")
-    fmax, fmax_note = (args.fmax, "given on the command line") if args.fmax else unit_fmax()
+    fmax, fmax_note = (args.fmax, "given on the command line") if args.fmax else (None, "per configuration")
     if args.memory == "sdram":
         timing = float(args.sdram_mhz)
         if not 0 < timing <= 1000:
@@ -309,7 +365,9 @@ def main(argv=None) -> int:
     report = {"fmax_mhz": fmax, "fmax_source": fmax_note, "batch": args.batch,
               "date": time.strftime("%Y-%m-%d %H:%M"), "runs": {}}
     try:
-        jobs = given_configs(args.config) if args.config else sized_configs(args, external)
+        if args.config and args.nets:
+            raise ValueError("give either --config files or --nets, not both")
+        jobs = (sized_configs(args, external) if args.nets else given_configs(args.config or DEFAULT_CONFIGS))
     except (OSError, ValueError) as e:
         print(f"error: --config: {e}", file=sys.stderr)
         return 2
@@ -329,6 +387,7 @@ def main(argv=None) -> int:
                   f"SDRAM takes several cycles per word, and a configuration that says so gets spilled operands "
                   f"staged (EngineConfig.external_cycles_per_word; benchmarks/configs/engine_lenet5_l8_b128_sdram.json)")
         stored = [f"{ins} ({STORES[ins.stored]})" for ins in program.instructions if getattr(ins, "stored", 0)]
+        fmax, fmax_source = run_clock(config, args.fmax, timing if args.memory == "sdram" else None)
         wage = config.wage
         t = time.time()
         result = measure(config, timing, args.per_instruction)
@@ -357,7 +416,8 @@ def main(argv=None) -> int:
             lc = sum(e["cycles"] for e in mine)
             layers.append({"layer": layer.describe(), "cycles": lc,
                            "mac_slot_utilisation": sum(e["useful_macs"] for e in mine) / (lc * L * L) if lc else None})
-        entry = {"status": "measured", "batch": batch, "note": note, "lanes": L, "mult18x18d": dsp,
+        entry = {"status": "measured", "batch": batch, "note": note, "fmax_mhz": fmax, "fmax_source": fmax_source,
+                 "lanes": L, "mult18x18d": dsp,
                  "fits_85f_dsps": dsp <= 156, "data_words": config.data_words, "weight_words": config.weight_words,
                  "program_words": config.program_words,
                  "cycles_per_step": cycles,
@@ -416,11 +476,12 @@ def main(argv=None) -> int:
               f"(measured / estimate = {entry['measured_over_estimate']:.3f})")
         for name, words in program.straddled.items():
             print(f"    {name} straddles the scratchpad boundary: {words} words on chip, the rest external")
+        print(f"    clock: {fmax_source}")
         if note:
             print(f"    note: {note}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"fmax: {fmax_note}; written {args.out}")
+    print(f"clock: {fmax_note}; written {args.out}")
     return 0
 
 

@@ -97,3 +97,56 @@ def test_array_ceiling(bench):
     figures = bench.array_ceiling(8, 46.03)
     assert figures["array_peak_gops"] == pytest.approx(5.892, abs=1e-3)
     assert figures["macs_per_cycle_for_the_target"] == pytest.approx(701.7, abs=0.1)
+
+
+def _write(path, data):
+    import json
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_routed_fmax_is_the_best_routed_run_of_the_same_configuration(bench, tmp_path):
+    """Engine reports of hw.synth (by their configuration file) and board builds (by their
+    configuration) both count; another configuration, a report without a clock and a broken file
+    do not; the source names the file and the number of runs."""
+    mine = _write(tmp_path / "mine.json", CONFIG.to_dict())
+    other = _write(tmp_path / "other.json", CONFIG.replace(sum_words=0).to_dict())
+    _write(tmp_path / "synth_engine_a.json", {"engine_config": str(mine), "fmax_mhz": 41.5})
+    _write(tmp_path / "synth_engine_b.json", {"engine_config": str(mine), "fmax_mhz": 43.25})
+    _write(tmp_path / "synth_engine_c.json", {"engine_config": str(other), "fmax_mhz": 90.0})
+    _write(tmp_path / "synth_engine_d.json", {"engine_config": str(mine), "fmax_mhz": None})
+    (tmp_path / "synth_engine_e.json").write_text("{not json")
+    assert bench.routed_fmax(CONFIG, tmp_path) == (
+        43.25, "routed at 43.25 MHz (synth_engine_b.json; the best of 2 routed run(s) of this configuration)")
+    _write(tmp_path / "board_builds.json", {"ulx3s_x": {"config": CONFIG.to_dict(), "fmax_mhz": 44.0},
+                                            "ulx3s_y": {"config": {"lanes": "bad"}, "fmax_mhz": 99.0}})
+    fmax, source = bench.routed_fmax(CONFIG, tmp_path)
+    assert fmax == 44.0 and "board_builds.json: ulx3s_x" in source and "best of 3" in source
+    assert bench.routed_fmax(CONFIG.replace(lanes=4), tmp_path) is None
+
+
+def test_the_clock_of_a_run(bench, tmp_path, monkeypatch):
+    """--fmax first, then the SDRAM's clock, then the routed Fmax, then the units' bound, which
+    says that it is one."""
+    monkeypatch.setattr(bench, "routed_fmax", lambda config: None)
+    assert bench.run_clock(CONFIG, 50.0, 37.5) == (50.0, "given on the command line")
+    assert bench.run_clock(CONFIG, None, 37.5)[0] == 37.5
+    fmax, source = bench.run_clock(CONFIG, None, None)
+    assert source.startswith("not routed") and "upper bound" in source and fmax > 100
+    monkeypatch.setattr(bench, "routed_fmax", lambda config: (46.03, "routed"))
+    assert bench.run_clock(CONFIG, None, None) == (46.03, "routed")
+
+
+def test_the_default_configurations_are_the_issues_85f_sized_runs(bench):
+    """A plain run measures the MLP and LeNet-5 at batch 128 on the 8-lane engine (64 of the 85F's
+    156 MULT18X18D); the LeNet-5 one has been routed (46.03 MHz, benchmarks/results)."""
+    configs = [EngineConfig.load(p) for p in bench.DEFAULT_CONFIGS]
+    assert [(c.wage.net, c.batch, c.lanes, c.target) for c in configs] == [("mlp", 128, 8, "ecp5"),
+                                                                         ("lenet5", 128, 8, "ecp5")]
+    assert configs[0].replace(wage=configs[1].wage) == configs[1]          # the same engine memories
+    assert bench.routed_fmax(configs[1])[0] == 46.03
+
+
+def test_config_files_and_nets_are_not_mixed(bench, capsys):
+    assert bench.main(["--config", str(bench.DEFAULT_CONFIGS[0]), "--nets", "mlp"]) == 2
+    assert "either --config files or --nets" in capsys.readouterr().err
