@@ -303,14 +303,21 @@ def sized_configs(args, external: bool):
         yield key, config, note
 
 
-def run_clock(config: EngineConfig, fmax: float | None, sdram_mhz: float | None) -> tuple[float | None, str]:
-    """The clock a run's images/s are reckoned at, and why: ``--fmax``; the SDRAM's clock, which
-    the engine shares; the configuration's routed Fmax; or, never routed, the units' bound."""
+def given_clock(fmax: float | None, sdram_mhz: float | None) -> tuple[float | None, str]:
+    """The clock the command line sets for every run: ``--fmax``, else the SDRAM's clock, which
+    the engine shares; else none (each run's own, :func:`run_clock`)."""
     if fmax:
         return fmax, "given on the command line"
     if sdram_mhz:
         return sdram_mhz, f"the SDRAM clock (--sdram-mhz {sdram_mhz:g}), shared by the engine"
-    return routed_fmax(config) or unit_fmax()
+    return None, "per configuration"
+
+
+def run_clock(config: EngineConfig, fmax: float | None, sdram_mhz: float | None) -> tuple[float | None, str]:
+    """The clock a run's images/s are reckoned at, and why: the command line's
+    (:func:`given_clock`); the configuration's routed Fmax; or, never routed, the units' bound."""
+    given = given_clock(fmax, sdram_mhz)
+    return given if given[0] else (routed_fmax(config) or unit_fmax())
 
 
 def given_configs(paths) -> list:
@@ -355,13 +362,12 @@ def main(argv=None) -> int:
     from hw.engine.system import ExternalTiming
     timing = ExternalTiming(args.ext_latency, args.ext_cycles_per_word, args.ext_command_cycles)
     external = args.memory in ("external", "sdram")
-    fmax, fmax_note = (args.fmax, "given on the command line") if args.fmax else (None, "per configuration")
     if args.memory == "sdram":
         timing = float(args.sdram_mhz)
         if not 0 < timing <= 1000:
             print(f"error: --sdram-mhz {args.sdram_mhz:g}: must be a clock in MHz above 0 (at most 1000)", file=sys.stderr)
             return 2
-        fmax, fmax_note = timing, f"the SDRAM clock (--sdram-mhz {timing:g}), shared by the engine"
+    fmax, fmax_note = given_clock(args.fmax, timing if args.memory == "sdram" else None)
     report = {"fmax_mhz": fmax, "fmax_source": fmax_note, "batch": args.batch,
               "date": time.strftime("%Y-%m-%d %H:%M"), "runs": {}}
     try:
