@@ -481,7 +481,8 @@ def main(argv=None) -> int:
         print(f"    the compiler's port-bound estimate: {entry['port_bound_estimate']} cycles "
               f"(measured / estimate = {entry['measured_over_estimate']:.3f})")
         for name, words in program.straddled.items():
-            print(f"    {name} straddles the scratchpad boundary: {words} words on chip, the rest external")
+            print(f"    {name} straddles the {'weight store' if name[0] == 'W' else 'scratchpad'}'s boundary: "
+                  f"{words} words on chip, the rest external")
         print(f"    clock: {fmax_source}")
         if note:
             print(f"    note: {note}")

@@ -47,8 +47,8 @@ def _params(config: EngineConfig, **kw) -> dict:
     return {"engine": engine, **kw}
 
 
-#: With 4,096-word scratchpads the input batch and fc1's weights spill to the external memory and E0
-#: straddles the boundary;
+#: With 4,096-word scratchpads the input batch spills to the external memory, E0 straddles the
+#: scratchpad boundary and fc1's weights the weight store's (552 of their 1,024 words on chip);
 #: a 512-row sum buffer (115 kbit) and 4,096 external sum words: the small products store their
 #: sums on chip, conv2's error product (1,152 rows, in 9 row bands with 8,192 program words) in
 #: the external memory, and fc1's gradient computes twice.

@@ -59,12 +59,13 @@ def test_traffic_ceiling(bench):
 
 
 def test_estimate_check(bench):
-    """The b128 SDRAM program: the compiler's estimate 52,092,928 cycles beside the 65,441,144 the
-    SDRAM model measured (session 25) is a ratio of 1.256."""
+    """The b128 SDRAM program: the compiler's estimate 51,863,552 cycles beside the 65,441,144 the
+    SDRAM model measured (session 25, before fc1's weights straddled the weight store) is a ratio
+    of 1.262."""
     from hw.engine.compiler import compile_network
     config = EngineConfig.load(PATH.parent / "configs" / "engine_lenet5_l8_b128_sdram.json")
     figures = bench.estimate_check(config, compile_network(config).instructions, 65_441_144)
-    assert figures == {"port_bound_estimate": 52_092_928, "measured_over_estimate": pytest.approx(1.2562, abs=1e-4)}
+    assert figures == {"port_bound_estimate": 51_863_552, "measured_over_estimate": pytest.approx(1.2618, abs=1e-4)}
 
 
 def test_unit_estimates_cover_the_step_once(bench):
@@ -76,7 +77,7 @@ def test_unit_estimates_cover_the_step_once(bench):
     instructions = compile_network(config).instructions
     estimates = bench.unit_estimates(config, instructions)
     assert len(estimates) == len(_units(instructions[:-1]))
-    assert sum(estimates) == port_bound_cycles(config, instructions) == 52_092_928
+    assert sum(estimates) == port_bound_cycles(config, instructions) == 51_863_552
 
 
 def test_conv_utilisation_counts_only_the_convolution_layers(bench):

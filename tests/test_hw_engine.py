@@ -356,8 +356,9 @@ def conv_steps():
 
 
 #: The same network with 64-word scratchpads and a 40-word weight store: the input batch (324 words)
-#: and W1 (72) live in the external memory and E0 (108) straddles the boundary (its first 49 words in
-#: the error scratchpad, the rest external: hw.engine.compiler.choose_placement), behind a slow model
+#: lives in the external memory, E0 (108) straddles the scratchpad boundary (its first 49 words in
+#: the error scratchpad, the rest external: hw.engine.compiler.choose_placement) and W1 (72) the
+#: weight store's (its first 8 words on chip, after W0 and W2), behind a slow model
 #: (latency 7, a word every 2 cycles, 3 dead cycles per burst).
 CONV_SPILL_CONFIG = CONV_CONFIG.replace(data_words=64, external_words=1024, weight_words=40,
                                         external_weight_words=256)
@@ -480,7 +481,8 @@ def test_spilled_tensors_train_bit_exactly_through_the_external_port(conv_spill_
     chip = CONV_SPILL_CONFIG.data_words
     assert {t.name for t in tensors if t.base >= chip} == {"inputs"}
     assert [(t.name, chip - t.base) for t in tensors if t.base < chip < t.end] == [("E0", 49)]   # straddles
-    assert [w.base >= CONV_SPILL_CONFIG.weight_words for w in program.weights] == [False, True, False]
+    assert program.straddled == {"E0": 49, "W1": 8}        # W1: its first 8 words on chip, 64 external
+    assert [(w.base, w.end) for w in program.weights] == [(0, 12), (32, 104), (12, 32)]
     for s in range(2):
         assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
     # the memory model's sticky out-of-range flag: every command stayed in the external words (no
@@ -490,7 +492,7 @@ def test_spilled_tensors_train_bit_exactly_through_the_external_port(conv_spill_
     # the step reads the spilled input, E0 and W1 and writes E0's external words and W1; the host's
     # batch writes and weight read-backs count too
     assert c1["ext_read_words"] > c0["ext_read_words"] > 0
-    assert c1["ext_write_words"] - c0["ext_write_words"] >= 324 + (108 - 49) + 72
+    assert c1["ext_write_words"] - c0["ext_write_words"] >= 324 + (108 - 49) + (72 - 8)
     assert got[0]["counters"]["run_cycles"] > 0
     assert c1["array_beats"] == 2 * c0["array_beats"] == 2 * array_beats(program)
 

@@ -65,7 +65,8 @@ class EngineConfig:
     :attr:`external_width` bits (one activation word; an error word is zero-extended).
     ``external_weight_words``: likewise for stored weights: weight addresses ``weight_words`` …
     (:attr:`weight_space`) are external words ``external_words`` … (the weights' region follows the
-    data's; :mod:`hw.engine.weight_store`). The external memory holds :attr:`external_depth` words.
+    data's; :mod:`hw.engine.weight_store`); the first layer that does not fit the weight store
+    straddles its boundary (:func:`hw.engine.compiler.plan_memory`). The external memory holds :attr:`external_depth` words.
 
     ``sum_words``: depth of the sum buffer (0: none), which makes error and gradient products
     *store-then-quantise* instead of compute-twice. Q_E and Q_G need the whole tensor's maximum
