@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from golden.config import WageConfig  # noqa: E402
-from hw.engine.compiler import FitError, Placement, UnsupportedNetwork, compile_network  # noqa: E402
+from hw.engine.compiler import FitError, Placement, UnsupportedNetwork, compile_network, straddle_line  # noqa: E402
 from hw.engine.config import EngineConfig  # noqa: E402
 from hw.engine.isa import STORES  # noqa: E402
 
@@ -481,8 +481,7 @@ def main(argv=None) -> int:
         print(f"    the compiler's port-bound estimate: {entry['port_bound_estimate']} cycles "
               f"(measured / estimate = {entry['measured_over_estimate']:.3f})")
         for name, words in program.straddled.items():
-            print(f"    {name} straddles the {'weight store' if name[0] == 'W' else 'scratchpad'}'s boundary: "
-                  f"{words} words on chip, the rest external")
+            print(f"    {straddle_line(name, words)}")
         print(f"    clock: {fmax_source}")
         if note:
             print(f"    note: {note}")

@@ -56,6 +56,12 @@ __all__ = ["Program", "MemoryPlan", "Placement", "FitError", "ProgramError", "ch
            "result_rows", "two_pass_products"]
 
 
+def straddle_line(name: str, words: int) -> str:
+    """How a report names a tensor or weight layer (``W<i>``) across its memory's boundary."""
+    memory = "weight store" if name[0] == "W" else "scratchpad"
+    return f"{name} straddles the {memory}'s boundary: {words} words on chip, the rest external"
+
+
 class FitError(ValueError):
     """The network's tensors do not fit a memory; the message names the memory and the shortfall."""
 
@@ -87,9 +93,7 @@ class Program:
         lines = [self.config.summary()]
         for mem, (used, cap) in self.usage.items():
             lines.append(f"  {mem:<10} {used:>8} of {cap:>8} words ({100 * used / cap:.1f} %)")
-        for name, words in self.straddled.items():
-            lines.append(f"  {name} straddles the {'weight store' if name[0] == 'W' else 'scratchpad'}'s boundary: "
-                         f"{words} words on chip, the rest external")
+        lines += [f"  {straddle_line(name, words)}" for name, words in self.straddled.items()]
         for name in self.overwritten:
             lines.append(f"  {name} is overwritten by tile staging after its last read (not readable after a step)")
         lines += [f"  {i:>3}: {ins}" for i, ins in enumerate(self.instructions)]
