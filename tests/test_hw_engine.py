@@ -370,11 +370,12 @@ def conv_spill_steps():
     return run_conv_steps(CONV_SPILL_CONFIG, SPILL_TIMING)
 
 
-def run_conv_steps(config, timing=None, placement=None, refused=None):
+def run_conv_steps(config, timing=None, placement=None, refused=None, edit=None):
     """Two training steps on the RTL and the word-level model: (program, got, want), a snapshot of
     every tensor and the counters after each step. ``refused(program)``: lists of records to write
     and RUN first (with the weights and first batch loaded), each answering an error status, which
-    ``got`` then holds under "refused" (the steps after them must still be exact)."""
+    ``got`` then holds under "refused" (the steps after them must still be exact). ``edit(program)``:
+    the program both run instead of the compiler's (a variant no compiler emits)."""
     from hw.engine.conv import ConvEngineModel
     from hw.engine.encoding import encode_program
     rng = np.random.default_rng(seed_for("engine-conv"))
@@ -382,6 +383,8 @@ def run_conv_steps(config, timing=None, placement=None, refused=None):
     batches = [(rng.integers(0, 256, size=(b, *wage.input_shape), dtype=np.uint8), rng.integers(0, 10, size=b))
                for _ in range(2)]
     program = compile_network(config, placement)
+    if edit is not None:
+        program = edit(program)
     weights = golden.init_weights(wage)
     model = ConvEngineModel(program)
     model.load_weights(weights)

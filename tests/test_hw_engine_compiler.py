@@ -284,32 +284,3 @@ def test_a_spilled_gradient_operand_is_staged_block_by_block():
     small = compile_network(config.replace(program_words=1280))
     assert not any(ins.op == Op.COPY for ins in small.instructions)
 
-
-def test_an_adding_part_that_reads_external_errors_is_refused_on_the_host():
-    """While a gradient part adds to external sums the sums' reader holds the error reader's port
-    client, so a hand-made part whose ``a`` reads external error words would wait for ever on the
-    engine: check_program names the record, and the driver refuses to load such a program before
-    it sends a word."""
-    import asyncio
-    import dataclasses
-
-    from hw.engine.compiler import ProgramError, check_program
-    from hw.engine.driver import EngineDriver
-    from tests.test_hw_engine_staging import CONV_GRAD_BANDS_CONFIG as config
-    program = compile_network(config)
-    check_program(config, program.instructions)                   # the compiler's program passes
-    n = next(n for n, ins in enumerate(program.instructions) if getattr(ins, "sum_add", 0))
-    part = program.instructions[n]
-    assert part.stored == 2 and part.a.base < config.data_words
-    moved = list(program.instructions)                             # (E1's words past the scratchpad)
-    moved[n] = dataclasses.replace(part, a=dataclasses.replace(part.a, base=config.data_words))
-    with pytest.raises(ProgramError, match=rf"record {n} \(CONV_GRAD layer 1 part \+add hold\): a part that adds "
-                                           rf"to external sums reads \d+ of its a words from the external memory"):
-        check_program(config, moved)
-
-    class Unplugged:
-        async def exchange(self, words):
-            raise AssertionError("the driver sent a request")
-    driver = EngineDriver(dataclasses.replace(program, instructions=moved), Unplugged())
-    with pytest.raises(ProgramError, match=rf"record {n} "):
-        asyncio.run(driver.load_program())

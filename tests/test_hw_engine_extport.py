@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 
 from hw.bram import BlockRam
 from hw.engine.extmem_model import ExternalMemoryModel
-from hw.engine.extport import BurstCoalescer, ExternalPort, TieredReader, TieredWriter
+from hw.engine.extport import BurstCoalescer, ExternalPort, SharedReadClient, TieredReader, TieredWriter
 from hw.engine.feeder import INVALID_ADDRESS
 from hw.engine.feeder import RamReader
 from tests.support import run_benches, seed_for
@@ -66,15 +66,17 @@ def test_coalescer_merges_consecutive_addresses_into_bursts():
 
 class Tiers(wiring.Component):
     """Two tiered readers and two tiered writers over two block RAMs (``chip`` words each) and one
-    external-memory model: the engine's memory system in miniature."""
+    external-memory model: the engine's memory system in miniature. ``shared``: the readers share
+    one of the port's read clients (a :class:`SharedReadClient`)."""
 
     def __init__(self, chip, ext_words, width, ext_width, latency, cycles_per_word, command_cycles, credits,
-                 registered=False):
-        self.chip = chip
+                 registered=False, shared=False):
+        self.chip, self.shared = chip, shared
+        self.share = SharedReadClient(ADDR_BITS, ext_width, in_flight=2 * credits) if shared else None
         self.rams = [BlockRam(width, chip) for _ in range(2)]
         self.readers = [TieredReader(ADDR_BITS, width, ext_width, chip, credits=credits) for _ in range(2)]
         self.writers = [TieredWriter(ADDR_BITS, width, ext_width, chip, registered=registered) for _ in range(2)]
-        self.port = ExternalPort(ADDR_BITS, ext_width, readers=2, writers=2)
+        self.port = ExternalPort(ADDR_BITS, ext_width, readers=1 if shared else 2, writers=2)
         self.memory = ExternalMemoryModel(ext_words, ext_width, addr_bits=ADDR_BITS, latency=latency,
                                           cycles_per_word=cycles_per_word, command_cycles=command_cycles)
         super().__init__({})
@@ -83,6 +85,9 @@ class Tiers(wiring.Component):
         m = Module()
         m.submodules.port, m.submodules.memory = self.port, self.memory
         wiring.connect(m, self.port.port, self.memory.port)
+        if self.shared:
+            m.submodules.share = self.share
+            wiring.connect(m, self.share.o, self.port.rd0)
         for k in range(2):
             ram, rd, wr = self.rams[k], self.readers[k], self.writers[k]
             m.submodules[f"ram{k}"], m.submodules[f"rd{k}"], m.submodules[f"wr{k}"] = ram, rd, wr
@@ -91,23 +96,26 @@ class Tiers(wiring.Component):
             wiring.connect(m, rd.chip.resp, ram_rd.resp)
             m.d.comb += [ram.r_addr.eq(ram_rd.r_addr), ram_rd.r_data.eq(ram.r_data),
                          ram.w_en.eq(wr.chip_en), ram.w_addr.eq(wr.chip_addr), ram.w_data.eq(wr.chip_data)]
-            wiring.connect(m, rd.ext, getattr(self.port, f"rd{k}"))
+            wiring.connect(m, rd.ext, getattr(self.share, "ab"[k]) if self.shared else getattr(self.port, f"rd{k}"))
             wiring.connect(m, wr.ext, getattr(self.port, f"wr{k}"))
         return m
 
 
-@pytest.mark.parametrize("latency, cycles_per_word, command_cycles, credits, registered", [
-    (1, 1, 0, 64, False), (12, 1, 2, 64, True), (9, 3, 4, 8, False), (30, 1, 0, 4, True)])
-def test_tiered_reads_and_writes_match_a_reference(latency, cycles_per_word, command_cycles, credits, registered):
+@pytest.mark.parametrize("latency, cycles_per_word, command_cycles, credits, registered, shared", [
+    (1, 1, 0, 64, False, False), (12, 1, 2, 64, True, False), (9, 3, 4, 8, False, False), (30, 1, 0, 4, True, False),
+    (12, 1, 2, 64, True, True), (30, 1, 0, 4, False, True)])
+def test_tiered_reads_and_writes_match_a_reference(latency, cycles_per_word, command_cycles, credits, registered,
+                                                   shared):
     """Both clients write their half of a shared address space (scratchpad words and external
     words, runs and scattered addresses), then read it back in random orders with random consumer
     stalls; one reader's consumer stops for a long stretch while the other goes on (its responses
     must not wait behind the stalled one's). Among the reads are a pattern's invalid beats
     (INVALID_ADDRESS): answered in order, their data ignored, and never sent to the memory (which
-    would flag the address as beyond its words)."""
-    rng = random.Random(seed_for(f"tiers-{latency}-{cycles_per_word}-{command_cycles}-{credits}"))
+    would flag the address as beyond its words). ``shared``: both readers on one of the port's read
+    clients, so the stall must not hold the other reader's data either."""
+    rng = random.Random(seed_for(f"tiers-{latency}-{cycles_per_word}-{command_cycles}-{credits}" + ("-shared" if shared else "")))
     chip, ext_words, width = 32, 256, 24
-    dut = Tiers(chip, ext_words, width, 32, latency, cycles_per_word, command_cycles, credits, registered)
+    dut = Tiers(chip, ext_words, width, 32, latency, cycles_per_word, command_cycles, credits, registered, shared)
     space = chip + ext_words
     halves = [list(range(0, space, 2)), list(range(1, space, 2))]       # client k owns addresses ≡ k mod 2
     ref = {}
@@ -201,3 +209,6 @@ def test_tiered_reader_refuses_a_narrow_external_word():
         TieredWriter(ADDR_BITS, 16, 16, 32, registered=1)
     with pytest.raises(ValueError, match="readers=0, writers=0"):
         ExternalPort(ADDR_BITS, 16, 0, 0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"in_flight={bad!r}: must be a positive integer"):
+            SharedReadClient(ADDR_BITS, 16, in_flight=bad)

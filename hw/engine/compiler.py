@@ -51,7 +51,7 @@ from .config import EngineConfig
 from .isa import ADDR_BITS, STORE_CHIP, STORE_EXTERNAL, AddressPattern, Instruction, IsaError, Op, RowSel
 from .layout import MapLayout, TapMapLayout, WeightLayout
 
-__all__ = ["Program", "MemoryPlan", "Placement", "FitError", "ProgramError", "check_program", "choose_placement", "port_bound_cycles", "tensor_reads", "UnsupportedNetwork", "compile_network", "plan_memory",
+__all__ = ["Program", "MemoryPlan", "Placement", "FitError", "choose_placement", "port_bound_cycles", "tensor_reads", "UnsupportedNetwork", "compile_network", "plan_memory",
            "fc_forward", "fc_error", "fc_gradient", "fc_draw", "loss", "array_beats", "choose_store_then_quantise",
            "result_rows", "two_pass_products"]
 
@@ -68,10 +68,6 @@ class FitError(ValueError):
 
 class UnsupportedNetwork(ValueError):
     """The network uses something this engine build cannot execute; the message names it."""
-
-
-class ProgramError(ValueError):
-    """A program breaks a rule the engine relies on without checking it; the message names the record."""
 
 
 @dataclass
@@ -356,21 +352,6 @@ def port_bound_cycles(config: EngineConfig, instructions: list) -> int:
             words += 2 * (ins.part_count // config.lanes) * config.sum_chunks
         total += max(beats, words * config.external_cycles_per_word)
     return total
-
-
-def check_program(config: EngineConfig, instructions: list) -> None:
-    """Rules the engine relies on but does not check (the compilers keep them; a program made by
-    hand may not): while a gradient part adds to external sums, the sums' reader has the error
-    reader's port client (:mod:`hw.engine.engine`), so the part's ``a`` must read only on-chip
-    error words; one external read would wait for the port forever. Raises :class:`ProgramError`."""
-    for n, ins in enumerate(instructions):
-        if getattr(ins, "sum_add", 0) and ins.stored == STORE_EXTERNAL and config.external_sum_words:
-            external = _external_reads(ins.a, config.lanes, config.data_words)
-            if external:
-                raise ProgramError(
-                    f"record {n} ({ins}): a part that adds to external sums reads {external} of its a words "
-                    f"from the external memory (addresses >= data_words={config.data_words}); the sums' "
-                    f"reader has the error reader's port client then, so the operand must be staged on chip")
 
 
 def tensor_reads(plan: MemoryPlan, instructions: list, lanes: int) -> dict[str, int]:

@@ -133,10 +133,9 @@ quantises from the stored sums as for any product in parts. Integer addition is 
 the sums, the maximum and every draw are the whole product's. The whole product reads X once per
 weight word and output block; banded, X and E_l go through the port once each, and the external
 sums once per band each way (LeNet-5's conv2 at batch 128: A0's 6.55 million words become
-73,728). While an adding part runs, the external sums' reader has the error reader's port client
-(as in pass 2), so the part's ``a`` must read staged words: the compiler only emits it so, and
-:func:`~hw.engine.compiler.check_program` refuses on the host a program that does not. The
-compiler bands a product where its port-bound estimate, sum traffic included, is lower than the
+73,728). While an adding part runs, the external sums' reader shares the error reader's port
+client (:class:`~hw.engine.extport.SharedReadClient`), so the part's ``a`` may read external words
+as well; the compiler stages it, which leaves the port to the sums. The compiler bands a product where its port-bound estimate, sum traffic included, is lower than the
 product's other forms.
 
 A stored CONV_ERR in parts whose operand E_l is spilled may be staged as well
@@ -192,7 +191,7 @@ from golden.config import WageConfig
 from golden.prng import sr_draws
 from golden.quant import forward_weights, quantize_activation, quantize_error, quantize_gradient
 
-from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, check_program, check_program_fits,
+from .compiler import (Program, UnsupportedNetwork, check_loss_and_labels, check_program_fits,
                        choose_placement, choose_store_then_quantise, fc_draw, fc_error, fc_forward, fc_gradient,
                        loss, port_bound_cycles)
 from .config import EngineConfig
@@ -890,9 +889,8 @@ def compile_conv_grad_bands(wage: WageConfig, index: int, e: MapLayout, x: MapLa
     scratchpad, then one part over the band's product positions, every output-channel block and
     weight word (the whole product's rows, in its order). With ``x_base`` None only E_l is staged
     and the parts read the band's input words where they live: a port that keeps up with one
-    spilled operand per beat then saves the input's copy (the adding parts' ``a`` must be on chip,
-    their ``b`` need not: the external sums take the error reader's port client, not the
-    activation reader's). The parts accumulate the stored sums:
+    spilled operand per beat then saves the input's copy (the adding parts' sums share the error
+    reader's port client, not the activation reader's). The parts accumulate the stored sums:
     the first band's part stores its rows (``sum_hold``: partial sums do not enter the quantiser),
     each later band's part adds its rows to the stored ones (``sum_add``) and stores them back,
     and only the last band's rows, the finished sums, enter Q_G's pass 1; the finish record
@@ -1316,7 +1314,6 @@ def compile_conv_network(config: EngineConfig, placement=None) -> Program:
                key=lambda c: (port_bound_cycles(config, c[2]), len(c[2])))
     _, plan, ins = best
     check_program_fits(config, ins)
-    check_program(config, ins)
     staged_words = [(one.out.base, one.out.base + one.out.n1 * one.out.nk) for one in ins if one.op == Op.COPY]
     overwritten = tuple(e.name for e in plan.errors
                         if any(start < min(e.end, config.data_words) and e.base < end for start, end in staged_words))

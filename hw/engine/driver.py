@@ -22,7 +22,7 @@ import numpy as np
 
 from golden.model import input_codes
 
-from .compiler import Program, check_program
+from .compiler import Program
 from .encoding import encode_program
 from .protocol import COUNTERS, IDENT, Command, Status, Target, header, ident_values, item_bits, item_words
 
@@ -172,9 +172,7 @@ class EngineDriver:
                 f"batch, bit widths or seed); rebuild the engine or compile for its configuration")
 
     async def load_program(self) -> None:
-        """Check the program (:func:`~hw.engine.compiler.check_program`) and that the engine was
-        built for it (:meth:`check_engine`), then load it."""
-        check_program(self.program.config, self.program.instructions)
+        """Check that the engine was built for the program (:meth:`check_engine`), then load it."""
         await self.check_engine()
         await self.write(Target.PROGRAM, 0, encode_program(self.program.instructions))
 

@@ -21,7 +21,8 @@ Blocks (``L`` = ``config.lanes``)
   accumulator-width sums) for store-then-quantise ERR/GRAD records; with external sums
   (``config.external_sum_words`` > 0) a row queue, a writer that sends each row as
   ``config.sum_chunks`` external words and a reader that joins them again (on the error writer's
-  and reader's port clients, which are idle in the passes that use them);
+  port client, which is idle in the passes that use it, and sharing the error reader's through a
+  :class:`~hw.engine.extport.SharedReadClient`);
 * the program memory (``program_words`` 32-bit words; :mod:`hw.engine.encoding` records of
   delta records: a mask of MASK_WORDS words, then the record words that differ from the previous
   record's; the fetch reads the mask, then visits every record word in turn, one per cycle,
@@ -84,7 +85,7 @@ from hw.quantizer import Mode, ShiftQuantizer
 from .config import EngineConfig
 from .encoding import MACHINE_BITS, MACHINE_WORDS, MASK_WORDS, SLOTS, machine_layout
 from .extmem import ExternalMemorySignature
-from .extport import EXT_CREDITS, ExternalPort, TieredReader, TieredWriter
+from .extport import EXT_CREDITS, ExternalPort, SharedReadClient, TieredReader, TieredWriter
 from .feeder import FLAG_DEPTH, OperandFeeder, PatternReader, RamReader
 from .conv import PART_FINISH, PART_FIRST, PART_NEXT, PART_WHOLE
 from .isa import ADDR_BITS, STORE_CHIP, STORE_EXTERNAL, Op
@@ -539,25 +540,25 @@ class Engine(wiring.Component):
             m.submodules.sum_xrd = sum_xrd = TieredReader(ADDR_BITS, ew, ew, onchip_depth=0,
                                                           ext_base=cfg.external_sum_base, registered=True)
             # The error reader's and writer's port clients: the sums' writes use the writer's in pass 1
-            # (an ERR or GRAD writes no data then) until every row's words are issued, the sums'
-            # reads use the reader's in pass 2 (the operand reads all ended with pass 1).
-            # Both selects are flip-flops (share_rd = from_sums & store_ext, share_wr = store_ext &
-            # ~sum_go), set beside the registers they mirror: they switch hundreds of port bits.
-            share_rd, share_wr = Signal(), Signal()
-            port_rd, port_wr = ext_port.rd1, ext_port.wr1
-            for sel, client in ((share_rd, sum_xrd.ext), (~share_rd, err_rd.ext)):
-                with m.If(sel):
-                    m.d.comb += [port_rd.req.valid.eq(client.req.valid), port_rd.req.payload.eq(client.req.payload),
-                                 client.req.ready.eq(port_rd.req.ready),
-                                 client.resp.valid.eq(port_rd.resp.valid), client.resp.payload.eq(port_rd.resp.payload),
-                                 port_rd.resp.ready.eq(client.resp.ready)]
+            # (an ERR or GRAD writes no data then) until every row's words are issued; the sums'
+            # reads share the reader's (pass 2, and a part that adds to its stored sums in pass 1,
+            # whose error operand may read external words meanwhile: both are tiered readers, so
+            # neither waits for the other's data). The write select is a flip-flop (share_wr =
+            # store_ext & ~sum_go), set beside the registers it mirrors: it switches hundreds of bits.
+            sums_reading = Signal()                      # the record reads its stored sums (pass 2, adding part)
+            share_wr = Signal()
+            port_wr = ext_port.wr1
+            m.submodules.sum_err_rd = sum_err_rd = SharedReadClient(ADDR_BITS, ew)
+            wiring.connect(m, sum_xrd.ext, sum_err_rd.a)
+            wiring.connect(m, err_rd.ext, sum_err_rd.b)
+            wiring.connect(m, sum_err_rd.o, ext_port.rd1)
             for sel, req in ((share_wr, sum_wr_q.o), (~share_wr, err_wr.ext.req)):
                 with m.If(sel):
                     m.d.comb += [port_wr.req.valid.eq(req.valid), port_wr.req.payload.eq(req.payload),
                                  req.ready.eq(port_wr.req.ready)]
             sum_go = Signal()                            # pass-1 rows all written: reads may start
             # (an adding part keeps the writer's client: it writes each row back as it reads the next)
-            with m.If(share_rd & (rows_queued == 0) & sum_wr_q.empty & ext_port.writes_idle):
+            with m.If(sums_reading & (rows_queued == 0) & sum_wr_q.empty & ext_port.writes_idle):
                 m.d.sync += [sum_go.eq(1), share_wr.eq(add_on)]
             xr_chunk = Signal(range(n))
             m.d.comb += [sum_xrd.req.valid.eq(sum_go & (sum_rd_left != 0)),
@@ -701,7 +702,7 @@ class Engine(wiring.Component):
             with m.If(Mux(p1_took, p1_left == 2, p1_left == 1)):
                 m.d.sync += [pass2.eq(1), from_sums.eq(stored_on), from_chip_sums.eq(stored_on & ~store_ext)]
                 if cfg.external_sum_words:
-                    m.d.sync += share_rd.eq(store_ext)
+                    m.d.sync += sums_reading.eq(store_ext)
 
         # ---- quantiser output → scratchpads / weight updates ---------------------------------------
         m.submodules.update = update = SkidBuffer(wu.update.payload.shape())     # (the store's arbiter is deep)
@@ -1228,13 +1229,12 @@ class Engine(wiring.Component):
                                  sum_wa.eq(0), stored_on.eq(to_chip | to_ext), store_ext.eq(to_ext),
                                  from_sums.eq(no_pass1 & (to_chip | to_ext)), from_chip_sums.eq(no_pass1 & to_chip)]
                     if cfg.external_sum_words:
-                        m.d.sync += [sum_xw.eq(0), sum_chunk.eq(0), share_rd.eq(no_pass1 & to_ext)]
+                        m.d.sync += [sum_xw.eq(0), sum_chunk.eq(0), sums_reading.eq(no_pass1 & to_ext)]
                 if cfg.external_sum_words:
-                    # inside a product in parts the error reader has the port's client, except in an
-                    # adding part (its operands are staged) and once every pass-1 row has entered (the
-                    # finish record): a staging COPY between parts reads E_l through it
+                    # inside a product in parts the sums are read in an adding part and once every
+                    # pass-1 row has entered (the finish record), not in a staging COPY between parts
                     with m.If(keep):
-                        m.d.sync += share_rd.eq(((dec["add"] & ~dec["bad"]) | pass2) & store_ext)
+                        m.d.sync += sums_reading.eq(((dec["add"] & ~dec["bad"]) | pass2) & store_ext)
                 m.d.sync += [done.eq(0), done_pending.eq(0), sum_rd_addr.eq(0), sum_rd_left.eq(0),
                              part_left.eq(ins.part_count >> shift_l), add_on.eq(dec["add"]), hold_on.eq(dec["hold"])]
                 if cfg.external_sum_words:           # (the previous record's rows are all read back)
