@@ -135,8 +135,8 @@ weight word and output block; banded, X and E_l go through the port once each, a
 sums once per band each way (LeNet-5's conv2 at batch 128: A0's 6.55 million words become
 73,728). While an adding part runs, the external sums' reader shares the error reader's port
 client (:class:`~hw.engine.extport.SharedReadClient`), so the part's ``a`` may read external words
-as well; the compiler stages it, which leaves the port to the sums. The compiler bands a product where its port-bound estimate, sum traffic included, is lower than the
-product's other forms.
+as well; the compiler stages it, which leaves the port to the sums. The compiler bands a product
+where its port-bound estimate, sum traffic included, is lower than the product's other forms.
 
 A stored CONV_ERR in parts whose operand E_l is spilled may be staged as well
 (:func:`compile_conv_err_bands` with ``stage``): in batch bands, each after a COPY of the band's
