@@ -243,6 +243,14 @@ def conv_utilisation(wage: WageConfig, layers: list, lanes: int) -> float | None
     return useful / (cycles * lanes * lanes)
 
 
+def sdram_summary(commands: dict, cycles: int) -> str:
+    """Where the SDRAM's cycles went: the share that carried a column (a 16-bit beat), the row
+    misses and the read-to-write turns (each idles the bus)."""
+    columns = commands["reads"] + commands["writes"]
+    return (f"{100 * columns / cycles:.1f} % of cycles carry a column, {commands['activates']} activates, "
+            f"{commands['read_to_write']} read-to-write turns")
+
+
 def array_ceiling(lanes: int, fmax_mhz: float) -> dict:
     """What the clock allows whatever the memory does: the L×L array's peak GOPS (every slot
     useful) and the multiply-accumulates per cycle ``GOPS_TARGET`` would need at this clock."""
@@ -411,6 +419,8 @@ def main(argv=None) -> int:
         for item, estimate in zip(result["instructions"], estimates, strict=True):   # (a unit missed is an error)
             op, _, layer = item["instruction"].split()[:3]
             entry = {"instruction": item["instruction"], "cycles": item["cycles"], "port_bound_estimate": estimate}
+            if item.get("sdram"):
+                entry["sdram_commands"] = item["sdram"]
             if op in kinds:
                 useful = per_layer[int(layer)][kinds[op]]
                 entry["useful_macs"] = useful
@@ -442,6 +452,7 @@ def main(argv=None) -> int:
                  "external_cycles_per_word": config.external_cycles_per_word,
                  "program_records": len(program.instructions),
                  "ext_read_words_per_step": c["ext_read_words"], "ext_write_words_per_step": c["ext_write_words"],
+                 **({"sdram_commands_per_step": result["sdram"]} if result.get("sdram") else {}),
                  "sim_wall_s": round(time.time() - t, 1)}
         if fmax:
             seconds = cycles / (fmax * 1e6)
@@ -462,7 +473,10 @@ def main(argv=None) -> int:
         for item in instructions:
             if item["port_bound_estimate"]:
                 print(f"    {item['instruction']}: {item['cycles']} cycles, estimate {item['port_bound_estimate']} "
-                      f"(x{item['cycles'] / item['port_bound_estimate']:.2f})")
+                      f"(x{item['cycles'] / item['port_bound_estimate']:.2f})"
+                      + (f"; SDRAM {sdram_summary(item['sdram_commands'], item['cycles'])}" if "sdram_commands" in item else ""))
+        if "sdram_commands_per_step" in entry:
+            print(f"    SDRAM over the step: {sdram_summary(entry['sdram_commands_per_step'], cycles)}")
         if fmax:
             print(f"    the {L}x{L} array peaks at {entry['array_peak_gops']:.2f} GOPS at {fmax:.1f} MHz; {GOPS_TARGET:g} GOPS "
                   f"would need {entry['macs_per_cycle_for_the_target']:.0f} useful MACs per cycle at this clock")

@@ -8,22 +8,32 @@ I/O registers, hence ``read_delay`` :data:`boards.top.SDRAM_READ_DELAY`). The en
 share the clock ``clk_freq``, from which the controller's timing in cycles follows. ``ext_fault``
 is the model's sticky timing-violation flag (``ext_fault_code``: which rule, ``ext_fault_cycle``: when). The simulations and ``benchmarks/engine_throughput.py
 --memory sdram`` run it: the engine's cycle counts with the SDRAM's real bandwidth.
+
+``sdram_<command>`` (:data:`SDRAM_COUNTS`) count the commands the chip receives, for the
+benchmark's account of where the SDRAM's cycles go: ``reads``/``writes`` (column commands, one
+16-bit beat each), ``activates`` (row misses, refresh aside), ``precharges`` (single-bank and
+all-bank) and ``read_to_write`` (a WRITE whose previous column command was a READ: each such turn
+can idle the bus up to CL + 2 cycles), from :class:`SDRAMCommandCounters` on the chip's pins, so
+the board's controller carries none of them.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.engine.config import EngineConfig
 from hw.engine.engine import Engine, host_layout
 
-from .sdram import SDRAMGeometry, SDRAMTiming, connect_engine_port, engine_sdram
+from .sdram import COMMANDS, SDRAMGeometry, SDRAMTiming, connect_engine_port, engine_sdram
 from .sdram_model import SDRAMModel, SDRAMViolation
 from .top import SDRAM_READ_DELAY
 
-__all__ = ["EngineSDRAMSystem", "sdram_chip_model", "register_sdram_pins"]
+__all__ = ["EngineSDRAMSystem", "SDRAMCommandCounters", "SDRAM_COUNTS", "sdram_chip_model", "register_sdram_pins"]
+
+#: The command counters of :class:`EngineSDRAMSystem` (ports ``sdram_<name>``, 32 bits, wrapping).
+SDRAM_COUNTS = ("reads", "writes", "activates", "precharges", "read_to_write")
 
 
 def sdram_chip_model(controller, clk_freq: float, words: int | None = None) -> SDRAMModel:
@@ -46,6 +56,30 @@ def register_sdram_pins(m: Module, controller_pins, chip_pins) -> None:
         m.d.sync += chip.eq(ctrl) if member.flow == wiring.Out else ctrl.eq(chip)
 
 
+class SDRAMCommandCounters(wiring.Component):
+    """Counts the commands on an SDRAM's command pins (:data:`SDRAM_COUNTS`; 32 bits, wrapping)."""
+
+    def __init__(self):
+        super().__init__({**{pin: In(1, init=1) for pin in ("cs_n", "ras_n", "cas_n", "we_n")},
+                          **{name: Out(32) for name in SDRAM_COUNTS}})
+
+    def elaborate(self, platform):
+        m = Module()
+        code = Cat(self.we_n, self.cas_n, self.ras_n)
+
+        def is_(name):
+            ras, cas, we = COMMANDS[name]
+            return ~self.cs_n & (code == (ras << 2 | cas << 1 | we))
+
+        last_was_read = Signal()
+        with m.If(is_("READ") | is_("WRITE")):
+            m.d.sync += last_was_read.eq(is_("READ"))
+        for name, event in [("reads", is_("READ")), ("writes", is_("WRITE")), ("activates", is_("ACTIVE")),
+                            ("precharges", is_("PRECHARGE")), ("read_to_write", is_("WRITE") & last_was_read)]:
+            m.d.sync += getattr(self, name).eq(getattr(self, name) + event)
+        return m
+
+
 class EngineSDRAMSystem(wiring.Component):
     def __init__(self, config: EngineConfig, clk_freq: float):
         if not isinstance(config, EngineConfig) or not config.external_depth:
@@ -65,6 +99,7 @@ class EngineSDRAMSystem(wiring.Component):
             "ext_fault": Out(1),
             "ext_fault_code": Out(SDRAMViolation),      # the first rule broken, and when
             "ext_fault_cycle": Out(32),
+            **{f"sdram_{name}": Out(32) for name in SDRAM_COUNTS},
         })
 
     def elaborate(self, platform):
@@ -78,4 +113,7 @@ class EngineSDRAMSystem(wiring.Component):
         register_sdram_pins(m, controller.pins, model.pins)
         m.d.comb += [self.ext_fault.eq(model.violation), self.ext_fault_code.eq(model.violation_code),
                      self.ext_fault_cycle.eq(model.violation_cycle)]
+        m.submodules.counters = counters = SDRAMCommandCounters()
+        m.d.comb += [getattr(counters, pin).eq(getattr(model.pins, pin)) for pin in ("cs_n", "ras_n", "cas_n", "we_n")]
+        m.d.comb += [getattr(self, f"sdram_{name}").eq(getattr(counters, name)) for name in SDRAM_COUNTS]
         return m

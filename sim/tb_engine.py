@@ -118,7 +118,8 @@ async def mutation_detected(dut):
 
 @cocotb.test()
 async def throughput(dut):
-    """One training step on a full batch; writes the engine's counters to ``p["out"]`` (JSON)."""
+    """One training step on a full batch; writes the engine's counters to ``p["out"]`` (JSON), and
+    behind the SDRAM its command counts (:func:`sdram_counts`), for the step and each instruction."""
     import json
     p = sim_params()
     config = engine_config(p)
@@ -132,9 +133,9 @@ async def throughput(dut):
     b = wage.batch_size
     await driver.load_batch(data.train_images[:b], data.train_labels[:b])
     eta = p.get("eta_log2", 3)
-    before = await driver.counters()
+    before, sdram_before = await driver.counters(), sdram_counts(dut)
     cycles = await driver.run(0, 1, eta)
-    after = await driver.counters()
+    after, sdram = await driver.counters(), counts_since(sdram_before, sdram_counts(dut))
     delta = {k: after[k] - before[k] for k in after}
     dut._log.info(f"one step: {delta}")
     # the step's figures only count if the step was right: weights equal golden's, and an external
@@ -155,14 +156,31 @@ async def throughput(dut):
     end = Instruction(Op.END)
     empty = await _run_program(driver, [end], eta)
     for unit in _units(program.instructions[:-1]) if p.get("per_instruction", True) else []:
+        sdram_before = sdram_counts(dut)
         c = await _run_program(driver, unit + [end], eta)
         name = str(unit[-1]) if len(unit) == 1 else f"{unit[-1]} ({len(unit) - 1} parts)"
-        alone.append({"instruction": name, "cycles": c - empty})
-        dut._log.info(f"{name}: {c - empty} cycles")
+        alone.append({"instruction": name, "cycles": c - empty, "sdram": counts_since(sdram_before, sdram_counts(dut))})
+        dut._log.info(f"{name}: {c - empty} cycles; SDRAM commands {alone[-1]['sdram']}")
     await driver.write(Target.PROGRAM, 0, encode_program(program.instructions))
     with open(p["out"], "w") as f:
-        json.dump({"run_reply_cycles": cycles, "counters": delta, "end_only_cycles": empty,
+        json.dump({"run_reply_cycles": cycles, "counters": delta, "sdram": sdram, "end_only_cycles": empty,
                    "instructions": alone}, f)
+
+
+def sdram_counts(dut) -> dict | None:
+    """The SDRAM command counters of :class:`boards.sdram_system.EngineSDRAMSystem` (None for
+    another top)."""
+    from boards.sdram_system import SDRAM_COUNTS
+    if not hasattr(dut, "sdram_reads"):
+        return None
+    return {name: int(getattr(dut, f"sdram_{name}").value) for name in SDRAM_COUNTS}
+
+
+def counts_since(before: dict | None, after: dict | None) -> dict | None:
+    """``after − before`` per counter (32-bit, wrapping)."""
+    if before is None:
+        return None
+    return {k: (after[k] - before[k]) % (1 << 32) for k in after}
 
 
 def _units(instructions) -> list[list]:

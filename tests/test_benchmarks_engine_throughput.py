@@ -47,6 +47,15 @@ def test_a_bad_sdram_clock_is_named(bench, capsys, mhz):
     assert f"--sdram-mhz {float(mhz):g}: must be a clock in MHz above 0" in capsys.readouterr().err
 
 
+def test_sdram_summary(bench):
+    """The SDRAM's account of an instruction (LeNet-5's fc1 forward product on the SDRAM at
+    37.5 MHz, session 31's controller before its row-miss change): columns over cycles, the row
+    misses and the turns."""
+    commands = {"reads": 7_065_600, "writes": 0, "activates": 1_198_195, "precharges": 1_079_274, "read_to_write": 0}
+    assert bench.sdram_summary(commands, 11_718_434) == (
+        "60.3 % of cycles carry a column, 1198195 activates, 0 read-to-write turns")
+
+
 def test_traffic_ceiling(bench):
     """1.58 G MACs over 29.24 M words (the 8-lane LeNet-5 step at batch 128): 54 MACs per word;
     at one word per cycle at 42.14 MHz at most 4.55 GOPS, so 64.6 GOPS needs 14.2 words per cycle."""

@@ -158,3 +158,30 @@ def test_a_padding_read_opens_a_row_beyond_the_engine_words(whole_range):
     sim.run()
     assert result["activates"] == [(3, 2)] and result["words"] == 1
     assert result["code"] == (SDRAMViolation.NONE if whole_range else SDRAMViolation.NOT_STORED)
+
+
+def test_command_counters_count_each_command_and_each_read_to_write_turn():
+    """SDRAMCommandCounters (the benchmark's account of the SDRAM's cycles) on a hand-made pin
+    sequence: deselected cycles (cs_n high) and NOPs count as nothing; a WRITE counts as a turn
+    only right after a READ column command, however many NOPs lie between."""
+    from boards.sdram import COMMANDS
+    from boards.sdram_system import SDRAM_COUNTS, SDRAMCommandCounters
+    sequence = ["ACTIVE", "READ", "READ", "NOP", "WRITE", "WRITE", "READ", "NOP", "NOP", "WRITE",
+                "PRECHARGE", "DESELECT", "ACTIVE", "READ", "AUTO_REFRESH", "LOAD_MODE", "WRITE"]
+    want = {"reads": 4, "writes": 4, "activates": 2, "precharges": 1, "read_to_write": 3}
+    dut = SDRAMCommandCounters()
+    got = {}
+
+    async def bench(ctx):
+        for name in sequence:
+            ras, cas, we = COMMANDS.get(name, COMMANDS["ACTIVE"])    # DESELECT: an ACTIVE's pins, cs_n high
+            for pin, value in (("cs_n", int(name == "DESELECT")), ("ras_n", ras), ("cas_n", cas), ("we_n", we)):
+                ctx.set(getattr(dut, pin), value)
+            await ctx.tick()
+        got.update({name: ctx.get(getattr(dut, name)) for name in SDRAM_COUNTS})
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == want
