@@ -42,10 +42,12 @@ Burst and refresh policy
   when the cycles are made), so tRAS(max) is respected without a timer of its own.
 * **Timing**: every wait is a small down-counter per bank (ACT, PRE, column command) or global
   (tRRD, turnaround) with a registered "elapsed" flag, and the current beat's bank status (open,
-  row hit) is a register computed in parallel for the three addresses the next beat can have. The
-  status is re-read in the cycle after an ACTIVE or PRECHARGE, which costs nothing while tRCD and
-  tRP are at least 2 cycles (any clock above ~55 MHz). All pin outputs are flip-flops. Measured
-  out of context on an LFE5U-85F-6 (``hw.synth``): about 119 MHz at ``data_width=48``.
+  row hit) is a register computed in parallel for the three addresses the next beat can have, or
+  set by the ACTIVE (open, hit) or PRECHARGE (closed) just decided, so a row miss costs its two
+  commands and tRP + tRCD, not a cycle more for each (at 37.5 MHz, where both are one cycle, a
+  miss takes 2 cycles). All pin outputs are flip-flops. Measured
+  out of context on an LFE5U-85F-6 (``hw.synth``): about 119 MHz at ``data_width=48`` (before the
+  status was set by the ACTIVE and PRECHARGE).
 * **Read → write turnaround**: a WRITE (which drives DQ) waits until ``CL + 2`` cycles after the
   last READ, one idle bus cycle after the read data, so the chip's and the FPGA's drivers never
   overlap. WRITE → READ needs nothing with burst length 1.
@@ -437,15 +439,18 @@ class SDRAMController(wiring.Component):
         rrd_ok, turn_ok = Signal(init=1), Signal(init=1)          # turn: READ → WRITE bus turnaround
 
         # -- open/hit of the current beat's bank, registered: computed in parallel for the three
-        # addresses the next beat can have, chosen by the decision. `status_ok` is low for the
-        # cycle after a bank's state changed (ACTIVE or PRECHARGE; the next column command waits
-        # tRCD / tRP then anyway), so no decision uses a stale status.
+        # addresses the next beat can have, chosen by the decision. An ACTIVE or PRECHARGE is
+        # for the current beat's bank (PRECHARGE ALL: every bank) and no beat is loaded or
+        # passed in its cycle, so the status it leaves is known without reading the bank state
+        # back: open and a hit after an ACTIVE, closed after a PRECHARGE. (Re-reading it cost
+        # the cycle after each, 2 of a row miss's 4 cycles wherever tRP and tRCD are 1 cycle —
+        # the board's 37.5 MHz.)
         def status(beat_upper):
             b_, r_ = beat_upper[:geo.bank_bits], beat_upper[geo.bank_bits:]
             matches = Cat(bank_row[b] == r_ for b in range(banks))
             return bank_open.bit_select(b_, 1), (bank_open & matches).bit_select(b_, 1)
 
-        cur_open, cur_hit, status_ok = Signal(), Signal(), Signal()
+        cur_open, cur_hit = Signal(), Signal()
         sel_act_ok = act_ok.bit_select(bank, 1)
         sel_pre_ok = pre_ok.bit_select(bank, 1)
         sel_col_ok = col_ok.bit_select(bank, 1)
@@ -516,7 +521,7 @@ class SDRAMController(wiring.Component):
                         m.d.comb += do_pre_all.eq(pre_ok.all())
                     with m.Else():
                         m.d.comb += do_ref.eq(act_ok.all())
-                with m.Elif(cur_valid & status_ok):
+                with m.Elif(cur_valid):
                     with m.If(cur_hit):
                         m.d.comb += do_col.eq(sel_col_ok & data_ok)
                     with m.Elif(cur_open):
@@ -574,13 +579,16 @@ class SDRAMController(wiring.Component):
         wrap = do_col & (col == (1 << geo.col_bits) - 1)
         upper = cur_beat[geo.col_bits:]
         candidates = {"load": status(nxt_beat[geo.col_bits:]), "wrap": status((upper + 1)[:len(upper)]), "stay": status(upper)}
-        with m.If(load):
+        with m.If(do_act):
+            m.d.sync += [cur_open.eq(1), cur_hit.eq(1)]
+        with m.Elif(do_pre | do_pre_all):
+            m.d.sync += [cur_open.eq(0), cur_hit.eq(0)]
+        with m.Elif(load):
             m.d.sync += [cur_open.eq(candidates["load"][0]), cur_hit.eq(candidates["load"][1])]
         with m.Elif(wrap):
             m.d.sync += [cur_open.eq(candidates["wrap"][0]), cur_hit.eq(candidates["wrap"][1])]
         with m.Else():
             m.d.sync += [cur_open.eq(candidates["stay"][0]), cur_hit.eq(candidates["stay"][1])]
-        m.d.sync += status_ok.eq(~(do_act | do_pre | do_pre_all))
         with m.If(do_col):
             m.d.sync += [cur_beat.eq(cur_beat + 1), cur_left.eq(cur_left - 1),
                          word_beat.eq(Mux(word_beat == beats - 1, 0, word_beat + 1))]

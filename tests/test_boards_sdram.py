@@ -30,6 +30,9 @@ FAST = dataclasses.replace(SDRAMTiming().cycles(100e6), t_init=20, t_refi=150, r
 #: Real timing (tREFI 781 cycles, 8 refreshes may be postponed) with a short power-up wait.
 REAL = dataclasses.replace(SDRAMTiming().cycles(100e6), t_init=20)
 #: The same at 143 MHz: CL 3, longer cycle counts, and no refresh may be postponed.
+#: The board's clock (37.5 MHz): tRP and tRCD are one cycle each.
+BOARD = dataclasses.replace(SDRAMTiming().cycles(37.5e6), t_init=20)
+BOARD_FAST_REFRESH = dataclasses.replace(BOARD, t_refi=150, refresh_postpone=2)
 FAST_CL3 = dataclasses.replace(SDRAMTiming().cycles(143e6), t_init=20, t_refi=200, refresh_postpone=0)
 COLUMNS, BANK_SPAN = 512, 4 * 512       # beats per row of one bank, per row across the banks
 
@@ -250,11 +253,12 @@ TRAFFIC = [  # (data_width, addr_bits, cycles, board registers, commands)
     (48, 12, FAST, False, 160),
     (192, 10, FAST, False, 50),
     (96, 11, FAST_CL3, True, 80),
+    (96, 11, BOARD_FAST_REFRESH, True, 80),
 ]
 
 
 @pytest.mark.parametrize("data_width,addr_bits,cycles,board,n", TRAFFIC,
-                         ids=[f"w{t[0]}-cl{t[2].cas_latency}{'-ioreg' if t[3] else ''}" for t in TRAFFIC])
+                         ids=[f"w{t[0]}-cl{t[2].cas_latency}{'-ioreg' if t[3] else ''}-{t[2].clk_freq_hz / 1e6:g}mhz" for t in TRAFFIC])
 def test_random_traffic_matches_reference_with_refreshes_and_no_violation(data_width, addr_bits, cycles, board, n):
     tag = f"sdram-traffic-{data_width}-{cycles.cas_latency}-{board}"
     rng = random.Random(seed_for(tag))
@@ -293,6 +297,25 @@ def test_sequential_bandwidth(data_width, n_commands):
         assert rate > 0.95 / beats
 
 
+def test_row_miss_costs_its_commands_and_nothing_more():
+    """Single-word reads alternating between two rows of one bank at the board's clock (tRP and
+    tRCD one cycle): every read is a row miss, and costs its 6 beats, the PRECHARGE and the
+    ACTIVE (8 cycles a word, refreshes aside). The controller before this bound re-read the
+    bank state in the cycle after each of the two: 10 cycles a word."""
+    data_width, n = 96, 120
+    beats = -(-data_width // 16)
+    other_row = 3 * BANK_SPAN // beats            # word 1024: beat 6144, row 3 of bank 0
+    commands = [(i // 2 + (other_row if i % 2 else 0), 1, False) for i in range(n)]
+    rng = random.Random(seed_for("sdram-row-miss"))
+    _, res = run_traffic(Bench(data_width, 14, BOARD, board_registers=True), commands, [], rng)
+    assert not res["violation"], f"model violation {res['code']} at cycle {res['violation_cycle']}"
+    assert res["row_misses"] >= n
+    per_word = (res["traffic_cycles"] - 12 * res["refreshes"]) / n        # (a refresh: PRE ALL, REF, tRFC, …)
+    print(f"[sdram-row-miss] {res['traffic_cycles']} cycles for {n} words, {res['refreshes']} refreshes: "
+          f"{per_word:.2f} cycles a word")
+    assert per_word <= beats + 2 + 0.25, per_word
+
+
 MUTATIONS = [  # (parameter one cycle short, or a doubled refresh interval; the model's code)
     ("t_rcd", -1, V.T_RCD), ("t_rp", -1, V.T_RP), ("t_ras", -1, V.T_RAS), ("t_wr", -1, V.T_WR),
     ("t_rfc", -1, V.T_RFC), ("t_refi", FAST_CL3.t_refi, V.REFRESH_LATE),
@@ -301,8 +324,8 @@ MUTATIONS = [  # (parameter one cycle short, or a doubled refresh interval; the 
 
 @pytest.mark.parametrize("parameter,delta,code", MUTATIONS, ids=[f"{p}{d:+d}" for p, d, _ in MUTATIONS])
 def test_model_flags_a_controller_with_wrong_timing(parameter, delta, code):
-    """At 143 MHz (tRCD 3, tRP 3): the controller spends the cycle after an ACTIVE or PRECHARGE
-    re-reading the bank state, so a 1-cycle tRCD/tRP could not be issued early enough to show."""
+    """At 143 MHz (tRCD 3, tRP 3), where every wait is long enough to be one cycle short (at
+    the board's clock tRCD and tRP are already one cycle)."""
     wrong = dataclasses.replace(FAST_CL3, **{parameter: getattr(FAST_CL3, parameter) + delta})
     tag = f"sdram-mutation-{parameter}"
     rng = random.Random(seed_for(tag))
