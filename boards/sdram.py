@@ -18,6 +18,15 @@ so a sequential stream fills a row's 512 columns, continues in the same row of t
 next row. No column is wasted (a word may straddle a row or bank boundary; every beat carries its
 own bank and row). ``2**addr_bits · beats`` must fit the chip's 2**24 beats.
 
+A *narrow region* (``narrow_start``, ``narrow_words``, ``narrow_width``) holds words of which
+only the low ``narrow_width`` bits mean anything: each takes ``narrow_beats = ceil(narrow_width /
+16)`` columns instead of ``beats``, packed the same way, and the words after the region follow it
+(:meth:`SDRAMController.beat_address`). A read returns the low ``narrow_beats`` columns with the
+bits above them 0; a write stores only those. The engine's stored weights are such words
+(:func:`engine_sdram`: L·kG bits of an L·12-bit external word, 4 of 6 columns at 8 lanes), so its
+weight-bound products move a third fewer columns. A command is sized by its first word's region:
+the engine's never crosses one (its data, weights and sums are separate clients' regions).
+
 Burst and refresh policy
 ------------------------
 * **Init**: CKE high, NOPs and DQM high for ``t_init`` (100 µs), PRECHARGE ALL,
@@ -341,6 +350,10 @@ class SDRAMController(wiring.Component):
         Extra clocks the board adds between the controller's registered pins and its ``dq_i``
         sample (I/O registers; 0..8): read data is sampled ``CL + read_delay`` cycles after the
         cycle the READ shows on the controller's pins.
+    narrow_start, narrow_words, narrow_width : int
+        The narrow region (see the module docstring): words ``narrow_start …
+        narrow_start + narrow_words − 1`` keep only their low ``narrow_width`` bits (1..data_width)
+        in ``ceil(narrow_width / 16)`` columns. ``narrow_words = 0``: none.
 
     Statistics (``Out(32)``, wrapping): ``read_words`` (words put in the read FIFO),
     ``write_words`` (words whose last beat was written), ``refreshes`` (periodic AUTO REFRESHes,
@@ -355,12 +368,18 @@ class SDRAMController(wiring.Component):
 
     def __init__(self, data_width: int, addr_bits: int, clk_freq=None, timing: SDRAMTiming = SDRAMTiming(),
                  geometry: SDRAMGeometry = SDRAMGeometry(), max_burst: int = MAX_BURST, *,
-                 cycles: SDRAMCycles | None = None, read_delay: int = 0):
+                 cycles: SDRAMCycles | None = None, read_delay: int = 0,
+                 narrow_start: int = 0, narrow_words: int = 0, narrow_width: int | None = None):
         try:
             _check_int("data_width", data_width, 1, 4096)
             _check_int("addr_bits", addr_bits, 1, 32)
             _check_int("max_burst", max_burst, 1, 256)
             _check_int("read_delay", read_delay, 0, 8)
+            _check_int("narrow_words", narrow_words, 0, 1 << addr_bits)
+            _check_int("narrow_start", narrow_start, 0, (1 << addr_bits) - narrow_words)
+            if narrow_width is None:
+                narrow_width = data_width
+            _check_int("narrow_width", narrow_width, 1, data_width)
             if not isinstance(timing, SDRAMTiming):
                 raise TypeError(f"timing={timing!r}: must be an SDRAMTiming")
             if not isinstance(geometry, SDRAMGeometry):
@@ -384,6 +403,8 @@ class SDRAMController(wiring.Component):
         self.data_width, self.addr_bits, self.max_burst = data_width, addr_bits, max_burst
         self.geometry, self.cycles, self.read_delay = geometry, cycles, read_delay
         self.beats = beats
+        self.narrow_start, self.narrow_words, self.narrow_width = narrow_start, narrow_words, narrow_width
+        self.narrow_beats = -(-narrow_width // geometry.data_width) if narrow_words else beats
         #: Read FIFO words: everything that can be in flight between READ and capture, plus slack.
         self.read_fifo_depth = cycles.cas_latency + read_delay + 4
         super().__init__({
@@ -394,8 +415,20 @@ class SDRAMController(wiring.Component):
         })
 
     def __repr__(self):
+        narrow = (f", narrow_start={self.narrow_start}, narrow_words={self.narrow_words}, "
+                  f"narrow_width={self.narrow_width}") if self.narrow_words else ""
         return (f"SDRAMController(data_width={self.data_width}, addr_bits={self.addr_bits}, "
-                f"max_burst={self.max_burst}, read_delay={self.read_delay}, cycles={self.cycles!r})")
+                f"max_burst={self.max_burst}, read_delay={self.read_delay}{narrow}, cycles={self.cycles!r})")
+
+    def beat_address(self, word: int) -> int:
+        """The chip column (beat address, module docstring) of word ``word``'s first beat."""
+        inside = min(max(word - self.narrow_start, 0), self.narrow_words)
+        return word * self.beats - inside * (self.beats - self.narrow_beats)
+
+    def word_beats(self, word: int) -> int:
+        """Columns word ``word`` takes."""
+        inside = self.narrow_start <= word < self.narrow_start + self.narrow_words
+        return self.narrow_beats if inside else self.beats
 
     def elaborate(self, platform):
         m = Module()
@@ -416,18 +449,30 @@ class SDRAMController(wiring.Component):
         nxt_write = Signal()
         nxt_beat = Signal(beat_bits)
         nxt_left = Signal(range(self.max_burst * beats + 1))
+        nxt_narrow = Signal()
         m.d.comb += port.cmd.ready.eq(~nxt_valid)
+        addr, count = port.cmd.payload.addr, port.cmd.payload.count
+        nb, n0, nw = self.narrow_beats, self.narrow_start, self.narrow_words
+        if nb != beats:
+            # the beat address minus the columns the narrow words before ``addr`` do not take
+            in_narrow = (addr >= n0) & (addr < n0 + nw)
+            inside = Mux(addr < n0, 0, Mux(in_narrow, addr - n0, nw))
+            cmd_beat = _times_constant(addr, beats) - _times_constant(inside, beats - nb)
+            cmd_left = Mux(in_narrow, _times_constant(count, nb), _times_constant(count, beats))
+        else:
+            in_narrow, cmd_beat, cmd_left = 0, _times_constant(addr, beats), _times_constant(count, beats)
         with m.If(port.cmd.valid & port.cmd.ready):
-            m.d.sync += [nxt_valid.eq(port.cmd.payload.count != 0), nxt_write.eq(port.cmd.payload.write),
-                         nxt_beat.eq(_times_constant(port.cmd.payload.addr, beats)),
-                         nxt_left.eq(_times_constant(port.cmd.payload.count, beats))]
+            m.d.sync += [nxt_valid.eq(count != 0), nxt_write.eq(port.cmd.payload.write),
+                         nxt_beat.eq(cmd_beat), nxt_left.eq(cmd_left), nxt_narrow.eq(in_narrow)]
 
         # -- the current command, walked one beat per column command
         cur_valid = Signal()
         cur_write = Signal()
         cur_beat = Signal(beat_bits)
         cur_left = Signal.like(nxt_left)
+        cur_narrow = Signal()
         word_beat = Signal(range(beats))           # beat index within the current word
+        last_word_beat = word_beat == (Mux(cur_narrow, nb - 1, beats - 1) if nb != beats else beats - 1)
         col = cur_beat[:geo.col_bits]
         bank = cur_beat[geo.col_bits:geo.col_bits + geo.bank_bits]
         row = cur_beat[geo.col_bits + geo.bank_bits:]
@@ -591,30 +636,36 @@ class SDRAMController(wiring.Component):
             m.d.sync += [cur_open.eq(candidates["stay"][0]), cur_hit.eq(candidates["stay"][1])]
         with m.If(do_col):
             m.d.sync += [cur_beat.eq(cur_beat + 1), cur_left.eq(cur_left - 1),
-                         word_beat.eq(Mux(word_beat == beats - 1, 0, word_beat + 1))]
+                         word_beat.eq(Mux(last_word_beat, 0, word_beat + 1))]
         with m.If(load):
             m.d.sync += [cur_valid.eq(1), cur_write.eq(nxt_write), cur_beat.eq(nxt_beat),
-                         cur_left.eq(nxt_left), word_beat.eq(0), nxt_valid.eq(0)]
+                         cur_left.eq(nxt_left), cur_narrow.eq(nxt_narrow), word_beat.eq(0), nxt_valid.eq(0)]
         with m.Elif(last_beat):
             m.d.sync += cur_valid.eq(0)
 
         # -- read capture: CL + read_delay cycles after the READ is on the pins
+        # (each READ's word-end and narrow flags travel beside it)
         capture_at = cyc.cas_latency + self.read_delay
-        in_flight = Signal(capture_at + 1)
-        m.d.sync += in_flight.eq(Cat(do_read, in_flight[:-1]))
+        in_flight, ends_flight, narrow_flight = (Signal(capture_at + 1, name=n) for n in
+                                                 ("in_flight", "ends_flight", "narrow_flight"))
+        m.d.sync += [in_flight.eq(Cat(do_read, in_flight[:-1])),
+                     ends_flight.eq(Cat(do_read & last_word_beat, ends_flight[:-1])),
+                     narrow_flight.eq(Cat(cur_narrow, narrow_flight[:-1]))]
         capture = in_flight[capture_at]
         assembly = Signal(beats * bw)
-        assembled = Signal(range(beats))
         assembly_next = Cat(assembly[bw:], pins.dq_i)
-        word_done = capture & (assembled == beats - 1)
+        word_done = capture & ends_flight[capture_at]
         with m.If(capture):
-            m.d.sync += [assembly.eq(assembly_next), assembled.eq(Mux(word_done, 0, assembled + 1))]
-        m.d.comb += [read_fifo.w_data.eq(assembly_next[:dw]), read_fifo.w_en.eq(word_done)]
+            m.d.sync += assembly.eq(assembly_next)
+        word_in = assembly_next[:dw]
+        if nb != beats:        # a narrow word's nb beats are the top ones; the bits above them are 0
+            word_in = Mux(narrow_flight[capture_at], assembly_next[(beats - nb) * bw:][:min(dw, nb * bw)], word_in)
+        m.d.comb += [read_fifo.w_data.eq(word_in), read_fifo.w_en.eq(word_done)]
         m.d.sync += reserved.eq(reserved + (do_read & first_beat) - taken)
 
         # -- statistics
         m.d.sync += [self.read_words.eq(self.read_words + word_done),
-                     self.write_words.eq(self.write_words + (do_write & (word_beat == beats - 1))),
+                     self.write_words.eq(self.write_words + (do_write & last_word_beat)),
                      self.refreshes.eq(self.refreshes + do_ref),
                      self.row_misses.eq(self.row_misses + do_act)]
         return m
@@ -623,10 +674,13 @@ class SDRAMController(wiring.Component):
 def engine_sdram(config, clk_freq, *, read_delay: int = 0) -> SDRAMController:
     """The controller for an engine configuration's external memory
     (:class:`hw.engine.config.EngineConfig`): words of ``external_width`` bits, an address as wide as
-    ``external_depth`` needs (the engine's port address is the ISA's, wider). A memory the chip
-    cannot hold is refused, naming the sizes."""
+    ``external_depth`` needs (the engine's port address is the ISA's, wider), and the stored
+    weights' region narrow: a weight word is L·kG bits (:mod:`hw.engine.weight_store` reads and
+    writes no more). A memory the chip cannot hold is refused, naming the sizes."""
     addr_bits = max(1, (config.external_depth - 1).bit_length())
-    return SDRAMController(config.external_width, addr_bits, clk_freq, read_delay=read_delay)
+    return SDRAMController(config.external_width, addr_bits, clk_freq, read_delay=read_delay,
+                           narrow_start=config.external_words, narrow_words=config.external_weight_words,
+                           narrow_width=config.lanes * config.wage.kG)
 
 
 def connect_engine_port(m: Module, ext, port) -> None:

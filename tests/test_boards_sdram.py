@@ -122,6 +122,10 @@ def test_bad_geometry(change, message):
     ((48, 20, 100e6), {"read_delay": 9}, r"read_delay=9"),
     ((48, 20), {}, r"clk_freq=None"),
     ((48, 20, 50e6), {"cycles": FAST}, r"clk_freq=50000000.0: differs"),
+    ((96, 10, 100e6), {"narrow_words": 1025}, r"narrow_words=1025"),
+    ((96, 10, 100e6), {"narrow_start": 1000, "narrow_words": 25}, r"narrow_start=1000"),
+    ((96, 10, 100e6), {"narrow_words": 8, "narrow_width": 97}, r"narrow_width=97"),
+    ((96, 10, 100e6), {"narrow_words": 8, "narrow_width": 0}, r"narrow_width=0"),
 ])
 def test_controller_parameters_are_checked(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -142,11 +146,11 @@ class Bench(wiring.Component):
     (as the board's I/O registers will), and the controller is told ``read_delay=2``."""
 
     def __init__(self, data_width, addr_bits, cycles, *, model_cycles=None, board_registers=False,
-                 read_delay=None, max_burst=16):
+                 read_delay=None, max_burst=16, **narrow):
         if read_delay is None:
             read_delay = 2 if board_registers else 0
         self.controller = SDRAMController(data_width, addr_bits, cycles=cycles, max_burst=max_burst,
-                                          read_delay=read_delay)
+                                          read_delay=read_delay, **narrow)
         self.model = SDRAMModel(model_cycles or cycles)
         self.board_registers = board_registers
         super().__init__({})
@@ -314,6 +318,69 @@ def test_row_miss_costs_its_commands_and_nothing_more():
     print(f"[sdram-row-miss] {res['traffic_cycles']} cycles for {n} words, {res['refreshes']} refreshes: "
           f"{per_word:.2f} cycles a word")
     assert per_word <= beats + 2 + 0.25, per_word
+
+
+# -- the narrow region ----------------------------------------------------------------------------
+
+#: 96-bit words (6 columns), words 300 … 499 keep their low 64 bits in 4 columns.
+NARROW = {"narrow_start": 300, "narrow_words": 200, "narrow_width": 64}
+
+
+def test_narrow_region_packs_its_words_and_the_rest_follows():
+    c = SDRAMController(96, 11, 100e6, **NARROW)
+    assert (c.beats, c.narrow_beats) == (6, 4)
+    assert [c.beat_address(w) for w in (0, 299, 300, 301, 499, 500, 501)] == [0, 1794, 1800, 1804, 2596, 2600, 2606]
+    assert [c.word_beats(w) for w in (299, 300, 499, 500)] == [6, 4, 4, 6]
+    assert "narrow_start=300, narrow_words=200, narrow_width=64" in repr(c)
+    plain = SDRAMController(96, 11, 100e6)
+    assert plain.narrow_beats == 6 and plain.beat_address(500) == 3000 and "narrow" not in repr(plain)
+
+
+def split_at(commands, write_data, boundaries):
+    """The commands cut at the region boundaries (the engine's never cross one); the data keeps its order."""
+    out = []
+    for addr, count, write in commands:
+        cuts = sorted({addr, addr + count, *(b for b in boundaries if addr < b < addr + count)})
+        out += [(lo, hi - lo, write) for lo, hi in zip(cuts, cuts[1:])]
+    return out, write_data
+
+
+@pytest.mark.parametrize("cycles,board", [(FAST, False), (BOARD_FAST_REFRESH, True)], ids=["100mhz", "37.5mhz-ioreg"])
+def test_random_traffic_through_a_narrow_region_keeps_its_low_bits(cycles, board):
+    """Random traffic over words 0 … 1023 of 96 bits with words 300 … 499 narrow: every read equals
+    the reference memory's word, cut to its low 64 bits inside the region (a controller that kept
+    whole words there would return the upper bits of the all-ones and random words written)."""
+    tag = f"sdram-narrow-{cycles.clk_freq_hz / 1e6:g}"
+    rng = random.Random(seed_for(tag))
+    commands, write_data = random_traffic(rng, 96, 10, 100)
+    end = NARROW["narrow_start"] + NARROW["narrow_words"]
+    # all ones before, at both ends of and after the region: the words on each side of each boundary
+    ends = [(284, 32), (484, 32)]
+    commands = [(a, n, True) for a, n in ends] + [(a, n, False) for a, n in ends] + commands
+    commands, write_data = split_at(commands, [(1 << 96) - 1] * 64 + write_data, (NARROW["narrow_start"], end))
+    assert sum(count for addr, count, _ in commands if NARROW["narrow_start"] <= addr < end) > 200
+    bench = Bench(96, 10, cycles, board_registers=board, **NARROW)
+    got, res = run_traffic(bench, commands, write_data, rng, cmd_stall=0.2, w_stall=0.3, r_stall=0.3)
+    print(f"[{tag}] {res}")
+    assert not res["violation"], f"[{tag}] model violation {res['code']} at cycle {res['violation_cycle']}"
+    low = (1 << 64) - 1
+    check_reads(got, [(a, w & low if NARROW["narrow_start"] <= a < end else w) for a, w in reference_reads(commands, write_data)])
+    assert res["read_words"] == len(got) and res["write_words"] == len(write_data)
+
+
+def test_narrow_words_stream_at_their_columns():
+    """Sequential 16-word reads and writes inside the narrow region: a word per 4 cycles (0.95 of
+    it), where the region's words at full width would take 6."""
+    n_commands, start = 12, NARROW["narrow_start"]
+    rng = random.Random(seed_for("sdram-narrow-bandwidth"))
+    for write in (True, False):
+        commands = [(start + 16 * i, 16, write) for i in range(n_commands)]
+        data = [rng.getrandbits(96) for _ in range(16 * n_commands)] if write else []
+        _, res = run_traffic(Bench(96, 10, REAL, **NARROW), commands, data, rng)
+        assert not res["violation"]
+        rate = 16 * n_commands / res["traffic_cycles"]
+        print(f"[sdram-narrow-bandwidth] {'write' if write else 'read'}: {rate:.4f} words/cycle (ideal 0.25)")
+        assert rate > 0.95 / 4, rate
 
 
 MUTATIONS = [  # (parameter one cycle short, or a doubled refresh interval; the model's code)

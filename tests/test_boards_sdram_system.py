@@ -32,9 +32,10 @@ GEOMETRY = SDRAMGeometry()
 ROW_BEATS = 1 << (GEOMETRY.col_bits + GEOMETRY.bank_bits)    # columns of one row across the banks
 
 
-def sdram_row(word, beats, addr_bits):
-    """The row (across the banks) of a word's first column, after the port keeps ``addr_bits`` bits."""
-    return (word % (1 << addr_bits)) * beats // ROW_BEATS
+def sdram_row(controller, word):
+    """The row (across the banks) of a word's first column, after the port keeps the controller's
+    address bits (the weights' narrow words included: :meth:`boards.sdram.SDRAMController.beat_address`)."""
+    return controller.beat_address(word % (1 << controller.addr_bits)) // ROW_BEATS
 
 
 class RecordingSimulator(Simulator):
@@ -103,15 +104,15 @@ def test_no_port_command_leaves_the_engine_words(sdram_steps):
     assert (depth, beats, addr_bits) == (1280, 3, 11)
     assert any(not write for _, _, write in commands) and any(write for _, _, write in commands)
     assert [(addr, count, write) for addr, count, write in commands if addr + count > depth] == []
-    assert sdram_row(depth - 1, beats, addr_bits) == 1     # the engine's words end in row 1
-    assert {sdram_row(addr + count - 1, beats, addr_bits) for addr, count, _ in commands} <= {0, 1}
+    assert sdram_row(system.controller, depth - 1) == 1     # the engine's words end in row 1
+    assert {sdram_row(system.controller, addr + count - 1) for addr, count, _ in commands} <= {0, 1}
     # the padding taps the run would otherwise have sent do exist in the program
     conv_err = [ins for ins in program.instructions if ins.op == ConvOp.CONV_ERR]
     padding = {addr - cfg.data_words for ins in conv_err for addr, valid in ins.a.addresses()
                if not valid and addr >= cfg.data_words}
     assert padding == set(range((1 << ADDR_BITS) - 72, (1 << ADDR_BITS) - 64))
     assert {word % (1 << addr_bits) for word in padding} == set(range(1976, 1984))
-    assert {sdram_row(word, beats, addr_bits) for word in padding} == {2}
+    assert {sdram_row(system.controller, word) for word in padding} == {2}
 
 
 @pytest.mark.parametrize("whole_range", [True, False], ids=["whole-range", "engine-rows"])
