@@ -234,7 +234,7 @@ class SDRAMModel(wiring.Component):
         stored = Signal()
         m.d.comb += stored.eq((sel_row[srb:] == 0) & (col[scb:] == 0))
         memory = Memory(shape=bw, depth=banks << (srb + scb), init=[], attrs={NO_INIT_ATTRIBUTE: 1})
-        m.submodules.memory = memory
+        m.submodules.memory = self.memory = memory        # (tests read the stored columns)
         write_port = memory.write_port(granularity=8)
         read_port = memory.read_port(domain="sync")
         index = Cat(col[:scb], sel_row[:srb], bank)

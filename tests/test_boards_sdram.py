@@ -126,6 +126,9 @@ def test_bad_geometry(change, message):
     ((96, 10, 100e6), {"narrow_start": 1000, "narrow_words": 25}, r"narrow_start=1000"),
     ((96, 10, 100e6), {"narrow_words": 8, "narrow_width": 97}, r"narrow_width=97"),
     ((96, 10, 100e6), {"narrow_words": 8, "narrow_width": 0}, r"narrow_width=0"),
+    ((96, 10, 100e6), {"bank_interleave": 1}, r"bank_interleave=1"),
+    ((96, 10, 100e6), {"bank_interleave": 12}, r"bank_interleave=12: must be a power of two"),
+    ((96, 10, 100e6), {"bank_interleave": 1024}, r"bank_interleave=1024"),
 ])
 def test_controller_parameters_are_checked(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -201,10 +204,11 @@ def crossings(commands, data_width, span):
 
 
 def run_traffic(bench, commands, write_data, rng, *, cmd_stall=0.0, w_stall=0.0, r_stall=0.0,
-                max_cycles=60000, stop_on_violation=False):
+                max_cycles=60000, stop_on_violation=False, keep=False):
     """Simulate ``bench`` fed with ``commands``/``write_data`` by producers stalling with the given
     probabilities and drained by a consumer whose ``r.ready`` is low with probability ``r_stall``.
-    Checks the stream rules on ``r``; returns (read words, statistics dict)."""
+    Checks the stream rules on ``r``; returns (read words, statistics dict); ``keep``: the dict
+    also holds the chip model's stored columns at the end (``memory``, by storage index)."""
     controller, model = bench.controller, bench.model
     port = controller.port
     n_reads = sum(count for _, count, write in commands if not write)
@@ -243,6 +247,9 @@ def run_traffic(bench, commands, write_data, rng, *, cmd_stall=0.0, w_stall=0.0,
                       read_words=ctx.get(controller.read_words), write_words=ctx.get(controller.write_words),
                       refreshes=ctx.get(controller.refreshes), row_misses=ctx.get(controller.row_misses),
                       model_refreshes=ctx.get(model.refreshes))
+        if keep:                 # (the last WRITE reaches the pins, then the array, in the next cycles)
+            await ctx.tick().repeat(4)
+            result["memory"] = [ctx.get(model.memory.data[i]) for i in range(model.memory.depth)]
 
     sim = Simulator(bench)
     sim.add_clock(1e-8)
@@ -345,12 +352,15 @@ def split_at(commands, write_data, boundaries):
     return out, write_data
 
 
-@pytest.mark.parametrize("cycles,board", [(FAST, False), (BOARD_FAST_REFRESH, True)], ids=["100mhz", "37.5mhz-ioreg"])
-def test_random_traffic_through_a_narrow_region_keeps_its_low_bits(cycles, board):
+@pytest.mark.parametrize("cycles,board,interleave", [(FAST, False, 512), (BOARD_FAST_REFRESH, True, 512),
+                                                     (BOARD_FAST_REFRESH, True, 4)],
+                         ids=["100mhz", "37.5mhz-ioreg", "37.5mhz-ioreg-interleave4"])
+def test_random_traffic_through_a_narrow_region_keeps_its_low_bits(cycles, board, interleave):
     """Random traffic over words 0 … 1023 of 96 bits with words 300 … 499 narrow: every read equals
     the reference memory's word, cut to its low 64 bits inside the region (a controller that kept
-    whole words there would return the upper bits of the all-ones and random words written)."""
-    tag = f"sdram-narrow-{cycles.clk_freq_hz / 1e6:g}"
+    whole words there would return the upper bits of the all-ones and random words written); the
+    last case with the engine's 4-column bank interleave."""
+    tag = f"sdram-narrow-{cycles.clk_freq_hz / 1e6:g}-{interleave}"
     rng = random.Random(seed_for(tag))
     commands, write_data = random_traffic(rng, 96, 10, 100)
     end = NARROW["narrow_start"] + NARROW["narrow_words"]
@@ -359,7 +369,7 @@ def test_random_traffic_through_a_narrow_region_keeps_its_low_bits(cycles, board
     commands = [(a, n, True) for a, n in ends] + [(a, n, False) for a, n in ends] + commands
     commands, write_data = split_at(commands, [(1 << 96) - 1] * 64 + write_data, (NARROW["narrow_start"], end))
     assert sum(count for addr, count, _ in commands if NARROW["narrow_start"] <= addr < end) > 200
-    bench = Bench(96, 10, cycles, board_registers=board, **NARROW)
+    bench = Bench(96, 10, cycles, board_registers=board, bank_interleave=interleave, **NARROW)
     got, res = run_traffic(bench, commands, write_data, rng, cmd_stall=0.2, w_stall=0.3, r_stall=0.3)
     print(f"[{tag}] {res}")
     assert not res["violation"], f"[{tag}] model violation {res['code']} at cycle {res['violation_cycle']}"
@@ -381,6 +391,80 @@ def test_narrow_words_stream_at_their_columns():
         rate = 16 * n_commands / res["traffic_cycles"]
         print(f"[sdram-narrow-bandwidth] {'write' if write else 'read'}: {rate:.4f} words/cycle (ideal 0.25)")
         assert rate > 0.95 / 4, rate
+
+
+# -- bank interleave ------------------------------------------------------------------------------
+
+def test_bank_interleave_places_beats_low_bits_first():
+    plain, fine = SDRAMController(96, 11, 100e6), SDRAMController(96, 11, 100e6, bank_interleave=4)
+    assert [plain.beat_location(b) for b in (0, 3, 4, 511, 512, 2047, 2048)] == \
+        [(0, 0, 0), (0, 0, 3), (0, 0, 4), (0, 0, 511), (1, 0, 0), (3, 0, 511), (0, 1, 0)]
+    assert [fine.beat_location(b) for b in (0, 3, 4, 15, 16, 2047, 2048)] == \
+        [(0, 0, 0), (0, 0, 3), (1, 0, 0), (3, 0, 3), (0, 0, 4), (3, 0, 511), (0, 1, 0)]
+    hashed = SDRAMController(96, 11, 100e6, bank_interleave=64, bank_hash=True)
+    assert [hashed.beat_location(b) for b in (63, 64, 2048, 2048 + 64, 3 * 2048 + 3 * 64)] == \
+        [(0, 0, 63), (1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 3, 0)]
+    assert "bank_interleave=4" in repr(fine) and "bank_interleave" not in repr(plain)
+    assert "bank_interleave=64, bank_hash=True" in repr(hashed)
+    # bijections on every beat of four rows across the banks
+    for c in (fine, hashed):
+        assert sorted(c.beat_location(b) for b in range(8192)) == sorted(plain.beat_location(b) for b in range(8192))
+
+
+@pytest.mark.parametrize("interleave,bank_hash", [(4, False), (64, True)])
+def test_bank_interleave_stores_each_column_where_beat_location_says(interleave, bank_hash):
+    """Words written through a controller with a 4-beat interleave, or a 64-beat one with the
+    bank hashed (the narrow region included), looked up in the chip model's storage at
+    :meth:`~boards.sdram.SDRAMController.beat_location` of each of their beats (a controller whose
+    banks and columns disagreed with it fails)."""
+    rng = random.Random(seed_for(f"sdram-interleave-location-{interleave}-{bank_hash}"))
+    bench = Bench(96, 10, FAST, bank_interleave=interleave, bank_hash=bank_hash, **NARROW)
+    c = bench.controller
+    commands = [(0, 16, True), (284, 16, True), (300, 16, True), (490, 10, True), (500, 16, True), (700, 16, True),
+                (1000, 16, True)]
+    words = {a + i: rng.getrandbits(96) for a, n, _ in commands for i in range(n)}
+    data = [words[a + i] for a, n, _ in commands for i in range(n)]
+    _, res = run_traffic(bench, commands, data, rng, keep=True)
+    assert not res["violation"]
+    scb, srb = bench.model.stored_col_bits, bench.model.stored_row_bits
+    for word, value in words.items():
+        for beat in range(c.word_beats(word)):
+            bank, row, col = c.beat_location(c.beat_address(word) + beat)
+            stored = res["memory"][(bank << (srb + scb)) | (row << scb) | col]
+            assert stored == (value >> (16 * beat)) & 0xFFFF, (word, beat, bank, row, col)
+
+
+def strided_reads(start, rows, stride, words):
+    """Word k of ``rows`` rows ``stride`` words apart, rows innermost: a transposed operand's pattern
+    (LeNet-5's fc1 forward reads its weights this way: 8 rows, 128 four-column words apart)."""
+    return [(start + r * stride + k, 1, False) for k in range(words) for r in range(rows)]
+
+
+@pytest.mark.parametrize("interleave,bank_hash", [(512, False), (4, False), (64, True)])
+def test_bank_interleave_opens_fewer_rows_for_strided_reads(interleave, bank_hash):
+    """Eight rows 512 columns apart read word by word, rows innermost, in the narrow region at the
+    board's clock: with the banks above the column bits (512) each row is a row of its own and
+    every read misses (8 rows open in 4 banks); with 4 columns a bank, the 8 reads of a word fall
+    in 2 rows of one bank and at most a quarter miss; with 64 and the bank hashed, in 2 rows of
+    two banks, which stay open. All run without violation and read what was written."""
+    rng = random.Random(seed_for(f"sdram-interleave-strided-{interleave}-{bank_hash}"))
+    narrow = {"narrow_start": 0, "narrow_words": 1024, "narrow_width": 64}
+    reads = strided_reads(0, 8, 128, 6)
+    bench = Bench(96, 10, BOARD, board_registers=True, bank_interleave=interleave, bank_hash=bank_hash, **narrow)
+    writes = [(0, 16, True)] + [(128 * r, 8, True) for r in range(1, 8)]
+    data = [rng.getrandbits(64) for _ in range(16 + 7 * 8)]
+    got, res = run_traffic(bench, writes + reads, data, rng)
+    assert not res["violation"], f"model violation {res['code']} at cycle {res['violation_cycle']}"
+    check_reads(got, reference_reads(writes + reads, data))
+    misses = res["row_misses"] - res["refreshes"] - 16       # the writes open at most 16 rows
+    print(f"[sdram-interleave-{interleave}-{bank_hash}] {res['row_misses']} ACTIVATEs for {len(reads)} strided reads "
+          f"({res['refreshes']} refreshes), {res['traffic_cycles']} cycles")
+    if interleave == 512:
+        assert misses >= len(reads) - 16
+    elif not bank_hash:
+        assert res["row_misses"] <= len(reads) // 4 + 16 + res["refreshes"]
+    else:
+        assert res["row_misses"] <= 2 + 16 + res["refreshes"]
 
 
 MUTATIONS = [  # (parameter one cycle short, or a doubled refresh interval; the model's code)

@@ -19,7 +19,7 @@ from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
 import tests.test_hw_engine
-from boards.sdram import SDRAMGeometry, SDRAMTiming, connect_engine_port, engine_sdram
+from boards.sdram import SDRAMTiming, connect_engine_port, engine_sdram
 from boards.sdram_model import SDRAMModel, SDRAMViolation
 from boards.sdram_system import EngineSDRAMSystem, register_sdram_pins, sdram_chip_model
 from boards.top import SDRAM_READ_DELAY
@@ -28,14 +28,11 @@ from hw.engine.extmem import ExternalMemorySignature
 from hw.engine.isa import ADDR_BITS
 from tests.test_hw_engine import CONV_CONFIG, CONV_SPILL_CONFIG, conv_mismatches, run_conv_steps
 
-GEOMETRY = SDRAMGeometry()
-ROW_BEATS = 1 << (GEOMETRY.col_bits + GEOMETRY.bank_bits)    # columns of one row across the banks
-
-
 def sdram_row(controller, word):
     """The row (across the banks) of a word's first column, after the port keeps the controller's
-    address bits (the weights' narrow words included: :meth:`boards.sdram.SDRAMController.beat_address`)."""
-    return controller.beat_address(word % (1 << controller.addr_bits)) // ROW_BEATS
+    address bits (the weights' narrow words and the bank interleave included:
+    :meth:`boards.sdram.SDRAMController.beat_address`, :meth:`~boards.sdram.SDRAMController.beat_location`)."""
+    return controller.beat_location(controller.beat_address(word % (1 << controller.addr_bits)))[1]
 
 
 class RecordingSimulator(Simulator):
@@ -119,8 +116,9 @@ def test_no_port_command_leaves_the_engine_words(sdram_steps):
 def test_a_padding_read_opens_a_row_beyond_the_engine_words(whole_range):
     """One read of external word 2**24 - 66 (CONV_ERR's tap at data address -2) through
     connect_engine_port and the controller for CONV_SPILL_CONFIG: it is served (any data) after an
-    ACTIVE of bank 3, row 2; a chip model storing only the rows of the 1,280 words (0-1) flags it
-    NOT_STORED, sdram_chip_model without a word count (the controller's whole range) does not."""
+    ACTIVE of row 2 in the bank the controller's map gives (bank 2 in the engine's map: bank bits 0
+    of the 64-column interleave XOR the row's low bits); a chip model storing only the rows of the
+    1,280 words (0-1) flags it NOT_STORED, sdram_chip_model without a word count (the controller's whole range) does not."""
     cfg = CONV_SPILL_CONFIG
     controller = engine_sdram(cfg, 50e6, read_delay=SDRAM_READ_DELAY)
     if whole_range:
@@ -157,7 +155,9 @@ def test_a_padding_read_opens_a_row_beyond_the_engine_words(whole_range):
     sim.add_clock(2e-8)
     sim.add_testbench(bench)
     sim.run()
-    assert result["activates"] == [(3, 2)] and result["words"] == 1
+    bank, row, _ = controller.beat_location(controller.beat_address((1 << ADDR_BITS) - 66 & 2047))
+    assert (bank, row) == (2, 2)
+    assert result["activates"] == [(bank, row)] and result["words"] == 1
     assert result["code"] == (SDRAMViolation.NONE if whole_range else SDRAMViolation.NOT_STORED)
 
 
