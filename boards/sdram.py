@@ -31,10 +31,13 @@ A *narrow region* (``narrow_start``, ``narrow_words``, ``narrow_width``) holds w
 only the low ``narrow_width`` bits mean anything: each takes ``narrow_beats = ceil(narrow_width /
 16)`` columns instead of ``beats``, packed the same way, and the words after the region follow it
 (:meth:`SDRAMController.beat_address`). A read returns the low ``narrow_beats`` columns with the
-bits above them 0; a write stores only those. The engine's stored weights are such words
-(:func:`engine_sdram`: L·kG bits of an L·12-bit external word, 4 of 6 columns at 8 lanes), so its
-weight-bound products move a third fewer columns. A command is sized by its first word's region:
-the engine's never crosses one (its data, weights and sums are separate clients' regions).
+bits above them 0; a write stores only those. The engine's stored weights are such words, and its
+spilled error tensors when the configuration has an error region (:func:`engine_sdram`: L·kG and
+8·L bits of an L·12-bit external word, 4 of 6 columns at 8 lanes), so its weight-bound products
+and its error reads and writes move a third fewer columns. A command is sized by its first word's
+region: the engine's never crosses one (its activations, errors, weights and sums are separate
+tensors and clients' regions; ``tests/test_boards_sdram_system.py`` checks the commands of a
+training run).
 
 Burst and refresh policy
 ------------------------
@@ -717,14 +720,16 @@ ENGINE_BANK_INTERLEAVE = 64
 def engine_sdram(config, clk_freq, *, read_delay: int = 0) -> SDRAMController:
     """The controller for an engine configuration's external memory
     (:class:`hw.engine.config.EngineConfig`): words of ``external_width`` bits, an address as wide as
-    ``external_depth`` needs (the engine's port address is the ISA's, wider), and the stored
-    weights' region narrow: a weight word is L·kG bits (:mod:`hw.engine.weight_store` reads and
-    writes no more); banks interleaved every 64 columns and hashed with the row. A memory the chip
-    cannot hold is refused, naming the sizes."""
+    ``external_depth`` needs (the engine's port address is the ISA's, wider), the error region and
+    the stored weights' region after it narrow (``external_error_words``, where the compiler puts
+    only error words, 8·L bits, zero-extended to the external word; a weight word is L·kG bits,
+    :mod:`hw.engine.weight_store` reads and writes no more), banks interleaved every 64 columns and
+    hashed with the row. A memory the chip cannot hold is refused, naming the sizes."""
     addr_bits = max(1, (config.external_depth - 1).bit_length())
+    narrow_words = config.external_error_words + config.external_weight_words
     return SDRAMController(config.external_width, addr_bits, clk_freq, read_delay=read_delay,
-                           narrow_start=config.external_words, narrow_words=config.external_weight_words,
-                           narrow_width=config.lanes * config.wage.kG,
+                           narrow_start=config.external_error_base, narrow_words=narrow_words,
+                           narrow_width=config.lanes * max(8, config.wage.kG),
                            bank_interleave=ENGINE_BANK_INTERLEAVE, bank_hash=True)
 
 

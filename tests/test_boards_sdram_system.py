@@ -19,10 +19,11 @@ from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
 import tests.test_hw_engine
-from boards.sdram import SDRAMTiming, connect_engine_port, engine_sdram
+from boards.sdram import SDRAMController, SDRAMTiming, connect_engine_port, engine_sdram
 from boards.sdram_model import SDRAMModel, SDRAMViolation
 from boards.sdram_system import EngineSDRAMSystem, register_sdram_pins, sdram_chip_model
 from boards.top import SDRAM_READ_DELAY
+from hw.engine.compiler import Placement
 from hw.engine.conv import ConvOp
 from hw.engine.extmem import ExternalMemorySignature
 from hw.engine.isa import ADDR_BITS
@@ -53,8 +54,8 @@ class RecordingSimulator(Simulator):
         self.add_process(record)
 
 
-@pytest.fixture(scope="module")
-def sdram_steps():
+def run_sdram_steps(config, placement=None):
+    """run_conv_steps with the SDRAM system behind the port: (program, got, want, system)."""
     systems = []
 
     def system(config):
@@ -63,7 +64,21 @@ def sdram_steps():
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tests.test_hw_engine, "Simulator", RecordingSimulator)
-        return (*run_conv_steps(CONV_SPILL_CONFIG, system), systems[0])
+        return (*run_conv_steps(config, system, placement), systems[0])
+
+
+@pytest.fixture(scope="module")
+def sdram_steps():
+    return run_sdram_steps(CONV_SPILL_CONFIG)
+
+
+# E0 (108 words) spills whole under first fit and so lands in the error region, kept narrow
+ERROR_REGION_CONFIG = CONV_SPILL_CONFIG.replace(external_error_words=512)
+
+
+@pytest.fixture(scope="module")
+def error_region_steps():
+    return run_sdram_steps(ERROR_REGION_CONFIG, Placement())
 
 
 def test_spilled_tensors_train_bit_exactly_through_the_sdram(sdram_steps):
@@ -81,6 +96,42 @@ def test_one_wrong_bit_through_the_sdram_is_caught(sdram_steps):
     bad = {**want[1], "E0": want[1]["E0"].copy()}
     bad["E0"][2, 3] ^= 1
     assert conv_mismatches(got[1], bad) == ["E0"]
+
+
+def test_errors_in_the_narrow_error_region_train_bit_exactly(error_region_steps):
+    """With an error region E0 lives in the controller's narrow region (2 columns a word, not 3)
+    and both steps still equal the model and golden; no port command crosses a region boundary
+    (the controller sizes a command by its first word's region)."""
+    program, got, want, system = error_region_steps
+    cfg, controller = ERROR_REGION_CONFIG, system.controller
+    e0 = next(e for e in program.errors if e.name == "E0")
+    assert cfg.data_words + cfg.external_error_base <= e0.base and e0.end <= cfg.data_space
+    assert (controller.narrow_start, controller.narrow_words) == (512, 512 + 256)
+    assert controller.word_beats(cfg.external_error_base) == 2 < controller.word_beats(0) == 3     # 4 lanes
+    for s in range(2):
+        assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
+    assert [got[s]["ext_fault"] for s in range(2)] == [0, 0]
+    bounds = (controller.narrow_start, controller.narrow_start + controller.narrow_words)
+    commands = system.port_commands
+    assert any(bounds[0] <= addr < cfg.external_words and write for addr, _, write in commands)    # E0's
+    crossing = [(addr, count) for addr, count, _ in commands for bound in bounds if addr < bound < addr + count]
+    assert crossing == []
+
+
+def test_a_narrow_region_dropping_a_column_of_errors_is_caught(monkeypatch):
+    """The check above can fail: a controller that keeps one column fewer of the error region's
+    words (the top two lanes read as 0; the weights' words whole) trains wrong."""
+    import boards.sdram_system
+
+    def column_short(config, clk_freq, read_delay=0):
+        right = engine_sdram(config, clk_freq, read_delay=read_delay)
+        return SDRAMController(config.external_width, right.addr_bits, clk_freq, read_delay=read_delay,
+                               narrow_start=right.narrow_start, narrow_words=config.external_error_words,
+                               narrow_width=8 * config.lanes - 16, bank_interleave=right.bank_interleave,
+                               bank_hash=right.bank_hash)
+    monkeypatch.setattr(boards.sdram_system, "engine_sdram", column_short)
+    program, got, want, _ = run_sdram_steps(ERROR_REGION_CONFIG, Placement())
+    assert "E0" in conv_mismatches(got[0], want[0])
 
 
 def test_a_configuration_without_external_words_is_refused():

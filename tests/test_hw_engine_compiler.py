@@ -97,6 +97,39 @@ def test_tensors_that_do_not_fit_go_to_the_external_memory():
     assert sum(w.base < 16384 < w.end for w in program.weights) <= 1
 
 
+def test_spilled_errors_go_to_the_error_region_and_nothing_else_does():
+    """With external_error_words the error tensors that spill whole sit in the data region's last
+    words (from the region's first word, no overlap) and every activation, the input batch and a
+    straddler's external part below it; the training step's instructions are the same but for
+    addresses. Too small a region or too little room below it is refused, naming the field."""
+    wage = WageConfig(net="lenet5", batch_size=32)
+    plain = EngineConfig(wage, lanes=8, data_words=8192, weight_words=8192, external_words=1 << 18,
+                         external_weight_words=1 << 16)
+    config = plain.replace(external_error_words=1 << 17)
+    assert config.external_error_base == 1 << 17
+    program = compile_network(config, Placement())
+    base = config.data_words + config.external_error_base
+    outside_errors = [e for e in program.errors if e.base >= config.data_words]
+    assert outside_errors, "the test wants errors that spill"
+    assert all(base <= e.base and e.end <= config.data_words + config.external_words for e in outside_errors)
+    spans = sorted((e.base, e.end) for e in outside_errors)
+    assert spans[0][0] == base and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    acts = [program.inputs, *(a for a in program.activations if a is not None)]
+    assert all(t.end <= base for t in acts)
+    assert program.usage["external errors"] == (spans[-1][1] - base, 1 << 17)
+    before = compile_network(plain, Placement())
+    assert len(before.instructions) == len(program.instructions)
+    assert [i.op for i in before.instructions] == [i.op for i in program.instructions]
+    need = program.usage["external errors"][0]
+    with pytest.raises(FitError, match=rf"external_error_words: the network needs {need} words .* the engine has "
+                                       rf"{need - 1} \(1 words short\)"):
+        compile_network(plain.replace(external_error_words=need - 1), Placement())
+    below = program.usage["external"][0]
+    with pytest.raises(FitError, match=rf"external_words: the network needs {below} words .*the engine has "
+                                       rf"{below - 1} \(the {1 << 18} external words less the error region's"):
+        compile_network(plain.replace(external_error_words=(1 << 18) - below + 1), Placement())
+
+
 def test_the_mlp_input_batch_takes_the_whole_scratchpad_before_its_activations():
     """The MLP at batch 128 on the 85F-sized engine: its input batch (12,544 words, read 64 times
     per word) does not fit the 8,192-word activation scratchpad. Straddling after the tensors that

@@ -33,6 +33,8 @@ def test_missing_keys_take_defaults():
     ('{"wage": {"nett": "mlp"}}', "wage: unknown configuration keys ['nett']"),
     ('[1, 2]', "must be a JSON object, got list"),
     ('{"lanes": ', "not valid JSON"),
+    ('{"external_words": 64, "external_error_words": 65}', "external_error_words=65: must be an integer in 0..64"),
+    ('{"external_error_words": true}', "external_error_words=True: must be an integer in 0..0"),
 ])
 def test_bad_json_names_the_value(text, message):
     with pytest.raises(EngineConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -132,7 +134,7 @@ def test_lenet5_batch_128_config_stages_e1_over_the_consumed_e2():
 
 def test_lenet5_batch_128_stages_by_the_memory_rate():
     """The b128 configuration at a word per cycle and its twin for the ULX3S's SDRAM
-    (external_cycles_per_word = 7) compile to different programs, each the lower port-bound
+    (external_cycles_per_word = 7, and an error region the controller keeps narrow) compile to different programs, each the lower port-bound
     estimate at its rate.
 
     On the SDRAM every spilled operand a product re-reads is staged: conv1's forward product reads
@@ -156,7 +158,7 @@ def test_lenet5_batch_128_stages_by_the_memory_rate():
     from hw.engine.isa import Op
     config = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128.json")
     sdram = EngineConfig.load(BENCHMARK_CONFIGS / "engine_lenet5_l8_b128_sdram.json")
-    assert sdram == config.replace(external_cycles_per_word=7)
+    assert sdram == config.replace(external_cycles_per_word=7, external_error_words=1 << 19)   # (errors narrow)
     program, whole = compile_network(sdram), compile_network(config)
     assert [port_bound_cycles(sdram, p.instructions) for p in (program, whole)] == [51_863_552, 182_130_176]
     assert [port_bound_cycles(config, p.instructions) for p in (program, whole)] == [29_995_520, 26_046_976]

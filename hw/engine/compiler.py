@@ -127,14 +127,15 @@ def check_program_fits(config: EngineConfig, instructions: list) -> None:
                        f"({used - config.program_words} words short); raise EngineConfig.program_words")
 
 
-def _fits(name: str, used: int, capacity: int, parts: list[tuple[str, int]]) -> None:
+def _fits(name: str, used: int, capacity: int, parts: list[tuple[str, int]], what: str = "") -> None:
     if used > capacity:
         detail = ", ".join(f"{n} {w}" for n, w in parts)
         hint = {"data_words": "or EngineConfig.external_words, or reduce the batch",
                 "external_words": "or EngineConfig.data_words, or reduce the batch",
                 "weight_words": "or EngineConfig.external_weight_words",
-                "external_weight_words": "or EngineConfig.weight_words"}.get(name, "")
-        raise FitError(f"{name}: the network needs {used} words ({detail}), the engine has {capacity} "
+                "external_weight_words": "or EngineConfig.weight_words",
+                "external_error_words": "or EngineConfig.data_words"}.get(name, "")
+        raise FitError(f"{name}: the network needs {used} words ({detail}), the engine has {capacity}{what} "
                        f"({used - capacity} words short); raise EngineConfig.{name}" + (f" {hint}" if hint else ""))
 
 
@@ -232,13 +233,22 @@ def plan_memory(config: EngineConfig, placement: Placement | None = None) -> Mem
     ext_used = sum(t.words - straddled[t.name] for t in act_tensors + err_tensors if t.name in straddled)
     ext_parts = [(t.name, t.words - straddled[t.name]) for t in act_tensors + err_tensors if t.name in straddled]
 
-    def place(tensors, chip):
-        nonlocal ext_used
+    # With an error region (EngineConfig.external_error_words, the data region's last words) the
+    # error tensors that spill whole go there, from its first word, and nothing else does.
+    err_ext_used, err_ext_parts = 0, []
+    error_region = config.external_error_words > 0
+
+    def place(tensors, chip, errors=False):
+        nonlocal ext_used, err_ext_used
         placed, parts = [], []
         for t in tensors:
             if t.name in chip:
                 placed.append(dataclasses.replace(t, base=chip[t.name]))
                 parts.append((t.name, straddled.get(t.name, t.words)))
+            elif errors and error_region:
+                placed.append(dataclasses.replace(t, base=config.data_words + config.external_error_base + err_ext_used))
+                err_ext_used += t.words
+                err_ext_parts.append((t.name, t.words))
             else:
                 placed.append(dataclasses.replace(t, base=config.data_words + ext_used))
                 ext_used += t.words
@@ -246,7 +256,7 @@ def plan_memory(config: EngineConfig, placement: Placement | None = None) -> Mem
         return placed, parts
 
     (inputs, *activations), act_parts = place(act_tensors, act_chip)
-    errors, err_parts = place(err_tensors, err_chip)
+    errors, err_parts = place(err_tensors, err_chip, errors=True)
     # Weights: each layer's words in the weight store (first fit, in program order), or in the
     # external memory's weight region (weight addresses weight_words + …). The first layer that
     # does not fit whole straddles the boundary: it takes the weight store's free words after the
@@ -283,12 +293,19 @@ def plan_memory(config: EngineConfig, placement: Placement | None = None) -> Mem
     _fits("data_words", max(act_used, err_used), config.data_words,
           act_parts if act_used >= err_used else err_parts)
     _fits("weight_words", w_used, config.weight_words, w_parts)
-    _fits("external_words", ext_used, config.external_words, ext_parts)
+    if error_region:
+        _fits("external_words", ext_used, config.external_error_base, ext_parts,
+              f" (the {config.external_words} external words less the error region's {config.external_error_words})")
+        _fits("external_error_words", err_ext_used, config.external_error_words, err_ext_parts)
+    else:
+        _fits("external_words", ext_used, config.external_words, ext_parts)
     _fits("external_weight_words", wext_used, config.external_weight_words, wext_parts)
     usage = {"act": (act_used, config.data_words), "err": (err_used, config.data_words),
              "weights": (w_used, config.weight_words), "labels": (batch, config.label_words)}
     if external:
-        usage["external"] = (ext_used, config.external_words)
+        usage["external"] = (ext_used, config.external_error_base)
+    if error_region:
+        usage["external errors"] = (err_ext_used, config.external_error_words)
     if config.external_weight_words:
         usage["external weights"] = (wext_used, config.external_weight_words)
     return MemoryPlan(inputs, activations, errors, weights, usage, straddled)
@@ -394,7 +411,8 @@ def choose_placement(config: EngineConfig, emit, placement: Placement | None = N
     room = min((1 << ADDR_BITS) - config.data_words,
                (1 << ADDR_BITS) - config.external_weight_words - config.external_sum_words)
     plan = plan_memory(config.replace(external_words=room))
-    if not plan.usage["external"][0]:        # nothing spills: first fit placed it all on chip
+    if not plan.usage["external"][0] and not plan.usage.get("external errors", (0,))[0]:
+        # nothing spills: first fit placed it all on chip
         return best[1], emit(best[1])
     reads = tensor_reads(plan, emit(plan), config.lanes)
     sizes = {t.name: t.words for t in plan.tensors()}

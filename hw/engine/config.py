@@ -67,6 +67,11 @@ class EngineConfig:
     (:attr:`weight_space`) are external words ``external_words`` … (the weights' region follows the
     data's; :mod:`hw.engine.weight_store`); the first layer that does not fit the weight store
     straddles its boundary (:func:`hw.engine.compiler.plan_memory`). The external memory holds :attr:`external_depth` words.
+    ``external_error_words``: the last words of the data's external region hold error tensors only
+    (0: none): the compiler places every error tensor that spills whole there and no activation,
+    so their words carry 8·L bits and the rest read as 0 (an error word is zero-extended anyway),
+    which lets a memory keep them narrow (:func:`boards.sdram.engine_sdram`: 4 SDRAM columns a
+    word instead of 6 at 8 lanes, like the stored weights that follow them).
 
     ``sum_words``: depth of the sum buffer (0: none), which makes error and gradient products
     *store-then-quantise* instead of compute-twice. Q_E and Q_G need the whole tensor's maximum
@@ -103,6 +108,7 @@ class EngineConfig:
     fold_input: bool = True
     external_words: int = 0
     external_weight_words: int = 0
+    external_error_words: int = 0
     sum_words: int = 0
     external_sum_words: int = 0
     external_cycles_per_word: int = 1
@@ -139,6 +145,10 @@ class EngineConfig:
             raise EngineConfigError(f"external_words + external_weight_words = "
                                     f"{self.external_words + self.external_weight_words}: the external memory has at "
                                     f"most 2^{ADDR_BITS} words")
+        if not isinstance(self.external_error_words, int) or isinstance(self.external_error_words, bool) \
+                or not 0 <= self.external_error_words <= self.external_words:
+            raise EngineConfigError(f"external_error_words={self.external_error_words!r}: must be an integer in "
+                                    f"0..{self.external_words} (the last words of external_words)")
         if not isinstance(self.sum_words, int) or isinstance(self.sum_words, bool) \
                 or not 0 <= self.sum_words <= depth:
             raise EngineConfigError(f"sum_words={self.sum_words!r}: must be an integer in 0..{depth}")
@@ -171,6 +181,12 @@ class EngineConfig:
     def weight_space(self) -> int:
         """Weight addresses: the weight store's words, then the external ones."""
         return self.weight_words + self.external_weight_words
+
+    @property
+    def external_error_base(self) -> int:
+        """External word of the error region's first word (the data region's last
+        ``external_error_words``)."""
+        return self.external_words - self.external_error_words
 
     @property
     def external_depth(self) -> int:
@@ -329,5 +345,7 @@ class EngineConfig:
 
     def summary(self) -> str:
         return (f"EngineConfig: {self.lanes}x{self.lanes} array, {self.data_words} data words, "
-                f"{self.weight_words} weight words, {self.external_words} + {self.external_weight_words} external words, {self.sum_words} sum words, {self.label_words} labels, target {self.target}; "
+                f"{self.weight_words} weight words, {self.external_words} + {self.external_weight_words} external words"
+                + (f" ({self.external_error_words} for errors)" if self.external_error_words else "")
+                + f", {self.sum_words} sum words, {self.label_words} labels, target {self.target}; "
                 + self.wage.summary().splitlines()[0])
