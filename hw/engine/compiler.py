@@ -293,12 +293,11 @@ def plan_memory(config: EngineConfig, placement: Placement | None = None) -> Mem
     _fits("data_words", max(act_used, err_used), config.data_words,
           act_parts if act_used >= err_used else err_parts)
     _fits("weight_words", w_used, config.weight_words, w_parts)
-    if error_region:
-        _fits("external_words", ext_used, config.external_error_base, ext_parts,
-              f" (the {config.external_words} external words less the error region's {config.external_error_words})")
-        _fits("external_error_words", err_ext_used, config.external_error_words, err_ext_parts)
-    else:
-        _fits("external_words", ext_used, config.external_words, ext_parts)
+    # (external_error_base is external_words without an error region)
+    _fits("external_words", ext_used, config.external_error_base, ext_parts,
+          f" (the {config.external_words} external words less the error region's {config.external_error_words})"
+          if error_region else "")
+    _fits("external_error_words", err_ext_used, config.external_error_words, err_ext_parts)
     _fits("external_weight_words", wext_used, config.external_weight_words, wext_parts)
     usage = {"act": (act_used, config.data_words), "err": (err_used, config.data_words),
              "weights": (w_used, config.weight_words), "labels": (batch, config.label_words)}
