@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/engine_throughput.py [--config ENGINE.json ...] [--fmax MHZ]
         [--nets mlp lenet5] [--lanes 8 16]
         [--memory external|sdram|simulated] [--ext-latency 20] [--ext-cycles-per-word 1]
-        [--ext-command-cycles 0] [--sdram-mhz 100] [--sum-words 0] [--external-sums]
+        [--ext-command-cycles 0] [--sdram-mhz 100] [--engine-mhz MHZ] [--sum-words 0] [--external-sums]
         [--no-per-instruction]
 
 By default it measures the issue's two networks at batch 128 on the LFE5U-85F-sized 8-lane
@@ -32,7 +32,9 @@ program cannot pass with the port moving a word per cycle at the clock (and the 
 the issue's 64.6 GOPS would need). ``--memory sdram`` puts the board's SDRAM there instead
 (:class:`boards.sdram_system.EngineSDRAMSystem`: the SDRAM controller and the checking chip model,
 its timing in cycles at ``--sdram-mhz``, which is then also the clock of the images/s: the engine and
-the SDRAM share it). With ``--memory simulated`` it runs instead with on-chip memories as deep as
+the SDRAM share it; with ``--engine-mhz`` the engine runs on that clock instead and the SDRAM on its
+own, across the port's clock crossing, :class:`~hw.engine.extcdc.ExternalMemoryCDC`, as on the
+board with ``python -m hw.build --sdram-freq``). With ``--memory simulated`` it runs instead with on-chip memories as deep as
 it needs (not buildable on the 85F; the port's cost is then not in the figures); simulated memories
 beyond ``--max-sim-words`` words make the Verilog conversion crawl (Amaranth writes every memory's
 zero init as one constant; a 196k-word memory kept yosys busy for more than ten minutes), so such a
@@ -179,10 +181,10 @@ def routed_fmax(config: EngineConfig, results: Path = ROOT / "benchmarks" / "res
     return fmax, f"routed at {fmax:.2f} MHz ({source}; the best of {len(found)} routed run(s) of this configuration)"
 
 
-def sim_name(config: EngineConfig, timing=None) -> str:
+def sim_name(config: EngineConfig, timing=None, engine_mhz: float | None = None) -> str:
     """The simulation's name (its build directory's prefix; a plain Verilog identifier): network,
     batch, lanes, sum memories, the external memory's timing (``timing``: an ExternalTiming, or
-    the SDRAM clock in MHz) and the target."""
+    the SDRAM clock in MHz, and ``engine_mhz`` the engine's when it differs) and the target."""
     name = f"engine_{config.wage.net.replace('-', '_')}_b{config.batch}_l{config.lanes}"
     if config.sum_words:
         name += f"_s{config.sum_words}"
@@ -190,6 +192,8 @@ def sim_name(config: EngineConfig, timing=None) -> str:
         name += f"_xs{config.external_sum_words}"
     if config.external_depth and isinstance(timing, float):
         name += f"_sdram{timing:g}".replace(".", "p")           # 42.14 MHz → sdram42p14
+        if engine_mhz:
+            name += f"_engine{engine_mhz:g}".replace(".", "p")
     elif config.external_depth:
         name += f"_ext{timing.latency}_{timing.cycles_per_word}_{timing.command_cycles}"
     if config.target == "ecp5":
@@ -258,18 +262,20 @@ def array_ceiling(lanes: int, fmax_mhz: float) -> dict:
             "macs_per_cycle_for_the_target": GOPS_TARGET * 1e3 / (2 * fmax_mhz)}
 
 
-def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> dict:
+def measure(config: EngineConfig, timing=None, per_instruction: bool = True, engine_mhz: float | None = None) -> dict:
     from hw.engine.engine import Engine
     from hw.engine.system import EngineSystem
-    from sim.runner import run_cocotb
+    from sim.runner import clock_period_ns, run_cocotb
     engine = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     engine["wage"] = config.wage.to_json(indent=None)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "counters.json"
-        name = sim_name(config, timing)
+        name = sim_name(config, timing, engine_mhz)
+        clocks = {}
         if config.external_depth and isinstance(timing, float):          # the SDRAM at this clock (MHz)
             from boards.sdram_system import EngineSDRAMSystem
-            top = EngineSDRAMSystem(config, timing * 1e6)
+            top = EngineSDRAMSystem(config, (engine_mhz or timing) * 1e6, sdram_freq=timing * 1e6)
+            clocks = {domain: clock_period_ns(freq) for domain, freq in top.domain_freqs.items()}
         elif config.external_depth:
             top = EngineSystem(config, timing)
         else:
@@ -280,7 +286,8 @@ def measure(config: EngineConfig, timing=None, per_instruction: bool = True) -> 
             build_args = ecp5_model_files()
         run_cocotb(top, name=name, test_module="sim.tb_engine", testcase="throughput",
                    parameters={"engine": engine, "out": str(out), "per_instruction": per_instruction},
-                   timeout_s=4 * 3600, build_args=build_args)
+                   timeout_s=4 * 3600, build_args=build_args, clock_period_ns=clocks.pop("sync", 10),
+                   domain_clocks=clocks)
         return json.loads(out.read_text())
 
 
@@ -311,20 +318,26 @@ def sized_configs(args, external: bool):
         yield key, config, note
 
 
-def given_clock(fmax: float | None, sdram_mhz: float | None) -> tuple[float | None, str]:
-    """The clock the command line sets for every run: ``--fmax``, else the SDRAM's clock, which
-    the engine shares; else none (each run's own, :func:`run_clock`)."""
+def given_clock(fmax: float | None, sdram_mhz: float | None,
+                engine_mhz: float | None = None) -> tuple[float | None, str]:
+    """The clock the command line sets for every run: ``--fmax``, else the engine's own clock
+    (``--engine-mhz``), else the SDRAM's clock, which the engine shares; else none (each run's
+    own, :func:`run_clock`)."""
     if fmax:
         return fmax, "given on the command line"
+    if engine_mhz:
+        return engine_mhz, (f"the engine clock (--engine-mhz {engine_mhz:g}); the SDRAM on its own "
+                            f"(--sdram-mhz {sdram_mhz:g})")
     if sdram_mhz:
         return sdram_mhz, f"the SDRAM clock (--sdram-mhz {sdram_mhz:g}), shared by the engine"
     return None, "per configuration"
 
 
-def run_clock(config: EngineConfig, fmax: float | None, sdram_mhz: float | None) -> tuple[float | None, str]:
+def run_clock(config: EngineConfig, fmax: float | None, sdram_mhz: float | None,
+              engine_mhz: float | None = None) -> tuple[float | None, str]:
     """The clock a run's images/s are reckoned at, and why: the command line's
     (:func:`given_clock`); the configuration's routed Fmax; or, never routed, the units' bound."""
-    given = given_clock(fmax, sdram_mhz)
+    given = given_clock(fmax, sdram_mhz, engine_mhz)
     return given if given[0] else (routed_fmax(config) or unit_fmax())
 
 
@@ -353,6 +366,9 @@ def main(argv=None) -> int:
                     help="deepest simulated data memory (else the batch is halved until it fits)")
     ap.add_argument("--sdram-mhz", type=float, default=100.0,
                     help="--memory sdram: the SDRAM's (and the engine's) clock in MHz (default 100)")
+    ap.add_argument("--engine-mhz", type=float, default=None,
+                    help="--memory sdram: the engine's own clock in MHz, the SDRAM on --sdram-mhz across "
+                         "a clock crossing (default: the SDRAM's)")
     ap.add_argument("--memory", choices=("external", "sdram", "simulated"), default="external",
                     help="where tensors that do not fit the 85F's block RAM go (see the module docstring)")
     ap.add_argument("--ext-latency", type=int, default=20, help="external memory: read latency in cycles")
@@ -375,7 +391,16 @@ def main(argv=None) -> int:
         if not 0 < timing <= 1000:
             print(f"error: --sdram-mhz {args.sdram_mhz:g}: must be a clock in MHz above 0 (at most 1000)", file=sys.stderr)
             return 2
-    fmax, fmax_note = given_clock(args.fmax, timing if args.memory == "sdram" else None)
+    engine_mhz = args.engine_mhz
+    if engine_mhz is not None and args.memory != "sdram":
+        print(f"error: --engine-mhz {engine_mhz:g}: only with --memory sdram (the SDRAM on its own clock)", file=sys.stderr)
+        return 2
+    if engine_mhz is not None and not 0 < engine_mhz <= 1000:
+        print(f"error: --engine-mhz {engine_mhz:g}: must be a clock in MHz above 0 (at most 1000)", file=sys.stderr)
+        return 2
+    if engine_mhz == timing:
+        engine_mhz = None                                   # one clock: no crossing
+    fmax, fmax_note = given_clock(args.fmax, timing if args.memory == "sdram" else None, engine_mhz)
     report = {"fmax_mhz": fmax, "fmax_source": fmax_note, "batch": args.batch,
               "date": time.strftime("%Y-%m-%d %H:%M"), "runs": {}}
     try:
@@ -401,10 +426,10 @@ def main(argv=None) -> int:
                   f"SDRAM takes several cycles per word, and a configuration that says so gets spilled operands "
                   f"staged (EngineConfig.external_cycles_per_word; benchmarks/configs/engine_lenet5_l8_b128_sdram.json)")
         stored = [f"{ins} ({STORES[ins.stored]})" for ins in program.instructions if getattr(ins, "stored", 0)]
-        fmax, fmax_source = run_clock(config, args.fmax, timing if args.memory == "sdram" else None)
+        fmax, fmax_source = run_clock(config, args.fmax, timing if args.memory == "sdram" else None, engine_mhz)
         wage = config.wage
         t = time.time()
-        result = measure(config, timing, args.per_instruction)
+        result = measure(config, timing, args.per_instruction, engine_mhz)
         c = result["counters"]
         cycles = c["run_cycles"]
         macs = useful_macs(wage)
@@ -448,7 +473,8 @@ def main(argv=None) -> int:
                  "conv_layers_mac_slot_utilisation": conv_utilisation(wage, layers, L), "instructions": instructions,
                  "external_words": config.external_words, "external_weight_words": config.external_weight_words,
                  "external_timing": (None if not config.external_depth else
-                                     {"sdram_mhz": timing} if isinstance(timing, float) else dataclasses.asdict(timing)),
+                                     {"sdram_mhz": timing, "engine_mhz": engine_mhz or timing}
+                                     if isinstance(timing, float) else dataclasses.asdict(timing)),
                  "external_cycles_per_word": config.external_cycles_per_word,
                  "program_records": len(program.instructions),
                  "ext_read_words_per_step": c["ext_read_words"], "ext_write_words_per_step": c["ext_write_words"],

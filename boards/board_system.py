@@ -5,14 +5,16 @@ host link, engine, SDRAM controller: everything of :class:`~boards.top.EngineBoa
 in the engine clock) with the checking chip model :class:`~boards.sdram_model.SDRAMModel` behind
 one register each way on every SDRAM pin, where the top has its IOLOGIC flip-flops. Only the PLL,
 the reset synchroniser, the I/O buffers and the inverted chip clock are left out. Its ports are
-the serial pins, the status bits and the model's fault outputs; ``sim/test_sim_board.py`` drives
+the serial pins, the status bits and the model's fault outputs (and, when the core's SDRAM has a
+clock of its own, ``sdram_clk_freq``, that domain's ``sdram_clk`` and ``sdram_rst``, the model and
+the pin registers in it; :attr:`BoardSDRAMSystem.domain_freqs`); ``sim/test_sim_board.py`` drives
 it through a UART peer on Verilator, ``tests/test_boards_top.py`` through a bit-level peer in
 Amaranth's simulator.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module
+from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -30,7 +32,7 @@ class BoardSDRAMSystem(wiring.Component):
 
     ``config`` must have external words. ``clk_freq``, ``baud`` and the keyword arguments go to
     :class:`~boards.top.EngineBoardCore` (``activity_cycles``, ``sdram_read_delay``,
-    ``link_timeout_cycles``). ``ext_fault`` is the model's sticky timing-violation flag,
+    ``link_timeout_cycles``, ``sdram_clk_freq``). ``ext_fault`` is the model's sticky timing-violation flag,
     ``ext_fault_code`` the first rule broken and ``ext_fault_cycle`` when.
     """
 
@@ -45,8 +47,10 @@ class BoardSDRAMSystem(wiring.Component):
             self._MustUse__silence = True
             raise
         self.config, self.clk_freq, self.baud = config, clk_freq, baud
-        self.model = sdram_chip_model(self.core.sdram, clk_freq, config.external_depth)
+        self.model = sdram_chip_model(self.core.sdram, self.core.sdram_clk_freq, config.external_depth)
+        own = self.core.sdram_domain != "sync"
         super().__init__({
+            **({f"{self.core.sdram_domain}_clk": In(1), f"{self.core.sdram_domain}_rst": In(1)} if own else {}),
             "rx": In(1, init=1),
             "tx": Out(1, init=1),
             "status": Out(len(STATUS_BITS)),
@@ -55,12 +59,26 @@ class BoardSDRAMSystem(wiring.Component):
             "ext_fault_cycle": Out(32),
         })
 
+    @property
+    def domain_freqs(self) -> dict[str, float]:
+        """Each clock domain's frequency in Hz (``sync``: the engine's)."""
+        core = self.core
+        return {"sync": self.clk_freq, **({core.sdram_domain: core.sdram_clk_freq} if core.sdram_domain != "sync" else {})}
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.core = core = self.core
-        m.submodules.model = model = self.model
+        side = m                                     # where the SDRAM side's logic goes
+        if core.sdram_domain != "sync":
+            domain = core.sdram_domain
+            m.domains += ClockDomain(domain)
+            m.d.comb += [ClockSignal(domain).eq(getattr(self, f"{domain}_clk")),
+                         ResetSignal(domain).eq(getattr(self, f"{domain}_rst"))]
+            side = Module()
+            m.submodules.sdram_side = DomainRenamer({"sync": domain})(side)
+        side.submodules.model = model = self.model
         m.d.comb += [core.rx.eq(self.rx), self.tx.eq(core.tx), self.status.eq(core.status)]
-        register_sdram_pins(m, core.sdram_pins, model.pins)
+        register_sdram_pins(side, core.sdram_pins, model.pins)
         m.d.comb += [self.ext_fault.eq(model.violation), self.ext_fault_code.eq(model.violation_code),
                      self.ext_fault_cycle.eq(model.violation_cycle)]
         return m

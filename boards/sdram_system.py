@@ -4,9 +4,13 @@
 streams and ``ext_fault``) but serves the port as the ULX3S does: the
 :class:`~boards.sdram.SDRAMController` built for the configuration, and the checking chip model
 :class:`~boards.sdram_model.SDRAMModel` behind one register each way on every pin (the board top's
-I/O registers, hence ``read_delay`` :data:`boards.top.SDRAM_READ_DELAY`). The engine and the SDRAM
-share the clock ``clk_freq``, from which the controller's timing in cycles follows. ``ext_fault``
-is the model's sticky timing-violation flag (``ext_fault_code``: which rule, ``ext_fault_cycle``: when). The simulations and ``benchmarks/engine_throughput.py
+I/O registers, hence ``read_delay`` :data:`boards.top.SDRAM_READ_DELAY`). The engine runs on
+``clk_freq`` (domain ``sync``); the SDRAM, its controller and the chip model on ``sdram_freq``, from
+which the controller's timing in cycles follows: by default the same clock, the port connected
+directly; a different one puts them in the domain ``sdram`` (ports ``sdram_clk``, ``sdram_rst``;
+:attr:`EngineSDRAMSystem.domain_freqs`) behind an :class:`~hw.engine.extcdc.ExternalMemoryCDC`. ``ext_fault``
+is the model's sticky timing-violation flag (``ext_fault_code``: which rule, ``ext_fault_cycle``: when, in
+SDRAM cycles). The simulations and ``benchmarks/engine_throughput.py
 --memory sdram`` run it: the engine's cycle counts with the SDRAM's real bandwidth.
 
 ``sdram_<command>`` (:data:`SDRAM_COUNTS`) count the commands the chip receives, for the
@@ -19,12 +23,13 @@ the board's controller carries none of them.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.engine.config import EngineConfig
 from hw.engine.engine import Engine, host_layout
+from hw.engine.extcdc import ExternalMemoryCDC
 
 from .sdram import COMMANDS, SDRAMGeometry, SDRAMTiming, connect_engine_port, engine_sdram
 from .sdram_model import SDRAMModel, SDRAMViolation
@@ -81,18 +86,27 @@ class SDRAMCommandCounters(wiring.Component):
 
 
 class EngineSDRAMSystem(wiring.Component):
-    def __init__(self, config: EngineConfig, clk_freq: float):
-        if not isinstance(config, EngineConfig) or not config.external_depth:
-            self._MustUse__silence = True
-            raise ValueError(f"config={config!r}: must be an EngineConfig with external words")
-        self.config, self.clk_freq = config, clk_freq
+    """See the module docstring. ``clk_freq``: the engine's clock in Hz; ``sdram_freq``: the
+    SDRAM's (default ``clk_freq``). :attr:`domain_freqs` maps each clock domain to its frequency."""
+
+    def __init__(self, config: EngineConfig, clk_freq: float, sdram_freq: float | None = None):
         try:
-            self.controller = engine_sdram(config, clk_freq, read_delay=SDRAM_READ_DELAY)
+            if not isinstance(config, EngineConfig) or not config.external_depth:
+                raise ValueError(f"config={config!r}: must be an EngineConfig with external words")
+            for name, value in (("clk_freq", clk_freq), ("sdram_freq", sdram_freq)):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                          or not 0 < value < float("inf")):
+                    raise ValueError(f"{name}={value!r}: must be a clock frequency in Hz above 0")
+            self.config, self.clk_freq = config, clk_freq
+            self.sdram_freq = clk_freq if sdram_freq is None else sdram_freq
+            self.controller = engine_sdram(config, self.sdram_freq, read_delay=SDRAM_READ_DELAY)
         except (TypeError, ValueError):
             self._MustUse__silence = True
             raise
-        self.model = sdram_chip_model(self.controller, clk_freq, config.external_depth)
+        self.model = sdram_chip_model(self.controller, self.sdram_freq, config.external_depth)
         self.engine = Engine(config)
+        #: The SDRAM's own clock domain, or None when it shares the engine's.
+        self.sdram_domain = None if self.sdram_freq == clk_freq else "sdram"
         super().__init__({
             "host_in": In(stream.Signature(host_layout())),
             "host_out": Out(stream.Signature(host_layout())),
@@ -100,20 +114,39 @@ class EngineSDRAMSystem(wiring.Component):
             "ext_fault_code": Out(SDRAMViolation),      # the first rule broken, and when
             "ext_fault_cycle": Out(32),
             **{f"sdram_{name}": Out(32) for name in SDRAM_COUNTS},
+            **({"sdram_clk": In(1), "sdram_rst": In(1)} if self.sdram_domain else {}),
         })
+
+    @property
+    def domain_freqs(self) -> dict[str, float]:
+        """Each clock domain's frequency in Hz (``sync``: the engine's)."""
+        return {"sync": self.clk_freq, **({self.sdram_domain: self.sdram_freq} if self.sdram_domain else {})}
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.engine = engine = self.engine
-        m.submodules.controller = controller = self.controller
-        m.submodules.model = model = self.model
+        sdram = m  # where the SDRAM side's logic goes
+        if self.sdram_domain:
+            m.domains.sdram = ClockDomain(self.sdram_domain)
+            m.d.comb += [ClockSignal(self.sdram_domain).eq(self.sdram_clk),
+                         ResetSignal(self.sdram_domain).eq(self.sdram_rst)]
+            sdram = Module()
+            m.submodules.sdram_side = DomainRenamer({"sync": self.sdram_domain})(sdram)
+        sdram.submodules.controller = controller = self.controller
+        sdram.submodules.model = model = self.model
         wiring.connect(m, wiring.flipped(self.host_in), engine.host_in)
         wiring.connect(m, engine.host_out, wiring.flipped(self.host_out))
-        connect_engine_port(m, engine.ext, controller.port)
-        register_sdram_pins(m, controller.pins, model.pins)
+        if self.sdram_domain:
+            m.submodules.cdc = cdc = ExternalMemoryCDC(controller.addr_bits, controller.data_width,
+                                                       controller.max_burst, memory_domain=self.sdram_domain)
+            connect_engine_port(m, engine.ext, cdc.initiator)
+            wiring.connect(m, cdc.target, controller.port)
+        else:
+            connect_engine_port(m, engine.ext, controller.port)
+        register_sdram_pins(sdram, controller.pins, model.pins)
         m.d.comb += [self.ext_fault.eq(model.violation), self.ext_fault_code.eq(model.violation_code),
                      self.ext_fault_cycle.eq(model.violation_cycle)]
-        m.submodules.counters = counters = SDRAMCommandCounters()
+        sdram.submodules.counters = counters = SDRAMCommandCounters()
         m.d.comb += [getattr(counters, pin).eq(getattr(model.pins, pin)) for pin in ("cs_n", "ras_n", "cas_n", "we_n")]
         m.d.comb += [getattr(self, f"sdram_{name}").eq(getattr(counters, name)) for name in SDRAM_COUNTS]
         return m

@@ -16,7 +16,10 @@ command, address, DQM, DQ-out and DQ-enable pins, one input register on DQ-in, h
 controller's ``read_delay`` of 2) and drives the chip's clock from a DDR output register as the
 engine clock inverted (``SDRAM_CLOCK_PHASE``): the chip samples commands half a cycle after they
 leave their registers, clear of both edges. The read-capture phase follows the datasheet's tAC/tOH
-only on paper; it has not been checked on a board.
+only on paper; it has not been checked on a board. ``sdram_mhz`` gives the SDRAM its own clock, the
+PLL's second output (domain ``sdram``: the controller, its pin registers and the chip's clock), the
+engine's port crossing to it through an :class:`~hw.engine.extcdc.ExternalMemoryCDC`: the 16-bit
+bus, which bounds most of a LeNet-5 step, then runs faster than the engine can close timing.
 
 Status bits, in LED order (a board with fewer LEDs shows the first ones):
 
@@ -35,13 +38,14 @@ first two of its four RGB LEDs (red, green, blue of LED 0 = bits 0–2, of LED 1
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, DomainRenamer, Elaboratable, Module, ResetSignal, Signal
 from amaranth.lib import io, wiring
-from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from hw.engine.config import EngineConfig
 from hw.engine.engine import Engine
+from hw.engine.extcdc import ExternalMemoryCDC
 
 from .hostlink import UARTHostLink
 from .pll import ECP5PLL
@@ -59,11 +63,14 @@ class EngineBoardCore(wiring.Component):
     """The engine and its serial host link in one clock domain (``sync``); see the module docstring.
 
     ``activity_cycles`` and ``link_timeout_cycles`` go to :class:`~boards.hostlink.UARTHostLink`
-    (``activity_cycles``, ``timeout_cycles``; default: theirs)."""
+    (``activity_cycles``, ``timeout_cycles``; default: theirs). ``sdram_clk_freq``: the SDRAM's
+    clock in Hz when it differs from ``clk_freq``; the SDRAM controller then runs in the domain
+    ``sdram``, which the parent defines, behind the port's clock crossing."""
 
     def __init__(self, config: EngineConfig, *, clk_freq: float, baud: int = 3_000_000,
                  activity_cycles: int | None = None, sdram: bool = False,
-                 sdram_read_delay: int = SDRAM_READ_DELAY, link_timeout_cycles: int | None = None):
+                 sdram_read_delay: int = SDRAM_READ_DELAY, link_timeout_cycles: int | None = None,
+                 sdram_clk_freq: float | None = None):
         if not isinstance(config, EngineConfig) or (config.external_depth and not sdram):
             self._MustUse__silence = True      # a rejected generator is not an "unused elaboratable"
         if not isinstance(config, EngineConfig):
@@ -78,10 +85,13 @@ class EngineBoardCore(wiring.Component):
         if link_timeout_cycles is not None:
             kw["timeout_cycles"] = link_timeout_cycles
         self.sdram = None
+        self.sdram_clk_freq = clk_freq if sdram_clk_freq is None else sdram_clk_freq
+        #: The SDRAM controller's clock domain: "sync", or "sdram" on a clock of its own.
+        self.sdram_domain = "sync" if self.sdram_clk_freq == clk_freq else "sdram"
         members = {"rx": In(1, init=1), "tx": Out(1, init=1), "status": Out(len(STATUS_BITS))}
         if config.external_depth:
             try:
-                self.sdram = engine_sdram(config, clk_freq, read_delay=sdram_read_delay)
+                self.sdram = engine_sdram(config, self.sdram_clk_freq, read_delay=sdram_read_delay)
             except (TypeError, ValueError):
                 self._MustUse__silence = True
                 raise
@@ -97,9 +107,18 @@ class EngineBoardCore(wiring.Component):
         m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx)]
         wiring.connect(m, link.to_engine, engine.host_in)
         wiring.connect(m, engine.host_out, link.from_engine)
-        if self.sdram is not None:
+        if self.sdram is not None and self.sdram_domain == "sync":
             m.submodules.sdram = sdram = self.sdram
             connect_engine_port(m, engine.ext, sdram.port)
+            wiring.connect(m, sdram.pins, wiring.flipped(self.sdram_pins))
+        elif self.sdram is not None:
+            side = Module()
+            side.submodules.controller = sdram = self.sdram
+            m.submodules.sdram = DomainRenamer({"sync": self.sdram_domain})(side)
+            m.submodules.sdram_cdc = cdc = ExternalMemoryCDC(sdram.addr_bits, sdram.data_width, sdram.max_burst,
+                                                             memory_domain=self.sdram_domain)
+            connect_engine_port(m, engine.ext, cdc.initiator)
+            wiring.connect(m, cdc.target, sdram.port)
             wiring.connect(m, sdram.pins, wiring.flipped(self.sdram_pins))
         half_second = max(1, int(self.clk_freq // 2))
         beat_count = Signal(range(half_second))
@@ -118,17 +137,22 @@ class EngineBoardTop(Elaboratable):
     """The whole design for one board (an Elaboratable for ``platform.build``).
 
     ``board``: a :class:`boards.catalog.Board`; ``freq_mhz``: the engine clock requested (the PLL's
-    nearest, :attr:`pll_params`); ``baud``: the host serial rate.
+    nearest, :attr:`pll_params`); ``baud``: the host serial rate; ``sdram_mhz``: the SDRAM's own
+    clock (the PLL's second output; None: the engine's), for a configuration with external words.
     """
 
     def __init__(self, config: EngineConfig, board, *, freq_mhz: float, baud: int = 3_000_000,
-                 clock_in_mhz: float):
+                 clock_in_mhz: float, sdram_mhz: float | None = None):
         self.board, self.config = board, config
         try:
-            self.pll = ECP5PLL(clock_in_mhz, freq_mhz)
-            self.pll_params = self.pll.params
-            self.core = EngineBoardCore(config, clk_freq=self.pll_params.f_out_mhz * 1e6, baud=baud,
-                                        sdram=board.sdram is not None)
+            if sdram_mhz is not None and not config.external_depth:
+                raise ValueError(f"sdram_mhz={sdram_mhz!r}: this configuration has no external words, "
+                                 f"so no SDRAM to clock")
+            self.pll = ECP5PLL(clock_in_mhz, freq_mhz, sdram_mhz)
+            self.pll_params = p = self.pll.params
+            self.core = EngineBoardCore(config, clk_freq=p.f_out_mhz * 1e6, baud=baud,
+                                        sdram=board.sdram is not None,
+                                        sdram_clk_freq=None if p.f_out2_mhz is None else p.f_out2_mhz * 1e6)
         except (TypeError, ValueError):
             self._MustUse__silence = True      # a rejected design is not an "unused elaboratable"
             if hasattr(self, "pll"):
@@ -154,13 +178,24 @@ class EngineBoardTop(Elaboratable):
         if board.reset is not None:
             reset_request = reset_request | buffer("reset_in", "i", platform.request(board.reset, 0, dir="-")).i
         m.submodules.reset_sync = ResetSynchronizer(reset_request, domain="sync")
+        if self.core.sdram_domain != "sync":
+            m.domains.sdram = ClockDomain(self.core.sdram_domain)
+            m.d.comb += ClockSignal(self.core.sdram_domain).eq(pll.clk_out2)
+            # Synchronised, then one more register: the placer puts that one among the controller's
+            # flip-flops (a ResetSynchronizer's own output, by the reset button, reached the SDRAM pins'
+            # registers in 16.3 ns, past the SDRAM clock's 13.3 ns at 75 MHz).
+            domain = self.core.sdram_domain
+            requested, held = Signal(init=1), Signal(init=1, reset_less=True)
+            m.submodules.sdram_reset_sync = FFSynchronizer(reset_request, requested, o_domain=domain, init=1)
+            m.d[domain] += held.eq(requested)
+            m.d.comb += ResetSignal(domain).eq(held)
 
         m.submodules.core = core = self.core
         uart = platform.request(board.uart, 0, dir="-")
         m.d.comb += [core.rx.eq(buffer("uart_rx", "i", uart.rx).i), buffer("uart_tx", "o", uart.tx).o.eq(core.tx)]
 
         if core.sdram is not None:
-            self._sdram_pins(m, platform.request(board.sdram, 0, dir="-"), core.sdram_pins)
+            self._sdram_pins(m, platform.request(board.sdram, 0, dir="-"), core.sdram_pins, core.sdram_domain)
 
         name, count, colours = board.leds
         outputs = []
@@ -173,9 +208,10 @@ class EngineBoardTop(Elaboratable):
         return m
 
     @staticmethod
-    def _sdram_pins(m: Module, res, pins) -> None:
-        """Every SDRAM pin through an IOLOGIC register; the chip clock is the engine clock inverted."""
-        m.submodules.sdram_clk = clk = io.DDRBuffer("o", res.clk)
+    def _sdram_pins(m: Module, res, pins, domain: str = "sync") -> None:
+        """Every SDRAM pin through an IOLOGIC register clocked by ``domain``, the controller's; the
+        chip clock is that clock inverted."""
+        m.submodules.sdram_clk = clk = io.DDRBuffer("o", res.clk, o_domain=domain)
         m.d.comb += clk.o.eq(0b10)                # low after the rising edge, high after the falling one
         # The active-low pins are PinsN in amaranth-boards (``cs``, ``ras``, ...): ``~`` gives the raw
         # pin, driven straight from the controller's active-low signal.
@@ -183,7 +219,7 @@ class EngineBoardTop(Elaboratable):
                                   ("ras", ~res.ras, pins.ras_n), ("cas", ~res.cas, pins.cas_n),
                                   ("we", ~res.we, pins.we_n), ("ba", res.ba, pins.ba), ("a", res.a, pins.a),
                                   ("dqm", res.dqm, pins.dqm)):
-            m.submodules[f"sdram_{name}"] = buf = io.FFBuffer("o", port)
+            m.submodules[f"sdram_{name}"] = buf = io.FFBuffer("o", port, o_domain=domain)
             m.d.comb += buf.o.eq(value)
-        m.submodules.sdram_dq = dq = io.FFBuffer("io", res.dq)
+        m.submodules.sdram_dq = dq = io.FFBuffer("io", res.dq, i_domain=domain, o_domain=domain)
         m.d.comb += [dq.o.eq(pins.dq_o), dq.oe.eq(pins.dq_oe), pins.dq_i.eq(dq.i)]

@@ -1,7 +1,7 @@
 """Bitstreams from the open toolchain: the engine on a board, one command.
 
     python -m hw.build --board ulx3s [--variant 12F|25F|45F|85F] [--memory bram|sdram | --config FILE]
-                       [--freq MHZ] [--baud 3000000] [--seed 1] [--lut-mapper abc9|abc]
+                       [--freq MHZ] [--sdram-freq MHZ] [--baud 3000000] [--seed 1] [--lut-mapper abc9|abc]
                        [--placer heap|static] [--no-timing-driven] [--out DIR] [--program | --flash]
     python -m hw.build --export-verilog DIR [--config FILE | --board B --variant V [--memory bram|sdram]]
     python -m hw.build --sweep [--board B --variant V] [--lanes 4 8] [--freqs 50 75 100] [--jobs N] [--placer P]
@@ -16,6 +16,8 @@ its big tensors in the board's SDR SDRAM, :data:`boards.catalog.SDRAM_ENGINES` (
 clock defaults to :data:`boards.catalog.SDRAM_FREQ_MHZ` (40 MHz) instead of 50 MHz (an explicit
 ``--freq`` wins). ``--memory`` and ``--config`` exclude each other (a configuration file sets its own
 memories, ``external_words``); an SDRAM build's default directory is ``build/BOARD-VARIANT-sdram``.
+``--sdram-freq MHZ`` gives the SDRAM its own clock, the PLL's second output (its controller behind a
+clock crossing, :mod:`boards.top`), so that its bus runs faster than the engine closes timing.
 The build checks that the network fits the engine's memories
 (:func:`hw.engine.compiler.compile_network`, which names the buffer and the shortfall otherwise), adds
 the board top level (:mod:`boards.top`: PLL from the board oscillator to
@@ -27,7 +29,8 @@ goes. It prints the resources of each kind with percentages, the Fmax of each cl
 is met and the bitstream's path, and writes the same to ``DIR/report.json``:
 
 * ``fmax_mhz`` (the engine clock's achieved Fmax), ``freq_mhz`` (what the PLL makes of ``--freq``),
-  ``timing_met``, ``fmax_by_clock`` (every clock nextpnr timed, MHz);
+  ``timing_met`` (every clock at its frequency), ``fmax_by_clock`` (every clock nextpnr timed, MHz);
+  with ``--sdram-freq`` also ``sdram_freq_mhz`` (the PLL's second output) and ``sdram_fmax_mhz``;
 * ``resources``: per nextpnr cell type (``TRELLIS_COMB`` = LUT4 slots, ``TRELLIS_FF``, ``DP16KD``,
   ``MULT18X18D``, ``EHXPLLL``, ...) ``{"used", "available", "percent"}``;
 * ``bitstream`` (path, or null when timing failed), ``board``, ``variant``, ``memory`` (``"sdram"``
@@ -121,6 +124,8 @@ class BuildReport:
     out_dir: str = ""
     placer: str = "heap"
     timing_driven: bool = True
+    sdram_freq_mhz: float | None = None          # the SDRAM's own clock, if it has one
+    sdram_fmax_mhz: float | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -136,6 +141,8 @@ class BuildReport:
             lines.append(f"  clock {clock}: Fmax {fmax:.2f} MHz")
         state = "met" if self.timing_met else "NOT MET"
         lines.append(f"  engine clock: Fmax {self.fmax_mhz:.2f} MHz, requested {self.freq_mhz:.3f} MHz: timing {state}")
+        if self.sdram_freq_mhz is not None:
+            lines.append(f"  SDRAM clock: Fmax {self.sdram_fmax_mhz:.2f} MHz, requested {self.sdram_freq_mhz:.3f} MHz")
         lines.append(f"  bitstream: {self.bitstream or '(not written: timing not met)'}")
         lines.append(f"  report: {Path(self.out_dir) / 'report.json'}")
         return "\n".join(lines)
@@ -174,13 +181,15 @@ def _clock_mhz(platform, resource: str) -> float:
 
 
 def build_bitstream(board: str | Board, variant: str | None = None, config: EngineConfig | None = None, *,
-                    memory: str | None = None, freq_mhz: float | None = None, baud: int = 3_000_000, seed: int = 1,
+                    memory: str | None = None, freq_mhz: float | None = None, sdram_freq_mhz: float | None = None,
+                    baud: int = 3_000_000, seed: int = 1,
                     lut_mapper: str | None = None, placer: str = "heap", timing_driven: bool = True, out_dir=None,
                     timeout_s: float = 4 * 3600.0, progress: Callable[[str], None] | None = _progress, command: str = "") -> BuildReport:
     """Build the engine for ``board``/``variant`` (see the module docstring); returns the report (also
     written to ``out_dir/report.json``), raises :class:`BuildError` when a tool fails or timing is
     not met (the report is written first). Without ``config`` the variant's default for ``memory``
-    ("bram", the default, or "sdram") is built; ``freq_mhz`` None is :func:`default_freq_mhz`."""
+    ("bram", the default, or "sdram") is built; ``freq_mhz`` None is :func:`default_freq_mhz`;
+    ``sdram_freq_mhz`` gives the SDRAM a clock of its own (None: the engine's)."""
     board = board if isinstance(board, Board) else get_board(board)
     variant = board.check_variant(variant)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -194,6 +203,9 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
     if not isinstance(baud, int) or isinstance(baud, bool) or not 0 < baud <= board.max_baud:
         raise BuildError(f"baud={baud!r}: must be an integer in 1..{board.max_baud} for {board.name}")
     config = resolve_config(board, variant, config, memory)
+    if sdram_freq_mhz is not None and not config.external_depth:
+        raise BuildError(f"sdram_freq_mhz={sdram_freq_mhz!r}: the configuration keeps everything on chip "
+                         f"(no external words), so there is no SDRAM to clock")
     if freq_mhz is None:
         freq_mhz = default_freq_mhz(memory)
     platform = board.platform(variant)
@@ -209,7 +221,8 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
     start = time.monotonic()
     seconds: dict[str, float] = {}
     try:
-        top = EngineBoardTop(config, board, freq_mhz=freq_mhz, baud=baud, clock_in_mhz=_clock_mhz(platform, board.clock))
+        top = EngineBoardTop(config, board, freq_mhz=freq_mhz, baud=baud, clock_in_mhz=_clock_mhz(platform, board.clock),
+                             sdram_mhz=sdram_freq_mhz)
     except PllError:
         raise
     except ValueError as e:               # e.g. the SDRAM controller: memory too big, clock too fast
@@ -218,7 +231,9 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
     if progress:
         progress(f"[{0.0:7.1f}s] {board.name} {variant} ({platform.device}): {config.summary()}")
         progress(f"[{0.0:7.1f}s] PLL {pll.f_in_mhz:g} MHz -> {pll.f_out_mhz:.3f} MHz (requested {freq_mhz:g}; "
-                 f"CLKI_DIV {pll.clki_div}, CLKFB_DIV {pll.clkfb_div}, CLKOP_DIV {pll.clkop_div}); host link {baud} baud")
+                 f"CLKI_DIV {pll.clki_div}, CLKFB_DIV {pll.clkfb_div}, CLKOP_DIV {pll.clkop_div})"
+                 + (f", SDRAM {pll.f_out2_mhz:.3f} MHz (requested {sdram_freq_mhz:g}; CLKOS_DIV {pll.clkos_div})"
+                    if pll.clkos_div else "") + f"; host link {baud} baud")
     t = time.monotonic()
     plan = platform.prepare(top, name=DESIGN,
                             script_after_read="\n".join(YOSYS_KEEP_COMMANDS),
@@ -268,11 +283,17 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
     except (OSError, ValueError) as e:
         raise BuildError(f"nextpnr wrote no readable report in {out}: {e}") from None
     _, _, by_clock, resources, _ = _parse_report(nextpnr_report, pll.f_out_mhz)
-    # Every clocked register is in the PLL's domain (nextpnr names the net after it, e.g.
-    # "$glbnet$core.clk"); the oscillator's net clocks only the PLL, so leave it out if it is listed.
-    engine_clocks = [c for c in by_clock if board.clock not in c] or list(by_clock)
+    # Every clocked register is in a PLL output's domain (nextpnr names the net after it, e.g.
+    # "$glbnet$clk"; the second output's "$glbnet$clk_out2", after the PLL's port); the oscillator's
+    # net clocks only the PLL, so leave it out.
+    clocks = [c for c in by_clock if board.clock not in c] or list(by_clock)
+    sdram_clocks = [c for c in clocks if "clk_out2" in c or "sdram" in c] if pll.clkos_div else []
+    engine_clocks = [c for c in clocks if c not in sdram_clocks]
     fmax = min((by_clock[c] for c in engine_clocks), default=0.0)
-    met = fmax >= pll.f_out_mhz
+    sdram_fmax = None
+    if pll.clkos_div:                         # (no SDRAM clock net found: 0, not met)
+        sdram_fmax = min((by_clock[c] for c in sdram_clocks), default=0.0)
+    met = fmax >= pll.f_out_mhz and (sdram_fmax is None or sdram_fmax >= pll.f_out2_mhz)
 
     bitstream = None
     if met:
@@ -292,13 +313,20 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
                    for k, (u, a) in resources.items()},
         bitstream=bitstream, seed=seed, lut_mapper=lut_mapper, placer=placer, timing_driven=timing_driven,
         pll={"f_in_mhz": pll.f_in_mhz, "clki_div": pll.clki_div, "clkfb_div": pll.clkfb_div,
-             "clkop_div": pll.clkop_div, "f_vco_mhz": round(pll.f_vco_mhz, 3)},
+             "clkop_div": pll.clkop_div, "f_vco_mhz": round(pll.f_vco_mhz, 3),
+             **({"clkos_div": pll.clkos_div} if pll.clkos_div else {})},
+        sdram_freq_mhz=None if pll.f_out2_mhz is None else round(pll.f_out2_mhz, 4),
+        sdram_fmax_mhz=None if sdram_fmax is None else round(sdram_fmax, 2),
         baud=baud, config=config.to_dict(), fingerprint=config.fingerprint(), seconds=seconds,
         command=command, out_dir=str(out))
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    if not met:
+    if fmax < pll.f_out_mhz:
         raise BuildError(f"timing not met: the engine clock reaches {fmax:.2f} MHz, {pll.f_out_mhz:.3f} MHz was "
                          f"requested; rebuild with --freq {int(fmax)} or lower (report: {out / 'report.json'})")
+    if not met:
+        raise BuildError(f"timing not met: the SDRAM clock reaches {sdram_fmax:.2f} MHz, {pll.f_out2_mhz:.3f} MHz "
+                         f"was requested; rebuild with --sdram-freq {int(sdram_fmax)} or lower (report: "
+                         f"{out / 'report.json'})")
     return report
 
 
@@ -354,6 +382,8 @@ def main(argv=None) -> int:
                          "board's SDR SDRAM; ULX3S 85F); not with --config")
     ap.add_argument("--freq", type=float,
                     help=f"engine clock, MHz (default {DEFAULT_FREQ_MHZ:g}; {SDRAM_FREQ_MHZ:g} with --memory sdram)")
+    ap.add_argument("--sdram-freq", type=float,
+                    help="the SDRAM's own clock in MHz (the PLL's second output; default: the engine's clock)")
     ap.add_argument("--baud", type=int, default=3_000_000, help="host serial link rate (default 3000000)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     ap.add_argument("--lut-mapper", choices=LUT_MAPPERS,
@@ -414,7 +444,8 @@ def main(argv=None) -> int:
         if args.board is None:
             ap.error(f"--board is required (one of: {', '.join(BOARDS)}), or --export-verilog DIR, or --list")
         board = get_board(args.board)
-        report = build_bitstream(board, args.variant, config, memory=args.memory, freq_mhz=args.freq, baud=args.baud,
+        report = build_bitstream(board, args.variant, config, memory=args.memory, freq_mhz=args.freq,
+                                 sdram_freq_mhz=args.sdram_freq, baud=args.baud,
                                  seed=args.seed, lut_mapper=args.lut_mapper, placer=args.placer,
                                  timing_driven=args.timing_driven, out_dir=args.out,
                                  timeout_s=args.timeout, command=command)

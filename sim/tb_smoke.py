@@ -12,7 +12,8 @@ from sim.streams import (Scoreboard, ScoreboardMismatch, StreamSink, StreamSourc
 def _setup(dut, p, rng, callback):
     src = StreamSource(dut.clk, dut.i__valid, dut.i__ready, dut.i__payload, rng=rng,
                        stall_probability=p.get("stall", 0.0), name="i")
-    snk = StreamSink(dut.clk, dut.o__valid, dut.o__ready, dut.o__payload, rng=rng,
+    # the output's clock: the harness's own, or another domain's it generates (an async FIFO's read side)
+    snk = StreamSink(getattr(dut, p.get("o_clock", "clk")), dut.o__valid, dut.o__ready, dut.o__payload, rng=rng,
                      backpressure_probability=p.get("backpressure", 0.0), callback=callback, name="o")
     return src, snk
 
@@ -41,7 +42,7 @@ async def fifo_random(dut):
         sb.compare("o", unpack_lanes(v, p["lanes"], p["width"], True))
 
     src, snk = _setup(dut, p, rng, monitor)
-    await reset_dut(dut)
+    await reset_dut(dut, p.get("reset_cycles", 2))
     src.send(pack_lanes(b, p["width"], True) for b in beats)
     await snk.wait_count(len(beats))
     sb.check_empty()
@@ -72,7 +73,7 @@ async def scoreboard_catches_flipped_bit(dut):
             caught.append(str(e))
 
     src, snk = _setup(dut, p, rng, monitor)
-    await reset_dut(dut)
+    await reset_dut(dut, p.get("reset_cycles", 2))
     src.send(beats)
     await snk.wait_count(n)
     assert len(caught) == 1, f"expected exactly one mismatch, got {len(caught)}: {caught[:3]}"

@@ -87,3 +87,21 @@ async def send_stalling(ctx, stream, payloads, rng, stall: float) -> None:
         while not (await ctx.tick().sample(stream.ready))[2]:      # ready as sampled at the edge
             pass
     ctx.set(stream.valid, 0)
+
+
+def add_domain_clocks(sim, dut, sync_period: float) -> None:
+    """Toggle the clock ports of ``dut``'s other domains (``dut.domain_freqs``: domain → Hz, with
+    ``sync``'s; ports ``<domain>_clk``) in proportion to ``sync_period``, the period
+    :meth:`~amaranth.sim.Simulator.add_clock` gave ``sync``. A design without ``domain_freqs``
+    gets nothing."""
+    freqs = getattr(dut, "domain_freqs", {})
+    for domain, freq in freqs.items():
+        if domain == "sync":
+            continue
+
+        async def toggle(ctx, clk=getattr(dut, f"{domain}_clk"), half=sync_period * freqs["sync"] / freq / 2):
+            while True:
+                for level in (1, 0):
+                    await ctx.delay(half)
+                    ctx.set(clk, level)
+        sim.add_process(toggle)

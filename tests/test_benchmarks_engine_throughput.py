@@ -39,12 +39,22 @@ def test_names_differ_where_the_builds_differ(bench):
     on_chip = CONFIG.replace(external_words=0, external_weight_words=0, target="generic")
     assert bench.sim_name(on_chip) == "engine_lenet5_b16_l8_s1024"
     assert bench.sim_name(CONFIG, 42.14) != bench.sim_name(CONFIG, 42.0)
+    assert bench.sim_name(CONFIG, 75.0, 37.5) == "engine_lenet5_b16_l8_s1024_sdram75_engine37p5_ecp5"
 
 
 @pytest.mark.parametrize("mhz", ["0", "-5", "1e6"])
 def test_a_bad_sdram_clock_is_named(bench, capsys, mhz):
     assert bench.main(["--memory", "sdram", "--sdram-mhz", mhz, "--nets", "mlp"]) == 2
     assert f"--sdram-mhz {float(mhz):g}: must be a clock in MHz above 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--memory", "sdram", "--engine-mhz", "0"], "--engine-mhz 0: must be a clock in MHz above 0"),
+    (["--engine-mhz", "37.5"], "--engine-mhz 37.5: only with --memory sdram"),
+])
+def test_a_bad_engine_clock_is_named(bench, capsys, args, message):
+    assert bench.main(args + ["--nets", "mlp"]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_sdram_summary(bench):
@@ -136,11 +146,13 @@ def test_routed_fmax_is_the_best_routed_run_of_the_same_configuration(bench, tmp
 
 
 def test_the_clock_of_a_run(bench, tmp_path, monkeypatch):
-    """--fmax first, then the SDRAM's clock, then the routed Fmax, then the units' bound, which
+    """--fmax first, then the engine's own clock, then the SDRAM's clock, then the routed Fmax, then the units' bound, which
     says that it is one."""
     monkeypatch.setattr(bench, "routed_fmax", lambda config: None)
     assert bench.run_clock(CONFIG, 50.0, 37.5) == (50.0, "given on the command line")
     assert bench.run_clock(CONFIG, None, 37.5)[0] == 37.5
+    assert bench.run_clock(CONFIG, None, 75.0, 37.5) == (
+        37.5, "the engine clock (--engine-mhz 37.5); the SDRAM on its own (--sdram-mhz 75)")
     fmax, source = bench.run_clock(CONFIG, None, None)
     assert source.startswith("not routed") and "upper bound" in source and fmax > 100
     monkeypatch.setattr(bench, "routed_fmax", lambda config: (46.03, "routed"))

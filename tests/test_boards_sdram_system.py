@@ -54,12 +54,13 @@ class RecordingSimulator(Simulator):
         self.add_process(record)
 
 
-def run_sdram_steps(config, placement=None):
-    """run_conv_steps with the SDRAM system behind the port: (program, got, want, system)."""
+def run_sdram_steps(config, placement=None, sdram_freq=None):
+    """run_conv_steps with the SDRAM system behind the port (the engine at 50 MHz, the SDRAM at
+    ``sdram_freq``, default the same clock): (program, got, want, system)."""
     systems = []
 
     def system(config):
-        systems.append(EngineSDRAMSystem(config, clk_freq=50e6))
+        systems.append(EngineSDRAMSystem(config, clk_freq=50e6, sdram_freq=sdram_freq))
         return systems[-1]
 
     with pytest.MonkeyPatch.context() as patch:
@@ -70,6 +71,12 @@ def run_sdram_steps(config, placement=None):
 @pytest.fixture(scope="module")
 def sdram_steps():
     return run_sdram_steps(CONV_SPILL_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def own_clock_steps():
+    # 93.75 MHz: 1.875 SDRAM cycles per engine cycle, so the two clocks' edges drift past each other
+    return run_sdram_steps(CONV_SPILL_CONFIG, sdram_freq=93.75e6)
 
 
 # E0 (108 words) spills whole under first fit and so lands in the error region, kept narrow
@@ -96,6 +103,25 @@ def test_one_wrong_bit_through_the_sdram_is_caught(sdram_steps):
     bad = {**want[1], "E0": want[1]["E0"].copy()}
     bad["E0"][2, 3] ^= 1
     assert conv_mismatches(got[1], bad) == ["E0"]
+
+
+def test_the_sdram_on_its_own_clock_trains_bit_exactly(own_clock_steps, sdram_steps):
+    """The SDRAM side in the domain ``sdram`` at 93.75 MHz behind the port's clock crossing, the
+    engine at 50 MHz: both steps equal the model and golden, no timing violation at the SDRAM's
+    clock (the controller's timing in its own cycles), and the same words
+    through the port as with one clock (its bursts may differ: a burst closes when the next word
+    is late)."""
+    program, got, want, system = own_clock_steps
+    assert system.domain_freqs == {"sync": 50e6, "sdram": 93.75e6}
+    assert system.controller.cycles == SDRAMTiming().cycles(93.75e6) != sdram_steps[3].controller.cycles
+    for s in range(2):
+        assert conv_mismatches(got[s], want[s]) == [], f"step {s}"
+    assert [got[s]["ext_fault"] for s in range(2)] == [0, 0]
+    words = lambda commands, write: sum(count for _, count, w in commands if w == write)
+    assert [words(system.port_commands, w) for w in (0, 1)] == [words(sdram_steps[3].port_commands, w) for w in (0, 1)]
+    for s in range(2):
+        for count in ("ext_read_words", "ext_write_words"):
+            assert got[s]["counters"][count] == sdram_steps[1][s]["counters"][count]
 
 
 def test_errors_in_the_narrow_error_region_train_bit_exactly(error_region_steps):
@@ -137,6 +163,15 @@ def test_a_narrow_region_dropping_a_column_of_errors_is_caught(monkeypatch):
 def test_a_configuration_without_external_words_is_refused():
     with pytest.raises(ValueError, match="must be an EngineConfig with external words"):
         EngineSDRAMSystem(CONV_CONFIG, clk_freq=50e6)
+
+
+@pytest.mark.parametrize("kw, message", [({"sdram_freq": 0}, "sdram_freq=0: must be a clock frequency in Hz"),
+                                         ({"sdram_freq": "fast"}, "sdram_freq='fast': must be a clock"),
+                                         ({"clk_freq": -5e7}, "clk_freq=-50000000.0: must be a clock"),
+                                         ({"sdram_freq": 200e6}, "above the part's maximum clock")])
+def test_bad_clocks_are_refused(kw, message):
+    with pytest.raises(ValueError, match=message):
+        EngineSDRAMSystem(CONV_SPILL_CONFIG, **{"clk_freq": 50e6, **kw})
 
 
 def test_no_port_command_leaves_the_engine_words(sdram_steps):

@@ -18,7 +18,7 @@ from boards.board_system import BoardSDRAMSystem
 from boards.top import SDRAM_READ_DELAY, STATUS_BITS, EngineBoardCore
 from hw.engine.driver import decode_items, encode_items
 from hw.engine.protocol import IDENT, Command, Status, Target, header, ident_values, item_bits
-from tests.support import seed_for
+from tests.support import add_domain_clocks, seed_for
 from tests.test_boards_hostlink import BAUD, CLK, UartLinkPeer
 from tests.test_hw_engine import CONFIG
 
@@ -53,6 +53,7 @@ def exchange(requests, rng, *, dut=None, watch=(), max_cycles=200_000):
 
     sim = Simulator(dut)
     sim.add_clock(1 / CLK)
+    add_domain_clocks(sim, dut, 1 / CLK)
     sim.add_testbench(host)
     sim.run()
     assert peer.line.faults == []
@@ -85,11 +86,14 @@ def test_ident_labels_and_a_bad_command_over_the_serial_pins():
 EXT_CONFIG = CONFIG.replace(external_words=64)
 
 
-@pytest.mark.parametrize("read_delay", [SDRAM_READ_DELAY, SDRAM_READ_DELAY - 1])
-def test_external_words_live_in_the_sdram(read_delay):
+@pytest.mark.parametrize("read_delay, sdram_clock", [(SDRAM_READ_DELAY, 1), (SDRAM_READ_DELAY - 1, 1),
+                                                     (SDRAM_READ_DELAY, 2.25)])
+def test_external_words_live_in_the_sdram(read_delay, sdram_clock):
     """ACT items written through the serial pins to external addresses (≥ data_words) land in the
-    SDRAM model and read back; with the wrong read delay the readback differs (the check can fail)."""
-    rng = random.Random(seed_for(f"board-sdram-{read_delay}"))
+    SDRAM model and read back; with the wrong read delay the readback differs (the check can fail).
+    Also with the SDRAM on a clock of its own, 2.25 times the engine's (the board top's
+    ``sdram_mhz``): the core's controller behind the port's clock crossing."""
+    rng = random.Random(seed_for(f"board-sdram-{read_delay}-{sdram_clock}"))
     bits = item_bits(Target.ACT, EXT_CONFIG.lanes, EXT_CONFIG.wage.kG)
     items = [rng.getrandbits(bits) for _ in range(12)] + [0, (1 << bits) - 1]
     address = EXT_CONFIG.data_words + 5                              # external words 5 … 18
@@ -97,7 +101,9 @@ def test_external_words_live_in_the_sdram(read_delay):
         [header(Command.WRITE, Target.ACT, tag=1), address, len(items), *encode_items(items, bits)],
         [header(Command.READ, Target.ACT, tag=2), address, len(items)],
     ]
-    dut = BoardSDRAMSystem(EXT_CONFIG, clk_freq=CLK, baud=BAUD, activity_cycles=64, sdram_read_delay=read_delay)
+    dut = BoardSDRAMSystem(EXT_CONFIG, clk_freq=CLK, baud=BAUD, activity_cycles=64, sdram_read_delay=read_delay,
+                           sdram_clk_freq=None if sdram_clock == 1 else sdram_clock * CLK)
+    assert dut.domain_freqs == ({"sync": CLK} if sdram_clock == 1 else {"sync": CLK, "sdram": sdram_clock * CLK})
     packets, status = exchange(requests, rng, dut=dut,
                                watch=(dut.model.violation, dut.core.sdram.read_words))
     write, read = packets

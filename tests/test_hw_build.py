@@ -205,6 +205,72 @@ def test_ulx3s_top_with_external_words_drives_the_sdram_pins():
     assert il.count("ODDRX1F") >= 1 and il.count("IFS1P3DX") >= 16 and il.count("OFS1P3DX") >= 16 + 13 + 2
 
 
+def _cell_clocks(il: str, kinds) -> list[str]:
+    """The SCLK net of every RTLIL cell of the given kinds."""
+    import re
+    cells = re.findall(r"cell \\(\w+) .*?\n(.*?)\n\s*end", il, re.S)
+    return [re.search(r"connect \\SCLK (\S+)", body).group(1) for kind, body in cells if kind in kinds]
+
+
+def test_ulx3s_top_with_an_sdram_clock_of_its_own():
+    """``sdram_mhz`` (``--sdram-freq``): the PLL's second output clocks the SDRAM controller, every
+    SDRAM pin register and the chip clock's DDR register; the engine stays on the first output,
+    the controller's timing is in the SDRAM's cycles."""
+    from boards.sdram import SDRAMTiming
+    from boards.top import EngineBoardTop
+    board = get_board("ulx3s")
+    platform = board.platform("85F")
+    clock_in = build._clock_mhz(platform, board.clock)
+    top = EngineBoardTop(SMALL.replace(external_words=4096), board, freq_mhz=37.5, sdram_mhz=75, clock_in_mhz=clock_in)
+    p = top.pll_params
+    assert (p.f_out_mhz, p.f_out2_mhz, p.clkop_div, p.clkos_div) == (37.5, 75.0, 16, 8)
+    assert top.core.sdram_domain == "sdram" and top.core.sdram.cycles == SDRAMTiming().cycles(75e6)
+    il = platform.prepare(top, name="wage_top").files["wage_top.il"]
+    pins = _cell_clocks(il, ("IFS1P3DX", "OFS1P3DX", "ODDRX1F"))
+    assert len(pins) >= 16 + 16 + 13 + 2 + 1 and set(pins) == {"\\sdram_clk"}
+    assert "ExternalMemoryCDC" in il or "sdram_cdc" in il
+    one = EngineBoardTop(SMALL.replace(external_words=4096), board, freq_mhz=37.5, clock_in_mhz=clock_in)
+    assert one.core.sdram_domain == "sync" and one.pll_params.clkos_div is None
+    one_il = board.platform("85F").prepare(one, name="wage_top").files["wage_top.il"]    # (a platform prepares once)
+    assert set(_cell_clocks(one_il, ("IFS1P3DX", "OFS1P3DX", "ODDRX1F"))) == {"\\clk"}
+    with pytest.raises(ValueError, match="sdram_mhz=75: this configuration has no external words"):
+        EngineBoardTop(SMALL, board, freq_mhz=37.5, sdram_mhz=75, clock_in_mhz=clock_in)
+
+
+def test_an_sdram_clock_must_meet_timing_too(tmp_path, monkeypatch):
+    """With ``sdram_freq_mhz`` the build checks each clock against its own frequency, names the one
+    that fails, and reports both; an on-chip configuration has no SDRAM clock to give."""
+    config = SMALL.replace(external_words=4096)
+    sdram_fmax = []
+
+    def tools(cmd, **kw):
+        if kw["label"] == "yosys":
+            (kw["cwd"] / "wage_top.json").write_text('{"modules": {}}')
+        elif kw["label"] == "nextpnr":
+            (kw["cwd"] / "nextpnr_report.json").write_text(json.dumps(
+                {"fmax": {"$glbnet$clk": {"achieved": 45.0, "constraint": 37.5},
+                          "$glbnet$clk_out2": {"achieved": sdram_fmax[-1], "constraint": 75.0},
+                          "$glbnet$clk25_0__io": {"achieved": 300.0, "constraint": 25.0}},
+                 "utilization": {}, "critical_paths": []}))
+        else:
+            (kw["cwd"] / "wage_top.bit").write_bytes(b"bit")
+
+    monkeypatch.setattr(build, "_run", tools)
+    sdram_fmax.append(70.0)
+    with pytest.raises(build.BuildError, match=r"the SDRAM clock reaches 70.00 MHz, 75.000 MHz was requested; "
+                                               r"rebuild with --sdram-freq 70"):
+        build.build_bitstream("ulx3s", "85F", config, freq_mhz=37.5, sdram_freq_mhz=75, out_dir=tmp_path, progress=None)
+    failed = json.loads((tmp_path / "report.json").read_text())
+    assert failed["timing_met"] is False and failed["fmax_mhz"] == 45.0 and failed["sdram_fmax_mhz"] == 70.0
+    sdram_fmax.append(81.5)
+    report = build.build_bitstream("ulx3s", "85F", config, freq_mhz=37.5, sdram_freq_mhz=75, out_dir=tmp_path,
+                                   progress=None)
+    assert report.timing_met and (report.fmax_mhz, report.sdram_fmax_mhz, report.sdram_freq_mhz) == (45.0, 81.5, 75.0)
+    assert report.pll["clkos_div"] == 8 and "SDRAM clock: Fmax 81.50 MHz, requested 75.000 MHz" in report.summary()
+    with pytest.raises(build.BuildError, match="sdram_freq_mhz=75: the configuration keeps everything on chip"):
+        build.build_bitstream("ulx3s", "85F", SMALL, sdram_freq_mhz=75, out_dir=tmp_path, progress=None)
+
+
 def test_external_memory_the_chip_cannot_hold_is_refused(tmp_path):
     config = SMALL.replace(external_words=1 << 23)                    # 2^23 words x 3 columns > 2^24
     with pytest.raises(build.BuildError, match=r"cannot build the board top: addr_bits=23, data_width=48"):

@@ -15,7 +15,7 @@ from hw.engine.engine import Engine
 from hw.engine.model import EngineModel
 from hw.engine.protocol import Command, Status, Target, header
 from hw.engine.system import EngineSystem, ExternalTiming
-from tests.support import seed_for
+from tests.support import add_domain_clocks, seed_for
 
 WAGE = WageConfig(net="8FC-4", input_shape=(1, 4, 4), batch_size=6, seed=5)
 CONFIG = EngineConfig(WAGE, lanes=4, data_words=64, weight_words=64, label_words=8)
@@ -30,6 +30,7 @@ def simulate(bench, config=CONFIG, timing=None):
         dut = EngineSystem(config, timing or ExternalTiming()) if config.external_words else Engine(config)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
+    add_domain_clocks(sim, dut, 1e-8)        # a system with more clocks: theirs in proportion
     async def testbench(ctx):
         await bench(ctx, dut)
     sim.add_testbench(testbench)

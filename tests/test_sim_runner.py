@@ -10,7 +10,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from sim import runner
-from sim.runner import Port, SimResult, build_key, harness_verilog, verilog_ports, write_gtkw
+from sim.runner import Port, SimResult, build_key, clock_period_ns, harness_verilog, verilog_ports, write_gtkw
 from sim.streams import Scoreboard, ScoreboardMismatch, pack_lanes, unpack_lanes
 
 
@@ -107,6 +107,27 @@ def test_harness_public_ports(adder_v):
     assert f"reg clk {mark} = 1'b0;" in h and f"wire rst {mark} = por_rst | rst_req;" in h
     assert f"input wire rst_req {mark}" in h
     assert h.count(mark) == len([p for p in ports if p.name not in ("clk", "rst")]) + 3
+
+
+def test_harness_generates_other_domains_clocks(adder_v):
+    """``domain_clocks``: each named domain's ``<domain>_clk`` and ``<domain>_rst`` come from the
+    harness as ``clk`` and ``rst`` do, each reset counted in its own clock; a domain the design
+    lacks, a bad period or a bad name is refused, naming it."""
+    ports = verilog_ports(adder_v, "adder") + [Port("fast_clk", "input", 1), Port("fast_rst", "input", 1)]
+    h = harness_verilog("adder", ports, clock_period_ns=10, reset_cycles=3, domain_clocks={"fast": 4.5})
+    assert "always #5.000 clk = ~clk;" in h and "always #2.250 fast_clk = ~fast_clk;" in h
+    assert "wire fast_rst = fast_por_rst | rst_req;" in h and "always @(posedge fast_clk) begin" in h
+    assert "if (fast_por_count == 32'd2) fast_por_rst <= 1'b0;" in h
+    assert ".fast_clk(fast_clk)" in h and ".fast_rst(fast_rst)" in h
+    assert "fast_clk" not in h.split(");")[0]                     # not a port of the harness
+    assert h.replace("\n", "").count("always #") == 2
+    with pytest.raises(ValueError, match=r"the design has no port slow_clk \(its domains' clocks: \['fast_clk'\]\)"):
+        harness_verilog("adder", ports, clock_period_ns=10, reset_cycles=3, domain_clocks={"slow": 20})
+    with pytest.raises(ValueError, match=r"domain_clocks\['fast'\]=0.0001: must be a positive multiple"):
+        harness_verilog("adder", ports, clock_period_ns=10, reset_cycles=3, domain_clocks={"fast": 0.0001})
+    with pytest.raises(ValueError, match="'sync' is not a domain name other than 'sync'"):
+        harness_verilog("adder", ports, clock_period_ns=10, reset_cycles=3, domain_clocks={"sync": 10})
+    assert clock_period_ns(37.5e6) == 26.666 and clock_period_ns(75e6) == 13.334
 
 
 def test_harness_without_clock():
