@@ -14,12 +14,13 @@ Amaranth's simulator.
 
 from __future__ import annotations
 
-from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal
+from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.engine.config import EngineConfig
 
+from .sdram import clock_domain_freqs, clock_domain_side
 from .sdram_model import SDRAMViolation
 from .sdram_system import register_sdram_pins, sdram_chip_model
 from .top import STATUS_BITS, EngineBoardCore
@@ -62,20 +63,14 @@ class BoardSDRAMSystem(wiring.Component):
     @property
     def domain_freqs(self) -> dict[str, float]:
         """Each clock domain's frequency in Hz (``sync``: the engine's)."""
-        core = self.core
-        return {"sync": self.clk_freq, **({core.sdram_domain: core.sdram_clk_freq} if core.sdram_domain != "sync" else {})}
+        return clock_domain_freqs(self.clk_freq, self.core.sdram_domain, self.core.sdram_clk_freq)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.core = core = self.core
-        side = m                                     # where the SDRAM side's logic goes
-        if core.sdram_domain != "sync":
-            domain = core.sdram_domain
-            m.domains += ClockDomain(domain)
-            m.d.comb += [ClockSignal(domain).eq(getattr(self, f"{domain}_clk")),
-                         ResetSignal(domain).eq(getattr(self, f"{domain}_rst"))]
-            side = Module()
-            m.submodules.sdram_side = DomainRenamer({"sync": domain})(side)
+        domain = core.sdram_domain
+        own = {} if domain == "sync" else {"clk": getattr(self, f"{domain}_clk"), "rst": getattr(self, f"{domain}_rst")}
+        side = clock_domain_side(m, domain, **own)
         side.submodules.model = model = self.model
         m.d.comb += [core.rx.eq(self.rx), self.tx.eq(core.tx), self.status.eq(core.status)]
         register_sdram_pins(side, core.sdram_pins, model.pins)

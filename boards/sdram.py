@@ -90,15 +90,17 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, DomainRenamer, Module, Mux, ResetSignal, Signal
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from hw.engine.extcdc import ExternalMemoryCDC
 from hw.engine.extmem import MAX_BURST, ExternalMemorySignature
 
 __all__ = ["DATASHEET", "SDRAMTiming", "SDRAMCycles", "SDRAMGeometry", "SDRAMPinsSignature",
-           "SDRAMController", "mode_register", "COMMANDS", "engine_sdram", "connect_engine_port"]
+           "SDRAMController", "mode_register", "COMMANDS", "engine_sdram", "connect_engine_port",
+           "sdram_clock_domain", "clock_domain_freqs", "clock_domain_side", "connect_engine_sdram"]
 
 #: Where the numbers of :class:`SDRAMTiming` come from.
 DATASHEET = ("Micron 256Mb x4/x8/x16 SDRAM (MT48LC16M16A2), speed grade -6A, "
@@ -662,7 +664,10 @@ class SDRAMController(wiring.Component):
         load = (~cur_valid | last_beat) & nxt_valid
         wrap = do_col & cur_beat[:low].all()              # the next beat is in the next bank
         upper = cur_beat[low:]
-        candidates = {"load": status(nxt_beat[low:]), "wrap": status((upper + 1)[:len(upper)]), "stay": status(upper)}
+        # upper + 1 kept in a register beside cur_beat: the wrap candidate's adder sat on the
+        # controller's critical path (cur_beat -> carry chain -> row compare -> cur_hit, 11.5 ns).
+        upper_next = Signal.like(upper, init=1)
+        candidates = {"load": status(nxt_beat[low:]), "wrap": status(upper_next), "stay": status(upper)}
         with m.If(do_act):
             m.d.sync += [cur_open.eq(1), cur_hit.eq(1)]
         with m.Elif(do_pre | do_pre_all):
@@ -676,8 +681,10 @@ class SDRAMController(wiring.Component):
         with m.If(do_col):
             m.d.sync += [cur_beat.eq(cur_beat + 1), cur_left.eq(cur_left - 1),
                          word_beat.eq(Mux(last_word_beat, 0, word_beat + 1))]
+        with m.If(wrap):
+            m.d.sync += upper_next.eq(upper_next + 1)
         with m.If(load):
-            m.d.sync += [cur_valid.eq(1), cur_write.eq(nxt_write), cur_beat.eq(nxt_beat),
+            m.d.sync += [cur_valid.eq(1), cur_write.eq(nxt_write), cur_beat.eq(nxt_beat), upper_next.eq(nxt_beat[low:] + 1),
                          cur_left.eq(nxt_left), cur_narrow.eq(nxt_narrow), word_beat.eq(0), nxt_valid.eq(0)]
         with m.Elif(last_beat):
             m.d.sync += cur_valid.eq(0)
@@ -746,3 +753,41 @@ def connect_engine_port(m: Module, ext, port) -> None:
                  port.cmd.valid.eq(ext.cmd.valid), ext.cmd.ready.eq(port.cmd.ready)]
     wiring.connect(m, ext.w, port.w)
     wiring.connect(m, port.r, ext.r)
+
+
+def sdram_clock_domain(clk_freq: float, sdram_freq: float) -> str:
+    """The SDRAM side's clock domain: ``sync`` when it runs on the engine's clock, else ``sdram``."""
+    return "sync" if sdram_freq == clk_freq else "sdram"
+
+
+def clock_domain_freqs(clk_freq: float, sdram_domain: str, sdram_freq: float) -> dict[str, float]:
+    """Each clock domain's frequency in Hz: ``sync`` (the engine's), and the SDRAM's own domain if any."""
+    return {"sync": clk_freq, **({sdram_domain: sdram_freq} if sdram_domain != "sync" else {})}
+
+
+def clock_domain_side(m: Module, domain: str, *, clk=None, rst=None, name: str = "sdram_side") -> Module:
+    """Where logic that ``domain`` clocks goes, written in ``sync``: ``m`` itself when ``domain`` is
+    ``sync``, else a new submodule ``name`` of ``m`` renamed to ``domain``. With ``clk`` and ``rst``,
+    ``m`` also defines the domain, its clock and reset driven from them (a simulation wrapper's
+    ports); without, a parent defines it (the board top, from its PLL)."""
+    if domain == "sync":
+        return m
+    if clk is not None:
+        m.domains += ClockDomain(domain)
+        m.d.comb += [ClockSignal(domain).eq(clk), ResetSignal(domain).eq(rst)]
+    side = Module()
+    m.submodules[name] = DomainRenamer({"sync": domain})(side)
+    return side
+
+
+def connect_engine_sdram(m: Module, ext, controller: SDRAMController, domain: str) -> None:
+    """The engine's external-memory port ``ext`` (domain ``sync``) to ``controller``'s port: directly
+    when the controller runs in ``sync``, through an :class:`~hw.engine.extcdc.ExternalMemoryCDC`
+    (submodule ``sdram_cdc``) when it runs in ``domain``, a clock of its own."""
+    if domain == "sync":
+        connect_engine_port(m, ext, controller.port)
+        return
+    m.submodules.sdram_cdc = cdc = ExternalMemoryCDC(controller.addr_bits, controller.data_width,
+                                                     controller.max_burst, memory_domain=domain)
+    connect_engine_port(m, ext, cdc.initiator)
+    wiring.connect(m, cdc.target, controller.port)

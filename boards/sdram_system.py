@@ -23,15 +23,15 @@ the board's controller carries none of them.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.engine.config import EngineConfig
 from hw.engine.engine import Engine, host_layout
-from hw.engine.extcdc import ExternalMemoryCDC
 
-from .sdram import COMMANDS, SDRAMGeometry, SDRAMTiming, connect_engine_port, engine_sdram
+from .sdram import (COMMANDS, SDRAMGeometry, SDRAMTiming, clock_domain_freqs, clock_domain_side, connect_engine_sdram,
+                    engine_sdram, sdram_clock_domain)
 from .sdram_model import SDRAMModel, SDRAMViolation
 from .top import SDRAM_READ_DELAY
 
@@ -105,8 +105,8 @@ class EngineSDRAMSystem(wiring.Component):
             raise
         self.model = sdram_chip_model(self.controller, self.sdram_freq, config.external_depth)
         self.engine = Engine(config)
-        #: The SDRAM's own clock domain, or None when it shares the engine's.
-        self.sdram_domain = None if self.sdram_freq == clk_freq else "sdram"
+        #: The SDRAM side's clock domain: "sync" (the engine's clock) or "sdram" (its own).
+        self.sdram_domain = sdram_clock_domain(clk_freq, self.sdram_freq)
         super().__init__({
             "host_in": In(stream.Signature(host_layout())),
             "host_out": Out(stream.Signature(host_layout())),
@@ -114,35 +114,24 @@ class EngineSDRAMSystem(wiring.Component):
             "ext_fault_code": Out(SDRAMViolation),      # the first rule broken, and when
             "ext_fault_cycle": Out(32),
             **{f"sdram_{name}": Out(32) for name in SDRAM_COUNTS},
-            **({"sdram_clk": In(1), "sdram_rst": In(1)} if self.sdram_domain else {}),
+            **({"sdram_clk": In(1), "sdram_rst": In(1)} if self.sdram_domain != "sync" else {}),
         })
 
     @property
     def domain_freqs(self) -> dict[str, float]:
         """Each clock domain's frequency in Hz (``sync``: the engine's)."""
-        return {"sync": self.clk_freq, **({self.sdram_domain: self.sdram_freq} if self.sdram_domain else {})}
+        return clock_domain_freqs(self.clk_freq, self.sdram_domain, self.sdram_freq)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.engine = engine = self.engine
-        sdram = m  # where the SDRAM side's logic goes
-        if self.sdram_domain:
-            m.domains.sdram = ClockDomain(self.sdram_domain)
-            m.d.comb += [ClockSignal(self.sdram_domain).eq(self.sdram_clk),
-                         ResetSignal(self.sdram_domain).eq(self.sdram_rst)]
-            sdram = Module()
-            m.submodules.sdram_side = DomainRenamer({"sync": self.sdram_domain})(sdram)
+        own = {} if self.sdram_domain == "sync" else {"clk": self.sdram_clk, "rst": self.sdram_rst}
+        sdram = clock_domain_side(m, self.sdram_domain, **own)           # where the SDRAM side's logic goes
         sdram.submodules.controller = controller = self.controller
         sdram.submodules.model = model = self.model
         wiring.connect(m, wiring.flipped(self.host_in), engine.host_in)
         wiring.connect(m, engine.host_out, wiring.flipped(self.host_out))
-        if self.sdram_domain:
-            m.submodules.cdc = cdc = ExternalMemoryCDC(controller.addr_bits, controller.data_width,
-                                                       controller.max_burst, memory_domain=self.sdram_domain)
-            connect_engine_port(m, engine.ext, cdc.initiator)
-            wiring.connect(m, cdc.target, controller.port)
-        else:
-            connect_engine_port(m, engine.ext, controller.port)
+        connect_engine_sdram(m, engine.ext, controller, self.sdram_domain)
         register_sdram_pins(sdram, controller.pins, model.pins)
         m.d.comb += [self.ext_fault.eq(model.violation), self.ext_fault_code.eq(model.violation_code),
                      self.ext_fault_cycle.eq(model.violation_cycle)]

@@ -38,18 +38,17 @@ first two of its four RGB LEDs (red, green, blue of LED 0 = bits 0–2, of LED 1
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, DomainRenamer, Elaboratable, Module, ResetSignal, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, ResetSignal, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from hw.engine.config import EngineConfig
 from hw.engine.engine import Engine
-from hw.engine.extcdc import ExternalMemoryCDC
 
 from .hostlink import UARTHostLink
 from .pll import ECP5PLL
-from .sdram import SDRAMPinsSignature, connect_engine_port, engine_sdram
+from .sdram import SDRAMPinsSignature, clock_domain_side, connect_engine_sdram, engine_sdram, sdram_clock_domain
 
 __all__ = ["EngineBoardCore", "EngineBoardTop", "STATUS_BITS", "SDRAM_READ_DELAY"]
 
@@ -87,7 +86,7 @@ class EngineBoardCore(wiring.Component):
         self.sdram = None
         self.sdram_clk_freq = clk_freq if sdram_clk_freq is None else sdram_clk_freq
         #: The SDRAM controller's clock domain: "sync", or "sdram" on a clock of its own.
-        self.sdram_domain = "sync" if self.sdram_clk_freq == clk_freq else "sdram"
+        self.sdram_domain = sdram_clock_domain(clk_freq, self.sdram_clk_freq)
         members = {"rx": In(1, init=1), "tx": Out(1, init=1), "status": Out(len(STATUS_BITS))}
         if config.external_depth:
             try:
@@ -107,18 +106,10 @@ class EngineBoardCore(wiring.Component):
         m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx)]
         wiring.connect(m, link.to_engine, engine.host_in)
         wiring.connect(m, engine.host_out, link.from_engine)
-        if self.sdram is not None and self.sdram_domain == "sync":
-            m.submodules.sdram = sdram = self.sdram
-            connect_engine_port(m, engine.ext, sdram.port)
-            wiring.connect(m, sdram.pins, wiring.flipped(self.sdram_pins))
-        elif self.sdram is not None:
-            side = Module()
+        if self.sdram is not None:
+            side = clock_domain_side(m, self.sdram_domain, name="sdram")
             side.submodules.controller = sdram = self.sdram
-            m.submodules.sdram = DomainRenamer({"sync": self.sdram_domain})(side)
-            m.submodules.sdram_cdc = cdc = ExternalMemoryCDC(sdram.addr_bits, sdram.data_width, sdram.max_burst,
-                                                             memory_domain=self.sdram_domain)
-            connect_engine_port(m, engine.ext, cdc.initiator)
-            wiring.connect(m, cdc.target, sdram.port)
+            connect_engine_sdram(m, engine.ext, sdram, self.sdram_domain)
             wiring.connect(m, sdram.pins, wiring.flipped(self.sdram_pins))
         half_second = max(1, int(self.clk_freq // 2))
         beat_count = Signal(range(half_second))
