@@ -127,8 +127,8 @@ def _write(path, data):
 
 def test_routed_fmax_is_the_best_routed_run_of_the_same_configuration(bench, tmp_path):
     """Engine reports of hw.synth (by their configuration file) and board builds (by their
-    configuration) both count; another configuration, a report without a clock and a broken file
-    do not; the source names the file and the number of runs."""
+    configuration) both count; another configuration, a report without a clock, a broken file and a
+    build with the SDRAM on its own clock (another design) do not; the source names the file and the number of runs."""
     mine = _write(tmp_path / "mine.json", CONFIG.to_dict())
     other = _write(tmp_path / "other.json", CONFIG.replace(sum_words=0).to_dict())
     _write(tmp_path / "synth_engine_a.json", {"engine_config": str(mine), "fmax_mhz": 41.5})
@@ -139,7 +139,9 @@ def test_routed_fmax_is_the_best_routed_run_of_the_same_configuration(bench, tmp
     assert bench.routed_fmax(CONFIG, tmp_path) == (
         43.25, "routed at 43.25 MHz (synth_engine_b.json; the best of 2 routed run(s) of this configuration)")
     _write(tmp_path / "board_builds.json", {"ulx3s_x": {"config": CONFIG.to_dict(), "fmax_mhz": 44.0},
-                                            "ulx3s_y": {"config": {"lanes": "bad"}, "fmax_mhz": 99.0}})
+                                            "ulx3s_y": {"config": {"lanes": "bad"}, "fmax_mhz": 99.0},
+                                            "ulx3s_z": {"config": CONFIG.to_dict(), "fmax_mhz": 48.0,
+                                                        "freq_mhz": 37.5, "sdram_freq_mhz": 75.0}})
     fmax, source = bench.routed_fmax(CONFIG, tmp_path)
     assert fmax == 44.0 and "board_builds.json: ulx3s_x" in source and "best of 3" in source
     assert bench.routed_fmax(CONFIG.replace(lanes=4), tmp_path) is None
