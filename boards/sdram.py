@@ -100,7 +100,8 @@ from hw.engine.extmem import MAX_BURST, ExternalMemorySignature
 
 __all__ = ["DATASHEET", "SDRAMTiming", "SDRAMCycles", "SDRAMGeometry", "SDRAMPinsSignature",
            "SDRAMController", "mode_register", "COMMANDS", "engine_sdram", "connect_engine_port",
-           "sdram_clock_domain", "clock_domain_freqs", "clock_domain_side", "connect_engine_sdram"]
+           "sdram_clock_domain", "clock_domain_freqs", "clock_domain_side", "connect_engine_sdram",
+           "RESET_STAGES", "local_reset_domain"]
 
 #: Where the numbers of :class:`SDRAMTiming` come from.
 DATASHEET = ("Micron 256Mb x4/x8/x16 SDRAM (MT48LC16M16A2), speed grade -6A, "
@@ -484,11 +485,13 @@ class SDRAMController(wiring.Component):
 
         # -- command intake: one command waits in `nxt` (beat address and length precomputed)
         beat_bits = geo.beat_bits
+        # Registers that only carry data (read only while a valid flag or a command says so) have no
+        # reset: fewer flip-flops on the SDRAM domain's reset net, the slowest at 75 MHz on the ULX3S.
         nxt_valid = Signal()
-        nxt_write = Signal()
-        nxt_beat = Signal(beat_bits)
-        nxt_left = Signal(range(self.max_burst * beats + 1))
-        nxt_narrow = Signal()
+        nxt_write = Signal(reset_less=True)
+        nxt_beat = Signal(beat_bits, reset_less=True)
+        nxt_left = Signal(range(self.max_burst * beats + 1), reset_less=True)
+        nxt_narrow = Signal(reset_less=True)
         m.d.comb += port.cmd.ready.eq(~nxt_valid)
         addr, count = port.cmd.payload.addr, port.cmd.payload.count
         nb, n0, nw = self.narrow_beats, self.narrow_start, self.narrow_words
@@ -506,10 +509,10 @@ class SDRAMController(wiring.Component):
 
         # -- the current command, walked one beat per column command
         cur_valid = Signal()
-        cur_write = Signal()
-        cur_beat = Signal(beat_bits)
+        cur_write = Signal(reset_less=True)
+        cur_beat = Signal(beat_bits, reset_less=True)
         cur_left = Signal.like(nxt_left)
-        cur_narrow = Signal()
+        cur_narrow = Signal(reset_less=True)
         word_beat = Signal(range(beats))           # beat index within the current word
         last_word_beat = word_beat == (Mux(cur_narrow, nb - 1, beats - 1) if nb != beats else beats - 1)
         low = self.bank_interleave.bit_length() - 1       # column bits below the bank bits
@@ -519,7 +522,7 @@ class SDRAMController(wiring.Component):
 
         # -- bank state; each timer (cycles still to wait) has a registered "is 0" flag
         bank_open = Signal(banks)
-        bank_row = [Signal(geo.row_bits, name=f"bank{b}_row") for b in range(banks)]
+        bank_row = [Signal(geo.row_bits, name=f"bank{b}_row", reset_less=True) for b in range(banks)]
         act_ok, pre_ok, col_ok = (Signal(banks, init=(1 << banks) - 1, name=n) for n in ("act_ok", "pre_ok", "col_ok"))
         rrd_ok, turn_ok = Signal(init=1), Signal(init=1)          # turn: READ → WRITE bus turnaround
 
@@ -541,11 +544,13 @@ class SDRAMController(wiring.Component):
         sel_pre_ok = pre_ok.bit_select(bank, 1)
         sel_col_ok = col_ok.bit_select(bank, 1)
 
-        # -- write data FIFO and the current word's remaining beats
+        # -- write data FIFO: its head word stays put while its beats go out, each chosen by word_beat,
+        # and leaves with the last. (A shift register loaded from it put a 72-bit enable, and the
+        # sync reset Yosys made of its shifted-in zeros, on the SDRAM clock's worst path.)
         m.submodules.write_fifo = write_fifo = SyncFIFOBuffered(width=dw, depth=max(2, self.max_burst))
         m.d.comb += [write_fifo.w_data.eq(port.w.payload), write_fifo.w_en.eq(port.w.valid),
                      port.w.ready.eq(write_fifo.w_rdy)]
-        write_shift = Signal(beats * bw)
+        write_beat = Cat(write_fifo.r_data, write_fifo.r_data[:beats * bw - dw]).word_select(word_beat, bw)
 
         # -- read FIFO with credits: a word is reserved before its first beat is issued
         depth = self.read_fifo_depth
@@ -570,7 +575,7 @@ class SDRAMController(wiring.Component):
         do_read = do_col & ~cur_write
         do_write = do_col & cur_write
         first_beat = word_beat == 0
-        data_ok = Mux(cur_write, turn_ok & (~first_beat | write_fifo.r_rdy),
+        data_ok = Mux(cur_write, turn_ok & write_fifo.r_rdy,
                       ~first_beat | (reserved < depth))
         idle = ~cur_valid & ~nxt_valid
 
@@ -635,12 +640,8 @@ class SDRAMController(wiring.Component):
         with m.If(do_col):
             m.d.sync += [pins.ba.eq(bank), pins.a.eq(col)]
             with m.If(cur_write):
-                m.d.sync += [*command("WRITE"), pins.dq_oe.eq(1)]
-                with m.If(first_beat):
-                    m.d.sync += [pins.dq_o.eq(write_fifo.r_data[:bw]), write_shift.eq(write_fifo.r_data >> bw)]
-                    m.d.comb += write_fifo.r_en.eq(1)
-                with m.Else():
-                    m.d.sync += [pins.dq_o.eq(write_shift[:bw]), write_shift.eq(write_shift >> bw)]
+                m.d.sync += [*command("WRITE"), pins.dq_oe.eq(1), pins.dq_o.eq(write_beat)]
+                m.d.comb += write_fifo.r_en.eq(last_word_beat)
             with m.Else():
                 m.d.sync += command("READ")
 
@@ -666,7 +667,7 @@ class SDRAMController(wiring.Component):
         upper = cur_beat[low:]
         # upper + 1 kept in a register beside cur_beat: the wrap candidate's adder sat on the
         # controller's critical path (cur_beat -> carry chain -> row compare -> cur_hit, 11.5 ns).
-        upper_next = Signal.like(upper, init=1)
+        upper_next = Signal.like(upper, init=1, reset_less=True)
         candidates = {"load": status(nxt_beat[low:]), "wrap": status(upper_next), "stay": status(upper)}
         with m.If(do_act):
             m.d.sync += [cur_open.eq(1), cur_hit.eq(1)]
@@ -698,7 +699,7 @@ class SDRAMController(wiring.Component):
                      ends_flight.eq(Cat(do_read & last_word_beat, ends_flight[:-1])),
                      narrow_flight.eq(Cat(cur_narrow, narrow_flight[:-1]))]
         capture = in_flight[capture_at]
-        assembly = Signal(beats * bw)
+        assembly = Signal(beats * bw, reset_less=True)
         assembly_next = Cat(assembly[bw:], pins.dq_i)
         word_done = capture & ends_flight[capture_at]
         with m.If(capture):
@@ -765,29 +766,56 @@ def clock_domain_freqs(clk_freq: float, sdram_domain: str, sdram_freq: float) ->
     return {"sync": clk_freq, **({sdram_domain: sdram_freq} if sdram_domain != "sync" else {})}
 
 
+#: Reset-less registers between the SDRAM domain's reset and each of its consumers' (the controller's,
+#: the clock-domain crossing's). The ULX3S build with wirelength-only placement put the domain's one
+#: reset register 17 ns of routing from the controller, past the SDRAM clock's 13.3 ns at 75 MHz: a
+#: chain per consumer lets the placer walk the reset across the die a hop per cycle and end it among
+#: the flip-flops it resets. Equal chains keep the consumers leaving reset on the same cycle.
+RESET_STAGES = 2
+
+
+def local_reset_domain(m: Module, domain: str, name: str, *, stages: int = RESET_STAGES) -> str:
+    """Define in ``m`` a local domain ``name`` on ``domain``'s clock whose reset is ``domain``'s
+    delayed by ``stages`` reset-less registers (asserted, as at power-on, until they fill);
+    returns ``name``."""
+    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+        raise ValueError(f"stages={stages!r}: must be an integer of at least 1")
+    m.domains += ClockDomain(name, local=True)
+    rst = ResetSignal(domain)
+    for i in range(stages):
+        stage = Signal(init=1, reset_less=True, name=f"{name}_rst{i}")
+        m.d[domain] += stage.eq(rst)
+        rst = stage
+    m.d.comb += [ClockSignal(name).eq(ClockSignal(domain)), ResetSignal(name).eq(rst)]
+    return name
+
+
 def clock_domain_side(m: Module, domain: str, *, clk=None, rst=None, name: str = "sdram_side") -> Module:
     """Where logic that ``domain`` clocks goes, written in ``sync``: ``m`` itself when ``domain`` is
-    ``sync``, else a new submodule ``name`` of ``m`` renamed to ``domain``. With ``clk`` and ``rst``,
-    ``m`` also defines the domain, its clock and reset driven from them (a simulation wrapper's
-    ports); without, a parent defines it (the board top, from its PLL)."""
+    ``sync``, else a new submodule ``name`` of ``m`` in ``domain``'s clock with a reset of its own
+    (:func:`local_reset_domain`, domain ``{name}_local``). With ``clk`` and ``rst``, ``m`` also
+    defines ``domain``, its clock and reset driven from them (a simulation wrapper's ports); without,
+    a parent defines it (the board top, from its PLL)."""
     if domain == "sync":
         return m
     if clk is not None:
         m.domains += ClockDomain(domain)
         m.d.comb += [ClockSignal(domain).eq(clk), ResetSignal(domain).eq(rst)]
     side = Module()
-    m.submodules[name] = DomainRenamer({"sync": domain})(side)
+    m.submodules[name] = DomainRenamer({"sync": local_reset_domain(m, domain, f"{name}_local")})(side)
     return side
 
 
 def connect_engine_sdram(m: Module, ext, controller: SDRAMController, domain: str) -> None:
     """The engine's external-memory port ``ext`` (domain ``sync``) to ``controller``'s port: directly
     when the controller runs in ``sync``, through an :class:`~hw.engine.extcdc.ExternalMemoryCDC`
-    (submodule ``sdram_cdc``) when it runs in ``domain``, a clock of its own."""
+    (submodule ``sdram_cdc``) when it runs in ``domain``, a clock of its own: its memory side in
+    domain ``{domain}_cdc``, with a reset of its own (:func:`local_reset_domain`)."""
     if domain == "sync":
         connect_engine_port(m, ext, controller.port)
         return
     m.submodules.sdram_cdc = cdc = ExternalMemoryCDC(controller.addr_bits, controller.data_width,
-                                                     controller.max_burst, memory_domain=domain)
+                                                     controller.max_burst,
+                                                     memory_domain=local_reset_domain(m, domain, f"{domain}_cdc"))
     connect_engine_port(m, ext, cdc.initiator)
     wiring.connect(m, cdc.target, controller.port)

@@ -14,11 +14,12 @@ import time
 
 import pytest
 from amaranth.back import verilog
-from amaranth.hdl import Fragment, Module
+from amaranth.hdl import ClockDomain, Fragment, Module, Signal
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from boards.sdram import (COMMANDS, SDRAMController, SDRAMCycles, SDRAMGeometry, SDRAMTiming, mode_register)
+from boards.sdram import (COMMANDS, RESET_STAGES, SDRAMController, SDRAMCycles, SDRAMGeometry, SDRAMTiming,
+                          local_reset_domain, mode_register)
 from boards.sdram_model import SDRAMModel, SDRAMViolation
 from tests.support import seed_for, send_stalling
 from tests.test_hw_engine_extmem_model import check_reads, reference_reads   # the same scoreboard
@@ -627,3 +628,43 @@ def test_model_and_controller_convert_to_verilog():
         text = verilog.convert(design, name="top")
         assert "module top" in text
     assert time.time() - start < 60
+
+
+@pytest.mark.parametrize("stages", [1, RESET_STAGES, 3])
+def test_local_reset_domains_follow_the_domain_reset_stages_cycles_late_and_together(stages):
+    """Two local domains (the controller's and the crossing's): each leaves reset ``stages`` cycles
+    after the parent domain, on the same cycle as the other, and is held in reset at power-on."""
+    m = Module()
+    m.domains.sync = sync = ClockDomain()
+    counts = {}
+    for name in ("near", "far"):
+        local_reset_domain(m, "sync", name, stages=stages)
+        counts[name] = count = Signal(8, name=f"{name}_count")
+        m.d[name] += count.eq(count + 1)
+    reference = Signal(8)
+    m.d.sync += reference.eq(reference + 1)
+    seen = []
+
+    async def testbench(ctx):
+        for cycle in range(12):
+            ctx.set(sync.rst, 3 <= cycle < 6)            # a reset pulse mid-run
+            await ctx.tick()
+            seen.append((ctx.get(reference), ctx.get(counts["near"]), ctx.get(counts["far"])))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert [near for _, near, _ in seen] == [far for _, _, far in seen]
+    # at power-on the stages start asserted; after the pulse the count restarts `stages` cycles late
+    assert [(ref, near) for ref, near, _ in seen[:3]] == [(n, max(0, n - stages)) for n in range(1, 4)]
+    assert [ref for ref, _, _ in seen[6:]] == [1, 2, 3, 4, 5, 6]
+    assert [near for _, near, _ in seen[6:]] == [max(0, n - stages) for n in range(1, 7)]
+
+
+@pytest.mark.parametrize("stages", [0, -1, True, 1.5])
+def test_local_reset_domain_stages_are_checked(stages):
+    m = Module()
+    with pytest.raises(ValueError, match=f"stages={stages!r}: must be an integer of at least 1"):
+        local_reset_domain(m, "sync", "late", stages=stages)
+    Fragment.get(m, None)                  # nothing was added to it

@@ -75,8 +75,8 @@ class ExternalMemoryCDC(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         near, far = self.initiator_domain, self.memory_domain
-        m.submodules.cmd_fifo = cmd = fifo.AsyncFIFO(
-            width=command_layout(self.addr_bits, self.max_burst).size, depth=8, w_domain=near, r_domain=far)
+        cmd_width = command_layout(self.addr_bits, self.max_burst).size
+        m.submodules.cmd_fifo = cmd = fifo.AsyncFIFO(width=cmd_width, depth=8, w_domain=near, r_domain=far)
         m.submodules.w_fifo = w = fifo.AsyncFIFO(width=self.data_width, depth=self.depth,
                                                  w_domain=near, r_domain=far)
         m.submodules.r_fifo = r = fifo.AsyncFIFO(width=self.data_width, depth=self.depth,
@@ -87,9 +87,8 @@ class ExternalMemoryCDC(wiring.Component):
             m.submodules[name] = buffer if domain == "sync" else DomainRenamer({"sync": domain})(buffer)
             return buffer
 
-        width = command_layout(self.addr_bits, self.max_burst).size
         for name, fifo_, source, sink, width, source_domain, sink_domain in (
-                ("cmd", cmd, self.initiator.cmd, self.target.cmd, width, near, far),
+                ("cmd", cmd, self.initiator.cmd, self.target.cmd, cmd_width, near, far),
                 ("w", w, self.initiator.w, self.target.w, self.data_width, near, far),
                 ("r", r, self.target.r, self.initiator.r, self.data_width, far, near)):
             into, out_of = skid(f"{name}_in", width, source_domain), skid(f"{name}_out", width, sink_domain)
