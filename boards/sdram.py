@@ -101,11 +101,14 @@ from hw.engine.extmem import MAX_BURST, ExternalMemorySignature
 __all__ = ["DATASHEET", "SDRAMTiming", "SDRAMCycles", "SDRAMGeometry", "SDRAMPinsSignature",
            "SDRAMController", "mode_register", "COMMANDS", "engine_sdram", "connect_engine_port",
            "sdram_clock_domain", "clock_domain_freqs", "clock_domain_side", "connect_engine_sdram",
-           "RESET_STAGES", "local_reset_domain"]
+           "RESET_STAGES", "local_reset_domain", "MAX_READ_DELAY"]
 
 #: Where the numbers of :class:`SDRAMTiming` come from.
 DATASHEET = ("Micron 256Mb x4/x8/x16 SDRAM (MT48LC16M16A2), speed grade -6A, "
              "Table 'Electrical Characteristics and Recommended AC Operating Conditions'")
+
+#: The largest ``read_delay`` a controller takes (clocks between its pins and its data sample).
+MAX_READ_DELAY = 8
 
 #: SDRAM commands as (ras_n, cas_n, we_n) with cs_n low.
 COMMANDS = {
@@ -363,7 +366,7 @@ class SDRAMController(wiring.Component):
         deliberately wrong controllers).
     read_delay : int
         Extra clocks the board adds between the controller's registered pins and its ``dq_i``
-        sample (I/O registers; 0..8): read data is sampled ``CL + read_delay`` cycles after the
+        sample (I/O registers; 0..:data:`MAX_READ_DELAY`): read data is sampled ``CL + read_delay`` cycles after the
         cycle the READ shows on the controller's pins.
     narrow_start, narrow_words, narrow_width : int
         The narrow region (see the module docstring): words ``narrow_start …
@@ -395,7 +398,7 @@ class SDRAMController(wiring.Component):
             _check_int("data_width", data_width, 1, 4096)
             _check_int("addr_bits", addr_bits, 1, 32)
             _check_int("max_burst", max_burst, 1, 256)
-            _check_int("read_delay", read_delay, 0, 8)
+            _check_int("read_delay", read_delay, 0, MAX_READ_DELAY)
             _check_int("narrow_words", narrow_words, 0, 1 << addr_bits)
             _check_int("narrow_start", narrow_start, 0, (1 << addr_bits) - narrow_words)
             if narrow_width is None:

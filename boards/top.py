@@ -15,8 +15,14 @@ puts every SDRAM pin through an I/O register (IOLOGIC flip-flops: one output reg
 command, address, DQM, DQ-out and DQ-enable pins, one input register on DQ-in, hence the
 controller's ``read_delay`` of 2) and drives the chip's clock from a DDR output register as the
 engine clock inverted (``SDRAM_CLOCK_PHASE``): the chip samples commands half a cycle after they
-leave their registers, clear of both edges. The read-capture phase follows the datasheet's tAC/tOH
-only on paper; it has not been checked on a board. ``sdram_mhz`` gives the SDRAM its own clock, the
+leave their registers, clear of both edges. Read capture has not been checked on a board: the
+controller samples DQ ``CL + read_delay`` cycles after a READ leaves its register, which is right for
+the simulation's chip model (clocked with the controller, one register each way), but the board's
+chip answers half a cycle earlier (its inverted clock) plus the ECP5's clock-to-pad and pad-to-register
+delays and the chip's tAC/tOH, which were not measured, so on paper the data's valid window may miss
+that edge by a cycle at some clocks. ``python -m boards.train`` reads the weights back right after
+writing them and stops before any step if they differ; ``python -m hw.build --sdram-read-delay``
+(``sdram_read_delay`` here) moves the sampling edge. ``sdram_mhz`` gives the SDRAM its own clock, the
 PLL's second output (domain ``sdram``: the controller, its pin registers and the chip's clock), the
 engine's port crossing to it through an :class:`~hw.engine.extcdc.ExternalMemoryCDC`: the 16-bit
 bus, which bounds most of a LeNet-5 step, then runs faster than the engine can close timing.
@@ -129,20 +135,24 @@ class EngineBoardTop(Elaboratable):
 
     ``board``: a :class:`boards.catalog.Board`; ``freq_mhz``: the engine clock requested (the PLL's
     nearest, :attr:`pll_params`); ``baud``: the host serial rate; ``sdram_mhz``: the SDRAM's own
-    clock (the PLL's second output; None: the engine's), for a configuration with external words.
+    clock (the PLL's second output; None: the engine's), for a configuration with external words;
+    ``sdram_read_delay``: the controller's ``read_delay`` (the module docstring's read capture).
     """
 
     def __init__(self, config: EngineConfig, board, *, freq_mhz: float, baud: int = 3_000_000,
-                 clock_in_mhz: float, sdram_mhz: float | None = None):
+                 clock_in_mhz: float, sdram_mhz: float | None = None, sdram_read_delay: int = SDRAM_READ_DELAY):
         self.board, self.config = board, config
         try:
             if sdram_mhz is not None and not config.external_depth:
                 raise ValueError(f"sdram_mhz={sdram_mhz!r}: this configuration has no external words, "
                                  f"so no SDRAM to clock")
+            if sdram_read_delay != SDRAM_READ_DELAY and not config.external_depth:
+                raise ValueError(f"sdram_read_delay={sdram_read_delay!r}: this configuration has no external "
+                                 f"words, so no SDRAM to read")
             self.pll = ECP5PLL(clock_in_mhz, freq_mhz, sdram_mhz)
             self.pll_params = p = self.pll.params
             self.core = EngineBoardCore(config, clk_freq=p.f_out_mhz * 1e6, baud=baud,
-                                        sdram=board.sdram is not None,
+                                        sdram=board.sdram is not None, sdram_read_delay=sdram_read_delay,
                                         sdram_clk_freq=None if p.f_out2_mhz is None else p.f_out2_mhz * 1e6)
         except (TypeError, ValueError):
             self._MustUse__silence = True      # a rejected design is not an "unused elaboratable"

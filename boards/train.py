@@ -21,7 +21,10 @@ The engine configuration must be the one the bitstream was built from: the board
 1. IDENT: the board's engine must have been built from this configuration (magic, sizes and the
    configuration's fingerprint; otherwise :class:`~hw.engine.driver.EngineMismatch` names the
    difference), then the program is loaded;
-2. the initial weights (:func:`golden.model.init_weights`) are written;
+2. the initial weights (:func:`golden.model.init_weights`) are written and read back: a difference
+   stops the run before any step (exit 3, :class:`LoadMismatch`), since then the board's memory does
+   not return what it was given (for an SDRAM engine most likely the read capture, which has not
+   been measured on a board: rebuild with ``python -m hw.build --sdram-read-delay 1`` or ``3``);
 3. per step ``s``: batch ``s`` of the embedded Fashion-MNIST subset (images ``s·B … (s+1)·B − 1``,
    as the Verilator MLP test ``sim/test_sim_engine.py`` and :func:`golden.trace.embedded_trace`
    use them) is written, one RUN at log2 η of the schedule's epoch 0, every weight read back and
@@ -35,7 +38,8 @@ Exit status: 0 every step matched; 1 a step diverged; 2 a bad argument (an unkno
 variant, ``--memory sdram`` for a board or part without an SDRAM engine, ``--memory`` with
 ``--config``, an unreadable configuration, a network the configuration does not train, too many steps
 for the data set, a serial port that does not exist); 3 the board could not be driven (no answer
-on the link, an engine built from another configuration, an error status from the engine).
+on the link, an engine built from another configuration, an error status from the engine, weights that read back
+wrong before any step).
 
 The step loop, :func:`train_and_check`, takes any transport with ``async exchange(words) ->
 words`` (``tests/test_boards_train.py`` runs it against the simulated gateware).
@@ -53,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Divergence", "StepResult", "first_divergence", "train_and_check", "board_config", "main"]
+__all__ = ["Divergence", "StepResult", "LoadMismatch", "first_divergence", "train_and_check", "board_config", "main"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,20 @@ class StepResult:
             text += (f"  link {_rate(self.link['throughput_bytes_per_s'])}, "
                      f"{self.link['retransmissions']} retransmitted, {self.link['crc_errors']} CRC errors")
         return text + ("  OK" if self.ok else f"  DIVERGED: {self.divergence}")
+
+
+class LoadMismatch(RuntimeError):
+    """The weights read back right after loading differ from those written (``divergence``, the first
+    difference): the board's memory path is wrong, not the training, so no step is run."""
+
+    def __init__(self, divergence: Divergence, external_weights: bool):
+        self.divergence, self.external_weights = divergence, external_weights
+        hint = ("the engine keeps weights in the SDRAM, so the likeliest cause is the SDRAM read capture (not "
+                "measured on a board): rebuild with python -m hw.build ... --sdram-read-delay 1, or 3 (default 2)"
+                if external_weights else
+                "the engine keeps every weight on chip, so the bitstream, or its configuration, is not this one")
+        super().__init__(f"the weights read back right after loading differ from those written, before any "
+                         f"step: {divergence}; {hint}")
 
 
 def _rate(bytes_per_s: float) -> str:
@@ -150,7 +168,8 @@ async def train_and_check(transport, program, images: np.ndarray, labels: np.nda
     exchange(words) -> words``), checking every weight against golden after every step.
 
     Checks IDENT and loads the program (:meth:`~hw.engine.driver.EngineDriver.load_program`, which
-    raises :class:`~hw.engine.driver.EngineMismatch`), loads :func:`golden.model.init_weights`, then
+    raises :class:`~hw.engine.driver.EngineMismatch`), loads :func:`golden.model.init_weights` and
+    reads them back (a difference raises :class:`LoadMismatch`), then
     step ``s`` trains on ``images[s·B:(s+1)·B]`` with log2 η ``eta_log2`` (default the schedule's
     epoch 0). ``report`` is called with each :class:`StepResult`; the loop stops after the first
     step that diverges (its result is the last one returned)."""
@@ -170,6 +189,9 @@ async def train_and_check(transport, program, images: np.ndarray, labels: np.nda
     await driver.load_program()
     want = golden.init_weights(wage)
     await driver.load_weights(want)
+    loaded = first_divergence(await driver.read_weights(), want)
+    if loaded is not None:
+        raise LoadMismatch(loaded, external_weights=program.config.external_weight_words > 0)
     results = []
     for s in range(steps):
         x, y = images[s * b:(s + 1) * b], labels[s * b:(s + 1) * b]
@@ -292,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   args.steps, report=report))
         except EngineMismatch as e:
             return fail(f"the board on {args.port} does not run this build: {e}", 3)
+        except LoadMismatch as e:
+            return fail(f"{args.port}: {e}", 3)
         except (EngineError, LinkTimeout) as e:
             return fail(f"{args.port}: {e}", 3)
         except KeyboardInterrupt:

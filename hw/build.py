@@ -1,7 +1,7 @@
 """Bitstreams from the open toolchain: the engine on a board, one command.
 
     python -m hw.build --board ulx3s [--variant 12F|25F|45F|85F] [--memory bram|sdram | --config FILE]
-                       [--freq MHZ] [--sdram-freq MHZ] [--baud 3000000] [--seed 1] [--lut-mapper abc9|abc]
+                       [--freq MHZ] [--sdram-freq MHZ] [--sdram-read-delay N] [--baud 3000000] [--seed 1] [--lut-mapper abc9|abc]
                        [--placer heap|static] [--no-timing-driven] [--out DIR] [--program | --flash]
     python -m hw.build --export-verilog DIR [--config FILE | --board B --variant V [--memory bram|sdram]]
     python -m hw.build --sweep [--board B --variant V] [--lanes 4 8] [--freqs 50 75 100] [--jobs N] [--placer P]
@@ -18,6 +18,8 @@ clock defaults to :data:`boards.catalog.SDRAM_FREQ_MHZ` (40 MHz) instead of 50 M
 memories, ``external_words``); an SDRAM build's default directory is ``build/BOARD-VARIANT-sdram``.
 ``--sdram-freq MHZ`` gives the SDRAM its own clock, the PLL's second output (its controller behind a
 clock crossing, :mod:`boards.top`), so that its bus runs faster than the engine closes timing.
+``--sdram-read-delay N`` moves the clock at which the controller samples the SDRAM's read data
+(default 2, right for the simulated I/O registers and not measured on a board: :mod:`boards.top`).
 The build checks that the network fits the engine's memories
 (:func:`hw.engine.compiler.compile_network`, which names the buffer and the shortfall otherwise), adds
 the board top level (:mod:`boards.top`: PLL from the board oscillator to
@@ -31,6 +33,7 @@ is met and the bitstream's path, and writes the same to ``DIR/report.json``:
 * ``fmax_mhz`` (the engine clock's achieved Fmax), ``freq_mhz`` (what the PLL makes of ``--freq``),
   ``timing_met`` (every clock at its frequency), ``fmax_by_clock`` (every clock nextpnr timed, MHz);
   with ``--sdram-freq`` also ``sdram_freq_mhz`` (the PLL's second output) and ``sdram_fmax_mhz``;
+  ``sdram_read_delay`` (an SDRAM build's; null without SDRAM);
 * ``resources``: per nextpnr cell type (``TRELLIS_COMB`` = LUT4 slots, ``TRELLIS_FF``, ``DP16KD``,
   ``MULT18X18D``, ``EHXPLLL``, ...) ``{"used", "available", "percent"}``;
 * ``bitstream`` (path, or null when timing failed), ``board``, ``variant``, ``memory`` (``"sdram"``
@@ -65,6 +68,7 @@ from typing import Callable
 
 from boards.catalog import BOARDS, MEMORIES, SDRAM_ENGINES, SDRAM_FREQ_MHZ, Board, BoardError, get_board
 from boards.pll import PllError
+from boards.sdram import MAX_READ_DELAY as MAX_SDRAM_READ_DELAY
 from hw.engine.compiler import FitError, UnsupportedNetwork, compile_network
 from hw.engine.config import EngineConfig, EngineConfigError
 from hw.netlist import YOSYS_KEEP_COMMANDS
@@ -126,6 +130,7 @@ class BuildReport:
     timing_driven: bool = True
     sdram_freq_mhz: float | None = None          # the SDRAM's own clock, if it has one
     sdram_fmax_mhz: float | None = None
+    sdram_read_delay: int | None = None          # the SDRAM controller's read_delay (None: no SDRAM)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -133,7 +138,8 @@ class BuildReport:
     def summary(self) -> str:
         lines = [f"{self.board} {self.variant} ({self.device} {self.package} speed {self.speed}), "
                  f"memory {self.memory}, seed {self.seed}, LUT mapper {self.lut_mapper}, placer {self.placer}"
-                 + ("" if self.timing_driven else ", not timing-driven")]
+                 + ("" if self.timing_driven else ", not timing-driven")
+                 + ("" if self.sdram_read_delay is None else f", SDRAM read delay {self.sdram_read_delay}")]
         for name, r in sorted(self.resources.items()):
             if r["used"]:
                 lines.append(f"  {name:<14} {r['used']:>7} / {r['available']:<7} {r['percent']:6.2f} %")
@@ -182,14 +188,16 @@ def _clock_mhz(platform, resource: str) -> float:
 
 def build_bitstream(board: str | Board, variant: str | None = None, config: EngineConfig | None = None, *,
                     memory: str | None = None, freq_mhz: float | None = None, sdram_freq_mhz: float | None = None,
-                    baud: int = 3_000_000, seed: int = 1,
+                    sdram_read_delay: int | None = None, baud: int = 3_000_000, seed: int = 1,
                     lut_mapper: str | None = None, placer: str = "heap", timing_driven: bool = True, out_dir=None,
                     timeout_s: float = 4 * 3600.0, progress: Callable[[str], None] | None = _progress, command: str = "") -> BuildReport:
     """Build the engine for ``board``/``variant`` (see the module docstring); returns the report (also
     written to ``out_dir/report.json``), raises :class:`BuildError` when a tool fails or timing is
     not met (the report is written first). Without ``config`` the variant's default for ``memory``
     ("bram", the default, or "sdram") is built; ``freq_mhz`` None is :func:`default_freq_mhz`;
-    ``sdram_freq_mhz`` gives the SDRAM a clock of its own (None: the engine's)."""
+    ``sdram_freq_mhz`` gives the SDRAM a clock of its own (None: the engine's); ``sdram_read_delay``
+    moves the SDRAM controller's read sampling edge (None: :data:`boards.top.SDRAM_READ_DELAY`; see
+    :mod:`boards.top` on read capture)."""
     board = board if isinstance(board, Board) else get_board(board)
     variant = board.check_variant(variant)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -206,6 +214,17 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
     if sdram_freq_mhz is not None and not config.external_depth:
         raise BuildError(f"sdram_freq_mhz={sdram_freq_mhz!r}: the configuration keeps everything on chip "
                          f"(no external words), so there is no SDRAM to clock")
+    from boards.top import SDRAM_READ_DELAY, EngineBoardTop
+    if sdram_read_delay is not None:
+        if isinstance(sdram_read_delay, bool) or not isinstance(sdram_read_delay, int) \
+                or not 0 <= sdram_read_delay <= MAX_SDRAM_READ_DELAY:
+            raise BuildError(f"sdram_read_delay={sdram_read_delay!r}: must be an integer in 0..{MAX_SDRAM_READ_DELAY} "
+                             f"(clocks after CL at which the controller samples the SDRAM's data)")
+        if not config.external_depth:
+            raise BuildError(f"sdram_read_delay={sdram_read_delay!r}: the configuration keeps everything on chip "
+                             f"(no external words), so there is no SDRAM to read")
+    elif config.external_depth:
+        sdram_read_delay = SDRAM_READ_DELAY
     if freq_mhz is None:
         freq_mhz = default_freq_mhz(memory)
     platform = board.platform(variant)
@@ -217,12 +236,12 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
     for stale in (f"{DESIGN}.bit", f"{DESIGN}.json", f"{DESIGN}.config", "nextpnr_report.json", "report.json"):
         (out / stale).unlink(missing_ok=True)
 
-    from boards.top import EngineBoardTop
     start = time.monotonic()
     seconds: dict[str, float] = {}
     try:
         top = EngineBoardTop(config, board, freq_mhz=freq_mhz, baud=baud, clock_in_mhz=_clock_mhz(platform, board.clock),
-                             sdram_mhz=sdram_freq_mhz)
+                             sdram_mhz=sdram_freq_mhz,
+                             **({} if sdram_read_delay is None else {"sdram_read_delay": sdram_read_delay}))
     except PllError:
         raise
     except ValueError as e:               # e.g. the SDRAM controller: memory too big, clock too fast
@@ -286,13 +305,18 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
     # Every clocked register is in a PLL output's domain (nextpnr names the net after it, e.g.
     # "$glbnet$clk"; the second output's "$glbnet$clk_out2", after the PLL's port); the oscillator's
     # net clocks only the PLL, so leave it out.
+    # An --sdram-freq that the PLL makes equal to the engine's clock leaves the SDRAM on the engine's
+    # clock (boards.sdram.sdram_clock_domain): the second output then clocks nothing.
+    own_sdram_clock = top.core.sdram_domain != "sync"
     clocks = [c for c in by_clock if board.clock not in c] or list(by_clock)
-    sdram_clocks = [c for c in clocks if "clk_out2" in c or "sdram" in c] if pll.clkos_div else []
+    sdram_clocks = [c for c in clocks if "clk_out2" in c or "sdram" in c] if own_sdram_clock else []
     engine_clocks = [c for c in clocks if c not in sdram_clocks]
     fmax = min((by_clock[c] for c in engine_clocks), default=0.0)
     sdram_fmax = None
-    if pll.clkos_div:                         # (no SDRAM clock net found: 0, not met)
+    if own_sdram_clock:                       # (no SDRAM clock net found: 0, not met)
         sdram_fmax = min((by_clock[c] for c in sdram_clocks), default=0.0)
+    elif pll.clkos_div:
+        sdram_fmax = fmax
     met = fmax >= pll.f_out_mhz and (sdram_fmax is None or sdram_fmax >= pll.f_out2_mhz)
 
     bitstream = None
@@ -316,7 +340,7 @@ def build_bitstream(board: str | Board, variant: str | None = None, config: Engi
              "clkop_div": pll.clkop_div, "f_vco_mhz": round(pll.f_vco_mhz, 3),
              **({"clkos_div": pll.clkos_div} if pll.clkos_div else {})},
         sdram_freq_mhz=None if pll.f_out2_mhz is None else round(pll.f_out2_mhz, 4),
-        sdram_fmax_mhz=None if sdram_fmax is None else round(sdram_fmax, 2),
+        sdram_fmax_mhz=None if sdram_fmax is None else round(sdram_fmax, 2), sdram_read_delay=sdram_read_delay,
         baud=baud, config=config.to_dict(), fingerprint=config.fingerprint(), seconds=seconds,
         command=command, out_dir=str(out))
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -384,6 +408,10 @@ def main(argv=None) -> int:
                     help=f"engine clock, MHz (default {DEFAULT_FREQ_MHZ:g}; {SDRAM_FREQ_MHZ:g} with --memory sdram)")
     ap.add_argument("--sdram-freq", type=float,
                     help="the SDRAM's own clock in MHz (the PLL's second output; default: the engine's clock)")
+    ap.add_argument("--sdram-read-delay", type=int, metavar="N",
+                    help="clocks after CL at which the SDRAM controller samples read data (default 2: the I/O "
+                         "registers, as simulated; not measured on a board: when python -m boards.train finds "
+                         "the weights read back wrong right after loading, try 1 or 3)")
     ap.add_argument("--baud", type=int, default=3_000_000, help="host serial link rate (default 3000000)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     ap.add_argument("--lut-mapper", choices=LUT_MAPPERS,
@@ -447,7 +475,8 @@ def main(argv=None) -> int:
             ap.error(f"--board is required (one of: {', '.join(BOARDS)}), or --export-verilog DIR, or --list")
         board = get_board(args.board)
         report = build_bitstream(board, args.variant, config, memory=args.memory, freq_mhz=args.freq,
-                                 sdram_freq_mhz=args.sdram_freq, baud=args.baud,
+                                 sdram_freq_mhz=args.sdram_freq, sdram_read_delay=args.sdram_read_delay,
+                                 baud=args.baud,
                                  seed=args.seed, lut_mapper=args.lut_mapper, placer=args.placer,
                                  timing_driven=args.timing_driven, out_dir=args.out,
                                  timeout_s=args.timeout, command=command)

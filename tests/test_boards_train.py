@@ -104,9 +104,14 @@ class LinkBytesTransport:
         return {**asdict(self.endpoint.stats), "seconds": self.seconds}
 
 
+#: READ WEIGHTS responses before step 0's: the loop reads the loaded weights back, one layer per READ.
+LOAD_READS = len(CONFIG.wage.layers)
+
+
 class CorruptWeightRead:
     """Flips ``bit`` of word ``word`` of the ``nth`` READ WEIGHTS response (0-based, counted over the
-    run; the driver reads one layer per READ, so the nth of a step's reads is layer nth)."""
+    run: the first :data:`LOAD_READS` check the loaded weights; then the driver reads one layer per
+    READ, so the nth of a step's reads is layer nth)."""
 
     def __init__(self, transport, nth, word, bit):
         self.transport, self.nth, self.word, self.bit = transport, nth, word, bit
@@ -185,7 +190,7 @@ def test_two_steps_agree_with_golden_through_the_link():
 def test_one_corrupted_weight_word_is_a_divergence_naming_layer_and_index():
     """Bit 0 of word 1 of layer 1's read-back in step 0: one weight of layer 1 differs, the loop
     reports it (layer, index, got, want) and stops."""
-    out, program, images, labels = run_loop(2, wrap=lambda t: CorruptWeightRead(t, nth=1, word=1, bit=0))
+    out, program, images, labels = run_loop(2, wrap=lambda t: CorruptWeightRead(t, nth=LOAD_READS + 1, word=1, bit=0))
     results = out["results"]
     assert len(results) == 1 and not results[0].ok
     d = results[0].divergence
@@ -198,6 +203,24 @@ def test_one_corrupted_weight_word_is_a_divergence_naming_layer_and_index():
     assert [tuple(i) for i in np.argwhere(layout.unpack(marker) != 0)] == [d.index]
     assert f"layer 1 weight {list(d.index)}: got {d.got}, want {d.want}" in results[0].line()
     assert out["transport"].flipped is not None
+
+
+def test_weights_that_read_back_wrong_after_loading_stop_before_any_step():
+    """Layer 1's read-back right after loading has a flipped bit: LoadMismatch names the weight,
+    and no step runs (the RUN command is never sent)."""
+    sent = []
+
+    class Recording(CorruptWeightRead):
+        async def exchange(self, words):
+            sent.append(words[0] & 0xFF)
+            return await super().exchange(words)
+
+    with pytest.raises(train.LoadMismatch, match=r"the weights read back right after loading differ from those "
+                       r"written, before any step: layer 1 weight \[.*\]: got .*, want .* \(1 of the layer's "
+                       r"\d+ weights differ\); the engine keeps every weight on chip") as info:
+        run_loop(1, wrap=lambda t: Recording(t, nth=1, word=0, bit=3))
+    assert info.value.divergence.layer == 1 and not info.value.external_weights
+    assert Command.RUN not in sent and sent.count(Command.READ) == LOAD_READS
 
 
 def test_first_divergence():
@@ -363,10 +386,10 @@ def test_the_command_trains_and_reports_every_step(monkeypatch, tmp_path, capsys
 
 
 def test_the_command_exits_1_on_a_divergence(monkeypatch, tmp_path, capsys):
-    code, out = run_main(monkeypatch, tmp_path, capsys, ModelBoard(SMALL_MLP.replace(target="ecp5"), flip=(2, 5, 1)))
+    code, out = run_main(monkeypatch, tmp_path, capsys, ModelBoard(SMALL_MLP.replace(target="ecp5"), flip=(4, 5, 1)))
     assert code == 1
     steps = [line for line in out.out.splitlines() if line.startswith("step ") and "diverged from" not in line]
-    assert len(steps) == 2 and steps[0].endswith("  OK")          # reads 0, 1: step 0; read 2: step 1, layer 0
+    assert len(steps) == 2 and steps[0].endswith("  OK")   # reads 0, 1: the load check; 2, 3: step 0; 4: step 1, layer 0
     assert "DIVERGED: layer 0 weight [" in steps[1]
     assert "\nstep 1 diverged from golden: layer 0 weight [" in out.out
 
@@ -387,6 +410,24 @@ def test_the_command_drives_the_sdram_engine_with_memory_sdram(monkeypatch, caps
                         lambda port, baud: ModelBoard(sdram, ident_config=VARIANT_ENGINES["85F"]))
     code = train.main(["--port", "/dev/ttyFAKE", "--steps", "1", "--memory", "sdram"])
     assert code == 3 and "does not run this build" in capsys.readouterr().err
+
+
+def test_the_command_exits_3_when_the_loaded_weights_read_back_wrong(monkeypatch, tmp_path, capsys):
+    """A flipped bit in the load check's read-back: exit 3 before any step, with the cause to look at:
+    the on-chip engine's bitstream, the SDRAM engine's read capture (--sdram-read-delay)."""
+    import boards.link_host
+    from boards.catalog import SDRAM_ENGINES
+    code, out = run_main(monkeypatch, tmp_path, capsys, ModelBoard(SMALL_MLP.replace(target="ecp5"), flip=(1, 2, 0)))
+    assert code == 3 and not [line for line in out.out.splitlines() if line.startswith("step ")]
+    assert re.search(r"error: /dev/ttyFAKE: the weights read back right after loading differ from those written, "
+                     r"before any step: layer 1 weight \[.*\]: .*; the engine keeps every weight on chip", out.err)
+    assert "Traceback" not in out.err
+    monkeypatch.setattr(boards.link_host, "SerialTransport", lambda port, baud: ModelBoard(SDRAM_ENGINES["85F"], flip=(0, 7, 2)))
+    code = train.main(["--port", "/dev/ttyFAKE", "--steps", "1", "--memory", "sdram"])
+    err = capsys.readouterr().err
+    assert code == 3 and "layer 0 weight [" in err
+    assert "the engine keeps weights in the SDRAM, so the likeliest cause is the SDRAM read capture" in err
+    assert "--sdram-read-delay 1, or 3 (default 2)" in err
 
 
 def test_the_command_exits_3_when_the_board_runs_another_build(monkeypatch, tmp_path, capsys):

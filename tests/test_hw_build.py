@@ -87,7 +87,7 @@ def stop_at_top(monkeypatch):
     seen = {}
 
     def fake_top(config, board, **kw):
-        seen.update(config=config, board=board.name, freq_mhz=kw["freq_mhz"])
+        seen.update(config=config, board=board.name, freq_mhz=kw["freq_mhz"], sdram_read_delay=kw.get("sdram_read_delay"))
         raise ValueError("stopped before the tools")
 
     monkeypatch.setattr(boards.top, "EngineBoardTop", fake_top)
@@ -269,6 +269,61 @@ def test_an_sdram_clock_must_meet_timing_too(tmp_path, monkeypatch):
     assert report.pll["clkos_div"] == 8 and "SDRAM clock: Fmax 81.50 MHz, requested 75.000 MHz" in report.summary()
     with pytest.raises(build.BuildError, match="sdram_freq_mhz=75: the configuration keeps everything on chip"):
         build.build_bitstream("ulx3s", "85F", SMALL, sdram_freq_mhz=75, out_dir=tmp_path, progress=None)
+
+
+def test_the_top_passes_the_sdram_read_delay_to_the_controller():
+    from boards.top import SDRAM_READ_DELAY, EngineBoardTop
+    board = get_board("ulx3s")
+    clock_in = build._clock_mhz(board.platform("85F"), board.clock)
+    config = SMALL.replace(external_words=4096)
+    assert EngineBoardTop(config, board, freq_mhz=50, clock_in_mhz=clock_in).core.sdram.read_delay == SDRAM_READ_DELAY == 2
+    assert EngineBoardTop(config, board, freq_mhz=50, clock_in_mhz=clock_in, sdram_read_delay=3).core.sdram.read_delay == 3
+    with pytest.raises(ValueError, match="sdram_read_delay=3: this configuration has no external words"):
+        EngineBoardTop(SMALL, board, freq_mhz=50, clock_in_mhz=clock_in, sdram_read_delay=3)
+
+
+def test_sdram_read_delay_reaches_the_top_and_bad_values_are_refused(tmp_path, capsys, stop_at_top):
+    """``--sdram-read-delay`` (``sdram_read_delay``) reaches the board top; out of range, not an
+    integer or without SDRAM it is refused naming the value."""
+    config = SMALL.replace(external_words=4096)
+    for bad, message in ((9, r"sdram_read_delay=9: must be an integer in 0\.\.8"), (-1, r"sdram_read_delay=-1: must be"),
+                         (True, r"sdram_read_delay=True: must be"), ("2", r"sdram_read_delay='2': must be")):
+        with pytest.raises(build.BuildError, match=message):
+            build.build_bitstream("ulx3s", "85F", config, sdram_read_delay=bad, out_dir=tmp_path, progress=None)
+    with pytest.raises(build.BuildError, match="sdram_read_delay=1: the configuration keeps everything on chip"):
+        build.build_bitstream("ulx3s", "85F", SMALL, sdram_read_delay=1, out_dir=tmp_path, progress=None)
+    config.save(tmp_path / "ext.json")
+    for args, want in (([], 2), (["--sdram-read-delay", "1"], 1)):
+        code, text = _cli(capsys, "--board", "ulx3s", "--config", str(tmp_path / "ext.json"), "--out", str(tmp_path / "o"), *args)
+        assert code == 1 and "stopped before the tools" in text and stop_at_top["sdram_read_delay"] == want
+    code, text = _cli(capsys, "--board", "ulx3s", "--config", str(tmp_path / "ext.json"), "--sdram-read-delay", "12")
+    assert code == 1 and "sdram_read_delay=12: must be an integer in 0..8" in text
+
+
+def test_the_report_records_the_sdram_read_delay_and_a_shared_sdram_clock(tmp_path, monkeypatch):
+    def tools(cmd, **kw):
+        if kw["label"] == "yosys":
+            (kw["cwd"] / "wage_top.json").write_text('{"modules": {}}')
+        elif kw["label"] == "nextpnr":
+            (kw["cwd"] / "nextpnr_report.json").write_text(json.dumps(
+                {"fmax": {"$glbnet$clk": {"achieved": 60.0, "constraint": 50.0}}, "utilization": {}, "critical_paths": []}))
+        else:
+            (kw["cwd"] / "wage_top.bit").write_bytes(b"bit")
+
+    monkeypatch.setattr(build, "_run", tools)
+    config = SMALL.replace(external_words=4096)
+    for delay, want in ((None, 2), (3, 3)):
+        report = build.build_bitstream("ulx3s", "85F", config, freq_mhz=50, sdram_read_delay=delay, out_dir=tmp_path,
+                                       progress=None)
+        assert report.sdram_read_delay == want and json.loads((tmp_path / "report.json").read_text())["sdram_read_delay"] == want
+        assert f", SDRAM read delay {want}" in report.summary().splitlines()[0]
+    report = build.build_bitstream("ulx3s", "85F", SMALL, freq_mhz=50, out_dir=tmp_path, progress=None)
+    assert report.sdram_read_delay is None and "read delay" not in report.summary()
+    # --sdram-freq equal to the engine's clock: the SDRAM stays on it (the second PLL output clocks
+    # nothing, nextpnr times one clock), so its Fmax is the engine clock's, not a missing net's 0
+    report = build.build_bitstream("ulx3s", "85F", config, freq_mhz=50, sdram_freq_mhz=50, out_dir=tmp_path,
+                                   progress=None)
+    assert report.timing_met and (report.sdram_freq_mhz, report.sdram_fmax_mhz) == (50.0, 60.0)
 
 
 def test_external_memory_the_chip_cannot_hold_is_refused(tmp_path):
